@@ -1,0 +1,62 @@
+// Per-element math shared by the CPU ops and the CUDA kernels (DESIGN §7): the CPU tests
+// cover these functions; only the parallel shell around them is GPU-only.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/hd.h"
+
+namespace phi3 {
+
+// ---- RMSNorm: y = x * rstd * w, rstd = (mean(x^2) + eps)^-1/2 -------------------------
+PHI3_HD float rmsnorm_rstd(float sum_sq, int D, float eps) {
+  return 1.0f / sqrtf(sum_sq / static_cast<float>(D) + eps);
+}
+// dx_i = rstd * (w_i dy_i - x_i * rstd^2 * mean_j(w_j dy_j x_j)); `dot` = sum_j w_j dy_j x_j.
+PHI3_HD float rmsnorm_dx(float x, float w, float dy, float rstd, float dot, int D) {
+  return rstd * (w * dy - x * rstd * rstd * dot / static_cast<float>(D));
+}
+
+// ---- SiLU / SwiGLU: out = silu(g) * u ------------------------------------------------
+PHI3_HD float sigmoidf_(float g) { return 1.0f / (1.0f + expf(-g)); }
+PHI3_HD float silu(float g) { return g * sigmoidf_(g); }
+// d silu(g)/dg = s (1 + g (1 - s))
+PHI3_HD float silu_grad(float g) {
+  float s = sigmoidf_(g);
+  return s * (1.0f + g * (1.0f - s));
+}
+
+// ---- Rotary (rotate_half): for i < rot_dim/2, with a = x[i], b = x[i + rot_dim/2] -----
+//   a' = a cos - b sin,  b' = b cos + a sin,   cos/sin of pos * inv_freq[i], times scale.
+// Backward is the rotation by -theta (sin negated).
+PHI3_HD void rope_angle(int32_t pos, float inv_freq, float scale, float* c, float* s) {
+  float ang = static_cast<float>(pos) * inv_freq;
+  *c = cosf(ang) * scale;
+  *s = sinf(ang) * scale;
+}
+PHI3_HD void rope_rotate(float a, float b, float c, float s, float* ao, float* bo) {
+  *ao = a * c - b * s;
+  *bo = b * c + a * s;
+}
+// Transpose of the (scaled) rotation: the gradient of rope_rotate.
+PHI3_HD void rope_rotate_back(float da, float db, float c, float s, float* dai, float* dbi) {
+  *dai = da * c + db * s;
+  *dbi = db * c - da * s;
+}
+
+// ---- Attention masking (DESIGN §2): key j visible from query t of a row with `pad` left
+// pads iff pad <= j <= t and (window <= 0 or t - j < window). Pad queries see nothing.
+PHI3_HD bool attn_visible(int t, int j, int pad, int window) {
+  return j >= pad && j <= t && t >= pad && (window <= 0 || t - j < window);
+}
+// First visible key of query t (keys run first..t when t >= pad).
+PHI3_HD int attn_first_key(int t, int pad, int window) {
+  int first = pad;
+  if (window > 0 && t - window + 1 > first) first = t - window + 1;
+  return first;
+}
+
+// ---- Softmax backward per row: ds_j = p_j (dp_j - sum_k p_k dp_k) ----------------------
+PHI3_HD float softmax_grad(float p, float dp, float sum_p_dp) { return p * (dp - sum_p_dp); }
+
+}  // namespace phi3

@@ -1,0 +1,143 @@
+// The op set of the Phi-3 runtime. Every op has a forward and (where the model needs
+// gradients through it) a backward, declared once here and implemented twice with the
+// same signature: namespace phi3::cpu (kernels/cpu/*.cpp, the fp32 reference) and
+// namespace phi3::cuda (kernels/cuda/*.cu). Model and patching code never call these
+// directly: they go through runtime/backend.h, the one dispatch point.
+//
+// Conventions (llm.c / vLLM style):
+//  - all activations are fp32, row-major; a "row" is one token; strides are in elements;
+//  - pointer arguments carry their shape in a comment; letters N (rows), D (hidden),
+//    H (query heads), KVH (key/value heads), HD (head dim), F (ffn), V (vocab), B, T;
+//  - gradients are prefixed d; a backward "accumulates" (+=) only where it says so;
+//  - `Stream stream` is the CUDA stream (cudaStream_t) on the CUDA side, ignored on CPU.
+#pragma once
+#include <cstdint>
+
+#include "runtime/dtype.h"
+
+namespace phi3 {
+
+using Stream = void*;
+
+// A weight matrix as stored on the device: [rows, cols] row-major (HF [out, in]).
+struct Weight {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// Rotary embedding (HF rotate_half / NeoX): the first rot_dim dims of every head rotate,
+// dim i pairs with i + rot_dim/2 at angle pos * inv_freq[i]; cos and sin are multiplied
+// by attn_scale (LongRoPE's attention factor, 1 otherwise).
+struct RopeParams {
+  const float* inv_freq = nullptr;  // [rot_dim/2], device memory
+  int rot_dim = 0;
+  float attn_scale = 1.0f;
+};
+
+// One block of query rows of one sequence for the attention op. A sequence is a batch
+// row b of length T (left-padded with pad[b] pad tokens). Queries are positions
+// [q_start, T); keys/values of positions >= fresh_start come from the packed k/v rows
+// (position t at packed row kv_row + t - fresh_start), those < fresh_start from the
+// cache (position t of batch row b at cache row b*T + t). A plain forward pass uses
+// fresh_start = q_start = 0; the exact patching sweep uses fresh_start = patch position
+// (the unpatched prefix is shared with the corrupted run) and, at the last layer,
+// q_start = T-1.
+struct AttnSegment {
+  int32_t batch;        // b
+  int32_t fresh_start;  // first position whose k/v are in the packed rows
+  int32_t kv_row;       // packed k/v row of position fresh_start
+  int32_t q_start;      // first query position (>= fresh_start)
+  int32_t q_row;        // packed q/z row of position q_start
+};
+
+// Causal softmax attention with pad-key masking, sliding window and GQA.
+// Key j is visible to query t iff pad[b] <= j <= t and (window <= 0 or t - j < window).
+// A pad query row (t < pad[b]) sees no key: its z row is 0 (and its pattern row 0).
+struct AttnParams {
+  const float* q = nullptr;        // [rows, H*HD] (rotated), row stride q_stride
+  const float* k = nullptr;        // [rows, KVH*HD] (rotated), row stride kv_stride
+  const float* v = nullptr;        // [rows, KVH*HD], row stride kv_stride
+  const float* k_cache = nullptr;  // [B*T, KVH*HD] (rotated), stride cache_stride; may be null
+  const float* v_cache = nullptr;  // [B*T, KVH*HD], stride cache_stride; may be null
+  float* z = nullptr;              // [rows, H*HD] output, row stride z_stride
+  float* pattern = nullptr;        // optional [B, H, T, T] softmax probs (plain pass only)
+  const int32_t* pad = nullptr;    // [B] left-pad count per batch row
+  const AttnSegment* segs = nullptr;  // [n_segs], device memory
+  int64_t q_stride = 0, kv_stride = 0, cache_stride = 0, z_stride = 0;
+  int n_segs = 0;
+  int T = 0, H = 0, KVH = 0, HD = 0;
+  int window = 0;  // sliding window (0 = none)
+  float scale = 1.0f;  // 1/sqrt(HD)
+};
+
+// Backward of a plain pass (fresh_start == q_start == 0 in every segment, pattern saved).
+// dq, dk, dv are overwritten.
+struct AttnBackwardParams {
+  AttnParams fwd;               // the forward's inputs, pattern required
+  const float* dz = nullptr;    // [rows, H*HD], stride fwd.z_stride
+  float* dq = nullptr;          // [rows, H*HD], stride fwd.q_stride
+  float* dk = nullptr;          // [rows, KVH*HD], stride fwd.kv_stride
+  float* dv = nullptr;          // [rows, KVH*HD], stride fwd.kv_stride
+};
+
+#define PHI3_DECLARE_OPS                                                                  \
+  /* out[i,:] = table[ids[i],:] */                                                        \
+  void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,                \
+                         const Weight& table /*[V,D]*/, int N, Stream stream);            \
+  /* out = x * rstd * w, rstd = 1/sqrt(mean(x^2)+eps); saves rstd [N] for backward */     \
+  void rmsnorm_forward(float* out /*[N,D]*/, float* rstd /*[N]*/, const float* x,         \
+                       const float* w /*[D]*/, int N, int D, float eps, Stream stream);   \
+  /* dx += d(out)/dx^T dout */                                                            \
+  void rmsnorm_backward(float* dx /*[N,D] +=*/, const float* dout /*[N,D]*/,              \
+                        const float* x, const float* w, const float* rstd /*[N]*/, int N, \
+                        int D, Stream stream);                                            \
+  /* y = x W^T, W [out,in] */                                                             \
+  void linear_forward(float* y /*[N,out]*/, const float* x /*[N,in]*/, const Weight& W,   \
+                      int N, Stream stream);                                              \
+  /* dx = dy W (accumulate ? dx += dy W) */                                               \
+  void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, \
+                       int N, bool accumulate, Stream stream);                            \
+  /* rotate the first rot_dim dims of each of n_heads heads; other dims copied */         \
+  void rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride, \
+                      const int32_t* pos /*[N]*/, int N, int n_heads, int HD,             \
+                      const RopeParams& rope, Stream stream);                             \
+  /* din = R(-theta) dout (overwrite) */                                                  \
+  void rotary_backward(float* din, int64_t din_stride, const float* dout,                 \
+                       int64_t dout_stride, const int32_t* pos /*[N]*/, int N,            \
+                       int n_heads, int HD, const RopeParams& rope, Stream stream);       \
+  void attention_forward(const AttnParams& p, Stream stream);                             \
+  void attention_backward(const AttnBackwardParams& p, Stream stream);                    \
+  /* out = silu(gu[:, :F]) * gu[:, F:] */                                                 \
+  void swiglu_forward(float* out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,     \
+                      Stream stream);                                                     \
+  void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,                \
+                       const float* gu /*[N,2F]*/, int N, int F, Stream stream);          \
+  /* out = a + b (out may alias a or b) */                                                \
+  void add(float* out, const float* a, const float* b, int64_t n, Stream stream);         \
+  /* dst[dst_idx ? dst_idx[i] : i, :width] = src[src_idx ? src_idx[i] : i, :width] */     \
+  void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, \
+                 int64_t src_stride, const int32_t* src_idx, int n, int width,            \
+                 Stream stream);                                                          \
+  /* ld[b] = logits[b, ans[b]] - logits[b, other[b]] (row stride ld_stride) */             \
+  void logit_diff_forward(float* ld /*[B]*/, const float* logits /*[B,V]*/,               \
+                          int64_t stride, const int32_t* ans, const int32_t* other,       \
+                          int B, Stream stream);                                          \
+  /* dlogits = 0 except dlogits[b,ans[b]] = scale, dlogits[b,other[b]] = -scale */         \
+  void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t* ans,  \
+                           const int32_t* other, float scale, int B, int V,               \
+                           Stream stream);                                                \
+  /* out[t*G+g] = sum_b sum_{w<W} (a-c)[b,t,g*W+w] * grad[b,t,g*W+w]  (rows b*T+t) */      \
+  void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T, G*W]*/,            \
+                          const float* c, const float* grad, int B, int T, int G, int W,  \
+                          Stream stream);
+
+namespace cpu {
+PHI3_DECLARE_OPS
+}
+namespace cuda {
+PHI3_DECLARE_OPS
+}
+
+}  // namespace phi3

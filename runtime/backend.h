@@ -1,0 +1,119 @@
+// The one dispatch point between the model/patching code and a device. A Backend owns
+// device memory and runs the ops of kernels/ops.h on its device; CpuBackend is the fp32
+// reference, CudaBackend (runtime/cuda/) runs our kernels + cuBLAS. Model and patching code
+// hold only device pointers obtained here and never branch on the device.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace phi3 {
+
+enum class DeviceKind { CPU, CUDA };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind kind() const = 0;
+  virtual std::string name() const = 0;       // e.g. "cpu (openblas, 2 threads)"
+  virtual DType weight_dtype() const = 0;      // dtype weights are stored in on this device
+
+  // ---- memory (device pointers; CPU: host memory) ----
+  virtual void* alloc(size_t bytes) = 0;       // throws OutOfMemory naming the size
+  virtual void free(void* p) = 0;
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
+  virtual void zero(void* dst, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+  virtual size_t free_memory() const = 0;      // bytes the device can still give
+
+  // ---- ops (see kernels/ops.h for shapes and semantics) ----
+  virtual void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) = 0;
+  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N,
+                               int D, float eps) = 0;
+  virtual void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w,
+                                const float* rstd, int N, int D) = 0;
+  virtual void linear_forward(float* y, const float* x, const Weight& W, int N) = 0;
+  virtual void linear_backward(float* dx, const float* dy, const Weight& W, int N,
+                               bool accumulate) = 0;
+  virtual void rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride,
+                              const int32_t* pos, int N, int n_heads, int HD,
+                              const RopeParams& rope) = 0;
+  virtual void rotary_backward(float* din, int64_t din_stride, const float* dout,
+                               int64_t dout_stride, const int32_t* pos, int N, int n_heads,
+                               int HD, const RopeParams& rope) = 0;
+  virtual void attention_forward(const AttnParams& p) = 0;
+  virtual void attention_backward(const AttnBackwardParams& p) = 0;
+  virtual void swiglu_forward(float* out, const float* gu, int N, int F) = 0;
+  virtual void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) = 0;
+  virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;
+  virtual void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
+                         int64_t src_stride, const int32_t* src_idx, int n, int width) = 0;
+  virtual void logit_diff_forward(float* ld, const float* logits, int64_t stride,
+                                  const int32_t* ans, const int32_t* other, int B) = 0;
+  virtual void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans,
+                                   const int32_t* other, float scale, int B, int V) = 0;
+  virtual void attribution_reduce(float* out, const float* a, const float* c, const float* grad,
+                                  int B, int T, int G, int W) = 0;
+};
+
+// Creates the backend for "cpu", "cuda" or "auto" (CUDA when a GPU is visible and the
+// binary was built with it, else CPU). `fp32` selects fp32 weights on CUDA (bf16 otherwise).
+std::unique_ptr<Backend> make_backend(const std::string& device, bool fp32 = false);
+std::unique_ptr<Backend> make_cpu_backend();
+bool cuda_available();  // built with CUDA and at least one GPU visible
+
+// RAII device allocation of `count` elements of T.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  DeviceArray(Backend& be, size_t count)
+      : be_(&be), count_(count), ptr_(count ? static_cast<T*>(be.alloc(count * sizeof(T))) : nullptr) {}
+  ~DeviceArray() { reset(); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  DeviceArray(DeviceArray&& o) noexcept { *this = std::move(o); }
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_; ptr_ = o.ptr_; count_ = o.count_;
+      o.ptr_ = nullptr; o.count_ = 0;
+    }
+    return *this;
+  }
+  void reset() {
+    if (ptr_ && be_) be_->free(ptr_);
+    ptr_ = nullptr;
+    count_ = 0;
+  }
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+  void upload(const std::vector<T>& v) {
+    if (!v.empty()) be_->upload(ptr_, v.data(), v.size() * sizeof(T));
+  }
+  std::vector<T> download() const {
+    std::vector<T> v(count_);
+    if (count_) be_->download(v.data(), ptr_, count_ * sizeof(T));
+    return v;
+  }
+
+ private:
+  Backend* be_ = nullptr;
+  size_t count_ = 0;
+  T* ptr_ = nullptr;
+};
+
+template <typename T>
+DeviceArray<T> to_device(Backend& be, const std::vector<T>& v) {
+  DeviceArray<T> a(be, v.size());
+  a.upload(v);
+  return a;
+}
+
+}  // namespace phi3

@@ -1,0 +1,64 @@
+#include "test_util.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <unistd.h>
+
+namespace phi3::test {
+
+std::vector<float> random_vec(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+std::string Diff::str() const {
+  std::ostringstream os;
+  os << "max_abs=" << max_abs << " max_ref=" << max_ref << " rel=" << rel() << " nmse=" << nmse
+     << " worst_index=" << worst << (finite ? "" : " NON-FINITE");
+  return os.str();
+}
+
+Diff compare(const std::vector<float>& a, const std::vector<float>& ref) {
+  Diff d;
+  if (a.size() != ref.size()) {
+    d.finite = false;
+    d.max_abs = INFINITY;
+    return d;
+  }
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) d.finite = false;
+    double e = std::fabs(static_cast<double>(a[i]) - ref[i]);
+    if (e > d.max_abs || !std::isfinite(e)) {
+      d.max_abs = std::isfinite(e) ? e : INFINITY;
+      d.worst = i;
+    }
+    d.max_ref = std::max(d.max_ref, std::fabs(static_cast<double>(ref[i])));
+    num += e * e;
+    den += static_cast<double>(ref[i]) * ref[i];
+  }
+  d.nmse = den > 0 ? num / den : num;
+  return d;
+}
+
+std::string source_dir() { return PHI3_SOURCE_DIR; }
+
+std::string shared_reference_dir() {
+  return (std::filesystem::path(PHI3_SOURCE_DIR) / ".." / "shared" / "phi3-reference").lexically_normal().string();
+}
+
+std::string temp_dir(const std::string& tag) {
+  auto base = std::filesystem::temp_directory_path() / ("phi3test-" + tag + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(base);
+  std::filesystem::create_directories(base);
+  return base.string();
+}
+
+}  // namespace phi3::test

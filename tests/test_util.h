@@ -1,0 +1,29 @@
+// Helpers shared by the tests: random inputs, error metrics with a worst-element report,
+// paths to the shared reference data.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace phi3::test {
+
+std::vector<float> random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f);
+std::vector<double> to_double(const std::vector<float>& v);
+
+struct Diff {
+  double max_abs = 0;   // worst |a-b|
+  double max_ref = 0;   // max |b| (reference magnitude)
+  double nmse = 0;      // sum (a-b)^2 / sum b^2
+  size_t worst = 0;     // index of the worst element
+  bool finite = true;   // no NaN/Inf in a
+  double rel() const { return max_ref > 0 ? max_abs / max_ref : max_abs; }  // relative to max magnitude
+  std::string str() const;
+};
+Diff compare(const std::vector<float>& a, const std::vector<float>& ref);
+
+std::string source_dir();                 // repository root
+std::string shared_reference_dir();       // ../shared/phi3-reference (may not exist)
+std::string temp_dir(const std::string& tag);  // fresh empty directory under /tmp
+
+}  // namespace phi3::test
