@@ -1,0 +1,117 @@
+#include "model/backward.h"
+
+#include <cmath>
+
+#include "runtime/error.h"
+
+namespace phi3 {
+
+const float* Gradients::hook_grad(Hook h, int l) const {
+  const LayerGrads& g = layers.at(l);
+  switch (h) {
+    case Hook::ResidPre: return g.resid_pre.get();
+    case Hook::ResidMid:
+    case Hook::AttnOut: return g.resid_mid.get();
+    case Hook::ResidPost:
+    case Hook::MlpOut: return g.resid_post.get();
+    case Hook::Z:
+    case Hook::ZAllPos: return g.z.get();
+  }
+  return nullptr;
+}
+
+Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
+                   const std::vector<int32_t>& other, float scale) {
+  const ModelConfig& c = m.cfg;
+  const int B = s.B, T = s.T, L = c.num_hidden_layers;
+  const int D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
+  const int QKVW = m.qkv_width(), QW = m.q_width(), KVW = m.kv_width();
+  const int N = B * T;
+  PHI3_CHECK(!s.layers.empty() && s.layers[0].pattern.size() > 0, "backward: the forward pass must keep the attention pattern");
+  PHI3_CHECK(static_cast<int>(answer.size()) == B && static_cast<int>(other.size()) == B, "backward: one answer per row");
+
+  // d logits at the last position only: +scale/B at answer, -scale/B at other.
+  DeviceArray<int32_t> da = to_device(be, answer), dothr = to_device(be, other);
+  DeviceArray<float> dlogits(be, size_t(B) * V);
+  be.logit_diff_backward(dlogits.get(), V, da.get(), dothr.get(), scale / static_cast<float>(B), B, V);
+  DeviceArray<float> dln_last(be, size_t(B) * D);
+  be.linear_backward(dln_last.get(), dlogits.get(), m.w.lm_head, B, false);
+  std::vector<int32_t> last_rows(B);
+  for (int b = 0; b < B; ++b) last_rows[b] = b * T + T - 1;
+  DeviceArray<int32_t> dlast = to_device(be, last_rows);
+  DeviceArray<float> dln_f(be, size_t(N) * D);
+  be.zero(dln_f.get(), dln_f.size() * sizeof(float));
+  be.copy_rows(dln_f.get(), D, dlast.get(), dln_last.get(), D, nullptr, B, D);
+
+  DeviceArray<float> dresid(be, size_t(N) * D);
+  be.zero(dresid.get(), dresid.size() * sizeof(float));
+  be.rmsnorm_backward(dresid.get(), dln_f.get(), s.resid_final.get(), m.w.final_norm, s.rstd_f.get(), N, D);
+
+  std::vector<AttnSegment> segs(B);
+  for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
+  DeviceArray<AttnSegment> dsegs = to_device(be, segs);
+
+  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * 2 * F), dln(be, size_t(N) * D);
+  DeviceArray<float> dv(be, size_t(N) * KVW);
+
+  Gradients g;
+  g.layers.resize(L);
+  for (int l = L - 1; l >= 0; --l) {
+    const LayerActs& a = s.layers[l];
+    const LayerWeights& w = m.w.layers[l];
+    LayerGrads& lg = g.layers[l];
+    lg.resid_post = DeviceArray<float>(be, size_t(N) * D);
+    be.copy(lg.resid_post.get(), dresid.get(), size_t(N) * D * sizeof(float));
+
+    // MLP: resid_post = resid_mid + down(swiglu(gate_up(rmsnorm(resid_mid))))
+    be.linear_backward(dact.get(), dresid.get(), w.down, N, false);
+    be.swiglu_backward(dgu.get(), dact.get(), a.gate_up.get(), N, F);
+    be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
+    lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
+    be.copy(lg.resid_mid.get(), dresid.get(), size_t(N) * D * sizeof(float));
+    be.rmsnorm_backward(lg.resid_mid.get(), dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D);
+
+    // Attention: resid_mid = resid_pre + o(attn(rotary(qkv(rmsnorm(resid_pre)))))
+    lg.z = DeviceArray<float>(be, size_t(N) * QW);
+    be.linear_backward(lg.z.get(), lg.resid_mid.get(), w.o, N, false);
+    lg.q_rot = DeviceArray<float>(be, size_t(N) * QW);
+    lg.k_rot = DeviceArray<float>(be, size_t(N) * KVW);
+    AttnBackwardParams bp;
+    AttnParams& ap = bp.fwd;
+    ap.q = a.q_rot.get();
+    ap.k = a.k_rot.get();
+    ap.v = a.v.get();
+    ap.z = a.z.get();
+    ap.pattern = a.pattern.get();
+    ap.pad = s.pad.get();
+    ap.segs = dsegs.get();
+    ap.q_stride = QW;
+    ap.kv_stride = KVW;
+    ap.z_stride = QW;
+    ap.n_segs = B;
+    ap.T = T;
+    ap.H = H;
+    ap.KVH = KVH;
+    ap.HD = HD;
+    ap.window = c.sliding_window;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    bp.dz = lg.z.get();
+    bp.dq = lg.q_rot.get();
+    bp.dk = lg.k_rot.get();
+    bp.dv = dv.get();
+    be.attention_backward(bp);
+    lg.qkv = DeviceArray<float>(be, size_t(N) * QKVW);
+    be.rotary_backward(lg.qkv.get(), QKVW, lg.q_rot.get(), QW, s.pos.get(), N, H, HD, s.rope);
+    be.rotary_backward(lg.qkv.get() + QW, QKVW, lg.k_rot.get(), KVW, s.pos.get(), N, KVH, HD, s.rope);
+    be.copy_rows(lg.qkv.get() + QW + KVW, QKVW, nullptr, dv.get(), KVW, nullptr, N, KVW);
+    be.linear_backward(dln.get(), lg.qkv.get(), w.qkv, N, false);
+    lg.resid_pre = DeviceArray<float>(be, size_t(N) * D);
+    be.copy(lg.resid_pre.get(), lg.resid_mid.get(), size_t(N) * D * sizeof(float));
+    be.rmsnorm_backward(lg.resid_pre.get(), dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D);
+    be.copy(dresid.get(), lg.resid_pre.get(), size_t(N) * D * sizeof(float));
+  }
+  return g;
+}
+
+}  // namespace phi3

@@ -1,0 +1,32 @@
+// Backward from the (normalized) logit-difference metric to every hook activation —
+// activation gradients only, never weight gradients (DESIGN §5).
+#pragma once
+#include <vector>
+
+#include "model/forward.h"
+
+namespace phi3 {
+
+struct LayerGrads {
+  DeviceArray<float> resid_pre;   // [N,D]  d/d hook_resid_pre
+  DeviceArray<float> resid_mid;   // [N,D]  d/d hook_resid_mid (= d/d hook_attn_out)
+  DeviceArray<float> resid_post;  // [N,D]  d/d hook_resid_post (= d/d hook_mlp_out)
+  DeviceArray<float> z;           // [N,H*HD]
+  DeviceArray<float> q_rot;       // [N,H*HD]
+  DeviceArray<float> k_rot;       // [N,KVH*HD]
+  DeviceArray<float> qkv;         // [N,(H+2KVH)*HD]  d/d hook_q | hook_k | hook_v
+};
+
+struct Gradients {
+  std::vector<LayerGrads> layers;
+  // Gradient for the attribution of a block/z hook at layer l (d hook_attn_out = d resid_mid,
+  // d hook_mlp_out = d resid_post).
+  const float* hook_grad(Hook h, int l) const;
+};
+
+// d metric / d activations where metric = mean_b LD(b) * scale (scale = 1/(LD_clean -
+// LD_corrupted) for the normalized metric).
+Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
+                   const std::vector<int32_t>& other, float scale);
+
+}  // namespace phi3

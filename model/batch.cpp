@@ -1,0 +1,132 @@
+#include "model/batch.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.h"
+#include "runtime/file_util.h"
+#include "runtime/tokenizer.h"
+
+namespace phi3 {
+
+int32_t Batch::max_seq_len() const {
+  int32_t m = 0;
+  for (int b = 0; b < B; ++b) m = std::max<int32_t>(m, T - pad[b]);
+  return m;
+}
+
+Batch make_batch(const std::vector<std::vector<int>>& rows, int pad_id, int T) {
+  Batch bt;
+  bt.B = static_cast<int>(rows.size());
+  PHI3_CHECK(bt.B > 0, "batch: no prompts");
+  int longest = 0;
+  for (const auto& r : rows) longest = std::max<int>(longest, static_cast<int>(r.size()));
+  bt.T = T > 0 ? T : longest;
+  PHI3_CHECK(longest <= bt.T, "batch: a prompt has " + std::to_string(longest) +
+                                  " tokens, more than the batch length " + std::to_string(bt.T));
+  bt.tokens.assign(static_cast<size_t>(bt.B) * bt.T, pad_id);
+  bt.pos.assign(static_cast<size_t>(bt.B) * bt.T, 0);
+  bt.pad.resize(bt.B);
+  for (int b = 0; b < bt.B; ++b) {
+    const auto& r = rows[b];
+    PHI3_CHECK(!r.empty(), "batch: prompt " + std::to_string(b) + " is empty");
+    int pad = bt.T - static_cast<int>(r.size());
+    bt.pad[b] = pad;
+    for (size_t i = 0; i < r.size(); ++i) {
+      bt.tokens[static_cast<size_t>(b) * bt.T + pad + i] = r[i];
+      bt.pos[static_cast<size_t>(b) * bt.T + pad + i] = static_cast<int32_t>(i);
+    }
+  }
+  return bt;
+}
+
+std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    throw Error(source + ": not valid JSON: " + e.what());
+  }
+  if (!j.is_array()) throw Error(source + ": expected a JSON list of {\"clean\", \"corrupted\"} pairs");
+  if (j.empty()) throw Error(source + ": the list of pairs is empty");
+  std::vector<PromptPair> out;
+  for (size_t i = 0; i < j.size(); ++i) {
+    const std::string where = source + ": pair " + std::to_string(i);
+    const auto& p = j[i];
+    if (!p.is_object()) throw Error(where + ": expected an object with keys \"clean\" and \"corrupted\"");
+    auto side = [&](const char* key, std::string& q, std::string& a) {
+      if (!p.contains(key)) throw Error(where + ": missing key \"" + key + "\"");
+      const auto& s = p[key];
+      if (!s.is_object()) throw Error(where + ": \"" + key + "\" must be an object with \"question\" and \"answer\"");
+      for (const char* f : {"question", "answer"}) {
+        if (!s.contains(f)) throw Error(where + ": missing key \"" + key + "." + f + "\"");
+        if (!s[f].is_string()) throw Error(where + ": \"" + key + "." + f + "\" must be a string");
+      }
+      q = s["question"].get<std::string>();
+      a = s["answer"].get<std::string>();
+      if (q.empty()) throw Error(where + ": \"" + key + ".question\" is empty");
+      if (a.empty()) throw Error(where + ": \"" + key + ".answer\" is empty");
+    };
+    PromptPair pp;
+    side("clean", pp.clean, pp.clean_answer);
+    side("corrupted", pp.corrupted, pp.corrupted_answer);
+    if (pp.clean_answer == pp.corrupted_answer)
+      throw Error(where + ": clean and corrupted answers are both '" + pp.clean_answer +
+                  "' (the logit difference needs two different answers)");
+    out.push_back(pp);
+  }
+  return out;
+}
+
+std::vector<PromptPair> load_pairs(const std::string& path) {
+  return parse_pairs(read_text_file(path, "pairs file"), path);
+}
+
+int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok) {
+  int longest = 0;
+  for (const auto& p : pairs) {
+    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.clean, true).size()));
+    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.corrupted, true).size()));
+  }
+  return longest;
+}
+
+PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int pad_id,
+                          int max_positions, int T) {
+  PairBatch pb;
+  std::vector<std::vector<int>> clean_ids, corrupted_ids;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const auto& p = pairs[i];
+    int a_clean = tok.answer_token(p.clean_answer);
+    int a_corr = tok.answer_token(p.corrupted_answer);
+    auto ic = tok.encode(p.clean, true);
+    auto ir = tok.encode(p.corrupted, true);
+    for (const auto* ids : {&ic, &ir}) {
+      if (max_positions > 0 && static_cast<int>(ids->size()) > max_positions)
+        throw Error("pair " + std::to_string(i) + ": prompt has " + std::to_string(ids->size()) +
+                    " tokens, longer than the model's context of " + std::to_string(max_positions));
+    }
+    // both directions
+    pb.clean_prompts.push_back(p.clean);
+    pb.corrupted_prompts.push_back(p.corrupted);
+    clean_ids.push_back(ic);
+    corrupted_ids.push_back(ir);
+    pb.answer.push_back(a_clean);
+    pb.other.push_back(a_corr);
+    pb.clean_prompts.push_back(p.corrupted);
+    pb.corrupted_prompts.push_back(p.clean);
+    clean_ids.push_back(ir);
+    corrupted_ids.push_back(ic);
+    pb.answer.push_back(a_corr);
+    pb.other.push_back(a_clean);
+  }
+  int longest = 0;
+  for (auto* rows : {&clean_ids, &corrupted_ids})
+    for (const auto& r : *rows) longest = std::max<int>(longest, static_cast<int>(r.size()));
+  if (T <= 0) T = longest;
+  pb.clean = make_batch(clean_ids, pad_id, T);
+  pb.corrupted = make_batch(corrupted_ids, pad_id, T);
+  return pb;
+}
+
+}  // namespace phi3

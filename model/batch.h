@@ -1,0 +1,46 @@
+// Prompt batches with TransformerLens semantics (DESIGN §2): BOS prepended, rows
+// left-padded to a common length T with the pad token, rotary positions starting at 0 on
+// each row's first real token (pad positions get position 0).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace phi3 {
+
+class Tokenizer;
+
+struct Batch {
+  int B = 0;
+  int T = 0;
+  std::vector<int32_t> tokens;  // [B*T]
+  std::vector<int32_t> pad;     // [B] left pads per row
+  std::vector<int32_t> pos;     // [B*T] rotary position ids
+  int32_t max_seq_len() const;  // longest real row (max position + 1)
+};
+
+// Left-pads token rows to T (T = 0: the longest row). Throws if a row is empty or longer than T.
+Batch make_batch(const std::vector<std::vector<int>>& rows, int pad_id, int T = 0);
+
+// One clean/corrupted prompt pair with single-token answers (the pairs-file format
+// [{"clean": {"question", "answer"}, "corrupted": {"question", "answer"}}]).
+struct PromptPair {
+  std::string clean, corrupted;
+  std::string clean_answer, corrupted_answer;
+};
+std::vector<PromptPair> load_pairs(const std::string& path);  // validates, names the culprit
+std::vector<PromptPair> parse_pairs(const std::string& json_text, const std::string& source);
+
+// The seed's batch: every pair mixed both ways. Clean rows [p0.clean, p0.corrupted, p1.clean,
+// ...], corrupted rows [p0.corrupted, p0.clean, ...]; answer(b) = clean row's answer token,
+// other(b) = corrupted row's answer token; both batches share one T.
+struct PairBatch {
+  std::vector<std::string> clean_prompts, corrupted_prompts;
+  Batch clean, corrupted;
+  std::vector<int32_t> answer, other;  // [B]
+};
+PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int pad_id,
+                          int max_positions, int T = 0);
+int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok);  // longest row
+
+}  // namespace phi3

@@ -1,0 +1,225 @@
+#include "model/forward.h"
+
+#include <cmath>
+
+#include "runtime/error.h"
+
+namespace phi3 {
+
+std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len) { return cfg.inv_freq(seq_len); }
+
+const float* ForwardState::hook_data(Hook h, int l) const {
+  const LayerActs& a = layers.at(l);
+  switch (h) {
+    case Hook::ResidPre: return a.resid_pre.get();
+    case Hook::ResidMid: return a.resid_mid.get();
+    case Hook::ResidPost: return resid_post(l);
+    case Hook::AttnOut: return a.attn_out.get();
+    case Hook::MlpOut: return a.mlp_out.get();
+    case Hook::Z:
+    case Hook::ZAllPos: return a.z.get();
+  }
+  return nullptr;
+}
+
+namespace {
+
+// Writes the source run's value of the patched hook into `dst` (row width `width`).
+// Rows b*T+pos for every b (every position when pos < 0); for Z only head `head`'s slice.
+void apply_patch(Backend& be, float* dst, const float* src, int width, const PatchSpec& p,
+                 const ForwardState& s, int head_dim) {
+  std::vector<int32_t> rows;
+  for (int b = 0; b < s.B; ++b) {
+    if (p.pos >= 0) {
+      rows.push_back(b * s.T + p.pos);
+    } else {
+      for (int t = 0; t < s.T; ++t) rows.push_back(b * s.T + t);
+    }
+  }
+  DeviceArray<int32_t> idx = to_device(be, rows);
+  if (hook_is_per_head(p.hook)) {
+    int off = p.head * head_dim;
+    be.copy_rows(dst + off, width, idx.get(), src + off, width, idx.get(), static_cast<int>(rows.size()), head_dim);
+  } else {
+    be.copy_rows(dst, width, idx.get(), src, width, idx.get(), static_cast<int>(rows.size()), width);
+  }
+}
+
+}  // namespace
+
+ForwardState forward(Backend& be, const Model& m, const Batch& batch, const ForwardOptions& opt) {
+  const ModelConfig& c = m.cfg;
+  const int B = batch.B, T = batch.T, L = c.num_hidden_layers;
+  const int D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
+  const int QKVW = m.qkv_width(), QW = m.q_width(), KVW = m.kv_width();
+  const int N = B * T;
+  for (int32_t t : batch.tokens)
+    if (t < 0 || t >= V) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(V) + ")");
+  if (opt.patch) {
+    PHI3_CHECK(opt.source && opt.source->B == B && opt.source->T == T, "forward: patch source has another batch shape");
+    PHI3_CHECK(opt.patch->layer >= 0 && opt.patch->layer < L, "forward: patch layer out of range");
+  }
+
+  ForwardState s;
+  s.B = B;
+  s.T = T;
+  s.batch = batch;
+  s.tokens = to_device(be, batch.tokens);
+  s.pos = to_device(be, batch.pos);
+  s.pad = to_device(be, batch.pad);
+  s.inv_freq = to_device(be, c.inv_freq(batch.max_seq_len()));
+  s.rope.inv_freq = s.inv_freq.get();
+  s.rope.rot_dim = c.rotary_dim;
+  s.rope.attn_scale = c.rope_attention_scale();
+
+  std::vector<AttnSegment> segs(B);
+  for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
+  DeviceArray<AttnSegment> dsegs = to_device(be, segs);
+
+  const PatchSpec* patch = opt.patch;
+  auto patch_here = [&](Hook h, int l, float* dst, int width) {
+    if (patch && patch->layer == l &&
+        (patch->hook == h || (h == Hook::Z && patch->hook == Hook::ZAllPos))) {
+      PatchSpec p = *patch;
+      if (p.hook == Hook::ZAllPos) p.pos = -1;
+      apply_patch(be, dst, opt.source->hook_data(patch->hook, l), width, p, s, HD);
+    }
+  };
+
+  s.layers.resize(L);
+  for (int l = 0; l < L; ++l) {
+    LayerActs& a = s.layers[l];
+    a.resid_pre = DeviceArray<float>(be, size_t(N) * D);
+    if (l == 0) {
+      be.embedding_forward(a.resid_pre.get(), s.tokens.get(), m.w.embed, N);
+    } else {
+      // resid_post of layer l-1 was written straight into this buffer (see below).
+    }
+  }
+  s.resid_final = DeviceArray<float>(be, size_t(N) * D);
+
+  for (int l = 0; l < L; ++l) {
+    LayerActs& a = s.layers[l];
+    const LayerWeights& w = m.w.layers[l];
+    patch_here(Hook::ResidPre, l, a.resid_pre.get(), D);
+
+    a.ln1 = DeviceArray<float>(be, size_t(N) * D);
+    a.rstd1 = DeviceArray<float>(be, N);
+    be.rmsnorm_forward(a.ln1.get(), a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
+    a.qkv = DeviceArray<float>(be, size_t(N) * QKVW);
+    be.linear_forward(a.qkv.get(), a.ln1.get(), w.qkv, N);
+    a.q_rot = DeviceArray<float>(be, size_t(N) * QW);
+    a.k_rot = DeviceArray<float>(be, size_t(N) * KVW);
+    a.v = DeviceArray<float>(be, size_t(N) * KVW);
+    be.rotary_forward(a.q_rot.get(), QW, a.qkv.get(), QKVW, s.pos.get(), N, H, HD, s.rope);
+    be.rotary_forward(a.k_rot.get(), KVW, a.qkv.get() + QW, QKVW, s.pos.get(), N, KVH, HD, s.rope);
+    be.copy_rows(a.v.get(), KVW, nullptr, a.qkv.get() + QW + KVW, QKVW, nullptr, N, KVW);
+
+    a.z = DeviceArray<float>(be, size_t(N) * QW);
+    if (opt.keep_pattern) {
+      a.pattern = DeviceArray<float>(be, size_t(B) * H * T * T);
+      be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
+    }
+    AttnParams ap;
+    ap.q = a.q_rot.get();
+    ap.k = a.k_rot.get();
+    ap.v = a.v.get();
+    ap.z = a.z.get();
+    ap.pattern = opt.keep_pattern ? a.pattern.get() : nullptr;
+    ap.pad = s.pad.get();
+    ap.segs = dsegs.get();
+    ap.q_stride = QW;
+    ap.kv_stride = KVW;
+    ap.z_stride = QW;
+    ap.n_segs = B;
+    ap.T = T;
+    ap.H = H;
+    ap.KVH = KVH;
+    ap.HD = HD;
+    ap.window = c.sliding_window;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    be.attention_forward(ap);
+    patch_here(Hook::Z, l, a.z.get(), QW);
+
+    a.attn_out = DeviceArray<float>(be, size_t(N) * D);
+    be.linear_forward(a.attn_out.get(), a.z.get(), w.o, N);
+    patch_here(Hook::AttnOut, l, a.attn_out.get(), D);
+    a.resid_mid = DeviceArray<float>(be, size_t(N) * D);
+    be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
+    patch_here(Hook::ResidMid, l, a.resid_mid.get(), D);
+
+    a.ln2 = DeviceArray<float>(be, size_t(N) * D);
+    a.rstd2 = DeviceArray<float>(be, N);
+    be.rmsnorm_forward(a.ln2.get(), a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
+    a.gate_up = DeviceArray<float>(be, size_t(N) * 2 * F);
+    be.linear_forward(a.gate_up.get(), a.ln2.get(), w.gate_up, N);
+    a.act = DeviceArray<float>(be, size_t(N) * F);
+    be.swiglu_forward(a.act.get(), a.gate_up.get(), N, F);
+    a.mlp_out = DeviceArray<float>(be, size_t(N) * D);
+    be.linear_forward(a.mlp_out.get(), a.act.get(), w.down, N);
+    patch_here(Hook::MlpOut, l, a.mlp_out.get(), D);
+
+    float* post = l + 1 < L ? s.layers[l + 1].resid_pre.get() : s.resid_final.get();
+    be.add(post, a.resid_mid.get(), a.mlp_out.get(), int64_t(N) * D);
+    patch_here(Hook::ResidPost, l, post, D);
+  }
+
+  s.ln_f = DeviceArray<float>(be, size_t(N) * D);
+  s.rstd_f = DeviceArray<float>(be, N);
+  be.rmsnorm_forward(s.ln_f.get(), s.rstd_f.get(), s.resid_final.get(), m.w.final_norm, N, D, c.rms_norm_eps);
+  s.logits = DeviceArray<float>(be, size_t(N) * V);
+  be.linear_forward(s.logits.get(), s.ln_f.get(), m.w.lm_head, N);
+  return s;
+}
+
+std::vector<float> last_logits(Backend& be, const Model& m, const ForwardState& s) {
+  const int V = m.cfg.vocab_size;
+  std::vector<float> out(size_t(s.B) * V);
+  for (int b = 0; b < s.B; ++b)
+    be.download(out.data() + size_t(b) * V, s.logits.get() + (size_t(b) * s.T + s.T - 1) * V, V * sizeof(float));
+  return out;
+}
+
+LogitDiff logit_diff(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
+                     const std::vector<int32_t>& other) {
+  const int V = m.cfg.vocab_size;
+  PHI3_CHECK(static_cast<int>(answer.size()) == s.B && static_cast<int>(other.size()) == s.B,
+             "logit_diff: answer/other must have one token per batch row");
+  DeviceArray<int32_t> da = to_device(be, answer), dothr = to_device(be, other);
+  DeviceArray<float> ld(be, s.B);
+  // Rows T-1 of each batch row: stride T*V between them.
+  be.logit_diff_forward(ld.get(), s.logits.get() + size_t(s.T - 1) * V, int64_t(s.T) * V, da.get(), dothr.get(), s.B);
+  LogitDiff r;
+  r.per_row = ld.download();
+  double sum = 0;
+  for (float x : r.per_row) sum += x;
+  r.mean = sum / s.B;
+  return r;
+}
+
+void check_finite(Backend& be, const Model& m, const ForwardState& s, const char* run_name) {
+  const int N = static_cast<int>(s.N());
+  auto scan = [&](const float* p, size_t n, int l, const char* hook) {
+    std::vector<float> h(n);
+    be.download(h.data(), p, n * sizeof(float));
+    for (size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(h[i]))
+        throw Error(std::string(run_name) + " run: non-finite value (" + std::to_string(h[i]) + ") first appears at " +
+                    (l >= 0 ? "blocks." + std::to_string(l) + "." : std::string()) + hook + ", row " +
+                    std::to_string(i / (n / N)));
+    }
+  };
+  const int D = m.cfg.hidden_size;
+  for (int l = 0; l < static_cast<int>(s.layers.size()); ++l) {
+    const LayerActs& a = s.layers[l];
+    scan(a.resid_pre.get(), size_t(N) * D, l, "hook_resid_pre");
+    scan(a.z.get(), size_t(N) * m.q_width(), l, "attn.hook_z");
+    scan(a.attn_out.get(), size_t(N) * D, l, "hook_attn_out");
+    scan(a.mlp_out.get(), size_t(N) * D, l, "hook_mlp_out");
+  }
+  scan(s.resid_final.get(), size_t(N) * D, static_cast<int>(s.layers.size()) - 1, "hook_resid_post");
+  scan(s.logits.get(), size_t(N) * m.cfg.vocab_size, -1, "logits");
+}
+
+}  // namespace phi3

@@ -1,0 +1,78 @@
+// The forward pass over a padded batch, keeping every hook activation on the device:
+// these buffers are the patch caches of the sweep engine (DESIGN §4, §6).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/batch.h"
+#include "model/hooks.h"
+#include "model/model.h"
+
+namespace phi3 {
+
+struct LayerActs {
+  DeviceArray<float> resid_pre;  // [N,D]
+  DeviceArray<float> ln1;        // [N,D] normed input of attention
+  DeviceArray<float> rstd1;      // [N]
+  DeviceArray<float> qkv;        // [N,(H+2KVH)*HD]  hook_q | hook_k | hook_v (pre-rotary)
+  DeviceArray<float> q_rot;      // [N,H*HD]   hook_rot_q
+  DeviceArray<float> k_rot;      // [N,KVH*HD] hook_rot_k  (the key cache)
+  DeviceArray<float> v;          // [N,KVH*HD] hook_v      (the value cache)
+  DeviceArray<float> z;          // [N,H*HD]   hook_z
+  DeviceArray<float> pattern;    // [B,H,T,T]  hook_pattern (when kept)
+  DeviceArray<float> attn_out;   // [N,D]
+  DeviceArray<float> resid_mid;  // [N,D]
+  DeviceArray<float> ln2;        // [N,D]
+  DeviceArray<float> rstd2;      // [N]
+  DeviceArray<float> gate_up;    // [N,2F]
+  DeviceArray<float> act;        // [N,F] silu(gate)*up
+  DeviceArray<float> mlp_out;    // [N,D]
+};
+
+struct ForwardState {
+  int B = 0, T = 0;
+  Batch batch;
+  std::vector<LayerActs> layers;
+  DeviceArray<float> resid_final;  // [N,D] resid_post of the last layer
+  DeviceArray<float> ln_f;         // [N,D]
+  DeviceArray<float> rstd_f;       // [N]
+  DeviceArray<float> logits;       // [N,V]
+  DeviceArray<int32_t> tokens, pos, pad;  // device copies of the batch
+  DeviceArray<float> inv_freq;     // [rot_dim/2]
+  RopeParams rope;
+  int64_t N() const { return static_cast<int64_t>(B) * T; }
+  // resid_post of layer l (= resid_pre of layer l+1).
+  const float* resid_post(int l) const {
+    return l + 1 < static_cast<int>(layers.size()) ? layers[l + 1].resid_pre.get() : resid_final.get();
+  }
+  // Device pointer and row width of a block/z hook's activation at layer l.
+  const float* hook_data(Hook h, int l) const;
+};
+
+struct ForwardOptions {
+  bool keep_pattern = true;
+  // Optional patch: replace `patch.hook` at patch.layer with `source`'s value while running.
+  const PatchSpec* patch = nullptr;
+  const ForwardState* source = nullptr;
+};
+
+// Rotary parameters for a batch whose longest row has `seq_len` tokens.
+std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len);
+
+ForwardState forward(Backend& be, const Model& m, const Batch& batch, const ForwardOptions& opt = {});
+
+// Mean and per-row logit differences at the last position.
+struct LogitDiff {
+  double mean = 0;
+  std::vector<float> per_row;
+};
+LogitDiff logit_diff(Backend& be, const Model& m, const ForwardState& s,
+                     const std::vector<int32_t>& answer, const std::vector<int32_t>& other);
+
+// Host copy of the last-position logits [B,V].
+std::vector<float> last_logits(Backend& be, const Model& m, const ForwardState& s);
+
+// Throws naming the first layer and hook holding a NaN/Inf (checked in forward order).
+void check_finite(Backend& be, const Model& m, const ForwardState& s, const char* run_name);
+
+}  // namespace phi3

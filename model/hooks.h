@@ -1,0 +1,34 @@
+// Hook points (TransformerLens names, DESIGN §4) and the patch descriptions the forward
+// pass understands.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace phi3 {
+
+enum class Hook {
+  ResidPre,   // blocks.l.hook_resid_pre     [B,T,D]
+  ResidMid,   // blocks.l.hook_resid_mid     [B,T,D]
+  ResidPost,  // blocks.l.hook_resid_post    [B,T,D]
+  AttnOut,    // blocks.l.hook_attn_out      [B,T,D]
+  MlpOut,     // blocks.l.hook_mlp_out       [B,T,D]
+  Z,          // blocks.l.attn.hook_z        [B,T,H,HD]  (patched per head and position)
+  ZAllPos,    // blocks.l.attn.hook_z        (patched per head, every position)
+};
+
+std::string hook_name(Hook h);                 // "resid_pre", ..., "z", "z_all_pos"
+std::string hook_title(Hook h);                // "Residual (pre)", "Attention output", ...
+Hook parse_hook(const std::string& name);      // throws naming the unknown hook
+bool hook_is_per_head(Hook h);
+std::vector<Hook> all_hooks();
+
+// Replace the activation of `hook` at `layer` (position `pos` or every position when
+// pos < 0; head `head` for Z/ZAllPos) in every batch row with the source run's value.
+struct PatchSpec {
+  Hook hook = Hook::ResidPre;
+  int layer = 0;
+  int pos = 0;
+  int head = -1;
+};
+
+}  // namespace phi3

@@ -1,0 +1,27 @@
+// A loaded Phi-3 model: config, tokenizer, weights on a backend.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "model/weights.h"
+#include "runtime/backend.h"
+#include "runtime/config.h"
+#include "runtime/tokenizer.h"
+
+namespace phi3 {
+
+struct Model {
+  std::string dir;
+  ModelConfig cfg;
+  Tokenizer tok;
+  ModelWeights w;
+  int qkv_width() const { return (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim; }
+  int q_width() const { return cfg.num_attention_heads * cfg.head_dim; }
+  int kv_width() const { return cfg.num_key_value_heads * cfg.head_dim; }
+};
+
+// Loads config.json, the tokenizer and the weights of `dir` onto `be`. Checks that the
+// tokenizer and config agree (ids inside vocab_size).
+std::unique_ptr<Model> load_model(Backend& be, const std::string& dir);
+
+}  // namespace phi3

@@ -1,0 +1,49 @@
+// Model weights on a backend's device, loaded from a Hugging Face Phi3ForCausalLM
+// checkpoint directory and checked against the config (names, shapes, finiteness).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/config.h"
+
+namespace phi3 {
+
+struct LayerWeights {
+  const float* ln1 = nullptr;  // input_layernorm.weight [D]
+  const float* ln2 = nullptr;  // post_attention_layernorm.weight [D]
+  Weight qkv;      // self_attn.qkv_proj.weight [(H+2KVH)*HD, D]
+  Weight o;        // self_attn.o_proj.weight [D, H*HD]
+  Weight gate_up;  // mlp.gate_up_proj.weight [2F, D]
+  Weight down;     // mlp.down_proj.weight [D, F]
+};
+
+class ModelWeights {
+ public:
+  // Loads every tensor the config implies; throws naming the tensor on a missing or extra
+  // tensor, a shape that disagrees with config.json, or a NaN/Inf value.
+  static ModelWeights load(Backend& be, const std::string& model_dir, const ModelConfig& cfg);
+  // Random weights of the right shapes (tests, benchmarks): N(0, std) from `seed`.
+  static ModelWeights random(Backend& be, const ModelConfig& cfg, uint32_t seed, float std);
+
+  Weight embed;    // model.embed_tokens.weight [V, D]
+  Weight lm_head;  // lm_head.weight [V, D] (= embed when tied)
+  const float* final_norm = nullptr;  // model.norm.weight [D]
+  std::vector<LayerWeights> layers;
+  size_t bytes = 0;  // device bytes held
+
+ private:
+  std::vector<DeviceArray<uint8_t>> storage_;
+  const void* keep(Backend& be, const std::vector<uint8_t>& host);
+  friend struct WeightLoader;
+};
+
+// The expected tensor names and shapes of a Phi3ForCausalLM checkpoint for `cfg`.
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg);
+
+}  // namespace phi3

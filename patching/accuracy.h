@@ -1,0 +1,24 @@
+// Accuracy of a model on the CAA-style temporal dataset (data/raw/temporal_scope_caa.json):
+// each item's goal in the patching template, answered ` short` or ` long` by the sign of
+// the last-position logit difference.
+#pragma once
+#include <string>
+
+#include "model/model.h"
+
+namespace phi3 {
+
+struct AccuracyResult {
+  int items = 0;
+  int correct = 0;
+  double accuracy() const { return items ? double(correct) / items : 0.0; }
+};
+
+// The template of the seed prompts.
+std::string temporal_prompt(const std::string& goal);
+
+// split: "train", "heldout" or "all".
+AccuracyResult dataset_accuracy(Backend& be, const Model& m, const std::string& dataset_path, const std::string& split,
+                                int batch_size = 64);
+
+}  // namespace phi3

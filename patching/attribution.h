@@ -1,0 +1,15 @@
+// Attribution patching (AtP, DESIGN §5): attr[l,p] = Σ_b Σ_d (source − base)[b,l,p,d] ·
+// ∂metric/∂act[b,l,p,d], the gradient taken on the base run — two forward passes and one
+// backward pass for every hook at once. Per-head variants sum over d_head of hook_z.
+#pragma once
+#include <vector>
+
+#include "model/backward.h"
+
+namespace phi3 {
+
+// Values in the layout of sweep_targets(hook, ...): [L,T], [L,T,H] (Z) or [L,H] (ZAllPos).
+std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+                               const Gradients& base_grad, Hook hook);
+
+}  // namespace phi3

@@ -1,0 +1,163 @@
+// `phi3patch bench`: end-to-end timings on one model and prompt set — one forward,
+// attribution patching (2 forward + 1 backward) and the exact sweep per hook — with the
+// naive one-forward-per-patch sweep measured in the same run as the baseline, achieved
+// TFLOP/s, and the fast/naive work and time ratios. --json writes the figures.
+#include <algorithm>
+#include <cmath>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "model/backward.h"
+#include "patching/attribution.h"
+#include "patching/cli/args.h"
+#include "patching/cli/commands.h"
+#include "patching/sweep.h"
+#include "runtime/error.h"
+#include "runtime/file_util.h"
+
+namespace phi3 {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+// FLOPs of one token through one layer's GEMMs (attention scores/values over `ctx` keys).
+double layer_flops(const Model& m, double ctx) {
+  const ModelConfig& c = m.cfg;
+  double D = c.hidden_size, F = c.intermediate_size;
+  double g = 2.0 * (D * m.qkv_width() + m.q_width() * D + D * 2 * F + F * D);
+  return g + 4.0 * ctx * m.q_width();
+}
+
+template <typename Fn>
+double time_best(Backend& be, int repeat, Fn fn) {
+  double best = 1e30;
+  for (int i = 0; i < repeat; ++i) {
+    be.synchronize();
+    auto t0 = Clock::now();
+    fn();
+    be.synchronize();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return best;
+}
+}  // namespace
+
+int cmd_bench(int argc, char** argv, int first) {
+  Args a(argc, argv, first, {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget"},
+         {"fp32", "no-naive", "help"});
+  if (a.has("help")) {
+    std::cout << "usage: phi3patch bench [--model DIR] [--pairs FILE] [--hooks resid_pre,attn_out,mlp_out]\n"
+                 "                       [--device auto|cpu|cuda] [--fp32] [--repeat N] [--no-naive]\n"
+                 "                       [--naive-hooks LIST] [--mem-budget MB] [--json FILE]\n";
+    return 0;
+  }
+  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
+  auto t_load = Clock::now();
+  auto m = load_model(*be, model_dir);
+  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  auto pairs = load_pairs(a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json")));
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  const int repeat = std::max(1, a.get_int("repeat", 3));
+  std::vector<Hook> hooks;
+  {
+    std::string s = a.get("hooks", "resid_pre,attn_out,mlp_out"), item;
+    for (size_t p = 0; p <= s.size(); ++p) {
+      if (p == s.size() || s[p] == ',') {
+        if (!item.empty()) hooks.push_back(parse_hook(item));
+        item.clear();
+      } else {
+        item += s[p];
+      }
+    }
+  }
+  std::vector<Hook> naive_hooks;
+  if (!a.has("no-naive")) {
+    std::string s = a.get("naive-hooks", "resid_pre"), item;
+    for (size_t p = 0; p <= s.size(); ++p) {
+      if (p == s.size() || s[p] == ',') {
+        if (!item.empty()) naive_hooks.push_back(parse_hook(item));
+        item.clear();
+      } else {
+        item += s[p];
+      }
+    }
+  }
+  const int B = pb.clean.B, T = pb.clean.T, L = m->cfg.num_hidden_layers;
+  std::cerr << "[bench] " << model_dir << " on " << be->name() << ": B=" << B << " T=" << T << ", repeat " << repeat
+            << std::endl;
+  ForwardOptions no_pattern;
+  no_pattern.keep_pattern = false;
+  const double fwd_s = time_best(*be, repeat, [&] { forward(*be, *m, pb.corrupted, no_pattern); });
+  const double fwd_flops = double(B) * T * L * layer_flops(*m, T / 2.0) + 2.0 * B * T * m->cfg.hidden_size * m->cfg.vocab_size;
+
+  ForwardState clean = forward(*be, *m, pb.clean), corrupted = forward(*be, *m, pb.corrupted);
+  LogitDiff lc = logit_diff(*be, *m, clean, pb.answer, pb.other), lr = logit_diff(*be, *m, corrupted, pb.answer, pb.other);
+  const float scale = static_cast<float>(1.0 / (lc.mean - lr.mean));
+  const double attr_s = time_best(*be, repeat, [&] {
+    ForwardState c2 = forward(*be, *m, pb.clean);
+    ForwardState r2 = forward(*be, *m, pb.corrupted);
+    Gradients g = backward(*be, *m, r2, pb.answer, pb.other, scale);
+    for (Hook h : hooks) attribution(*be, *m, r2, c2, g, h);
+  });
+
+  nlohmann::json j;
+  j["model"] = model_dir;
+  j["device"] = be->name();
+  j["B"] = B;
+  j["T"] = T;
+  j["layers"] = L;
+  j["load_seconds"] = load_s;
+  j["forward_ms"] = fwd_s * 1e3;
+  j["forward_tflops"] = fwd_flops / fwd_s / 1e12;
+  j["attribution_ms"] = attr_s * 1e3;
+  std::printf("device: %s\nmodel: %s (B=%d, T=%d, %d layers)\n", be->name().c_str(), model_dir.c_str(), B, T, L);
+  std::printf("forward:              %10.3f ms  (%.2f TFLOP/s)\n", fwd_s * 1e3, fwd_flops / fwd_s / 1e12);
+  std::printf("attribution patching: %10.3f ms  (2 forward + 1 backward, %zu hooks)\n", attr_s * 1e3, hooks.size());
+  nlohmann::json sweeps = nlohmann::json::array();
+  double total_fast = 0;
+  SweepOptions fast_opt;
+  fast_opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
+  for (Hook h : hooks) {
+    SweepResult fr;
+    const double fs = time_best(*be, repeat, [&] { fr = activation_sweep(*be, *m, corrupted, clean, pb.answer, pb.other, h, fast_opt); });
+    total_fast += fs;
+    const double flops = double(fr.work.token_layer_evals) * layer_flops(*m, T / 2.0);
+    nlohmann::json e = {{"hook", hook_name(h)},
+                        {"fast_seconds", fs},
+                        {"patched_runs", fr.work.patched_runs},
+                        {"skipped_noop", fr.work.skipped_noop},
+                        {"skipped_causal", fr.work.skipped_causal},
+                        {"token_layer_evals", fr.work.token_layer_evals},
+                        {"naive_token_layer_evals", fr.work.naive_token_layer_evals},
+                        {"work_fraction", double(fr.work.token_layer_evals) / fr.work.naive_token_layer_evals},
+                        {"chunks", fr.work.chunks},
+                        {"fast_tflops", flops / fs / 1e12}};
+    std::printf("sweep %-10s fast:   %10.3f ms  (%lld runs, %lld no-op skipped, work %.1f%% of naive, %.2f TFLOP/s)\n",
+                hook_name(h).c_str(), fs * 1e3, (long long)fr.work.patched_runs, (long long)fr.work.skipped_noop,
+                100.0 * fr.work.token_layer_evals / fr.work.naive_token_layer_evals, flops / fs / 1e12);
+    if (std::find(naive_hooks.begin(), naive_hooks.end(), h) != naive_hooks.end()) {
+      SweepOptions no;
+      no.naive = true;
+      SweepResult nr;
+      const double ns = time_best(*be, 1, [&] { nr = activation_sweep(*be, *m, corrupted, clean, pb.answer, pb.other, h, no); });
+      double maxdiff = 0;
+      for (size_t i = 0; i < nr.ld.size(); ++i) maxdiff = std::max(maxdiff, double(std::fabs(nr.ld[i] - fr.ld[i])));
+      e["naive_seconds"] = ns;
+      e["speedup_vs_naive"] = ns / fs;
+      e["max_abs_diff_vs_naive_logit_diff"] = maxdiff;
+      std::printf("sweep %-10s naive:  %10.3f ms  -> fast is %.2fx faster, max |diff| %.2g\n", hook_name(h).c_str(),
+                  ns * 1e3, ns / fs, maxdiff);
+    }
+    sweeps.push_back(e);
+  }
+  j["sweeps"] = sweeps;
+  j["all_sweeps_seconds"] = total_fast;
+  std::printf("all sweeps (fast):    %10.3f ms\n", total_fast * 1e3);
+  if (a.has("json")) write_file_atomic(a.get("json", ""), j.dump(2) + "\n");
+  return 0;
+}
+
+}  // namespace phi3

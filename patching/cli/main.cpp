@@ -1,0 +1,225 @@
+// phi3patch: activation and attribution patching for Phi-3 models.
+// Subcommands: run (default), forward, tokenize, verify, accuracy. Errors print one line
+// ("phi3patch: error: ...") and exit non-zero; results go to files, progress to stderr.
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "model/forward.h"
+#include "patching/accuracy.h"
+#include "patching/cli/args.h"
+#include "patching/cli/commands.h"
+#include "patching/experiment.h"
+#include "patching/report.h"
+#include "runtime/error.h"
+#include "runtime/file_util.h"
+
+namespace phi3 {
+
+std::atomic<bool> g_interrupted{false};
+
+std::string default_path(const std::string& rel) {
+  if (file_exists(rel) || dir_exists(rel)) return rel;
+  std::string alt = path_join(PHI3_SOURCE_DIR, rel);
+  if (file_exists(alt) || dir_exists(alt)) return alt;
+  return rel;
+}
+
+namespace {
+
+const char* kUsage = R"(phi3patch - activation and attribution patching for Phi-3 (Phi3ForCausalLM) models
+
+usage: phi3patch [COMMAND] [OPTIONS]
+
+commands:
+  run        (default) attribution + exact activation patching on clean/corrupted pairs;
+             writes results.json, CSVs, SVG heatmaps and report.html into --out
+  forward    print the seed-style summary (padded prompts, answer ids, top-3 tokens,
+             clean and corrupted logit differences) for a pairs file
+  tokenize   print token ids and pieces of the given texts (BOS prepended)
+  verify     compare logits, activations, gradients and patching results with a
+             reference dump made by tools/make_reference.py (--reference DIR)
+  accuracy   accuracy on the temporal dataset (--dataset FILE --split train|heldout|all)
+  bench      time forward, attribution and the exact sweeps (see `phi3patch bench --help`)
+  make-random  write a checkpoint with real Phi-3 shapes and seeded random weights
+
+common options:
+  --model DIR       Phi3ForCausalLM checkpoint directory (config.json, *.safetensors,
+                    tokenizer.model) [data/models/tiny-temporal-phi3]
+  --device D        auto | cpu | cuda [auto]
+  --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
+
+run options:
+  --pairs FILE      pairs file [data/temporal_scope_for_attribution_patching.json]
+  --hooks LIST      comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out,
+                    z (per head and position), z_all_pos (per head) [resid_pre,attn_out,mlp_out]
+  --method M        attribution | activation | both [both]
+  --direction D     denoise (clean values into the corrupted run) | noise [denoise]
+  --batch N         pairs per batch for large pair files (0 = one batch) [0]
+  --naive           activation patching with one full forward per patch (verification)
+  --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory) [0]
+  --out DIR         output directory [out]
+  --force           overwrite results already in --out
+)";
+
+Hook hooks_or_throw(const std::string& s, std::vector<Hook>& out) {
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    out.push_back(parse_hook(item));
+  }
+  if (out.empty()) throw Error("--hooks: no hook given");
+  return out[0];
+}
+
+int cmd_run(int argc, char** argv, int first) {
+  Args a(argc, argv, first,
+         {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out"},
+         {"fp32", "naive", "force", "help"});
+  if (a.has("help")) {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (!a.positional().empty()) throw Error("unexpected argument '" + a.positional()[0] + "'");
+  ExperimentOptions opt;
+  opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
+  if (a.has("hooks")) {
+    opt.hooks.clear();
+    hooks_or_throw(a.get("hooks", ""), opt.hooks);
+  }
+  const std::string method = a.get("method", "both");
+  if (method != "both" && method != "attribution" && method != "activation")
+    throw Error("--method: expected attribution, activation or both, got '" + method + "'");
+  opt.attribution = method != "activation";
+  opt.activation = method != "attribution";
+  const std::string dir = a.get("direction", "denoise");
+  if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
+  opt.noising = dir == "noise";
+  opt.batch_pairs = a.get_int("batch", 0);
+  opt.naive = a.has("naive");
+  opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
+  opt.log = [](const std::string& s) {
+    if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
+    std::cerr << "[phi3patch] " << s << std::endl;
+  };
+  const std::string out = a.get("out", "out");
+  prepare_out_dir(out, a.has("force"));
+  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
+  std::cerr << "[phi3patch] loading " << model_dir << " on " << be->name() << std::endl;
+  auto m = load_model(*be, model_dir);
+  ExperimentResult R = run_experiment(*be, *m, opt);
+  if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
+  auto files = write_report(R, out);
+
+  std::cout << "model: " << model_dir << " (" << m->cfg.num_hidden_layers << " layers, d=" << m->cfg.hidden_size
+            << ") on " << R.device << "\n";
+  for (const auto& b : R.batches) print_batch_summary(std::cout, b);
+  if (R.batches.size() > 1)
+    std::cout << "Over " << R.batches.size() << " batches: clean LD " << R.clean_ld << ", corrupted LD "
+              << R.corrupted_ld << "\n";
+  for (const auto& r : R.results) {
+    std::cout << hook_name(r.hook) << " " << r.method << ": " << r.seconds << " s";
+    if (r.method == "activation")
+      std::cout << " (" << r.work.patched_runs << " runs, " << r.work.skipped_noop << " no-op skipped, "
+                << r.work.token_layer_evals << "/" << r.work.naive_token_layer_evals << " token-layer evals)";
+    std::cout << "\n";
+  }
+  for (const auto& c : R.comparisons)
+    std::cout << hook_name(c.hook) << ": attribution vs activation Pearson " << c.pearson << ", Spearman "
+              << c.spearman << "\n";
+  for (const auto& s : describe_effects(R)) std::cout << s << "\n";
+  std::cout << "wrote " << files.size() << " files to " << out << "/ (open " << path_join(out, "report.html")
+            << ")\n";
+  return 0;
+}
+
+int cmd_forward(int argc, char** argv, int first) {
+  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32"});
+  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
+  auto pairs = load_pairs(a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json")));
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  ForwardOptions fo;
+  fo.keep_pattern = false;
+  ForwardState clean = forward(*be, *m, pb.clean, fo), corrupted = forward(*be, *m, pb.corrupted, fo);
+  check_finite(*be, *m, clean, "clean");
+  check_finite(*be, *m, corrupted, "corrupted");
+  print_batch_summary(std::cout, summarize_batch(*be, *m, pb, clean, corrupted));
+  return 0;
+}
+
+int cmd_tokenize(int argc, char** argv, int first) {
+  Args a(argc, argv, first, {"model"}, {"no-bos"});
+  Tokenizer tok = Tokenizer::load_dir(a.get("model", default_path("data/models/tiny-temporal-phi3")));
+  if (a.positional().empty()) throw Error("tokenize: give at least one text");
+  for (const auto& text : a.positional()) {
+    auto ids = tok.encode(text, !a.has("no-bos"));
+    std::cout << "ids:";
+    for (int id : ids) std::cout << " " << id;
+    std::cout << "\npieces:";
+    for (int id : ids) std::cout << " " << tok.piece(id);
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+int cmd_accuracy(int argc, char** argv, int first) {
+  Args a(argc, argv, first, {"model", "device", "dataset", "split"}, {"fp32"});
+  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
+  const std::string split = a.get("split", "heldout");
+  auto r = dataset_accuracy(*be, *m, a.get("dataset", default_path("data/raw/temporal_scope_caa.json")), split);
+  std::cout << split << " accuracy: " << r.correct << "/" << r.items << " = " << r.accuracy() * 100 << "%\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace phi3
+
+int main(int argc, char** argv) {
+  using namespace phi3;
+  std::signal(SIGINT, [](int) {
+    if (g_interrupted) std::_Exit(130);
+    g_interrupted = true;
+  });
+  std::string cmd = "run";
+  int first = 1;
+  if (argc > 1 && argv[1][0] != '-') {
+    cmd = argv[1];
+    first = 2;
+  }
+  try {
+    if (cmd == "-h" || cmd == "help") {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (cmd == "run") return cmd_run(argc, argv, first);
+    if (cmd == "forward") return cmd_forward(argc, argv, first);
+    if (cmd == "tokenize") return cmd_tokenize(argc, argv, first);
+    if (cmd == "accuracy") return cmd_accuracy(argc, argv, first);
+    if (cmd == "verify") return cmd_verify(argc, argv, first);
+    if (cmd == "bench") return cmd_bench(argc, argv, first);
+    if (cmd == "make-random") return cmd_make_random(argc, argv, first);
+    throw Error("unknown command '" + cmd + "' (commands: run, forward, tokenize, verify, accuracy, bench, make-random)");
+  } catch (const OutOfMemory& e) {
+    std::cerr << "phi3patch: error: " << e.what() << std::endl;
+    return 3;
+  } catch (const Error& e) {
+    std::cerr << "phi3patch: error: " << e.what() << std::endl;
+    return g_interrupted ? 130 : 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "phi3patch: error: out of host memory" << std::endl;
+    return 3;
+  } catch (const std::exception& e) {
+    std::cerr << "phi3patch: error: " << e.what() << std::endl;
+    return 2;
+  }
+}

@@ -1,0 +1,309 @@
+#include "patching/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iomanip>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "patching/svg.h"
+#include "runtime/error.h"
+#include "runtime/file_util.h"
+
+namespace phi3 {
+
+namespace {
+std::string fmt(double v, int prec = 4) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", prec, v);
+  return buf;
+}
+
+nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+std::string file_stem(const MatrixResult& r) { return hook_name(r.hook) + "_" + r.method; }
+
+std::string plot_title(const MatrixResult& r) {
+  std::string base;
+  switch (r.hook) {
+    case Hook::ResidPre: base = "Residual"; break;
+    case Hook::ResidMid: base = "Residual (mid)"; break;
+    case Hook::ResidPost: base = "Residual (post)"; break;
+    case Hook::AttnOut: base = "Attention Output"; break;
+    case Hook::MlpOut: base = "MLP Output"; break;
+    case Hook::Z: base = "Head Output by Position"; break;
+    case Hook::ZAllPos: base = "Head Output (all positions)"; break;
+  }
+  return base + (r.method == "attribution" ? " Attribution Patching" : " Activation Patching");
+}
+}  // namespace
+
+std::vector<Component> top_components(const MatrixResult& r, size_t k) {
+  std::vector<size_t> idx(r.values.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) {
+    double va = std::isfinite(r.values[a]) ? std::fabs(r.values[a]) : -1;
+    double vb = std::isfinite(r.values[b]) ? std::fabs(r.values[b]) : -1;
+    return va > vb;
+  });
+  std::vector<Component> out;
+  const size_t nc = r.cols.size();
+  for (size_t i = 0; i < std::min(k, idx.size()); ++i)
+    out.push_back({r.rows[idx[i] / nc], r.cols[idx[i] % nc], r.values[idx[i]]});
+  return out;
+}
+
+std::vector<std::string> describe_effects(const ExperimentResult& R) {
+  std::vector<std::string> lines;
+  for (const auto& r : R.results) {
+    // Prefer the exact method when both ran.
+    bool has_activation = false;
+    for (const auto& o : R.results)
+      if (o.hook == r.hook && o.method == "activation") has_activation = true;
+    if (r.method == "attribution" && has_activation) continue;
+    auto top = top_components(r, 3);
+    if (top.empty()) continue;
+    // Share of total |effect| per row (layer) and per column (token / head).
+    std::map<std::string, double> by_row, by_col;
+    double total = 0;
+    const size_t nc = r.cols.size();
+    for (size_t i = 0; i < r.values.size(); ++i) {
+      double a = std::isfinite(r.values[i]) ? std::fabs(r.values[i]) : 0;
+      by_row[r.rows[i / nc]] += a;
+      by_col[r.cols[i % nc]] += a;
+      total += a;
+    }
+    auto best = [](const std::map<std::string, double>& m) {
+      std::vector<std::pair<double, std::string>> v;
+      for (auto& [k, x] : m) v.push_back({x, k});
+      std::sort(v.rbegin(), v.rend());
+      return v;
+    };
+    auto rows = best(by_row), cols = best(by_col);
+    std::ostringstream s;
+    s << hook_name(r.hook) << " (" << r.method << "): the largest effect is at " << top[0].row << ", " << top[0].col
+      << " (" << fmt(top[0].value, 3) << ")";
+    if (top.size() > 1) s << ", then " << top[1].row << ", " << top[1].col << " (" << fmt(top[1].value, 3) << ")";
+    if (top.size() > 2) s << " and " << top[2].row << ", " << top[2].col << " (" << fmt(top[2].value, 3) << ")";
+    if (total > 0) {
+      s << ". By " << (r.hook == Hook::ZAllPos ? "layer" : (r.hook == Hook::Z ? "layer/head" : "layer")) << ": "
+        << rows[0].second << " holds " << fmt(100 * rows[0].first / total, 0) << "% of the total |effect|";
+      s << "; by " << (r.hook == Hook::ZAllPos ? "head" : "token") << ": " << cols[0].second << " "
+        << fmt(100 * cols[0].first / total, 0) << "%";
+      if (cols.size() > 1) s << ", " << cols[1].second << " " << fmt(100 * cols[1].first / total, 0) << "%";
+    }
+    s << ".";
+    lines.push_back(s.str());
+  }
+  return lines;
+}
+
+void prepare_out_dir(const std::string& out_dir, bool force) {
+  make_dirs(out_dir);
+  if (file_exists(path_join(out_dir, "results.json")) && !force)
+    throw Error("output directory '" + out_dir +
+                "' already holds results.json; pass --force to overwrite it or choose another --out");
+  // Probe that we can write there.
+  write_file_atomic(path_join(out_dir, ".phi3patch-write-test"), "ok\n");
+  std::remove(path_join(out_dir, ".phi3patch-write-test").c_str());
+}
+
+std::string results_json(const ExperimentResult& R) {
+  using nlohmann::json;
+  json j;
+  j["format_version"] = 1;
+  j["model"] = R.model_dir;
+  j["device"] = R.device;
+  j["pairs_file"] = R.pairs_file;
+  j["direction"] = R.direction;
+  j["metric"] = "normalized logit difference (LD - LD_corrupted) / (LD_clean - LD_corrupted)";
+  j["T"] = R.T;
+  j["clean_logit_diff"] = R.clean_ld;
+  j["corrupted_logit_diff"] = R.corrupted_ld;
+  json prompts = json::array(), tokens = json::array();
+  for (const auto& b : R.batches) {
+    for (size_t i = 0; i < b.clean_prompts.size(); ++i) {
+      prompts.push_back({{"clean", b.clean_prompts[i]},
+                         {"corrupted", b.corrupted_prompts[i]},
+                         {"answer", b.answer_piece[i]},
+                         {"other", b.other_piece[i]},
+                         {"answer_id", b.answer[i]},
+                         {"other_id", b.other[i]},
+                         {"clean_logit_diff", b.clean_ld_rows[i]},
+                         {"corrupted_logit_diff", b.corrupted_ld_rows[i]}});
+      tokens.push_back({{"clean", b.clean_tokens[i]}, {"corrupted", b.corrupted_tokens[i]}});
+    }
+  }
+  j["prompts"] = prompts;
+  j["tokens"] = tokens;
+  j["position_labels"] = R.position_labels;
+  json results = json::array();
+  json work = json::object();
+  for (const auto& r : R.results) {
+    json e;
+    e["hook"] = hook_name(r.hook);
+    e["method"] = r.method;
+    e["rows"] = r.rows;
+    e["cols"] = r.cols;
+    json vals = json::array();
+    for (size_t i = 0; i < r.rows.size(); ++i) {
+      json row = json::array();
+      for (size_t c = 0; c < r.cols.size(); ++c) row.push_back(num(r.values[i * r.cols.size() + c]));
+      vals.push_back(row);
+    }
+    e["values"] = vals;
+    json top = json::array();
+    for (const auto& c : top_components(r, 10)) top.push_back({{"row", c.row}, {"col", c.col}, {"value", num(c.value)}});
+    e["top10"] = top;
+    e["seconds"] = r.seconds;
+    if (r.method == "activation") {
+      // [rows][cols][prompts]
+      json pl = json::array(), pn = json::array();
+      for (size_t i = 0; i < r.rows.size(); ++i) {
+        json rl = json::array(), rn = json::array();
+        for (size_t c = 0; c < r.cols.size(); ++c) {
+          rl.push_back(r.per_prompt_ld[i * r.cols.size() + c]);
+          json pr = json::array();
+          for (float v : r.per_prompt[i * r.cols.size() + c]) pr.push_back(num(v));
+          rn.push_back(pr);
+        }
+        pl.push_back(rl);
+        pn.push_back(rn);
+      }
+      e["per_prompt_logit_diff"] = pl;
+      e["per_prompt_metric"] = pn;
+      json w = {{"mode", r.work.fast ? "fast" : "naive"},
+                {"patched_runs", r.work.patched_runs},
+                {"skipped_noop", r.work.skipped_noop},
+                {"skipped_causal", r.work.skipped_causal},
+                {"token_layer_evals", r.work.token_layer_evals},
+                {"naive_token_layer_evals", r.work.naive_token_layer_evals},
+                {"chunks", r.work.chunks},
+                {"seconds", r.work.seconds}};
+      e["work"] = w;
+      work[hook_name(r.hook)] = w;
+    }
+    results.push_back(e);
+  }
+  j["results"] = results;
+  j["work"] = work;
+  json cmp = json::array();
+  for (const auto& c : R.comparisons)
+    cmp.push_back({{"hook", hook_name(c.hook)}, {"pearson", num(c.pearson)}, {"spearman", num(c.spearman)}});
+  j["attribution_vs_activation"] = cmp;
+  j["summary"] = describe_effects(R);
+  return j.dump(1) + "\n";
+}
+
+std::vector<std::string> write_report(const ExperimentResult& R, const std::string& out_dir) {
+  std::vector<std::string> written;
+  auto put = [&](const std::string& name, const std::string& text) {
+    std::string p = path_join(out_dir, name);
+    write_file_atomic(p, text);
+    written.push_back(p);
+  };
+  for (const auto& r : R.results) {
+    std::ostringstream csv;
+    csv << "row";
+    for (const auto& c : r.cols) csv << ",\"" << c << "\"";
+    csv << "\n";
+    for (size_t i = 0; i < r.rows.size(); ++i) {
+      csv << r.rows[i];
+      for (size_t c = 0; c < r.cols.size(); ++c) csv << "," << std::setprecision(9) << r.values[i * r.cols.size() + c];
+      csv << "\n";
+    }
+    put(file_stem(r) + ".csv", csv.str());
+    const bool heads = r.hook == Hook::ZAllPos;
+    put(file_stem(r) + ".svg", svg_heatmap(plot_title(r), r.rows, r.cols, r.values, heads ? "Head" : "Position",
+                                           r.hook == Hook::Z ? "Layer / head" : "Layer"));
+  }
+  for (const auto& c : R.comparisons) {
+    const MatrixResult *at = nullptr, *ac = nullptr;
+    for (const auto& r : R.results)
+      if (r.hook == c.hook) (r.method == "attribution" ? at : ac) = &r;
+    std::vector<std::string> labels;
+    for (size_t i = 0; i < at->values.size(); ++i)
+      labels.push_back(at->rows[i / at->cols.size()] + ", " + at->cols[i % at->cols.size()]);
+    put(hook_name(c.hook) + "_scatter.svg",
+        svg_scatter(hook_name(c.hook) + ": attribution vs activation (r=" + fmt(c.pearson, 3) + ", rho=" +
+                        fmt(c.spearman, 3) + ")",
+                    at->values, ac->values, labels, "attribution patching", "activation patching"));
+  }
+  // report.html
+  std::ostringstream h;
+  h << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>phi3patch report</title>\n"
+    << "<style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;max-width:1400px}"
+    << "td,th{padding:2px 8px;text-align:left}code{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:6px 0}"
+    << "</style></head><body>\n";
+  h << "<h1>phi3patch: attribution and activation patching</h1>\n";
+  h << "<p>Model <code>" << xml_escape(R.model_dir) << "</code> on " << xml_escape(R.device) << ". Pairs <code>"
+    << xml_escape(R.pairs_file) << "</code>, " << R.n_prompts << " prompts (every pair both ways), T = " << R.T
+    << ", direction " << R.direction << ".</p>\n";
+  h << "<p>Clean logit difference <b>" << fmt(R.clean_ld) << "</b>, corrupted <b>" << fmt(R.corrupted_ld)
+    << "</b>. Values are the normalized metric (1 = clean, 0 = corrupted).</p>\n";
+  h << "<h2>Where the effects lie</h2><ul>\n";
+  for (const auto& s : describe_effects(R)) h << "<li>" << xml_escape(s) << "</li>\n";
+  h << "</ul>\n";
+  if (!R.comparisons.empty()) {
+    h << "<h2>Attribution vs activation patching</h2><table><tr><th>hook</th><th>Pearson</th><th>Spearman</th></tr>\n";
+    for (const auto& c : R.comparisons)
+      h << "<tr><td>" << hook_name(c.hook) << "</td><td>" << fmt(c.pearson, 3) << "</td><td>" << fmt(c.spearman, 3)
+        << "</td></tr>\n";
+    h << "</table>\n";
+  }
+  h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th></tr>\n";
+  for (const auto& b : R.batches)
+    for (size_t i = 0; i < b.clean_prompts.size(); ++i)
+      h << "<tr><td>" << xml_escape(b.clean_prompts[i]) << "</td><td>" << xml_escape(b.corrupted_prompts[i])
+        << "</td><td>" << xml_escape(b.answer_piece[i]) << " vs " << xml_escape(b.other_piece[i]) << "</td><td>"
+        << fmt(b.clean_ld_rows[i]) << "</td><td>" << fmt(b.corrupted_ld_rows[i]) << "</td></tr>\n";
+  h << "</table>\n<h2>Figures</h2>\n";
+  for (const auto& r : R.results) {
+    h << "<h3>" << xml_escape(plot_title(r)) << "</h3>\n<img src=\"" << file_stem(r) << ".svg\" alt=\""
+      << xml_escape(plot_title(r)) << "\">\n";
+    if (r.method == "activation") {
+      h << "<p>work: " << r.work.patched_runs << " patched runs, " << r.work.skipped_noop << " no-op patches skipped, "
+        << r.work.token_layer_evals << " token-layer evaluations (naive: " << r.work.naive_token_layer_evals << "), "
+        << fmt(r.work.seconds, 3) << " s</p>\n";
+    }
+  }
+  for (const auto& c : R.comparisons)
+    h << "<h3>" << hook_name(c.hook) << ": attribution vs activation</h3>\n<img src=\"" << hook_name(c.hook)
+      << "_scatter.svg\">\n";
+  h << "<p>Files: results.json (all values, per-prompt metrics, work counters) and one CSV per figure.</p>\n";
+  h << "</body></html>\n";
+  put("report.html", h.str());
+  // results.json last: its presence marks a complete run.
+  put("results.json", results_json(R));
+  return written;
+}
+
+void print_batch_summary(std::ostream& os, const BatchSummary& s) {
+  const size_t B = s.clean_prompts.size();
+  os << "Clean prompts (left-padded):\n";
+  for (size_t b = 0; b < B; ++b) os << "  [" << b << "] " << s.clean_padded[b] << "\n";
+  os << "Corrupted prompts (left-padded):\n";
+  for (size_t b = 0; b < B; ++b) os << "  [" << b << "] " << s.corrupted_padded[b] << "\n";
+  os << "Answer token ids (answer, other):";
+  for (size_t b = 0; b < B; ++b) os << " (" << s.answer[b] << ", " << s.other[b] << ")";
+  os << "\n";
+  auto tops = [&](const char* name, const std::vector<std::vector<TopToken>>& t) {
+    os << "Top-3 tokens at the last position, " << name << ":\n";
+    for (size_t b = 0; b < B; ++b) {
+      os << "  [" << b << "]";
+      for (const auto& x : t[b]) os << "  " << x.piece << " (" << x.id << ") " << fmt(x.logit, 3);
+      os << "\n";
+    }
+  };
+  tops("clean", s.clean_top);
+  tops("corrupted", s.corrupted_top);
+  os << "Clean logit diff: " << fmt(s.clean_ld) << "   per prompt:";
+  for (float v : s.clean_ld_rows) os << " " << fmt(v, 3);
+  os << "\nCorrupted logit diff: " << fmt(s.corrupted_ld) << "   per prompt:";
+  for (float v : s.corrupted_ld_rows) os << " " << fmt(v, 3);
+  os << "\n";
+}
+
+}  // namespace phi3

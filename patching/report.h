@@ -1,0 +1,34 @@
+// Outputs of `phi3patch run`: results.json, one CSV and one SVG heatmap per (hook,
+// method), a scatter of attribution vs activation per hook, and report.html. Every file
+// is written to a temporary name and renamed.
+#pragma once
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "patching/experiment.h"
+
+namespace phi3 {
+
+struct Component {
+  std::string row, col;
+  double value;
+};
+std::vector<Component> top_components(const MatrixResult& r, size_t k);
+
+// Sentences saying where the largest effects lie (layers and tokens).
+std::vector<std::string> describe_effects(const ExperimentResult& R);
+
+// Fails (naming the directory) if out_dir cannot be created or written, or already holds
+// results.json and !force. Call before the experiment so no work is wasted.
+void prepare_out_dir(const std::string& out_dir, bool force);
+
+// Writes everything; returns the paths written.
+std::vector<std::string> write_report(const ExperimentResult& R, const std::string& out_dir);
+
+std::string results_json(const ExperimentResult& R);  // the text of results.json
+
+// The seed-style summary: padded prompts, answer ids, top-3 tokens, logit differences.
+void print_batch_summary(std::ostream& os, const BatchSummary& s);
+
+}  // namespace phi3

@@ -1,0 +1,468 @@
+#include "patching/sweep.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "runtime/error.h"
+
+namespace phi3 {
+
+std::vector<PatchSpec> sweep_targets(Hook hook, int L, int T, int H) {
+  std::vector<PatchSpec> t;
+  for (int l = 0; l < L; ++l) {
+    if (hook == Hook::ZAllPos) {
+      for (int h = 0; h < H; ++h) t.push_back({hook, l, -1, h});
+    } else if (hook == Hook::Z) {
+      for (int p = 0; p < T; ++p)
+        for (int h = 0; h < H; ++h) t.push_back({hook, l, p, h});
+    } else {
+      for (int p = 0; p < T; ++p) t.push_back({hook, l, p, -1});
+    }
+  }
+  return t;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int hook_width(const Model& m, Hook h) { return hook_is_per_head(h) ? m.q_width() : m.cfg.hidden_size; }
+
+// Host copies of one hook's activations at one layer for base and source, for the
+// bitwise no-op test and the first differing position of all-position patches.
+struct HookPair {
+  std::vector<float> base, source;
+  int width = 0;
+  bool equal(int T, int B, int pos, int col0, int ncol) const {
+    for (int b = 0; b < B; ++b) {
+      size_t off = (size_t(b) * T + pos) * width + col0;
+      if (std::memcmp(&base[off], &source[off], ncol * sizeof(float)) != 0) return false;
+    }
+    return true;
+  }
+};
+
+// One patched run of the fast sweep.
+struct Run {
+  int target = 0;
+  int start = 0;         // first full layer computed (L: none)
+  int p = 0;             // first recomputed position
+  bool tail = false;     // hook after attention at layer start-1
+  int tail_from = 0;     // tail rows: positions [tail_from, tail_to) of layer start-1
+  int tail_to = 0;
+};
+
+class FastSweep {
+ public:
+  FastSweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+            const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook)
+      : be_(be), m_(m), c_(m.cfg), base_(base), src_(source), answer_(answer), other_(other), hook_(hook) {
+    B_ = base.B;
+    T_ = base.T;
+    L_ = c_.num_hidden_layers;
+    D_ = c_.hidden_size;
+    F_ = c_.intermediate_size;
+    V_ = c_.vocab_size;
+    H_ = c_.num_attention_heads;
+    KVH_ = c_.num_key_value_heads;
+    HD_ = c_.head_dim;
+    QW_ = m.q_width();
+    KVW_ = m.kv_width();
+    QKVW_ = m.qkv_width();
+  }
+
+  // Device bytes a run needs in a chunk (work buffers per packed row + its final rows).
+  size_t run_bytes(const Run& r) const {
+    size_t rows = size_t(B_) * (T_ - r.p);
+    size_t per_row = sizeof(float) * (size_t(6) * D_ + QKVW_ + 2 * QW_ + 2 * KVW_ + 3 * F_ + 2) + 2 * sizeof(int32_t);
+    size_t final_rows = size_t(B_) * (size_t(3) * D_ + QW_ + V_ + 3 * F_ + 4);
+    return rows * per_row + final_rows * sizeof(float);
+  }
+
+  // Computes the per-row logit differences of `runs` (sorted by start layer) into ld.
+  void run_chunk(const std::vector<Run>& runs, std::vector<float>& ld, int64_t& token_layer_evals) {
+    const int n = static_cast<int>(runs.size());
+    if (n == 0) return;
+    // ---- packed layout -------------------------------------------------------------
+    std::vector<int64_t> off(n + 1, 0);
+    for (int r = 0; r < n; ++r) off[r + 1] = off[r] + int64_t(B_) * (T_ - runs[r].p);
+    const int64_t R = off[n];
+    std::vector<int32_t> row_src(R), row_pos(R), last_row(size_t(n) * B_);
+    for (int r = 0; r < n; ++r)
+      for (int b = 0; b < B_; ++b)
+        for (int t = runs[r].p; t < T_; ++t) {
+          int64_t row = off[r] + int64_t(b) * (T_ - runs[r].p) + (t - runs[r].p);
+          row_src[row] = b * T_ + t;
+          row_pos[row] = base_.batch.pos[b * T_ + t];
+          if (t == T_ - 1) last_row[size_t(r) * B_ + b] = static_cast<int32_t>(row);
+        }
+    std::vector<AttnSegment> segs, last_segs;
+    for (int r = 0; r < n; ++r)
+      for (int b = 0; b < B_; ++b) {
+        int32_t kv_row = static_cast<int32_t>(off[r] + int64_t(b) * (T_ - runs[r].p));
+        segs.push_back({b, runs[r].p, kv_row, runs[r].p, kv_row});
+        last_segs.push_back({b, runs[r].p, kv_row, T_ - 1, r * B_ + b});
+      }
+    auto d_row_src = to_device(be_, row_src);
+    auto d_row_pos = to_device(be_, row_pos);
+    auto d_last_row = to_device(be_, last_row);
+    auto d_segs = to_device(be_, segs);
+    auto d_last_segs = to_device(be_, last_segs);
+
+    X_ = DeviceArray<float>(be_, size_t(R) * D_);
+    ln_ = DeviceArray<float>(be_, size_t(R) * D_);
+    rstd_ = DeviceArray<float>(be_, R);
+    qkv_ = DeviceArray<float>(be_, size_t(R) * QKVW_);
+    q_ = DeviceArray<float>(be_, size_t(R) * QW_);
+    k_ = DeviceArray<float>(be_, size_t(R) * KVW_);
+    v_ = DeviceArray<float>(be_, size_t(R) * KVW_);
+    z_ = DeviceArray<float>(be_, size_t(R) * QW_);
+    attn_ = DeviceArray<float>(be_, size_t(R) * D_);
+    gu_ = DeviceArray<float>(be_, size_t(R) * 2 * F_);
+    act_ = DeviceArray<float>(be_, size_t(R) * F_);
+    mlp_ = DeviceArray<float>(be_, size_t(R) * D_);
+    const int NF = n * B_;  // final rows: run r, batch row b at r*B+b
+    DeviceArray<float> Xf(be_, size_t(NF) * D_);
+
+    int first_active_end = 0;  // runs [0, active) have start <= l
+    for (int l = 0; l <= L_; ++l) {
+      // ---- runs joining at layer l: state = base resid_pre[l] rows, then patched rows ----
+      int join_begin = first_active_end;
+      while (first_active_end < n && runs[first_active_end].start == l) ++first_active_end;
+      if (first_active_end > join_begin) join(runs, join_begin, first_active_end, l, off, row_src, Xf, token_layer_evals);
+      if (l == L_) break;
+      const int active = first_active_end;
+      if (active == 0) continue;
+      const int Rl = static_cast<int>(off[active]);
+      const LayerWeights& w = m_.w.layers[l];
+      const LayerActs& bl = base_.layers[l];
+      token_layer_evals += Rl;
+
+      be_.rmsnorm_forward(ln_.get(), rstd_.get(), X_.get(), w.ln1, Rl, D_, c_.rms_norm_eps);
+      be_.linear_forward(qkv_.get(), ln_.get(), w.qkv, Rl);
+      be_.rotary_forward(q_.get(), QW_, qkv_.get(), QKVW_, d_row_pos.get(), Rl, H_, HD_, base_.rope);
+      be_.rotary_forward(k_.get(), KVW_, qkv_.get() + QW_, QKVW_, d_row_pos.get(), Rl, KVH_, HD_, base_.rope);
+      be_.copy_rows(v_.get(), KVW_, nullptr, qkv_.get() + QW_ + KVW_, QKVW_, nullptr, Rl, KVW_);
+
+      AttnParams ap;
+      ap.q = q_.get();
+      ap.k = k_.get();
+      ap.v = v_.get();
+      ap.k_cache = bl.k_rot.get();
+      ap.v_cache = bl.v.get();
+      ap.z = z_.get();
+      ap.pad = base_.pad.get();
+      ap.q_stride = QW_;
+      ap.kv_stride = KVW_;
+      ap.cache_stride = KVW_;
+      ap.z_stride = QW_;
+      ap.n_segs = active * B_;
+      ap.T = T_;
+      ap.H = H_;
+      ap.KVH = KVH_;
+      ap.HD = HD_;
+      ap.window = c_.sliding_window;
+      ap.scale = 1.0f / std::sqrt(static_cast<float>(HD_));
+
+      if (l < L_ - 1) {
+        ap.segs = d_segs.get();
+        be_.attention_forward(ap);
+        be_.linear_forward(attn_.get(), z_.get(), w.o, Rl);
+        be_.add(X_.get(), X_.get(), attn_.get(), int64_t(Rl) * D_);  // resid_mid
+        mlp_block(w, X_.get(), X_.get(), Rl);                        // resid_post
+      } else {
+        // Last layer: only the final position of each run goes past attention.
+        const int Nf = active * B_;
+        // Queries at T-1 gathered to rows r*B+b (the layout of the z and final rows).
+        DeviceArray<float> q_last(be_, size_t(Nf) * QW_);
+        be_.copy_rows(q_last.get(), QW_, nullptr, q_.get(), QW_, d_last_row.get(), Nf, QW_);
+        ap.q = q_last.get();
+        ap.segs = d_last_segs.get();
+        be_.attention_forward(ap);  // z rows r*B+b
+        be_.linear_forward(attn_.get(), z_.get(), w.o, Nf);
+        be_.copy_rows(mlp_.get(), D_, nullptr, X_.get(), D_, d_last_row.get(), Nf, D_);
+        be_.add(mlp_.get(), mlp_.get(), attn_.get(), int64_t(Nf) * D_);  // resid_mid at T-1
+        mlp_block(w, mlp_.get(), Xf.get(), Nf);
+      }
+    }
+    // ---- logits and metric of every final row ------------------------------------------
+    DeviceArray<float> lnf(be_, size_t(NF) * D_), rstdf(be_, NF), logits(be_, size_t(NF) * V_);
+    be_.rmsnorm_forward(lnf.get(), rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
+    be_.linear_forward(logits.get(), lnf.get(), m_.w.lm_head, NF);
+    std::vector<int32_t> ans(NF), oth(NF);
+    for (int r = 0; r < n; ++r)
+      for (int b = 0; b < B_; ++b) {
+        ans[r * B_ + b] = answer_[b];
+        oth[r * B_ + b] = other_[b];
+      }
+    auto d_ans = to_device(be_, ans), d_oth = to_device(be_, oth);
+    DeviceArray<float> d_ld(be_, NF);
+    be_.logit_diff_forward(d_ld.get(), logits.get(), V_, d_ans.get(), d_oth.get(), NF);
+    std::vector<float> h_ld = d_ld.download();
+    for (int r = 0; r < n; ++r)
+      for (int b = 0; b < B_; ++b) ld[size_t(runs[r].target) * B_ + b] = h_ld[size_t(r) * B_ + b];
+  }
+
+ private:
+  // x [rows, D] = resid_mid rows -> out = x + down(swiglu(gate_up(rmsnorm(x)))). out may alias x.
+  void mlp_block(const LayerWeights& w, const float* x, float* out, int rows) {
+    be_.rmsnorm_forward(ln_.get(), rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
+    be_.linear_forward(gu_.get(), ln_.get(), w.gate_up, rows);
+    be_.swiglu_forward(act_.get(), gu_.get(), rows, F_);
+    be_.linear_forward(attn_.get(), act_.get(), w.down, rows);
+    be_.add(out, x, attn_.get(), int64_t(rows) * D_);
+  }
+
+  // Initialises the state rows of runs [r0, r1) (all with start == l).
+  void join(const std::vector<Run>& runs, int r0, int r1, int l, const std::vector<int64_t>& off,
+            const std::vector<int32_t>& row_src, DeviceArray<float>& Xf, int64_t& evals) {
+    if (l < L_) {
+      // State rows start as the base run's resid_pre[l] (= resid_post[l-1]).
+      const int64_t row0 = off[r0], nrows = off[r1] - off[r0];
+      std::vector<int32_t> dst(nrows), src(nrows);
+      for (int64_t i = 0; i < nrows; ++i) {
+        dst[i] = static_cast<int32_t>(row0 + i);
+        src[i] = row_src[row0 + i];
+      }
+      auto d_dst = to_device(be_, dst), d_src = to_device(be_, src);
+      be_.copy_rows(X_.get(), D_, d_dst.get(), base_.layers[l].resid_pre.get(), D_, d_src.get(),
+                    static_cast<int>(nrows), D_);
+    }
+    // Patched rows.
+    std::vector<int32_t> pre_dst, pre_src;  // resid_pre patches (l == hook layer)
+    std::vector<TailRow> tail;
+    for (int r = r0; r < r1; ++r) {
+      const Run& run = runs[r];
+      for (int b = 0; b < B_; ++b) {
+        if (!run.tail) {
+          pre_dst.push_back(static_cast<int32_t>(off[r] + int64_t(b) * (T_ - run.p)));
+          pre_src.push_back(b * T_ + run.p);
+          continue;
+        }
+        for (int t = run.tail_from; t < run.tail_to; ++t) {
+          int32_t dst;
+          if (l < L_) {
+            dst = static_cast<int32_t>(off[r] + int64_t(b) * (T_ - run.p) + (t - run.p));
+          } else {
+            if (t != T_ - 1) continue;  // only the final position reaches the logits
+            dst = r * B_ + b;
+          }
+          tail.push_back({dst, b * T_ + t, r});
+        }
+      }
+    }
+    if (!pre_dst.empty()) {
+      auto d_dst = to_device(be_, pre_dst), d_src = to_device(be_, pre_src);
+      be_.copy_rows(X_.get(), D_, d_dst.get(), src_.layers[l].resid_pre.get(), D_, d_src.get(),
+                    static_cast<int>(pre_dst.size()), D_);
+    }
+    if (!tail.empty()) {
+      evals += static_cast<int64_t>(tail.size());
+      compute_tail(runs, l - 1, tail, l < L_ ? X_.get() : Xf.get());
+    }
+  }
+
+  struct TailRow {
+    int32_t dst;   // destination row (state, or final rows at the last layer)
+    int32_t src;   // b*T + t in the base/source caches
+    int run;       // index into runs
+  };
+
+  // The rest of layer lt for patched rows: hook value from the source run, everything else
+  // from the base run's caches; writes resid_post rows into dst_buf.
+  void compute_tail(const std::vector<Run>& runs, int lt, const std::vector<TailRow>& rows, float* dst_buf) {
+    const LayerActs& bl = base_.layers[lt];
+    const LayerActs& sl = src_.layers[lt];
+    const LayerWeights& w = m_.w.layers[lt];
+    const int n = static_cast<int>(rows.size());
+    std::vector<int32_t> src(n), dst(n);
+    for (int i = 0; i < n; ++i) {
+      src[i] = rows[i].src;
+      dst[i] = rows[i].dst;
+    }
+    auto d_src = to_device(be_, src), d_dst = to_device(be_, dst);
+    DeviceArray<float> mid(be_, size_t(n) * D_), post(be_, size_t(n) * D_), tmp(be_, size_t(n) * D_);
+    if (hook_ == Hook::ResidPost) {
+      be_.copy_rows(post.get(), D_, nullptr, src_.resid_post(lt), D_, d_src.get(), n, D_);
+    } else if (hook_ == Hook::MlpOut) {
+      be_.copy_rows(mid.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
+      be_.copy_rows(tmp.get(), D_, nullptr, sl.mlp_out.get(), D_, d_src.get(), n, D_);
+      be_.add(post.get(), mid.get(), tmp.get(), int64_t(n) * D_);
+    } else {
+      if (hook_ == Hook::ResidMid) {
+        be_.copy_rows(mid.get(), D_, nullptr, sl.resid_mid.get(), D_, d_src.get(), n, D_);
+      } else {
+        if (hook_ == Hook::AttnOut) {
+          be_.copy_rows(tmp.get(), D_, nullptr, sl.attn_out.get(), D_, d_src.get(), n, D_);
+        } else {  // Z / ZAllPos: base z with one head's slice from the source, then o_proj
+          DeviceArray<float> z(be_, size_t(n) * QW_);
+          be_.copy_rows(z.get(), QW_, nullptr, bl.z.get(), QW_, d_src.get(), n, QW_);
+          std::map<int, std::pair<std::vector<int32_t>, std::vector<int32_t>>> by_head;
+          for (int i = 0; i < n; ++i) {
+            auto& e = by_head[tspec_[runs[rows[i].run].target].head];
+            e.first.push_back(i);
+            e.second.push_back(rows[i].src);
+          }
+          for (auto& [h, idx] : by_head) {
+            auto d_i = to_device(be_, idx.first), d_s = to_device(be_, idx.second);
+            be_.copy_rows(z.get() + h * HD_, QW_, d_i.get(), sl.z.get() + h * HD_, QW_, d_s.get(),
+                          static_cast<int>(idx.first.size()), HD_);
+          }
+          be_.linear_forward(tmp.get(), z.get(), w.o, n);
+        }
+        be_.copy_rows(mid.get(), D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), n, D_);
+        be_.add(mid.get(), mid.get(), tmp.get(), int64_t(n) * D_);
+      }
+      // MLP of the patched rows (scratch sized for the chunk's rows; n <= rows of the chunk).
+      DeviceArray<float> ln(be_, size_t(n) * D_), rstd(be_, n), gu(be_, size_t(n) * 2 * F_), act(be_, size_t(n) * F_);
+      be_.rmsnorm_forward(ln.get(), rstd.get(), mid.get(), w.ln2, n, D_, c_.rms_norm_eps);
+      be_.linear_forward(gu.get(), ln.get(), w.gate_up, n);
+      be_.swiglu_forward(act.get(), gu.get(), n, F_);
+      be_.linear_forward(tmp.get(), act.get(), w.down, n);
+      be_.add(post.get(), mid.get(), tmp.get(), int64_t(n) * D_);
+    }
+    be_.copy_rows(dst_buf, D_, d_dst.get(), post.get(), D_, nullptr, n, D_);
+  }
+
+ public:
+  std::vector<PatchSpec> tspec_;
+
+ private:
+  Backend& be_;
+  const Model& m_;
+  const ModelConfig& c_;
+  const ForwardState& base_;
+  const ForwardState& src_;
+  const std::vector<int32_t>& answer_;
+  const std::vector<int32_t>& other_;
+  Hook hook_;
+  int B_, T_, L_, D_, F_, V_, H_, KVH_, HD_, QW_, KVW_, QKVW_;
+  DeviceArray<float> X_, ln_, rstd_, qkv_, q_, k_, v_, z_, attn_, gu_, act_, mlp_;
+};
+
+}  // namespace
+
+SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+                             const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook,
+                             const SweepOptions& opt) {
+  const auto t0 = Clock::now();
+  const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = m.cfg.num_attention_heads;
+  const int HD = m.cfg.head_dim;
+  PHI3_CHECK(source.B == B && source.T == T, "activation sweep: base and source batches differ in shape");
+  SweepResult res;
+  res.hook = hook;
+  res.targets = sweep_targets(hook, L, T, H);
+  const int64_t n_targets = static_cast<int64_t>(res.targets.size());
+  res.ld.assign(size_t(n_targets) * B, 0.0f);
+  res.work.fast = !opt.naive;
+  res.work.naive_token_layer_evals = n_targets * int64_t(B) * T * L;
+
+  // Base run's own logit differences: the result of every skipped patch.
+  LogitDiff base_ld = logit_diff(be, m, base, answer, other);
+  auto set_base = [&](int64_t i) {
+    for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = base_ld.per_row[b];
+  };
+
+  // Host copies per layer of the hook's activations, for the no-op test.
+  const int width = hook_width(m, hook);
+  std::vector<HookPair> host(L);
+  for (int l = 0; l < L; ++l) {
+    host[l].width = width;
+    host[l].base.resize(size_t(B) * T * width);
+    host[l].source.resize(size_t(B) * T * width);
+    be.download(host[l].base.data(), base.hook_data(hook, l), host[l].base.size() * sizeof(float));
+    be.download(host[l].source.data(), source.hook_data(hook, l), host[l].source.size() * sizeof(float));
+  }
+
+  if (opt.naive) {
+    // One full forward per patch, nothing skipped: the reference the fast sweep must equal.
+    for (int64_t i = 0; i < n_targets; ++i) {
+      ForwardOptions fo;
+      fo.keep_pattern = false;
+      fo.patch = &res.targets[i];
+      fo.source = &source;
+      ForwardState s = forward(be, m, base.batch, fo);
+      LogitDiff ld = logit_diff(be, m, s, answer, other);
+      for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = ld.per_row[b];
+      res.work.token_layer_evals += int64_t(B) * T * L;
+      if (opt.progress) opt.progress(i + 1, n_targets);
+    }
+    res.work.patched_runs = n_targets;
+    res.work.chunks = static_cast<int>(n_targets);
+    res.work.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    return res;
+  }
+
+  std::vector<Run> runs;
+  for (int64_t i = 0; i < n_targets; ++i) {
+    const PatchSpec& t = res.targets[i];
+    const int col0 = hook_is_per_head(hook) ? t.head * HD : 0;
+    const int ncol = hook_is_per_head(hook) ? HD : width;
+    Run r;
+    r.target = static_cast<int>(i);
+    if (hook == Hook::ZAllPos) {
+      int p0 = -1;
+      for (int p = 0; p < T && p0 < 0; ++p)
+        if (!host[t.layer].equal(T, B, p, col0, ncol)) p0 = p;
+      if (p0 < 0) {
+        ++res.work.skipped_noop;
+        set_base(i);
+        continue;
+      }
+      r.p = p0;
+      r.tail_from = p0;
+      r.tail_to = T;
+    } else {
+      if (host[t.layer].equal(T, B, t.pos, col0, ncol)) {
+        ++res.work.skipped_noop;
+        set_base(i);
+        continue;
+      }
+      r.p = t.pos;
+      r.tail_from = t.pos;
+      r.tail_to = t.pos + 1;
+    }
+    if (hook == Hook::ResidPre) {
+      r.start = t.layer;
+    } else {
+      r.tail = true;
+      r.start = t.layer + 1;
+      if (r.start == L && r.tail_to < T) {  // after attention in the last layer, before T-1
+        ++res.work.skipped_causal;
+        set_base(i);
+        continue;
+      }
+    }
+    runs.push_back(r);
+  }
+  res.work.patched_runs = static_cast<int64_t>(runs.size());
+
+  {
+    std::stable_sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return a.start < b.start; });
+    FastSweep fs(be, m, base, source, answer, other, hook);
+    fs.tspec_ = res.targets;
+    size_t budget = opt.mem_budget ? opt.mem_budget : std::max<size_t>(be.free_memory() / 4, size_t(64) << 20);
+    size_t i = 0;
+    int64_t done = 0;
+    while (i < runs.size()) {
+      std::vector<Run> chunk;
+      size_t bytes = 0;
+      while (i < runs.size() && (chunk.empty() || bytes + fs.run_bytes(runs[i]) <= budget)) {
+        bytes += fs.run_bytes(runs[i]);
+        chunk.push_back(runs[i++]);
+      }
+      // Within a chunk, runs stay sorted by start layer (the active runs are a prefix).
+      fs.run_chunk(chunk, res.ld, res.work.token_layer_evals);
+      ++res.work.chunks;
+      done += static_cast<int64_t>(chunk.size());
+      if (opt.progress) opt.progress(done, static_cast<int64_t>(runs.size()));
+    }
+  }
+  res.work.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace phi3

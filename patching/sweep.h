@@ -1,0 +1,54 @@
+// Exact activation patching (DESIGN §6): the metric of the base run with one activation
+// replaced by the source run's value, for every (layer, position[, head]) of a hook.
+//
+// Fast mode reuses the shared prefix: patching (l, p) leaves every layer < l and every
+// position < p equal to the base run, so a patched run recomputes only positions >= p in
+// layers >= l, reading keys/values of earlier positions from the base run's cache; hooks
+// after attention are applied to the patched rows of layer l alone ("tail"); at the last
+// layer only the final position goes past attention. All runs of a chunk are packed into
+// one token matrix (variable-length rows) so each layer is a few large GEMMs. A patch
+// whose source and base values are bitwise equal is skipped (provably a no-op), and so is
+// a patch after attention in the last layer at a position other than T-1 (it cannot
+// reach the logits). Naive mode runs one full forward per patch, for verification.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "model/forward.h"
+
+namespace phi3 {
+
+struct SweepWork {
+  bool fast = true;
+  int64_t patched_runs = 0;            // runs actually computed
+  int64_t skipped_noop = 0;            // bitwise-equal source/base values
+  int64_t skipped_causal = 0;          // cannot reach the last position's logits
+  int64_t token_layer_evals = 0;       // (token row, layer) pairs computed
+  int64_t naive_token_layer_evals = 0; // what one full forward per patch computes
+  int chunks = 0;
+  double seconds = 0;
+};
+
+struct SweepResult {
+  Hook hook = Hook::ResidPre;
+  std::vector<PatchSpec> targets;  // in row-major order of the result matrix
+  std::vector<float> ld;           // [targets, B] per-row logit difference of each patched run
+  SweepWork work;
+};
+
+// Row-major targets of a hook: [layer, pos] for block hooks, [layer, pos, head] for Z,
+// [layer, head] for ZAllPos.
+std::vector<PatchSpec> sweep_targets(Hook hook, int n_layers, int T, int n_heads);
+
+struct SweepOptions {
+  bool naive = false;
+  size_t mem_budget = 0;  // bytes of work buffers per chunk (0: 1/4 of free device memory)
+  std::function<void(int64_t done, int64_t total)> progress;  // optional
+};
+
+SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+                             const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook,
+                             const SweepOptions& opt = {});
+
+}  // namespace phi3

@@ -1,0 +1,283 @@
+#include "patching/verify.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "model/backward.h"
+#include "patching/attribution.h"
+#include "patching/sweep.h"
+#include "runtime/error.h"
+#include "runtime/file_util.h"
+#include "runtime/safetensors.h"
+
+namespace phi3 {
+
+bool VerifyResult::ok() const {
+  if (checks.empty()) return false;
+  for (const auto& c : checks)
+    if (!c.ok) return false;
+  return true;
+}
+
+std::vector<TensorCheck> VerifyResult::worst_by_kind() const {
+  std::map<std::string, TensorCheck> w;
+  for (const auto& c : checks) {
+    auto it = w.find(c.kind);
+    if (it == w.end() || (!c.ok && it->second.ok) || (c.ok == it->second.ok && c.err() / c.tol > it->second.err() / it->second.tol))
+      w[c.kind] = c;
+  }
+  std::vector<TensorCheck> out;
+  for (auto& [k, c] : w) out.push_back(c);
+  return out;
+}
+
+namespace {
+
+// Compares rows of [B,T,W] tensors (or [B,H,T,T] patterns) only where position t is a real
+// token (t >= pad[b]).
+TensorCheck compare_rows(const std::string& kind, const std::string& name, const std::vector<float>& ours,
+                         const std::vector<float>& ref, int B, int T, int W, const std::vector<int32_t>& pad,
+                         double tol, int heads = 0) {
+  TensorCheck c;
+  c.kind = kind;
+  c.name = name;
+  c.tol = tol;
+  if (ours.size() != ref.size()) {
+    c.max_abs = INFINITY;
+    c.ok = false;
+    return c;
+  }
+  bool finite = true;
+  auto visit = [&](size_t i) {
+    double o = ours[i], r = ref[i];
+    if (!std::isfinite(o)) finite = false;
+    c.max_abs = std::max(c.max_abs, std::fabs(o - r));
+    c.max_ref = std::max(c.max_ref, std::fabs(r));
+  };
+  if (heads > 0) {  // pattern [B,H,T,T]: W = T keys
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < heads; ++h)
+        for (int t = pad[b]; t < T; ++t)
+          for (int j = 0; j < T; ++j) visit(((size_t(b) * heads + h) * T + t) * T + j);
+  } else {
+    for (int b = 0; b < B; ++b)
+      for (int t = pad[b]; t < T; ++t)
+        for (int w = 0; w < W; ++w) visit((size_t(b) * T + t) * W + w);
+  }
+  c.ok = finite && c.err() <= tol;
+  if (!finite) c.max_abs = INFINITY;
+  return c;
+}
+
+std::vector<float> download_strided(Backend& be, const float* p, int64_t rows, int64_t stride, int64_t width) {
+  std::vector<float> all(size_t(rows) * stride), out(size_t(rows) * width);
+  be.download(all.data(), p, all.size() * sizeof(float));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t w = 0; w < width; ++w) out[size_t(r) * width + w] = all[size_t(r) * stride + w];
+  return out;
+}
+
+std::vector<double> flatten(const nlohmann::json& j) {
+  std::vector<double> out;
+  if (j.is_array()) {
+    for (const auto& e : j) {
+      auto sub = flatten(e);
+      out.insert(out.end(), sub.begin(), sub.end());
+    }
+  } else if (j.is_number()) {
+    out.push_back(j.get<double>());
+  } else {
+    out.push_back(NAN);
+  }
+  return out;
+}
+
+}  // namespace
+
+VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const VerifyOptions& opt) {
+  auto log = [&](const std::string& s) {
+    if (opt.log) opt.log(s);
+  };
+  VerifyResult res;
+  res.reference_dir = ref_dir;
+  const std::string json_path = path_join(ref_dir, "reference.json");
+  nlohmann::json meta;
+  try {
+    meta = nlohmann::json::parse(read_text_file(json_path, "reference"));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(json_path + ": not valid JSON: " + e.what());
+  }
+  if (meta.value("format_version", 0) != 1)
+    throw Error(json_path + ": format_version " + meta.value("format_version", nlohmann::json(0)).dump() +
+                " is not 1; regenerate with python3 tools/make_reference.py");
+  res.model_dir = path_join(ref_dir, meta.at("model").get<std::string>());
+  auto m = load_model(be, res.model_dir);
+  const ModelConfig& c = m->cfg;
+  SafeTensors ref = SafeTensors::open_file(path_join(ref_dir, "reference.safetensors"));
+  const int B = meta.at("B").get<int>(), T = meta.at("T").get<int>();
+  const int L = c.num_hidden_layers, D = c.hidden_size, V = c.vocab_size, H = c.num_attention_heads;
+  const int HD = c.head_dim, QW = m->q_width(), KVW = m->kv_width(), QKVW = m->qkv_width();
+  std::vector<int32_t> answer = meta.at("answer_ids").get<std::vector<int32_t>>();
+  std::vector<int32_t> other = meta.at("other_ids").get<std::vector<int32_t>>();
+
+  auto ints = [&](const std::string& name) {
+    const TensorInfo& t = ref.get(name);
+    std::vector<int32_t> v(t.numel());
+    std::memcpy(v.data(), t.data, v.size() * 4);
+    return v;
+  };
+
+  // ---- tokens: our tokenizer reproduces the reference ids --------------------------------
+  std::map<std::string, Batch> batches;
+  for (const std::string run : {"clean", "corrupted"}) {
+    auto prompts = meta.at(run + "_prompts").get<std::vector<std::string>>();
+    std::vector<std::vector<int>> rows;
+    for (const auto& p : prompts) rows.push_back(m->tok.encode(p, true));
+    Batch b = make_batch(rows, c.pad_token_id, T);
+    std::vector<int32_t> ref_tokens = ints(run + ".tokens");
+    TensorCheck tc;
+    tc.kind = "tokens";
+    tc.name = run + ".tokens";
+    tc.relative = false;
+    tc.tol = 0;
+    for (size_t i = 0; i < ref_tokens.size(); ++i)
+      tc.max_abs = std::max(tc.max_abs, std::fabs(double(ref_tokens[i]) - double(b.tokens.at(i))));
+    tc.ok = ref_tokens.size() == b.tokens.size() && tc.max_abs == 0;
+    res.checks.push_back(tc);
+    batches[run] = b;
+  }
+
+  ForwardState clean = forward(be, *m, batches["clean"]);
+  ForwardState corrupted = forward(be, *m, batches["corrupted"]);
+  log("forward passes done");
+
+  auto check_run = [&](const std::string& run, const ForwardState& s) {
+    const auto& pad = s.batch.pad;
+    std::vector<float> logits(size_t(B) * T * V);
+    be.download(logits.data(), s.logits.get(), logits.size() * sizeof(float));
+    res.checks.push_back(compare_rows("logits", run + ".logits", logits, ref.to_f32(run + ".logits"), B, T, V, pad,
+                                      opt.act_tol));
+    for (int l = 0; l < L; ++l) {
+      const std::string p = run + ".blocks." + std::to_string(l) + ".";
+      const LayerActs& a = s.layers[l];
+      auto add = [&](const std::string& hook, std::vector<float> ours, int W, int heads = 0) {
+        if (!ref.has(p + hook)) throw Error(ref_dir + ": reference.safetensors lacks '" + p + hook + "'");
+        res.checks.push_back(compare_rows("activation", p + hook, ours, ref.to_f32(p + hook), B, T, W, pad,
+                                          opt.act_tol, heads));
+      };
+      const int64_t N = int64_t(B) * T;
+      add("hook_resid_pre", download_strided(be, a.resid_pre.get(), N, D, D), D);
+      add("hook_resid_mid", download_strided(be, a.resid_mid.get(), N, D, D), D);
+      add("hook_resid_post", download_strided(be, s.resid_post(l), N, D, D), D);
+      add("hook_attn_out", download_strided(be, a.attn_out.get(), N, D, D), D);
+      add("hook_mlp_out", download_strided(be, a.mlp_out.get(), N, D, D), D);
+      add("attn.hook_q", download_strided(be, a.qkv.get(), N, QKVW, QW), QW);
+      add("attn.hook_k", download_strided(be, a.qkv.get() + QW, N, QKVW, KVW), KVW);
+      add("attn.hook_v", download_strided(be, a.qkv.get() + QW + KVW, N, QKVW, KVW), KVW);
+      add("attn.hook_rot_q", download_strided(be, a.q_rot.get(), N, QW, QW), QW);
+      add("attn.hook_rot_k", download_strided(be, a.k_rot.get(), N, KVW, KVW), KVW);
+      add("attn.hook_z", download_strided(be, a.z.get(), N, QW, QW), QW);
+      add("attn.hook_pattern", a.pattern.download(), T, H);
+    }
+  };
+  check_run("clean", clean);
+  check_run("corrupted", corrupted);
+
+  // ---- gradients of the normalized metric on the corrupted run ----------------------------
+  LogitDiff ldc = logit_diff(be, *m, clean, answer, other), ldr = logit_diff(be, *m, corrupted, answer, other);
+  {
+    TensorCheck tc;
+    tc.kind = "logit_diff";
+    tc.name = "clean/corrupted logit diff";
+    tc.relative = false;
+    tc.tol = opt.act_tol * std::max(1.0, std::fabs(meta.at("clean_logit_diff").get<double>()));
+    tc.max_abs = std::max(std::fabs(ldc.mean - meta.at("clean_logit_diff").get<double>()),
+                          std::fabs(ldr.mean - meta.at("corrupted_logit_diff").get<double>()));
+    tc.max_ref = std::fabs(meta.at("clean_logit_diff").get<double>());
+    tc.ok = tc.max_abs <= tc.tol;
+    res.checks.push_back(tc);
+  }
+  const float scale = static_cast<float>(1.0 / (ldc.mean - ldr.mean));
+  Gradients g = backward(be, *m, corrupted, answer, other, scale);
+  log("backward pass done");
+  {
+    const auto& pad = corrupted.batch.pad;
+    const int64_t N = int64_t(B) * T;
+    for (int l = 0; l < L; ++l) {
+      const std::string p = "grad.blocks." + std::to_string(l) + ".";
+      const LayerGrads& lg = g.layers[l];
+      auto add = [&](const std::string& hook, std::vector<float> ours, int W) {
+        if (!ref.has(p + hook)) throw Error(ref_dir + ": reference.safetensors lacks '" + p + hook + "'");
+        res.checks.push_back(
+            compare_rows("gradient", p + hook, ours, ref.to_f32(p + hook), B, T, W, pad, opt.grad_tol));
+      };
+      add("hook_resid_pre", download_strided(be, lg.resid_pre.get(), N, D, D), D);
+      add("hook_resid_mid", download_strided(be, lg.resid_mid.get(), N, D, D), D);
+      add("hook_resid_post", download_strided(be, lg.resid_post.get(), N, D, D), D);
+      add("hook_attn_out", download_strided(be, lg.resid_mid.get(), N, D, D), D);
+      add("hook_mlp_out", download_strided(be, lg.resid_post.get(), N, D, D), D);
+      add("attn.hook_z", download_strided(be, lg.z.get(), N, QW, QW), QW);
+      add("attn.hook_q", download_strided(be, lg.qkv.get(), N, QKVW, QW), QW);
+      add("attn.hook_k", download_strided(be, lg.qkv.get() + QW, N, QKVW, KVW), KVW);
+      add("attn.hook_v", download_strided(be, lg.qkv.get() + QW + KVW, N, QKVW, KVW), KVW);
+      add("attn.hook_rot_q", download_strided(be, lg.q_rot.get(), N, QW, QW), QW);
+      add("attn.hook_rot_k", download_strided(be, lg.k_rot.get(), N, KVW, KVW), KVW);
+    }
+  }
+
+  // ---- patching results --------------------------------------------------------------------
+  if (opt.patching && meta.contains("patching")) {
+    const auto& P = meta["patching"];
+    for (Hook h : all_hooks()) {
+      const std::string hn = hook_name(h);
+      if (!P.contains(hn)) continue;
+      std::vector<PatchSpec> targets = sweep_targets(h, L, T, H);
+      // Activation patching (denoising), normalized with our own clean/corrupted LDs.
+      if (P[hn].contains("activation")) {
+        SweepOptions so;
+        so.naive = opt.naive;
+        SweepResult sr = activation_sweep(be, *m, corrupted, clean, answer, other, h, so);
+        std::vector<double> ref_v = flatten(P[hn]["activation"]);
+        TensorCheck tc;
+        tc.kind = "activation_patching";
+        tc.name = hn + " activation patching" + (opt.naive ? " (naive)" : " (fast)");
+        tc.relative = false;
+        tc.tol = opt.patch_act_tol;
+        tc.ok = ref_v.size() == targets.size();
+        for (size_t i = 0; i < targets.size() && tc.ok; ++i) {
+          double mean = 0;
+          for (int b = 0; b < B; ++b) mean += sr.ld[i * B + b];
+          mean /= B;
+          double v = (mean - ldr.mean) / (ldc.mean - ldr.mean);
+          if (!std::isfinite(v) || !std::isfinite(ref_v[i])) tc.ok = false;
+          tc.max_abs = std::max(tc.max_abs, std::fabs(v - ref_v[i]));
+          tc.max_ref = std::max(tc.max_ref, std::fabs(ref_v[i]));
+        }
+        tc.ok = tc.ok && tc.max_abs <= tc.tol;
+        res.checks.push_back(tc);
+        log(tc.name + " compared");
+      }
+      if (P[hn].contains("attribution")) {
+        std::vector<float> ours = attribution(be, *m, corrupted, clean, g, h);
+        std::vector<double> ref_v = flatten(P[hn]["attribution"]);
+        TensorCheck tc;
+        tc.kind = "attribution_patching";
+        tc.name = hn + " attribution patching";
+        tc.tol = opt.patch_attr_tol;
+        tc.ok = ref_v.size() == ours.size();
+        for (size_t i = 0; i < ours.size() && tc.ok; ++i) {
+          if (!std::isfinite(ours[i])) tc.ok = false;
+          tc.max_abs = std::max(tc.max_abs, std::fabs(double(ours[i]) - ref_v[i]));
+          tc.max_ref = std::max(tc.max_ref, std::fabs(ref_v[i]));
+        }
+        tc.ok = tc.ok && tc.err() <= tc.tol;
+        res.checks.push_back(tc);
+      }
+    }
+  }
+  return res;
+}
+
+}  // namespace phi3

@@ -1,0 +1,45 @@
+// Verification against a reference dump made from `transformers` by tools/make_reference.py
+// (format: data/reference/README.md): tokens, logits, every hook activation of both runs,
+// gradients of the normalized metric on the corrupted run, and the TransformerLens-style
+// patching results. Pad query rows are implementation-defined and are not compared.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "runtime/backend.h"
+
+namespace phi3 {
+
+struct TensorCheck {
+  std::string kind;  // tokens | logits | activation | gradient | activation_patching | attribution_patching
+  std::string name;
+  double max_abs = 0;  // worst |ours - reference|
+  double max_ref = 0;  // max |reference|
+  double tol = 0;
+  bool relative = true;  // tolerance relative to max_ref (else absolute)
+  bool ok = false;
+  double err() const { return relative ? (max_ref > 0 ? max_abs / max_ref : max_abs) : max_abs; }
+};
+
+struct VerifyOptions {
+  double act_tol = 1e-4;          // logits and activations, relative to the tensor's max magnitude
+  double grad_tol = 1e-3;         // gradients, relative
+  double patch_act_tol = 1e-4;    // activation patching, absolute (normalized metric)
+  double patch_attr_tol = 1e-3;   // attribution patching, relative to the matrix's max magnitude
+  bool patching = true;           // also run and compare the patching sweeps
+  bool naive = false;             // naive sweep instead of the fast one
+  std::function<void(const std::string&)> log;
+};
+
+struct VerifyResult {
+  std::string reference_dir, model_dir;
+  std::vector<TensorCheck> checks;
+  bool ok() const;
+  // Worst check per kind.
+  std::vector<TensorCheck> worst_by_kind() const;
+};
+
+VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const VerifyOptions& opt = {});
+
+}  // namespace phi3
