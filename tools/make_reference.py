@@ -1,0 +1,844 @@
+#!/usr/bin/env python3
+"""Generate the Hugging Face `transformers` reference fixtures under data/reference/.
+
+    python3 tools/make_reference.py            # regenerates everything in data/reference/
+
+For every config (the embedded tiny-temporal model plus several seeded random tiny Phi-3
+configs covering GQA/MQA, partial rotary, tied embeddings, LongRoPE long/short factors,
+sliding window, sharded checkpoints and bf16 storage) it writes
+
+    data/reference/<name>/reference.safetensors   logits, every hook activation of the clean and
+                                                  corrupted runs, dM/d(activation) on the
+                                                  corrupted run, tokens, pad counts
+    data/reference/<name>/reference.json          prompts, ids, metric values, TransformerLens-
+                                                  style activation + attribution patching results
+    data/reference/<name>/model/                  (random configs only) the checkpoint
+
+See data/reference/README.md for the format. Everything is computed in float32 on the CPU with
+attn_implementation="eager"; the script is deterministic (fixed seeds, single thread).
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import Phi3Config, Phi3ForCausalLM
+from transformers.models.phi3 import modeling_phi3
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK_HOOKS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+MIN_LD_GAP = 0.5  # random configs: first seed (from the config's base seed) with |LD_clean - LD_corr| above this
+
+# ----------------------------------------------------------------------------------------------
+# Random configs. Each entry: name, what it covers, Phi3Config kwargs, init std, storage dtype,
+# shard size (None = single model.safetensors), config.json style, first seed to try.
+#   style "hub": the classic Phi-3 hub layout (rope_theta / partial_rotary_factor top level,
+#                rope_scaling {"type": ..., short_factor, long_factor} or null, torch_dtype)
+#   style "hf5": what transformers 5.x save_pretrained writes (rope_parameters {...}, dtype)
+# ----------------------------------------------------------------------------------------------
+RANDOM_CONFIGS = [
+    {
+        "name": "rand-gqa-partial-longrope-sharded",
+        "covers": ["GQA (4 q heads, 2 kv heads)", "partial_rotary_factor 0.5 (rotary dim 6 of head_dim 12)",
+                   "longrope rope_scaling, LONG factor in use (T > original_max_position_embeddings=8)",
+                   "attention factor sqrt(1+ln(128/8)/ln(8)) != 1 (max_position_embeddings 128)",
+                   "rope_theta 5000", "sharded checkpoint: 2 shards + model.safetensors.index.json",
+                   "f32", "2 layers", "config.json hub style (rope_scaling type longrope)"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, rope_theta=5000.0, partial_rotary_factor=0.5,
+                    rope_scaling="longrope", max_position_embeddings=128, original_max_position_embeddings=8,
+                    sliding_window=None, tie_word_embeddings=False, rms_norm_eps=1e-5),
+        "std": 0.3, "dtype": "float32", "shard": "2", "style": "hub", "seed": 2000,
+    },
+    {
+        "name": "rand-tied-swa-bf16",
+        "covers": ["MHA", "tie_word_embeddings true (no lm_head.weight stored)", "sliding_window 8 < T",
+                   "bf16 storage (reference computed in f32 from the bf16-rounded weights)",
+                   "rms_norm_eps 1e-6", "3 layers", "single model.safetensors",
+                   "config.json as written by transformers 5.x save_pretrained (rope_parameters)"],
+        "cfg": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=4, rope_theta=10000.0, partial_rotary_factor=1.0,
+                    rope_scaling=None, max_position_embeddings=256, original_max_position_embeddings=256,
+                    sliding_window=8, tie_word_embeddings=True, rms_norm_eps=1e-6),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 3000,
+    },
+    {
+        "name": "rand-mqa-mixed-bf16-sharded",
+        "covers": ["MQA (4 q heads, 1 kv head)", "partial_rotary_factor 0.5 (rotary dim 4 of head_dim 8)",
+                   "longrope rope_scaling, SHORT factor in use (T <= original_max_position_embeddings=64)",
+                   "attention factor sqrt(1+ln(256/64)/ln(64)) != 1 even with the short factor",
+                   "sliding_window 12", "tie_word_embeddings true", "bf16 storage",
+                   "sharded checkpoint: 2 shards + index", "3 layers",
+                   "config.json hub style (rope_scaling type longrope, torch_dtype bfloat16)"],
+        "cfg": dict(hidden_size=32, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=1, rope_theta=10000.0, partial_rotary_factor=0.5,
+                    rope_scaling="longrope", max_position_embeddings=256, original_max_position_embeddings=64,
+                    sliding_window=12, tie_word_embeddings=True, rms_norm_eps=1e-5),
+        "std": 0.4, "dtype": "bfloat16", "shard": "2", "style": "hub", "seed": 4000,
+    },
+]
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenization / batches
+# ----------------------------------------------------------------------------------------------
+class Tok:
+    def __init__(self, tok_dir):
+        self.dir = tok_dir
+        self.sp = spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "tokenizer.model"))
+        with open(os.path.join(tok_dir, "added_tokens.json")) as f:
+            self.added = json.load(f)
+        self.pad_id = int(self.added["<|endoftext|>"])
+        self.vocab_size = max(self.sp.get_piece_size(), max(int(v) for v in self.added.values()) + 1)
+        assert self.sp.id_to_piece(1) == "<s>", f"id 1 is {self.sp.id_to_piece(1)!r}, expected <s>"
+
+    def prompt(self, text):
+        return [1] + self.sp.encode(text)
+
+    def answer(self, word):
+        ids = self.sp.encode(word)
+        assert len(ids) == 1, f"answer {word!r} encodes to {ids} ({self.sp.encode(word, out_type=str)}), not one id"
+        return ids[0]
+
+
+def build_batches(tok, pairs):
+    assert len(pairs) >= 1
+    clean_rows, corr_rows = [], []
+    for pr in pairs:
+        clean_rows += [pr["clean"], pr["corrupted"]]
+        corr_rows += [pr["corrupted"], pr["clean"]]
+    clean_prompts = [r["question"] for r in clean_rows]
+    corr_prompts = [r["question"] for r in corr_rows]
+    answer_ids = [tok.answer(r["answer"]) for r in clean_rows]
+    other_ids = [tok.answer(r["answer"]) for r in corr_rows]
+    clean_ids = [tok.prompt(p) for p in clean_prompts]
+    corr_ids = [tok.prompt(p) for p in corr_prompts]
+    T = max(len(x) for x in clean_ids + corr_ids)
+
+    def pad(rows):
+        B = len(rows)
+        tokens = torch.full((B, T), tok.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        npad = []
+        for b, ids in enumerate(rows):
+            n = T - len(ids)
+            tokens[b, n:] = torch.tensor(ids)
+            mask[b, n:] = 1
+            npad.append(n)
+        pos = torch.clamp(torch.cumsum(mask, -1) - 1, min=0)
+        return {"tokens": tokens, "mask": mask, "pos": pos, "pad": npad}
+
+    return {
+        "clean_prompts": clean_prompts, "corr_prompts": corr_prompts,
+        "clean_ids": clean_ids, "corr_ids": corr_ids,
+        "answer_ids": answer_ids, "other_ids": other_ids, "T": T, "B": len(clean_rows), "pad_id": tok.pad_id,
+        "clean": pad(clean_ids), "corrupted": pad(corr_ids),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Hooked HF model
+# ----------------------------------------------------------------------------------------------
+_ORIG_EAGER = modeling_phi3.eager_attention_forward
+_ACTIVE = None  # the Hooked instance whose attention capture is on
+
+
+def _eager_wrapper(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    out, weights = _ORIG_EAGER(module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+    if _ACTIVE is not None:
+        _ACTIVE._on_attention(module.layer_idx, query, key, weights)
+    return out, weights
+
+
+modeling_phi3.eager_attention_forward = _eager_wrapper
+
+
+class Patch:
+    """Replace hook `hook` of layer `layer` at position `pos` (None = all positions), head `head`
+    (z only; None = all heads) in every batch row by the value in `src` (a captured cache)."""
+
+    def __init__(self, hook, layer, pos, head, src):
+        self.hook, self.layer, self.pos, self.head, self.src = hook, layer, pos, head, src
+
+    def apply_(self, t, hd=None):
+        """In-place patch of t ([B,T,D] or z as [B,T,H*HD]), under no_grad."""
+        src = self.src[self.hook][self.layer]
+        ps = slice(None) if self.pos is None else slice(self.pos, self.pos + 1)
+        if self.hook == "z":
+            B, T = t.shape[:2]
+            tv = t.view(B, T, -1, hd)
+            hs = slice(None) if self.head is None else slice(self.head, self.head + 1)
+            tv[:, ps, hs, :] = src[:, ps, hs, :]
+        else:
+            t[:, ps, :] = src[:, ps, :]
+
+
+class Hooked:
+    def __init__(self, model):
+        self.model = model
+        cfg = model.config
+        self.L = cfg.num_hidden_layers
+        self.H = cfg.num_attention_heads
+        self.KVH = cfg.num_key_value_heads
+        self.HD = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.capture = False
+        self.grad = False
+        self.patch = None
+        self.zero_pad_z = True
+        self.qmask = None
+        self.cache = None
+        for l, layer in enumerate(model.model.layers):
+            layer.register_forward_pre_hook(self._mk_resid_pre(l), with_kwargs=True)
+            layer.self_attn.register_forward_hook(self._mk_attn_out_cap(l))
+            layer.resid_attn_dropout.register_forward_hook(self._mk_attn_out_patch(l))
+            layer.post_attention_layernorm.register_forward_pre_hook(self._mk_resid_mid(l))
+            layer.mlp.register_forward_hook(self._mk_out_hook(l, "mlp_out"))
+            layer.register_forward_hook(self._mk_out_hook(l, "resid_post"))
+            layer.self_attn.qkv_proj.register_forward_hook(self._mk_qkv(l))
+            layer.self_attn.o_proj.register_forward_pre_hook(self._mk_z(l))
+
+    # -- capture helpers
+    def _store(self, name, l, t):
+        if self.capture:
+            if self.grad and t.requires_grad:
+                t.retain_grad()
+            self.cache[name][l] = t
+
+    def _patching(self, name, l):
+        return self.patch is not None and self.patch.hook == name and self.patch.layer == l
+
+    # -- hooks
+    def _mk_resid_pre(self, l):
+        def hook(mod, args, kwargs):
+            if args:
+                hs = args[0]
+            else:
+                hs = kwargs["hidden_states"]
+            if self._patching("resid_pre", l):
+                hs = hs.clone()
+                self.patch.apply_(hs)
+                if args:
+                    args = (hs,) + tuple(args[1:])
+                else:
+                    kwargs = dict(kwargs, hidden_states=hs)
+            self._store("resid_pre", l, hs)
+            return args, kwargs
+        return hook
+
+    def _mk_attn_out_cap(self, l):
+        def hook(mod, inp, out):
+            self._store("attn_out", l, out[0])
+        return hook
+
+    def _mk_attn_out_patch(self, l):
+        # resid_attn_dropout (Dropout, p=0, eval: identity) output is what is added to the residual
+        def hook(mod, inp, out):
+            if self._patching("attn_out", l):
+                out = out.clone()
+                self.patch.apply_(out)
+                return out
+        return hook
+
+    def _mk_resid_mid(self, l):
+        # The input of post_attention_layernorm IS the tensor used as the residual for the MLP add
+        # (`residual = hidden_states` right before), so an in-place patch changes both: exact TL
+        # hook_resid_mid semantics. Patched runs run under no_grad, so in-place is safe.
+        def hook(mod, args):
+            hs = args[0]
+            if self._patching("resid_mid", l):
+                assert not torch.is_grad_enabled()
+                self.patch.apply_(hs)
+            self._store("resid_mid", l, hs)
+        return hook
+
+    def _mk_out_hook(self, l, name):
+        def hook(mod, inp, out):
+            if self._patching(name, l):
+                out = out.clone()
+                self.patch.apply_(out)
+            self._store(name, l, out)
+            return out
+        return hook
+
+    def _mk_qkv(self, l):
+        def hook(mod, inp, out):
+            self._store("qkv", l, out)
+        return hook
+
+    def _mk_z(self, l):
+        def hook(mod, args):
+            z = args[0]  # [B,T,H*HD]
+            if self.zero_pad_z:
+                # engine convention: z = 0 on pad query rows (HF eager gives a uniform attention over
+                # all-masked rows there). Real rows are untouched (multiplied by exactly 1.0) and no
+                # real row ever reads a pad row, so this only pins down the implementation-defined pads.
+                z = z * self.qmask[:, :, None].to(z.dtype)
+            if self._patching("z", l):
+                z = z.clone()
+                self.patch.apply_(z, self.HD)
+            self._store("z", l, z)
+            return (z,)
+        return hook
+
+    def _on_attention(self, l, query, key, weights):
+        self._store("rot_q", l, query)  # [B,H,T,HD] after rotary
+        self._store("rot_k", l, key)  # [B,KVH,T,HD] after rotary
+        self._store("pattern", l, weights)  # [B,H,T,T]
+
+    # -- run
+    def run(self, batch, capture=False, grad=False, patch=None):
+        global _ACTIVE
+        self.capture, self.grad, self.patch = capture, grad, patch
+        self.qmask = batch["mask"]
+        if capture:
+            self.cache = {k: [None] * self.L for k in
+                          BLOCK_HOOKS + ["qkv", "z", "rot_q", "rot_k", "pattern"]}
+        _ACTIVE = self if capture else None
+        try:
+            out = self.model(input_ids=batch["tokens"], attention_mask=batch["mask"],
+                             position_ids=batch["pos"], use_cache=False)
+        finally:
+            _ACTIVE = None
+            self.patch = None
+        return out.logits
+
+    def split_cache(self, cache, grads=False):
+        """cache (tensors or their .grad) -> dict of TL hook name -> [L] tensors in TL layout."""
+        H, KVH, HD = self.H, self.KVH, self.HD
+        get = (lambda t: t.grad if t.grad is not None else torch.zeros_like(t)) if grads else (lambda t: t)
+        res = {}
+        for name in BLOCK_HOOKS:
+            res["hook_" + name] = [get(t).detach().clone() for t in cache[name]]
+        res["attn.hook_q"], res["attn.hook_k"], res["attn.hook_v"] = [], [], []
+        for t in cache["qkv"]:
+            g = get(t).detach()
+            B, T = g.shape[:2]
+            res["attn.hook_q"].append(g[..., :H * HD].reshape(B, T, H, HD).clone())
+            res["attn.hook_k"].append(g[..., H * HD:(H + KVH) * HD].reshape(B, T, KVH, HD).clone())
+            res["attn.hook_v"].append(g[..., (H + KVH) * HD:].reshape(B, T, KVH, HD).clone())
+        res["attn.hook_rot_q"] = [get(t).detach().transpose(1, 2).contiguous() for t in cache["rot_q"]]
+        res["attn.hook_rot_k"] = [get(t).detach().transpose(1, 2).contiguous() for t in cache["rot_k"]]
+        res["attn.hook_z"] = [get(t).detach().reshape(t.shape[0], t.shape[1], H, HD).clone() for t in cache["z"]]
+        res["attn.hook_pattern"] = [get(t).detach().clone() for t in cache["pattern"]]
+        return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Metric
+# ----------------------------------------------------------------------------------------------
+def logit_diff(logits, ans, oth):
+    last = logits[:, -1, :]
+    b = torch.arange(last.shape[0])
+    return last[b, ans] - last[b, oth]  # [B]
+
+
+# ----------------------------------------------------------------------------------------------
+# Random model creation
+# ----------------------------------------------------------------------------------------------
+def make_config(spec, tok):
+    c = dict(spec["cfg"])
+    rot_dim = int(c["hidden_size"] // c["num_attention_heads"] * c["partial_rotary_factor"])
+    rope_scaling = None
+    if c["rope_scaling"] == "longrope":
+        g = torch.Generator().manual_seed(spec["seed"] + 17)
+        short = (1.0 + 3.0 * torch.rand(rot_dim // 2, generator=g, dtype=torch.float64)).tolist()
+        long = (1.0 + 3.0 * torch.rand(rot_dim // 2, generator=g, dtype=torch.float64)).tolist()
+        short = [round(x, 6) for x in short]
+        long = [round(x, 6) for x in long]
+        rope_scaling = {"type": "longrope", "short_factor": short, "long_factor": long}
+    hub = {
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "embd_pdrop": 0.0,
+        "eos_token_id": tok.pad_id,
+        "pad_token_id": tok.pad_id,
+        "hidden_act": "silu",
+        "hidden_size": c["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": c["intermediate_size"],
+        "max_position_embeddings": c["max_position_embeddings"],
+        "original_max_position_embeddings": c["original_max_position_embeddings"],
+        "num_attention_heads": c["num_attention_heads"],
+        "num_hidden_layers": c["num_hidden_layers"],
+        "num_key_value_heads": c["num_key_value_heads"],
+        "partial_rotary_factor": c["partial_rotary_factor"],
+        "resid_pdrop": 0.0,
+        "rms_norm_eps": c["rms_norm_eps"],
+        "rope_scaling": rope_scaling,
+        "rope_theta": c["rope_theta"],
+        "sliding_window": c["sliding_window"],
+        "tie_word_embeddings": c["tie_word_embeddings"],
+        "torch_dtype": spec["dtype"],
+        "use_cache": True,
+        "vocab_size": tok.vocab_size,
+    }
+    return hub
+
+
+def init_weights(model, seed, std):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if p.dim() == 1:  # RMSNorm weights: around 1
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+
+
+def save_random_model(spec, hub_cfg, model_dir, seed, tok):
+    if os.path.isdir(model_dir):
+        shutil.rmtree(model_dir)
+    os.makedirs(model_dir)
+    cfg = Phi3Config(**{k: copy.deepcopy(v) for k, v in hub_cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
+    torch.manual_seed(seed)
+    model = Phi3ForCausalLM(cfg)
+    init_weights(model, seed, spec["std"])
+    if spec["dtype"] == "bfloat16":
+        model = model.to(torch.bfloat16)
+    if spec["shard"]:
+        # smallest max_shard_size (in 1/16ths of the total) that gives exactly 2 shards
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        for i in range(8, 16):
+            for f in os.listdir(model_dir):
+                os.remove(os.path.join(model_dir, f))
+            model.save_pretrained(model_dir, max_shard_size=nbytes * i // 16)
+            if sum(f.endswith(".safetensors") for f in os.listdir(model_dir)) == 2:
+                break
+    else:
+        model.save_pretrained(model_dir)
+    for extra in ("generation_config.json",):
+        pth = os.path.join(model_dir, extra)
+        if os.path.exists(pth):
+            os.remove(pth)
+    if spec["style"] == "hub":
+        with open(os.path.join(model_dir, "config.json"), "w") as f:
+            json.dump(hub_cfg, f, indent=2)
+            f.write("\n")
+    for fn in ("tokenizer.model", "added_tokens.json"):
+        shutil.copyfile(os.path.join(tok.dir, fn), os.path.join(model_dir, fn))
+    files = sorted(os.listdir(model_dir))
+    st = [f for f in files if f.endswith(".safetensors")]
+    if spec["shard"]:
+        assert len(st) == 2 and "model.safetensors.index.json" in files, files
+    else:
+        assert st == ["model.safetensors"], files
+    if hub_cfg["tie_word_embeddings"]:
+        from safetensors import safe_open
+        for f in st:
+            with safe_open(os.path.join(model_dir, f), "pt") as sf:
+                assert "lm_head.weight" not in sf.keys(), "tied model stored lm_head.weight"
+    return files
+
+
+def load_model(model_dir):
+    model = Phi3ForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# One config
+# ----------------------------------------------------------------------------------------------
+def rope_info(model, batch):
+    re = model.model.rotary_emb
+    x = torch.zeros(1, dtype=torch.float32)
+    re(x, batch["pos"])  # triggers the longrope long/short update exactly as the forward does
+    info = {"rope_type": re.rope_type, "attention_scaling": float(re.attention_scaling),
+            "inv_freq": [float(v) for v in re.inv_freq]}
+    rp = model.config.rope_parameters
+    if re.rope_type == "longrope":
+        seq_len = int(batch["pos"].max()) + 1
+        omax = rp["original_max_position_embeddings"]
+        info["seq_len_for_factor_choice"] = seq_len
+        info["original_max_position_embeddings"] = omax
+        info["factor_used"] = "long" if seq_len > omax else "short"
+        base = rp["rope_theta"]
+        dim = len(re.inv_freq) * 2
+        ext = torch.tensor(rp["long_factor"] if seq_len > omax else rp["short_factor"], dtype=torch.float32)
+        expect = 1.0 / (ext * base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        assert torch.equal(expect, re.inv_freq), (expect, re.inv_freq)
+        f = model.config.max_position_embeddings / omax
+        att = math.sqrt(1 + math.log(f) / math.log(omax)) if f > 1 else 1.0
+        assert abs(att - re.attention_scaling) < 1e-12
+    return info
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+    log("  ok:", msg)
+
+
+def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
+    torch.manual_seed(0)
+    model = load_model(model_dir)
+    hk = Hooked(model)
+    L, H, KVH, HD = hk.L, hk.H, hk.KVH, hk.HD
+    T, B = batches["T"], batches["B"]
+    ans = torch.tensor(batches["answer_ids"])
+    oth = torch.tensor(batches["other_ids"])
+    clean_b, corr_b = batches["clean"], batches["corrupted"]
+    log(f"[{name}] L={L} H={H} KVH={KVH} HD={HD} D={model.config.hidden_size} V={model.config.vocab_size} T={T} B={B}")
+    assert model.config.vocab_size >= max(max(batches["answer_ids"]), max(batches["other_ids"])) + 1
+
+    rinfo = rope_info(model, clean_b)
+
+    # ---- clean run (capture, no grad)
+    with torch.no_grad():
+        clean_logits = hk.run(clean_b, capture=True)
+    clean_cache_raw = hk.cache
+    clean_acts = hk.split_cache(clean_cache_raw)
+    ld_clean_pp = logit_diff(clean_logits, ans, oth)
+    ld_clean = ld_clean_pp.mean()
+
+    # ---- corrupted run without grad for the baseline metric
+    with torch.no_grad():
+        corr_logits_ng = hk.run(corr_b)
+    ld_corr_pp = logit_diff(corr_logits_ng, ans, oth)
+    ld_corr = ld_corr_pp.mean()
+    denom = float(ld_clean - ld_corr)
+    log(f"  LD_clean={float(ld_clean):.6f} LD_corr={float(ld_corr):.6f} diff={denom:.6f}")
+
+    def metric_of(ld_mean):
+        return (ld_mean - ld_corr) / (ld_clean - ld_corr)
+
+    # ---- corrupted run with grad
+    emb = model.model.embed_tokens
+    emb.weight.requires_grad_(True)  # so that every activation requires grad
+    with torch.enable_grad():
+        corr_logits = hk.run(corr_b, capture=True, grad=True)
+        M = metric_of(logit_diff(corr_logits, ans, oth).mean())
+        M.backward()
+    emb.weight.requires_grad_(False)
+    corr_cache_raw = hk.cache
+    corr_acts = hk.split_cache(corr_cache_raw)
+    grads = hk.split_cache(corr_cache_raw, grads=True)
+    check(torch.equal(corr_logits.detach(), corr_logits_ng), "corrupted logits identical with/without grad")
+    corr_logits = corr_logits.detach()
+
+    # ---- sanity checks of the hook placement
+    real = {k: (b["mask"].bool()) for k, b in (("clean", clean_b), ("corrupted", corr_b))}
+    for run, acts in (("clean", clean_acts), ("corrupted", corr_acts)):
+        # bitwise: HF computes residual + dropout(attn_out) / residual + dropout(mlp_out) in f32
+        e1 = all(torch.equal(acts["hook_resid_mid"][l], acts["hook_resid_pre"][l] + acts["hook_attn_out"][l]) for l in range(L))
+        e2 = all(torch.equal(acts["hook_resid_post"][l], acts["hook_resid_mid"][l] + acts["hook_mlp_out"][l]) for l in range(L))
+        e3 = max([0.0] + [float((acts["hook_resid_pre"][l + 1] - acts["hook_resid_post"][l]).abs().max()) for l in range(L - 1)])
+        check(e1, f"{run}: resid_mid == resid_pre + attn_out (bitwise)")
+        check(e2, f"{run}: resid_post == resid_mid + mlp_out (bitwise)")
+        check(e3 == 0.0, f"{run}: resid_pre[l+1] == resid_post[l]")
+        # rotary from HF's apply_rotary_pos_emb on the captured pre-rotary q/k
+        bb = clean_b if run == "clean" else corr_b
+        cos, sin = model.model.rotary_emb(acts["hook_resid_pre"][0], bb["pos"])
+        er = 0.0
+        for l in range(L):
+            q = acts["attn.hook_q"][l].transpose(1, 2)
+            k = acts["attn.hook_k"][l].transpose(1, 2)
+            rq, rk = modeling_phi3.apply_rotary_pos_emb(q, k, cos, sin)
+            er = max(er, float((rq.transpose(1, 2) - acts["attn.hook_rot_q"][l]).abs().max()),
+                     float((rk.transpose(1, 2) - acts["attn.hook_rot_k"][l]).abs().max()))
+        check(er == 0.0, f"{run}: captured rot_q/rot_k == apply_rotary_pos_emb(q, k, cos, sin)")
+        # z = pattern @ v on real rows
+        ez = 0.0
+        m = real[run]
+        for l in range(L):
+            v = acts["attn.hook_v"][l].repeat_interleave(H // KVH, dim=2)  # [B,T,H,HD]
+            z = torch.einsum("bhqk,bkhd->bqhd", acts["attn.hook_pattern"][l], v)
+            ez = max(ez, float((z - acts["attn.hook_z"][l])[m].abs().max()))
+        check(ez <= 1e-5, f"{run}: z == pattern @ v on real rows (max err {ez:.2e})")
+    # real-row outputs are unaffected by the pad-row z convention
+    hk.zero_pad_z = False
+    with torch.no_grad():
+        pure_logits = hk.run(corr_b, capture=True)
+        pure_pattern = [t.clone() for t in hk.cache["pattern"]]
+        pure_z = [t.clone() for t in hk.cache["z"]]
+    hk.zero_pad_z = True
+    m = real["corrupted"]
+    check(torch.equal(pure_logits[m], corr_logits[m]),
+          "real-row logits bitwise identical with and without z=0 on pad query rows")
+    pad_rows_finite = all(bool(torch.isfinite(t).all()) for t in pure_z) and bool(torch.isfinite(pure_logits).all())
+    pad_note = None
+    npad0 = max(corr_b["pad"])
+    if npad0 > 0:
+        b0 = int(np.argmax(corr_b["pad"]))
+        row = pure_pattern[0][b0, 0, 0]  # pad query 0 of the most padded row
+        pad_note = {"row": b0, "pattern_pad_query0": [round(float(x), 6) for x in row],
+                    "all_finite": pad_rows_finite}
+        log(f"  HF pad-query row pattern (row {b0}, head 0, q=0): {[round(float(x), 4) for x in row[:6]]}... "
+            f"sum={float(row.sum()):.4f} finite={pad_rows_finite}")
+    # sliding window rule, read off the eager pattern
+    sw = model.config.sliding_window
+    if sw is not None:
+        ok = True
+        for run, acts, bb in (("clean", clean_acts, clean_b), ("corrupted", corr_acts, corr_b)):
+            for l in range(L):
+                P = acts["attn.hook_pattern"][l]
+                for b in range(B):
+                    n = bb["pad"][b]
+                    for t in range(n, T):
+                        for j in range(T):
+                            visible = (j <= t) and (t - j < sw) and (j >= n)
+                            ok &= bool(((P[b, :, t, j] > 0) if visible else (P[b, :, t, j] == 0)).all())
+        check(ok, f"sliding_window={sw}: key j visible to query t iff j <= t and t - j < {sw} (and j not pad)")
+
+    # ---- unpadded single-prompt runs vs the padded batch (TL position semantics)
+    alone_err = 0.0
+    for bb, rows in ((clean_b, batches["clean_ids"]), (corr_b, batches["corr_ids"])):
+        full = clean_logits if bb is clean_b else corr_logits
+        for b, ids in enumerate(rows):
+            t = torch.tensor([ids])
+            one = {"tokens": t, "mask": torch.ones_like(t), "pos": torch.arange(len(ids))[None]}
+            with torch.no_grad():
+                lg = hk.run(one)
+            alone_err = max(alone_err, float((lg[0, -1] - full[b, -1]).abs().max()))
+    log(f"  unpadded-alone vs padded-batch last-position logits: max abs diff {alone_err:.3e}")
+    check(alone_err <= 1e-5, "prompt alone (no padding) == padded batch at the last position (<= 1e-5)")
+    # rope state back to the batch's (longrope inv_freq depends on the max position of the last call)
+    rope_info(model, clean_b)
+
+    # ---- activation patching (denoising), one patched forward per patch
+    src = {n: clean_acts["hook_" + n] for n in BLOCK_HOOKS}
+    src["z"] = clean_acts["attn.hook_z"]
+
+    def patched(hook, l, p, h=None):
+        with torch.no_grad():
+            lg = hk.run(corr_b, patch=Patch(hook, l, p, h, src))
+        pp = logit_diff(lg, ans, oth)
+        return float(metric_of(pp.mean())), [float(x) for x in pp]
+
+    patching = {}
+    for hook in BLOCK_HOOKS:
+        act = [[None] * T for _ in range(L)]
+        ppl = [[None] * T for _ in range(L)]
+        attr = [[None] * T for _ in range(L)]
+        key = "hook_" + hook
+        for l in range(L):
+            diff = clean_acts[key][l] - corr_acts[key][l]
+            a = (diff * grads[key][l]).sum(dim=(0, 2))  # [T]
+            for p in range(T):
+                act[l][p], ppl[l][p] = patched(hook, l, p)
+                attr[l][p] = float(a[p])
+        patching[hook] = {"activation": act, "attribution": attr, "activation_per_prompt_logit_diff": ppl}
+    # z per head by position
+    act = [[[None] * H for _ in range(T)] for _ in range(L)]
+    ppl = [[[None] * H for _ in range(T)] for _ in range(L)]
+    attr = [[[None] * H for _ in range(T)] for _ in range(L)]
+    act_all = [[None] * H for _ in range(L)]
+    ppl_all = [[None] * H for _ in range(L)]
+    attr_all = [[None] * H for _ in range(L)]
+    for l in range(L):
+        prod = (clean_acts["attn.hook_z"][l] - corr_acts["attn.hook_z"][l]) * grads["attn.hook_z"][l]  # [B,T,H,HD]
+        a = prod.sum(dim=(0, 3))  # [T,H]
+        for p in range(T):
+            for h in range(H):
+                act[l][p][h], ppl[l][p][h] = patched("z", l, p, h)
+                attr[l][p][h] = float(a[p, h])
+        for h in range(H):
+            act_all[l][h], ppl_all[l][h] = patched("z", l, None, h)
+            attr_all[l][h] = float(a[:, h].sum())
+    patching["z"] = {"activation": act, "attribution": attr, "activation_per_prompt_logit_diff": ppl}
+    patching["z_all_pos"] = {"activation": act_all, "attribution": attr_all, "activation_per_prompt_logit_diff": ppl_all}
+
+    # checks on the patching results
+    last = patching["resid_post"]["activation"][L - 1][T - 1]
+    check(abs(last - 1.0) <= 1e-5, f"patching resid_post[L-1] at T-1 gives M = 1 (got {last:.9f})")
+    lastmid = patching["resid_mid"]["activation"][L - 1][T - 1]
+    check(abs(lastmid - 1.0) <= 1e-5, f"patching resid_mid[L-1] at T-1 gives M = 1 (residual patched too; got {lastmid:.9f})")
+    first = patching["resid_pre"]["activation"][0]
+    # resid_pre[0] at every real position of every row together would give M=1; single positions differ
+    zero_cells = sum(1 for p in range(T) if all(clean_b["tokens"][b, p] == corr_b["tokens"][b, p] for b in range(B)))
+    ez = max(abs(first[p]) for p in range(T) if all(clean_b["tokens"][b, p] == corr_b["tokens"][b, p] for b in range(B))) if zero_cells else 0.0
+    check(ez <= 1e-6, f"resid_pre[0] patches at {zero_cells} positions with identical tokens give M = 0 (max |M| {ez:.1e})")
+
+    # ---- dump tensors
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {
+        "clean.tokens": clean_b["tokens"].to(torch.int32),
+        "corrupted.tokens": corr_b["tokens"].to(torch.int32),
+        "clean.pad": torch.tensor(clean_b["pad"], dtype=torch.int32),
+        "corrupted.pad": torch.tensor(corr_b["pad"], dtype=torch.int32),
+        "clean.logits": clean_logits.float(),
+        "corrupted.logits": corr_logits.float(),
+    }
+    for run, acts, bb in (("clean", clean_acts, clean_b), ("corrupted", corr_acts, corr_b), ("grad", grads, corr_b)):
+        for key, lst in acts.items():
+            for l, t in enumerate(lst):
+                t = t.float().contiguous()
+                if key == "attn.hook_pattern":
+                    # pad query rows stored as 0 (consistent with z = 0 there)
+                    t = t * bb["mask"][:, None, :, None].float()
+                tensors[f"{run}.blocks.{l}.{key}"] = t.contiguous()
+    save_file(tensors, os.path.join(out_dir, "reference.safetensors"), metadata={"format": "pt"})
+
+    meta = {
+        "format_version": 1,
+        "generator": "tools/make_reference.py",
+        "name": name,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "model": os.path.relpath(model_dir, out_dir),
+        "pairs_file": pairs_rel,
+        "covers": covers,
+        "clean_prompts": batches["clean_prompts"],
+        "corrupted_prompts": batches["corr_prompts"],
+        "clean_token_ids": batches["clean_ids"],
+        "corrupted_token_ids": batches["corr_ids"],
+        "answer_ids": batches["answer_ids"],
+        "other_ids": batches["other_ids"],
+        "pad_id": batches["pad_id"],
+        "clean_pad": clean_b["pad"],
+        "corrupted_pad": corr_b["pad"],
+        "T": T,
+        "B": B,
+        "dims": {"L": L, "H": H, "KVH": KVH, "HD": HD, "D": model.config.hidden_size,
+                 "F": model.config.intermediate_size, "V": model.config.vocab_size},
+        "clean_logit_diff": float(ld_clean),
+        "corrupted_logit_diff": float(ld_corr),
+        "clean_logit_diff_per_prompt": [float(x) for x in ld_clean_pp],
+        "corrupted_logit_diff_per_prompt": [float(x) for x in ld_corr_pp],
+        "rope": rinfo,
+        "sliding_window": model.config.sliding_window,
+        "unpadded_vs_padded_max_abs_diff": alone_err,
+        "hf_pad_query_rows": pad_note,
+        "conventions": {
+            "pad_query_rows": "z forced to 0 on pad query rows in every run (engine convention); the stored "
+                              "hook_pattern pad query rows are 0 too. Real rows are bitwise what HF eager gives.",
+            "resid_mid_patch": "in-place write into the input of post_attention_layernorm, which is also the "
+                               "residual of the MLP add (exact TL hook_resid_mid semantics)",
+            "attn_out_patch": "output of resid_attn_dropout (identity, p=0) replaced",
+            "metric": "M = (LD - LD_corr) / (LD_clean - LD_corr); activation = M of the patched corrupted run",
+            "grad": "grad.* = dM/d(activation) on the corrupted run (LD_clean, LD_corr constants)",
+        },
+        "patching": patching,
+    }
+    meta.update(extra_meta)
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return meta
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", default=os.path.join(ROOT, "data/models/tiny-temporal-phi3"))
+    ap.add_argument("--pairs", default=os.path.join(ROOT, "data/temporal_scope_for_attribution_patching.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "data/reference"))
+    ap.add_argument("--only", action="append", help="only these config names (repeatable)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(0)
+
+    tok = Tok(args.model_dir)
+    with open(args.pairs) as f:
+        pairs = json.load(f)
+    batches = build_batches(tok, pairs)
+    pairs_rel = os.path.relpath(os.path.abspath(args.pairs), ROOT)
+    lens = [len(x) for x in batches["clean_ids"] + batches["corr_ids"]]
+    log(f"prompts: lengths {lens}, T={batches['T']}, answers {batches['answer_ids']} others {batches['other_ids']}, "
+        f"pad id {tok.pad_id}, tokenizer vocab {tok.vocab_size}")
+    # distance from the end of the last token where the two prompts of a pair differ (right-aligned)
+    dist = 0
+    for a, b in zip(batches["clean_ids"], batches["corr_ids"]):
+        k = 0
+        while k < min(len(a), len(b)) and a[len(a) - 1 - k] == b[len(b) - 1 - k]:
+            k += 1
+        dist = max(dist, k)
+    log(f"last differing token of a pair: {dist} positions before the end")
+    os.makedirs(args.out, exist_ok=True)
+    summary = []
+
+    def want(n):
+        return not args.only or n in args.only
+
+    if not args.only:  # full regeneration: drop fixture dirs of configs that no longer exist
+        known = {"tiny-temporal"} | {s["name"] for s in RANDOM_CONFIGS}
+        for d in sorted(os.listdir(args.out)):
+            p = os.path.join(args.out, d)
+            if d not in known and os.path.isfile(os.path.join(p, "reference.json")):
+                log(f"removing stale fixture dir {p}")
+                shutil.rmtree(p)
+
+    if want("tiny-temporal"):
+        out_dir = os.path.join(args.out, "tiny-temporal")
+        meta = process("tiny-temporal", os.path.abspath(args.model_dir), out_dir, batches, pairs_rel,
+                       ["the embedded trained model data/models/tiny-temporal-phi3 (as configured there)"], {})
+        summary.append(("tiny-temporal", meta))
+
+    for spec in RANDOM_CONFIGS:
+        if not want(spec["name"]):
+            continue
+        out_dir = os.path.join(args.out, spec["name"])
+        model_dir = os.path.join(out_dir, "model")
+        if spec["cfg"]["rope_scaling"] == "longrope":
+            omax = spec["cfg"]["original_max_position_embeddings"]
+            if "LONG" in " ".join(spec["covers"]):
+                assert min(lens) > omax, f"{spec['name']}: every prompt must be longer than {omax} (long factor alone too)"
+            else:
+                assert max(lens) <= omax
+        if spec["cfg"]["sliding_window"] is not None:
+            # The last position must be able to see (through L layers of windows) the last token in
+            # which a clean and a corrupted prompt differ, else LD_clean == LD_corr. Reach of L
+            # layers: L * (W - 1). Widen the window only when the data requires it.
+            L = spec["cfg"]["num_hidden_layers"]
+            W = max(spec["cfg"]["sliding_window"], math.ceil((dist + 2) / L) + 1)
+            assert W < min(lens), f"{spec['name']}: sliding window {W} must be shorter than every prompt {lens}"
+            if W != spec["cfg"]["sliding_window"]:
+                log(f"[{spec['name']}] sliding_window {spec['cfg']['sliding_window']} -> {W} "
+                    f"(last differing token is {dist} before the end)")
+                spec = dict(spec, cfg=dict(spec["cfg"], sliding_window=W),
+                            covers=[c.replace(f"sliding_window {spec['cfg']['sliding_window']}", f"sliding_window {W}")
+                                    for c in spec["covers"]])
+        for seed in range(spec["seed"], spec["seed"] + 200):
+            hub = make_config(spec, tok)
+            save_random_model(spec, hub, model_dir, seed, tok)
+            # seed acceptance: |LD_clean - LD_corr| > 0.3
+            model = load_model(model_dir)
+            hk = Hooked(model)
+            ans = torch.tensor(batches["answer_ids"])
+            oth = torch.tensor(batches["other_ids"])
+            with torch.no_grad():
+                d = float(logit_diff(hk.run(batches["clean"]), ans, oth).mean()
+                          - logit_diff(hk.run(batches["corrupted"]), ans, oth).mean())
+            del hk, model
+            if abs(d) > MIN_LD_GAP:
+                break
+            log(f"[{spec['name']}] seed {seed}: |LD_clean - LD_corr| = {abs(d):.3f} <= {MIN_LD_GAP}, next seed")
+        else:
+            raise RuntimeError(f"{spec['name']}: no seed with |LD_clean - LD_corr| > {MIN_LD_GAP}")
+        files = sorted(os.listdir(model_dir))
+        meta = process(spec["name"], model_dir, out_dir, batches, pairs_rel, spec["covers"],
+                       {"seed": seed, "init_std": spec["std"], "storage_dtype": spec["dtype"],
+                        "config_json_style": spec["style"], "model_files": files})
+        summary.append((spec["name"], meta))
+
+    log("\nsummary:")
+    for n, m in summary:
+        log(f"  {n:36s} LD_clean={m['clean_logit_diff']:+.6f} LD_corr={m['corrupted_logit_diff']:+.6f} "
+            f"T={m['T']} unpadded-vs-padded={m['unpadded_vs_padded_max_abs_diff']:.1e}")
+    try:
+        log(subprocess.run(["du", "-sh", args.out], capture_output=True, text=True).stdout.strip())
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
