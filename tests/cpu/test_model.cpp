@@ -1,0 +1,130 @@
+// The Phi-3 model on the CPU backend, checked without transformers: padding invariance,
+// the embedded model's held-out accuracy, and the whole backward pass against finite
+// differences of the metric.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "model/backward.h"
+#include "model/forward.h"
+#include "patching/accuracy.h"
+#include "runtime/file_util.h"
+#include "test_util.h"
+
+namespace phi3 {
+namespace {
+
+std::string tiny_dir() { return test::source_dir() + "/data/models/tiny-temporal-phi3"; }
+std::string seed_pairs() { return test::source_dir() + "/data/temporal_scope_for_attribution_patching.json"; }
+
+TEST(Model, LoadsEmbeddedModel) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  EXPECT_EQ(m->cfg.num_hidden_layers, 4);
+  EXPECT_GE(m->cfg.num_hidden_layers, 4);
+  EXPECT_EQ(m->tok.answer_token("short") != m->tok.answer_token("long"), true);
+  EXPECT_GT(m->w.bytes, 0u);
+}
+
+// A prompt alone and left-padded inside a batch give the same last-position logits
+// (TransformerLens position semantics, pad keys masked).
+TEST(Model, PaddingInvariance) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  auto pairs = load_pairs(seed_pairs());
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 40);
+  ForwardState batch = forward(*be, *m, pb.clean);
+  auto batch_logits = last_logits(*be, *m, batch);
+  const int V = m->cfg.vocab_size;
+  for (int b = 0; b < pb.clean.B; ++b) {
+    Batch alone = make_batch({m->tok.encode(pb.clean_prompts[b], true)}, m->cfg.pad_token_id);
+    ASSERT_EQ(alone.pad[0], 0);
+    ASSERT_GT(pb.clean.pad[b], 0) << "every row is padded at T=40";
+    ForwardState s = forward(*be, *m, alone);
+    auto l = last_logits(*be, *m, s);
+    std::vector<float> row(batch_logits.begin() + size_t(b) * V, batch_logits.begin() + size_t(b + 1) * V);
+    auto d = test::compare(row, l);
+    // fp32, same ops on the same rows; only BLAS blocking may differ.
+    EXPECT_LT(d.max_abs, 1e-5) << "row " << b << ": " << d.str();
+  }
+}
+
+TEST(Model, HeldOutAccuracyAtLeast95Percent) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  auto r = dataset_accuracy(*be, *m, test::source_dir() + "/data/raw/temporal_scope_caa.json", "heldout");
+  ASSERT_GE(r.items, 60);
+  EXPECT_GE(r.accuracy(), 0.95) << r.correct << "/" << r.items;
+}
+
+TEST(Model, SeedPairsAnsweredCorrectly) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  for (const char* file : {"/data/temporal_scope_for_attribution_patching.json", "/data/temporal_scope_pairs.json"}) {
+    auto pairs = load_pairs(test::source_dir() + file);
+    PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+    ForwardOptions fo;
+    fo.keep_pattern = false;
+    ForwardState s = forward(*be, *m, pb.clean, fo);
+    LogitDiff ld = logit_diff(*be, *m, s, pb.answer, pb.other);
+    for (int b = 0; b < pb.clean.B; ++b) EXPECT_GT(ld.per_row[b], 1.0f) << file << " row " << b;
+  }
+}
+
+// d metric / d resid_pre[l] (and z) against central differences of the whole model along
+// a random direction at one position: an end-to-end check of every backward op together.
+TEST(Model, BackwardMatchesFiniteDifferences) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  auto pairs = load_pairs(seed_pairs());
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  const int B = pb.clean.B, T = pb.clean.T, D = m->cfg.hidden_size;
+  ForwardState s = forward(*be, *m, pb.corrupted);
+  Gradients g = backward(*be, *m, s, pb.answer, pb.other, 1.0f);
+  for (int l : {0, 2}) {
+    for (int pos : {T - 1, T - 8}) {
+      // Direction: random at (all rows, pos).
+      // Scaled by each row's rms so that eps is a relative perturbation (RMSNorm is
+      // strongly curved for small inputs).
+      std::vector<float> dir = test::random_vec(size_t(B) * D, 100 + l * 31 + pos);
+      {
+        std::vector<float> act(size_t(B) * T * D);
+        be->download(act.data(), s.layers[l].resid_pre.get(), act.size() * sizeof(float));
+        for (int b = 0; b < B; ++b) {
+          double ss = 0;
+          for (int d = 0; d < D; ++d) ss += double(act[(size_t(b) * T + pos) * D + d]) * act[(size_t(b) * T + pos) * D + d];
+          const float rms = static_cast<float>(std::sqrt(ss / D));
+          for (int d = 0; d < D; ++d) dir[size_t(b) * D + d] *= rms;
+        }
+      }
+      std::vector<float> grad(size_t(B) * T * D);
+      be->download(grad.data(), g.layers[l].resid_pre.get(), grad.size() * sizeof(float));
+      double analytic = 0;
+      for (int b = 0; b < B; ++b)
+        for (int d = 0; d < D; ++d) analytic += double(grad[(size_t(b) * T + pos) * D + d]) * dir[size_t(b) * D + d];
+      // Perturbed runs: patch resid_pre[l] at pos with base +- eps*dir through a source state.
+      auto metric_at = [&](float eps) {
+        ForwardState src = forward(*be, *m, pb.corrupted);
+        std::vector<float> act(size_t(B) * T * D);
+        be->download(act.data(), src.layers[l].resid_pre.get(), act.size() * sizeof(float));
+        for (int b = 0; b < B; ++b)
+          for (int d = 0; d < D; ++d) act[(size_t(b) * T + pos) * D + d] += eps * dir[size_t(b) * D + d];
+        be->upload(src.layers[l].resid_pre.get(), act.data(), act.size() * sizeof(float));
+        PatchSpec p{Hook::ResidPre, l, pos, -1};
+        ForwardOptions fo;
+        fo.patch = &p;
+        fo.source = &src;
+        ForwardState r = forward(*be, *m, pb.corrupted, fo);
+        return logit_diff(*be, *m, r, pb.answer, pb.other).mean;
+      };
+      const float eps = 2e-3f;
+      double numeric = (metric_at(eps) - metric_at(-eps)) / (2 * eps);
+      // fp32 forward with eps=1e-2: truncation O(eps^2) and rounding ~1e-6/eps.
+      EXPECT_NEAR(analytic, numeric, 2e-3 * std::max(1.0, std::fabs(numeric)))
+          << "layer " << l << " pos " << pos;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace phi3

@@ -1,0 +1,60 @@
+// Level 2 of the verification ladder: the whole model against `transformers` reference
+// dumps (data/reference/*, made by tools/make_reference.py): tokens, logits, every hook
+// activation, gradients of the normalized metric, and the TransformerLens-style patching
+// results (activation patching within 1e-4 absolute, attribution within 1e-3 relative).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+#include "patching/verify.h"
+#include "test_util.h"
+
+namespace phi3 {
+namespace {
+
+std::vector<std::string> reference_dirs() {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(test::source_dir() + "/data/reference"))
+    if (e.is_directory() && std::filesystem::exists(e.path() / "reference.json")) out.push_back(e.path().filename());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(Reference, AllFixturesPresent) {
+  auto dirs = reference_dirs();
+  // tiny-temporal + at least three random configs (GQA, partial rotary, tied, longrope,
+  // sliding window, sharded).
+  EXPECT_GE(dirs.size(), 4u);
+  EXPECT_NE(std::find(dirs.begin(), dirs.end(), "tiny-temporal"), dirs.end());
+}
+
+class ReferenceTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ReferenceTest, MatchesTransformers) {
+  auto be = make_cpu_backend();
+  VerifyResult r = verify_reference(*be, test::source_dir() + "/data/reference/" + GetParam());
+  ASSERT_GT(r.checks.size(), 50u);
+  for (const auto& c : r.worst_by_kind())
+    std::printf("  %-22s worst %-45s %s err %.3g (tol %.1g)\n", c.kind.c_str(), c.name.c_str(),
+                c.relative ? "rel" : "abs", c.err(), c.tol);
+  for (const auto& c : r.checks)
+    EXPECT_TRUE(c.ok) << c.kind << " " << c.name << ": max_abs " << c.max_abs << " max_ref " << c.max_ref << " err "
+                      << c.err() << " > tol " << c.tol;
+  std::set<std::string> kinds;
+  for (const auto& c : r.checks) kinds.insert(c.kind);
+  for (const char* k : {"tokens", "logits", "activation", "gradient", "activation_patching", "attribution_patching"})
+    EXPECT_TRUE(kinds.count(k)) << "no check of kind " << k;
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, ReferenceTest, ::testing::ValuesIn(reference_dirs()),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& ch : n)
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace phi3

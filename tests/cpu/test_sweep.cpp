@@ -1,0 +1,163 @@
+// Level 4 of the verification ladder: the exact fast sweep equals the naive
+// one-forward-per-patch sweep (fp32, within 1e-5) for every hook on every reference config
+// and the embedded model; facts that must hold on the embedded model; work accounting.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "patching/sweep.h"
+#include "runtime/file_util.h"
+#include "test_util.h"
+
+namespace phi3 {
+namespace {
+
+struct SweepSetup {
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<Model> m;
+  PairBatch pb;
+  ForwardState clean, corrupted;
+  explicit SweepSetup(const std::string& model_dir, int extra_pad = 0) {
+    m = load_model(*be, model_dir);
+    auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
+    int T = pair_batch_length(pairs, m->tok) + extra_pad;
+    pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, T);
+    clean = forward(*be, *m, pb.clean);
+    corrupted = forward(*be, *m, pb.corrupted);
+  }
+};
+
+std::vector<std::string> model_dirs() {
+  std::vector<std::string> out = {"data/models/tiny-temporal-phi3"};
+  for (const auto& e : std::filesystem::directory_iterator(test::source_dir() + "/data/reference"))
+    if (std::filesystem::exists(e.path() / "model" / "config.json"))
+      out.push_back("data/reference/" + e.path().filename().string() + "/model");
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+class FastVsNaive : public ::testing::TestWithParam<std::tuple<std::string, Hook>> {};
+
+TEST_P(FastVsNaive, Equal) {
+  auto [dir, hook] = GetParam();
+  // Two extra pad columns: every row is padded, so pad positions are swept too.
+  SweepSetup s(test::source_dir() + "/" + dir, 2);
+  SweepOptions naive;
+  naive.naive = true;
+  SweepResult f = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, hook);
+  SweepResult n = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, hook, naive);
+  ASSERT_EQ(f.ld.size(), n.ld.size());
+  ASSERT_EQ(f.targets.size(), n.targets.size());
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < f.ld.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(f.ld[i] - n.ld[i])));
+    scale = std::max(scale, double(std::fabs(n.ld[i])));
+  }
+  // fp32: identical math on identical rows; BLAS blocking may reorder sums (~1e-7 relative).
+  EXPECT_LT(worst, 1e-5 * std::max(1.0, scale)) << hook_name(hook) << " on " << dir;
+  EXPECT_EQ(n.work.patched_runs, static_cast<int64_t>(n.targets.size()));
+  EXPECT_EQ(f.work.patched_runs + f.work.skipped_noop + f.work.skipped_causal, static_cast<int64_t>(f.targets.size()));
+  EXPECT_LT(f.work.token_layer_evals, n.work.token_layer_evals);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllHooks, FastVsNaive,
+    ::testing::Combine(::testing::ValuesIn(model_dirs()),
+                       ::testing::Values(Hook::ResidPre, Hook::ResidMid, Hook::ResidPost, Hook::AttnOut, Hook::MlpOut,
+                                         Hook::Z, Hook::ZAllPos)),
+    [](const auto& info) {
+      std::string n = std::get<0>(info.param) + "_" + hook_name(std::get<1>(info.param));
+      for (auto& ch : n)
+        if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+      return n;
+    });
+
+double normalized(const SweepSetup& s, const SweepResult& r, size_t target) {
+  const int B = s.pb.clean.B;
+  double ld = 0;
+  for (int b = 0; b < B; ++b) ld += r.ld[target * B + b];
+  ld /= B;
+  double lc = logit_diff(*s.be, *s.m, s.clean, s.pb.answer, s.pb.other).mean;
+  double lr = logit_diff(*s.be, *s.m, s.corrupted, s.pb.answer, s.pb.other).mean;
+  return (ld - lr) / (lc - lr);
+}
+
+TEST(Sweep, LastLayerResidPostAtLastPositionIsOne) {
+  SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3");
+  const int L = s.m->cfg.num_hidden_layers, T = s.pb.clean.T;
+  for (bool naive : {false, true}) {
+    SweepOptions o;
+    o.naive = naive;
+    SweepResult r = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::ResidPost, o);
+    const size_t idx = size_t(L - 1) * T + (T - 1);
+    ASSERT_EQ(r.targets[idx].layer, L - 1);
+    ASSERT_EQ(r.targets[idx].pos, T - 1);
+    EXPECT_NEAR(normalized(s, r, idx), 1.0, 1e-6) << (naive ? "naive" : "fast");
+  }
+}
+
+// Patches whose clean and corrupted values are bitwise identical give exactly 0.
+TEST(Sweep, IdenticalValuesGiveExactlyZero) {
+  SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3", 3);
+  const int B = s.pb.clean.B, T = s.pb.clean.T, D = s.m->cfg.hidden_size;
+  for (Hook h : {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut}) {
+    for (bool naive : {false, true}) {
+      SweepOptions o;
+      o.naive = naive;
+      SweepResult r = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, h, o);
+      int identical = 0;
+      for (size_t i = 0; i < r.targets.size(); ++i) {
+        const auto& t = r.targets[i];
+        std::vector<float> a(size_t(B) * T * D), c(size_t(B) * T * D);
+        s.be->download(a.data(), s.clean.hook_data(h, t.layer), a.size() * 4);
+        s.be->download(c.data(), s.corrupted.hook_data(h, t.layer), c.size() * 4);
+        bool same = true;
+        for (int b = 0; b < B; ++b)
+          same = same && std::memcmp(&a[(size_t(b) * T + t.pos) * D], &c[(size_t(b) * T + t.pos) * D], D * 4) == 0;
+        if (!same) continue;
+        ++identical;
+        EXPECT_EQ(normalized(s, r, i), 0.0) << hook_name(h) << " L" << t.layer << " pos " << t.pos;
+      }
+      // Three pad columns shared by every row (and the shared BOS embedding) exist.
+      EXPECT_GE(identical, 3) << hook_name(h);
+      if (!naive) EXPECT_GE(r.work.skipped_noop, identical);
+    }
+  }
+}
+
+// The same results whatever the chunking (a tiny memory budget forces many chunks).
+TEST(Sweep, ChunkingDoesNotChangeResults) {
+  SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3");
+  SweepResult one = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::ResidPre);
+  SweepOptions o;
+  o.mem_budget = 200 * 1024;
+  SweepResult many = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::ResidPre, o);
+  EXPECT_EQ(one.work.chunks, 1);
+  EXPECT_GT(many.work.chunks, 3);
+  for (size_t i = 0; i < one.ld.size(); ++i) EXPECT_NEAR(one.ld[i], many.ld[i], 1e-5) << i;
+}
+
+// Work accounting on the seed batch: the fast sweep does at most 30% of the naive work.
+TEST(Sweep, FastWorkAtMost30PercentOfNaive) {
+  SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3");
+  for (Hook h : {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut}) {
+    SweepResult r = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, h);
+    const int L = s.m->cfg.num_hidden_layers, T = s.pb.clean.T, B = s.pb.clean.B;
+    EXPECT_EQ(r.work.naive_token_layer_evals, int64_t(L) * T * int64_t(B) * T * L);
+    EXPECT_LE(double(r.work.token_layer_evals), 0.30 * r.work.naive_token_layer_evals) << hook_name(h);
+  }
+}
+
+// Noising (corrupted values into the clean run): patching every layer's resid_post at T-1
+// of the last layer gives the corrupted metric, 0.
+TEST(Sweep, NoisingLastLayerResidPostIsZero) {
+  SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3");
+  const int L = s.m->cfg.num_hidden_layers, T = s.pb.clean.T;
+  SweepResult r = activation_sweep(*s.be, *s.m, s.clean, s.corrupted, s.pb.answer, s.pb.other, Hook::ResidPost);
+  EXPECT_NEAR(normalized(s, r, size_t(L - 1) * T + (T - 1)), 0.0, 1e-6);
+}
+
+}  // namespace
+}  // namespace phi3
