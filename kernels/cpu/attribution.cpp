@@ -1,0 +1,26 @@
+// Attribution-patching reduction (CPU reference), DESIGN §5.
+//   out[t, g] = sum_b sum_{w<W} (a - c)[b*T + t, g*W + w] * grad[b*T + t, g*W + w]
+//   a (clean), c (corrupted), grad (d metric / d act on the corrupted run): [B*T, G*W];
+//   out [T, G]. G groups of W elements: G=1, W=D for a whole hook; G=H, W=HD per head.
+//   Accumulates in double (the terms cancel a lot); a pure reduction, no backward.
+#include "kernels/ops.h"
+
+namespace phi3::cpu {
+
+void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T,G*W]*/, const float* c,
+                        const float* grad, int B, int T, int G, int W, Stream) {
+  const int64_t row = static_cast<int64_t>(G) * W;
+  for (int t = 0; t < T; ++t) {
+    for (int g = 0; g < G; ++g) {
+      double acc = 0;
+      for (int b = 0; b < B; ++b) {
+        const int64_t off = (static_cast<int64_t>(b) * T + t) * row + static_cast<int64_t>(g) * W;
+        for (int w = 0; w < W; ++w)
+          acc += (static_cast<double>(a[off + w]) - c[off + w]) * grad[off + w];
+      }
+      out[static_cast<int64_t>(t) * G + g] = static_cast<float>(acc);
+    }
+  }
+}
+
+}  // namespace phi3::cpu

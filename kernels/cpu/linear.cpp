@@ -1,0 +1,44 @@
+// Linear layer without bias (CPU reference), through OpenBLAS sgemm.
+//   forward:  y = x W^T       x [N, in], W [out, in] (HF layout, row-major), y [N, out]
+//   backward: dx = dy W       dy [N, out], dx [N, in]; accumulate ? dx += dy W
+// Only activation gradients are needed, so nothing is saved (W is a weight). The CPU
+// backend stores weights in fp32: any other W dtype is an error.
+#include <cblas.h>
+
+#include <climits>
+#include <string>
+
+#include "kernels/ops.h"
+#include "runtime/error.h"
+
+namespace phi3::cpu {
+
+namespace {
+void check_weight(const Weight& W, const char* op) {
+  PHI3_CHECK(W.dtype == DType::F32, std::string(op) + ": the CPU backend needs F32 weights, got " +
+                                        dtype_name(W.dtype));
+  PHI3_CHECK(W.rows > 0 && W.cols > 0 && W.rows <= INT_MAX && W.cols <= INT_MAX,
+             std::string(op) + ": bad weight shape [" + std::to_string(W.rows) + ", " +
+                 std::to_string(W.cols) + "]");
+}
+}  // namespace
+
+void linear_forward(float* y /*[N,out]*/, const float* x /*[N,in]*/, const Weight& W, int N,
+                    Stream) {
+  check_weight(W, "linear_forward");
+  if (N <= 0) return;
+  const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in,
+              static_cast<const float*>(W.data), in, 0.0f, y, out);
+}
+
+void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, int N,
+                     bool accumulate, Stream) {
+  check_weight(W, "linear_backward");
+  if (N <= 0) return;
+  const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out,
+              static_cast<const float*>(W.data), in, accumulate ? 1.0f : 0.0f, dx, in);
+}
+
+}  // namespace phi3::cpu

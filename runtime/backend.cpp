@@ -1,0 +1,38 @@
+// Backend selection: "cpu", "cuda" or "auto" (DESIGN §7). make_cpu_backend() lives in
+// runtime/cpu_backend.cpp, make_cuda_backend() in runtime/cuda/ (only with PHI3_WITH_CUDA).
+#include <string>
+
+#include "runtime/backend.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/error.h"
+
+namespace phi3 {
+
+bool cuda_available() {
+#if defined(PHI3_WITH_CUDA)
+  return cuda_device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, bool fp32) {
+  if (device == "cpu") return make_cpu_backend();
+  if (device == "cuda") {
+#if defined(PHI3_WITH_CUDA)
+    return make_cuda_backend(fp32);
+#else
+    (void)fp32;
+    throw Error("--device cuda: this binary was built without CUDA (nvcc was not found at configure time)");
+#endif
+  }
+  if (device == "auto") {
+#if defined(PHI3_WITH_CUDA)
+    if (cuda_available()) return make_cuda_backend(fp32);
+#endif
+    return make_cpu_backend();
+  }
+  throw Error("--device '" + device + "': unknown device (expected cpu, cuda or auto)");
+}
+
+}  // namespace phi3
