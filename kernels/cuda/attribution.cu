@@ -1,0 +1,49 @@
+// Attribution-patching reduction (DESIGN §5).
+//
+//   out[t*G + g] = sum_b sum_{w<W} (a - c)[b*T + t, g*W + w] * grad[b*T + t, g*W + w]
+//
+// a (clean), c (corrupted), grad (d metric / d act on the corrupted run): [B*T, G*W], rows
+// b*T + t contiguous with stride G*W; out [T, G] (overwritten). G = 1, W = D for residual
+// hooks; G = heads, W = d_head for per-head hooks. No backward (it is the end of the chain).
+// One block per output (t, g): threads stride over w for each b, fp32 partial sums, one
+// block reduction. Reading 3 * B * W floats per output, this is bandwidth-bound.
+#include "kernels/cuda/common.cuh"
+
+namespace phi3::cuda {
+namespace {
+
+__global__ void attribution_reduce_kernel(float* out, const float* __restrict__ a,
+                                          const float* __restrict__ c,
+                                          const float* __restrict__ grad, int B, int T, int G,
+                                          int W) {
+  __shared__ float red[32];
+  const int64_t row_stride = (int64_t)G * W;
+  for (int64_t o = blockIdx.x; o < (int64_t)T * G; o += gridDim.x) {
+    const int t = static_cast<int>(o / G), g = static_cast<int>(o - (int64_t)t * G);
+    float acc = 0.0f;
+    for (int b = 0; b < B; ++b) {
+      const int64_t base = ((int64_t)b * T + t) * row_stride + (int64_t)g * W;
+      for (int w = threadIdx.x; w < W; w += blockDim.x)
+        acc += (a[base + w] - c[base + w]) * grad[base + w];
+    }
+    acc = block_sum(acc, red);
+    if (threadIdx.x == 0) out[o] = acc;
+  }
+}
+
+}  // namespace
+
+void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,
+                        const float* grad, int B, int T, int G, int W, Stream stream) {
+  PHI3_CHECK(B >= 0 && T >= 0 && G > 0 && W > 0,
+             "attribution_reduce: bad shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
+                 " G=" + std::to_string(G) + " W=" + std::to_string(W));
+  if (T == 0) return;
+  const int threads = W >= 512 ? 256 : W >= 128 ? 128 : 32;
+  const int64_t outputs = (int64_t)T * G;
+  const unsigned blocks = static_cast<unsigned>(outputs < 65536 ? outputs : 65536);
+  attribution_reduce_kernel<<<blocks, threads, 0, as_cuda(stream)>>>(out, a, c, grad, B, T, G, W);
+  PHI3_LAUNCH_CHECK();
+}
+
+}  // namespace phi3::cuda

@@ -1,0 +1,71 @@
+// Shared pieces of the CUDA kernels: stream cast, warp/block reductions, launch sizing,
+// alignment tests, and the per-thread cache of cuBLAS handles and scratch buffers
+// (kernels/cuda/context.cu). Internal to kernels/cuda and runtime/cuda.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/ops.h"
+
+namespace phi3::cuda {
+
+inline cudaStream_t as_cuda(Stream s) { return static_cast<cudaStream_t>(s); }
+
+// ---- launch sizing --------------------------------------------------------------------
+inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+// Blocks for a grid-stride loop over n items: enough to fill the GPU, capped so that
+// launches stay cheap (each thread then loops).
+inline unsigned grid_for(int64_t n, int threads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks < 1) blocks = 1;
+  if (blocks > 65536) blocks = 65536;
+  return static_cast<unsigned>(blocks);
+}
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Multiprocessor count of the current device (cached per device).
+int sm_count();
+
+// ---- reductions (fp32) ----------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Sum over the block, returned to every thread. `smem` holds >= 32 floats; blockDim.x is a
+// multiple of 32. Contains __syncthreads(): call from all threads of the block.
+__device__ __forceinline__ float block_sum(float v, float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  float t = lane < n_warps ? smem[lane] : 0.0f;
+  return warp_sum(t);
+}
+
+// ---- per-thread, per-(device, stream) resources ---------------------------------------
+// The cuBLAS handle of the calling thread for (current device, stream), bound to `stream`.
+// Created on first use; cuBLAS handles are cheap to keep and must not be shared by threads
+// that reconfigure them concurrently, hence one per thread.
+cublasHandle_t blas_handle(cudaStream_t stream);
+// A device scratch buffer of >= bytes for (current device, stream, slot) of the calling
+// thread, grown on demand (growing waits for the stream, so earlier work using the old
+// buffer has finished). Valid until the next call with the same key and a larger size.
+void* scratch(cudaStream_t stream, size_t bytes, int slot);
+enum ScratchSlot { kScratchCastA = 0, kScratchAttn = 1, kScratchSlots = 2 };
+// Drops the calling thread's handle and scratch for `stream` (the backend calls it before
+// destroying its stream, so a later stream at the same address starts clean).
+void release_stream_resources(cudaStream_t stream);
+
+}  // namespace phi3::cuda

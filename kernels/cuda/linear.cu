@@ -1,0 +1,85 @@
+// Linear layer through cuBLAS (no bias: Phi-3 has none).
+//
+// forward:   y[N, out] = x[N, in] W^T          W [out, in] row-major (HF layout)
+// backward:  dx[N, in] (+)= dy[N, out] W       (accumulate selects beta = 1)
+// Nothing is saved: backward needs only W (no weight gradients in this engine).
+//
+// Row-major -> cuBLAS column-major: a row-major [r, c] matrix is a column-major [c, r] one,
+// so y^T = W x^T is  gemm(T, N, m=out, n=N, k=in, A=W (lda=in), B=x (ldb=in), C=y (ldc=out))
+// and dx^T = W^T dy^T is gemm(N, N, m=in, n=N, k=out, A=W (lda=in), B=dy (ldb=out), C=dx).
+//
+// fp32 W: cublasGemmEx with fp32 A/B/C and CUBLAS_COMPUTE_32F (TF32 off): the fp32 mode
+//   stays within summation-order rounding of the CPU reference.
+// bf16 W: the activations (fp32) are first rounded to bf16 into a per-stream scratch buffer
+//   by our cast kernel (round-to-nearest-even), then cublasGemmEx runs with A = W (bf16),
+//   B = x (bf16), C = y (fp32), CUBLAS_COMPUTE_32F: tensor-core bf16 products with fp32
+//   accumulation and an fp32 output, so the residual stream never leaves fp32. This is what
+//   a bf16 `transformers` model computes (its activations are bf16 at every GEMM input).
+//   cuBLASLt was not chosen: it offers no bf16 x fp32 mixed-input GEMM either, so the cast
+//   is needed regardless, and plain cublasGemmEx keeps the handle/workspace story simple.
+//   The cast costs one extra pass over x (N*in*6 bytes), small next to the weight read at
+//   the row counts the engine runs (a few thousand rows at most).
+// Handles and scratch come from the calling thread's per-(device, stream) cache
+// (kernels/cuda/context.cu).
+#include "kernels/cuda/cast.cuh"
+#include "kernels/cuda/common.cuh"
+
+namespace phi3::cuda {
+namespace {
+
+void check_weight(const Weight& W, const char* op) {
+  PHI3_CHECK(W.data != nullptr, std::string(op) + ": weight has no data");
+  PHI3_CHECK(W.rows > 0 && W.cols > 0, std::string(op) + ": empty weight");
+  PHI3_CHECK(W.rows <= INT32_MAX && W.cols <= INT32_MAX,
+             std::string(op) + ": weight too large for cuBLAS int dimensions");
+  PHI3_CHECK(W.dtype == DType::F32 || W.dtype == DType::BF16,
+             std::string(op) + " (cuda): unsupported weight dtype " + dtype_name(W.dtype) +
+                 " (convert F16 weights to BF16 or F32 at load)");
+}
+
+// Rounds `n` floats of `src` to bf16 in the stream's scratch buffer.
+const uint16_t* to_bf16_scratch(const float* src, int64_t n, cudaStream_t s) {
+  auto* buf = static_cast<uint16_t*>(scratch(s, static_cast<size_t>(n) * 2, kScratchCastA));
+  cast_f32_to_bf16(buf, src, n, s);
+  return buf;
+}
+
+// C[m, n] (col-major, ldc) = alpha op(A) op(B) + beta C with A = W.
+void gemm(cudaStream_t s, cublasOperation_t opA, int m, int n, int k, const Weight& W, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  cublasHandle_t h = blas_handle(s);
+  const float alpha = 1.0f;
+  if (W.dtype == DType::F32) {
+    CUBLAS_CHECK(cublasGemmEx(h, opA, CUBLAS_OP_N, m, n, k, &alpha, W.data, CUDA_R_32F, lda, B,
+                              CUDA_R_32F, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+  } else {
+    const uint16_t* Bh = to_bf16_scratch(B, static_cast<int64_t>(ldb) * n, s);
+    CUBLAS_CHECK(cublasGemmEx(h, opA, CUBLAS_OP_N, m, n, k, &alpha, W.data, CUDA_R_16BF, lda,
+                              Bh, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+}  // namespace
+
+void linear_forward(float* y /*[N,out]*/, const float* x /*[N,in]*/, const Weight& W, int N,
+                    Stream stream) {
+  check_weight(W, "linear_forward");
+  PHI3_CHECK(N >= 0, "linear_forward: negative N");
+  if (N == 0) return;
+  const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
+  gemm(as_cuda(stream), CUBLAS_OP_T, out, N, in, W, in, x, in, 0.0f, y, out);
+}
+
+void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, int N,
+                     bool accumulate, Stream stream) {
+  check_weight(W, "linear_backward");
+  PHI3_CHECK(N >= 0, "linear_backward: negative N");
+  if (N == 0) return;
+  const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
+  gemm(as_cuda(stream), CUBLAS_OP_N, in, N, out, W, in, dy, out, accumulate ? 1.0f : 0.0f, dx,
+       in);
+}
+
+}  // namespace phi3::cuda

@@ -1,0 +1,92 @@
+// Rotary position embedding, HF rotate_half (NeoX) layout, partial rotary supported.
+//
+// For each row n (position pos[n]), head h and i < R/2 (R = rope.rot_dim <= HD):
+//   a = x[n, h*HD + i], b = x[n, h*HD + i + R/2], (c, s) = (cos, sin)(pos * inv_freq[i]) * scale
+//   forward:  a' = a c - b s,  b' = b c + a s              (rope_rotate, op_math.h)
+//   backward: da = da' c + db' s, db = db' c - da' s        (rope_rotate_back: R(-theta))
+// dims R..HD-1 of each head are copied unchanged (gradient: copied back).
+// Shapes: in/out [N, n_heads*HD] with row strides (so q and k can be rotated in place
+// inside a fused qkv row); pos [N]; inv_freq [R/2]. out may alias in (each thread reads its
+// pair before writing it). Nothing is saved for backward (angles are recomputed).
+//
+// Grid: y = rows (grid-stride), x covers the n_heads * (HD - R/2) work items of a row:
+// item i < R/2 of a head rotates the pair (i, i + R/2); item i >= R/2 copies dim i + R/2.
+// Consecutive threads touch consecutive dims, so loads and stores coalesce.
+#include "kernels/cuda/common.cuh"
+#include "kernels/op_math.h"
+
+namespace phi3::cuda {
+namespace {
+
+template <bool BACKWARD>
+__global__ void rotary_kernel(float* out, int64_t out_stride, const float* in, int64_t in_stride,
+                              const int32_t* __restrict__ pos, int N, int n_heads, int HD,
+                              const float* __restrict__ inv_freq, int half, float scale) {
+  const int per_head = HD - half;
+  const int per_row = n_heads * per_head;
+  for (int n = blockIdx.y; n < N; n += gridDim.y) {
+    const int32_t p = pos[n];
+    const float* x = in + (int64_t)n * in_stride;
+    float* y = out + (int64_t)n * out_stride;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < per_row; j += gridDim.x * blockDim.x) {
+      const int h = j / per_head, i = j - h * per_head;
+      const int base = h * HD;
+      if (i < half) {
+        float c, s;
+        rope_angle(p, inv_freq[i], scale, &c, &s);
+        const float a = x[base + i], b = x[base + i + half];
+        float ao, bo;
+        if (BACKWARD)
+          rope_rotate_back(a, b, c, s, &ao, &bo);
+        else
+          rope_rotate(a, b, c, s, &ao, &bo);
+        y[base + i] = ao;
+        y[base + i + half] = bo;
+      } else {
+        y[base + i + half] = x[base + i + half];
+      }
+    }
+  }
+}
+
+template <bool BACKWARD>
+void launch_rotary(const char* op, float* out, int64_t out_stride, const float* in,
+                   int64_t in_stride, const int32_t* pos, int N, int n_heads, int HD,
+                   const RopeParams& rope, Stream stream) {
+  PHI3_CHECK(N >= 0 && n_heads > 0 && HD > 0,
+             std::string(op) + ": bad shape N=" + std::to_string(N) + " heads=" +
+                 std::to_string(n_heads) + " HD=" + std::to_string(HD));
+  PHI3_CHECK(rope.rot_dim >= 0 && rope.rot_dim <= HD && rope.rot_dim % 2 == 0,
+             std::string(op) + ": rot_dim " + std::to_string(rope.rot_dim) +
+                 " must be even and <= head dim " + std::to_string(HD));
+  PHI3_CHECK(rope.rot_dim == 0 || rope.inv_freq != nullptr, std::string(op) + ": no inv_freq");
+  PHI3_CHECK(in_stride >= (int64_t)n_heads * HD && out_stride >= (int64_t)n_heads * HD,
+             std::string(op) + ": row stride smaller than n_heads*HD");
+  if (N == 0) return;
+  const int half = rope.rot_dim / 2;
+  const int per_row = n_heads * (HD - half);
+  const int threads = per_row >= 1024 ? 256 : 128;
+  const unsigned bx = ceil_div(per_row, threads);
+  const unsigned by = static_cast<unsigned>(N < 65535 ? N : 65535);
+  rotary_kernel<BACKWARD><<<dim3(bx, by), threads, 0, as_cuda(stream)>>>(
+      out, out_stride, in, in_stride, pos, N, n_heads, HD, rope.inv_freq, half, rope.attn_scale);
+  PHI3_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride,
+                    const int32_t* pos /*[N]*/, int N, int n_heads, int HD,
+                    const RopeParams& rope, Stream stream) {
+  launch_rotary<false>("rotary_forward", out, out_stride, in, in_stride, pos, N, n_heads, HD,
+                       rope, stream);
+}
+
+void rotary_backward(float* din, int64_t din_stride, const float* dout, int64_t dout_stride,
+                     const int32_t* pos /*[N]*/, int N, int n_heads, int HD,
+                     const RopeParams& rope, Stream stream) {
+  launch_rotary<true>("rotary_backward", din, din_stride, dout, dout_stride, pos, N, n_heads, HD,
+                      rope, stream);
+}
+
+}  // namespace phi3::cuda

@@ -1,0 +1,606 @@
+// CUDA ops against the CPU reference ops (DESIGN §8 step 3), forward and backward, on random
+// inputs: odd sizes (vector/scalar paths, partial tiles) and the real Phi-3 sizes (d=3072,
+// 32 heads x 96, ffn 8192; head_dim 128 of Phi-3-medium / Phi-4-mini), GQA, left padding,
+// sliding window, packed rows with a prefix k/v cache. The CUDA side runs through the
+// CudaBackend in fp32 mode (ops take device pointers); the reference is phi3::cpu:: on host
+// copies of the same inputs. Every test skips itself with a reason when no GPU is visible.
+// Cases are named by their parameters (e.g. RmsNorm/RmsNormGpu.ForwardBackward/N64_D3072).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "runtime/backend.h"
+#include "runtime/dtype.h"
+#include "runtime/error.h"
+#include "test_util.h"
+
+#if defined(PHI3_WITH_CUDA)
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cast.cuh"
+#include "runtime/cuda_backend.h"
+#endif
+
+#define REQUIRE_GPU()                                                 \
+  do {                                                                \
+    if (!::phi3::cuda_available()) GTEST_SKIP() << "no CUDA GPU visible"; \
+  } while (0)
+
+namespace phi3 {
+namespace {
+
+using test::compare;
+using test::Diff;
+using test::random_vec;
+
+#if !defined(PHI3_WITH_CUDA)
+TEST(OpsGpu, BuiltWithoutCuda) {
+  GTEST_SKIP() << "built without CUDA (nvcc not found at configure time): no CUDA ops to test";
+}
+#else
+
+// Tolerances (relative to the largest reference magnitude, test::Diff::rel):
+// exact ops (copies, adds, casts, lookups) are compared bitwise.
+constexpr double kTolElementwise = 1e-5;  // fp32; CUDA expf/sinf/cosf vs glibc differ by ~2 ulp
+constexpr double kTolReduce = 1e-5;       // fp32 row reductions in a different summation order
+constexpr double kTolGemmF32 = 2e-5;      // fp32 GEMM, cuBLAS blocking vs BLAS order, K <= 16384
+constexpr double kTolGemmBf16 = 1e-2;     // x rounded to bf16 (2^-9 relative) before the GEMM
+constexpr double kTolAttnFwd = 2e-5;      // online softmax (rescaled partial sums) vs two-pass
+constexpr double kTolAttnBwd = 5e-5;      // sums over up to T x group terms in another order
+
+Backend& gpu() {
+  static std::unique_ptr<Backend> b = make_cuda_backend(/*fp32=*/true);
+  return *b;
+}
+
+template <typename T>
+DeviceArray<T> dev(const std::vector<T>& v) {
+  return to_device(gpu(), v);
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& ref, double tol,
+                  const std::string& what) {
+  Diff d = compare(got, ref);
+  EXPECT_TRUE(d.finite) << what << ": non-finite value in the CUDA result; " << d.str();
+  EXPECT_LE(d.rel(), tol) << what << ": " << d.str() << " (got " << got[d.worst] << ", want "
+                          << ref[d.worst] << ")";
+}
+void expect_equal(const std::vector<float>& got, const std::vector<float>& ref,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    uint32_t a, b;
+    std::memcpy(&a, &got[i], 4);
+    std::memcpy(&b, &ref[i], 4);
+    if (a != b) {
+      ADD_FAILURE() << what << ": first difference at " << i << ": got " << got[i] << ", want "
+                    << ref[i];
+      return;
+    }
+  }
+}
+
+std::vector<int32_t> random_ints(size_t n, int lo, int hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> dist(lo, hi);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = float_to_bf16_bits(v[i]);
+  return h;
+}
+std::vector<float> from_bf16(const std::vector<uint16_t>& h) {
+  std::vector<float> v(h.size());
+  for (size_t i = 0; i < h.size(); ++i) v[i] = bf16_bits_to_float(h[i]);
+  return v;
+}
+
+// ---- backend ----------------------------------------------------------------------------
+TEST(CudaBackend, NameMemoryAndOutOfMemory) {
+  REQUIRE_GPU();
+  EXPECT_EQ(gpu().kind(), DeviceKind::CUDA);
+  EXPECT_EQ(gpu().name().rfind("cuda (", 0), 0u) << gpu().name();
+  EXPECT_NE(gpu().name().find("fp32"), std::string::npos) << gpu().name();
+  EXPECT_EQ(gpu().weight_dtype(), DType::F32);
+  EXPECT_EQ(make_cuda_backend(false)->weight_dtype(), DType::BF16);
+  EXPECT_GT(gpu().free_memory(), 0u);
+  try {
+    gpu().alloc(size_t(1) << 52);  // 4 PiB
+    ADD_FAILURE() << "a 4 PiB allocation succeeded";
+  } catch (const OutOfMemory& e) {
+    EXPECT_NE(std::string(e.what()).find("lower --mem-budget or --batch"), std::string::npos)
+        << e.what();
+  }
+  // copy / zero / upload / download round trip, and the context is still usable after OOM
+  auto x = random_vec(1001, 1);
+  auto a = dev(x);
+  DeviceArray<float> b(gpu(), x.size());
+  gpu().copy(b.get(), a.get(), x.size() * 4);
+  expect_equal(b.download(), x, "copy");
+  gpu().zero(b.get(), 8 * 4);
+  auto z = b.download();
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(z[i], 0.0f);
+  EXPECT_EQ(z[8], x[8]);
+}
+
+// ---- embedding --------------------------------------------------------------------------
+struct EmbParam {
+  int V, D, N;
+  DType dtype;
+};
+class EmbeddingGpu : public ::testing::TestWithParam<EmbParam> {};
+TEST_P(EmbeddingGpu, Forward) {
+  REQUIRE_GPU();
+  const auto [V, D, N, dtype] = GetParam();
+  auto tab = random_vec((size_t)V * D, 11);
+  auto tab_h = to_bf16(tab);
+  auto ids = random_ints(N, 0, V - 1, 12);
+  Weight w_host{dtype == DType::F32 ? (const void*)tab.data() : (const void*)tab_h.data(), dtype,
+                V, D};
+  std::vector<float> ref((size_t)N * D);
+  cpu::embedding_forward(ref.data(), ids.data(), w_host, N, nullptr);
+
+  DeviceArray<float> t32;
+  DeviceArray<uint16_t> t16;
+  if (dtype == DType::F32) t32 = dev(tab); else t16 = dev(tab_h);
+  Weight w_dev{dtype == DType::F32 ? (const void*)t32.get() : (const void*)t16.get(), dtype, V, D};
+  auto ids_d = dev(ids);
+  DeviceArray<float> out(gpu(), (size_t)N * D);
+  gpu().embedding_forward(out.get(), ids_d.get(), w_dev, N);
+  expect_equal(out.download(), ref, "embedding");  // exact: a copy / exact widening
+}
+INSTANTIATE_TEST_SUITE_P(Embedding, EmbeddingGpu,
+                         ::testing::Values(EmbParam{50, 7, 13, DType::F32},
+                                           EmbParam{50, 7, 13, DType::BF16},
+                                           EmbParam{100, 3072, 37, DType::F32},
+                                           EmbParam{100, 3072, 37, DType::BF16}),
+                         [](const auto& i) {
+                           return "V" + std::to_string(i.param.V) + "_D" +
+                                  std::to_string(i.param.D) + "_N" + std::to_string(i.param.N) +
+                                  "_" + dtype_name(i.param.dtype);
+                         });
+
+// ---- RMSNorm ----------------------------------------------------------------------------
+struct NormParam {
+  int N, D;
+  bool misaligned;  // offset every pointer by one float: forces the scalar path
+};
+class RmsNormGpu : public ::testing::TestWithParam<NormParam> {};
+TEST_P(RmsNormGpu, ForwardBackward) {
+  REQUIRE_GPU();
+  const auto [N, D, mis] = GetParam();
+  const int off = mis ? 1 : 0;
+  const float eps = 1e-5f;
+  const size_t n = (size_t)N * D + off;
+  auto x = random_vec(n, 21, -3, 3), w = random_vec(D + off, 22, 0.5, 1.5);
+  auto dout = random_vec(n, 23), dx0 = random_vec(n, 24);
+
+  std::vector<float> out(n, 0.f), rstd(N), dx = dx0;
+  cpu::rmsnorm_forward(out.data() + off, rstd.data(), x.data() + off, w.data() + off, N, D, eps,
+                       nullptr);
+  cpu::rmsnorm_backward(dx.data() + off, dout.data() + off, x.data() + off, w.data() + off,
+                        rstd.data(), N, D, nullptr);
+
+  auto xd = dev(x), wd = dev(w), doutd = dev(dout), dxd = dev(dx0);
+  DeviceArray<float> outd(gpu(), n), rstdd(gpu(), N);
+  gpu().zero(outd.get(), n * 4);
+  gpu().rmsnorm_forward(outd.get() + off, rstdd.get(), xd.get() + off, wd.get() + off, N, D, eps);
+  gpu().rmsnorm_backward(dxd.get() + off, doutd.get() + off, xd.get() + off, wd.get() + off,
+                         rstdd.get(), N, D);
+  expect_close(rstdd.download(), rstd, kTolReduce, "rstd");
+  expect_close(outd.download(), out, kTolReduce, "out");
+  expect_close(dxd.download(), dx, kTolReduce, "dx (accumulated onto a random dx)");
+}
+INSTANTIATE_TEST_SUITE_P(RmsNorm, RmsNormGpu,
+                         ::testing::Values(NormParam{1, 1, false}, NormParam{3, 7, false},
+                                           NormParam{5, 33, false}, NormParam{4, 1000, false},
+                                           NormParam{2, 5000, false}, NormParam{17, 3072, false},
+                                           NormParam{64, 3072, false}, NormParam{9, 3072, true},
+                                           NormParam{3, 100, true}),
+                         [](const auto& i) {
+                           return "N" + std::to_string(i.param.N) + "_D" +
+                                  std::to_string(i.param.D) + (i.param.misaligned ? "_misaligned" : "");
+                         });
+
+// ---- linear -----------------------------------------------------------------------------
+struct LinParam {
+  int N, in, out;
+  DType dtype;
+};
+class LinearGpu : public ::testing::TestWithParam<LinParam> {};
+TEST_P(LinearGpu, ForwardBackward) {
+  REQUIRE_GPU();
+  const auto [N, in, out, dtype] = GetParam();
+  auto W = random_vec((size_t)out * in, 31, -0.05f, 0.05f);
+  auto Wh = to_bf16(W);
+  if (dtype == DType::BF16) W = from_bf16(Wh);  // the reference sees the same (rounded) weights
+  auto x = random_vec((size_t)N * in, 32), dy = random_vec((size_t)N * out, 33);
+  auto dx0 = random_vec((size_t)N * in, 34);
+  const Weight Wc{W.data(), DType::F32, out, in};
+  std::vector<float> y((size_t)N * out), dx_set((size_t)N * in), dx_acc = dx0;
+  cpu::linear_forward(y.data(), x.data(), Wc, N, nullptr);
+  cpu::linear_backward(dx_set.data(), dy.data(), Wc, N, false, nullptr);
+  cpu::linear_backward(dx_acc.data(), dy.data(), Wc, N, true, nullptr);
+
+  DeviceArray<float> W32;
+  DeviceArray<uint16_t> W16;
+  if (dtype == DType::F32) W32 = dev(W); else W16 = dev(Wh);
+  const Weight Wd{dtype == DType::F32 ? (const void*)W32.get() : (const void*)W16.get(), dtype,
+                  out, in};
+  auto xd = dev(x), dyd = dev(dy), dxa = dev(dx0);
+  DeviceArray<float> yd(gpu(), y.size()), dxs(gpu(), dx_set.size());
+  gpu().linear_forward(yd.get(), xd.get(), Wd, N);
+  gpu().linear_backward(dxs.get(), dyd.get(), Wd, N, false);
+  gpu().linear_backward(dxa.get(), dyd.get(), Wd, N, true);
+  const double tol = dtype == DType::F32 ? kTolGemmF32 : kTolGemmBf16;
+  expect_close(yd.download(), y, tol, "y");
+  expect_close(dxs.download(), dx_set, tol, "dx (overwrite)");
+  expect_close(dxa.download(), dx_acc, tol, "dx (accumulate)");
+}
+INSTANTIATE_TEST_SUITE_P(
+    Linear, LinearGpu,
+    ::testing::Values(LinParam{1, 1, 1, DType::F32}, LinParam{5, 17, 33, DType::F32},
+                      LinParam{64, 3072, 9216, DType::F32}, LinParam{7, 8192, 3072, DType::F32},
+                      LinParam{3, 3072, 16384, DType::F32}, LinParam{5, 17, 33, DType::BF16},
+                      LinParam{64, 3072, 9216, DType::BF16}, LinParam{33, 8192, 3072, DType::BF16}),
+    [](const auto& i) {
+      return "N" + std::to_string(i.param.N) + "_in" + std::to_string(i.param.in) + "_out" +
+             std::to_string(i.param.out) + "_" + dtype_name(i.param.dtype);
+    });
+
+// ---- rotary -----------------------------------------------------------------------------
+struct RopeParam {
+  int N, heads, HD, rot;
+  float scale;
+  int extra_stride;  // row stride = heads*HD + extra (0: contiguous)
+};
+class RotaryGpu : public ::testing::TestWithParam<RopeParam> {};
+TEST_P(RotaryGpu, ForwardBackward) {
+  REQUIRE_GPU();
+  const auto [N, heads, HD, rot, scale, extra] = GetParam();
+  const int64_t stride = (int64_t)heads * HD + extra;
+  const size_t n = (size_t)N * stride;
+  std::vector<float> inv_freq(rot / 2);
+  for (int i = 0; i < rot / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / rot);
+  auto pos = random_ints(N, 0, 4095, 41);
+  auto in = random_vec(n, 42), dout = random_vec(n, 43);
+  std::vector<float> out(n, 0.f), din(n, 0.f);
+  RopeParams rc{inv_freq.data(), rot, scale};
+  cpu::rotary_forward(out.data(), stride, in.data(), stride, pos.data(), N, heads, HD, rc, nullptr);
+  cpu::rotary_backward(din.data(), stride, dout.data(), stride, pos.data(), N, heads, HD, rc,
+                       nullptr);
+
+  auto fd = dev(inv_freq);
+  auto posd = dev(pos);
+  auto ind = dev(in), doutd = dev(dout);
+  DeviceArray<float> outd(gpu(), n), dind(gpu(), n);
+  gpu().zero(outd.get(), n * 4);
+  gpu().zero(dind.get(), n * 4);
+  RopeParams rg{fd.get(), rot, scale};
+  gpu().rotary_forward(outd.get(), stride, ind.get(), stride, posd.get(), N, heads, HD, rg);
+  gpu().rotary_backward(dind.get(), stride, doutd.get(), stride, posd.get(), N, heads, HD, rg);
+  expect_close(outd.download(), out, kTolElementwise, "rotary out");
+  expect_close(dind.download(), din, kTolElementwise, "rotary din");
+
+  // in place (out == in), as the model rotates q/k inside the fused qkv rows
+  gpu().rotary_forward(ind.get(), stride, ind.get(), stride, posd.get(), N, heads, HD, rg);
+  expect_close(ind.download(), out, kTolElementwise, "rotary in place");
+}
+INSTANTIATE_TEST_SUITE_P(
+    Rotary, RotaryGpu,
+    ::testing::Values(RopeParam{3, 1, 2, 2, 1.0f, 0}, RopeParam{5, 3, 10, 6, 1.0f, 3},
+                      RopeParam{7, 32, 96, 96, 1.0f, 0}, RopeParam{64, 32, 96, 96, 1.0f, 2 * 8 * 96},
+                      RopeParam{9, 24, 128, 96, 1.19f, 0}, RopeParam{4, 8, 128, 128, 1.0f, 5}),
+    [](const auto& i) {
+      return "N" + std::to_string(i.param.N) + "_H" + std::to_string(i.param.heads) + "_HD" +
+             std::to_string(i.param.HD) + "_rot" + std::to_string(i.param.rot) +
+             (i.param.scale != 1.0f ? "_scaled" : "") +
+             (i.param.extra_stride ? "_strided" : "");
+    });
+
+// ---- attention: plain pass (forward with pattern + backward) ---------------------------
+struct AttnParam {
+  std::string name;
+  int T, H, KVH, HD, window;
+  std::vector<int> pads;  // one per batch row
+};
+class AttentionGpu : public ::testing::TestWithParam<AttnParam> {};
+
+TEST_P(AttentionGpu, PlainForwardBackward) {
+  REQUIRE_GPU();
+  const AttnParam& c = GetParam();
+  const int B = (int)c.pads.size(), T = c.T, H = c.H, KVH = c.KVH, HD = c.HD;
+  const int64_t qkv_stride = (int64_t)(H + 2 * KVH) * HD;  // fused qkv rows, as the model has
+  const size_t rows = (size_t)B * T;
+  auto qkv = random_vec(rows * qkv_stride, 51, -1.5f, 1.5f);
+  auto dz = random_vec(rows * H * HD, 52);
+  std::vector<AttnSegment> segs;
+  for (int b = 0; b < B; ++b) segs.push_back(AttnSegment{b, 0, b * T, 0, b * T});
+
+  auto fill = [&](AttnParams& p, float* base, float* z, float* pattern, const int32_t* pad,
+                  const AttnSegment* sg) {
+    p.q = base;
+    p.k = base + (int64_t)H * HD;
+    p.v = base + (int64_t)(H + KVH) * HD;
+    p.z = z;
+    p.pattern = pattern;
+    p.pad = pad;
+    p.segs = sg;
+    p.q_stride = p.kv_stride = qkv_stride;
+    p.z_stride = (int64_t)H * HD;
+    p.n_segs = B;
+    p.T = T; p.H = H; p.KVH = KVH; p.HD = HD;
+    p.window = c.window;
+    p.scale = 1.0f / std::sqrt((float)HD);
+  };
+  // CPU reference
+  std::vector<float> z(rows * H * HD), pat((size_t)B * H * T * T), dqkv(rows * qkv_stride, 0.f);
+  std::vector<int32_t> pad(c.pads.begin(), c.pads.end());
+  AttnParams pc;
+  fill(pc, qkv.data(), z.data(), pat.data(), pad.data(), segs.data());
+  cpu::attention_forward(pc, nullptr);
+  AttnBackwardParams bc{pc, dz.data(), dqkv.data(), dqkv.data() + (int64_t)H * HD,
+                        dqkv.data() + (int64_t)(H + KVH) * HD};
+  cpu::attention_backward(bc, nullptr);
+
+  // CUDA
+  auto qkvd = dev(qkv), dzd = dev(dz);
+  auto padd = dev(pad);
+  auto segd = dev(segs);
+  DeviceArray<float> zd(gpu(), z.size()), patd(gpu(), pat.size()), dqkvd(gpu(), dqkv.size());
+  gpu().zero(patd.get(), pat.size() * 4);
+  gpu().zero(dqkvd.get(), dqkv.size() * 4);
+  AttnParams pg;
+  fill(pg, qkvd.get(), zd.get(), patd.get(), padd.get(), segd.get());
+  gpu().attention_forward(pg);
+  AttnBackwardParams bg{pg, dzd.get(), dqkvd.get(), dqkvd.get() + (int64_t)H * HD,
+                        dqkvd.get() + (int64_t)(H + KVH) * HD};
+  gpu().attention_backward(bg);
+  expect_close(zd.download(), z, kTolAttnFwd, "z");
+  expect_close(patd.download(), pat, kTolAttnFwd, "pattern");
+  expect_close(dqkvd.download(), dqkv, kTolAttnBwd, "dq|dk|dv");
+
+  // without a pattern the same z comes out (the pattern sweep is optional)
+  DeviceArray<float> z2(gpu(), z.size());
+  AttnParams pn = pg;
+  pn.z = z2.get();
+  pn.pattern = nullptr;
+  gpu().attention_forward(pn);
+  expect_equal(z2.download(), zd.download(), "z without pattern");
+}
+
+// Packed rows with a prefix cache (the exact patching sweep): k/v of positions < fresh_start
+// come from the cache, queries start at q_start (T-1 at the last layer).
+TEST_P(AttentionGpu, PackedPrefixCache) {
+  REQUIRE_GPU();
+  const AttnParam& c = GetParam();
+  const int B = (int)c.pads.size(), T = c.T, H = c.H, KVH = c.KVH, HD = c.HD;
+  const int64_t kvw = (int64_t)KVH * HD, qw = (int64_t)H * HD;
+  // segments: (batch, fresh_start, q_start) spread over the rows, incl. q_start = T-1
+  std::vector<AttnSegment> segs;
+  int kv_rows = 0, q_rows = 0;
+  auto add = [&](int b, int fresh, int q) {
+    fresh = std::min(fresh, T - 1);
+    q = std::max(fresh, std::min(q, T - 1));
+    segs.push_back(AttnSegment{b, fresh, kv_rows, q, q_rows});
+    kv_rows += T - fresh;
+    q_rows += T - q;
+  };
+  for (int b = 0; b < B; ++b) {
+    add(b, 0, 0);
+    add(b, T / 3, T / 3);
+    add(b, T / 2, T - 1);
+    add(b, 1, T / 4 + 1);
+    add(b, c.pads[b], c.pads[b]);
+  }
+  const int n_segs = (int)segs.size();
+  auto kc = random_vec((size_t)B * T * kvw, 61), vc = random_vec((size_t)B * T * kvw, 62);
+  auto k = random_vec((size_t)kv_rows * kvw, 63), v = random_vec((size_t)kv_rows * kvw, 64);
+  auto q = random_vec((size_t)q_rows * qw, 65, -1.5f, 1.5f);
+  std::vector<int32_t> pad(c.pads.begin(), c.pads.end());
+  auto fill = [&](AttnParams& p, const float* qp, const float* kp, const float* vp,
+                  const float* kcp, const float* vcp, float* z, const int32_t* padp,
+                  const AttnSegment* sg) {
+    p.q = qp; p.k = kp; p.v = vp; p.k_cache = kcp; p.v_cache = vcp;
+    p.z = z; p.pattern = nullptr; p.pad = padp; p.segs = sg;
+    p.q_stride = qw; p.kv_stride = kvw; p.cache_stride = kvw; p.z_stride = qw;
+    p.n_segs = n_segs; p.T = T; p.H = H; p.KVH = KVH; p.HD = HD;
+    p.window = c.window;
+    p.scale = 1.0f / std::sqrt((float)HD);
+  };
+  std::vector<float> z((size_t)q_rows * qw);
+  AttnParams pc;
+  fill(pc, q.data(), k.data(), v.data(), kc.data(), vc.data(), z.data(), pad.data(), segs.data());
+  cpu::attention_forward(pc, nullptr);
+
+  auto qd = dev(q), kd = dev(k), vd = dev(v), kcd = dev(kc), vcd = dev(vc);
+  auto padd = dev(pad);
+  auto segd = dev(segs);
+  DeviceArray<float> zd(gpu(), z.size());
+  AttnParams pg;
+  fill(pg, qd.get(), kd.get(), vd.get(), kcd.get(), vcd.get(), zd.get(), padd.get(), segd.get());
+  gpu().attention_forward(pg);
+  expect_close(zd.download(), z, kTolAttnFwd, "z (packed, prefix cache)");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Attention, AttentionGpu,
+    ::testing::Values(AttnParam{"T1_H2_KVH1_HD8", 1, 2, 1, 8, 0, {0}},
+                      AttnParam{"T37_H3_HD20_pad0_5", 37, 3, 3, 20, 0, {0, 5}},
+                      AttnParam{"T31_H32_HD96_seed", 31, 32, 32, 96, 0, {0, 4, 2, 0}},
+                      AttnParam{"T97_H32_HD96_pad0_13", 97, 32, 32, 96, 0, {0, 13}},
+                      AttnParam{"T200_H8_KVH2_HD128_pad3_0", 200, 8, 2, 128, 0, {3, 0}},
+                      AttnParam{"T150_H4_KVH2_HD64_win40", 150, 4, 2, 64, 40, {0, 7}},
+                      AttnParam{"T33_H2_KVH1_HD160", 33, 2, 1, 160, 0, {2}},
+                      AttnParam{"T1025_H4_HD96", 1025, 4, 4, 96, 0, {0}}),
+    [](const auto& i) { return i.param.name; });
+
+// ---- SwiGLU -----------------------------------------------------------------------------
+struct SwigluParam {
+  int N, F;
+  bool misaligned;
+};
+class SwigluGpu : public ::testing::TestWithParam<SwigluParam> {};
+TEST_P(SwigluGpu, ForwardBackward) {
+  REQUIRE_GPU();
+  const auto [N, F, mis] = GetParam();
+  const int off = mis ? 1 : 0;
+  auto gu = random_vec((size_t)N * 2 * F + off, 71, -6, 6), dout = random_vec((size_t)N * F + off, 72);
+  std::vector<float> out(dout.size(), 0.f), dgu(gu.size(), 0.f);
+  cpu::swiglu_forward(out.data() + off, gu.data() + off, N, F, nullptr);
+  cpu::swiglu_backward(dgu.data() + off, dout.data() + off, gu.data() + off, N, F, nullptr);
+  auto gud = dev(gu), doutd = dev(dout);
+  DeviceArray<float> outd(gpu(), out.size()), dgud(gpu(), dgu.size());
+  gpu().zero(outd.get(), out.size() * 4);
+  gpu().zero(dgud.get(), dgu.size() * 4);
+  gpu().swiglu_forward(outd.get() + off, gud.get() + off, N, F);
+  gpu().swiglu_backward(dgud.get() + off, doutd.get() + off, gud.get() + off, N, F);
+  expect_close(outd.download(), out, kTolElementwise, "swiglu out");
+  expect_close(dgud.download(), dgu, kTolElementwise, "swiglu dgu");
+}
+INSTANTIATE_TEST_SUITE_P(Swiglu, SwigluGpu,
+                         ::testing::Values(SwigluParam{1, 1, false}, SwigluParam{3, 13, false},
+                                           SwigluParam{8, 8192, false}, SwigluParam{64, 8192, false},
+                                           SwigluParam{5, 8192, true}),
+                         [](const auto& i) {
+                           return "N" + std::to_string(i.param.N) + "_F" +
+                                  std::to_string(i.param.F) + (i.param.misaligned ? "_misaligned" : "");
+                         });
+
+// ---- elementwise: add, copy_rows, casts -------------------------------------------------
+TEST(ElementwiseGpu, Add) {
+  REQUIRE_GPU();
+  for (int64_t n : {1, 7, 4096, 1000003}) {
+    for (int off : {0, 1}) {
+      auto a = random_vec(n + off, 81), b = random_vec(n + off, 82);
+      std::vector<float> ref(n + off, 0.f);
+      cpu::add(ref.data() + off, a.data() + off, b.data() + off, n, nullptr);
+      auto ad = dev(a), bd = dev(b);
+      DeviceArray<float> od(gpu(), ref.size());
+      gpu().zero(od.get(), ref.size() * 4);
+      gpu().add(od.get() + off, ad.get() + off, bd.get() + off, n);
+      expect_equal(od.download(), ref, "add n=" + std::to_string(n));
+      gpu().add(ad.get() + off, ad.get() + off, bd.get() + off, n);  // out aliases a
+      auto alias = ad.download();
+      for (int64_t i = 0; i < off; ++i) alias[i] = ref[i];
+      expect_equal(alias, ref, "add in place n=" + std::to_string(n));
+    }
+  }
+}
+
+TEST(ElementwiseGpu, CopyRows) {
+  REQUIRE_GPU();
+  struct Case { int n, width; int64_t dst_stride, src_stride; bool dst_idx, src_idx; };
+  for (const Case& c : {Case{5, 3072, 3072, 3072, false, false}, Case{7, 3072, 9216, 3072, true, false},
+                        Case{9, 96, 3072, 3072, false, true}, Case{11, 13, 17, 19, true, true},
+                        Case{64, 3072, 3072, 6144, true, true}}) {
+    const int rows = c.n + 5;
+    auto src = random_vec((size_t)rows * c.src_stride, 91);
+    auto dst0 = random_vec((size_t)rows * c.dst_stride, 92);
+    // distinct destination rows (a permutation), arbitrary source rows
+    std::vector<int32_t> di(c.n), si = random_ints(c.n, 0, rows - 1, 93);
+    for (int i = 0; i < c.n; ++i) di[i] = (i * 7 + 3) % rows;
+    std::vector<float> ref = dst0;
+    cpu::copy_rows(ref.data(), c.dst_stride, c.dst_idx ? di.data() : nullptr, src.data(),
+                   c.src_stride, c.src_idx ? si.data() : nullptr, c.n, c.width, nullptr);
+    auto srcd = dev(src), dstd = dev(dst0);
+    auto did = dev(di), sid = dev(si);
+    gpu().copy_rows(dstd.get(), c.dst_stride, c.dst_idx ? did.get() : nullptr, srcd.get(),
+                    c.src_stride, c.src_idx ? sid.get() : nullptr, c.n, c.width);
+    expect_equal(dstd.download(), ref, "copy_rows n=" + std::to_string(c.n) +
+                                           " width=" + std::to_string(c.width));
+  }
+}
+
+TEST(ElementwiseGpu, CastsRoundToNearestEven) {
+  REQUIRE_GPU();
+  for (int64_t n : {1, 3, 4099}) {
+    for (int off : {0, 1}) {
+      auto x = random_vec(n + off, 101, -100, 100);
+      // special values: ties, NaN, infinities, a subnormal, the largest finite float
+      const uint32_t specials[] = {0x3f808000u, 0x3f818000u, 0x7fc00001u, 0x7f800000u,
+                                   0xff800000u, 0x00000001u, 0x7f7fffffu, 0x80000000u};
+      for (size_t i = 0; i < sizeof specials / 4 && i + off < x.size(); ++i)
+        std::memcpy(&x[i + off], &specials[i], 4);
+      std::vector<uint16_t> ref(x.size(), 0);
+      for (int64_t i = 0; i < n; ++i) ref[i + off] = float_to_bf16_bits(x[i + off]);
+      auto xd = dev(x);
+      DeviceArray<uint16_t> hd(gpu(), x.size());
+      gpu().zero(hd.get(), x.size() * 2);
+      cuda::cast_f32_to_bf16(hd.get() + off, xd.get() + off, n, nullptr);
+      ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+      auto h = hd.download();
+      for (size_t i = 0; i < h.size(); ++i)
+        ASSERT_EQ(h[i], ref[i]) << "f32->bf16 n=" << n << " at " << i << " of " << x[i];
+      DeviceArray<float> back(gpu(), x.size());
+      gpu().zero(back.get(), x.size() * 4);
+      cuda::cast_bf16_to_f32(back.get() + off, hd.get() + off, n, nullptr);
+      ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+      auto b = back.download();
+      for (int64_t i = 0; i < n; ++i) {
+        const float want = bf16_bits_to_float(ref[i + off]);
+        ASSERT_TRUE(std::memcmp(&b[i + off], &want, 4) == 0) << "bf16->f32 at " << i + off;
+      }
+    }
+  }
+}
+
+// ---- metric -----------------------------------------------------------------------------
+TEST(MetricGpu, LogitDiffForwardBackward) {
+  REQUIRE_GPU();
+  const int B = 5, V = 32064;
+  const int64_t stride = V + 3;
+  auto logits = random_vec((size_t)B * stride, 111, -10, 10);
+  auto ans = random_ints(B, 0, V - 1, 112), other = random_ints(B, 0, V - 1, 113);
+  other[2] = ans[2];  // equal answers: the gradient terms cancel
+  std::vector<float> ld(B), dl((size_t)B * stride, 7.0f);
+  cpu::logit_diff_forward(ld.data(), logits.data(), stride, ans.data(), other.data(), B, nullptr);
+  cpu::logit_diff_backward(dl.data(), stride, ans.data(), other.data(), 0.2f, B, V, nullptr);
+  auto lgd = dev(logits);
+  auto ad = dev(ans), od = dev(other);
+  DeviceArray<float> ldd(gpu(), B);
+  auto dld = dev(std::vector<float>(dl.size(), 7.0f));  // padding columns must stay untouched
+  gpu().logit_diff_forward(ldd.get(), lgd.get(), stride, ad.get(), od.get(), B);
+  gpu().logit_diff_backward(dld.get(), stride, ad.get(), od.get(), 0.2f, B, V);
+  expect_equal(ldd.download(), ld, "logit_diff");
+  expect_equal(dld.download(), dl, "dlogits");
+}
+
+// ---- attribution ------------------------------------------------------------------------
+struct AttrParam { int B, T, G, W; };
+class AttributionGpu : public ::testing::TestWithParam<AttrParam> {};
+TEST_P(AttributionGpu, Reduce) {
+  REQUIRE_GPU();
+  const auto [B, T, G, W] = GetParam();
+  const size_t n = (size_t)B * T * G * W;
+  auto a = random_vec(n, 121), c = random_vec(n, 122), g = random_vec(n, 123);
+  std::vector<float> ref((size_t)T * G);
+  cpu::attribution_reduce(ref.data(), a.data(), c.data(), g.data(), B, T, G, W, nullptr);
+  auto ad = dev(a), cd = dev(c), gd = dev(g);
+  DeviceArray<float> od(gpu(), ref.size());
+  gpu().attribution_reduce(od.get(), ad.get(), cd.get(), gd.get(), B, T, G, W);
+  expect_close(od.download(), ref, kTolReduce, "attribution");
+}
+INSTANTIATE_TEST_SUITE_P(Attribution, AttributionGpu,
+                         ::testing::Values(AttrParam{1, 1, 1, 1}, AttrParam{2, 5, 3, 7},
+                                           AttrParam{4, 31, 1, 3072}, AttrParam{3, 17, 32, 96}),
+                         [](const auto& i) {
+                           return "B" + std::to_string(i.param.B) + "_T" + std::to_string(i.param.T) +
+                                  "_G" + std::to_string(i.param.G) + "_W" + std::to_string(i.param.W);
+                         });
+
+#endif  // PHI3_WITH_CUDA
+
+}  // namespace
+}  // namespace phi3
