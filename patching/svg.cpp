@@ -53,7 +53,7 @@ std::string svg_heatmap(const std::string& title, const std::vector<std::string>
                         const std::string& x_label, const std::string& y_label) {
   const int nr = static_cast<int>(rows.size()), nc = static_cast<int>(cols.size());
   const double cell_w = std::max(14.0, std::min(40.0, 900.0 / std::max(1, nc)));
-  const double cell_h = std::max(10.0, std::min(32.0, 520.0 / std::max(1, nr)));
+  const double cell_h = std::max(22.0, std::min(36.0, 520.0 / std::max(1, nr)));
   const double left = 80, top = 50, bottom = 130, right = 110;
   const double W = left + nc * cell_w + right, H = top + nr * cell_h + bottom;
   double vmax = 0;
