@@ -10,6 +10,9 @@ struct RopeScaling {
   std::string type;                 // "" (none), "longrope" ("su" is accepted as longrope)
   std::vector<float> short_factor;  // [rot_dim/2]
   std::vector<float> long_factor;   // [rot_dim/2]
+  // Optional overrides from rope_scaling / rope_parameters; < 0 when absent:
+  float factor = -1.0f;            // default max_position_embeddings / original_max_position_embeddings
+  float attention_factor = -1.0f;  // default sqrt(1 + ln(factor) / ln(original)) when factor > 1, else 1
 };
 
 struct ModelConfig {
@@ -27,7 +30,9 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   int sliding_window = 0;  // 0 = none (null in config)
   int max_position_embeddings = 0;
-  int original_max_position_embeddings = 0;  // defaults to max_position_embeddings
+  // Absent from config.json: 4096, as transformers' Phi3Config does (its class default, which
+  // it always copies into the rope parameters), not max_position_embeddings.
+  int original_max_position_embeddings = 0;
   int vocab_size = 0;
   bool tie_word_embeddings = false;
   int bos_token_id = 1;
@@ -35,9 +40,12 @@ struct ModelConfig {
   int pad_token_id = 32000;
 
   // inv_freq[i] = 1 / (ext[i] * theta^(2i/rot_dim)), ext = LongRoPE factor (short or long
-  // by whether seq_len > original_max_position_embeddings), 1 without scaling.
+  // by whether seq_len > original_max_position_embeddings), 1 without scaling. Computed in
+  // float32 as torch does: 1 / (ext * theta ** (float(2i) / rot_dim)), the power rounded once.
   std::vector<float> inv_freq(int seq_len) const;
-  // LongRoPE attention factor sqrt(1 + ln(max/orig)/ln(orig)) when max > orig, else 1.
+  // LongRoPE attention factor sqrt(1 + ln(max/orig)/ln(orig)) when max > orig, else 1
+  // (rope_scaling.factor replaces max/orig and rope_scaling.attention_factor the result when
+  // given); 1 without scaling. It multiplies cos and sin.
   float rope_attention_scale() const;
 };
 

@@ -9,14 +9,17 @@
 
 namespace phi3 {
 
-enum class DType { F32, BF16, F16 };
+// I32 holds integer tensors (token ids, positions) that our own tools store in safetensors
+// files; weights are F32, BF16 or F16.
+enum class DType { F32, BF16, F16, I32 };
 
-inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+inline size_t dtype_size(DType t) { return (t == DType::F32 || t == DType::I32) ? 4 : 2; }
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::F32: return "F32";
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
+    case DType::I32: return "I32";
   }
   return "?";
 }

@@ -1,6 +1,6 @@
 // Reader and writer for Hugging Face safetensors checkpoints.
 // Format: u64 little-endian header length N, N bytes of JSON
-//   {"name": {"dtype": "BF16"|"F16"|"F32", "shape": [...], "data_offsets": [begin, end]}, ...,
+//   {"name": {"dtype": "BF16"|"F16"|"F32"|"I32", "shape": [...], "data_offsets": [begin, end]}, ...,
 //    "__metadata__": {...}}, then the data section; offsets are relative to its start.
 // Files are memory-mapped; everything is validated before use (header length inside the
 // file, well-formed JSON, known dtype, offsets inside the data section, non-overlapping,
@@ -47,6 +47,8 @@ class SafeTensors {
   // Converted copies (any stored dtype).
   std::vector<float> to_f32(const std::string& name) const;
   std::vector<uint16_t> to_bf16(const std::string& name) const;
+  // Integer tensors (stored as I32 by tensor_i32); throws naming the tensor for other dtypes.
+  std::vector<int32_t> to_i32(const std::string& name) const;
 
  private:
   std::vector<std::shared_ptr<MappedFile>> files_;
