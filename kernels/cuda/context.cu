@@ -38,7 +38,27 @@ struct Cache {
     return it->second;
   }
 };
-thread_local Cache t_cache;
+// The cache lives on the heap behind trivially destructible thread_locals, so a Backend
+// destroyed after this thread's thread_locals (e.g. a function-local static in the main
+// thread, destroyed after them) can still call release_stream_resources safely.
+thread_local Cache* t_cache = nullptr;
+thread_local bool t_cache_closed = false;
+struct CacheOwner {
+  ~CacheOwner() {
+    delete t_cache;
+    t_cache = nullptr;
+    t_cache_closed = true;
+  }
+};
+thread_local CacheOwner t_owner;
+
+Cache& cache() {
+  if (!t_cache) {
+    t_cache = new Cache;  // after close (thread teardown) this one is leaked on purpose
+    if (!t_cache_closed) (void)&t_owner;  // odr-use: registers the owner's destructor
+  }
+  return *t_cache;
+}
 
 }  // namespace
 
@@ -55,7 +75,7 @@ int sm_count() {
 }
 
 cublasHandle_t blas_handle(cudaStream_t stream) {
-  StreamResources& r = t_cache.get(stream);
+  StreamResources& r = cache().get(stream);
   if (!r.handle) {
     CUBLAS_CHECK(cublasCreate(&r.handle));
     // Pure fp32 / fp32-accumulate GEMMs: TF32 stays off so the fp32 mode tracks the CPU.
@@ -66,7 +86,7 @@ cublasHandle_t blas_handle(cudaStream_t stream) {
 }
 
 void* scratch(cudaStream_t stream, size_t bytes, int slot) {
-  StreamResources& r = t_cache.get(stream);
+  StreamResources& r = cache().get(stream);
   if (bytes <= r.cap[slot]) return r.buf[slot];
   if (r.buf[slot]) {
     CUDA_CHECK(cudaStreamSynchronize(stream));  // earlier work may still read the old buffer
@@ -82,9 +102,10 @@ void* scratch(cudaStream_t stream, size_t bytes, int slot) {
 }
 
 void release_stream_resources(cudaStream_t stream) {
+  if (!t_cache) return;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return;
-  t_cache.entries.erase(Key{dev, stream});
+  t_cache->entries.erase(Key{dev, stream});
 }
 
 }  // namespace phi3::cuda
