@@ -69,6 +69,22 @@ void labels(Hook hook, int L, int H, const std::vector<std::string>& pos, std::v
   }
 }
 
+// TransformerLens name of a hook at layer l: "blocks.3.hook_resid_pre", "blocks.1.attn.hook_z".
+std::string tl_name(Hook h, int l) {
+  return "blocks." + std::to_string(l) + (hook_is_per_head(h) ? ".attn.hook_z" : ".hook_" + hook_name(h));
+}
+
+// "layer 2, head 1, position 5 ('5:▁is')" for a sweep target.
+std::string target_str(Hook hook, const PatchSpec& t, const std::vector<std::string>& pos_labels) {
+  std::string s = tl_name(hook, t.layer);
+  if (t.head >= 0) s += ", head " + std::to_string(t.head);
+  if (hook != Hook::ZAllPos && t.pos >= 0) {
+    s += ", position " + std::to_string(t.pos);
+    if (t.pos < static_cast<int>(pos_labels.size())) s += " ('" + pos_labels[t.pos] + "')";
+  }
+  return s;
+}
+
 // Target index (sweep_targets order) -> flat index of the [rows, cols] matrix.
 size_t matrix_index(Hook hook, const PatchSpec& t, int T, int H) {
   if (hook == Hook::Z) return (size_t(t.layer) * H + t.head) * T + t.pos;
@@ -135,7 +151,11 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   const auto t_all = Clock::now();
   const ModelConfig& c = m.cfg;
   const int L = c.num_hidden_layers, H = c.num_attention_heads;
+  auto stop_point = [&]() {
+    if (opt.should_stop && opt.should_stop()) throw Error("interrupted (Ctrl-C); no results were written");
+  };
   std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
+  check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file);
   const int per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(pairs.size());
   const int T = pair_batch_length(pairs, m.tok);
   if (T > c.max_position_embeddings)
@@ -171,6 +191,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
                                 pairs.begin() + std::min<size_t>(pairs.size(), size_t(bi + 1) * per_batch));
     PairBatch pb = make_pair_batch(sub, m.tok, c.pad_token_id, c.max_position_embeddings, T);
     const int B = pb.clean.B;
+    stop_point();
     if (bi == 0) {
       for (int t = 0; t < T; ++t) R.position_labels.push_back(std::to_string(t) + ":" + m.tok.piece(pb.clean.tokens[t]));
     }
@@ -202,11 +223,16 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     if (opt.attribution) {
       const auto t0 = Clock::now();
       grads = backward(be, m, base, pb.answer, pb.other, scale);
+      if (opt.check_finite)
+        check_finite(be, m, grads, (std::string("batch ") + std::to_string(bi) + ", backward of the " +
+                                    (opt.noising ? "clean" : "corrupted") + " run").c_str());
+      stop_point();
       const double dt = since(t0);
       for (auto& a : accs)
         if (a.method == "attribution") a.seconds += dt;
     }
     for (auto& a : accs) {
+      stop_point();
       const auto t0 = Clock::now();
       std::vector<PatchSpec> targets = sweep_targets(a.hook, L, T, H);
       const size_t cells = targets.size();
@@ -219,6 +245,12 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
       }
       if (a.method == "attribution") {
         std::vector<float> v = attribution(be, m, base, source, grads, a.hook);
+        if (opt.check_finite)
+          for (size_t i = 0; i < cells && i < v.size(); ++i)
+            if (!std::isfinite(v[i]))
+              throw Error("attribution patching, batch " + std::to_string(bi) + ": non-finite result (" +
+                          std::to_string(v[i]) + ") first appears at " +
+                          target_str(a.hook, targets[i], R.position_labels) + "; no results were written");
         for (size_t i = 0; i < cells; ++i) a.sum[matrix_index(a.hook, targets[i], T, H)] += double(v[i]) * B;
         a.seconds += since(t0);
         continue;
@@ -228,10 +260,19 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
       so.mem_budget = opt.mem_budget;
       const std::string what = hook_name(a.hook) + " activation patching";
       so.progress = [&](int64_t done, int64_t total) {
+        stop_point();
         if (opt.log && (done == total || done % std::max<int64_t>(1, total / 10) == 0))
           opt.log("  " + what + ": " + std::to_string(done) + "/" + std::to_string(total) + " runs");
       };
       SweepResult sr = activation_sweep(be, m, base, source, pb.answer, pb.other, a.hook, so);
+      if (opt.check_finite)
+        for (size_t i = 0; i < cells; ++i)
+          for (int b = 0; b < B; ++b)
+            if (!std::isfinite(sr.ld[i * B + b]))
+              throw Error("activation patching, batch " + std::to_string(bi) + ": the patched run gave a non-finite " +
+                          "logit difference (" + std::to_string(sr.ld[i * B + b]) + ") for prompt " +
+                          std::to_string(b) + " when patching " + target_str(a.hook, targets[i], R.position_labels) +
+                          "; no results were written");
       for (size_t i = 0; i < cells; ++i) {
         const size_t k = matrix_index(a.hook, targets[i], T, H);
         double mean = 0;
@@ -252,6 +293,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
       a.work.token_layer_evals += sr.work.token_layer_evals;
       a.work.naive_token_layer_evals += sr.work.naive_token_layer_evals;
       a.work.chunks += sr.work.chunks;
+      a.work.streams = std::max(a.work.streams, sr.work.streams);
       a.work.seconds += sr.work.seconds;
       a.seconds += since(t0);
       log("  " + what + ": " + std::to_string(sr.work.patched_runs) + " runs, " + std::to_string(sr.work.skipped_noop) +

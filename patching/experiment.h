@@ -19,7 +19,11 @@ struct ExperimentOptions {
   int batch_pairs = 0;      // pairs per batch (0: all pairs in one batch)
   bool naive = false;       // one full forward per patch
   size_t mem_budget = 0;    // bytes per sweep chunk (0: automatic)
-  bool check_finite = true; // stop with the layer/hook of the first NaN/Inf
+  bool check_finite = true; // stop with the layer/hook of the first NaN/Inf (activations,
+                            // gradients and patching results)
+  // Polled between passes and after every sweep step; when it returns true the experiment
+  // throws Error("interrupted ...") (the CLI sets it from SIGINT).
+  std::function<bool()> should_stop;
   std::function<void(const std::string&)> log;  // progress lines (stderr)
 };
 

@@ -1,7 +1,9 @@
 #include "patching/report.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <iomanip>
 #include <map>
@@ -101,6 +103,7 @@ std::vector<std::string> describe_effects(const ExperimentResult& R) {
 }
 
 void prepare_out_dir(const std::string& out_dir, bool force) {
+  if (file_exists(out_dir)) throw Error("--out '" + out_dir + "' is a file, not a directory");
   make_dirs(out_dir);
   if (file_exists(path_join(out_dir, "results.json")) && !force)
     throw Error("output directory '" + out_dir +
@@ -181,6 +184,7 @@ std::string results_json(const ExperimentResult& R) {
                 {"token_layer_evals", r.work.token_layer_evals},
                 {"naive_token_layer_evals", r.work.naive_token_layer_evals},
                 {"chunks", r.work.chunks},
+                {"streams", r.work.streams},
                 {"seconds", r.work.seconds}};
       e["work"] = w;
       work[hook_name(r.hook)] = w;
@@ -199,6 +203,11 @@ std::string results_json(const ExperimentResult& R) {
 
 std::vector<std::string> write_report(const ExperimentResult& R, const std::string& out_dir) {
   std::vector<std::string> written;
+  // results.json marks a complete set of files from one run: an older one (only here with
+  // --force) goes first, so a failure part-way never pairs it with newer CSVs/SVGs.
+  const std::string old_results = path_join(out_dir, "results.json");
+  if (file_exists(old_results) && std::remove(old_results.c_str()) != 0)
+    throw Error("cannot replace '" + old_results + "': " + std::strerror(errno));
   auto put = [&](const std::string& name, const std::string& text) {
     std::string p = path_join(out_dir, name);
     write_file_atomic(p, text);

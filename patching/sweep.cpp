@@ -4,7 +4,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <atomic>
+#include <exception>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "runtime/error.h"
 
@@ -440,27 +444,70 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   }
   res.work.patched_runs = static_cast<int64_t>(runs.size());
 
-  {
-    std::stable_sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return a.start < b.start; });
-    FastSweep fs(be, m, base, source, answer, other, hook);
-    fs.tspec_ = res.targets;
-    size_t budget = opt.mem_budget ? opt.mem_budget : std::max<size_t>(be.free_memory() / 4, size_t(64) << 20);
-    size_t i = 0;
-    int64_t done = 0;
-    while (i < runs.size()) {
-      std::vector<Run> chunk;
-      size_t bytes = 0;
-      while (i < runs.size() && (chunk.empty() || bytes + fs.run_bytes(runs[i]) <= budget)) {
-        bytes += fs.run_bytes(runs[i]);
-        chunk.push_back(runs[i++]);
-      }
-      // Within a chunk, runs stay sorted by start layer (the active runs are a prefix).
-      fs.run_chunk(chunk, res.ld, res.work.token_layer_evals);
-      ++res.work.chunks;
-      done += static_cast<int64_t>(chunk.size());
-      if (opt.progress) opt.progress(done, static_cast<int64_t>(runs.size()));
+  std::stable_sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return a.start < b.start; });
+  // Chunks: consecutive runs (sorted by start layer, so the active runs of a chunk are a
+  // prefix at every layer) whose work buffers fit the budget; with several streams, at
+  // least two chunks per stream so they overlap.
+  FastSweep sizer(be, m, base, source, answer, other, hook);
+  size_t total_bytes = 0;
+  for (const Run& r : runs) total_bytes += sizer.run_bytes(r);
+  const int streams = std::max(1, opt.streams > 0 ? opt.streams : be.preferred_streams());
+  size_t budget = opt.mem_budget ? opt.mem_budget : std::max<size_t>(be.free_memory() / (4 * streams), size_t(64) << 20);
+  if (streams > 1) budget = std::min(budget, std::max<size_t>(1, total_bytes / (2 * streams) + 1));
+  std::vector<std::vector<Run>> chunks;
+  for (size_t i = 0; i < runs.size();) {
+    std::vector<Run> chunk;
+    size_t bytes = 0;
+    while (i < runs.size() && (chunk.empty() || bytes + sizer.run_bytes(runs[i]) <= budget)) {
+      bytes += sizer.run_bytes(runs[i]);
+      chunk.push_back(runs[i++]);
     }
+    chunks.push_back(std::move(chunk));
   }
+  res.work.chunks = static_cast<int>(chunks.size());
+
+  // Workers: the calling backend plus forks on their own streams, taking chunks in turn.
+  std::vector<std::unique_ptr<Backend>> forks;
+  std::vector<Backend*> lanes = {&be};
+  for (int k = 1; k < streams && k < static_cast<int>(chunks.size()); ++k) {
+    auto f = be.fork();
+    if (!f) break;
+    lanes.push_back(f.get());
+    forks.push_back(std::move(f));
+  }
+  be.synchronize();  // the base/source caches are complete before other streams read them
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  int64_t done = 0;
+  std::exception_ptr error;
+  std::vector<int64_t> evals(lanes.size(), 0);
+  auto worker = [&](size_t lane) {
+    try {
+      FastSweep fs(*lanes[lane], m, base, source, answer, other, hook);
+      fs.tspec_ = res.targets;
+      for (size_t c; (c = next++) < chunks.size();) {
+        fs.run_chunk(chunks[c], res.ld, evals[lane]);
+        std::lock_guard<std::mutex> lock(mu);
+        done += static_cast<int64_t>(chunks[c].size());
+        if (opt.progress) opt.progress(done, static_cast<int64_t>(runs.size()));
+      }
+      lanes[lane]->synchronize();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!error) error = std::current_exception();
+      next = chunks.size();  // stop the others
+    }
+  };
+  if (lanes.size() == 1) {
+    worker(0);
+  } else {
+    std::vector<std::thread> threads;
+    for (size_t k = 0; k < lanes.size(); ++k) threads.emplace_back(worker, k);
+    for (auto& t : threads) t.join();
+  }
+  if (error) std::rethrow_exception(error);
+  for (int64_t e : evals) res.work.token_layer_evals += e;
+  res.work.streams = static_cast<int>(lanes.size());
   res.work.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return res;
 }

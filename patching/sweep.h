@@ -27,6 +27,7 @@ struct SweepWork {
   int64_t token_layer_evals = 0;       // (token row, layer) pairs computed
   int64_t naive_token_layer_evals = 0; // what one full forward per patch computes
   int chunks = 0;
+  int streams = 1;                     // chunks computed concurrently (CUDA streams)
   double seconds = 0;
 };
 
@@ -44,6 +45,7 @@ std::vector<PatchSpec> sweep_targets(Hook hook, int n_layers, int T, int n_heads
 struct SweepOptions {
   bool naive = false;
   size_t mem_budget = 0;  // bytes of work buffers per chunk (0: 1/4 of free device memory)
+  int streams = 0;        // chunks in flight at once, each on its own stream (0: the backend's preference)
   std::function<void(int64_t done, int64_t total)> progress;  // optional
 };
 

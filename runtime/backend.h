@@ -31,6 +31,11 @@ class Backend {
   virtual void zero(void* dst, size_t bytes) = 0;
   virtual void synchronize() = 0;
   virtual size_t free_memory() const = 0;      // bytes the device can still give
+  // Another backend on the same device with its own stream, sharing device memory (so
+  // pointers from this one stay valid there), for overlapping independent work; nullptr
+  // when the device gains nothing from it (the CPU: its ops are already threaded).
+  virtual std::unique_ptr<Backend> fork() { return nullptr; }
+  virtual int preferred_streams() const { return 1; }
 
   // ---- ops (see kernels/ops.h for shapes and semantics) ----
   virtual void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) = 0;

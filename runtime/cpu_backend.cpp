@@ -46,6 +46,9 @@ class CpuBackend final : public Backend {
     if (bytes) std::memset(dst, 0, bytes);
   }
   void synchronize() override {}
+  // Host memory is shared by every CPU backend; a fork lets callers run independent work
+  // from several threads (the ops themselves are thread-safe).
+  std::unique_ptr<Backend> fork() override { return std::make_unique<CpuBackend>(); }
   size_t free_memory() const override {
     std::ifstream f("/proc/meminfo");
     std::string line;

@@ -134,6 +134,7 @@ int cmd_bench(int argc, char** argv, int first) {
                         {"naive_token_layer_evals", fr.work.naive_token_layer_evals},
                         {"work_fraction", double(fr.work.token_layer_evals) / fr.work.naive_token_layer_evals},
                         {"chunks", fr.work.chunks},
+                        {"streams", fr.work.streams},
                         {"fast_tflops", flops / fs / 1e12}};
     std::printf("sweep %-10s fast:   %10.3f ms  (%lld runs, %lld no-op skipped, work %.1f%% of naive, %.2f TFLOP/s)\n",
                 hook_name(h).c_str(), fs * 1e3, (long long)fr.work.patched_runs, (long long)fr.work.skipped_noop,

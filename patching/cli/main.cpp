@@ -105,12 +105,14 @@ int cmd_run(int argc, char** argv, int first) {
     if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
     std::cerr << "[phi3patch] " << s << std::endl;
   };
+  opt.should_stop = [] { return g_interrupted.load(); };
   const std::string out = a.get("out", "out");
   prepare_out_dir(out, a.has("force"));
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
   std::cerr << "[phi3patch] loading " << model_dir << " on " << be->name() << std::endl;
   auto m = load_model(*be, model_dir);
+  if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
   ExperimentResult R = run_experiment(*be, *m, opt);
   if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
   auto files = write_report(R, out);
@@ -141,7 +143,9 @@ int cmd_forward(int argc, char** argv, int first) {
   Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32"});
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
-  auto pairs = load_pairs(a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json")));
+  const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
+  auto pairs = load_pairs(pairs_file);
+  check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
   ForwardOptions fo;
   fo.keep_pattern = false;
@@ -210,13 +214,19 @@ int main(int argc, char** argv) {
     if (cmd == "make-random") return cmd_make_random(argc, argv, first);
     throw Error("unknown command '" + cmd + "' (commands: run, forward, tokenize, verify, accuracy, bench, make-random)");
   } catch (const OutOfMemory& e) {
-    std::cerr << "phi3patch: error: " << e.what() << std::endl;
+    // The backend names the size; say what lowers the need when it did not.
+    std::string msg = e.what();
+    if (msg.find("--mem-budget") == std::string::npos && msg.find("--fp32") == std::string::npos &&
+        msg.find("smaller model") == std::string::npos)
+      msg += "; lower --mem-budget (sweep work buffers) or --batch (pairs per batch), or use a smaller model";
+    std::cerr << "phi3patch: error: " << msg << std::endl;
     return 3;
   } catch (const Error& e) {
     std::cerr << "phi3patch: error: " << e.what() << std::endl;
     return g_interrupted ? 130 : 2;
   } catch (const std::bad_alloc&) {
-    std::cerr << "phi3patch: error: out of host memory" << std::endl;
+    std::cerr << "phi3patch: error: out of host memory; lower --mem-budget or --batch, or use a smaller model"
+              << std::endl;
     return 3;
   } catch (const std::exception& e) {
     std::cerr << "phi3patch: error: " << e.what() << std::endl;

@@ -139,6 +139,21 @@ TEST(Sweep, ChunkingDoesNotChangeResults) {
   for (size_t i = 0; i < one.ld.size(); ++i) EXPECT_NEAR(one.ld[i], many.ld[i], 1e-5) << i;
 }
 
+// Chunks spread over several concurrent lanes (streams on CUDA, threads on the CPU) give
+// the same results as one lane.
+TEST(Sweep, ConcurrentLanesGiveSameResults) {
+  SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3");
+  SweepResult one = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::Z);
+  SweepOptions o;
+  o.streams = 3;
+  SweepResult many = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::Z, o);
+  EXPECT_EQ(one.work.streams, 1);
+  EXPECT_EQ(many.work.streams, 3);
+  EXPECT_GE(many.work.chunks, 6);
+  EXPECT_EQ(one.work.token_layer_evals, many.work.token_layer_evals);
+  for (size_t i = 0; i < one.ld.size(); ++i) EXPECT_NEAR(one.ld[i], many.ld[i], 1e-5) << i;
+}
+
 // Work accounting on the seed batch: the fast sweep does at most 30% of the naive work.
 TEST(Sweep, FastWorkAtMost30PercentOfNaive) {
   SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3");
