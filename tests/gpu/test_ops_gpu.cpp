@@ -560,6 +560,7 @@ TEST(ElementwiseGpu, CastsRoundToNearestEven) {
       auto xd = dev(x);
       DeviceArray<uint16_t> hd(gpu(), x.size());
       gpu().zero(hd.get(), x.size() * 2);
+      gpu().synchronize();  // the casts below run on the legacy default stream
       cuda::cast_f32_to_bf16(hd.get() + off, xd.get() + off, n, nullptr);
       ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
       auto h = hd.download();
@@ -567,6 +568,7 @@ TEST(ElementwiseGpu, CastsRoundToNearestEven) {
         ASSERT_EQ(h[i], ref[i]) << "f32->bf16 n=" << n << " at " << i << " of " << x[i];
       DeviceArray<float> back(gpu(), x.size());
       gpu().zero(back.get(), x.size() * 4);
+      gpu().synchronize();
       cuda::cast_bf16_to_f32(back.get() + off, hd.get() + off, n, nullptr);
       ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
       auto b = back.download();
