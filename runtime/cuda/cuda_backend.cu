@@ -33,6 +33,11 @@ class CudaBackend final : public Backend {
     device_name_ = prop.name;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cuda::blas_handle(stream_);  // create the handle now: fail early, not in the first GEMM
+    // Keep freed blocks in the pool instead of returning them at every synchronisation.
+    cudaMemPool_t pool;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+    uint64_t threshold = UINT64_MAX;
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
   }
   ~CudaBackend() override {
     cudaSetDevice(device_);
@@ -49,13 +54,17 @@ class CudaBackend final : public Backend {
     return "cuda (" + device_name_ + ", " + (fp32_ ? "fp32" : "bf16") + ")";
   }
   DType weight_dtype() const override { return fp32_ ? DType::F32 : DType::BF16; }
+  // Same device, own stream and cuBLAS handle; device memory is shared by all of them.
+  std::unique_ptr<Backend> fork() override { return std::make_unique<CudaBackend>(device_, fp32_); }
+  int preferred_streams() const override { return 2; }
 
   // ---- memory ----
   void* alloc(size_t bytes) override {
     if (bytes == 0) return nullptr;
     select();
     void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, bytes);
+    // Stream-ordered: no device-wide synchronisation, so forks on other streams overlap.
+    cudaError_t e = cudaMallocAsync(&p, bytes, stream_);
     if (e == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
       size_t free_b = 0, total_b = 0;
@@ -73,7 +82,7 @@ class CudaBackend final : public Backend {
   void free(void* p) override {
     if (!p) return;
     cudaSetDevice(device_);
-    cudaFree(p);
+    cudaFreeAsync(p, stream_);  // after the work already queued on this stream
   }
   void upload(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
@@ -105,6 +114,14 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaSetDevice(device_));
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    // Blocks the stream-ordered pool holds but nobody uses are free for us too.
+    cudaMemPool_t pool;
+    uint64_t reserved = 0, used = 0;
+    if (cudaDeviceGetDefaultMemPool(&pool, device_) == cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess && reserved > used)
+      free_b += static_cast<size_t>(reserved - used);
+    (void)cudaGetLastError();
     return free_b;
   }
 
