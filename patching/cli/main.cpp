@@ -119,10 +119,11 @@ int cmd_run(int argc, char** argv, int first) {
 
   std::cout << "model: " << model_dir << " (" << m->cfg.num_hidden_layers << " layers, d=" << m->cfg.hidden_size
             << ") on " << R.device << "\n";
-  for (const auto& b : R.batches) print_batch_summary(std::cout, b);
+  if (!R.batches.empty()) print_batch_summary(std::cout, R.batches.front());
   if (R.batches.size() > 1)
-    std::cout << "Over " << R.batches.size() << " batches: clean LD " << R.clean_ld << ", corrupted LD "
-              << R.corrupted_ld << "\n";
+    std::cout << "(first of " << R.batches.size() << " batches shown; all prompts are in results.json)\n"
+              << "Over " << R.n_prompts << " prompts: clean LD " << R.clean_ld << ", corrupted LD " << R.corrupted_ld
+              << "\n";
   for (const auto& r : R.results) {
     std::cout << hook_name(r.hook) << " " << r.method << ": " << r.seconds << " s";
     if (r.method == "activation")
