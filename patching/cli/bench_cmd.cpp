@@ -42,6 +42,24 @@ double time_best(Backend& be, int repeat, Fn fn) {
   }
   return best;
 }
+// Measured GEMM capacity of the backend: y = x W^T with weights in the device's weight
+// dtype (bf16 on CUDA, fp32 on the CPU), through the same linear op the model uses.
+double measured_peak_tflops(Backend& be) {
+  const bool gpu = be.kind() == DeviceKind::CUDA;
+  const int N = gpu ? 8192 : 1024, K = gpu ? 8192 : 1024, M = gpu ? 8192 : 1024;
+  const DType dt = be.weight_dtype();
+  std::vector<uint8_t> host(size_t(M) * K * dtype_size(dt));
+  for (size_t i = 0; i < host.size(); i += 2) host[i] = static_cast<uint8_t>(i * 2654435761u >> 24) & 0x3f;
+  DeviceArray<uint8_t> w(be, host.size());
+  w.upload(host);
+  DeviceArray<float> x(be, size_t(N) * K), y(be, size_t(N) * M);
+  be.zero(x.get(), x.size() * sizeof(float));
+  Weight W{w.get(), dt, M, K};
+  be.linear_forward(y.get(), x.get(), W, N);  // warm-up
+  const double s = time_best(be, 5, [&] { be.linear_forward(y.get(), x.get(), W, N); });
+  return 2.0 * N * K * M / s / 1e12;
+}
+
 }  // namespace
 
 int cmd_bench(int argc, char** argv, int first) {
@@ -103,7 +121,10 @@ int cmd_bench(int argc, char** argv, int first) {
     for (Hook h : hooks) attribution(*be, *m, r2, c2, g, h);
   });
 
+  const double peak = measured_peak_tflops(*be);
   nlohmann::json j;
+  j["peak_gemm_tflops"] = peak;
+  j["peak_gemm_dtype"] = dtype_name(be->weight_dtype());
   j["model"] = model_dir;
   j["device"] = be->name();
   j["B"] = B;
@@ -114,7 +135,9 @@ int cmd_bench(int argc, char** argv, int first) {
   j["forward_tflops"] = fwd_flops / fwd_s / 1e12;
   j["attribution_ms"] = attr_s * 1e3;
   std::printf("device: %s\nmodel: %s (B=%d, T=%d, %d layers)\n", be->name().c_str(), model_dir.c_str(), B, T, L);
-  std::printf("forward:              %10.3f ms  (%.2f TFLOP/s)\n", fwd_s * 1e3, fwd_flops / fwd_s / 1e12);
+  std::printf("measured %s GEMM peak: %.2f TFLOP/s\n", dtype_name(be->weight_dtype()), peak);
+  std::printf("forward:              %10.3f ms  (%.2f TFLOP/s, %.1f%% of peak)\n", fwd_s * 1e3, fwd_flops / fwd_s / 1e12,
+              100.0 * fwd_flops / fwd_s / 1e12 / peak);
   std::printf("attribution patching: %10.3f ms  (2 forward + 1 backward, %zu hooks)\n", attr_s * 1e3, hooks.size());
   nlohmann::json sweeps = nlohmann::json::array();
   double total_fast = 0;
@@ -135,7 +158,8 @@ int cmd_bench(int argc, char** argv, int first) {
                         {"work_fraction", double(fr.work.token_layer_evals) / fr.work.naive_token_layer_evals},
                         {"chunks", fr.work.chunks},
                         {"streams", fr.work.streams},
-                        {"fast_tflops", flops / fs / 1e12}};
+                        {"fast_tflops", flops / fs / 1e12},
+                        {"fraction_of_peak", flops / fs / 1e12 / peak}};
     std::printf("sweep %-10s fast:   %10.3f ms  (%lld runs, %lld no-op skipped, work %.1f%% of naive, %.2f TFLOP/s)\n",
                 hook_name(h).c_str(), fs * 1e3, (long long)fr.work.patched_runs, (long long)fr.work.skipped_noop,
                 100.0 * fr.work.token_layer_evals / fr.work.naive_token_layer_evals, flops / fs / 1e12);
