@@ -8,6 +8,23 @@ namespace phi3 {
 
 std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len) { return cfg.inv_freq(seq_len); }
 
+size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern) {
+  const ModelConfig& c = m.cfg;
+  const size_t N = size_t(B) * T, D = c.hidden_size, F = c.intermediate_size;
+  ArenaPlan p;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    p.add<float>(N * D).add<float>(N * D).add<float>(N);                    // resid_pre, ln1, rstd1
+    p.add<float>(N * m.qkv_width()).add<float>(N * m.q_width());            // qkv, q_rot
+    p.add<float>(N * m.kv_width()).add<float>(N * m.kv_width());            // k_rot, v
+    p.add<float>(N * m.q_width());                                          // z
+    if (keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T * T);
+    p.add<float>(N * D).add<float>(N * D).add<float>(N * D).add<float>(N);  // attn_out, resid_mid, ln2, rstd2
+    p.add<float>(N * 2 * F).add<float>(N * F).add<float>(N * D);            // gate_up, act, mlp_out
+  }
+  p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N * size_t(c.vocab_size));  // final
+  return p.bytes();
+}
+
 const float* ForwardState::hook_data(Hook h, int l) const {
   const LayerActs& a = layers.at(l);
   switch (h) {
@@ -62,6 +79,9 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   }
 
   ForwardState s;
+  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern),
+                                    "forward pass of " + std::to_string(B) + " x " + std::to_string(T) + " tokens");
+  Arena& A = *s.arena;
   s.B = B;
   s.T = T;
   s.batch = batch;
@@ -90,35 +110,35 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   s.layers.resize(L);
   for (int l = 0; l < L; ++l) {
     LayerActs& a = s.layers[l];
-    a.resid_pre = DeviceArray<float>(be, size_t(N) * D);
+    a.resid_pre = A.take<float>(size_t(N) * D);
     if (l == 0) {
       be.embedding_forward(a.resid_pre.get(), s.tokens.get(), m.w.embed, N);
     } else {
       // resid_post of layer l-1 was written straight into this buffer (see below).
     }
   }
-  s.resid_final = DeviceArray<float>(be, size_t(N) * D);
+  s.resid_final = A.take<float>(size_t(N) * D);
 
   for (int l = 0; l < L; ++l) {
     LayerActs& a = s.layers[l];
     const LayerWeights& w = m.w.layers[l];
     patch_here(Hook::ResidPre, l, a.resid_pre.get(), D);
 
-    a.ln1 = DeviceArray<float>(be, size_t(N) * D);
-    a.rstd1 = DeviceArray<float>(be, N);
+    a.ln1 = A.take<float>(size_t(N) * D);
+    a.rstd1 = A.take<float>(N);
     be.rmsnorm_forward(a.ln1.get(), a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
-    a.qkv = DeviceArray<float>(be, size_t(N) * QKVW);
+    a.qkv = A.take<float>(size_t(N) * QKVW);
     be.linear_forward(a.qkv.get(), a.ln1.get(), w.qkv, N);
-    a.q_rot = DeviceArray<float>(be, size_t(N) * QW);
-    a.k_rot = DeviceArray<float>(be, size_t(N) * KVW);
-    a.v = DeviceArray<float>(be, size_t(N) * KVW);
+    a.q_rot = A.take<float>(size_t(N) * QW);
+    a.k_rot = A.take<float>(size_t(N) * KVW);
+    a.v = A.take<float>(size_t(N) * KVW);
     be.rotary_forward(a.q_rot.get(), QW, a.qkv.get(), QKVW, s.pos.get(), N, H, HD, s.rope);
     be.rotary_forward(a.k_rot.get(), KVW, a.qkv.get() + QW, QKVW, s.pos.get(), N, KVH, HD, s.rope);
     be.copy_rows(a.v.get(), KVW, nullptr, a.qkv.get() + QW + KVW, QKVW, nullptr, N, KVW);
 
-    a.z = DeviceArray<float>(be, size_t(N) * QW);
+    a.z = A.take<float>(size_t(N) * QW);
     if (opt.keep_pattern) {
-      a.pattern = DeviceArray<float>(be, size_t(B) * H * T * T);
+      a.pattern = A.take<float>(size_t(B) * H * T * T);
       be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
     }
     AttnParams ap;
@@ -142,21 +162,21 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     be.attention_forward(ap);
     patch_here(Hook::Z, l, a.z.get(), QW);
 
-    a.attn_out = DeviceArray<float>(be, size_t(N) * D);
+    a.attn_out = A.take<float>(size_t(N) * D);
     be.linear_forward(a.attn_out.get(), a.z.get(), w.o, N);
     patch_here(Hook::AttnOut, l, a.attn_out.get(), D);
-    a.resid_mid = DeviceArray<float>(be, size_t(N) * D);
+    a.resid_mid = A.take<float>(size_t(N) * D);
     be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
     patch_here(Hook::ResidMid, l, a.resid_mid.get(), D);
 
-    a.ln2 = DeviceArray<float>(be, size_t(N) * D);
-    a.rstd2 = DeviceArray<float>(be, N);
+    a.ln2 = A.take<float>(size_t(N) * D);
+    a.rstd2 = A.take<float>(N);
     be.rmsnorm_forward(a.ln2.get(), a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
-    a.gate_up = DeviceArray<float>(be, size_t(N) * 2 * F);
+    a.gate_up = A.take<float>(size_t(N) * 2 * F);
     be.linear_forward(a.gate_up.get(), a.ln2.get(), w.gate_up, N);
-    a.act = DeviceArray<float>(be, size_t(N) * F);
+    a.act = A.take<float>(size_t(N) * F);
     be.swiglu_forward(a.act.get(), a.gate_up.get(), N, F);
-    a.mlp_out = DeviceArray<float>(be, size_t(N) * D);
+    a.mlp_out = A.take<float>(size_t(N) * D);
     be.linear_forward(a.mlp_out.get(), a.act.get(), w.down, N);
     patch_here(Hook::MlpOut, l, a.mlp_out.get(), D);
 
@@ -165,10 +185,10 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     patch_here(Hook::ResidPost, l, post, D);
   }
 
-  s.ln_f = DeviceArray<float>(be, size_t(N) * D);
-  s.rstd_f = DeviceArray<float>(be, N);
+  s.ln_f = A.take<float>(size_t(N) * D);
+  s.rstd_f = A.take<float>(N);
   be.rmsnorm_forward(s.ln_f.get(), s.rstd_f.get(), s.resid_final.get(), m.w.final_norm, N, D, c.rms_norm_eps);
-  s.logits = DeviceArray<float>(be, size_t(N) * V);
+  s.logits = A.take<float>(size_t(N) * V);
   be.linear_forward(s.logits.get(), s.ln_f.get(), m.w.lm_head, N);
   return s;
 }

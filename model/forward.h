@@ -7,6 +7,7 @@
 #include "model/batch.h"
 #include "model/hooks.h"
 #include "model/model.h"
+#include "runtime/arena.h"
 
 namespace phi3 {
 
@@ -30,6 +31,7 @@ struct LayerActs {
 };
 
 struct ForwardState {
+  std::shared_ptr<Arena> arena;  // holds every activation buffer below
   int B = 0, T = 0;
   Batch batch;
   std::vector<LayerActs> layers;
@@ -60,6 +62,9 @@ struct ForwardOptions {
 std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len);
 
 ForwardState forward(Backend& be, const Model& m, const Batch& batch, const ForwardOptions& opt = {});
+
+// Bytes of activation buffers (the arena) of a forward pass over B x T tokens.
+size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern);
 
 // Mean and per-row logit differences at the last position.
 struct LogitDiff {

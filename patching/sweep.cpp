@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "runtime/arena.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -80,10 +81,9 @@ class FastSweep {
 
   // Device bytes a run needs in a chunk (work buffers per packed row + its final rows).
   size_t run_bytes(const Run& r) const {
-    size_t rows = size_t(B_) * (T_ - r.p);
-    size_t per_row = sizeof(float) * (size_t(6) * D_ + QKVW_ + 2 * QW_ + 2 * KVW_ + 3 * F_ + 2) + 2 * sizeof(int32_t);
-    size_t final_rows = size_t(B_) * (size_t(3) * D_ + QW_ + V_ + 3 * F_ + 4);
-    return rows * per_row + final_rows * sizeof(float);
+    // The run's share of its chunk's arena, plus the index arrays (row, position, segments).
+    const int64_t rows = int64_t(B_) * (T_ - r.p);
+    return chunk_plan(rows, B_).bytes() + size_t(rows) * 2 * sizeof(int32_t) + 2 * B_ * sizeof(AttnSegment);
   }
 
   // Computes the per-row logit differences of `runs` (sorted by start layer) into ld.
@@ -116,20 +116,23 @@ class FastSweep {
     auto d_segs = to_device(be_, segs);
     auto d_last_segs = to_device(be_, last_segs);
 
-    X_ = DeviceArray<float>(be_, size_t(R) * D_);
-    ln_ = DeviceArray<float>(be_, size_t(R) * D_);
-    rstd_ = DeviceArray<float>(be_, R);
-    qkv_ = DeviceArray<float>(be_, size_t(R) * QKVW_);
-    q_ = DeviceArray<float>(be_, size_t(R) * QW_);
-    k_ = DeviceArray<float>(be_, size_t(R) * KVW_);
-    v_ = DeviceArray<float>(be_, size_t(R) * KVW_);
-    z_ = DeviceArray<float>(be_, size_t(R) * QW_);
-    attn_ = DeviceArray<float>(be_, size_t(R) * D_);
-    gu_ = DeviceArray<float>(be_, size_t(R) * 2 * F_);
-    act_ = DeviceArray<float>(be_, size_t(R) * F_);
-    mlp_ = DeviceArray<float>(be_, size_t(R) * D_);
     const int NF = n * B_;  // final rows: run r, batch row b at r*B+b
-    DeviceArray<float> Xf(be_, size_t(NF) * D_);
+    Arena arena(be_, chunk_plan(R, NF).bytes(),
+                "sweep chunk of " + std::to_string(n) + " runs (" + std::to_string(R) + " rows)");
+    X_ = arena.take<float>(size_t(R) * D_);
+    ln_ = arena.take<float>(size_t(R) * D_);
+    rstd_ = arena.take<float>(R);
+    qkv_ = arena.take<float>(size_t(R) * QKVW_);
+    q_ = arena.take<float>(size_t(R) * QW_);
+    k_ = arena.take<float>(size_t(R) * KVW_);
+    v_ = arena.take<float>(size_t(R) * KVW_);
+    z_ = arena.take<float>(size_t(R) * QW_);
+    attn_ = arena.take<float>(size_t(R) * D_);
+    gu_ = arena.take<float>(size_t(R) * 2 * F_);
+    act_ = arena.take<float>(size_t(R) * F_);
+    mlp_ = arena.take<float>(size_t(R) * D_);
+    DeviceArray<float> Xf = arena.take<float>(size_t(NF) * D_);
+    DeviceArray<float> q_last = arena.take<float>(size_t(NF) * QW_);
 
     int first_active_end = 0;  // runs [0, active) have start <= l
     for (int l = 0; l <= L_; ++l) {
@@ -181,7 +184,6 @@ class FastSweep {
         // Last layer: only the final position of each run goes past attention.
         const int Nf = active * B_;
         // Queries at T-1 gathered to rows r*B+b (the layout of the z and final rows).
-        DeviceArray<float> q_last(be_, size_t(Nf) * QW_);
         be_.copy_rows(q_last.get(), QW_, nullptr, q_.get(), QW_, d_last_row.get(), Nf, QW_);
         ap.q = q_last.get();
         ap.segs = d_last_segs.get();
@@ -193,7 +195,8 @@ class FastSweep {
       }
     }
     // ---- logits and metric of every final row ------------------------------------------
-    DeviceArray<float> lnf(be_, size_t(NF) * D_), rstdf(be_, NF), logits(be_, size_t(NF) * V_);
+    DeviceArray<float> lnf = arena.take<float>(size_t(NF) * D_), rstdf = arena.take<float>(NF);
+    DeviceArray<float> logits = arena.take<float>(size_t(NF) * V_);
     be_.rmsnorm_forward(lnf.get(), rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
     be_.linear_forward(logits.get(), lnf.get(), m_.w.lm_head, NF);
     std::vector<int32_t> ans(NF), oth(NF);
@@ -208,6 +211,17 @@ class FastSweep {
     std::vector<float> h_ld = d_ld.download();
     for (int r = 0; r < n; ++r)
       for (int b = 0; b < B_; ++b) ld[size_t(runs[r].target) * B_ + b] = h_ld[size_t(r) * B_ + b];
+    for (auto* buf : {&X_, &ln_, &rstd_, &qkv_, &q_, &k_, &v_, &z_, &attn_, &gu_, &act_, &mlp_}) buf->reset();
+  }
+
+  // The arena of a chunk with R packed rows and NF final rows (the buffers of run_chunk).
+  ArenaPlan chunk_plan(int64_t R, int64_t NF) const {
+    ArenaPlan p;
+    p.add<float>(R * D_).add<float>(R * D_).add<float>(R).add<float>(R * QKVW_).add<float>(R * QW_);
+    p.add<float>(R * KVW_).add<float>(R * KVW_).add<float>(R * QW_).add<float>(R * D_);
+    p.add<float>(R * 2 * F_).add<float>(R * F_).add<float>(R * D_);
+    p.add<float>(NF * D_).add<float>(NF * QW_).add<float>(NF * D_).add<float>(NF).add<float>(NF * V_);
+    return p;
   }
 
  private:

@@ -73,11 +73,20 @@ std::unique_ptr<Backend> make_backend(const std::string& device, bool fp32 = fal
 std::unique_ptr<Backend> make_cpu_backend();
 bool cuda_available();  // built with CUDA and at least one GPU visible
 
-// RAII device allocation of `count` elements of T.
+// RAII device allocation of `count` elements of T, or a borrowed slice of an Arena
+// (runtime/arena.h) that the arena frees.
 template <typename T>
 class DeviceArray {
  public:
   DeviceArray() = default;
+  static DeviceArray borrowed(Backend& be, T* ptr, size_t count) {
+    DeviceArray a;
+    a.be_ = &be;
+    a.ptr_ = ptr;
+    a.count_ = count;
+    a.owned_ = false;
+    return a;
+  }
   DeviceArray(Backend& be, size_t count)
       : be_(&be), count_(count), ptr_(count ? static_cast<T*>(be.alloc(count * sizeof(T))) : nullptr) {}
   ~DeviceArray() { reset(); }
@@ -87,13 +96,13 @@ class DeviceArray {
   DeviceArray& operator=(DeviceArray&& o) noexcept {
     if (this != &o) {
       reset();
-      be_ = o.be_; ptr_ = o.ptr_; count_ = o.count_;
+      be_ = o.be_; ptr_ = o.ptr_; count_ = o.count_; owned_ = o.owned_;
       o.ptr_ = nullptr; o.count_ = 0;
     }
     return *this;
   }
   void reset() {
-    if (ptr_ && be_) be_->free(ptr_);
+    if (ptr_ && be_ && owned_) be_->free(ptr_);
     ptr_ = nullptr;
     count_ = 0;
   }
@@ -112,6 +121,7 @@ class DeviceArray {
   Backend* be_ = nullptr;
   size_t count_ = 0;
   T* ptr_ = nullptr;
+  bool owned_ = true;
 };
 
 template <typename T>

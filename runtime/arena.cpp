@@ -1,0 +1,35 @@
+#include "runtime/arena.h"
+
+#include "runtime/error.h"
+
+namespace phi3 {
+
+namespace {
+std::string mib(size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); }
+}  // namespace
+
+Arena::Arena(Backend& be, size_t bytes, std::string what) : be_(&be), bytes_(bytes), what_(std::move(what)) {
+  if (bytes_ == 0) return;
+  try {
+    base_ = static_cast<uint8_t*>(be.alloc(bytes_));
+  } catch (const OutOfMemory& e) {
+    throw OutOfMemory("the " + what_ + " needs " + mib(bytes_) + " MiB of activation buffers on " + be.name() +
+                      ": " + e.what());
+  }
+}
+
+Arena::~Arena() {
+  if (base_) be_->free(base_);
+}
+
+void* Arena::take_bytes(size_t bytes) {
+  const size_t need = padded(bytes);
+  if (used_ + need > bytes_)
+    throw Error("arena of the " + what_ + " is full (" + std::to_string(used_) + " + " + std::to_string(need) +
+                " > " + std::to_string(bytes_) + " bytes): its size plan misses a buffer");
+  void* p = base_ + used_;
+  used_ += need;
+  return p;
+}
+
+}  // namespace phi3
