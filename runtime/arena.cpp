@@ -11,7 +11,9 @@ std::string mib(size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); }
 Arena::Arena(Backend& be, size_t bytes, std::string what) : be_(&be), bytes_(bytes), what_(std::move(what)) {
   if (bytes_ == 0) return;
   try {
-    base_ = static_cast<uint8_t*>(be.alloc(bytes_));
+    // Over-allocate so the base can be rounded up to kAlign whatever the device gives.
+    raw_ = static_cast<uint8_t*>(be.alloc(bytes_ + kAlign));
+    base_ = raw_ + (kAlign - reinterpret_cast<uintptr_t>(raw_) % kAlign) % kAlign;
   } catch (const OutOfMemory& e) {
     throw OutOfMemory("the " + what_ + " needs " + mib(bytes_) + " MiB of activation buffers on " + be.name() +
                       ": " + e.what());
@@ -19,7 +21,7 @@ Arena::Arena(Backend& be, size_t bytes, std::string what) : be_(&be), bytes_(byt
 }
 
 Arena::~Arena() {
-  if (base_) be_->free(base_);
+  if (raw_) be_->free(raw_);
 }
 
 void* Arena::take_bytes(size_t bytes) {

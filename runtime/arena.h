@@ -36,7 +36,8 @@ class Arena {
  private:
   void* take_bytes(size_t bytes);
   Backend* be_;
-  uint8_t* base_ = nullptr;
+  uint8_t* raw_ = nullptr;   // the device allocation
+  uint8_t* base_ = nullptr;  // raw_ rounded up to kAlign
   size_t bytes_ = 0;
   size_t used_ = 0;
   std::string what_;
