@@ -114,4 +114,27 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   return g;
 }
 
+void check_finite(Backend& be, const Model& m, const Gradients& g, const char* run_name) {
+  const int L = static_cast<int>(g.layers.size());
+  auto scan = [&](const DeviceArray<float>& a, int width, int l, const char* hook) {
+    if (a.size() == 0) return;
+    std::vector<float> h(a.size());
+    be.download(h.data(), a.get(), h.size() * sizeof(float));
+    for (size_t i = 0; i < h.size(); ++i) {
+      if (!std::isfinite(h[i]))
+        throw Error(std::string(run_name) + ": non-finite gradient (" + std::to_string(h[i]) + ") first appears at blocks." +
+                    std::to_string(l) + "." + hook + ", row " + std::to_string(i / static_cast<size_t>(width)) +
+                    "; no results were written");
+    }
+  };
+  const int D = m.cfg.hidden_size;
+  for (int l = L - 1; l >= 0; --l) {
+    const LayerGrads& lg = g.layers[l];
+    scan(lg.resid_post, D, l, "hook_resid_post");
+    scan(lg.resid_mid, D, l, "hook_resid_mid");
+    scan(lg.z, m.q_width(), l, "attn.hook_z");
+    scan(lg.resid_pre, D, l, "hook_resid_pre");
+  }
+}
+
 }  // namespace phi3

@@ -29,4 +29,9 @@ struct Gradients {
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
                    const std::vector<int32_t>& other, float scale);
 
+// Throws naming the layer and hook whose gradient first holds a NaN/Inf, in the order the
+// backward pass computes them (last layer first: hook_resid_post, hook_resid_mid,
+// attn.hook_z, hook_resid_pre).
+void check_finite(Backend& be, const Model& m, const Gradients& g, const char* run_name);
+
 }  // namespace phi3

@@ -41,6 +41,8 @@ Batch make_batch(const std::vector<std::vector<int>>& rows, int pad_id, int T) {
 }
 
 std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& source) {
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos)
+    throw Error(source + ": the file is empty (expected a JSON list of {\"clean\", \"corrupted\"} pairs)");
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
@@ -89,6 +91,35 @@ int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok
     longest = std::max<int>(longest, static_cast<int>(tok.encode(p.corrupted, true).size()));
   }
   return longest;
+}
+
+void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int max_positions,
+                 const std::string& source) {
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const PromptPair& p = pairs[i];
+    const std::string where = source + ": pair " + std::to_string(i);
+    auto answer = [&](const char* side, const std::string& a) {
+      try {
+        return tok.answer_token(a);
+      } catch (const Error& e) {
+        throw Error(where + ": \"" + side + ".answer\" " + e.what());
+      }
+    };
+    const int a_clean = answer("clean", p.clean_answer);
+    const int a_corr = answer("corrupted", p.corrupted_answer);
+    if (a_clean == a_corr)
+      throw Error(where + ": clean answer '" + p.clean_answer + "' and corrupted answer '" + p.corrupted_answer +
+                  "' are the same token '" + tok.piece(a_clean) + "' (the logit difference needs two different tokens)");
+    if (max_positions <= 0) continue;
+    for (const auto& [side, text] : {std::pair<const char*, const std::string*>{"clean", &p.clean},
+                                     std::pair<const char*, const std::string*>{"corrupted", &p.corrupted}}) {
+      const size_t n = tok.encode(*text, true).size();
+      if (static_cast<int64_t>(n) > max_positions)
+        throw Error(where + ": \"" + side + ".question\" is " + std::to_string(n) +
+                    " tokens long (with BOS), more than the model's context of " + std::to_string(max_positions) +
+                    " (max_position_embeddings in config.json)");
+    }
+  }
 }
 
 PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int pad_id,

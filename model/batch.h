@@ -43,4 +43,11 @@ PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer&
                           int max_positions, int T = 0);
 int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok);  // longest row
 
+// Checks what parse_pairs cannot without a model: every answer is exactly one token (else
+// names the pair, the answer and the pieces it became), the two answers of a pair are
+// different tokens, and every prompt (with BOS) fits the model's context (max_positions
+// tokens; <= 0: no limit). Errors start with `source` (the pairs file).
+void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int max_positions,
+                 const std::string& source);
+
 }  // namespace phi3

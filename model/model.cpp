@@ -6,7 +6,12 @@
 namespace phi3 {
 
 std::unique_ptr<Model> load_model(Backend& be, const std::string& dir) {
-  if (!dir_exists(dir)) throw Error("model directory '" + dir + "' does not exist");
+  if (!dir_exists(dir)) {
+    if (file_exists(dir))
+      throw Error("model directory '" + dir + "' is a file; --model takes the checkpoint directory (config.json, "
+                  "*.safetensors, tokenizer.model)");
+    throw Error("model directory '" + dir + "' does not exist");
+  }
   auto m = std::make_unique<Model>();
   m->dir = dir;
   m->cfg = load_config(dir);

@@ -110,6 +110,9 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
     if (!st.has(e.name))
       throw Error(model_dir + ": tensor '" + e.name + "' is missing from the checkpoint");
     const TensorInfo& info = st.get(e.name);
+    if (info.dtype != DType::F32 && info.dtype != DType::BF16 && info.dtype != DType::F16)
+      throw Error(info.file + ": tensor '" + e.name + "' has dtype " + dtype_name(info.dtype) +
+                  "; weights must be F32, BF16 or F16");
     if (info.shape != e.shape)
       throw Error(info.file + ": tensor '" + e.name + "' has shape " + shape_str(info.shape) +
                   " but config.json implies " + shape_str(e.shape));
@@ -122,6 +125,22 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
     throw Error(st.get(name).file + ": unexpected tensor '" + name +
                 "' (not part of a Phi3ForCausalLM with this config.json)");
+  }
+  // Say up front when the weights cannot fit, with the sizes, instead of failing part-way.
+  size_t need = 0;
+  for (const auto& e : expected) {
+    size_t n = 1;
+    for (int64_t d : e.shape) n *= static_cast<size_t>(d);
+    need += n * (e.shape.size() == 1 ? sizeof(float) : dtype_size(be.weight_dtype()));
+  }
+  const size_t avail = be.free_memory();
+  if (avail > 0 && need > avail) {
+    auto mib = [](size_t b) { return std::to_string((b + (1u << 20) - 1) >> 20); };
+    std::string hint = be.kind() == DeviceKind::CUDA && be.weight_dtype() == DType::F32
+                           ? "drop --fp32 (bf16 weights need half)"
+                           : "use a smaller model or a device with more memory";
+    throw OutOfMemory(model_dir + ": the weights need " + mib(need) + " MiB on " + be.name() + " but only " +
+                      mib(avail) + " MiB are free; " + hint);
   }
   return WeightLoader::build(be, cfg, [&](const std::string& name) {
     std::vector<float> v = st.to_f32(name);

@@ -72,8 +72,10 @@ TensorCheck compare_rows(const std::string& kind, const std::string& name, const
 }
 
 std::vector<float> download_strided(Backend& be, const float* p, int64_t rows, int64_t stride, int64_t width) {
-  std::vector<float> all(size_t(rows) * stride), out(size_t(rows) * width);
-  be.download(all.data(), p, all.size() * sizeof(float));
+  // p may point inside a row (e.g. the k block of qkv): the last row ends `width` floats in,
+  // so read (rows - 1) * stride + width floats, not rows * stride (that would run past the buffer).
+  std::vector<float> all(rows > 0 ? size_t(rows - 1) * stride + width : 0), out(size_t(rows) * width);
+  if (!all.empty()) be.download(all.data(), p, all.size() * sizeof(float));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t w = 0; w < width; ++w) out[size_t(r) * width + w] = all[size_t(r) * stride + w];
   return out;

@@ -9,6 +9,7 @@
 
 #include "runtime/error.h"
 #include "runtime/file_util.h"
+#include "runtime/json_util.h"
 
 namespace phi3 {
 
@@ -120,7 +121,7 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
       if (!s.is_string()) f.fail("architectures", "expected a list of strings, got an entry " + describe(s));
       if (s.get<std::string>() == "Phi3ForCausalLM") found = true;
     }
-    if (!found) f.fail("architectures", "must contain 'Phi3ForCausalLM', got " + a.dump());
+    if (!found) f.fail("architectures", "must contain 'Phi3ForCausalLM', got " + json_brief(a));
     if (f.present("model_type") && f.string("model_type") != "phi3")
       f.fail("model_type", "expected 'phi3' for Phi3ForCausalLM, got '" + f.string("model_type") + "'");
   } else {
@@ -172,7 +173,7 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
     if (list.empty()) f.fail("eos_token_id", "is an empty list");
     if (!(list[0].is_number_integer() || list[0].is_number_unsigned()) || list[0].get<int64_t>() < 0 ||
         list[0].get<int64_t>() > std::numeric_limits<int>::max())
-      f.fail("eos_token_id", "expected a non-negative integer or a list of them, got " + list.dump());
+      f.fail("eos_token_id", "expected a non-negative integer or a list of them, got " + json_brief(list));
     c.eos_token_id = list[0].get<int>();
   } else {
     c.eos_token_id = token_id("eos_token_id", 32000);
@@ -187,11 +188,10 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   std::string rope_field;
   if (f.present("rope_scaling")) rope_field = "rope_scaling";
   else if (f.present("rope_parameters")) rope_field = "rope_parameters";
-  json rope = json::object();
-  if (!rope_field.empty()) {
-    rope = f.at(rope_field);
-    if (!rope.is_object()) f.fail(rope_field, "expected an object or null, got " + describe(rope));
-  }
+  // By reference: copying a json value recurses, and a hostile file can nest very deep.
+  static const json kNoRope = json::object();
+  const json& rope = rope_field.empty() ? kNoRope : f.at(rope_field);
+  if (!rope.is_object()) f.fail(rope_field, "expected an object or null, got " + describe(rope));
   Fields r(rope, source, rope_field + ".");
   double theta = 10000.0;
   if (r.present("rope_theta")) theta = r.positive_number("rope_theta");

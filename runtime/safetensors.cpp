@@ -14,6 +14,7 @@
 
 #include "runtime/error.h"
 #include "runtime/file_util.h"
+#include "runtime/json_util.h"
 
 namespace phi3 {
 
@@ -205,11 +206,11 @@ LoadedFile load_file(const std::string& path) {
     if (!js.is_array()) throw Error(where + ": shape is not an array (got " + std::string(js.type_name()) + ")");
     for (const json& d : js) {
       if (!json_is_int(d))
-        throw Error(where + ": shape " + js.dump() + " has a non-integer entry " + d.dump());
+        throw Error(where + ": shape " + json_brief(js) + " has a non-integer entry " + json_brief(d));
       if (d.is_number_integer() && d.get<int64_t>() < 0)
-        throw Error(where + ": shape " + js.dump() + " has a negative entry " + d.dump());
+        throw Error(where + ": shape " + json_brief(js) + " has a negative entry " + json_brief(d));
       if (d.is_number_unsigned() && d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-        throw Error(where + ": shape " + js.dump() + " has an entry that is too large");
+        throw Error(where + ": shape " + json_brief(js) + " has an entry that is too large");
       t.shape.push_back(d.get<int64_t>());
     }
     // numel * dtype size without overflow
@@ -222,10 +223,10 @@ LoadedFile load_file(const std::string& path) {
 
     const json& jo = v["data_offsets"];
     if (!jo.is_array() || jo.size() != 2)
-      throw Error(where + ": data_offsets is not an array of two integers (got " + jo.dump() + ")");
+      throw Error(where + ": data_offsets is not an array of two integers (got " + json_brief(jo) + ")");
     for (const json& o : jo)
       if (!json_is_int(o) || (o.is_number_integer() && o.get<int64_t>() < 0))
-        throw Error(where + ": data_offsets " + jo.dump() + " must be two non-negative integers");
+        throw Error(where + ": data_offsets " + json_brief(jo) + " must be two non-negative integers");
     const uint64_t b = jo[0].get<uint64_t>(), e = jo[1].get<uint64_t>();
     const std::string offs = "data_offsets [" + std::to_string(b) + ", " + std::to_string(e) + "]";
     if (b > e) throw Error(where + ": " + offs + " are reversed (begin > end)");
@@ -291,7 +292,7 @@ SafeTensors SafeTensors::open_dir(const std::string& dir) {
     if (!md.is_object())
       throw Error(index_path + ": 'metadata' is not a JSON object (got " + std::string(md.type_name()) + ")");
     for (auto it = md.begin(); it != md.end(); ++it)
-      st.metadata_[it.key()] = it.value().is_string() ? it.value().get<std::string>() : it.value().dump();
+      st.metadata_[it.key()] = it.value().is_string() ? it.value().get<std::string>() : json_brief(it.value(), 4096);
   }
 
   std::map<std::string, std::string> first_tensor_of_shard;  // shard -> a tensor naming it

@@ -8,6 +8,7 @@
 
 #include "runtime/error.h"
 #include "runtime/file_util.h"
+#include "runtime/json_util.h"
 
 namespace phi3 {
 
@@ -118,7 +119,13 @@ Tokenizer Tokenizer::load_model_file(const std::string& path) {
   Tokenizer t;
   t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   auto st = t.sp_->Load(path);
-  if (!st.ok()) throw Error("tokenizer model '" + path + "' is not a SentencePiece model: " + st.ToString());
+  if (!st.ok()) {
+    // SentencePiece's status names its own source line; keep only what helps the user.
+    std::string why = st.ToString();
+    if (why.find("ParseFromArray") != std::string::npos) why = "the file does not parse as a ModelProto";
+    while (!why.empty() && (why.back() == ' ' || why.back() == '\n')) why.pop_back();
+    throw Error("tokenizer model '" + path + "' is not a SentencePiece model (" + why + ")");
+  }
   if (t.sp_->GetPieceSize() <= 0) throw Error("tokenizer model '" + path + "' has no pieces");
   t.sp_no_prefix_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   auto st2 = t.sp_no_prefix_->LoadFromSerializedProto(without_dummy_prefix(t.sp_->serialized_model_proto(), path));
@@ -170,7 +177,7 @@ void Tokenizer::load_added_tokens_json(const std::string& path) {
     const json& v = it.value();
     if (!(v.is_number_integer() || v.is_number_unsigned()) || v.get<int64_t>() < 0 ||
         v.get<int64_t>() > INT32_MAX)
-      throw Error(path + ": added token '" + it.key() + "': id must be a non-negative integer, got " + v.dump());
+      throw Error(path + ": added token '" + it.key() + "': id must be a non-negative integer, got " + json_brief(v));
     add_token(it.key(), v.get<int>(), false, false, path);
   }
 }

@@ -1,0 +1,67 @@
+// libFuzzer target: the tokenizer front end. The first byte picks the mode:
+//   0: encode the rest as text with the embedded tokenizer + added tokens (with and without
+//      BOS), decode the ids, look up every piece, and try it as an answer word;
+//   1: the rest is a tokenizer.model (Tokenizer::load_model_file), then encode a fixed text;
+//   2: the rest is an added_tokens.json next to the embedded tokenizer.model (load_dir),
+//      then encode a text that holds the added tokens.
+// Only phi3::Error may come out; anything else is a crash.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "fuzz_util.h"
+#include "runtime/error.h"
+#include "runtime/tokenizer.h"
+
+using namespace phi3;
+
+namespace {
+const std::string kModelDir = std::string(PHI3_SOURCE_DIR) + "/data/models/tiny-temporal-phi3";
+
+void use(const Tokenizer& tok, const std::string& text) {
+  for (bool bos : {true, false}) {
+    std::vector<int> ids = tok.encode(text, bos);
+    for (int id : ids) {
+      if (id < 0 || id >= tok.vocab_size()) __builtin_trap();  // encode must give valid ids
+      (void)tok.piece(id);
+    }
+    (void)tok.decode(ids);
+  }
+  try {
+    (void)tok.answer_token(text);
+  } catch (const Error&) {
+  }
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const Tokenizer embedded = Tokenizer::load_dir(kModelDir);
+  if (size == 0) return 0;
+  const uint8_t mode = data[0] % 3;
+  const std::string rest(reinterpret_cast<const char*>(data + 1), size - 1);
+  try {
+    if (mode == 0) {
+      use(embedded, rest);
+    } else if (mode == 1) {
+      const std::string path = fuzz::scratch_dir() + "/tokenizer.model";
+      fuzz::write_bytes(path, data + 1, size - 1);
+      Tokenizer t = Tokenizer::load_model_file(path);
+      use(t, "The goal is to make one cup of cappuccino. The answer is: short");
+    } else {
+      static const std::string dir = [] {
+        std::string d = fuzz::scratch_dir() + "/added";
+        std::filesystem::create_directories(d);
+        std::filesystem::copy_file(kModelDir + "/tokenizer.model", d + "/tokenizer.model",
+                                   std::filesystem::copy_options::overwrite_existing);
+        return d;
+      }();
+      fuzz::write_bytes(dir + "/added_tokens.json", data + 1, size - 1);
+      Tokenizer t = Tokenizer::load_dir(dir);
+      std::string text = "<|end|>short ";
+      for (const auto& [content, id] : t.added_tokens()) text += content + " x" + content;
+      use(t, text);
+    }
+  } catch (const Error&) {
+  }
+  return 0;
+}
