@@ -25,6 +25,35 @@ size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern) {
   return p.bytes();
 }
 
+AttnParams attention_params(const Model& m, int T) {
+  const ModelConfig& c = m.cfg;
+  AttnParams ap;
+  ap.q_stride = m.q_width();
+  ap.kv_stride = m.kv_width();
+  ap.cache_stride = m.kv_width();
+  ap.z_stride = m.q_width();
+  ap.T = T;
+  ap.H = c.num_attention_heads;
+  ap.KVH = c.num_key_value_heads;
+  ap.HD = c.head_dim;
+  ap.window = c.sliding_window;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  return ap;
+}
+
+AttnParams plain_attention_params(const Model& m, const ForwardState& s, const LayerActs& a, const AttnSegment* segs) {
+  AttnParams ap = attention_params(m, s.T);
+  ap.q = a.q_rot.get();
+  ap.k = a.k_rot.get();
+  ap.v = a.v.get();
+  ap.z = a.z.get();
+  ap.pattern = a.pattern.size() ? a.pattern.get() : nullptr;
+  ap.pad = s.pad.get();
+  ap.segs = segs;
+  ap.n_segs = s.B;
+  return ap;
+}
+
 const float* ForwardState::hook_data(Hook h, int l) const {
   const LayerActs& a = layers.at(l);
   switch (h) {
@@ -141,24 +170,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       a.pattern = A.take<float>(size_t(B) * H * T * T);
       be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
     }
-    AttnParams ap;
-    ap.q = a.q_rot.get();
-    ap.k = a.k_rot.get();
-    ap.v = a.v.get();
-    ap.z = a.z.get();
-    ap.pattern = opt.keep_pattern ? a.pattern.get() : nullptr;
-    ap.pad = s.pad.get();
-    ap.segs = dsegs.get();
-    ap.q_stride = QW;
-    ap.kv_stride = KVW;
-    ap.z_stride = QW;
-    ap.n_segs = B;
-    ap.T = T;
-    ap.H = H;
-    ap.KVH = KVH;
-    ap.HD = HD;
-    ap.window = c.sliding_window;
-    ap.scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    AttnParams ap = plain_attention_params(m, s, a, dsegs.get());
     be.attention_forward(ap);
     patch_here(Hook::Z, l, a.z.get(), QW);
 

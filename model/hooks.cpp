@@ -43,6 +43,20 @@ Hook parse_hook(const std::string& name) {
   throw Error("unknown hook '" + name + "' (known: " + known + ")");
 }
 
+std::vector<Hook> parse_hook_list(const std::string& list) {
+  std::vector<Hook> out;
+  if (list == "none") return out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    std::string item = list.substr(start, end - start);
+    if (!item.empty()) out.push_back(parse_hook(item));
+    start = end + 1;
+  }
+  return out;
+}
+
 bool hook_is_per_head(Hook h) { return h == Hook::Z || h == Hook::ZAllPos; }
 
 }  // namespace phi3

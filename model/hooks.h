@@ -19,6 +19,8 @@ enum class Hook {
 std::string hook_name(Hook h);                 // "resid_pre", ..., "z", "z_all_pos"
 std::string hook_title(Hook h);                // "Residual (pre)", "Attention output", ...
 Hook parse_hook(const std::string& name);      // throws naming the unknown hook
+// Comma-separated hook names ("resid_pre,attn_out"); "" and "none" give an empty list.
+std::vector<Hook> parse_hook_list(const std::string& list);
 bool hook_is_per_head(Hook h);
 std::vector<Hook> all_hooks();
 

@@ -154,7 +154,7 @@ class FastSweep {
       be_.rotary_forward(k_.get(), KVW_, qkv_.get() + QW_, QKVW_, d_row_pos.get(), Rl, KVH_, HD_, base_.rope);
       be_.copy_rows(v_.get(), KVW_, nullptr, qkv_.get() + QW_ + KVW_, QKVW_, nullptr, Rl, KVW_);
 
-      AttnParams ap;
+      AttnParams ap = attention_params(m_, T_);
       ap.q = q_.get();
       ap.k = k_.get();
       ap.v = v_.get();
@@ -162,17 +162,7 @@ class FastSweep {
       ap.v_cache = bl.v.get();
       ap.z = z_.get();
       ap.pad = base_.pad.get();
-      ap.q_stride = QW_;
-      ap.kv_stride = KVW_;
-      ap.cache_stride = KVW_;
-      ap.z_stride = QW_;
       ap.n_segs = active * B_;
-      ap.T = T_;
-      ap.H = H_;
-      ap.KVH = KVH_;
-      ap.HD = HD_;
-      ap.window = c_.sliding_window;
-      ap.scale = 1.0f / std::sqrt(static_cast<float>(HD_));
 
       if (l < L_ - 1) {
         ap.segs = d_segs.get();

@@ -79,30 +79,9 @@ int cmd_bench(int argc, char** argv, int first) {
   auto pairs = load_pairs(a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json")));
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
   const int repeat = std::max(1, a.get_int("repeat", 3));
-  std::vector<Hook> hooks;
-  {
-    std::string s = a.get("hooks", "resid_pre,attn_out,mlp_out"), item;
-    for (size_t p = 0; p <= s.size(); ++p) {
-      if (p == s.size() || s[p] == ',') {
-        if (!item.empty()) hooks.push_back(parse_hook(item));
-        item.clear();
-      } else {
-        item += s[p];
-      }
-    }
-  }
+  std::vector<Hook> hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
   std::vector<Hook> naive_hooks;
-  if (!a.has("no-naive")) {
-    std::string s = a.get("naive-hooks", "resid_pre"), item;
-    for (size_t p = 0; p <= s.size(); ++p) {
-      if (p == s.size() || s[p] == ',') {
-        if (!item.empty()) naive_hooks.push_back(parse_hook(item));
-        item.clear();
-      } else {
-        item += s[p];
-      }
-    }
-  }
+  if (!a.has("no-naive")) naive_hooks = parse_hook_list(a.get("naive-hooks", "resid_pre"));
   const int B = pb.clean.B, T = pb.clean.T, L = m->cfg.num_hidden_layers;
   std::cerr << "[bench] " << model_dir << " on " << be->name() << ": B=" << B << " T=" << T << ", repeat " << repeat
             << std::endl;

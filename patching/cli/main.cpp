@@ -64,17 +64,6 @@ run options:
   --force           overwrite results already in --out
 )";
 
-Hook hooks_or_throw(const std::string& s, std::vector<Hook>& out) {
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    out.push_back(parse_hook(item));
-  }
-  if (out.empty()) throw Error("--hooks: no hook given");
-  return out[0];
-}
-
 int cmd_run(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out"},
@@ -87,8 +76,8 @@ int cmd_run(int argc, char** argv, int first) {
   ExperimentOptions opt;
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   if (a.has("hooks")) {
-    opt.hooks.clear();
-    hooks_or_throw(a.get("hooks", ""), opt.hooks);
+    opt.hooks = parse_hook_list(a.get("hooks", ""));
+    if (opt.hooks.empty()) throw Error("--hooks: no hook given");
   }
   const std::string method = a.get("method", "both");
   if (method != "both" && method != "attribution" && method != "activation")
