@@ -120,6 +120,7 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
   SafeTensors ref = SafeTensors::open_file(path_join(ref_dir, "reference.safetensors"));
   const int B = meta.at("B").get<int>(), T = meta.at("T").get<int>();
   const int L = c.num_hidden_layers, D = c.hidden_size, V = c.vocab_size, H = c.num_attention_heads;
+  const int QW = m->q_width(), KVW = m->kv_width(), QKVW = m->qkv_width();
   std::vector<int32_t> answer = meta.at("answer_ids").get<std::vector<int32_t>>();
   std::vector<int32_t> other = meta.at("other_ids").get<std::vector<int32_t>>();
 
