@@ -122,7 +122,9 @@ TEST(Sweep, IdenticalValuesGiveExactlyZero) {
       }
       // Three pad columns shared by every row (and the shared BOS embedding) exist.
       EXPECT_GE(identical, 3) << hook_name(h);
-      if (!naive) EXPECT_GE(r.work.skipped_noop, identical);
+      if (!naive) {
+        EXPECT_GE(r.work.skipped_noop, identical);
+      }
     }
   }
 }
