@@ -20,6 +20,26 @@ const float* Gradients::hook_grad(Hook h, int l) const {
   return nullptr;
 }
 
+TensorView Gradients::gradient(const Backend& be, const Model& m, int B, int T, const std::string& name) const {
+  const int64_t Bn = B, Tn = T, N = Bn * T, D = m.cfg.hidden_size, H = m.cfg.num_attention_heads;
+  const int64_t KVH = m.cfg.num_key_value_heads, HD = m.cfg.head_dim;
+  const int64_t QW = m.q_width(), KVW = m.kv_width(), QKVW = m.qkv_width();
+  int l;
+  std::string h;
+  split_hook_name(name, static_cast<int>(layers.size()), l, h);
+  const LayerGrads& g = layers[l];
+  if (h == "hook_resid_pre") return make_view(be, g.resid_pre.get(), {Bn, Tn, D}, N, D, D);
+  if (h == "hook_resid_mid" || h == "hook_attn_out") return make_view(be, g.resid_mid.get(), {Bn, Tn, D}, N, D, D);
+  if (h == "hook_resid_post" || h == "hook_mlp_out") return make_view(be, g.resid_post.get(), {Bn, Tn, D}, N, D, D);
+  if (h == "attn.hook_z") return make_view(be, g.z.get(), {Bn, Tn, H, HD}, N, QW, QW);
+  if (h == "attn.hook_q") return make_view(be, g.qkv.get(), {Bn, Tn, H, HD}, N, QW, QKVW);
+  if (h == "attn.hook_k") return make_view(be, g.qkv.get() + QW, {Bn, Tn, KVH, HD}, N, KVW, QKVW);
+  if (h == "attn.hook_v") return make_view(be, g.qkv.get() + QW + KVW, {Bn, Tn, KVH, HD}, N, KVW, QKVW);
+  if (h == "attn.hook_rot_q") return make_view(be, g.q_rot.get(), {Bn, Tn, H, HD}, N, QW, QW);
+  if (h == "attn.hook_rot_k") return make_view(be, g.k_rot.get(), {Bn, Tn, KVH, HD}, N, KVW, KVW);
+  throw Error("no gradient is kept for '" + name + "'");
+}
+
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
                    const std::vector<int32_t>& other, float scale) {
   const ModelConfig& c = m.cfg;

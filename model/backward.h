@@ -22,6 +22,9 @@ struct Gradients {
   // Gradient for the attribution of a block/z hook at layer l (d hook_attn_out = d resid_mid,
   // d hook_mlp_out = d resid_post).
   const float* hook_grad(Hook h, int l) const;
+  // d metric / d activation by TransformerLens name (as ForwardState::activation; no
+  // pattern or logits gradients are kept).
+  TensorView gradient(const Backend& be, const Model& m, int B, int T, const std::string& name) const;
 };
 
 // d metric / d activations where metric = mean_b LD(b) * scale (scale = 1/(LD_clean -

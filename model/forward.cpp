@@ -54,6 +54,47 @@ AttnParams plain_attention_params(const Model& m, const ForwardState& s, const L
   return ap;
 }
 
+void split_hook_name(const std::string& name, int n_layers, int& layer, std::string& hook) {
+  const std::string prefix = "blocks.";
+  size_t dot = name.find('.', prefix.size());
+  if (name.compare(0, prefix.size(), prefix) != 0 || dot == std::string::npos)
+    throw Error("unknown activation name '" + name + "' (expected blocks.<layer>.<hook> or logits)");
+  const std::string num = name.substr(prefix.size(), dot - prefix.size());
+  if (num.empty() || num.size() > 6 || num.find_first_not_of("0123456789") != std::string::npos)
+    throw Error("unknown activation name '" + name + "': bad layer '" + num + "'");
+  layer = std::stoi(num);
+  if (layer >= n_layers)
+    throw Error("activation '" + name + "': the model has " + std::to_string(n_layers) + " layers");
+  hook = name.substr(dot + 1);
+}
+
+TensorView ForwardState::activation(const Backend& be, const Model& m, const std::string& name) const {
+  const int64_t Bn = B, Tn = T, N = Bn * T, D = m.cfg.hidden_size, H = m.cfg.num_attention_heads;
+  const int64_t KVH = m.cfg.num_key_value_heads, HD = m.cfg.head_dim;
+  const int64_t QW = m.q_width(), KVW = m.kv_width(), QKVW = m.qkv_width();
+  if (name == "logits") return make_view(be, logits.get(), {Bn, Tn, m.cfg.vocab_size}, N, m.cfg.vocab_size, m.cfg.vocab_size);
+  int l;
+  std::string h;
+  split_hook_name(name, static_cast<int>(layers.size()), l, h);
+  const LayerActs& a = layers[l];
+  if (h == "hook_resid_pre") return make_view(be, a.resid_pre.get(), {Bn, Tn, D}, N, D, D);
+  if (h == "hook_resid_mid") return make_view(be, a.resid_mid.get(), {Bn, Tn, D}, N, D, D);
+  if (h == "hook_resid_post") return make_view(be, resid_post(l), {Bn, Tn, D}, N, D, D);
+  if (h == "hook_attn_out") return make_view(be, a.attn_out.get(), {Bn, Tn, D}, N, D, D);
+  if (h == "hook_mlp_out") return make_view(be, a.mlp_out.get(), {Bn, Tn, D}, N, D, D);
+  if (h == "attn.hook_q") return make_view(be, a.qkv.get(), {Bn, Tn, H, HD}, N, QW, QKVW);
+  if (h == "attn.hook_k") return make_view(be, a.qkv.get() + QW, {Bn, Tn, KVH, HD}, N, KVW, QKVW);
+  if (h == "attn.hook_v") return make_view(be, a.qkv.get() + QW + KVW, {Bn, Tn, KVH, HD}, N, KVW, QKVW);
+  if (h == "attn.hook_rot_q") return make_view(be, a.q_rot.get(), {Bn, Tn, H, HD}, N, QW, QW);
+  if (h == "attn.hook_rot_k") return make_view(be, a.k_rot.get(), {Bn, Tn, KVH, HD}, N, KVW, KVW);
+  if (h == "attn.hook_z") return make_view(be, a.z.get(), {Bn, Tn, H, HD}, N, QW, QW);
+  if (h == "attn.hook_pattern") {
+    if (!a.pattern.size()) throw Error("activation '" + name + "': the pattern was not kept by this forward pass");
+    return make_view(be, a.pattern.get(), {Bn, H, Tn, Tn}, Bn * H * Tn, Tn, Tn);
+  }
+  throw Error("unknown activation name '" + name + "'");
+}
+
 const float* ForwardState::hook_data(Hook h, int l) const {
   const LayerActs& a = layers.at(l);
   switch (h) {

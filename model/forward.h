@@ -8,6 +8,7 @@
 #include "model/hooks.h"
 #include "model/model.h"
 #include "runtime/arena.h"
+#include "runtime/tensor.h"
 
 namespace phi3 {
 
@@ -49,7 +50,15 @@ struct ForwardState {
   }
   // Device pointer and row width of a block/z hook's activation at layer l.
   const float* hook_data(Hook h, int l) const;
+  // Any cached activation by its TransformerLens name: "logits", "blocks.3.hook_resid_pre",
+  // "blocks.0.attn.hook_q" ([B,T,H,HD]; k/v [B,T,KVH,HD]), "blocks.1.attn.hook_pattern"
+  // ([B,H,T,T], when kept). Throws naming an unknown or unavailable name.
+  TensorView activation(const Backend& be, const Model& m, const std::string& name) const;
 };
+
+// Splits "blocks.<l>.<hook>" into l and hook ("hook_resid_pre", "attn.hook_q", ...);
+// throws naming the name when it is not of that form or l is out of range.
+void split_hook_name(const std::string& name, int n_layers, int& layer, std::string& hook);
 
 struct ForwardOptions {
   bool keep_pattern = true;

@@ -71,16 +71,6 @@ TensorCheck compare_rows(const std::string& kind, const std::string& name, const
   return c;
 }
 
-std::vector<float> download_strided(Backend& be, const float* p, int64_t rows, int64_t stride, int64_t width) {
-  // p may point inside a row (e.g. the k block of qkv): the last row ends `width` floats in,
-  // so read (rows - 1) * stride + width floats, not rows * stride (that would run past the buffer).
-  std::vector<float> all(rows > 0 ? size_t(rows - 1) * stride + width : 0), out(size_t(rows) * width);
-  if (!all.empty()) be.download(all.data(), p, all.size() * sizeof(float));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t w = 0; w < width; ++w) out[size_t(r) * width + w] = all[size_t(r) * stride + w];
-  return out;
-}
-
 std::vector<double> flatten(const nlohmann::json& j) {
   std::vector<double> out;
   if (j.is_array()) {
@@ -95,6 +85,10 @@ std::vector<double> flatten(const nlohmann::json& j) {
   }
   return out;
 }
+
+const char* const kActivationHooks[] = {"hook_resid_pre",  "hook_resid_mid",  "hook_resid_post", "hook_attn_out",
+                                         "hook_mlp_out",    "attn.hook_q",     "attn.hook_k",     "attn.hook_v",
+                                         "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z",     "attn.hook_pattern"};
 
 }  // namespace
 
@@ -119,8 +113,7 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
   const ModelConfig& c = m->cfg;
   SafeTensors ref = SafeTensors::open_file(path_join(ref_dir, "reference.safetensors"));
   const int B = meta.at("B").get<int>(), T = meta.at("T").get<int>();
-  const int L = c.num_hidden_layers, D = c.hidden_size, V = c.vocab_size, H = c.num_attention_heads;
-  const int QW = m->q_width(), KVW = m->kv_width(), QKVW = m->qkv_width();
+  const int L = c.num_hidden_layers, V = c.vocab_size, H = c.num_attention_heads;
   std::vector<int32_t> answer = meta.at("answer_ids").get<std::vector<int32_t>>();
   std::vector<int32_t> other = meta.at("other_ids").get<std::vector<int32_t>>();
 
@@ -157,32 +150,17 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
 
   auto check_run = [&](const std::string& run, const ForwardState& s) {
     const auto& pad = s.batch.pad;
-    std::vector<float> logits(size_t(B) * T * V);
-    be.download(logits.data(), s.logits.get(), logits.size() * sizeof(float));
-    res.checks.push_back(compare_rows("logits", run + ".logits", logits, ref.to_f32(run + ".logits"), B, T, V, pad,
-                                      opt.act_tol));
-    for (int l = 0; l < L; ++l) {
-      const std::string p = run + ".blocks." + std::to_string(l) + ".";
-      const LayerActs& a = s.layers[l];
-      auto add = [&](const std::string& hook, std::vector<float> ours, int W, int heads = 0) {
-        if (!ref.has(p + hook)) throw Error(ref_dir + ": reference.safetensors lacks '" + p + hook + "'");
-        res.checks.push_back(compare_rows("activation", p + hook, ours, ref.to_f32(p + hook), B, T, W, pad,
-                                          opt.act_tol, heads));
-      };
-      const int64_t N = int64_t(B) * T;
-      add("hook_resid_pre", download_strided(be, a.resid_pre.get(), N, D, D), D);
-      add("hook_resid_mid", download_strided(be, a.resid_mid.get(), N, D, D), D);
-      add("hook_resid_post", download_strided(be, s.resid_post(l), N, D, D), D);
-      add("hook_attn_out", download_strided(be, a.attn_out.get(), N, D, D), D);
-      add("hook_mlp_out", download_strided(be, a.mlp_out.get(), N, D, D), D);
-      add("attn.hook_q", download_strided(be, a.qkv.get(), N, QKVW, QW), QW);
-      add("attn.hook_k", download_strided(be, a.qkv.get() + QW, N, QKVW, KVW), KVW);
-      add("attn.hook_v", download_strided(be, a.qkv.get() + QW + KVW, N, QKVW, KVW), KVW);
-      add("attn.hook_rot_q", download_strided(be, a.q_rot.get(), N, QW, QW), QW);
-      add("attn.hook_rot_k", download_strided(be, a.k_rot.get(), N, KVW, KVW), KVW);
-      add("attn.hook_z", download_strided(be, a.z.get(), N, QW, QW), QW);
-      add("attn.hook_pattern", a.pattern.download(), T, H);
-    }
+    res.checks.push_back(compare_rows("logits", run + ".logits", s.activation(be, *m, "logits").download(be),
+                                      ref.to_f32(run + ".logits"), B, T, V, pad, opt.act_tol));
+    for (int l = 0; l < L; ++l)
+      for (const char* hook : kActivationHooks) {
+        const std::string name = "blocks." + std::to_string(l) + "." + hook;
+        if (!ref.has(run + "." + name)) throw Error(ref_dir + ": reference.safetensors lacks '" + run + "." + name + "'");
+        const bool pattern = std::string(hook) == "attn.hook_pattern";
+        TensorView v = s.activation(be, *m, name);
+        res.checks.push_back(compare_rows("activation", run + "." + name, v.download(be), ref.to_f32(run + "." + name), B,
+                                          T, static_cast<int>(v.row_width), pad, opt.act_tol, pattern ? H : 0));
+      }
   };
   check_run("clean", clean);
   check_run("corrupted", corrupted);
@@ -206,27 +184,15 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
   log("backward pass done");
   {
     const auto& pad = corrupted.batch.pad;
-    const int64_t N = int64_t(B) * T;
-    for (int l = 0; l < L; ++l) {
-      const std::string p = "grad.blocks." + std::to_string(l) + ".";
-      const LayerGrads& lg = g.layers[l];
-      auto add = [&](const std::string& hook, std::vector<float> ours, int W) {
-        if (!ref.has(p + hook)) throw Error(ref_dir + ": reference.safetensors lacks '" + p + hook + "'");
-        res.checks.push_back(
-            compare_rows("gradient", p + hook, ours, ref.to_f32(p + hook), B, T, W, pad, opt.grad_tol));
-      };
-      add("hook_resid_pre", download_strided(be, lg.resid_pre.get(), N, D, D), D);
-      add("hook_resid_mid", download_strided(be, lg.resid_mid.get(), N, D, D), D);
-      add("hook_resid_post", download_strided(be, lg.resid_post.get(), N, D, D), D);
-      add("hook_attn_out", download_strided(be, lg.resid_mid.get(), N, D, D), D);
-      add("hook_mlp_out", download_strided(be, lg.resid_post.get(), N, D, D), D);
-      add("attn.hook_z", download_strided(be, lg.z.get(), N, QW, QW), QW);
-      add("attn.hook_q", download_strided(be, lg.qkv.get(), N, QKVW, QW), QW);
-      add("attn.hook_k", download_strided(be, lg.qkv.get() + QW, N, QKVW, KVW), KVW);
-      add("attn.hook_v", download_strided(be, lg.qkv.get() + QW + KVW, N, QKVW, KVW), KVW);
-      add("attn.hook_rot_q", download_strided(be, lg.q_rot.get(), N, QW, QW), QW);
-      add("attn.hook_rot_k", download_strided(be, lg.k_rot.get(), N, KVW, KVW), KVW);
-    }
+    for (int l = 0; l < L; ++l)
+      for (const char* hook : kActivationHooks) {
+        if (std::string(hook) == "attn.hook_pattern") continue;  // no pattern gradient is kept
+        const std::string name = "blocks." + std::to_string(l) + "." + hook;
+        if (!ref.has("grad." + name)) throw Error(ref_dir + ": reference.safetensors lacks 'grad." + name + "'");
+        TensorView v = g.gradient(be, *m, B, T, name);
+        res.checks.push_back(compare_rows("gradient", "grad." + name, v.download(be), ref.to_f32("grad." + name), B, T,
+                                          static_cast<int>(v.row_width), pad, opt.grad_tol));
+      }
   }
 
   // ---- patching results --------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include "model/backward.h"
 #include "model/forward.h"
 #include "patching/accuracy.h"
+#include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "test_util.h"
 
@@ -47,6 +48,35 @@ TEST(Model, PaddingInvariance) {
     // fp32, same ops on the same rows; only BLAS blocking may differ.
     EXPECT_LT(d.max_abs, 1e-5) << "row " << b << ": " << d.str();
   }
+}
+
+// Activations and gradients by TransformerLens name, with shapes; bad names are errors.
+TEST(Model, HookAccessByName) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  Batch b = make_batch({{1, 5, 6, 7, 8}, {1, 9, 10}}, m->cfg.pad_token_id);
+  ForwardState s = forward(*be, *m, b);
+  const int64_t H = m->cfg.num_attention_heads, HD = m->cfg.head_dim, D = m->cfg.hidden_size;
+  TensorView q = s.activation(*be, *m, "blocks.2.attn.hook_q");
+  EXPECT_EQ(q.shape, (std::vector<int64_t>{2, 5, H, HD}));
+  EXPECT_EQ(q.row_stride, m->qkv_width());
+  // hook_v sits after q and k inside the fused rows and equals the separate v cache.
+  auto v = s.activation(*be, *m, "blocks.2.attn.hook_v").download(*be);
+  std::vector<float> cache(v.size());
+  be->download(cache.data(), s.layers[2].v.get(), cache.size() * sizeof(float));
+  EXPECT_EQ(v, cache);
+  EXPECT_EQ(s.activation(*be, *m, "blocks.0.attn.hook_pattern").shape, (std::vector<int64_t>{2, H, 5, 5}));
+  EXPECT_EQ(s.activation(*be, *m, "logits").shape[2], m->cfg.vocab_size);
+  // resid_post of layer l is resid_pre of layer l+1.
+  EXPECT_EQ(s.activation(*be, *m, "blocks.1.hook_resid_post").download(*be),
+            s.activation(*be, *m, "blocks.2.hook_resid_pre").download(*be));
+  Gradients g = backward(*be, *m, s, {281, 279}, {279, 281}, 1.0f);
+  EXPECT_EQ(g.gradient(*be, *m, 2, 5, "blocks.3.hook_attn_out").download(*be),
+            g.gradient(*be, *m, 2, 5, "blocks.3.hook_resid_mid").download(*be));
+  EXPECT_EQ(g.gradient(*be, *m, 2, 5, "blocks.0.hook_resid_pre").shape, (std::vector<int64_t>{2, 5, D}));
+  for (const char* bad : {"blocks.9.hook_resid_pre", "blocks.x.hook_z", "block.0.hook_resid_pre", "blocks.0.hook_nope"})
+    EXPECT_THROW(s.activation(*be, *m, bad), Error) << bad;
+  EXPECT_THROW(g.gradient(*be, *m, 2, 5, "blocks.0.attn.hook_pattern"), Error);
 }
 
 TEST(Model, HeldOutAccuracyAtLeast95Percent) {
