@@ -137,19 +137,18 @@ PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer&
         throw Error("pair " + std::to_string(i) + ": prompt has " + std::to_string(ids->size()) +
                     " tokens, longer than the model's context of " + std::to_string(max_positions));
     }
-    // both directions
-    pb.clean_prompts.push_back(p.clean);
-    pb.corrupted_prompts.push_back(p.corrupted);
-    clean_ids.push_back(ic);
-    corrupted_ids.push_back(ir);
-    pb.answer.push_back(a_clean);
-    pb.other.push_back(a_corr);
-    pb.clean_prompts.push_back(p.corrupted);
-    pb.corrupted_prompts.push_back(p.clean);
-    clean_ids.push_back(ir);
-    corrupted_ids.push_back(ic);
-    pb.answer.push_back(a_corr);
-    pb.other.push_back(a_clean);
+    // Both directions: (clean, corrupted) and the swapped pair.
+    auto add_row = [&](const std::string& c, const std::vector<int>& c_ids, int c_ans, const std::string& r,
+                       const std::vector<int>& r_ids, int r_ans) {
+      pb.clean_prompts.push_back(c);
+      pb.corrupted_prompts.push_back(r);
+      clean_ids.push_back(c_ids);
+      corrupted_ids.push_back(r_ids);
+      pb.answer.push_back(c_ans);
+      pb.other.push_back(r_ans);
+    };
+    add_row(p.clean, ic, a_clean, p.corrupted, ir, a_corr);
+    add_row(p.corrupted, ir, a_corr, p.clean, ic, a_clean);
   }
   int longest = 0;
   for (auto* rows : {&clean_ids, &corrupted_ids})
