@@ -120,7 +120,7 @@ struct AttnBackwardParams {
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, \
                  int64_t src_stride, const int32_t* src_idx, int n, int width,            \
                  Stream stream);                                                          \
-  /* ld[b] = logits[b, ans[b]] - logits[b, other[b]] (row stride ld_stride) */             \
+  /* ld[b] = logits[b, ans[b]] - logits[b, other[b]] (logits rows `stride` apart) */             \
   void logit_diff_forward(float* ld /*[B]*/, const float* logits /*[B,V]*/,               \
                           int64_t stride, const int32_t* ans, const int32_t* other,       \
                           int B, Stream stream);                                          \
