@@ -25,6 +25,24 @@ std::string fmt(double v, int prec = 4) {
 
 nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
+}  // namespace
+
+Spread spread(const std::vector<float>& v) {
+  Spread s;
+  const size_t n = v.size();
+  if (n < 2) return s;
+  double mean = 0;
+  for (float x : v) mean += x;
+  mean /= n;
+  double ss = 0;
+  for (float x : v) ss += (x - mean) * (x - mean);
+  s.std = std::sqrt(ss / (n - 1));
+  s.ci95 = 1.96 * s.std / std::sqrt(double(n));
+  return s;
+}
+
+namespace {
+
 std::string file_stem(const MatrixResult& r) { return hook_name(r.hook) + "_" + r.method; }
 
 std::string plot_title(const MatrixResult& r) {
@@ -163,20 +181,28 @@ std::string results_json(const ExperimentResult& R) {
     e["seconds"] = r.seconds;
     if (r.method == "activation") {
       // [rows][cols][prompts]
-      json pl = json::array(), pn = json::array();
+      json pl = json::array(), pn = json::array(), sd = json::array(), ci = json::array();
       for (size_t i = 0; i < r.rows.size(); ++i) {
-        json rl = json::array(), rn = json::array();
+        json rl = json::array(), rn = json::array(), rs = json::array(), rc = json::array();
         for (size_t c = 0; c < r.cols.size(); ++c) {
           rl.push_back(r.per_prompt_ld[i * r.cols.size() + c]);
           json pr = json::array();
-          for (float v : r.per_prompt[i * r.cols.size() + c]) pr.push_back(num(v));
+          const auto& vals = r.per_prompt[i * r.cols.size() + c];
+          for (float v : vals) pr.push_back(num(v));
           rn.push_back(pr);
+          const Spread sp = spread(vals);
+          rs.push_back(num(sp.std));
+          rc.push_back(num(sp.ci95));
         }
         pl.push_back(rl);
         pn.push_back(rn);
+        sd.push_back(rs);
+        ci.push_back(rc);
       }
       e["per_prompt_logit_diff"] = pl;
       e["per_prompt_metric"] = pn;
+      e["per_prompt_std"] = sd;     // sample standard deviation of the per-prompt metric
+      e["ci95_halfwidth"] = ci;     // 1.96 * std / sqrt(prompts) (normal approximation)
       json w = {{"mode", r.work.fast ? "fast" : "naive"},
                 {"patched_runs", r.work.patched_runs},
                 {"skipped_noop", r.work.skipped_noop},

@@ -16,6 +16,13 @@ struct Component {
 };
 std::vector<Component> top_components(const MatrixResult& r, size_t k);
 
+// Spread of per-prompt values: sample standard deviation and the 95% confidence half-width
+// of their mean (normal approximation); NaN-free zeros for fewer than two values.
+struct Spread {
+  double std = 0, ci95 = 0;
+};
+Spread spread(const std::vector<float>& values);
+
 // Sentences saying where the largest effects lie (layers and tokens).
 std::vector<std::string> describe_effects(const ExperimentResult& R);
 
