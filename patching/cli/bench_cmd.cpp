@@ -64,11 +64,13 @@ double measured_peak_tflops(Backend& be) {
 
 int cmd_bench(int argc, char** argv, int first) {
   Args a(argc, argv, first, {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget"},
-         {"fp32", "no-naive", "help"});
+         {"fp32", "no-naive", "compare-fp32", "help"});
   if (a.has("help")) {
     std::cout << "usage: phi3patch bench [--model DIR] [--pairs FILE] [--hooks resid_pre,attn_out,mlp_out]\n"
                  "                       [--device auto|cpu|cuda] [--fp32] [--repeat N] [--no-naive]\n"
-                 "                       [--naive-hooks LIST] [--mem-budget MB] [--json FILE]\n";
+                 "                       [--naive-hooks LIST] [--mem-budget MB] [--json FILE]\n"
+                 "                       [--compare-fp32]  (bf16 on CUDA: also sweep with fp32 weights and\n"
+                 "                                          report the largest difference)\n";
     return 0;
   }
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
@@ -159,6 +161,36 @@ int cmd_bench(int argc, char** argv, int first) {
   }
   j["sweeps"] = sweeps;
   j["all_sweeps_seconds"] = total_fast;
+
+  // bf16 results beside fp32 ones: the same sweeps with fp32 weights on the same device.
+  if (a.has("compare-fp32") && be->weight_dtype() != DType::F32) {
+    auto be32 = make_backend(a.get("device", "auto"), /*fp32=*/true);
+    auto m32 = load_model(*be32, model_dir);
+    ForwardState c32 = forward(*be32, *m32, pb.clean), r32 = forward(*be32, *m32, pb.corrupted);
+    const double d16 = lc.mean - lr.mean;
+    const double d32 = logit_diff(*be32, *m32, c32, pb.answer, pb.other).mean -
+                       logit_diff(*be32, *m32, r32, pb.answer, pb.other).mean;
+    const double lr32 = logit_diff(*be32, *m32, r32, pb.answer, pb.other).mean;
+    nlohmann::json cmp = nlohmann::json::array();
+    for (Hook h : hooks) {
+      SweepResult a16 = activation_sweep(*be, *m, corrupted, clean, pb.answer, pb.other, h, fast_opt);
+      SweepResult a32 = activation_sweep(*be32, *m32, r32, c32, pb.answer, pb.other, h, fast_opt);
+      double max_ld = 0, max_norm = 0;
+      for (size_t t = 0; t < a16.targets.size(); ++t) {
+        double m16 = 0, m32v = 0;
+        for (int b = 0; b < B; ++b) {
+          max_ld = std::max(max_ld, double(std::fabs(a16.ld[t * B + b] - a32.ld[t * B + b])));
+          m16 += a16.ld[t * B + b];
+          m32v += a32.ld[t * B + b];
+        }
+        max_norm = std::max(max_norm, std::fabs((m16 / B - lr.mean) / d16 - (m32v / B - lr32) / d32));
+      }
+      cmp.push_back({{"hook", hook_name(h)}, {"max_abs_logit_diff", max_ld}, {"max_abs_normalized", max_norm}});
+      std::printf("bf16 vs fp32 %-10s max |LD diff| %.3g, max |normalized diff| %.3g\n", hook_name(h).c_str(), max_ld,
+                  max_norm);
+    }
+    j["bf16_vs_fp32"] = cmp;
+  }
   std::printf("all sweeps (fast):    %10.3f ms\n", total_fast * 1e3);
   if (a.has("json")) write_file_atomic(a.get("json", ""), j.dump(2) + "\n");
   return 0;
