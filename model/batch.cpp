@@ -84,17 +84,17 @@ std::vector<PromptPair> load_pairs(const std::string& path) {
   return parse_pairs(read_text_file(path, "pairs file"), path);
 }
 
-int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok) {
+int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok, bool add_bos) {
   int longest = 0;
   for (const auto& p : pairs) {
-    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.clean, true).size()));
-    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.corrupted, true).size()));
+    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.clean, add_bos).size()));
+    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.corrupted, add_bos).size()));
   }
   return longest;
 }
 
 void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int max_positions,
-                 const std::string& source) {
+                 const std::string& source, bool add_bos) {
   for (size_t i = 0; i < pairs.size(); ++i) {
     const PromptPair& p = pairs[i];
     const std::string where = source + ": pair " + std::to_string(i);
@@ -113,25 +113,25 @@ void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int
     if (max_positions <= 0) continue;
     for (const auto& [side, text] : {std::pair<const char*, const std::string*>{"clean", &p.clean},
                                      std::pair<const char*, const std::string*>{"corrupted", &p.corrupted}}) {
-      const size_t n = tok.encode(*text, true).size();
+      const size_t n = tok.encode(*text, add_bos).size();
       if (static_cast<int64_t>(n) > max_positions)
         throw Error(where + ": \"" + side + ".question\" is " + std::to_string(n) +
-                    " tokens long (with BOS), more than the model's context of " + std::to_string(max_positions) +
+                    " tokens long" + std::string(add_bos ? " (with BOS)" : "") + ", more than the model's context of " + std::to_string(max_positions) +
                     " (max_position_embeddings in config.json)");
     }
   }
 }
 
 PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int pad_id,
-                          int max_positions, int T) {
+                          int max_positions, int T, bool add_bos) {
   PairBatch pb;
   std::vector<std::vector<int>> clean_ids, corrupted_ids;
   for (size_t i = 0; i < pairs.size(); ++i) {
     const auto& p = pairs[i];
     int a_clean = tok.answer_token(p.clean_answer);
     int a_corr = tok.answer_token(p.corrupted_answer);
-    auto ic = tok.encode(p.clean, true);
-    auto ir = tok.encode(p.corrupted, true);
+    auto ic = tok.encode(p.clean, add_bos);
+    auto ir = tok.encode(p.corrupted, add_bos);
     for (const auto* ids : {&ic, &ir}) {
       if (max_positions > 0 && static_cast<int>(ids->size()) > max_positions)
         throw Error("pair " + std::to_string(i) + ": prompt has " + std::to_string(ids->size()) +

@@ -39,15 +39,17 @@ struct PairBatch {
   Batch clean, corrupted;
   std::vector<int32_t> answer, other;  // [B]
 };
+// add_bos: prepend BOS (`<s>`) to every prompt (the default, as Phi-3-mini's original
+// tokenizer config does); later Phi-3 revisions add none, so it is the caller's choice.
 PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int pad_id,
-                          int max_positions, int T = 0);
-int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok);  // longest row
+                          int max_positions, int T = 0, bool add_bos = true);
+int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok, bool add_bos = true);  // longest row
 
 // Checks what parse_pairs cannot without a model: every answer is exactly one token (else
 // names the pair, the answer and the pieces it became), the two answers of a pair are
 // different tokens, and every prompt (with BOS) fits the model's context (max_positions
 // tokens; <= 0: no limit). Errors start with `source` (the pairs file).
 void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int max_positions,
-                 const std::string& source);
+                 const std::string& source, bool add_bos = true);
 
 }  // namespace phi3

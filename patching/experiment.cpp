@@ -155,9 +155,9 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     if (opt.should_stop && opt.should_stop()) throw Error("interrupted (Ctrl-C); no results were written");
   };
   std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
-  check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file);
+  check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos);
   const int per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(pairs.size());
-  const int T = pair_batch_length(pairs, m.tok);
+  const int T = pair_batch_length(pairs, m.tok, opt.add_bos);
   if (T > c.max_position_embeddings)
     throw Error(opt.pairs_file + ": the longest prompt has " + std::to_string(T) + " tokens, more than the model's " +
                 "context of " + std::to_string(c.max_position_embeddings));
@@ -167,6 +167,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   R.device = be.name();
   R.pairs_file = opt.pairs_file;
   R.direction = opt.noising ? "noise" : "denoise";
+  R.add_bos = opt.add_bos;
   R.T = T;
 
   // Result accumulators (weighted by rows).
@@ -189,7 +190,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   for (int bi = 0; bi < n_batches; ++bi) {
     std::vector<PromptPair> sub(pairs.begin() + size_t(bi) * per_batch,
                                 pairs.begin() + std::min<size_t>(pairs.size(), size_t(bi + 1) * per_batch));
-    PairBatch pb = make_pair_batch(sub, m.tok, c.pad_token_id, c.max_position_embeddings, T);
+    PairBatch pb = make_pair_batch(sub, m.tok, c.pad_token_id, c.max_position_embeddings, T, opt.add_bos);
     const int B = pb.clean.B;
     stop_point();
     if (bi == 0) {

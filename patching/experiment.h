@@ -16,6 +16,7 @@ struct ExperimentOptions {
   bool attribution = true;
   bool activation = true;
   bool noising = false;     // patch corrupted values into the clean run instead of the reverse
+  bool add_bos = true;      // prepend BOS to every prompt
   int batch_pairs = 0;      // pairs per batch (0: all pairs in one batch)
   bool naive = false;       // one full forward per patch
   size_t mem_budget = 0;    // bytes per sweep chunk (0: automatic)
@@ -63,6 +64,7 @@ struct HookComparison {
 
 struct ExperimentResult {
   std::string model_dir, device, pairs_file, direction;
+  bool add_bos = true;
   int T = 0, n_prompts = 0;
   std::vector<BatchSummary> batches;
   double clean_ld = 0, corrupted_ld = 0;  // averaged over batches (weighted by rows)

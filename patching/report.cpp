@@ -139,6 +139,7 @@ std::string results_json(const ExperimentResult& R) {
   j["device"] = R.device;
   j["pairs_file"] = R.pairs_file;
   j["direction"] = R.direction;
+  j["bos"] = R.add_bos;
   j["metric"] = "normalized logit difference (LD - LD_corrupted) / (LD_clean - LD_corrupted)";
   j["T"] = R.T;
   j["clean_logit_diff"] = R.clean_ld;
@@ -275,7 +276,7 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
   h << "<h1>phi3patch: attribution and activation patching</h1>\n";
   h << "<p>Model <code>" << xml_escape(R.model_dir) << "</code> on " << xml_escape(R.device) << ". Pairs <code>"
     << xml_escape(R.pairs_file) << "</code>, " << R.n_prompts << " prompts (every pair both ways), T = " << R.T
-    << ", direction " << R.direction << ".</p>\n";
+    << ", direction " << R.direction << (R.add_bos ? ", BOS prepended" : ", no BOS") << ".</p>\n";
   h << "<p>Clean logit difference <b>" << fmt(R.clean_ld) << "</b>, corrupted <b>" << fmt(R.corrupted_ld)
     << "</b>. Values are the normalized metric (1 = clean, 0 = corrupted).</p>\n";
   h << "<h2>Where the effects lie</h2><ul>\n";

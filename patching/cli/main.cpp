@@ -62,12 +62,13 @@ run options:
   --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory) [0]
   --out DIR         output directory [out]
   --force           overwrite results already in --out
+  --no-bos          do not prepend BOS <s> (run and forward; recorded in results.json)
 )";
 
 int cmd_run(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out"},
-         {"fp32", "naive", "force", "help"});
+         {"fp32", "naive", "force", "no-bos", "help"});
   if (a.has("help")) {
     std::cout << kUsage;
     return 0;
@@ -87,6 +88,7 @@ int cmd_run(int argc, char** argv, int first) {
   const std::string dir = a.get("direction", "denoise");
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
+  opt.add_bos = !a.has("no-bos");
   opt.batch_pairs = a.get_int("batch", 0);
   opt.naive = a.has("naive");
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
@@ -130,13 +132,14 @@ int cmd_run(int argc, char** argv, int first) {
 }
 
 int cmd_forward(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32"});
+  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32", "no-bos"});
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
-  check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file);
-  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  const bool bos = !a.has("no-bos");
+  check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos);
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos);
   ForwardOptions fo;
   fo.keep_pattern = false;
   ForwardState clean = forward(*be, *m, pb.clean, fo), corrupted = forward(*be, *m, pb.corrupted, fo);

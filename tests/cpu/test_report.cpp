@@ -50,6 +50,8 @@ TEST(Report, WritesEveryOutput) {
                         "attribution_vs_activation", "summary"})
     EXPECT_TRUE(j.contains(k)) << k;
   EXPECT_EQ(j["prompts"].size(), 4u);
+  EXPECT_EQ(j["bos"], true);
+  EXPECT_EQ(j["tokens"][2]["clean"][0], 1) << "row 2 is unpadded: it starts with BOS";
   EXPECT_NEAR(j["clean_logit_diff"].get<double>(), R.clean_ld, 1e-9);
   ASSERT_EQ(j["results"].size(), 4u);
   const int L = m->cfg.num_hidden_layers, H = m->cfg.num_attention_heads;
@@ -89,6 +91,25 @@ TEST(Report, WritesEveryOutput) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
   // A second run into the same directory is refused without --force.
   EXPECT_THROW(prepare_out_dir(dir, false), Error);
+}
+
+// BOS is a choice (Phi-3 revisions differ); without it every prompt is one token shorter.
+TEST(Report, WithoutBos) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, test::source_dir() + "/data/models/tiny-temporal-phi3");
+  ExperimentOptions opt;
+  opt.pairs_file = test::source_dir() + "/data/temporal_scope_for_attribution_patching.json";
+  opt.hooks = {Hook::ResidPre};
+  opt.activation = false;
+  ExperimentResult with = run_experiment(*be, *m, opt);
+  opt.add_bos = false;
+  ExperimentResult without = run_experiment(*be, *m, opt);
+  EXPECT_EQ(without.T, with.T - 1);
+  EXPECT_FALSE(without.add_bos);
+  auto j = nlohmann::json::parse(results_json(without));
+  EXPECT_EQ(j["bos"], false);
+  for (const auto& t : j["tokens"])
+    for (int id : t["clean"].get<std::vector<int>>()) EXPECT_NE(id, m->tok.bos_id());
 }
 
 }  // namespace
