@@ -6,7 +6,20 @@
 #include <string>
 #include <vector>
 
+#include "runtime/error.h"
+
 namespace phi3::test {
+
+// The message of the phi3::Error that `fn` throws ("" when it throws none).
+template <class F>
+std::string error_of(F fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 std::vector<float> random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f);
 std::vector<double> to_double(const std::vector<float>& v);

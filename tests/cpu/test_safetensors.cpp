@@ -37,16 +37,7 @@ void write_raw(const std::string& path, const std::string& header, const std::st
 
 std::string zeros(size_t n) { return std::string(n, '\0'); }
 
-// The message of the phi3::Error that `fn` throws ("" when it throws none).
-template <class F>
-std::string error_of(F fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 std::string open_error(const std::string& path) {
   return error_of([&] { SafeTensors::open_file(path); });

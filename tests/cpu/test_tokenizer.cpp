@@ -41,15 +41,7 @@ std::string model_path() { return path_join(test::shared_reference_dir(), "token
       GTEST_SKIP() << "no Phi-3 tokenizer at " << model_path() << " (see shared/phi3-reference)"; \
   } while (0)
 
-template <class F>
-std::string error_of(F fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 TEST(Tokenizer, Phi3Basics) {
   REQUIRE_PHI3_TOKENIZER();
