@@ -128,14 +128,8 @@ def main():
             times.append(tm.seconds)
         tm.seconds = min(times)
         calls = (len(cells) + per_call - 1) // per_call
-        shape = C.result_shape(hook, L, T, H)
-        full = torch.full((L,) + shape[1:], float("nan"), dtype=torch.float64)
-        full[:nL] = vals.double().view((nL,) + shape[1:])
-        hooks_out[hook] = {"seconds": tm.seconds, "n_forward_calls": calls, "patches": len(cells),
-                           "extrapolated_seconds": tm.seconds * L / nL, "layers_swept": nL,
-                           "values": C.tolist(full)}
-        C.log(f"[batched_torch] {hook}: {tm.seconds:.4f} s, {calls} forward calls for {len(cells)} patches"
-              + (f" (first {nL} of {L} layers; all layers ~{tm.seconds * L / nL:.2f} s)" if nL < L else ""))
+        hooks_out[hook] = C.hook_result("batched_torch", hook, vals, L, T, H, nL, tm.seconds, calls,
+                                        patches=len(cells))
 
     # one forward of the corrupted batch
     fw = []

@@ -353,3 +353,16 @@ def write_json(path, args, name, model, b, ld_clean, ld_corr, hooks_out, extra):
         json.dump(out, f, indent=1)
         f.write("\n")
     log(f"wrote {path}")
+
+
+def hook_result(name, hook, vals, L, T, H, n_layers, seconds, calls, **extra):
+    """The JSON entry of one swept hook (values NaN beyond the swept layers) and its log line."""
+    shape = result_shape(hook, L, T, H)
+    full = torch.full((L,) + shape[1:], float("nan"), dtype=torch.float64)
+    full[:n_layers] = vals.double().view((n_layers,) + shape[1:])
+    entry = {"seconds": seconds, "n_forward_calls": calls, **extra,
+             "extrapolated_seconds": seconds * L / n_layers, "layers_swept": n_layers, "values": tolist(full)}
+    log(f"[{name}] {hook}: {seconds:.4f} s, {calls} forward calls"
+        + (f" for {extra['patches']} patches" if "patches" in extra else "")
+        + (f" (first {n_layers} of {L} layers; all layers ~{seconds * L / n_layers:.2f} s)" if n_layers < L else ""))
+    return entry

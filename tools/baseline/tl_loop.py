@@ -81,14 +81,7 @@ def main():
                 vals = torch.stack(vals).cpu()
             times.append(tm.seconds)
         tm.seconds = min(times)
-        shape = C.result_shape(hook, L, T, H)
-        full = torch.full((L,) + shape[1:], float("nan"), dtype=torch.float64)
-        full[:nL] = vals.double().view((nL,) + shape[1:])
-        hooks_out[hook] = {"seconds": tm.seconds, "n_forward_calls": len(cells),
-                           "extrapolated_seconds": tm.seconds * L / nL, "layers_swept": nL,
-                           "values": C.tolist(full)}
-        C.log(f"[tl_loop] {hook}: {tm.seconds:.4f} s, {len(cells)} forward calls"
-              + (f" (first {nL} of {L} layers; all layers ~{tm.seconds * L / nL:.2f} s)" if nL < L else ""))
+        hooks_out[hook] = C.hook_result("tl_loop", hook, vals, L, T, H, nL, tm.seconds, len(cells))
 
     # one unpatched forward (full logits, as in the loop), median of 10
     fw = []
