@@ -16,6 +16,14 @@ std::vector<float> random_vec(size_t n, uint32_t seed, float lo, float hi) {
   return v;
 }
 
+std::vector<int32_t> random_ints(size_t n, int lo, int hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> dist(lo, hi);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
 std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
 std::string Diff::str() const {

@@ -22,6 +22,7 @@ std::string error_of(F fn) {
 }
 
 std::vector<float> random_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f);
+std::vector<int32_t> random_ints(size_t n, int lo, int hi, uint32_t seed);  // uniform in [lo, hi]
 std::vector<double> to_double(const std::vector<float>& v);
 
 struct Diff {

@@ -88,13 +88,7 @@ void expect_equal(const std::vector<float>& got, const std::vector<float>& ref,
   }
 }
 
-std::vector<int32_t> random_ints(size_t n, int lo, int hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> dist(lo, hi);
-  std::vector<int32_t> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using test::random_ints;
 
 std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> h(v.size());
