@@ -106,7 +106,7 @@ size_t dkv_smem_floats(int HD4) { return (size_t)kBQ * HD4 + 2 * (size_t)kBK * (
 template <int DPL>
 __global__ void __launch_bounds__(kThreads)
     attn_forward_kernel(const AttnParams p, const int HD4) {
-  extern __shared__ float4 smem4[];
+  PHI3_DYNAMIC_SHARED(float4, smem4);
   float* Qs = reinterpret_cast<float*>(smem4);  // [kBQ][HD4]
   const int KS = HD4 + 1;
   float* Ks = Qs + kBQ * HD4;                   // [kBK][KS]
@@ -248,7 +248,7 @@ template <int DPL>
 __global__ void __launch_bounds__(kThreads)
     attn_backward_dq_kernel(const AttnBackwardParams bp, float* Dbuf, const int HD4) {
   const AttnParams& p = bp.fwd;
-  extern __shared__ float4 smem4[];
+  PHI3_DYNAMIC_SHARED(float4, smem4);
   float* DZs = reinterpret_cast<float*>(smem4);  // [kBQ][HD4]
   const int KS = HD4 + 1;
   float* Ks = DZs + kBQ * HD4;                   // [kBK][KS]
@@ -368,7 +368,7 @@ template <int DPL>
 __global__ void __launch_bounds__(kThreads)
     attn_backward_dkv_kernel(const AttnBackwardParams bp, const float* Dbuf, const int HD4) {
   const AttnParams& p = bp.fwd;
-  extern __shared__ float4 smem4[];
+  PHI3_DYNAMIC_SHARED(float4, smem4);
   float* Vk = reinterpret_cast<float*>(smem4);  // [kBQ][HD4]: v rows of the block's keys
   const int KS = HD4 + 1;
   float* DZs = Vk + kBQ * HD4;                  // [kBK][KS]: dz rows of a query tile
@@ -429,7 +429,10 @@ __global__ void __launch_bounds__(kThreads)
           const int t = t0 + i;
           return t <= t_hi ? p.q + (int64_t)(sv.q_row + t) * p.q_stride + (int64_t)h * HD : nullptr;
         });
-        if (threadIdx.x < kBK) Ds[threadIdx.x] = t0 + threadIdx.x <= t_hi ? Dh[t0 + threadIdx.x] : 0.0f;
+        if (threadIdx.x < kBK) {
+          const int i = threadIdx.x;
+          Ds[i] = t0 + i <= t_hi ? Dh[t0 + i] : 0.0f;
+        }
         __syncthreads();
         if (!warp_active || t0 > wt_hi || t0 + kBK - 1 < wj_lo) continue;  // warp-uniform
 
@@ -536,7 +539,8 @@ struct LaunchForward {
     const size_t bytes = fwd_smem_floats(HD4, p.HD) * sizeof(float);
     set_smem(attn_forward_kernel<DPL>, bytes);
     const int64_t gx = (int64_t)p.n_segs * p.H;
-    attn_forward_kernel<DPL><<<dim3((unsigned)gx, blocks_y(p.T, gx)), kThreads, bytes, s>>>(p, HD4);
+    launch(attn_forward_kernel<DPL>, dim3((unsigned)gx, blocks_y(p.T, gx)), kThreads, bytes, s, p,
+           HD4);
     PHI3_LAUNCH_CHECK();
   }
 };
@@ -549,14 +553,14 @@ struct LaunchBackward {
     const size_t b1 = dq_smem_floats(HD4) * sizeof(float);
     set_smem(attn_backward_dq_kernel<DPL>, b1);
     const int64_t gx1 = (int64_t)p.n_segs * p.H;
-    attn_backward_dq_kernel<DPL><<<dim3((unsigned)gx1, blocks_y(p.T, gx1)), kThreads, b1, s>>>(
-        bp, Dbuf, HD4);
+    launch(attn_backward_dq_kernel<DPL>, dim3((unsigned)gx1, blocks_y(p.T, gx1)), kThreads, b1, s,
+           bp, Dbuf, HD4);
     PHI3_LAUNCH_CHECK();
     const size_t b2 = dkv_smem_floats(HD4) * sizeof(float);
     set_smem(attn_backward_dkv_kernel<DPL>, b2);
     const int64_t gx2 = (int64_t)p.n_segs * p.KVH;
-    attn_backward_dkv_kernel<DPL><<<dim3((unsigned)gx2, blocks_y(p.T, gx2)), kThreads, b2, s>>>(
-        bp, Dbuf, HD4);
+    launch(attn_backward_dkv_kernel<DPL>, dim3((unsigned)gx2, blocks_y(p.T, gx2)), kThreads, b2, s,
+           bp, Dbuf, HD4);
     PHI3_LAUNCH_CHECK();
   }
 };

@@ -42,7 +42,8 @@ void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T, G*W]*/, con
   const int threads = W >= 512 ? 256 : W >= 128 ? 128 : 32;
   const int64_t outputs = (int64_t)T * G;
   const unsigned blocks = static_cast<unsigned>(outputs < 65536 ? outputs : 65536);
-  attribution_reduce_kernel<<<blocks, threads, 0, as_cuda(stream)>>>(out, a, c, grad, B, T, G, W);
+  launch(attribution_reduce_kernel, blocks, threads, 0, as_cuda(stream), out, a, c, grad, B, T, G,
+         W);
   PHI3_LAUNCH_CHECK();
 }
 

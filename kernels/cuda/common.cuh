@@ -15,6 +15,28 @@ namespace phi3::cuda {
 
 inline cudaStream_t as_cuda(Stream s) { return static_cast<cudaStream_t>(s); }
 
+// ---- launching ----------------------------------------------------------------------
+// Every kernel here is launched through launch() and declares dynamic shared memory with
+// PHI3_DYNAMIC_SHARED, the two spellings the CPU emulator of tests/emu (PHI3_CUDA_EMU)
+// replaces, so the same kernel code runs on a machine without a GPU in CI.
+#if defined(PHI3_CUDA_EMU)
+#define PHI3_DYNAMIC_SHARED(T, name) PHI3_EMU_DYNAMIC_SHARED(T, name)
+#else
+#define PHI3_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
+// kernel<<<grid, block, smem, stream>>>(args...); follow it with PHI3_LAUNCH_CHECK().
+template <typename... Params, typename... Args>
+inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, const Args&... args) {
+#if defined(PHI3_CUDA_EMU)
+  ::phi3emu::launch(reinterpret_cast<const void*>(kernel), grid, block, smem, stream,
+                    [&] { kernel(args...); });
+#else
+  kernel<<<grid, block, smem, stream>>>(args...);
+#endif
+}
+
 // ---- launch sizing --------------------------------------------------------------------
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 // Blocks for a grid-stride loop over n items: enough to fill the GPU, capped so that

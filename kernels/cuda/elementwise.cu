@@ -94,15 +94,14 @@ void add(float* out, const float* a, const float* b, int64_t n, Stream stream) {
   int64_t done = 0;
   if (aligned16(out) && aligned16(a) && aligned16(b) && n >= 4) {
     const int64_t n4 = n / 4;
-    add_vec4_kernel<<<grid_for(n4, kThreads), kThreads, 0, s>>>(
-        reinterpret_cast<float4*>(out), reinterpret_cast<const float4*>(a),
-        reinterpret_cast<const float4*>(b), n4);
+    launch(add_vec4_kernel, grid_for(n4, kThreads), kThreads, 0, s, reinterpret_cast<float4*>(out),
+           reinterpret_cast<const float4*>(a), reinterpret_cast<const float4*>(b), n4);
     PHI3_LAUNCH_CHECK();
     done = n4 * 4;
   }
   if (done < n) {
-    add_scalar_kernel<<<grid_for(n - done, kThreads), kThreads, 0, s>>>(out + done, a + done,
-                                                                        b + done, n - done);
+    launch(add_scalar_kernel, grid_for(n - done, kThreads), kThreads, 0, s, out + done, a + done,
+           b + done, n - done);
     PHI3_LAUNCH_CHECK();
   }
 }
@@ -118,11 +117,11 @@ void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const flo
   const int threads = width >= 1024 ? 256 : width >= 256 ? 128 : 64;
   const unsigned blocks = static_cast<unsigned>(n < 65536 ? n : 65536);
   if (vec)
-    copy_rows_kernel<true><<<blocks, threads, 0, s>>>(dst, dst_stride, dst_idx, src, src_stride,
-                                                      src_idx, n, width);
+    launch(copy_rows_kernel<true>, blocks, threads, 0, s, dst, dst_stride, dst_idx, src, src_stride,
+           src_idx, n, width);
   else
-    copy_rows_kernel<false><<<blocks, threads, 0, s>>>(dst, dst_stride, dst_idx, src,
-                                                       src_stride, src_idx, n, width);
+    launch(copy_rows_kernel<false>, blocks, threads, 0, s, dst, dst_stride, dst_idx, src,
+           src_stride, src_idx, n, width);
   PHI3_LAUNCH_CHECK();
 }
 
@@ -131,14 +130,14 @@ void cast_f32_to_bf16(uint16_t* out, const float* in, int64_t n, cudaStream_t st
   int64_t done = 0;
   if (aligned16(in) && aligned8(out) && n >= 4) {
     const int64_t n4 = n / 4;
-    f32_to_bf16_vec4_kernel<<<grid_for(n4, kThreads), kThreads, 0, stream>>>(
-        reinterpret_cast<uint2*>(out), reinterpret_cast<const float4*>(in), n4);
+    launch(f32_to_bf16_vec4_kernel, grid_for(n4, kThreads), kThreads, 0, stream,
+           reinterpret_cast<uint2*>(out), reinterpret_cast<const float4*>(in), n4);
     PHI3_LAUNCH_CHECK();
     done = n4 * 4;
   }
   if (done < n) {
-    f32_to_bf16_scalar_kernel<<<grid_for(n - done, kThreads), kThreads, 0, stream>>>(out, in,
-                                                                                    done, n);
+    launch(f32_to_bf16_scalar_kernel, grid_for(n - done, kThreads), kThreads, 0, stream, out, in,
+           done, n);
     PHI3_LAUNCH_CHECK();
   }
 }
@@ -148,14 +147,14 @@ void cast_bf16_to_f32(float* out, const uint16_t* in, int64_t n, cudaStream_t st
   int64_t done = 0;
   if (aligned8(in) && aligned16(out) && n >= 4) {
     const int64_t n4 = n / 4;
-    bf16_to_f32_vec4_kernel<<<grid_for(n4, kThreads), kThreads, 0, stream>>>(
-        reinterpret_cast<float4*>(out), reinterpret_cast<const uint2*>(in), n4);
+    launch(bf16_to_f32_vec4_kernel, grid_for(n4, kThreads), kThreads, 0, stream,
+           reinterpret_cast<float4*>(out), reinterpret_cast<const uint2*>(in), n4);
     PHI3_LAUNCH_CHECK();
     done = n4 * 4;
   }
   if (done < n) {
-    bf16_to_f32_scalar_kernel<<<grid_for(n - done, kThreads), kThreads, 0, stream>>>(out, in,
-                                                                                    done, n);
+    launch(bf16_to_f32_scalar_kernel, grid_for(n - done, kThreads), kThreads, 0, stream, out, in,
+           done, n);
     PHI3_LAUNCH_CHECK();
   }
 }

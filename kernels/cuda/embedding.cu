@@ -75,16 +75,16 @@ void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,
     const bool vec = D % 4 == 0 && aligned16(out) && (tab & 15u) == 0;
     const float* t = static_cast<const float*>(table.data);
     if (vec)
-      embedding_f32_kernel<true><<<blocks, threads, 0, s>>>(out, ids, t, N, V, D);
+      launch(embedding_f32_kernel<true>, blocks, threads, 0, s, out, ids, t, N, V, D);
     else
-      embedding_f32_kernel<false><<<blocks, threads, 0, s>>>(out, ids, t, N, V, D);
+      launch(embedding_f32_kernel<false>, blocks, threads, 0, s, out, ids, t, N, V, D);
   } else if (table.dtype == DType::BF16) {
     const bool vec = D % 4 == 0 && aligned16(out) && (tab & 7u) == 0;
     const uint16_t* t = static_cast<const uint16_t*>(table.data);
     if (vec)
-      embedding_bf16_kernel<true><<<blocks, threads, 0, s>>>(out, ids, t, N, V, D);
+      launch(embedding_bf16_kernel<true>, blocks, threads, 0, s, out, ids, t, N, V, D);
     else
-      embedding_bf16_kernel<false><<<blocks, threads, 0, s>>>(out, ids, t, N, V, D);
+      launch(embedding_bf16_kernel<false>, blocks, threads, 0, s, out, ids, t, N, V, D);
   } else {
     throw Error(std::string("embedding_forward (cuda): unsupported table dtype ") +
                 dtype_name(table.dtype) + " (convert F16 weights to BF16 or F32 at load)");

@@ -41,8 +41,8 @@ void logit_diff_forward(float* ld /*[B]*/, const float* logits /*[B,V]*/, int64_
                         Stream stream) {
   PHI3_CHECK(B >= 0, "logit_diff_forward: negative B");
   if (B == 0) return;
-  logit_diff_forward_kernel<<<ceil_div(B, 128), 128, 0, as_cuda(stream)>>>(ld, logits, stride,
-                                                                          ans, other, B);
+  launch(logit_diff_forward_kernel, ceil_div(B, 128), 128, 0, as_cuda(stream), ld, logits, stride,
+         ans, other, B);
   PHI3_LAUNCH_CHECK();
 }
 
@@ -54,8 +54,8 @@ void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t
   const int threads = 256;
   const unsigned bx = ceil_div(V, threads * 4);  // ~4 elements per thread
   const unsigned by = static_cast<unsigned>(B < 65535 ? B : 65535);
-  logit_diff_backward_kernel<<<dim3(bx, by), threads, 0, as_cuda(stream)>>>(dlogits, stride, ans,
-                                                                            other, scale, B, V);
+  launch(logit_diff_backward_kernel, dim3(bx, by), threads, 0, as_cuda(stream), dlogits, stride,
+         ans, other, scale, B, V);
   PHI3_LAUNCH_CHECK();
 }
 

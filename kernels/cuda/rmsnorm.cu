@@ -109,9 +109,9 @@ void rmsnorm_forward(float* out /*[N,D]*/, float* rstd /*[N]*/, const float* x /
   const unsigned blocks = static_cast<unsigned>(N < 65536 ? N : 65536);
   cudaStream_t s = as_cuda(stream);
   if (vec)
-    rmsnorm_forward_kernel<true><<<blocks, threads, 0, s>>>(out, rstd, x, w, N, D, eps);
+    launch(rmsnorm_forward_kernel<true>, blocks, threads, 0, s, out, rstd, x, w, N, D, eps);
   else
-    rmsnorm_forward_kernel<false><<<blocks, threads, 0, s>>>(out, rstd, x, w, N, D, eps);
+    launch(rmsnorm_forward_kernel<false>, blocks, threads, 0, s, out, rstd, x, w, N, D, eps);
   PHI3_LAUNCH_CHECK();
 }
 
@@ -127,9 +127,9 @@ void rmsnorm_backward(float* dx /*[N,D] +=*/, const float* dout /*[N,D]*/, const
   const unsigned blocks = static_cast<unsigned>(N < 65536 ? N : 65536);
   cudaStream_t s = as_cuda(stream);
   if (vec)
-    rmsnorm_backward_kernel<true><<<blocks, threads, 0, s>>>(dx, dout, x, w, rstd, N, D);
+    launch(rmsnorm_backward_kernel<true>, blocks, threads, 0, s, dx, dout, x, w, rstd, N, D);
   else
-    rmsnorm_backward_kernel<false><<<blocks, threads, 0, s>>>(dx, dout, x, w, rstd, N, D);
+    launch(rmsnorm_backward_kernel<false>, blocks, threads, 0, s, dx, dout, x, w, rstd, N, D);
   PHI3_LAUNCH_CHECK();
 }
 

@@ -68,8 +68,8 @@ void launch_rotary(const char* op, float* out, int64_t out_stride, const float* 
   const int threads = per_row >= 1024 ? 256 : 128;
   const unsigned bx = ceil_div(per_row, threads);
   const unsigned by = static_cast<unsigned>(N < 65535 ? N : 65535);
-  rotary_kernel<BACKWARD><<<dim3(bx, by), threads, 0, as_cuda(stream)>>>(
-      out, out_stride, in, in_stride, pos, N, n_heads, HD, rope.inv_freq, half, rope.attn_scale);
+  launch(rotary_kernel<BACKWARD>, dim3(bx, by), threads, 0, as_cuda(stream), out, out_stride, in,
+         in_stride, pos, N, n_heads, HD, rope.inv_freq, half, rope.attn_scale);
   PHI3_LAUNCH_CHECK();
 }
 

@@ -73,10 +73,10 @@ void swiglu_forward(float* out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int
   if (N == 0) return;
   cudaStream_t s = as_cuda(stream);
   if (F % 4 == 0 && aligned16(out) && aligned16(gu)) {
-    swiglu_forward_vec4<<<rows_cols_grid(N, F / 4), kThreads, 0, s>>>(
-        reinterpret_cast<float4*>(out), reinterpret_cast<const float4*>(gu), N, F / 4);
+    launch(swiglu_forward_vec4, rows_cols_grid(N, F / 4), kThreads, 0, s,
+           reinterpret_cast<float4*>(out), reinterpret_cast<const float4*>(gu), N, F / 4);
   } else {
-    swiglu_forward_scalar<<<rows_cols_grid(N, F), kThreads, 0, s>>>(out, gu, N, F);
+    launch(swiglu_forward_scalar, rows_cols_grid(N, F), kThreads, 0, s, out, gu, N, F);
   }
   PHI3_LAUNCH_CHECK();
 }
@@ -88,11 +88,11 @@ void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,
   if (N == 0) return;
   cudaStream_t s = as_cuda(stream);
   if (F % 4 == 0 && aligned16(dgu) && aligned16(dout) && aligned16(gu)) {
-    swiglu_backward_vec4<<<rows_cols_grid(N, F / 4), kThreads, 0, s>>>(
-        reinterpret_cast<float4*>(dgu), reinterpret_cast<const float4*>(dout),
-        reinterpret_cast<const float4*>(gu), N, F / 4);
+    launch(swiglu_backward_vec4, rows_cols_grid(N, F / 4), kThreads, 0, s,
+           reinterpret_cast<float4*>(dgu), reinterpret_cast<const float4*>(dout),
+           reinterpret_cast<const float4*>(gu), N, F / 4);
   } else {
-    swiglu_backward_scalar<<<rows_cols_grid(N, F), kThreads, 0, s>>>(dgu, dout, gu, N, F);
+    launch(swiglu_backward_scalar, rows_cols_grid(N, F), kThreads, 0, s, dgu, dout, gu, N, F);
   }
   PHI3_LAUNCH_CHECK();
 }

@@ -39,15 +39,27 @@ TEST_P(GpuReference, Fp32MatchesTransformers) {
   for (const auto& c : r.checks) EXPECT_TRUE(c.ok) << c.kind << " " << c.name << " err " << c.err() << " > " << c.tol;
 }
 
-// bf16 weights: reported against loose bounds (8 mantissa bits, ~4e-3 relative per GEMM).
-TEST_P(GpuReference, Bf16WithinLooseBounds) {
+// bf16 mode (weights and GEMM inputs rounded to bf16, fp32 accumulation). How far that
+// rounding moves each config was measured with PyTorch applying the same rounding
+// (tools/bf16_sensitivity.py): the trained embedded model moves by ~1e-3 (logits 1.2e-3,
+// patterns 3e-4), the random configs, whose init std 0.3-0.4 makes attention near one-hot,
+// by up to 0.15 (patterns) and 0.06 (logits). The CUDA backend reproduced those numbers to
+// 3 digits (CPU emulator, 2026-11-26), so the bounds are ~2-3x the measured movement.
+TEST_P(GpuReference, Bf16WithinMeasuredBounds) {
   REQUIRE_GPU();
   auto be = make_backend("cuda", /*fp32=*/false);
   VerifyOptions o;
-  o.act_tol = 5e-2;
-  o.grad_tol = 1e-1;
-  o.patch_act_tol = 5e-2;
-  o.patch_attr_tol = 1e-1;
+  if (GetParam() == "tiny-temporal") {  // measured: act 3.0e-3, grad 4.3e-3, patch 8e-4, attr 1.1e-3
+    o.act_tol = 1e-2;
+    o.grad_tol = 2e-2;
+    o.patch_act_tol = 1e-2;
+    o.patch_attr_tol = 1e-2;
+  } else {  // measured worst: act 0.152, grad 0.262, patch 0.072, attr 0.124
+    o.act_tol = 0.3;
+    o.grad_tol = 0.5;
+    o.patch_act_tol = 0.2;
+    o.patch_attr_tol = 0.3;
+  }
   VerifyResult r = verify_reference(*be, test::source_dir() + "/data/reference/" + GetParam(), o);
   for (const auto& c : r.worst_by_kind())
     std::printf("  [cuda bf16] %-22s worst %-45s err %.3g (tol %.1g)\n", c.kind.c_str(), c.name.c_str(), c.err(), c.tol);
