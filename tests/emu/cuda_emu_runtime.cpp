@@ -32,6 +32,16 @@
 #define PHI3_EMU_NO_LANGUAGE  // the emulator itself: plain C++
 #include "cuda_emu.h"
 
+// AddressSanitizer must be told about every stack switch (else it reports false errors on
+// fiber stacks); with it, the emulated kernels' device-memory accesses are bounds-checked.
+#if defined(__SANITIZE_ADDRESS__)
+#define PHI3_EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#else
+#define PHI3_EMU_ASAN 0
+#endif
+
 // ---- context switch (x86-64 System V) ---------------------------------------------------
 // phi3emu_switch(save, load): pushes the callee-saved registers and the SSE/x87 control
 // words on the current stack, stores the stack pointer to *save, switches to `load` and pops
@@ -107,6 +117,7 @@ struct Fiber {
   const char* wait_what = "";
   uint64_t round = 0;  // warp exchanges this lane has made
   char* stack = nullptr;
+  void* asan_fake = nullptr;
 };
 
 struct Warp {
@@ -125,6 +136,8 @@ struct BlockRun {
   Barrier block_bar;
   int live = 0;
   void* sched_sp = nullptr;
+  const void* sched_stack = nullptr;  // the scheduler's stack, for ASan's fiber switches
+  size_t sched_stack_size = 0;
   Fiber* cur = nullptr;
   std::vector<unsigned char> smem;  // dynamic shared memory (16-byte aligned start below)
   unsigned char* smem_base = nullptr;
@@ -139,7 +152,12 @@ struct StackPool {
   std::vector<char*> stacks;
   ~StackPool() {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    for (char* s : stacks) munmap(s - page, kStackBytes + page);
+    for (char* s : stacks) {
+#if PHI3_EMU_ASAN
+      __asan_unpoison_memory_region(s, kStackBytes);  // the addresses may be mapped again
+#endif
+      munmap(s - page, kStackBytes + page);
+    }
   }
   char* get(size_t i) {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -155,9 +173,33 @@ struct StackPool {
 };
 thread_local StackPool t_stacks;
 
+// Fiber -> scheduler. `dying`: the fiber never resumes (ASan frees its fake stack).
+void switch_to_scheduler(BlockRun& r, Fiber& f, bool dying) {
+#if PHI3_EMU_ASAN
+  __sanitizer_start_switch_fiber(dying ? nullptr : &f.asan_fake, r.sched_stack, r.sched_stack_size);
+#endif
+  void* dead = nullptr;
+  phi3emu_switch(dying ? &dead : &f.sp, r.sched_sp);
+#if PHI3_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f.asan_fake, nullptr, nullptr);
+#endif
+}
+
+// Scheduler -> fiber.
+void switch_to_fiber(BlockRun& r, Fiber& f) {
+#if PHI3_EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, f.stack, kStackBytes);
+#endif
+  phi3emu_switch(&r.sched_sp, f.sp);
+#if PHI3_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, &r.sched_stack, &r.sched_stack_size);
+#endif
+}
+
 void yield_to_scheduler() {
   BlockRun& r = *t_run;
-  phi3emu_switch(&r.cur->sp, r.sched_sp);
+  switch_to_scheduler(r, *r.cur, false);
 }
 
 void release_if_complete(Barrier& b, int expected, BlockRun& r) {
@@ -184,6 +226,9 @@ void wait_at(Barrier& b, int expected, const char* what) {
 
 void fiber_entry() {
   BlockRun& r = *t_run;
+#if PHI3_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &r.sched_stack, &r.sched_stack_size);
+#endif
   try {
     (*r.body)();
   } catch (const std::exception& e) {
@@ -199,12 +244,15 @@ void fiber_entry() {
   // Threads that exited no longer count at barriers (as on Volta and later GPUs).
   release_if_complete(r.block_bar, r.live, r);
   release_if_complete(r.warps[f.warp].bar, r.warps[f.warp].live, r);
-  void* dead = nullptr;
-  phi3emu_switch(&dead, r.sched_sp);
+  switch_to_scheduler(r, f, /*dying=*/true);
   fail("a finished fiber was resumed");
 }
 
 void start_fiber(Fiber& f) {
+#if PHI3_EMU_ASAN
+  // A previous fiber on this stack ended without unwinding: its frames' redzones remain.
+  __asan_unpoison_memory_region(f.stack, kStackBytes);
+#endif
   uint64_t ctrl = 0;
   uint32_t mxcsr = 0;
   uint16_t fpucw = 0;
@@ -261,7 +309,7 @@ void run_block(BlockRun& r, int n) {
     if (!next) fail(deadlock_report(r));
     if (!next->started) start_fiber(*next);
     r.cur = next;
-    phi3emu_switch(&r.sched_sp, next->sp);
+    switch_to_fiber(r, *next);
     if (next->done) --remaining;
   }
   r.cur = nullptr;
