@@ -85,6 +85,9 @@ struct Ctx {
     cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev);
     flush_bytes = 2 * static_cast<size_t>(l2 > 0 ? l2 : 64 << 20);
     if (cudaMalloc(&flush, flush_bytes) != cudaSuccess) flush = nullptr;
+    // A failed optional call above leaves its error pending; clear it so that the first
+    // kernel's launch check does not report it as its own.
+    (void)cudaGetLastError();
   }
 };
 Ctx& ctx() {

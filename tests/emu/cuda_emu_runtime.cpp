@@ -535,6 +535,9 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int d) {
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *v = static_cast<int>(phi3emu::kMaxSmemOptin);
       return cudaSuccess;
+    case cudaDevAttrL2CacheSize:
+      *v = 50 << 20;  // as an H100
+      return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock:
       *v = phi3emu::kMaxThreads;
       return cudaSuccess;
