@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "patching/sweep.h"
-#include "runtime/config.h"
+#include "long_sweep_case.h"
 #include "test_util.h"
 
 namespace phi3 {
@@ -13,21 +13,9 @@ namespace {
 
 TEST(SweepLong, FiveHundredTokensWithinMemoryBudget) {
   auto be = make_cpu_backend();
-  Model m;
-  m.dir = "random GQA model";
-  m.cfg = parse_config_json(R"({"architectures": ["Phi3ForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
-      "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1032,
-      "max_position_embeddings": 1024, "original_max_position_embeddings": 1024, "pad_token_id": 1024,
-      "eos_token_id": 1024, "sliding_window": 300})");
-  m.tok = Tokenizer::load_dir(test::source_dir() + "/data/models/tiny-temporal-phi3");
-  m.w = ModelWeights::random(*be, m.cfg, 7, 0.3f);
-  std::string clean, corrupted;
-  for (int i = 0; i < 40; ++i) clean += "The goal is to make one cup of coffee this afternoon. ";
-  corrupted = clean;
-  clean += "The goal is to make one cup of cappuccino. Is this a short-term or long-term goal? The answer is:";
-  corrupted += "The goal is to become a future president. Is this a short-term or long-term goal? The answer is:";
-  PairBatch pb = make_pair_batch({{clean, corrupted, "short", "long"}}, m.tok, m.cfg.pad_token_id,
-                                 m.cfg.max_position_embeddings);
+  test::LongSweepCase lc = test::make_long_sweep_case(*be);
+  const Model& m = lc.model;
+  const PairBatch& pb = lc.batch;
   ASSERT_GE(pb.clean.T, 500);
   ForwardState c = forward(*be, m, pb.clean), r = forward(*be, m, pb.corrupted);
 

@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 
 #include "patching/sweep.h"
 #include "patching/verify.h"
+#include "long_sweep_case.h"
 #include "test_util.h"
 
 namespace phi3 {
@@ -97,6 +99,42 @@ TEST(GpuSweep, CudaEqualsCpuEveryHook) {
     std::printf("  %s: max |LD cuda - LD cpu| = %.3g over %zu values, %d streams\n", hook_name(h).c_str(), worst,
                 a.ld.size(), b.work.streams);
   }
+}
+
+// A 512-token batch on CUDA: the sweep runs chunk by chunk inside a small memory budget, on
+// several streams, and equals full patched forwards on the CPU at sampled targets.
+TEST(GpuSweep, FiveHundredTokensWithinMemoryBudget) {
+  REQUIRE_GPU();
+  auto gpu = make_backend("cuda", /*fp32=*/true);
+  if (gpu->name().find("emulator") != std::string::npos && !std::getenv("PHI3_EMU_ALL"))
+    GTEST_SKIP() << "a 512-token sweep takes ~10 min on the CPU emulator of CUDA (PHI3_EMU_ALL=1 runs "
+                    "it); tests/cpu/test_sweep_long.cpp covers the same engine path on the CPU";
+  auto cpu = make_cpu_backend();
+  test::LongSweepCase g = test::make_long_sweep_case(*gpu), c = test::make_long_sweep_case(*cpu);
+  const PairBatch& pb = g.batch;
+  ASSERT_GE(pb.clean.T, 500);
+  ForwardState gc = forward(*gpu, g.model, pb.clean), gr = forward(*gpu, g.model, pb.corrupted);
+  SweepOptions o;
+  o.mem_budget = 8u << 20;
+  o.streams = 2;
+  SweepResult s = activation_sweep(*gpu, g.model, gr, gc, pb.answer, pb.other, Hook::ResidPre, o);
+  EXPECT_GT(s.work.chunks, 10) << "a 512-token sweep cannot fit 8 MiB at once";
+  for (float v : s.ld) ASSERT_TRUE(std::isfinite(v));
+
+  ForwardState cc = forward(*cpu, c.model, c.batch.clean);
+  const int T = pb.clean.T, B = pb.clean.B;
+  for (auto [l, p] : {std::pair{0, T - 60}, {1, T - 1}, {2, T - 30}, {0, 3}}) {
+    PatchSpec spec{Hook::ResidPre, l, p, -1};
+    ForwardOptions fo;
+    fo.keep_pattern = false;
+    fo.patch = &spec;
+    fo.source = &cc;
+    ForwardState f = forward(*cpu, c.model, c.batch.corrupted, fo);
+    LogitDiff ld = logit_diff(*cpu, c.model, f, c.batch.answer, c.batch.other);
+    for (int b = 0; b < B; ++b)  // fp32 GPU vs CPU over 512 positions: summation order only
+      EXPECT_NEAR(s.ld[(size_t(l) * T + p) * B + b], ld.per_row[b], 1e-3) << "layer " << l << " pos " << p;
+  }
+  std::printf("  512-token sweep: %d chunks on %d streams, %.2f s\n", s.work.chunks, s.work.streams, s.work.seconds);
 }
 
 }  // namespace
