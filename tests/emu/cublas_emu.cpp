@@ -13,10 +13,7 @@
 
 #define PHI3_EMU_NO_LANGUAGE  // the emulator itself: plain C++
 #include "cuda_emu.h"
-
-namespace phi3emu {
-bool is_device_range(const void* p, size_t bytes);
-}
+#include "emu_state.h"
 
 namespace {
 

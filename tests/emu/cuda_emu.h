@@ -1,8 +1,9 @@
 // CPU emulation of the CUDA kernel language, so that kernels/cuda/*.cu and runtime/cuda/*.cu
 // run on a machine without a GPU (CMake: -DPHI3_CUDA=EMU; scripts/emu-check). This header
-// is force-included (-include) when those files are compiled as C++; the runtime it talks
-// to is tests/emu/cuda_emu_runtime.cpp (fibers, kernel launches, the CUDA runtime calls the
-// project makes) and tests/emu/cublas_emu.cpp (the cuBLAS calls, on OpenBLAS).
+// is force-included (-include) when those files are compiled as C++. The emulator itself:
+// tests/emu/fibers.cpp (GPU threads as fibers, barriers, shuffles, launches),
+// tests/emu/cuda_runtime_emu.cpp (the CUDA runtime calls the project makes, device memory
+// in host memory) and tests/emu/cublas_emu.cpp (the cuBLAS calls, on OpenBLAS).
 //
 // Semantics kept: every thread of a block is a fiber with its own threadIdx; blocks run one
 // after another; __syncthreads() waits for every live thread of the block, warp shuffles
