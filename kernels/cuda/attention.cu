@@ -98,6 +98,29 @@ __device__ __forceinline__ void dot_rows(float (&s)[kQPW], const float* qrows, i
   }
 }
 
+// acc[r][i] += sum_{jj < n} w[r] of lane jj * rows[jj * stride + lane + 32 i]: the warp's kQPW
+// query rows accumulate n shared-memory rows (HD dims, lane-strided) weighted by the values
+// lane jj holds for key jj (P for P v, dS for dS k). Called by all 32 lanes of the warp.
+template <int DPL>
+__device__ __forceinline__ void accumulate_rows(float (&acc)[kQPW][DPL], const float (&w)[kQPW],
+                                                const float* rows, int stride, int n, int HD) {
+  const int lane = threadIdx.x & 31;
+  for (int jj = 0; jj < n; ++jj) {
+    float x[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+      const int d = lane + 32 * i;
+      x[i] = d < HD ? rows[jj * stride + d] : 0.0f;
+    }
+#pragma unroll
+    for (int r = 0; r < kQPW; ++r) {
+      const float g = __shfl_sync(0xffffffffu, w[r], jj);
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) acc[r][i] = fmaf(g, x[i], acc[r][i]);
+    }
+  }
+}
+
 size_t fwd_smem_floats(int HD4, int HD) { return (size_t)kBQ * HD4 + (size_t)kBK * (HD4 + 1) + (size_t)kBK * HD; }
 size_t dq_smem_floats(int HD4) { return (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1); }
 size_t dkv_smem_floats(int HD4) { return (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1) + kBK; }
@@ -182,21 +205,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int i = 0; i < DPL; ++i) o[r][i] *= corr;
       }
-      const int n_keys = min(kBK, t_hi - j0 + 1);
-      for (int jj = 0; jj < n_keys; ++jj) {
-        float vv[DPL];
-#pragma unroll
-        for (int i = 0; i < DPL; ++i) {
-          const int d = lane + 32 * i;
-          vv[i] = d < HD ? Vs[jj * HD + d] : 0.0f;
-        }
-#pragma unroll
-        for (int r = 0; r < kQPW; ++r) {
-          const float pj = __shfl_sync(0xffffffffu, pr[r], jj);
-#pragma unroll
-          for (int i = 0; i < DPL; ++i) o[r][i] = fmaf(pj, vv[i], o[r][i]);
-        }
-      }
+      accumulate_rows(o, pr, Vs, HD, min(kBK, t_hi - j0 + 1), HD);  // o += P v
     }
 
     // z rows (pad queries: l == 0 -> 0)
@@ -324,21 +333,7 @@ __global__ void __launch_bounds__(kThreads)
           ds[r] = vis ? softmax_grad(pv, dp[r], Dsum[r]) : 0.0f;
         }
         if (sweep == 1) {
-          const int n_keys = min(kBK, t_hi - j0 + 1);
-          for (int jj = 0; jj < n_keys; ++jj) {
-            float kv[DPL];
-#pragma unroll
-            for (int i = 0; i < DPL; ++i) {
-              const int d = lane + 32 * i;
-              kv[i] = d < HD ? Ks[jj * KS + d] : 0.0f;
-            }
-#pragma unroll
-            for (int r = 0; r < kQPW; ++r) {
-              const float g = __shfl_sync(0xffffffffu, ds[r], jj);
-#pragma unroll
-              for (int i = 0; i < DPL; ++i) dq[r][i] = fmaf(g, kv[i], dq[r][i]);
-            }
-          }
+          accumulate_rows(dq, ds, Ks, KS, min(kBK, t_hi - j0 + 1), HD);  // dq += dS k
         }
       }
       if (sweep == 0) {
