@@ -17,10 +17,7 @@
 
 namespace {
 
-struct Handle {
-  cudaStream_t stream = nullptr;
-  cublasMath_t math = CUBLAS_DEFAULT_MATH;
-};
+struct Handle {};  // every call runs at once on the host: no stream or mode to keep
 
 size_t elem_size(cudaDataType t) {
   switch (t) {
@@ -65,13 +62,10 @@ cublasStatus_t cublasDestroy(cublasHandle_t h) {
 }
 cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
   if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-  reinterpret_cast<Handle*>(h)->stream = s;
-  return CUBLAS_STATUS_SUCCESS;
+  return phi3emu::stream_live(s) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
 }
-cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode) {
-  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-  reinterpret_cast<Handle*>(h)->math = mode;
-  return CUBLAS_STATUS_SUCCESS;
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t) {
+  return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
 }
 const char* cublasGetStatusName(cublasStatus_t s) {
   switch (s) {

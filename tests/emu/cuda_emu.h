@@ -120,19 +120,7 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
 // Device-side integer min/max of the CUDA math library (host C++ has only std::).
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
-inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
-inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
-inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
-// Atomics: threads of the emulator never run at the same time (a fiber switches only at a
-// barrier), so plain read-modify-write is atomic.
-template <typename T>
-inline T atomicAdd(T* p, T v) {
-  T old = *p;
-  *p = old + v;
-  return old;
-}
 
 // The typed overload cuda_runtime.h offers to nvcc-compiled code only.
 template <typename R, typename... P>

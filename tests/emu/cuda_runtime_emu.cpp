@@ -178,14 +178,8 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int d) {
     case cudaDevAttrMultiProcessorCount:
       *v = static_cast<int>(phi3emu::env_long("PHI3_EMU_SMS", 2));
       return cudaSuccess;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
-      *v = static_cast<int>(phi3emu::kMaxSmemOptin);
-      return cudaSuccess;
     case cudaDevAttrL2CacheSize:
       *v = 50 << 20;  // as an H100
-      return cudaSuccess;
-    case cudaDevAttrMaxThreadsPerBlock:
-      *v = phi3emu::kMaxThreads;
       return cudaSuccess;
     default:
       return ret(cudaErrorInvalidValue);
@@ -205,7 +199,6 @@ cudaError_t cudaGetLastError() {
   phi3emu::t_last_error = cudaSuccess;
   return e;
 }
-cudaError_t cudaPeekAtLastError() { return phi3emu::t_last_error; }
 
 const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {
@@ -237,7 +230,6 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
   phi3emu::g_streams.insert(*s);
   return cudaSuccess;
 }
-cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   std::lock_guard<std::mutex> lk(phi3emu::g_mu);
   if (!phi3emu::g_streams.erase(s)) return ret(cudaErrorInvalidResourceHandle);
@@ -245,7 +237,6 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) { return ret(phi3emu::check_stream(s)); }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) { return ret(phi3emu::memory().alloc(p, bytes)); }
 cudaError_t cudaFree(void* p) { return ret(phi3emu::memory().release(p)); }
@@ -309,10 +300,6 @@ cudaError_t cudaEventCreate(cudaEvent_t* e) {
   *e = reinterpret_cast<cudaEvent_t>(new double(0.0));
   return cudaSuccess;
 }
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete reinterpret_cast<double*>(e);
-  return cudaSuccess;
-}
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
   if (!e) return ret(cudaErrorInvalidResourceHandle);
   timespec ts{};
@@ -326,11 +313,5 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   *ms = static_cast<float>(*reinterpret_cast<double*>(b) - *reinterpret_cast<double*>(a));
   return cudaSuccess;
 }
-cudaError_t cudaDriverGetVersion(int* v) {
-  if (!v) return ret(cudaErrorInvalidValue);
-  *v = CUDART_VERSION;
-  return cudaSuccess;
-}
-cudaError_t cudaRuntimeGetVersion(int* v) { return cudaDriverGetVersion(v); }
 
 }  // extern "C"

@@ -1,7 +1,7 @@
 // The CPU CUDA emulator's threads (see tests/emu/cuda_emu.h): every GPU thread of a block is
 // a fiber on the launching OS thread; blocks run one after another. A fiber switches only at
-// a barrier (__syncthreads, __syncwarp, a warp shuffle), so atomics are trivially atomic and
-// __shared__ variables (thread_local statics) are per block. Between barriers the block's
+// a barrier (__syncthreads, __syncwarp, a warp shuffle), so __shared__ variables
+// (thread_local statics) are per block. Between barriers the block's
 // threads run in a shuffled order, so a missing barrier changes the answer. A barrier that
 // can never complete (some threads wait elsewhere) and a shuffle from a lane that did not
 // take part abort with a report naming the block and where each thread waits. Launch
@@ -114,7 +114,6 @@ struct BlockRun {
   Fiber* cur = nullptr;
   std::vector<unsigned char> smem;  // dynamic shared memory (16-byte aligned start below)
   unsigned char* smem_base = nullptr;
-  uint64_t progress = 0;
 };
 
 thread_local BlockRun* t_run = nullptr;
@@ -174,11 +173,10 @@ void yield_to_scheduler() {
   switch_to_scheduler(r, *r.cur, false);
 }
 
-void release_if_complete(Barrier& b, int expected, BlockRun& r) {
+void release_if_complete(Barrier& b, int expected) {
   if (b.arrived > 0 && b.arrived >= expected) {
     b.arrived = 0;
     ++b.gen;
-    ++r.progress;
   }
 }
 
@@ -187,7 +185,7 @@ void wait_at(Barrier& b, int expected, const char* what) {
   Fiber& f = *r.cur;
   const uint64_t gen = b.gen;
   ++b.arrived;
-  release_if_complete(b, expected, r);
+  release_if_complete(b, expected);
   if (b.gen != gen) return;  // this thread completed the barrier
   f.waiting = &b;
   f.wait_gen = gen;
@@ -212,10 +210,9 @@ void fiber_entry() {
   f.done = true;
   --r.live;
   --r.warps[f.warp].live;
-  ++r.progress;
   // Threads that exited no longer count at barriers (as on Volta and later GPUs).
-  release_if_complete(r.block_bar, r.live, r);
-  release_if_complete(r.warps[f.warp].bar, r.warps[f.warp].live, r);
+  release_if_complete(r.block_bar, r.live);
+  release_if_complete(r.warps[f.warp].bar, r.warps[f.warp].live);
   switch_to_scheduler(r, f, /*dying=*/true);
   fail("a finished fiber was resumed");
 }
