@@ -40,16 +40,20 @@ using namespace phi3;
 
 constexpr int kD = 3072, kH = 32, kHD = 96, kF = 8192;
 
-// Device buffer with deterministic pseudo-random contents in [-1, 1).
+// Device buffer with deterministic pseudo-random contents in [-1, 1): fp32 values, or bf16
+// ones (Fill::BF16: real bf16 numbers, not the halves of fp32 bit patterns, which include
+// NaNs and huge exponents), or zeros (outputs).
+enum class Fill { F32, BF16, Zero };
 struct Buf {
   void* p = nullptr;
   size_t bytes = 0;
-  explicit Buf(size_t b, uint32_t seed = 1, bool fill = true) : bytes(b) {
+  explicit Buf(size_t b, uint32_t seed = 1, bool fill = true) : Buf(b, seed, fill ? Fill::F32 : Fill::Zero) {}
+  Buf(size_t b, uint32_t seed, Fill fill) : bytes(b) {
     if (cudaMalloc(&p, b) != cudaSuccess) {
       p = nullptr;
       return;
     }
-    if (!fill) {
+    if (fill == Fill::Zero) {
       cudaMemset(p, 0, b);
       return;
     }
@@ -58,6 +62,12 @@ struct Buf {
     for (auto& x : h) {
       s = s * 1664525u + 1013904223u;
       x = static_cast<float>(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
+    }
+    if (fill == Fill::BF16) {
+      std::vector<uint16_t> hb(b / 2);
+      for (size_t i = 0; i < hb.size(); ++i) hb[i] = float_to_bf16_bits(h[i / 2] * (i & 1 ? -0.5f : 1.0f));
+      cudaMemcpy(p, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice);
+      return;
     }
     cudaMemcpy(p, h.data(), b, cudaMemcpyHostToDevice);
   }
@@ -219,7 +229,7 @@ void BM_CastF32ToBF16(benchmark::State& st) {
 void BM_CastBF16ToF32(benchmark::State& st) {
   if (!have_gpu(st)) return;
   const int64_t n = st.range(0) * kD;
-  Buf in(n * 2), out(n * 4, 2, false);
+  Buf in(n * 2, 1, Fill::BF16), out(n * 4, 2, false);
   run_timed(st, [&](cudaStream_t s) { cuda::cast_bf16_to_f32(out.f(), in.h(), n, s); });
   set_bytes(st, 6.0 * n);
 }
@@ -294,7 +304,7 @@ void BM_LinearBF16(benchmark::State& st) {
   static const char* names[4] = {"qkv", "o", "gate_up", "down"};
   const int N = static_cast<int>(st.range(0));
   const int in = shapes[st.range(1)][0], out = shapes[st.range(1)][1];
-  Buf W((size_t)in * out * 2), x((size_t)N * in * 4, 2), y((size_t)N * out * 4, 3, false);
+  Buf W((size_t)in * out * 2, 1, Fill::BF16), x((size_t)N * in * 4, 2), y((size_t)N * out * 4, 3, false);
   const Weight w{W.p, DType::BF16, out, in};
   run_timed(st, [&](cudaStream_t s) { cuda::linear_forward(y.f(), x.f(), w, N, s); });
   set_flops(st, 2.0 * N * in * out);

@@ -1,6 +1,8 @@
 #include "model/batch.h"
 
 #include <algorithm>
+#include <climits>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "runtime/error.h"
@@ -56,10 +58,36 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
     const std::string where = source + ": pair " + std::to_string(i);
     const auto& p = j[i];
     if (!p.is_object()) throw Error(where + ": expected an object with keys \"clean\" and \"corrupted\"");
-    auto side = [&](const char* key, std::string& q, std::string& a) {
+    auto side = [&](const char* key, std::string& q, std::string& a, std::vector<int>& ids, int& aid) {
       if (!p.contains(key)) throw Error(where + ": missing key \"" + key + "\"");
       const auto& s = p[key];
-      if (!s.is_object()) throw Error(where + ": \"" + key + "\" must be an object with \"question\" and \"answer\"");
+      if (!s.is_object())
+        throw Error(where + ": \"" + key + "\" must be an object with \"question\" and \"answer\" (or \"ids\" and " +
+                    "\"answer_id\")");
+      if (s.contains("ids") || s.contains("answer_id")) {  // pre-tokenized
+        if (!s.contains("ids")) throw Error(where + ": missing key \"" + key + ".ids\" (it has \"answer_id\")");
+        if (!s.contains("answer_id"))
+          throw Error(where + ": missing key \"" + key + ".answer_id\" (it has \"ids\")");
+        if (!s["ids"].is_array() || s["ids"].empty())
+          throw Error(where + ": \"" + key + ".ids\" must be a non-empty list of token ids");
+        for (size_t k = 0; k < s["ids"].size(); ++k) {
+          const auto& v = s["ids"][k];
+          if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+            throw Error(where + ": \"" + key + ".ids\"[" + std::to_string(k) + "] is " + v.dump() +
+                        ", not a token id (a non-negative integer)");
+          ids.push_back(v.get<int>());
+        }
+        const auto& v = s["answer_id"];
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+          throw Error(where + ": \"" + key + ".answer_id\" is " + v.dump() + ", not a token id");
+        aid = v.get<int>();
+        for (auto [f, dst] : {std::pair<const char*, std::string*>{"question", &q}, {"answer", &a}}) {
+          if (!s.contains(f)) continue;  // optional labels
+          if (!s[f].is_string()) throw Error(where + ": \"" + key + "." + f + "\" must be a string");
+          *dst = s[f].get<std::string>();
+        }
+        return;
+      }
       for (const char* f : {"question", "answer"}) {
         if (!s.contains(f)) throw Error(where + ": missing key \"" + key + "." + f + "\"");
         if (!s[f].is_string()) throw Error(where + ": \"" + key + "." + f + "\" must be a string");
@@ -70,9 +98,12 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
       if (a.empty()) throw Error(where + ": \"" + key + ".answer\" is empty");
     };
     PromptPair pp;
-    side("clean", pp.clean, pp.clean_answer);
-    side("corrupted", pp.corrupted, pp.corrupted_answer);
-    if (pp.clean_answer == pp.corrupted_answer)
+    side("clean", pp.clean, pp.clean_answer, pp.clean_ids, pp.clean_answer_id);
+    side("corrupted", pp.corrupted, pp.corrupted_answer, pp.corrupted_ids, pp.corrupted_answer_id);
+    if (pp.clean_answer_id >= 0 && pp.clean_answer_id == pp.corrupted_answer_id)
+      throw Error(where + ": clean and corrupted answer ids are both " + std::to_string(pp.clean_answer_id) +
+                  " (the logit difference needs two different answers)");
+    if (pp.clean_answer_id < 0 && pp.corrupted_answer_id < 0 && pp.clean_answer == pp.corrupted_answer)
       throw Error(where + ": clean and corrupted answers are both '" + pp.clean_answer +
                   "' (the logit difference needs two different answers)");
     out.push_back(pp);
@@ -84,38 +115,63 @@ std::vector<PromptPair> load_pairs(const std::string& path) {
   return parse_pairs(read_text_file(path, "pairs file"), path);
 }
 
+std::vector<int> prompt_ids(const Tokenizer& tok, const std::string& text, const std::vector<int>& ids, bool add_bos) {
+  if (ids.empty()) return tok.encode(text, add_bos);
+  std::vector<int> out;
+  if (add_bos) out.push_back(tok.bos_id());
+  out.insert(out.end(), ids.begin(), ids.end());
+  return out;
+}
+
+int answer_id(const Tokenizer& tok, const std::string& word, int id) { return id >= 0 ? id : tok.answer_token(word); }
+
 int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok, bool add_bos) {
   int longest = 0;
   for (const auto& p : pairs) {
-    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.clean, add_bos).size()));
-    longest = std::max<int>(longest, static_cast<int>(tok.encode(p.corrupted, add_bos).size()));
+    longest = std::max<int>(longest, static_cast<int>(prompt_ids(tok, p.clean, p.clean_ids, add_bos).size()));
+    longest = std::max<int>(longest, static_cast<int>(prompt_ids(tok, p.corrupted, p.corrupted_ids, add_bos).size()));
   }
   return longest;
 }
 
 void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int max_positions,
-                 const std::string& source, bool add_bos) {
+                 const std::string& source, bool add_bos, int vocab_size) {
+  const int V = vocab_size > 0 ? vocab_size : tok.vocab_size();
   for (size_t i = 0; i < pairs.size(); ++i) {
     const PromptPair& p = pairs[i];
     const std::string where = source + ": pair " + std::to_string(i);
-    auto answer = [&](const char* side, const std::string& a) {
+    auto answer = [&](const char* side, const std::string& a, int id) {
+      if (id >= 0) {
+        if (id >= V)
+          throw Error(where + ": \"" + side + ".answer_id\" " + std::to_string(id) + " is outside the vocabulary (" +
+                      std::to_string(V) + " tokens)");
+        return id;
+      }
       try {
         return tok.answer_token(a);
       } catch (const Error& e) {
         throw Error(where + ": \"" + side + ".answer\" " + e.what());
       }
     };
-    const int a_clean = answer("clean", p.clean_answer);
-    const int a_corr = answer("corrupted", p.corrupted_answer);
+    const int a_clean = answer("clean", p.clean_answer, p.clean_answer_id);
+    const int a_corr = answer("corrupted", p.corrupted_answer, p.corrupted_answer_id);
     if (a_clean == a_corr)
-      throw Error(where + ": clean answer '" + p.clean_answer + "' and corrupted answer '" + p.corrupted_answer +
-                  "' are the same token '" + tok.piece(a_clean) + "' (the logit difference needs two different tokens)");
+      throw Error(where + ": clean answer '" + tok.label(a_clean) + "' and corrupted answer '" + tok.label(a_corr) +
+                  "' are the same token (the logit difference needs two different tokens)");
+    for (const auto* ids : {&p.clean_ids, &p.corrupted_ids})
+      for (size_t k = 0; k < ids->size(); ++k)
+        if ((*ids)[k] >= V)
+          throw Error(where + ": \"" + (ids == &p.clean_ids ? "clean" : "corrupted") + ".ids\"[" + std::to_string(k) +
+                      "] = " + std::to_string((*ids)[k]) + " is outside the vocabulary (" + std::to_string(V) +
+                      " tokens)");
     if (max_positions <= 0) continue;
-    for (const auto& [side, text] : {std::pair<const char*, const std::string*>{"clean", &p.clean},
-                                     std::pair<const char*, const std::string*>{"corrupted", &p.corrupted}}) {
-      const size_t n = tok.encode(*text, add_bos).size();
+    for (const auto& [side, text, ids] :
+         {std::tuple<const char*, const std::string*, const std::vector<int>*>{"clean", &p.clean, &p.clean_ids},
+          std::tuple<const char*, const std::string*, const std::vector<int>*>{"corrupted", &p.corrupted,
+                                                                               &p.corrupted_ids}}) {
+      const size_t n = prompt_ids(tok, *text, *ids, add_bos).size();
       if (static_cast<int64_t>(n) > max_positions)
-        throw Error(where + ": \"" + side + ".question\" is " + std::to_string(n) +
+        throw Error(where + ": \"" + side + (ids->empty() ? ".question" : ".ids") + "\" is " + std::to_string(n) +
                     " tokens long" + std::string(add_bos ? " (with BOS)" : "") + ", more than the model's context of " + std::to_string(max_positions) +
                     " (max_position_embeddings in config.json)");
     }
@@ -128,10 +184,10 @@ PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer&
   std::vector<std::vector<int>> clean_ids, corrupted_ids;
   for (size_t i = 0; i < pairs.size(); ++i) {
     const auto& p = pairs[i];
-    int a_clean = tok.answer_token(p.clean_answer);
-    int a_corr = tok.answer_token(p.corrupted_answer);
-    auto ic = tok.encode(p.clean, add_bos);
-    auto ir = tok.encode(p.corrupted, add_bos);
+    int a_clean = answer_id(tok, p.clean_answer, p.clean_answer_id);
+    int a_corr = answer_id(tok, p.corrupted_answer, p.corrupted_answer_id);
+    auto ic = prompt_ids(tok, p.clean, p.clean_ids, add_bos);
+    auto ir = prompt_ids(tok, p.corrupted, p.corrupted_ids, add_bos);
     for (const auto* ids : {&ic, &ir}) {
       if (max_positions > 0 && static_cast<int>(ids->size()) > max_positions)
         throw Error("pair " + std::to_string(i) + ": prompt has " + std::to_string(ids->size()) +
@@ -147,8 +203,16 @@ PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer&
       pb.answer.push_back(c_ans);
       pb.other.push_back(r_ans);
     };
-    add_row(p.clean, ic, a_clean, p.corrupted, ir, a_corr);
-    add_row(p.corrupted, ir, a_corr, p.clean, ic, a_clean);
+    // A pre-tokenized prompt without a label shows as its pieces.
+    auto text = [&](const std::string& t, const std::vector<int>& ids) {
+      if (!t.empty() || ids.empty()) return t;
+      std::string s;
+      for (int id : ids) s += tok.label(id);
+      return s;
+    };
+    const std::string tc = text(p.clean, p.clean_ids), tr = text(p.corrupted, p.corrupted_ids);
+    add_row(tc, ic, a_clean, tr, ir, a_corr);
+    add_row(tr, ir, a_corr, tc, ic, a_clean);
   }
   int longest = 0;
   for (auto* rows : {&clean_ids, &corrupted_ids})

@@ -22,14 +22,32 @@ struct Batch {
 // Left-pads token rows to T (T = 0: the longest row). Throws if a row is empty or longer than T.
 Batch make_batch(const std::vector<std::vector<int>>& rows, int pad_id, int T = 0);
 
-// One clean/corrupted prompt pair with single-token answers (the pairs-file format
-// [{"clean": {"question", "answer"}, "corrupted": {"question", "answer"}}]).
+// One clean/corrupted prompt pair with single-token answers. The pairs file is a JSON list
+// [{"clean": SIDE, "corrupted": SIDE}], each SIDE either text, {"question", "answer"} (the
+// answer a word that must be one token), or pre-tokenized, {"ids": [int, ...], "answer_id":
+// int} (ids without BOS; "question" and "answer" may label them). Pre-tokenized prompts need no tokenizer,
+// so a benchmark checkpoint can be fed the real Phi-3 ids of a prompt (data/seed_phi3_ids.json).
 struct PromptPair {
-  std::string clean, corrupted;
-  std::string clean_answer, corrupted_answer;
+  std::string clean, corrupted;                // question text (pre-tokenized: its label or "")
+  std::string clean_answer, corrupted_answer;  // answer word (pre-tokenized: its label or "")
+  std::vector<int> clean_ids, corrupted_ids;   // pre-tokenized prompt ids (no BOS), else empty
+  int clean_answer_id = -1, corrupted_answer_id = -1;  // pre-tokenized answer ids, else -1
+
+  static PromptPair text(std::string clean_q, std::string corrupted_q, std::string clean_a, std::string corrupted_a) {
+    PromptPair p;
+    p.clean = std::move(clean_q);
+    p.corrupted = std::move(corrupted_q);
+    p.clean_answer = std::move(clean_a);
+    p.corrupted_answer = std::move(corrupted_a);
+    return p;
+  }
 };
 std::vector<PromptPair> load_pairs(const std::string& path);  // validates, names the culprit
 std::vector<PromptPair> parse_pairs(const std::string& json_text, const std::string& source);
+
+// One side's prompt ids (BOS first when add_bos) and answer id, tokenized or as given.
+std::vector<int> prompt_ids(const Tokenizer& tok, const std::string& text, const std::vector<int>& ids, bool add_bos);
+int answer_id(const Tokenizer& tok, const std::string& word, int id);
 
 // The seed's batch: every pair mixed both ways. Clean rows [p0.clean, p0.corrupted, p1.clean,
 // ...], corrupted rows [p0.corrupted, p0.clean, ...]; answer(b) = clean row's answer token,
@@ -47,9 +65,10 @@ int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok
 
 // Checks what parse_pairs cannot without a model: every answer is exactly one token (else
 // names the pair, the answer and the pieces it became), the two answers of a pair are
-// different tokens, and every prompt (with BOS) fits the model's context (max_positions
-// tokens; <= 0: no limit). Errors start with `source` (the pairs file).
+// different tokens, every pre-tokenized id is inside the model's vocabulary (vocab_size;
+// <= 0: the tokenizer's), and every prompt (with BOS) fits the model's context
+// (max_positions tokens; <= 0: no limit). Errors start with `source` (the pairs file).
 void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int max_positions,
-                 const std::string& source, bool add_bos = true);
+                 const std::string& source, bool add_bos = true, int vocab_size = 0);
 
 }  // namespace phi3

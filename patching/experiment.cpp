@@ -22,7 +22,7 @@ std::vector<TopToken> top3(const Model& m, const float* logits) {
   std::vector<TopToken> out;
   for (int i = 0; i < 3; ++i) {
     int id = idx[i];
-    out.push_back({id, id < m.tok.vocab_size() ? m.tok.piece(id) : "<id " + std::to_string(id) + ">", logits[id]});
+    out.push_back({id, m.tok.label(id), logits[id]});
   }
   return out;
 }
@@ -30,8 +30,7 @@ std::vector<TopToken> top3(const Model& m, const float* logits) {
 std::string padded_text(const Model& m, const Batch& b, int row) {
   std::string s;
   for (int t = 0; t < b.T; ++t) {
-    int id = b.tokens[size_t(row) * b.T + t];
-    s += id < m.tok.vocab_size() ? m.tok.piece(id) : "<id " + std::to_string(id) + ">";
+    s += m.tok.label(b.tokens[size_t(row) * b.T + t]);
   }
   return s;
 }
@@ -130,8 +129,8 @@ BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, c
     s.clean_tokens.emplace_back(pb.clean.tokens.begin() + size_t(b) * T, pb.clean.tokens.begin() + size_t(b + 1) * T);
     s.corrupted_tokens.emplace_back(pb.corrupted.tokens.begin() + size_t(b) * T,
                                     pb.corrupted.tokens.begin() + size_t(b + 1) * T);
-    s.answer_piece.push_back(m.tok.piece(pb.answer[b]));
-    s.other_piece.push_back(m.tok.piece(pb.other[b]));
+    s.answer_piece.push_back(m.tok.label(pb.answer[b]));
+    s.other_piece.push_back(m.tok.label(pb.other[b]));
     s.clean_top.push_back(top3(m, cl.data() + size_t(b) * V));
     s.corrupted_top.push_back(top3(m, co.data() + size_t(b) * V));
   }
@@ -155,7 +154,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     if (opt.should_stop && opt.should_stop()) throw Error("interrupted (Ctrl-C); no results were written");
   };
   std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
-  check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos);
+  check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
   const int per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(pairs.size());
   const int T = pair_batch_length(pairs, m.tok, opt.add_bos);
   if (T > c.max_position_embeddings)
@@ -194,7 +193,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     const int B = pb.clean.B;
     stop_point();
     if (bi == 0) {
-      for (int t = 0; t < T; ++t) R.position_labels.push_back(std::to_string(t) + ":" + m.tok.piece(pb.clean.tokens[t]));
+      for (int t = 0; t < T; ++t) R.position_labels.push_back(std::to_string(t) + ":" + m.tok.label(pb.clean.tokens[t]));
     }
     const auto t_fwd = Clock::now();
     ForwardState clean = forward(be, m, pb.clean);

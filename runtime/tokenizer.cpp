@@ -309,6 +309,11 @@ std::string Tokenizer::piece(int id) const {
               std::to_string(vocab_size()) + ")");
 }
 
+std::string Tokenizer::label(int id) const {
+  if (added_by_id_.count(id) || (id >= 0 && id < piece_count())) return piece(id);
+  return "<id " + std::to_string(id) + ">";
+}
+
 int Tokenizer::piece_count() const { return sp_ ? sp_->GetPieceSize() : 0; }
 
 int Tokenizer::vocab_size() const {

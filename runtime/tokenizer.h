@@ -32,6 +32,7 @@ class Tokenizer {
   std::vector<int> encode(const std::string& text, bool add_bos) const;
   std::string decode(const std::vector<int>& ids) const;
   std::string piece(int id) const;            // "▁short", "<|endoftext|>", ...
+  std::string label(int id) const;            // piece(id), or "<id N>" for an id the tokenizer lacks
   int piece_count() const;                    // SentencePiece pieces
   int vocab_size() const;                     // max id + 1 including added tokens
   int bos_id() const;

@@ -22,7 +22,7 @@ LongSweepCase make_long_sweep_case(Backend& be) {
   std::string corrupted = clean;
   clean += "The goal is to make one cup of cappuccino. Is this a short-term or long-term goal? The answer is:";
   corrupted += "The goal is to become a future president. Is this a short-term or long-term goal? The answer is:";
-  c.batch = make_pair_batch({{clean, corrupted, "short", "long"}}, m.tok, m.cfg.pad_token_id,
+  c.batch = make_pair_batch({PromptPair::text(clean, corrupted, "short", "long")}, m.tok, m.cfg.pad_token_id,
                             m.cfg.max_position_embeddings);
   return c;
 }

@@ -1,31 +1,73 @@
 #!/usr/bin/env python3
-"""Assemble $OUT/gpu-check.json from what scripts/gpu-check left in $OUT.
+"""Assemble $OUT/gpu-check.json from the raw files scripts/gpu-check left in $RAW.
 
-    OUT=dir DEVICE_NAME=.. DRIVER=.. COMMIT=.. TESTS_RC=0 START=<epoch> status_json=.. \
+    RAW=dir OUT=dir DEVICE_NAME=.. DRIVER=.. COMMIT=.. TESTS_RC=0 START=<epoch> \
+        CURRENT_STEP=<step under way or ""> COMPLETE=0|1 status_json=<step\tstatus lines> \
         python3 tools/gpu_check_summary.py
 
-Inputs (each optional): ctest-gpu.xml (junit), gpu-check.log, bench_gpu.json (Google
-Benchmark), sdpa.json (tools/baseline/sdpa_bench.py), e2e.json and e2e_p3m.json
-(`phi3patch bench --json`), cmp_tiny.json / cmp_p3m_batched.json / cmp_p3m_tl.json
-(tools/baseline/compare.py). Besides the raw figures it writes, at the top level, the keys
-issue 6 asks for (device, commit, model, forward_ms, attribution_ms, sweep_resid_pre_s,
-sweep_all_s, baseline_loop_s, baseline_batched_s, speedup_vs_loop, speedup_vs_batched,
-max_abs_diff_vs_baseline) and "targets": each target with its measured value and whether it
-was met. A figure that was not measured is null, never estimated.
+gpu-check calls it after every step, so the JSON always holds what was measured so far;
+"current_step" names the step under way (if the check was cut, the one it was cut in) and
+"complete" is true only after the last step. Inputs (each optional): ctest-gpu.xml (junit),
+gpu-check.log, bench_gpu.json (Google Benchmark), sdpa.json (tools/baseline/sdpa_bench.py),
+e2e.json and e2e_p3m.json (`phi3patch bench --json`), cmp_tiny.json / cmp_p3m_batched.json /
+cmp_p3m_tl.json / cmp_p3m_tl_fp32.json (tools/baseline/compare.py), p3m_parts.txt. A JSON file
+cut short (a benchmark killed by its time limit) is read up to its last complete entry and
+marked "truncated". Besides the raw figures it writes, at the top level, the Phi-3-mini
+figures (device, commit, model, forward_ms, attribution_ms, sweep_resid_pre_s, sweep_all_s,
+baseline_batched_s, baseline_loop_s (TransformerLens-style loop, bf16), baseline_loop_fp32_s
+(TL's default fp32), the speed-ups, max_abs_diff_vs_baseline) and "targets": each target
+with its measured value and whether it was met. A figure not measured is null, never
+estimated.
 """
 import json
 import os
 import re
 import time
 out = os.environ.get("OUT", ".")
+raw = os.environ.get("RAW", out)
+truncated = []
+
+
+def close_json(text):
+    """The longest prefix of a cut-off JSON text that ends after a complete value, closed."""
+    for end in [i for i, ch in enumerate(text) if ch in "}]"][::-1][:400]:
+        prefix, stack, in_str, esc = text[:end + 1], [], False, False
+        for ch in prefix:
+            if in_str:
+                if esc:
+                    esc = False
+                elif ch == "\\":
+                    esc = True
+                elif ch == '"':
+                    in_str = False
+                continue
+            if ch == '"':
+                in_str, esc = True, False
+            elif ch in "[{":
+                stack.append("]" if ch == "[" else "}")
+            elif ch in "]}":
+                if stack:
+                    stack.pop()
+        try:
+            return json.loads(prefix + "".join(reversed(stack)))
+        except ValueError:
+            continue
+    return None
 
 
 def load(name):
     try:
-        with open(os.path.join(out, name)) as f:
-            return json.load(f)
-    except Exception:
+        with open(os.path.join(raw, name)) as f:
+            text = f.read()
+    except OSError:
         return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        v = close_json(text)
+        if v is not None:
+            truncated.append(name)
+        return v
 
 
 def collect():
@@ -34,13 +76,21 @@ def collect():
         "device": os.environ.get("DEVICE_NAME", "unknown"), "driver": os.environ.get("DRIVER", "unknown"),
         "commit": os.environ.get("COMMIT", "unknown"), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": int(time.time()) - int(os.environ.get("START", int(time.time()))),
+        "budget_s": int(os.environ.get("BUDGET_S", "0") or 0),
+        "complete": os.environ.get("COMPLETE", "0") == "1",
+        "current_step": os.environ.get("CURRENT_STEP") or None,
         "steps": dict(l.split("\t", 1) for l in os.environ.get("status_json", "").splitlines() if "\t" in l),
     }
+    try:
+        with open(os.path.join(raw, "p3m_parts.txt")) as f:
+            summary["p3m_parts"] = dict(l.rstrip("\n").split("\t", 1) for l in f if "\t" in l)
+    except OSError:
+        pass
     # tests: junit if present, else ctest's summary line in the log
     tests = {"rc": int(os.environ.get("TESTS_RC", "-1"))}
     try:
         import xml.etree.ElementTree as ET
-        root = ET.parse(os.path.join(out, "ctest-gpu.xml")).getroot()
+        root = ET.parse(os.path.join(raw, "ctest-gpu.xml")).getroot()
         cases = root.iter("testcase")
         passed = failed = skipped = 0
         failed_names = []
@@ -108,7 +158,7 @@ def collect():
     e2e = load("e2e.json")
     if e2e is not None:
         summary["e2e"] = e2e
-    for key in ("e2e_p3m", "cmp_tiny", "cmp_p3m_batched", "cmp_p3m_tl"):
+    for key in ("e2e_p3m", "cmp_tiny", "cmp_p3m_batched", "cmp_p3m_tl", "cmp_p3m_tl_fp32"):
         v = load(key + ".json")
         if v is not None:
             summary[key] = v
@@ -120,6 +170,7 @@ def issue6_figures(summary):
     p3m = summary.get("e2e_p3m") or {}
     sweeps = {s.get("hook"): s for s in p3m.get("sweeps", [])}
     tl = (summary.get("cmp_p3m_tl") or {}).get("hooks", {}).get("resid_pre", {})
+    tl32 = (summary.get("cmp_p3m_tl_fp32") or {}).get("hooks", {}).get("resid_pre", {})
     bt = (summary.get("cmp_p3m_batched") or {}).get("hooks", {}).get("resid_pre", {})
     diffs = [h.get("activation_max_abs_diff") for c in ("cmp_p3m_tl", "cmp_p3m_batched")
              for h in (summary.get(c) or {}).get("hooks", {}).values() if h.get("activation_max_abs_diff") is not None]
@@ -133,8 +184,10 @@ def issue6_figures(summary):
         "sweep_resid_pre_s": rp.get("fast_seconds"),
         "sweep_all_s": sum(three) if all(x is not None for x in three) else None,
         "baseline_loop_s": tl.get("baseline_seconds"),
+        "baseline_loop_fp32_s": tl32.get("baseline_seconds"),
         "baseline_batched_s": bt.get("baseline_seconds"),
         "speedup_vs_loop": tl.get("ratio"),
+        "speedup_vs_loop_fp32": tl32.get("ratio"),
         "speedup_vs_batched": bt.get("ratio"),
         "max_abs_diff_vs_baseline": max(diffs) if diffs else None,
         "speedup_vs_naive_resid_pre": rp.get("speedup_vs_naive"),
@@ -148,13 +201,17 @@ def issue6_figures(summary):
             return {"value": None, "limit": limit, "met": None}
         return {"value": value, "limit": limit, "met": value <= limit if at_most else value >= limit}
 
+    # Issue 15's targets (H100, Phi-3-mini, seed batch). A bf16 TransformerLens-style loop
+    # takes about 10 s and the exact sweep's FLOP floor is about 0.3 s, so >= 50x holds only
+    # against TL's default fp32 loop; against the bf16 loop the target is >= 20x.
     f["targets"] = {
-        "forward_ms <= 4": target(f["forward_ms"], 4.0, True),
-        "attribution_ms <= 12": target(f["attribution_ms"], 12.0, True),
-        "sweep_resid_pre_s <= 0.6": target(f["sweep_resid_pre_s"], 0.6, True),
-        "sweep_all_s <= 1.5": target(f["sweep_all_s"], 1.5, True),
-        "speedup_vs_loop >= 50": target(f["speedup_vs_loop"], 50.0, False),
+        "forward_ms <= 3.5": target(f["forward_ms"], 3.5, True),
+        "attribution_ms <= 10": target(f["attribution_ms"], 10.0, True),
+        "sweep_resid_pre_s <= 0.45": target(f["sweep_resid_pre_s"], 0.45, True),
+        "sweep_all_s <= 1.3": target(f["sweep_all_s"], 1.3, True),
         "speedup_vs_batched >= 3": target(f["speedup_vs_batched"], 3.0, False),
+        "speedup_vs_loop (bf16) >= 20": target(f["speedup_vs_loop"], 20.0, False),
+        "speedup_vs_loop_fp32 >= 50": target(f["speedup_vs_loop_fp32"], 50.0, False),
     }
     return f
 
@@ -162,6 +219,7 @@ def issue6_figures(summary):
 def main():
     summary = collect()
     summary.update(issue6_figures(summary))
+    summary["truncated_files"] = truncated
     path = os.path.join(out, "gpu-check.json")
     with open(path + ".tmp", "w") as fh:
         json.dump(summary, fh, indent=1)

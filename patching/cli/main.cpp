@@ -52,7 +52,9 @@ common options:
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
 
 run options:
-  --pairs FILE      pairs file [data/temporal_scope_for_attribution_patching.json]
+  --pairs FILE      pairs file [data/temporal_scope_for_attribution_patching.json]: a JSON list
+                    of {"clean": {"question", "answer"}, "corrupted": {...}}, or pre-tokenized
+                    {"clean": {"ids": [...], "answer_id": N}, ...} (ids without BOS)
   --hooks LIST      comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out,
                     z (per head and position), z_all_pos (per head) [resid_pre,attn_out,mlp_out]
   --method M        attribution | activation | both [both]
@@ -138,7 +140,7 @@ int cmd_forward(int argc, char** argv, int first) {
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
   const bool bos = !a.has("no-bos");
-  check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos);
+  check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos);
   ForwardOptions fo;
   fo.keep_pattern = false;

@@ -483,6 +483,53 @@ TEST_F(CliErrors, PairsAnswersSameToken) {
   expect_error(run(), {"pairs.json", "pair 1", "same token"});
 }
 
+// Pre-tokenized pairs ({"ids", "answer_id"}): the ids are checked against the model's vocabulary.
+json ids_pairs() {
+  return json::parse(R"([{"clean": {"ids": [5, 6, 7], "answer_id": 9}, "corrupted": {"ids": [5, 8], "answer_id": 10}}])");
+}
+
+TEST_F(CliErrors, PairsIdsOutsideVocabulary) {
+  json p = ids_pairs();
+  p[0]["corrupted"]["ids"][1] = 1032;  // the embedded model has 1032 tokens
+  write_pairs(p);
+  expect_error(run(), {"pairs.json", "pair 0", "corrupted.ids\"[1]", "1032", "outside the vocabulary"});
+}
+
+TEST_F(CliErrors, PairsAnswerIdOutsideVocabulary) {
+  json p = ids_pairs();
+  p[0]["clean"]["answer_id"] = 5000;
+  write_pairs(p);
+  expect_error(run(), {"pairs.json", "pair 0", "clean.answer_id", "5000", "outside the vocabulary"});
+}
+
+TEST_F(CliErrors, PairsIdsNotIntegers) {
+  json p = ids_pairs();
+  p[0]["clean"]["ids"][2] = -3;
+  write_pairs(p);
+  expect_error(run(), {"pairs.json", "pair 0", "clean.ids\"[2]", "-3", "not a token id"});
+  p[0]["clean"]["ids"][2] = "7";
+  write_pairs(p);
+  expect_error(run(), {"pairs.json", "pair 0", "clean.ids\"[2]", "not a token id"});
+}
+
+TEST_F(CliErrors, PairsIdsWithoutAnswerId) {
+  json p = ids_pairs();
+  p[0]["corrupted"].erase("answer_id");
+  write_pairs(p);
+  expect_error(run(), {"pairs.json", "pair 0", "corrupted.answer_id"});
+}
+
+TEST_F(CliErrors, PairsIdsEmptyOrSameAnswer) {
+  json p = ids_pairs();
+  p[0]["clean"]["ids"] = json::array();
+  write_pairs(p);
+  expect_error(run(), {"pairs.json", "pair 0", "clean.ids", "non-empty"});
+  p = ids_pairs();
+  p[0]["corrupted"]["answer_id"] = 9;
+  write_pairs(p);
+  expect_error(run(), {"pairs.json", "pair 0", "answer ids are both 9"});
+}
+
 TEST_F(CliErrors, PromptLongerThanContext) {
   edit_config([](json& j) { j["max_position_embeddings"] = 16; });
   expect_error(run(), {"temporal_scope_for_attribution_patching.json", "pair 0", "clean.question", "16",
@@ -710,8 +757,8 @@ TEST(NonFiniteGradients, NamedByLayerAndHook) {
 
 TEST(PairsCheck, NamesSourcePairAndPieces) {
   Tokenizer tok = Tokenizer::load_dir(model_src());
-  std::vector<PromptPair> pairs = {{"The goal is x. The answer is:", "The goal is y. The answer is:", "short", "long"},
-                                   {"a", "b", "short", "longest-ever"}};
+  std::vector<PromptPair> pairs = {PromptPair::text("The goal is x. The answer is:", "The goal is y. The answer is:", "short", "long"),
+                                   PromptPair::text("a", "b", "short", "longest-ever")};
   try {
     check_pairs(pairs, tok, 128, "mine.json");
     ADD_FAILURE() << "no error";
