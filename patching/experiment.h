@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "patching/sweep.h"
+#include "runtime/comm.h"
 
 namespace phi3 {
 
@@ -26,6 +27,22 @@ struct ExperimentOptions {
   // throws Error("interrupted ...") (the CLI sets it from SIGINT).
   std::function<bool()> should_stop;
   std::function<void(const std::string&)> log;  // progress lines (stderr)
+  // Checkpoints: with an output directory, every finished batch is written to
+  // <checkpoint_out>/checkpoints/ (rank 0); resume: keep the finished batches found there
+  // (else they are cleared first).
+  std::string checkpoint_out;
+  bool resume = false;
+};
+
+// What one rank did in a run (results.json "work.ranks").
+struct RankWork {
+  int rank = 0;
+  int batches = 0;                      // batches it computed (whole or a share)
+  int64_t token_layer_evals = 0;        // forwards, backward (about two forwards) and sweeps
+  int64_t sweep_token_layer_evals = 0;  // of which the patched runs
+  int64_t patched_runs = 0;
+  double seconds = 0;                   // computing (not waiting for the other ranks)
+  double forward_seconds = 0;           // of which the clean/corrupted forwards
 };
 
 struct TopToken {
@@ -72,13 +89,23 @@ struct ExperimentResult {
   std::vector<MatrixResult> results;
   std::vector<HookComparison> comparisons;
   double forward_seconds = 0;
+  int world_size = 1;         // ranks of the job
+  int resumed_batches = 0;    // batches taken from checkpoints
+  std::vector<RankWork> ranks;
+  double wall_seconds = 0;
 };
 
 // Summarises one forward of a pair batch (tokens, top-3, logit differences).
 BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, const ForwardState& clean,
                              const ForwardState& corrupted);
 
-ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt);
+// Every rank of comm calls it with the same options; batches are dealt to ranks (a round of
+// one whole batch per rank), and when fewer batches than ranks are left each is split across
+// all ranks by cost (split_by_cost over its patch targets). Only per-patch scalars and
+// attribution matrices travel. The result is complete on rank 0 only (the others return
+// just the job's header). A failure on any rank throws JobFailed on every rank.
+ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt,
+                                Comm& comm = Comm::world());
 
 double pearson(const std::vector<double>& a, const std::vector<double>& b);
 double spearman(const std::vector<double>& a, const std::vector<double>& b);

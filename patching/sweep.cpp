@@ -351,7 +351,81 @@ class FastSweep {
   DeviceArray<float> X_, ln_, rstd_, qkv_, q_, k_, v_, z_, attn_, gu_, act_, mlp_;
 };
 
+
+// Host copies per layer of a hook's activations in base and source runs.
+std::vector<HookPair> host_copies(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+                                  Hook hook) {
+  const int L = m.cfg.num_hidden_layers, B = base.B, T = base.T, width = hook_width(m, hook);
+  std::vector<HookPair> host(L);
+  for (int l = 0; l < L; ++l) {
+    host[l].width = width;
+    host[l].base.resize(size_t(B) * T * width);
+    host[l].source.resize(size_t(B) * T * width);
+    be.download(host[l].base.data(), base.hook_data(hook, l), host[l].base.size() * sizeof(float));
+    be.download(host[l].source.data(), source.hook_data(hook, l), host[l].source.size() * sizeof(float));
+  }
+  return host;
+}
+
+enum class Plan { Noop, Causal, Run };
+
+// How the fast sweep treats target i: skipped (a bitwise no-op, or unable to reach the
+// logits), or one patched run r.
+Plan plan_run(Hook hook, const PatchSpec& t, int i, const std::vector<HookPair>& host, int B, int T, int L, int HD,
+              Run& r) {
+  const int width = host[t.layer].width;
+  const int col0 = hook_is_per_head(hook) ? t.head * HD : 0;
+  const int ncol = hook_is_per_head(hook) ? HD : width;
+  r.target = i;
+  if (hook == Hook::ZAllPos) {
+    int p0 = -1;
+    for (int p = 0; p < T && p0 < 0; ++p)
+      if (!host[t.layer].equal(T, B, p, col0, ncol)) p0 = p;
+    if (p0 < 0) return Plan::Noop;
+    r.p = p0;
+    r.tail_from = p0;
+    r.tail_to = T;
+  } else {
+    if (host[t.layer].equal(T, B, t.pos, col0, ncol)) return Plan::Noop;
+    r.p = t.pos;
+    r.tail_from = t.pos;
+    r.tail_to = t.pos + 1;
+  }
+  if (hook == Hook::ResidPre) {
+    r.start = t.layer;
+  } else {
+    r.tail = true;
+    r.start = t.layer + 1;
+    if (r.start == L && r.tail_to < T) return Plan::Causal;  // after attention in the last layer, before T-1
+  }
+  return Plan::Run;
+}
+
+// Token-layer evaluations of one run, as FastSweep counts them: B rows per position from p
+// in every layer from `start`, plus its tail rows (only T-1 in the last layer).
+int64_t run_cost(const Run& r, int B, int T, int L) {
+  int64_t c = int64_t(B) * (T - r.p) * (L - r.start);
+  if (r.tail) c += int64_t(B) * (r.start < L ? r.tail_to - r.tail_from : 1);
+  return c;
+}
+
 }  // namespace
+
+std::vector<int64_t> sweep_target_costs(Backend& be, const Model& m, const ForwardState& base,
+                                        const ForwardState& source, Hook hook, bool naive) {
+  const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = m.cfg.num_attention_heads;
+  const std::vector<PatchSpec> targets = sweep_targets(hook, L, T, H);
+  std::vector<int64_t> cost(targets.size(), int64_t(B) * T * L);
+  if (naive) return cost;
+  const std::vector<HookPair> host = host_copies(be, m, base, source, hook);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    Run r;
+    cost[i] = plan_run(hook, targets[i], static_cast<int>(i), host, B, T, L, m.cfg.head_dim, r) == Plan::Run
+                  ? run_cost(r, B, T, L)
+                  : 0;
+  }
+  return cost;
+}
 
 SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                              const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook,
@@ -375,19 +449,19 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   };
 
   // Host copies per layer of the hook's activations, for the no-op test.
-  const int width = hook_width(m, hook);
-  std::vector<HookPair> host(L);
-  for (int l = 0; l < L; ++l) {
-    host[l].width = width;
-    host[l].base.resize(size_t(B) * T * width);
-    host[l].source.resize(size_t(B) * T * width);
-    be.download(host[l].base.data(), base.hook_data(hook, l), host[l].base.size() * sizeof(float));
-    be.download(host[l].source.data(), source.hook_data(hook, l), host[l].source.size() * sizeof(float));
+  const std::vector<HookPair> host = host_copies(be, m, base, source, hook);
+  const bool all = opt.first <= 0 && (opt.last < 0 || opt.last >= n_targets);
+  const int64_t first = std::max<int64_t>(0, opt.first), last = opt.last < 0 ? n_targets : std::min(opt.last, n_targets);
+  if (!all) {  // targets outside [first, last) are another caller's: NaN here, no work counted
+    res.work.naive_token_layer_evals = std::max<int64_t>(0, last - first) * int64_t(B) * T * L;
+    for (int64_t i = 0; i < n_targets; ++i)
+      if (i < first || i >= last)
+        for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = NAN;
   }
 
   if (opt.naive) {
     // One full forward per patch, nothing skipped: the reference the fast sweep must equal.
-    for (int64_t i = 0; i < n_targets; ++i) {
+    for (int64_t i = first; i < last; ++i) {
       ForwardOptions fo;
       fo.keep_pattern = false;
       fo.patch = &res.targets[i];
@@ -396,55 +470,30 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
       LogitDiff ld = logit_diff(be, m, s, answer, other);
       for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = ld.per_row[b];
       res.work.token_layer_evals += int64_t(B) * T * L;
-      if (opt.progress) opt.progress(i + 1, n_targets);
+      if (opt.progress) opt.progress(i + 1 - first, last - first);
     }
-    res.work.patched_runs = n_targets;
-    res.work.chunks = static_cast<int>(n_targets);
+    res.work.patched_runs = last - first;
+    res.work.chunks = static_cast<int>(last - first);
     res.work.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     return res;
   }
 
   std::vector<Run> runs;
-  for (int64_t i = 0; i < n_targets; ++i) {
-    const PatchSpec& t = res.targets[i];
-    const int col0 = hook_is_per_head(hook) ? t.head * HD : 0;
-    const int ncol = hook_is_per_head(hook) ? HD : width;
+  for (int64_t i = first; i < last; ++i) {
     Run r;
-    r.target = static_cast<int>(i);
-    if (hook == Hook::ZAllPos) {
-      int p0 = -1;
-      for (int p = 0; p < T && p0 < 0; ++p)
-        if (!host[t.layer].equal(T, B, p, col0, ncol)) p0 = p;
-      if (p0 < 0) {
+    switch (plan_run(hook, res.targets[i], static_cast<int>(i), host, B, T, L, HD, r)) {
+      case Plan::Noop:
         ++res.work.skipped_noop;
         set_base(i);
-        continue;
-      }
-      r.p = p0;
-      r.tail_from = p0;
-      r.tail_to = T;
-    } else {
-      if (host[t.layer].equal(T, B, t.pos, col0, ncol)) {
-        ++res.work.skipped_noop;
-        set_base(i);
-        continue;
-      }
-      r.p = t.pos;
-      r.tail_from = t.pos;
-      r.tail_to = t.pos + 1;
-    }
-    if (hook == Hook::ResidPre) {
-      r.start = t.layer;
-    } else {
-      r.tail = true;
-      r.start = t.layer + 1;
-      if (r.start == L && r.tail_to < T) {  // after attention in the last layer, before T-1
+        break;
+      case Plan::Causal:
         ++res.work.skipped_causal;
         set_base(i);
-        continue;
-      }
+        break;
+      case Plan::Run:
+        runs.push_back(r);
+        break;
     }
-    runs.push_back(r);
   }
   res.work.patched_runs = static_cast<int64_t>(runs.size());
 

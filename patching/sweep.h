@@ -47,7 +47,16 @@ struct SweepOptions {
   size_t mem_budget = 0;  // bytes of work buffers per chunk (0: 1/4 of free device memory)
   int streams = 0;        // chunks in flight at once, each on its own stream (0: the backend's preference)
   std::function<void(int64_t done, int64_t total)> progress;  // optional
+  // Only targets [first, last) are computed (last < 0: to the end); the others get NaN and
+  // count in no work field. Lets ranks of a distributed job share one sweep.
+  int64_t first = 0, last = -1;
 };
+
+// Token-layer evaluations each target's patched run costs (0: skipped as a no-op or
+// causally; naive: a full forward each), in sweep_targets order: what the work of a sweep
+// is balanced by when it is split across ranks.
+std::vector<int64_t> sweep_target_costs(Backend& be, const Model& m, const ForwardState& base,
+                                        const ForwardState& source, Hook hook, bool naive = false);
 
 SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                              const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook,

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "runtime/backend.h"
+#include "runtime/comm.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/error.h"
 
@@ -17,10 +18,15 @@ bool cuda_available() {
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& device, bool fp32) {
+  // In a distributed job each rank takes GPU local_rank % device_count (one rank per GPU
+  // across nodes with no extra flags).
+  const Comm& comm = Comm::world();
+  const int gpu = comm.distributed() ? comm.local_rank() : -1;
+  (void)gpu;
   if (device == "cpu") return make_cpu_backend();
   if (device == "cuda") {
 #if defined(PHI3_WITH_CUDA)
-    return make_cuda_backend(fp32);
+    return make_cuda_backend(fp32, gpu);
 #else
     (void)fp32;
     throw Error("--device cuda: this binary was built without CUDA (nvcc was not found at configure time)");
@@ -28,7 +34,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, bool fp32) {
   }
   if (device == "auto") {
 #if defined(PHI3_WITH_CUDA)
-    if (cuda_available()) return make_cuda_backend(fp32);
+    if (cuda_available()) return make_cuda_backend(fp32, gpu);
 #endif
     return make_cpu_backend();
   }

@@ -8,6 +8,7 @@
 #include <climits>
 #include <string>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 #include "runtime/error.h"
 
@@ -39,6 +40,11 @@ void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const We
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out,
               static_cast<const float*>(W.data), in, accumulate ? 1.0f : 0.0f, dx, in);
+}
+
+void set_all_threads(int n) {
+  set_num_threads(n);
+  openblas_set_num_threads(n > 0 ? n : num_threads());
 }
 
 }  // namespace phi3::cpu

@@ -29,6 +29,11 @@ inline int num_threads() {
   return hc == 0 ? 1 : static_cast<int>(std::min(hc, 64u));
 }
 inline void set_num_threads(int n) { thread_setting().store(n, std::memory_order_relaxed); }
+// The CPU ops' threads and OpenBLAS's (kernels/cpu/linear.cpp): what a rank uses when
+// several ranks share a node's cores. (OpenBLAS's results change in the last bits with its
+// thread count and with a GEMM's row count, so results are equal across thread and rank
+// counts to about 1e-7 relative, not bitwise.)
+void set_all_threads(int n);
 
 // Calls fn(begin, end) over a partition of [0, n); `work` is the total cost in multiply-adds.
 template <typename F>

@@ -15,6 +15,7 @@
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
 #include "patching/sweep.h"
+#include "runtime/comm.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -80,16 +81,20 @@ double measured_peak_tflops(Backend& be) {
 }  // namespace
 
 int cmd_bench(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget"},
+  Args a(argc, argv, first,
+         {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch"},
          {"fp32", "no-naive", "compare-fp32", "help"});
   if (a.has("help")) {
     std::cout << "usage: phi3patch bench [--model DIR] [--pairs FILE] [--hooks resid_pre,attn_out,mlp_out]\n"
                  "                       [--device auto|cpu|cuda] [--fp32] [--repeat N] [--no-naive]\n"
                  "                       [--naive-hooks LIST] [--mem-budget MB] [--json FILE]\n"
                  "                       [--compare-fp32]  (bf16 on CUDA: also sweep with fp32 weights and\n"
-                 "                                          report the largest difference)\n";
+                 "                                          report the largest difference)\n"
+                 "under mpirun -np N: the experiment on rank 0 alone, then on all N ranks, with the\n"
+                 "speed-up, parallel efficiency and per-rank work ([--batch N] pairs per batch)\n";
     return 0;
   }
+  if (Comm::world().distributed()) return cmd_bench_scaling(a, Comm::world());
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
   auto t_load = Clock::now();

@@ -6,13 +6,17 @@
 #include <cstdio>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "model/forward.h"
 #include "patching/accuracy.h"
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
+#include "patching/checkpoint.h"
 #include "patching/experiment.h"
 #include "patching/report.h"
+#include "kernels/cpu/parallel.h"
+#include "runtime/comm.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -63,14 +67,20 @@ run options:
   --naive           activation patching with one full forward per patch (verification)
   --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory) [0]
   --out DIR         output directory [out]
-  --force           overwrite results already in --out
+  --force           overwrite results already in --out (and drop its checkpoints)
+  --resume          continue an interrupted run in --out: finished batches are read from
+                    --out/checkpoints/ (written after every batch) and not recomputed
+
+distributed (MPI): mpirun -np N phi3patch run ... (or srun) gives the same results as one
+process; batches are dealt to ranks, and a batch's patches are split across ranks by cost.
+With --device cuda each rank takes GPU local_rank % device_count. Only rank 0 writes --out.
   --no-bos          do not prepend BOS <s> (run and forward; recorded in results.json)
 )";
 
 int cmd_run(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out"},
-         {"fp32", "naive", "force", "no-bos", "help"});
+         {"fp32", "naive", "force", "no-bos", "resume", "help"});
   if (a.has("help")) {
     std::cout << kUsage;
     return 0;
@@ -94,19 +104,50 @@ int cmd_run(int argc, char** argv, int first) {
   opt.batch_pairs = a.get_int("batch", 0);
   opt.naive = a.has("naive");
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
-  opt.log = [](const std::string& s) {
+  Comm& comm = Comm::world();
+  opt.log = [&comm](const std::string& s) {
     if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
-    std::cerr << "[phi3patch] " << s << std::endl;
+    if (comm.root()) std::cerr << "[phi3patch] " << s << std::endl;
   };
   opt.should_stop = [] { return g_interrupted.load(); };
   const std::string out = a.get("out", "out");
-  prepare_out_dir(out, a.has("force"));
-  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  opt.checkpoint_out = out;
+  opt.resume = a.has("resume");
+  // The output directory is rank 0's alone; every rank learns whether it is usable.
+  std::string err;
+  if (comm.root()) {
+    try {
+      prepare_out_dir(out, a.has("force"));
+      const int n = CheckpointDir(out).count();
+      if (n > 0 && !opt.resume && !a.has("force"))
+        throw Error("output directory '" + out + "' holds " + std::to_string(n) +
+                    " finished batches of an earlier run (" + CheckpointDir(out).dir() +
+                    "); pass --resume to continue it, or --force to start over");
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  comm.agree(err);
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Model> m;
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
-  std::cerr << "[phi3patch] loading " << model_dir << " on " << be->name() << std::endl;
-  auto m = load_model(*be, model_dir);
-  if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
-  ExperimentResult R = run_experiment(*be, *m, opt);
+  int code = 2;
+  err.clear();
+  try {
+    be = make_backend(a.get("device", "auto"), a.has("fp32"));
+    opt.log("loading " + model_dir + " on " + be->name());
+    m = load_model(*be, model_dir);
+    if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
+  } catch (const OutOfMemory& e) {
+    err = e.what();
+    code = 3;
+  } catch (const Error& e) {
+    err = e.what();
+    code = g_interrupted ? 130 : 2;
+  }
+  comm.agree(err, code);
+  ExperimentResult R = run_experiment(*be, *m, opt, comm);
+  if (!comm.root()) return 0;
   if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
   auto files = write_report(R, out);
 
@@ -176,55 +217,73 @@ int cmd_accuracy(int argc, char** argv, int first) {
   return 0;
 }
 
+int run_command(const std::string& cmd, int argc, char** argv, int first) {
+  if (cmd == "-h" || cmd == "help" || (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h"))) {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (cmd == "run") return cmd_run(argc, argv, first);
+  if (cmd == "forward") return cmd_forward(argc, argv, first);
+  if (cmd == "tokenize") return cmd_tokenize(argc, argv, first);
+  if (cmd == "accuracy") return cmd_accuracy(argc, argv, first);
+  if (cmd == "verify") return cmd_verify(argc, argv, first);
+  if (cmd == "bench") return cmd_bench(argc, argv, first);
+  if (cmd == "make-random") return cmd_make_random(argc, argv, first);
+  throw Error("unknown command '" + cmd + "' (commands: run, forward, tokenize, verify, accuracy, bench, make-random)");
+}
 }  // namespace
 }  // namespace phi3
 
 int main(int argc, char** argv) {
   using namespace phi3;
-  std::signal(SIGINT, [](int) {
+  auto on_signal = [](int) {
     if (g_interrupted) std::_Exit(130);
     g_interrupted = true;
-  });
+  };
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);  // mpirun / srun stop a job's ranks with SIGTERM
   std::string cmd = "run";
   int first = 1;
   if (argc > 1 && argv[1][0] != '-') {
     cmd = argv[1];
     first = 2;
   }
+  Comm* comm = nullptr;
+  // One line "phi3patch: error: ..." (in a distributed job from rank 0 alone, naming the rank
+  // that failed); an error outside the ranks' agreement ends the whole job from this rank.
+  auto fail = [&](const std::string& msg, int code) {
+    if (comm && comm->distributed()) {
+      std::cerr << "phi3patch: error: rank " << comm->rank() << " of " << comm->size() << ": " << msg << std::endl;
+      comm->abort(code);
+    }
+    std::cerr << "phi3patch: error: " << msg << std::endl;
+    return code;
+  };
   try {
-    if (cmd == "-h" || cmd == "help") {
-      std::cout << kUsage;
-      return 0;
+    comm = &Comm::world();
+    if (comm->local_size() > 1) {  // ranks sharing a node share its cores
+      const int hc = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      cpu::set_all_threads(std::max(1, hc / comm->local_size()));
     }
-    if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
-      std::cout << kUsage;
-      return 0;
-    }
-    if (cmd == "run") return cmd_run(argc, argv, first);
-    if (cmd == "forward") return cmd_forward(argc, argv, first);
-    if (cmd == "tokenize") return cmd_tokenize(argc, argv, first);
-    if (cmd == "accuracy") return cmd_accuracy(argc, argv, first);
-    if (cmd == "verify") return cmd_verify(argc, argv, first);
-    if (cmd == "bench") return cmd_bench(argc, argv, first);
-    if (cmd == "make-random") return cmd_make_random(argc, argv, first);
-    throw Error("unknown command '" + cmd + "' (commands: run, forward, tokenize, verify, accuracy, bench, make-random)");
+    const int rc = run_command(cmd, argc, argv, first);
+    comm->finalize();
+    return rc;
+  } catch (const JobFailed& e) {
+    if (comm->root()) std::cerr << "phi3patch: error: " << e.what() << std::endl;
+    comm->finalize();
+    return e.exit_code;
   } catch (const OutOfMemory& e) {
     // The backend names the size; say what lowers the need when it did not.
     std::string msg = e.what();
     if (msg.find("--mem-budget") == std::string::npos && msg.find("--fp32") == std::string::npos &&
         msg.find("smaller model") == std::string::npos)
       msg += "; lower --mem-budget (sweep work buffers) or --batch (pairs per batch), or use a smaller model";
-    std::cerr << "phi3patch: error: " << msg << std::endl;
-    return 3;
+    return fail(msg, 3);
   } catch (const Error& e) {
-    std::cerr << "phi3patch: error: " << e.what() << std::endl;
-    return g_interrupted ? 130 : 2;
+    return fail(e.what(), g_interrupted ? 130 : 2);
   } catch (const std::bad_alloc&) {
-    std::cerr << "phi3patch: error: out of host memory; lower --mem-budget or --batch, or use a smaller model"
-              << std::endl;
-    return 3;
+    return fail("out of host memory; lower --mem-budget or --batch, or use a smaller model", 3);
   } catch (const std::exception& e) {
-    std::cerr << "phi3patch: error: " << e.what() << std::endl;
-    return 2;
+    return fail(e.what(), 2);
   }
 }

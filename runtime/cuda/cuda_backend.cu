@@ -224,11 +224,12 @@ int cuda_device_count() {
   return n;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(bool fp32) {
-  if (cuda_device_count() <= 0)
-    throw Error("no CUDA GPU visible (check the driver and CUDA_VISIBLE_DEVICES)");
+std::unique_ptr<Backend> make_cuda_backend(bool fp32, int device) {
+  const int n = cuda_device_count();
+  if (n <= 0) throw Error("no CUDA GPU visible (check the driver and CUDA_VISIBLE_DEVICES)");
   int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
+  if (device >= 0) dev = device % n;
+  else CUDA_CHECK(cudaGetDevice(&dev));
   return std::make_unique<CudaBackend>(dev, fp32);
 }
 

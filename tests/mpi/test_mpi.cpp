@@ -1,0 +1,322 @@
+// Distributed runs (issue 11) under OpenMPI's mpirun, on the CPU: the same results at any
+// rank count, balanced work, resumable runs, and failures that stop the whole job with one
+// clear error. Each case launches the real CLI (PHI3_CLI) through PHI3_MPIEXEC.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "test_util.h"
+
+namespace phi3 {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+std::string slurp(const std::string& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+std::string model_dir() { return test::source_dir() + "/data/models/tiny-temporal-phi3"; }
+std::string seed_pairs() { return test::source_dir() + "/data/temporal_scope_for_attribution_patching.json"; }
+std::string many_pairs() { return test::source_dir() + "/data/temporal_scope_pairs.json"; }
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+// `phi3patch ARGS` as one process (np = 0) or under mpirun with np ranks.
+std::string command(int np, const std::string& args) {
+  const std::string cli = quote(PHI3_CLI) + " " + args;
+  if (np == 0) return cli;
+  return quote(PHI3_MPIEXEC) + " " + PHI3_MPIEXEC_FLAGS + " -np " + std::to_string(np) + " " + cli;
+}
+
+Result sh(const std::string& cmd, const std::string& dir) {
+  const std::string o = dir + "/stdout.txt", e = dir + "/stderr.txt";
+  const int st = std::system((cmd + " >" + quote(o) + " 2>" + quote(e) + " </dev/null").c_str());
+  Result r;
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  r.out = slurp(o);
+  r.err = slurp(e);
+  return r;
+}
+
+std::set<std::string> files_in(const std::string& dir) {
+  std::set<std::string> s;
+  for (const auto& e : fs::directory_iterator(dir)) s.insert(e.path().filename().string());
+  return s;
+}
+
+void flatten(const json& j, std::vector<double>& out) {
+  if (j.is_array()) {
+    for (const auto& x : j) flatten(x, out);
+  } else if (j.is_number()) {
+    out.push_back(j.get<double>());
+  } else if (j.is_null()) {
+    out.push_back(NAN);
+  }
+}
+
+// Every matrix (normalized metric, attribution) within 1e-6 and every per-prompt logit
+// difference within 1e-5 of the reference run; same prompts, tokens and labels.
+void expect_same_results(const json& ref, const json& got, const std::string& what) {
+  SCOPED_TRACE(what);
+  ASSERT_EQ(ref["results"].size(), got["results"].size());
+  EXPECT_EQ(ref["tokens"], got["tokens"]);
+  EXPECT_EQ(ref["position_labels"], got["position_labels"]);
+  EXPECT_NEAR(ref["clean_logit_diff"].get<double>(), got["clean_logit_diff"].get<double>(), 1e-5);
+  for (size_t i = 0; i < ref["results"].size(); ++i) {
+    const json &a = ref["results"][i], &b = got["results"][i];
+    ASSERT_EQ(a["hook"], b["hook"]);
+    ASSERT_EQ(a["method"], b["method"]);
+    EXPECT_EQ(a["rows"], b["rows"]);
+    std::vector<double> va, vb;
+    flatten(a["values"], va);
+    flatten(b["values"], vb);
+    ASSERT_EQ(va.size(), vb.size());
+    ASSERT_GT(va.size(), 0u);
+    double worst = 0;
+    for (size_t k = 0; k < va.size(); ++k) worst = std::max(worst, std::fabs(va[k] - vb[k]));
+    EXPECT_LE(worst, 1e-6) << a["hook"] << " " << a["method"];
+    if (a.contains("per_prompt_logit_diff")) {
+      std::vector<double> pa, pb;
+      flatten(a["per_prompt_logit_diff"], pa);
+      flatten(b["per_prompt_logit_diff"], pb);
+      ASSERT_EQ(pa.size(), pb.size());
+      double w = 0;
+      for (size_t k = 0; k < pa.size(); ++k) w = std::max(w, std::fabs(pa[k] - pb[k]));
+      EXPECT_LE(w, 1e-5) << a["hook"] << " per-prompt logit differences";
+      EXPECT_EQ(a["work"]["patched_runs"], b["work"]["patched_runs"]);
+      EXPECT_EQ(a["work"]["token_layer_evals"], b["work"]["token_layer_evals"]);
+    }
+  }
+}
+
+class Mpi : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = test::temp_dir("mpi"); }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+  // Runs `run ARGS --out DIR/<tag>` with np ranks (0: no mpirun); returns its results.json.
+  json run(int np, const std::string& args, const std::string& tag) {
+    const std::string out = dir_ + "/" + tag;
+    last_ = sh(command(np, "run --device cpu " + args + " --out " + quote(out) + " --force"), dir_);
+    EXPECT_EQ(last_.code, 0) << last_.err;
+    if (last_.code != 0) return json();
+    out_files_[tag] = files_in(out);
+    return json::parse(slurp(out + "/results.json"));
+  }
+  // The same experiment at 1, 2 and 3 ranks (and without mpirun) gives the same results.
+  void same_at_any_scale(const std::string& args, int max_ranks, double max_imbalance) {
+    json ref = run(0, args, "plain");
+    ASSERT_FALSE(ref.is_null());
+    EXPECT_EQ(ref["work"]["world_size"], 1);
+    for (int np = 1; np <= max_ranks; ++np) {
+      const std::string tag = "np" + std::to_string(np);
+      json got = run(np, args, tag);
+      ASSERT_FALSE(got.is_null());
+      expect_same_results(ref, got, tag);
+      EXPECT_EQ(out_files_[tag], out_files_["plain"]) << "rank 0 alone writes --out, the same files";
+      const json& w = got["work"];
+      EXPECT_EQ(w["world_size"], np);
+      ASSERT_EQ(w["ranks"].size(), static_cast<size_t>(np));
+      int64_t evals = 0;
+      for (const auto& r : w["ranks"]) {
+        EXPECT_GT(r["token_layer_evals"].get<int64_t>(), 0) << "every rank worked";
+        evals += r["sweep_token_layer_evals"].get<int64_t>();
+      }
+      int64_t ref_evals = 0;
+      for (const auto& r : ref["results"])
+        if (r["method"] == "activation") ref_evals += r["work"]["token_layer_evals"].get<int64_t>();
+      EXPECT_EQ(evals, ref_evals) << "the ranks' patched runs add up to the single process's";
+      EXPECT_LT(w["imbalance_token_layer_evals"].get<double>(), max_imbalance) << w.dump();
+      std::printf("    %s: %d ranks, imbalance %.4f (token-layer evals), %.3f (seconds)\n", args.c_str(), np,
+                  w["imbalance_token_layer_evals"].get<double>(), w["imbalance_seconds"].get<double>());
+    }
+  }
+  std::string dir_;
+  Result last_;
+  std::map<std::string, std::set<std::string>> out_files_;
+};
+
+// The seed experiment: one batch of 4 prompts, its patches split across the ranks by cost.
+TEST_F(Mpi, SeedExperimentSameAtAnyScaleAndBalanced) {
+  same_at_any_scale("--pairs " + quote(seed_pairs()), 4, 0.10);
+}
+
+// 24 pairs in 6 batches of 8: batches dealt to ranks, each round split by cost.
+TEST_F(Mpi, PairsFileInBatchesSameAtAnyScale) {
+  same_at_any_scale("--pairs " + quote(many_pairs()) + " --batch 8", 4, 0.10);
+}
+
+// The per-head hook (layers x positions x heads).
+TEST_F(Mpi, ZHookSameAtAnyScale) {
+  same_at_any_scale("--pairs " + quote(seed_pairs()) + " --hooks z,z_all_pos", 3, 0.10);
+}
+
+// Starts a command in its own process group; returns its pid.
+pid_t spawn(const std::string& cmd, const std::string& dir) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    const std::string full = cmd + " >" + quote(dir + "/bg_out.txt") + " 2>" + quote(dir + "/bg_err.txt") + " </dev/null";
+    ::execl("/bin/sh", "sh", "-c", full.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+int checkpoints(const std::string& out) {
+  const std::string d = out + "/checkpoints";
+  if (!fs::exists(d)) return 0;
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(d)) n += e.path().extension() == ".json";
+  return n;
+}
+// Waits until `pred` holds (true) or `seconds` pass (false).
+template <typename F>
+bool wait_for(F pred, double seconds) {
+  const auto t0 = Clock::now();
+  while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
+// A dataset run killed after some batches resumes with --resume (at another rank count too)
+// and gives the uninterrupted run's results; without --resume it refuses to start over
+// silently, and a checkpoint of other options is named.
+TEST_F(Mpi, ResumeAfterKillEqualsUninterruptedRun) {
+  const std::string args = "--pairs " + quote(many_pairs()) + " --batch 2 --hooks resid_pre,mlp_out";
+  json ref = run(0, args, "ref");
+  ASSERT_FALSE(ref.is_null());
+  const std::string out = dir_ + "/killed";
+  pid_t pid = spawn(command(2, "run --device cpu " + args + " --out " + quote(out)), dir_);
+  ASSERT_TRUE(wait_for([&] { return checkpoints(out) >= 3; }, 120)) << slurp(dir_ + "/bg_err.txt");
+  ASSERT_EQ(::kill(-pid, SIGKILL), 0);  // the whole job, as a crashed node or scheduler would
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  const int finished = checkpoints(out);
+  ASSERT_LT(finished, 24) << "the run finished before it was killed; nothing was resumed";
+  EXPECT_FALSE(fs::exists(out + "/results.json"));
+  for (const auto& e : fs::directory_iterator(out + "/checkpoints"))  // every checkpoint is whole
+    EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+
+  // Without --resume: an error that says what to do.
+  Result r = sh(command(0, "run --device cpu " + args + " --out " + quote(out)), dir_);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
+  // Other options than the checkpoints': the differing field is named.
+  r = sh(command(0, "run --device cpu --pairs " + quote(many_pairs()) + " --batch 2 --hooks resid_pre --out " +
+                        quote(out) + " --resume"),
+         dir_);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("belongs to another run"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("hooks"), std::string::npos) << r.err;
+  EXPECT_EQ(checkpoints(out), finished) << "a refused resume deletes nothing";
+
+  // Resume with 3 ranks.
+  r = sh(command(3, "run --device cpu " + args + " --out " + quote(out) + " --resume"), dir_);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming: " + std::to_string(finished) + " of 24 batches"), std::string::npos) << r.err;
+  json got = json::parse(slurp(out + "/results.json"));
+  expect_same_results(ref, got, "resumed");
+  EXPECT_EQ(got["work"]["resumed_batches"], finished);
+  EXPECT_EQ(checkpoints(out), 24);
+}
+
+// pids of the processes whose environment holds NAME=VALUE.
+std::vector<pid_t> pids_with_env(const std::string& name, const std::string& value) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string n = e.path().filename().string();
+    if (n.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream f(e.path() / "environ", std::ios::binary);
+    std::string env((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::string comm = slurp((e.path() / "comm").string());
+    if (comm.find("phi3patch") == std::string::npos) continue;
+    if (env.find(name + "=" + value + '\0') != std::string::npos || env.find('\0' + name + "=" + value) != std::string::npos)
+      out.push_back(static_cast<pid_t>(std::stoi(n)));
+  }
+  return out;
+}
+
+// A rank killed mid-sweep (SIGKILL) ends the whole job within 60 s: non-zero exit, no
+// results.json, the finished checkpoints kept.
+TEST_F(Mpi, KilledRankStopsTheJob) {
+  const std::string out = dir_ + "/out";
+  const std::string tag = std::to_string(::getpid());
+  const std::string cmd = "PHI3_TEST_TAG=" + tag + " " + quote(PHI3_MPIEXEC) + " " + PHI3_MPIEXEC_FLAGS +
+                          " -x PHI3_TEST_TAG -np 2 " + quote(PHI3_CLI) + " run --device cpu --pairs " +
+                          quote(many_pairs()) + " --batch 2 --naive --out " + quote(out);
+  pid_t pid = spawn(cmd, dir_);
+  ASSERT_TRUE(wait_for([&] { return checkpoints(out) >= 1; }, 120)) << slurp(dir_ + "/bg_err.txt");
+  pid_t victim = 0;
+  ASSERT_TRUE(wait_for(
+      [&] {
+        auto p = pids_with_env("OMPI_COMM_WORLD_RANK", "1");
+        for (pid_t q : p)
+          if (!pids_with_env("PHI3_TEST_TAG", tag).empty()) {
+            auto mine = pids_with_env("PHI3_TEST_TAG", tag);
+            if (std::find(mine.begin(), mine.end(), q) != mine.end()) victim = q;
+          }
+        return victim != 0;
+      },
+      20));
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  const auto t0 = Clock::now();
+  int status = 0;
+  bool ended = wait_for([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 60);
+  if (!ended) ::kill(-pid, SIGKILL), ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(ended) << "mpirun still running 60 s after a rank was killed";
+  std::printf("    mpirun returned %.1f s after rank 1 was killed\n",
+              std::chrono::duration<double>(Clock::now() - t0).count());
+  EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << "exit status must be non-zero";
+  EXPECT_FALSE(fs::exists(out + "/results.json"));
+  EXPECT_GE(checkpoints(out), 1);
+  for (const auto& e : fs::directory_iterator(out + "/checkpoints"))
+    EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+}
+
+// Bad input that only one rank sees (its model copy is corrupt, as on a node with a broken
+// file system): one error line from rank 0 naming rank 1 and the file, exit 2, no results.
+TEST_F(Mpi, BadInputOnOneRankIsOneClearError) {
+  const std::string bad = dir_ + "/bad-model";
+  fs::create_directories(bad);
+  for (const auto& e : fs::directory_iterator(model_dir())) fs::copy(e.path(), bad / e.path().filename());
+  fs::resize_file(bad + "/model.safetensors", fs::file_size(bad + "/model.safetensors") / 2);
+  const std::string out = dir_ + "/out";
+  const std::string run = " run --device cpu --pairs " + quote(seed_pairs()) + " --out " + quote(out) + " --model ";
+  Result r = sh(quote(PHI3_MPIEXEC) + " " + PHI3_MPIEXEC_FLAGS + " -np 1 " + quote(PHI3_CLI) + run + quote(model_dir()) +
+                    " : -np 1 " + quote(PHI3_CLI) + run + quote(bad),
+                dir_);
+  EXPECT_EQ(r.code, 2) << r.err;
+  std::vector<std::string> errors;
+  std::istringstream ss(r.err);
+  for (std::string line; std::getline(ss, line);)
+    if (line.find("phi3patch: error:") != std::string::npos) errors.push_back(line);
+  ASSERT_EQ(errors.size(), 1u) << r.err;
+  EXPECT_NE(errors[0].find("rank 1 of 2"), std::string::npos) << errors[0];
+  EXPECT_NE(errors[0].find("bad-model/model.safetensors"), std::string::npos) << errors[0];
+  EXPECT_FALSE(fs::exists(out + "/results.json"));
+}
+
+}  // namespace
+}  // namespace phi3
