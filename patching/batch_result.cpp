@@ -174,14 +174,7 @@ BatchResult merge_parts(std::vector<BatchResult> pieces, int n_accs, const std::
         covered[p.acc][i] = 1;
         std::copy(p.values.begin() + i * B, p.values.begin() + (i + 1) * B, q.values.begin() + i * B);
       }
-      q.work.patched_runs += p.work.patched_runs;
-      q.work.skipped_noop += p.work.skipped_noop;
-      q.work.skipped_causal += p.work.skipped_causal;
-      q.work.token_layer_evals += p.work.token_layer_evals;
-      q.work.naive_token_layer_evals += p.work.naive_token_layer_evals;
-      q.work.chunks += p.work.chunks;
-      q.work.streams = std::max(q.work.streams, p.work.streams);
-      q.work.seconds += p.work.seconds;
+      q.work += p.work;
       q.seconds += p.seconds;
     }
   }

@@ -419,14 +419,7 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
         a.sum[k] += (mean - sum.corrupted_ld) / den * B;
       }
       a.work.fast = p.work.fast;
-      a.work.patched_runs += p.work.patched_runs;
-      a.work.skipped_noop += p.work.skipped_noop;
-      a.work.skipped_causal += p.work.skipped_causal;
-      a.work.token_layer_evals += p.work.token_layer_evals;
-      a.work.naive_token_layer_evals += p.work.naive_token_layer_evals;
-      a.work.chunks += p.work.chunks;
-      a.work.streams = std::max(a.work.streams, p.work.streams);
-      a.work.seconds += p.work.seconds;
+      a.work += p.work;
     }
     R.batches.push_back(sum);
   }

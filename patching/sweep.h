@@ -29,6 +29,19 @@ struct SweepWork {
   int chunks = 0;
   int streams = 1;                     // chunks computed concurrently (CUDA streams)
   double seconds = 0;
+
+  // Sums the work of another slice or batch of the same hook's sweep (streams: the most).
+  SweepWork& operator+=(const SweepWork& o) {
+    patched_runs += o.patched_runs;
+    skipped_noop += o.skipped_noop;
+    skipped_causal += o.skipped_causal;
+    token_layer_evals += o.token_layer_evals;
+    naive_token_layer_evals += o.naive_token_layer_evals;
+    chunks += o.chunks;
+    streams = streams > o.streams ? streams : o.streams;
+    seconds += o.seconds;
+    return *this;
+  }
 };
 
 struct SweepResult {

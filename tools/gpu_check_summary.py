@@ -81,11 +81,12 @@ def collect():
         "current_step": os.environ.get("CURRENT_STEP") or None,
         "steps": dict(l.split("\t", 1) for l in os.environ.get("status_json", "").splitlines() if "\t" in l),
     }
-    try:
-        with open(os.path.join(raw, "p3m_parts.txt")) as f:
-            summary["p3m_parts"] = dict(l.rstrip("\n").split("\t", 1) for l in f if "\t" in l)
-    except OSError:
-        pass
+    for name in ("p3m_parts", "mpi_parts"):
+        try:
+            with open(os.path.join(raw, name + ".txt")) as f:
+                summary[name] = dict(l.rstrip("\n").split("\t", 1) for l in f if "\t" in l)
+        except OSError:
+            pass
     # tests: junit if present, else ctest's summary line in the log
     tests = {"rc": int(os.environ.get("TESTS_RC", "-1"))}
     try:
@@ -158,7 +159,8 @@ def collect():
     e2e = load("e2e.json")
     if e2e is not None:
         summary["e2e"] = e2e
-    for key in ("e2e_p3m", "cmp_tiny", "cmp_p3m_batched", "cmp_p3m_tl", "cmp_p3m_tl_fp32"):
+    for key in ("e2e_p3m", "cmp_tiny", "cmp_p3m_batched", "cmp_p3m_tl", "cmp_p3m_tl_fp32", "cmp_mpi_fp32",
+                "cmp_mpi_bf16", "mpi_bench"):
         v = load(key + ".json")
         if v is not None:
             summary[key] = v

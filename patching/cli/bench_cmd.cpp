@@ -82,7 +82,7 @@ double measured_peak_tflops(Backend& be) {
 
 int cmd_bench(int argc, char** argv, int first) {
   Args a(argc, argv, first,
-         {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch"},
+         {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch", "method"},
          {"fp32", "no-naive", "compare-fp32", "help"});
   if (a.has("help")) {
     std::cout << "usage: phi3patch bench [--model DIR] [--pairs FILE] [--hooks resid_pre,attn_out,mlp_out]\n"
@@ -91,7 +91,8 @@ int cmd_bench(int argc, char** argv, int first) {
                  "                       [--compare-fp32]  (bf16 on CUDA: also sweep with fp32 weights and\n"
                  "                                          report the largest difference)\n"
                  "under mpirun -np N: the experiment on rank 0 alone, then on all N ranks, with the\n"
-                 "speed-up, parallel efficiency and per-rank work ([--batch N] pairs per batch)\n";
+                 "speed-up, parallel efficiency and per-rank work ([--batch N] pairs per batch,\n"
+                 "[--method attribution|activation|both])\n";
     return 0;
   }
   if (Comm::world().distributed()) return cmd_bench_scaling(a, Comm::world());

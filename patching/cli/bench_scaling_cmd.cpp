@@ -49,6 +49,11 @@ int cmd_bench_scaling(const Args& a, Comm& comm) {
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   opt.hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
   opt.batch_pairs = a.get_int("batch", 0);
+  const std::string method = a.get("method", "both");
+  if (method != "both" && method != "attribution" && method != "activation")
+    throw Error("--method: expected attribution, activation or both, got '" + method + "'");
+  opt.attribution = method != "activation";
+  opt.activation = method != "attribution";
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
   const int repeat = std::max(1, a.get_int("repeat", 3));
   if (comm.root())
@@ -98,6 +103,7 @@ int cmd_bench_scaling(const Args& a, Comm& comm) {
                       {"prompts", rn.n_prompts},
                       {"T", rn.T},
                       {"hooks", a.get("hooks", "resid_pre,attn_out,mlp_out")},
+                      {"method", method},
                       {"ranks", N},
                       {"per_rank_threads_note", "N = 1 is rank 0 alone with one rank's share of the node"},
                       {"seconds_1_rank", t1},
