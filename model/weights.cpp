@@ -64,22 +64,35 @@ const void* ModelWeights::keep(Backend& be, const std::vector<uint8_t>& host) {
   return p;
 }
 
+const void* ModelWeights::reserve(Backend& be, size_t n) {
+  DeviceArray<uint8_t> a(be, n);
+  const void* p = a.get();
+  bytes += n;
+  storage_.push_back(std::move(a));
+  return p;
+}
+
 struct WeightLoader {
   // Builds ModelWeights from a function giving each expected tensor's fp32 values.
   template <typename GetFn>
   static ModelWeights build(Backend& be, const ModelConfig& c, GetFn get) {
     ModelWeights w;
     const DType dt = be.weight_dtype();
+    // An empty vector from get(): allocate only (placeholder weights).
+    auto place = [&](const std::string& name, DType t, int64_t n) {
+      std::vector<float> v = get(name);
+      return v.empty() ? w.reserve(be, size_t(n) * dtype_size(t)) : w.keep(be, encode(v, t));
+    };
     auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
       Weight m;
-      m.data = w.keep(be, encode(get(name), dt));
+      m.data = place(name, dt, rows * cols);
       m.dtype = dt;
       m.rows = rows;
       m.cols = cols;
       return m;
     };
     auto vec = [&](const std::string& name) {
-      return static_cast<const float*>(w.keep(be, encode(get(name), DType::F32)));
+      return static_cast<const float*>(place(name, DType::F32, c.hidden_size));
     };
     const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
     const int64_t HD = c.head_dim, H = c.num_attention_heads, KVH = c.num_key_value_heads;
@@ -170,6 +183,10 @@ ModelWeights ModelWeights::random(Backend& be, const ModelConfig& cfg, uint32_t 
     }
     return v;
   });
+}
+
+ModelWeights ModelWeights::placeholder(Backend& be, const ModelConfig& cfg) {
+  return WeightLoader::build(be, cfg, [](const std::string&) { return std::vector<float>{}; });
 }
 
 }  // namespace phi3

@@ -26,6 +26,8 @@ class ModelWeights {
   static ModelWeights load(Backend& be, const std::string& model_dir, const ModelConfig& cfg);
   // Random weights of the right shapes (tests, benchmarks): N(0, std) from `seed`.
   static ModelWeights random(Backend& be, const ModelConfig& cfg, uint32_t seed, float std);
+  // Allocated but never written (a tracing backend that computes nothing: bench --predict).
+  static ModelWeights placeholder(Backend& be, const ModelConfig& cfg);
 
   Weight embed;    // model.embed_tokens.weight [V, D]
   Weight lm_head;  // lm_head.weight [V, D] (= embed when tied)
@@ -36,6 +38,7 @@ class ModelWeights {
  private:
   std::vector<DeviceArray<uint8_t>> storage_;
   const void* keep(Backend& be, const std::vector<uint8_t>& host);
+  const void* reserve(Backend& be, size_t bytes);
   friend struct WeightLoader;
 };
 

@@ -160,7 +160,7 @@ def collect():
     if e2e is not None:
         summary["e2e"] = e2e
     for key in ("e2e_p3m", "cmp_tiny", "cmp_p3m_batched", "cmp_p3m_tl", "cmp_p3m_tl_fp32", "cmp_mpi_fp32",
-                "cmp_mpi_bf16", "mpi_bench"):
+                "cmp_mpi_bf16", "mpi_bench", "predicted"):
         v = load(key + ".json")
         if v is not None:
             summary[key] = v
@@ -197,6 +197,18 @@ def issue6_figures(summary):
     cmp_tiny = (summary.get("cmp_tiny") or {}).get("hooks", {})
     tiny = [h.get("activation_max_abs_diff") for h in cmp_tiny.values() if h.get("activation_max_abs_diff") is not None]
     f["max_abs_diff_vs_torch_fp32_tiny"] = max(tiny) if tiny else None
+
+    # Measured beside the roofline's prediction for this device (bench --predict), per phase.
+    pred = {p.get("phase"): p.get("predicted_ms") for p in (summary.get("predicted") or {}).get("phases", [])}
+    limits = {p.get("phase"): p.get("limit_ms") for p in (p3m.get("roofline") or {}).get("phases", [])}
+    measured = {"forward": f["forward_ms"], "attribution": f["attribution_ms"]}
+    for h, s in sweeps.items():
+        measured["sweep " + str(h)] = s.get("fast_seconds") * 1e3 if s.get("fast_seconds") is not None else None
+    f["measured_vs_predicted"] = {
+        ph: {"measured_ms": measured.get(ph), "predicted_ms": pred.get(ph),
+             "roofline_limit_at_measured_peaks_ms": limits.get(ph),
+             "measured_over_predicted": (measured[ph] / pred[ph]) if measured.get(ph) and pred.get(ph) else None}
+        for ph in sorted(set(pred) | set(measured))}
 
     def target(value, limit, at_most):
         if value is None:

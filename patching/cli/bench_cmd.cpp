@@ -8,12 +8,14 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "model/backward.h"
 #include "patching/attribution.h"
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
+#include "patching/roofline.h"
 #include "patching/sweep.h"
 #include "runtime/comm.h"
 #include "runtime/error.h"
@@ -78,11 +80,54 @@ double measured_peak_tflops(Backend& be) {
   return 2.0 * N * K * M / s / 1e12;
 }
 
+// Measured device-to-device copy bandwidth (GB/s: bytes read + written per second).
+double measured_copy_gbps(Backend& be) {
+  const size_t n = be.kind() == DeviceKind::CUDA ? size_t(256) << 20 : size_t(16) << 20;  // floats
+  DeviceArray<float> a(be, n), b(be, n);
+  be.zero(a.get(), n * 4);
+  be.copy(b.get(), a.get(), n * 4);  // warm-up
+  const double s = time_best(be, 5, [&] { be.copy(b.get(), a.get(), n * 4); });
+  return 2.0 * n * 4 / s / 1e9;
+}
+
+// Beside each measured phase, the time the roofline allows at the measured bandwidth and
+// GEMM peak (CUDA: the kernels' traffic, kernels/cuda/op_costs.h; one traced run of each
+// phase). Launch and host-transfer overheads are the H100 figures of op_costs.h.
+nlohmann::json roofline_beside(Backend& be, const Model& m, const PairBatch& pb, const std::vector<Hook>& hooks,
+                               const SweepOptions& so, double peak, const std::map<std::string, double>& measured) {
+  const double bw = measured_copy_gbps(be);
+  Trace trace;
+  TraceBackend tb(&be, trace);
+  std::vector<Phase> phases = trace_phases(tb, trace, m, pb, hooks, so);
+  const cost::DeviceFigures& fig = *cost::find_device("h100");
+  std::printf("roofline at the measured %.0f GB/s (device-to-device copy) and %.1f TFLOP/s GEMM peak:\n", bw, peak);
+  nlohmann::json out = {{"measured_copy_GBps", bw}, {"gemm_peak_tflops", peak}, {"phases", nlohmann::json::array()}};
+  for (const auto& p : phases) {
+    const double limit = p.trace.seconds(bw, peak, fig);
+    auto it = measured.find(p.name);
+    const OpTally t = p.trace.total();
+    nlohmann::json e = {{"phase", p.name},
+                        {"limit_ms", limit * 1e3},
+                        {"bytes", t.cost.bytes},
+                        {"gemm_flops", t.cost.gemm_bf16_flops + t.cost.gemm_f32_flops},
+                        {"launches", t.cost.launches}};
+    if (it != measured.end()) {
+      e["measured_ms"] = it->second * 1e3;
+      e["fraction_of_limit"] = limit / it->second;
+      std::printf("  %-18s limit %10.3f ms, measured %10.3f ms: %5.1f%% of the limit\n", p.name.c_str(), limit * 1e3,
+                  it->second * 1e3, 100 * limit / it->second);
+    }
+    out["phases"].push_back(e);
+  }
+  return out;
+}
+
 }  // namespace
 
 int cmd_bench(int argc, char** argv, int first) {
   Args a(argc, argv, first,
-         {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch", "method"},
+         {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch", "method",
+          "predict", "like"},
          {"fp32", "no-naive", "compare-fp32", "help"});
   if (a.has("help")) {
     std::cout << "usage: phi3patch bench [--model DIR] [--pairs FILE] [--hooks resid_pre,attn_out,mlp_out]\n"
@@ -92,9 +137,13 @@ int cmd_bench(int argc, char** argv, int first) {
                  "                                          report the largest difference)\n"
                  "under mpirun -np N: the experiment on rank 0 alone, then on all N ranks, with the\n"
                  "speed-up, parallel efficiency and per-rank work ([--batch N] pairs per batch,\n"
-                 "[--method attribution|activation|both])\n";
+                 "[--method attribution|activation|both])\n"
+                 "       phi3patch bench --predict h100|h200 [--like phi-3-mini|phi-3-medium|phi-4-mini | --model DIR]\n"
+                 "                       [--pairs FILE] [--hooks LIST] [--fp32] [--json FILE]\n"
+                 "                       (the roofline's prediction per phase: no weights, no GPU)\n";
     return 0;
   }
+  if (a.has("predict")) return cmd_bench_predict(a);
   if (Comm::world().distributed()) return cmd_bench_scaling(a, Comm::world());
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
@@ -228,6 +277,11 @@ int cmd_bench(int argc, char** argv, int first) {
     j["bf16_vs_fp32"] = cmp;
   }
   std::printf("all sweeps (fast):    %10.3f ms\n", total_fast * 1e3);
+  if (be->kind() == DeviceKind::CUDA) {
+    std::map<std::string, double> measured = {{"forward", fwd_s}, {"attribution", attr_s}};
+    for (const auto& e : sweeps) measured["sweep " + e["hook"].get<std::string>()] = e["fast_seconds"].get<double>();
+    j["roofline"] = roofline_beside(*be, *m, pb, hooks, fast_opt, peak, measured);
+  }
   save(true);
   return 0;
 }

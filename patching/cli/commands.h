@@ -2,6 +2,8 @@
 #pragma once
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 namespace phi3 {
 int cmd_verify(int argc, char** argv, int first);       // verify_cmd.cpp
 int cmd_bench(int argc, char** argv, int first);        // bench_cmd.cpp
@@ -9,5 +11,8 @@ class Args;
 class Comm;
 int cmd_bench_scaling(const Args& a, Comm& comm);       // bench_scaling_cmd.cpp (under mpirun)
 int cmd_make_random(int argc, char** argv, int first);  // make_random_cmd.cpp
+// config.json of a real model shape: phi-3-mini, phi-3-medium, phi-4-mini or tiny (make_random_cmd.cpp)
+nlohmann::json config_like(const std::string& like, int layers_override = 0);
+int cmd_bench_predict(const Args& a);                   // bench_predict_cmd.cpp (bench --predict)
 std::string default_path(const std::string& rel);       // main.cpp: repo-relative default
 }  // namespace phi3

@@ -17,8 +17,6 @@
 
 namespace phi3 {
 
-namespace {
-
 nlohmann::json config_like(const std::string& like, int layers_override) {
   nlohmann::json j = {{"architectures", {"Phi3ForCausalLM"}}, {"model_type", "phi3"}, {"hidden_act", "silu"},
                       {"bos_token_id", 1},   {"eos_token_id", 32000},  {"pad_token_id", 32000},
@@ -58,6 +56,8 @@ nlohmann::json config_like(const std::string& like, int layers_override) {
 
 // Fast seeded normal-ish values (sum of uniforms), filled in parallel by blocks so the
 // result depends only on the seed and the tensor index.
+namespace {
+
 std::vector<float> random_values(int64_t n, uint64_t seed, float std, bool is_norm) {
   std::vector<float> v(n);
   const int threads = std::max(1u, std::thread::hardware_concurrency());

@@ -1,0 +1,213 @@
+#include "runtime/trace_backend.h"
+
+#include <cstring>
+
+#include "runtime/error.h"
+
+namespace phi3 {
+
+OpTally Trace::total() const {
+  OpTally t;
+  for (const auto& [name, o] : ops) {
+    t.calls += o.calls;
+    t.cost += o.cost;
+    t.host_bytes += o.host_bytes;
+    t.transfers += o.transfers;
+  }
+  return t;
+}
+
+double Trace::seconds(const cost::DeviceFigures& d) const { return seconds(d.hbm_GBps, 0, d); }
+
+double Trace::seconds(double hbm_GBps, double gemm_tflops, const cost::DeviceFigures& d) const {
+  cost::DeviceFigures f = d;
+  f.hbm_GBps = hbm_GBps;
+  if (gemm_tflops > 0) f.bf16_tflops = f.f32_gemm_tflops = gemm_tflops;
+  double s = 0;
+  for (const auto& [name, o] : ops) {
+    // Per call, so that a small op is not credited with the bandwidth of a large one.
+    cost::OpCost per = o.cost;
+    const double n = double(std::max<int64_t>(1, o.calls));
+    per.bytes /= n;
+    per.gemm_bf16_flops /= n;
+    per.gemm_f32_flops /= n;
+    per.flops /= n;
+    per.launches /= n;
+    if (o.cost.launches > 0) s += n * cost::op_seconds(per, f);
+    s += o.host_bytes / (f.host_GBps * 1e9) + o.transfers * f.transfer_us * 1e-6;
+  }
+  return s;
+}
+
+TraceBackend::TraceBackend(Backend* inner, Trace& trace, DeviceKind kind, DType weight_dtype, size_t memory,
+                           std::string name)
+    : inner_(inner), trace_(trace), kind_(kind), dtype_(weight_dtype), memory_(memory), name_(std::move(name)) {}
+
+TraceBackend::~TraceBackend() = default;
+
+void* TraceBackend::alloc(size_t bytes) {
+  if (inner_) return inner_->alloc(bytes);
+  if (bytes == 0) return nullptr;
+  if (memory_ && used_ + bytes > memory_)
+    throw OutOfMemory("predicted device memory exhausted: asked for " + std::to_string(bytes >> 20) + " MiB with " +
+                      std::to_string((memory_ - used_) >> 20) + " MiB free");
+  void* p = reinterpret_cast<void*>(next_);
+  next_ += (bytes + 255) / 256 * 256 + 256;
+  used_ += bytes;
+  sizes_[p] = bytes;
+  return p;
+}
+
+void TraceBackend::free(void* p) {
+  mirror_.erase(p);
+  if (inner_) return inner_->free(p);
+  auto it = sizes_.find(p);
+  if (it != sizes_.end()) {
+    used_ -= it->second;
+    sizes_.erase(it);
+  }
+}
+
+void TraceBackend::upload(void* dst, const void* src, size_t bytes) {
+  auto& t = trace_.ops["upload (host to device)"];
+  ++t.calls;
+  t.host_bytes += double(bytes);
+  ++t.transfers;
+  if (bytes <= (1u << 20)) {
+    auto& m = mirror_[dst];
+    m.assign(static_cast<const uint8_t*>(src), static_cast<const uint8_t*>(src) + bytes);
+  }
+  if (inner_) inner_->upload(dst, src, bytes);
+}
+
+void TraceBackend::download(void* dst, const void* src, size_t bytes) {
+  auto& t = trace_.ops["download (device to host)"];
+  ++t.calls;
+  t.host_bytes += double(bytes);
+  ++t.transfers;
+  if (inner_) return inner_->download(dst, src, bytes);
+  // Bytes that differ between buffers (and are finite floats): no patch is a no-op.
+  const uint32_t seed = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(src) >> 8);
+  auto* f = static_cast<uint8_t*>(dst);
+  for (size_t i = 0; i + 4 <= bytes; i += 4) {
+    const float v = 1.0f + float((seed * 2654435761u + uint32_t(i)) % 1000) * 1e-3f;
+    std::memcpy(f + i, &v, 4);
+  }
+}
+
+void TraceBackend::copy(void* dst, const void* src, size_t bytes) {
+  trace_.add("copy (device to device)", cost::device_copy(double(bytes)));
+  if (inner_) inner_->copy(dst, src, bytes);
+}
+void TraceBackend::zero(void* dst, size_t bytes) {
+  trace_.add("zero", cost::device_zero(double(bytes)));
+  if (inner_) inner_->zero(dst, bytes);
+}
+void TraceBackend::synchronize() {
+  if (inner_) inner_->synchronize();
+}
+size_t TraceBackend::free_memory() const { return inner_ ? inner_->free_memory() : memory_ - used_; }
+
+void TraceBackend::embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) {
+  trace_.add("embedding", cost::embedding_forward(N, table.cols, table.dtype));
+  if (inner_) inner_->embedding_forward(out, ids, table, N);
+}
+void TraceBackend::rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int D, float eps) {
+  trace_.add("rmsnorm_forward", cost::rmsnorm_forward(N, D));
+  if (inner_) inner_->rmsnorm_forward(out, rstd, x, w, N, D, eps);
+}
+void TraceBackend::rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd,
+                                    int N, int D) {
+  trace_.add("rmsnorm_backward", cost::rmsnorm_backward(N, D));
+  if (inner_) inner_->rmsnorm_backward(dx, dout, x, w, rstd, N, D);
+}
+void TraceBackend::linear_forward(float* y, const float* x, const Weight& W, int N) {
+  trace_.add("linear_forward (cast + GEMM)", cost::linear_forward(N, W.cols, W.rows, W.dtype));
+  if (inner_) inner_->linear_forward(y, x, W, N);
+}
+void TraceBackend::linear_backward(float* dx, const float* dy, const Weight& W, int N, bool accumulate) {
+  trace_.add("linear_backward (cast + GEMM)", cost::linear_backward(N, W.cols, W.rows, W.dtype, accumulate));
+  if (inner_) inner_->linear_backward(dx, dy, W, N, accumulate);
+}
+void TraceBackend::rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride,
+                                  const int32_t* pos, int N, int n_heads, int HD, const RopeParams& rope) {
+  trace_.add("rotary_forward", cost::rotary(N, n_heads, HD));
+  if (inner_) inner_->rotary_forward(out, out_stride, in, in_stride, pos, N, n_heads, HD, rope);
+}
+void TraceBackend::rotary_backward(float* din, int64_t din_stride, const float* dout, int64_t dout_stride,
+                                   const int32_t* pos, int N, int n_heads, int HD, const RopeParams& rope) {
+  trace_.add("rotary_backward", cost::rotary(N, n_heads, HD));
+  if (inner_) inner_->rotary_backward(din, din_stride, dout, dout_stride, pos, N, n_heads, HD, rope);
+}
+
+template <typename T>
+std::vector<T> TraceBackend::host_copy(const void* p, size_t count) const {
+  auto it = mirror_.find(p);
+  if (it == mirror_.end() || it->second.size() < count * sizeof(T)) return {};
+  std::vector<T> v(count);
+  std::memcpy(v.data(), it->second.data(), count * sizeof(T));
+  return v;
+}
+
+cost::AttnShape TraceBackend::attn_shape(const AttnParams& p) const {
+  cost::AttnShape a;
+  a.H = p.H;
+  a.KVH = p.KVH;
+  a.HD = p.HD;
+  a.T = p.T;
+  a.window = p.window;
+  a.pattern = p.pattern != nullptr;
+  a.cache = p.k_cache != nullptr;
+  a.segs = host_copy<AttnSegment>(p.segs, size_t(p.n_segs));
+  int B = 0;
+  for (const auto& s : a.segs) B = std::max(B, s.batch + 1);
+  a.pad = host_copy<int32_t>(p.pad, size_t(B));
+  if (a.pad.size() != size_t(B)) a.pad.assign(B, 0);  // not uploaded through here: no padding assumed
+  if (a.segs.size() != size_t(p.n_segs))
+    throw Error("trace: attention segments were not uploaded through the tracing backend");
+  return a;
+}
+
+void TraceBackend::attention_forward(const AttnParams& p) {
+  trace_.add(p.pattern ? "attention_forward (pattern kept)" : "attention_forward", cost::attention_forward(attn_shape(p)));
+  if (inner_) inner_->attention_forward(p);
+}
+void TraceBackend::attention_backward(const AttnBackwardParams& p) {
+  cost::AttnShape a = attn_shape(p.fwd);
+  trace_.add("attention_backward", cost::attention_backward(a));
+  if (inner_) inner_->attention_backward(p);
+}
+void TraceBackend::swiglu_forward(float* out, const float* gu, int N, int F) {
+  trace_.add("swiglu_forward", cost::swiglu_forward(N, F));
+  if (inner_) inner_->swiglu_forward(out, gu, N, F);
+}
+void TraceBackend::swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) {
+  trace_.add("swiglu_backward", cost::swiglu_backward(N, F));
+  if (inner_) inner_->swiglu_backward(dgu, dout, gu, N, F);
+}
+void TraceBackend::add(float* out, const float* a, const float* b, int64_t n) {
+  trace_.add("add (residual)", cost::add(n));
+  if (inner_) inner_->add(out, a, b, n);
+}
+void TraceBackend::copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
+                             int64_t src_stride, const int32_t* src_idx, int n, int width) {
+  trace_.add("copy_rows (split, gather, scatter)", cost::copy_rows(n, width, dst_idx, src_idx));
+  if (inner_) inner_->copy_rows(dst, dst_stride, dst_idx, src, src_stride, src_idx, n, width);
+}
+void TraceBackend::logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans,
+                                      const int32_t* other, int B) {
+  trace_.add("logit_diff_forward", cost::logit_diff_forward(B));
+  if (inner_) inner_->logit_diff_forward(ld, logits, stride, ans, other, B);
+}
+void TraceBackend::logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans, const int32_t* other,
+                                       float scale, int B, int V) {
+  trace_.add("logit_diff_backward", cost::logit_diff_backward(B, V));
+  if (inner_) inner_->logit_diff_backward(dlogits, stride, ans, other, scale, B, V);
+}
+void TraceBackend::attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B, int T,
+                                      int G, int W) {
+  trace_.add("attribution_reduce", cost::attribution_reduce(B, T, G, W));
+  if (inner_) inner_->attribution_reduce(out, a, c, grad, B, T, G, W);
+}
+
+}  // namespace phi3

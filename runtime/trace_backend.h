@@ -1,0 +1,101 @@
+// A Backend that tallies what every op call costs (kernels/cuda/op_costs.h: bytes, FLOPs,
+// launches) per op, for the roofline. Wrapping a real backend it forwards every call (the
+// results are real, the tally is what the CUDA kernels would move); with no inner backend
+// it computes nothing: memory is address space only, uploads keep host copies of small
+// buffers (the attention op reads its segments and pads from them), downloads return bytes
+// that differ per buffer (so no patch looks like a no-op). That walks the model and patching
+// code's exact op sequence for a workload without weights or a GPU (`bench --predict`).
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/op_costs.h"
+#include "runtime/backend.h"
+
+namespace phi3 {
+
+struct OpTally {
+  int64_t calls = 0;
+  cost::OpCost cost;
+  double host_bytes = 0;  // uploads and downloads (host link)
+  int64_t transfers = 0;
+};
+
+struct Trace {
+  std::map<std::string, OpTally> ops;
+  void add(const std::string& op, const cost::OpCost& c) {
+    auto& t = ops[op];
+    ++t.calls;
+    t.cost += c;
+  }
+  OpTally total() const;
+  // The roofline's time for everything tallied on device d (ops serialized on one stream).
+  double seconds(const cost::DeviceFigures& d) const;
+  // The same with a measured bandwidth and bf16 / fp32 GEMM peak instead of d's.
+  double seconds(double hbm_GBps, double gemm_tflops, const cost::DeviceFigures& d) const;
+};
+
+class TraceBackend : public Backend {
+ public:
+  // inner: the backend that computes (nullptr: nothing is computed). Without inner the
+  // backend reports `kind`, `weight_dtype` and `memory` bytes of device memory.
+  TraceBackend(Backend* inner, Trace& trace, DeviceKind kind = DeviceKind::CUDA, DType weight_dtype = DType::BF16,
+               size_t memory = 0, std::string name = "");
+  ~TraceBackend() override;
+
+  DeviceKind kind() const override { return inner_ ? inner_->kind() : kind_; }
+  std::string name() const override { return inner_ ? inner_->name() : name_; }
+  DType weight_dtype() const override { return inner_ ? inner_->weight_dtype() : dtype_; }
+  void* alloc(size_t bytes) override;
+  void free(void* p) override;
+  void upload(void* dst, const void* src, size_t bytes) override;
+  void download(void* dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void zero(void* dst, size_t bytes) override;
+  void synchronize() override;
+  size_t free_memory() const override;
+  int preferred_streams() const override { return inner_ ? inner_->preferred_streams() : 1; }
+
+  void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) override;
+  void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int D, float eps) override;
+  void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int N,
+                        int D) override;
+  void linear_forward(float* y, const float* x, const Weight& W, int N) override;
+  void linear_backward(float* dx, const float* dy, const Weight& W, int N, bool accumulate) override;
+  void rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride, const int32_t* pos, int N,
+                      int n_heads, int HD, const RopeParams& rope) override;
+  void rotary_backward(float* din, int64_t din_stride, const float* dout, int64_t dout_stride, const int32_t* pos,
+                       int N, int n_heads, int HD, const RopeParams& rope) override;
+  void attention_forward(const AttnParams& p) override;
+  void attention_backward(const AttnBackwardParams& p) override;
+  void swiglu_forward(float* out, const float* gu, int N, int F) override;
+  void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) override;
+  void add(float* out, const float* a, const float* b, int64_t n) override;
+  void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, int64_t src_stride,
+                 const int32_t* src_idx, int n, int width) override;
+  void logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans, const int32_t* other,
+                          int B) override;
+  void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans, const int32_t* other, float scale,
+                           int B, int V) override;
+  void attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B, int T, int G,
+                          int W) override;
+
+ private:
+  cost::AttnShape attn_shape(const AttnParams& p) const;
+  template <typename T>
+  std::vector<T> host_copy(const void* p, size_t count) const;
+
+  Backend* inner_;
+  Trace& trace_;
+  DeviceKind kind_;
+  DType dtype_;
+  size_t memory_, used_ = 0;
+  std::string name_;
+  uintptr_t next_ = 1 << 20;                          // fake address space (no inner)
+  std::map<const void*, size_t> sizes_;               // fake allocations
+  std::map<const void*, std::vector<uint8_t>> mirror_;  // small uploads, by device pointer
+};
+
+}  // namespace phi3
