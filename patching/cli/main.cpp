@@ -217,6 +217,12 @@ int cmd_accuracy(int argc, char** argv, int first) {
   return 0;
 }
 
+bool has_flag(int argc, char** argv, const std::string& flag) {
+  for (int i = 1; i < argc; ++i)
+    if (argv[i] == flag) return true;
+  return false;
+}
+
 int run_command(const std::string& cmd, int argc, char** argv, int first) {
   if (cmd == "-h" || cmd == "help" || (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h"))) {
     std::cout << kUsage;
@@ -264,6 +270,13 @@ int main(int argc, char** argv) {
     if (comm->local_size() > 1) {  // ranks sharing a node share its cores
       const int hc = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
       cpu::set_all_threads(std::max(1, hc / comm->local_size()));
+    }
+    // Under mpirun only `run` and `bench` are distributed; any other command runs on rank 0
+    // alone (the others would print the same lines and race on the same files).
+    const bool shared = cmd == "run" || (cmd == "bench" && !has_flag(argc, argv, "--predict"));
+    if (comm->distributed() && !shared && !comm->root()) {
+      comm->finalize();
+      return 0;
     }
     const int rc = run_command(cmd, argc, argv, first);
     comm->finalize();
