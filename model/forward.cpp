@@ -1,6 +1,7 @@
 #include "model/forward.h"
 
 #include <cmath>
+#include <type_traits>
 
 #include "runtime/error.h"
 
@@ -293,6 +294,74 @@ void check_finite(Backend& be, const Model& m, const ForwardState& s, const char
   }
   scan(s.resid_final.get(), size_t(N) * D, static_cast<int>(s.layers.size()) - 1, "hook_resid_post");
   scan(s.logits.get(), size_t(N) * m.cfg.vocab_size, -1, "logits");
+}
+
+ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
+  PHI3_CHECK(b0 >= 0 && nb >= 0 && b0 + nb <= B, "forward state: rows out of range");
+  ForwardState v;
+  v.arena = arena;
+  v.B = nb;
+  v.T = T;
+  const size_t r0 = size_t(b0) * T, n = size_t(nb) * T, N_all = size_t(B) * T;
+  auto slice = [&](const auto& a) {
+    using Elem = std::remove_pointer_t<decltype(a.get())>;
+    if (!a.get() || N_all == 0) return DeviceArray<Elem>();
+    const size_t w = a.size() / N_all;  // elements per row ([B,H,T,T] patterns: H*T per row)
+    return DeviceArray<Elem>::borrowed(be, a.get() + r0 * w, n * w);
+  };
+  v.batch.B = nb;
+  v.batch.T = T;
+  v.batch.tokens.assign(batch.tokens.begin() + r0, batch.tokens.begin() + r0 + n);
+  v.batch.pos.assign(batch.pos.begin() + r0, batch.pos.begin() + r0 + n);
+  v.batch.pad.assign(batch.pad.begin() + b0, batch.pad.begin() + b0 + nb);
+  for (const LayerActs& l : layers) {
+    LayerActs x;
+    x.resid_pre = slice(l.resid_pre);
+    x.ln1 = slice(l.ln1);
+    x.rstd1 = slice(l.rstd1);
+    x.qkv = slice(l.qkv);
+    x.q_rot = slice(l.q_rot);
+    x.k_rot = slice(l.k_rot);
+    x.v = slice(l.v);
+    x.z = slice(l.z);
+    x.pattern = slice(l.pattern);
+    x.attn_out = slice(l.attn_out);
+    x.resid_mid = slice(l.resid_mid);
+    x.ln2 = slice(l.ln2);
+    x.rstd2 = slice(l.rstd2);
+    x.gate_up = slice(l.gate_up);
+    x.act = slice(l.act);
+    x.mlp_out = slice(l.mlp_out);
+    v.layers.push_back(std::move(x));
+  }
+  v.resid_final = slice(resid_final);
+  v.ln_f = slice(ln_f);
+  v.rstd_f = slice(rstd_f);
+  v.logits = slice(logits);
+  v.tokens = slice(tokens);
+  v.pos = slice(pos);
+  v.pad = DeviceArray<int32_t>::borrowed(be, pad.get() + b0, size_t(nb));
+  v.inv_freq = DeviceArray<float>::borrowed(be, inv_freq.get(), inv_freq.size());
+  v.rope = rope;
+  return v;
+}
+
+PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const Batch& corrupted,
+                         const ForwardOptions& opt) {
+  PHI3_CHECK(clean.T == corrupted.T && clean.B == corrupted.B, "forward_pair: the batches differ in shape");
+  Batch both;
+  both.B = clean.B + corrupted.B;
+  both.T = clean.T;
+  for (const Batch* b : {&clean, &corrupted}) {
+    both.tokens.insert(both.tokens.end(), b->tokens.begin(), b->tokens.end());
+    both.pos.insert(both.pos.end(), b->pos.begin(), b->pos.end());
+    both.pad.insert(both.pad.end(), b->pad.begin(), b->pad.end());
+  }
+  PairForward p;
+  p.both = forward(be, m, both, opt);
+  p.clean = p.both.rows(be, 0, clean.B);
+  p.corrupted = p.both.rows(be, clean.B, corrupted.B);
+  return p;
 }
 
 }  // namespace phi3

@@ -54,7 +54,12 @@ struct ForwardState {
   // "blocks.0.attn.hook_q" ([B,T,H,HD]; k/v [B,T,KVH,HD]), "blocks.1.attn.hook_pattern"
   // ([B,H,T,T], when kept). Throws naming an unknown or unavailable name.
   TensorView activation(const Backend& be, const Model& m, const std::string& name) const;
+  // Batch rows [b0, b0 + nb) of this state as a state of its own: every buffer borrowed at
+  // an offset (the arena is shared; the device copies of tokens, positions and pads stay
+  // this state's, so it must outlive the view).
+  ForwardState rows(Backend& be, int b0, int nb) const;
 };
+
 
 // Splits "blocks.<l>.<hook>" into l and hook ("hook_resid_pre", "attn.hook_q", ...);
 // throws naming the name when it is not of that form or l is out of range.
@@ -77,6 +82,17 @@ AttnParams plain_attention_params(const Model& m, const ForwardState& s, const L
 std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len);
 
 ForwardState forward(Backend& be, const Model& m, const Batch& batch, const ForwardOptions& opt = {});
+
+// Clean and corrupted batches (same T) in one forward pass of 2B rows: every weight is read
+// once for both (attribution patching's two runs in one pass), the halves as views. Not for
+// the sweep's caches: a row's GEMM result can change in the last bits with its place in the
+// GEMM, so rows equal in both runs may differ here and fewer patches are seen to be no-ops.
+struct PairForward {
+  ForwardState both;
+  ForwardState clean, corrupted;  // rows [0, B) and [B, 2B) of `both`
+};
+PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const Batch& corrupted,
+                         const ForwardOptions& opt = {});
 
 // Bytes of activation buffers (the arena) of a forward pass over B x T tokens.
 size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern);

@@ -8,12 +8,16 @@ std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& 
   const bool per_head = hook_is_per_head(hook);
   const int G = per_head ? m.cfg.num_attention_heads : 1;
   const int W = per_head ? m.cfg.head_dim : m.cfg.hidden_size;
-  DeviceArray<float> out(be, size_t(T) * G);
+  // Every layer's reduction into one [L, T, G] buffer, then one download per hook (no
+  // synchronisation between layers).
+  DeviceArray<float> out(be, size_t(L) * T * G);
+  for (int l = 0; l < L; ++l)
+    be.attribution_reduce(out.get() + size_t(l) * T * G, source.hook_data(hook, l), base.hook_data(hook, l),
+                          g.hook_grad(hook, l), B, T, G, W);
+  const std::vector<float> all = out.download();
   std::vector<float> result;
   for (int l = 0; l < L; ++l) {
-    be.attribution_reduce(out.get(), source.hook_data(hook, l), base.hook_data(hook, l), g.hook_grad(hook, l), B, T,
-                          G, W);
-    std::vector<float> v = out.download();  // [T, G]
+    const std::vector<float> v(all.begin() + size_t(l) * T * G, all.begin() + size_t(l + 1) * T * G);  // [T, G]
     if (hook == Hook::ZAllPos) {
       for (int h = 0; h < G; ++h) {
         double s = 0;

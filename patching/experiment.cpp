@@ -200,17 +200,25 @@ Share whole_share(const Job& job) {
 // The clean and corrupted forwards of a batch, checked.
 struct Forwards {
   PairBatch pb;
-  ForwardState clean, corrupted;
+  PairForward pair;  // clean and corrupted (one 2B-row pass when only attribution runs)
+  const ForwardState& clean() const { return pair.clean; }
+  const ForwardState& corrupted() const { return pair.corrupted; }
 };
 Forwards run_forwards(const Job& job, int bi, RankWork& rw) {
-  Forwards f{job.batch(bi), {}, {}};
+  Forwards f{job.batch(bi), {}};
   job.stop_point();
   const auto t0 = Clock::now();
-  f.clean = forward(job.be, job.m, f.pb.clean);
-  f.corrupted = forward(job.be, job.m, f.pb.corrupted);
+  if (job.opt.activation) {
+    // Two passes: identical rows of the two runs then sit at the same place in their GEMMs
+    // and come out bitwise equal, which is what lets the sweep skip no-op patches.
+    f.pair.clean = forward(job.be, job.m, f.pb.clean);
+    f.pair.corrupted = forward(job.be, job.m, f.pb.corrupted);
+  } else {
+    f.pair = forward_pair(job.be, job.m, f.pb.clean, f.pb.corrupted);  // attribution alone: one pass
+  }
   if (job.opt.check_finite) {
-    check_finite(job.be, job.m, f.clean, "clean");
-    check_finite(job.be, job.m, f.corrupted, "corrupted");
+    check_finite(job.be, job.m, f.clean(), "clean");
+    check_finite(job.be, job.m, f.corrupted(), "corrupted");
   }
   rw.token_layer_evals += 2 * int64_t(f.pb.clean.B) * job.T * job.L;
   rw.seconds += since(t0);
@@ -227,7 +235,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
   BatchResult out;
   out.batch = bi;
   out.has_summary = true;
-  out.summary = summarize_batch(job.be, job.m, pb, f.clean, f.corrupted);
+  out.summary = summarize_batch(job.be, job.m, pb, f.clean(), f.corrupted());
   const BatchSummary& sum = out.summary;
   const double den = sum.clean_ld - sum.corrupted_ld;
   if (!(std::fabs(den) > 1e-6))
@@ -236,8 +244,8 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
   std::vector<std::string> pos_labels;
   for (int t = 0; t < T; ++t) pos_labels.push_back(std::to_string(t) + ":" + job.m.tok.label(pb.clean.tokens[t]));
 
-  const ForwardState& base = opt.noising ? f.clean : f.corrupted;
-  const ForwardState& source = opt.noising ? f.corrupted : f.clean;
+  const ForwardState& base = opt.noising ? f.clean() : f.corrupted();
+  const ForwardState& source = opt.noising ? f.corrupted() : f.clean();
   const float scale = static_cast<float>(1.0 / den);
   Gradients grads;
   double backward_s = 0;
@@ -315,8 +323,8 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
 // attribution backward (about two forwards) if any, then every activation target in acc
 // order (sweep_target_costs: 0 for a patch skipped as a no-op).
 std::vector<int64_t> batch_units(const Job& job, const Forwards& f) {
-  const ForwardState& base = job.opt.noising ? f.clean : f.corrupted;
-  const ForwardState& source = job.opt.noising ? f.corrupted : f.clean;
+  const ForwardState& base = job.opt.noising ? f.clean() : f.corrupted();
+  const ForwardState& source = job.opt.noising ? f.corrupted() : f.clean();
   std::vector<int64_t> units;
   if (job.any_attribution()) units.push_back(2 * int64_t(f.pb.clean.B) * job.T * job.L);
   for (size_t a = 0; a < job.accs.size(); ++a) {

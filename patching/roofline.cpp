@@ -19,9 +19,9 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
   { ForwardState s = forward(tb, m, pb.corrupted, no_pattern); }
   take("forward");
   {
-    ForwardState c = forward(tb, m, pb.clean), r = forward(tb, m, pb.corrupted);
-    Gradients g = backward(tb, m, r, pb.answer, pb.other, 1.0f);
-    for (Hook h : hooks) attribution(tb, m, r, c, g, h);
+    PairForward p = forward_pair(tb, m, pb.clean, pb.corrupted);
+    Gradients g = backward(tb, m, p.corrupted, pb.answer, pb.other, 1.0f);
+    for (Hook h : hooks) attribution(tb, m, p.corrupted, p.clean, g, h);
   }
   take("attribution");
   ForwardState clean = forward(tb, m, pb.clean), corrupted = forward(tb, m, pb.corrupted);

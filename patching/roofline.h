@@ -18,7 +18,8 @@ struct Phase {
   Trace trace;
 };
 
-// forward (no pattern), attribution (2 forwards + backward + attribution of every hook),
+// forward (no pattern), attribution (clean and corrupted in one 2B-row forward, backward,
+// attribution of every hook),
 // then the exact sweep of each hook (the clean/corrupted forwards it starts from untallied).
 std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, const PairBatch& pb,
                                 const std::vector<Hook>& hooks, const SweepOptions& sweep_opt);

@@ -8,6 +8,7 @@
 #include "model/backward.h"
 #include "model/forward.h"
 #include "patching/accuracy.h"
+#include "patching/attribution.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "test_util.h"
@@ -51,6 +52,39 @@ TEST(Model, PaddingInvariance) {
 }
 
 // Activations and gradients by TransformerLens name, with shapes; bad names are errors.
+// Clean and corrupted in one 2B-row pass (attribution's one pass): each half equals its own
+// forward (to GEMM rounding: BLAS results move in the last bits with the row count), and
+// attribution from the halves equals attribution from two passes.
+TEST(Model, PairForwardHalvesEqualSeparateForwards) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  auto pairs = load_pairs(seed_pairs());
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  PairForward p = forward_pair(*be, *m, pb.clean, pb.corrupted);
+  ForwardState c = forward(*be, *m, pb.clean), r = forward(*be, *m, pb.corrupted);
+  ASSERT_EQ(p.clean.B, c.B);
+  EXPECT_EQ(p.corrupted.batch.tokens, pb.corrupted.tokens);
+  EXPECT_EQ(p.corrupted.batch.pad, pb.corrupted.pad);
+  for (const std::string name : {"logits", "blocks.2.hook_resid_pre", "blocks.3.attn.hook_z", "blocks.1.hook_mlp_out",
+                                 "blocks.0.attn.hook_pattern"}) {
+    for (int half = 0; half < 2; ++half) {
+      const ForwardState& a = half ? p.corrupted : p.clean;
+      const ForwardState& b = half ? r : c;
+      std::vector<float> va = a.activation(*be, *m, name).download(*be), vb = b.activation(*be, *m, name).download(*be);
+      test::Diff d = test::compare(va, vb);
+      EXPECT_LT(d.rel(), 1e-5) << name << " half " << half << ": " << d.str();
+    }
+  }
+  LogitDiff lc = logit_diff(*be, *m, c, pb.answer, pb.other), lr = logit_diff(*be, *m, r, pb.answer, pb.other);
+  const float scale = static_cast<float>(1.0 / (lc.mean - lr.mean));
+  Gradients g1 = backward(*be, *m, r, pb.answer, pb.other, scale);
+  Gradients g2 = backward(*be, *m, p.corrupted, pb.answer, pb.other, scale);
+  for (Hook h : {Hook::ResidPre, Hook::AttnOut, Hook::Z}) {
+    test::Diff d = test::compare(attribution(*be, *m, p.corrupted, p.clean, g2, h), attribution(*be, *m, r, c, g1, h));
+    EXPECT_LT(d.rel(), 1e-4) << hook_name(h) << ": " << d.str();
+  }
+}
+
 TEST(Model, HookAccessByName) {
   auto be = make_cpu_backend();
   auto m = load_model(*be, tiny_dir());

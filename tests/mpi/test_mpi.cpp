@@ -200,6 +200,8 @@ bool wait_for(F pred, double seconds) {
   return pred();
 }
 
+std::vector<pid_t> pids_with_env(const std::string& name, const std::string& value);
+
 // A dataset run killed after some batches resumes with --resume (at another rank count too)
 // and gives the uninterrupted run's results; without --resume it refuses to start over
 // silently, and a checkpoint of other options is named.
@@ -208,11 +210,17 @@ TEST_F(Mpi, ResumeAfterKillEqualsUninterruptedRun) {
   json ref = run(0, args, "ref");
   ASSERT_FALSE(ref.is_null());
   const std::string out = dir_ + "/killed";
-  pid_t pid = spawn(command(2, "run --device cpu " + args + " --out " + quote(out)), dir_);
+  const std::string tag = "resume-" + std::to_string(::getpid());
+  pid_t pid = spawn("PHI3_TEST_TAG=" + tag + " " + quote(PHI3_MPIEXEC) + " " + PHI3_MPIEXEC_FLAGS +
+                        " -x PHI3_TEST_TAG -np 2 " + quote(PHI3_CLI) + " run --device cpu " + args + " --out " + quote(out),
+                    dir_);
   ASSERT_TRUE(wait_for([&] { return checkpoints(out) >= 3; }, 120)) << slurp(dir_ + "/bg_err.txt");
-  ASSERT_EQ(::kill(-pid, SIGKILL), 0);  // the whole job, as a crashed node or scheduler would
+  // The whole job, as a crashed node or a scheduler would: mpirun and every rank.
+  ASSERT_EQ(::kill(-pid, SIGKILL), 0);
+  for (pid_t q : pids_with_env("PHI3_TEST_TAG", tag)) ::kill(q, SIGKILL);
   int status = 0;
   ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(wait_for([&] { return pids_with_env("PHI3_TEST_TAG", tag).empty(); }, 30));
   const int finished = checkpoints(out);
   ASSERT_LT(finished, 24) << "the run finished before it was killed; nothing was resumed";
   EXPECT_FALSE(fs::exists(out + "/results.json"));
