@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "patching/work_split.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -131,6 +132,39 @@ BatchResult batch_result_from_json(const json& j) {
   } catch (const std::exception& e) {
     throw Error(std::string("malformed batch result: ") + e.what());
   }
+}
+
+json to_json(const RankWork& w) {
+  return {{"rank", w.rank},
+          {"batches", w.batches},
+          {"token_layer_evals", w.token_layer_evals},
+          {"sweep_token_layer_evals", w.sweep_token_layer_evals},
+          {"patched_runs", w.patched_runs},
+          {"seconds", w.seconds},
+          {"forward_seconds", w.forward_seconds}};
+}
+
+RankWork rank_work_from_json(const json& j) {
+  RankWork w;
+  w.rank = j.at("rank").get<int>();
+  w.batches = j.at("batches").get<int>();
+  w.token_layer_evals = j.at("token_layer_evals").get<int64_t>();
+  w.sweep_token_layer_evals = j.at("sweep_token_layer_evals").get<int64_t>();
+  w.patched_runs = j.at("patched_runs").get<int64_t>();
+  w.seconds = j.at("seconds").get<double>();
+  w.forward_seconds = j.at("forward_seconds").get<double>();
+  return w;
+}
+
+json ranks_summary(const std::vector<RankWork>& ranks) {
+  json list = json::array();
+  std::vector<double> evals, secs;
+  for (const auto& w : ranks) {
+    list.push_back(to_json(w));
+    evals.push_back(static_cast<double>(w.token_layer_evals));
+    secs.push_back(w.seconds);
+  }
+  return {{"ranks", list}, {"imbalance_token_layer_evals", imbalance(evals)}, {"imbalance_seconds", imbalance(secs)}};
 }
 
 BatchResult merge_parts(std::vector<BatchResult> pieces, int n_accs, const std::vector<int64_t>& n_targets, int B) {

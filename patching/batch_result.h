@@ -33,6 +33,12 @@ struct BatchResult {
 nlohmann::json to_json(const BatchResult& r);
 BatchResult batch_result_from_json(const nlohmann::json& j);  // throws Error on a malformed file
 
+// Per-rank work (RankWork) as it travels to rank 0 and appears in results.json.
+nlohmann::json to_json(const RankWork& w);
+RankWork rank_work_from_json(const nlohmann::json& j);
+// {"ranks": [...], "imbalance_token_layer_evals", "imbalance_seconds"} (max / mean - 1).
+nlohmann::json ranks_summary(const std::vector<RankWork>& ranks);
+
 // Merges the slices of one batch (parts of the same acc cover disjoint target ranges) into
 // one part per acc, in acc order. Throws when a target is covered twice or not at all.
 BatchResult merge_parts(std::vector<BatchResult> pieces, int n_accs, const std::vector<int64_t>& n_targets, int B);

@@ -626,25 +626,10 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   }
 
   // ---- per-rank work, then the averages (rank 0) ---------------------------------------------
-  nlohmann::json mine = {{"rank", rw.rank},
-                         {"batches", rw.batches},
-                         {"token_layer_evals", rw.token_layer_evals},
-                         {"sweep_token_layer_evals", rw.sweep_token_layer_evals},
-                         {"patched_runs", rw.patched_runs},
-                         {"seconds", rw.seconds},
-                         {"forward_seconds", rw.forward_seconds}};
-  std::vector<std::string> all = comm.gather(mine.dump());
+  std::vector<std::string> all = comm.gather(to_json(rw).dump());
   if (!comm.root()) return R;
   for (const auto& s : all) {
-    const nlohmann::json j = nlohmann::json::parse(s);
-    RankWork w;
-    w.rank = j["rank"];
-    w.batches = j["batches"];
-    w.token_layer_evals = j["token_layer_evals"];
-    w.sweep_token_layer_evals = j["sweep_token_layer_evals"];
-    w.patched_runs = j["patched_runs"];
-    w.seconds = j["seconds"];
-    w.forward_seconds = j["forward_seconds"];
+    const RankWork w = rank_work_from_json(nlohmann::json::parse(s));
     R.ranks.push_back(w);
     R.forward_seconds += w.forward_seconds;
   }

@@ -1,6 +1,6 @@
 #include "patching/report.h"
 
-#include "patching/work_split.h"
+#include "patching/batch_result.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -222,23 +222,8 @@ std::string results_json(const ExperimentResult& R) {
   }
   j["results"] = results;
   // Per rank (one entry for a plain run): what each did, and how evenly the work was spread.
-  json ranks = json::array();
-  std::vector<double> evals, secs;
-  for (const auto& w : R.ranks) {
-    ranks.push_back({{"rank", w.rank},
-                     {"batches", w.batches},
-                     {"token_layer_evals", w.token_layer_evals},
-                     {"sweep_token_layer_evals", w.sweep_token_layer_evals},
-                     {"patched_runs", w.patched_runs},
-                     {"seconds", w.seconds},
-                     {"forward_seconds", w.forward_seconds}});
-    evals.push_back(static_cast<double>(w.token_layer_evals));
-    secs.push_back(w.seconds);
-  }
   work["world_size"] = R.world_size;
-  work["ranks"] = ranks;
-  work["imbalance_token_layer_evals"] = imbalance(evals);  // max / mean - 1
-  work["imbalance_seconds"] = imbalance(secs);
+  work.update(ranks_summary(R.ranks));
   work["resumed_batches"] = R.resumed_batches;
   work["wall_seconds"] = R.wall_seconds;
   j["work"] = work;

@@ -13,7 +13,7 @@
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
 #include "patching/experiment.h"
-#include "patching/work_split.h"
+#include "patching/batch_result.h"
 #include "runtime/comm.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
@@ -84,17 +84,8 @@ int cmd_bench_scaling(const Args& a, Comm& comm) {
   }
   if (!comm.root()) return 0;
 
-  nlohmann::json ranks = nlohmann::json::array();
-  std::vector<double> evals, secs;
-  for (const auto& w : rn.ranks) {
-    ranks.push_back({{"rank", w.rank},
-                     {"batches", w.batches},
-                     {"token_layer_evals", w.token_layer_evals},
-                     {"patched_runs", w.patched_runs},
-                     {"seconds", w.seconds}});
-    evals.push_back(double(w.token_layer_evals));
-    secs.push_back(w.seconds);
-  }
+  const nlohmann::json rs = ranks_summary(rn.ranks);
+  const double imb_evals = rs["imbalance_token_layer_evals"], imb_secs = rs["imbalance_seconds"];
   const double diff = max_diff(r1, rn);
   nlohmann::json j = {{"model", model_dir},
                       {"device", be->name()},
@@ -110,10 +101,10 @@ int cmd_bench_scaling(const Args& a, Comm& comm) {
                       {"seconds_n_ranks", tn},
                       {"speedup", t1 / tn},
                       {"efficiency", t1 / tn / N},
-                      {"imbalance_token_layer_evals", imbalance(evals)},
-                      {"imbalance_seconds", imbalance(secs)},
+                      {"imbalance_token_layer_evals", imb_evals},
+                      {"imbalance_seconds", imb_secs},
                       {"max_abs_diff_vs_1_rank", diff},
-                      {"work_ranks", ranks},
+                      {"work_ranks", rs["ranks"]},
                       {"repeat", repeat}};
   std::printf("device: %s (per rank)\nmodel: %s, %d prompts, T=%d\n", be->name().c_str(), model_dir.c_str(),
               rn.n_prompts, rn.T);
@@ -122,8 +113,8 @@ int cmd_bench_scaling(const Args& a, Comm& comm) {
   for (const auto& w : rn.ranks)
     std::printf("  rank %d: %d batches, %lld token-layer evals, %lld patched runs, %.3f s computing\n", w.rank,
                 w.batches, (long long)w.token_layer_evals, (long long)w.patched_runs, w.seconds);
-  std::printf("imbalance (max/mean - 1): %.2f%% of token-layer evals, %.2f%% of seconds\n", 100 * imbalance(evals),
-              100 * imbalance(secs));
+  std::printf("imbalance (max/mean - 1): %.2f%% of token-layer evals, %.2f%% of seconds\n", 100 * imb_evals,
+              100 * imb_secs);
   std::printf("max |difference| of the %d-rank results from the 1-rank results: %.3g\n", N, diff);
   if (a.has("json")) write_file_atomic(a.get("json", ""), j.dump(2) + "\n");
   return 0;
