@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -7,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "kernels/cpu/parallel.h"
 #include "runtime/error.h"
 #include "runtime/safetensors.h"
 
@@ -72,16 +75,59 @@ const void* ModelWeights::reserve(Backend& be, size_t n) {
   return p;
 }
 
+// A checkpoint tensor in the device dtype `dt`, converted and checked for NaN/Inf on every
+// core (parallel_for over blocks of elements); the first non-finite element is the one an
+// error names.
+std::vector<uint8_t> decode_tensor(const TensorInfo& t, DType dt) {
+  const int64_t n = t.numel();
+  std::vector<uint8_t> out(size_t(n) * dtype_size(dt));
+  auto value = [&](int64_t i) {
+    if (t.dtype == DType::F32) {
+      float f;
+      std::memcpy(&f, t.data + 4 * i, 4);
+      return f;
+    }
+    uint16_t h;
+    std::memcpy(&h, t.data + 2 * i, 2);
+    return t.dtype == DType::BF16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
+  };
+  std::atomic<int64_t> first_bad{INT64_MAX};
+  cpu::parallel_for(n, 16.0 * double(n), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float v = value(i);
+      if (!std::isfinite(v)) {
+        int64_t cur = first_bad.load();
+        while (i < cur && !first_bad.compare_exchange_weak(cur, i)) {
+        }
+        return;
+      }
+      if (dt == DType::F32) {
+        std::memcpy(out.data() + 4 * i, &v, 4);
+      } else if (t.dtype == DType::BF16) {
+        std::memcpy(out.data() + 2 * i, t.data + 2 * i, 2);  // bf16 to bf16: the same bits
+      } else {
+        const uint16_t h = float_to_bf16_bits(v);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+      }
+    }
+  });
+  const int64_t bad = first_bad.load();
+  if (bad != INT64_MAX)
+    throw Error(t.file + ": tensor '" + t.name + "' holds a non-finite value (" + std::to_string(value(bad)) +
+                ") at flat index " + std::to_string(bad));
+  return out;
+}
+
 struct WeightLoader {
-  // Builds ModelWeights from a function giving each expected tensor's fp32 values.
+  // Builds ModelWeights from a function giving each expected tensor's bytes in a dtype
+  // (empty: allocate only, for placeholder weights).
   template <typename GetFn>
   static ModelWeights build(Backend& be, const ModelConfig& c, GetFn get) {
     ModelWeights w;
     const DType dt = be.weight_dtype();
-    // An empty vector from get(): allocate only (placeholder weights).
     auto place = [&](const std::string& name, DType t, int64_t n) {
-      std::vector<float> v = get(name);
-      return v.empty() ? w.reserve(be, size_t(n) * dtype_size(t)) : w.keep(be, encode(v, t));
+      std::vector<uint8_t> v = get(name, t);
+      return v.empty() ? w.reserve(be, size_t(n) * dtype_size(t)) : w.keep(be, v);
     };
     auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
       Weight m;
@@ -155,15 +201,7 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
     throw OutOfMemory(model_dir + ": the weights need " + mib(need) + " MiB on " + be.name() + " but only " +
                       mib(avail) + " MiB are free; " + hint);
   }
-  return WeightLoader::build(be, cfg, [&](const std::string& name) {
-    std::vector<float> v = st.to_f32(name);
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (!std::isfinite(v[i]))
-        throw Error(st.get(name).file + ": tensor '" + name + "' holds a non-finite value (" +
-                    std::to_string(v[i]) + ") at flat index " + std::to_string(i));
-    }
-    return v;
-  });
+  return WeightLoader::build(be, cfg, [&](const std::string& name, DType dt) { return decode_tensor(st.get(name), dt); });
 }
 
 ModelWeights ModelWeights::random(Backend& be, const ModelConfig& cfg, uint32_t seed, float std) {
@@ -171,7 +209,7 @@ ModelWeights ModelWeights::random(Backend& be, const ModelConfig& cfg, uint32_t 
   std::normal_distribution<float> dist(0.0f, std);
   std::map<std::string, std::vector<int64_t>> shapes;
   for (const auto& e : expected_tensors(cfg)) shapes[e.name] = e.shape;
-  return WeightLoader::build(be, cfg, [&](const std::string& name) {
+  return WeightLoader::build(be, cfg, [&](const std::string& name, DType dt) {
     const auto& s = shapes.at(name);
     int64_t n = 1;
     for (auto d : s) n *= d;
@@ -181,12 +219,12 @@ ModelWeights ModelWeights::random(Backend& be, const ModelConfig& cfg, uint32_t 
     } else {
       for (auto& x : v) x = dist(rng);
     }
-    return v;
+    return encode(v, dt);
   });
 }
 
 ModelWeights ModelWeights::placeholder(Backend& be, const ModelConfig& cfg) {
-  return WeightLoader::build(be, cfg, [](const std::string&) { return std::vector<float>{}; });
+  return WeightLoader::build(be, cfg, [](const std::string&, DType) { return std::vector<uint8_t>{}; });
 }
 
 }  // namespace phi3

@@ -2,6 +2,7 @@
 // Subcommands: run (default), forward, tokenize, verify, accuracy. Errors print one line
 // ("phi3patch: error: ...") and exit non-zero; results go to files, progress to stderr.
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -136,7 +137,12 @@ int cmd_run(int argc, char** argv, int first) {
   try {
     be = make_backend(a.get("device", "auto"), a.has("fp32"));
     opt.log("loading " + model_dir + " on " + be->name());
+    const auto t_load = std::chrono::steady_clock::now();
     m = load_model(*be, model_dir);
+    char took[96];
+    std::snprintf(took, sizeof took, "loaded %.0f MiB of weights in %.2f s", m->w.bytes / 1048576.0,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
+    opt.log(took);
     if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
   } catch (const OutOfMemory& e) {
     err = e.what();
@@ -177,7 +183,10 @@ int cmd_run(int argc, char** argv, int first) {
 int cmd_forward(int argc, char** argv, int first) {
   Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32", "no-bos"});
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  const auto t_load = std::chrono::steady_clock::now();
   auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
+  std::cerr << "[phi3patch] loaded " << (m->w.bytes >> 20) << " MiB of weights in "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count() << " s" << std::endl;
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
   const bool bos = !a.has("no-bos");
