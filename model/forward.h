@@ -60,7 +60,6 @@ struct ForwardState {
   ForwardState rows(Backend& be, int b0, int nb) const;
 };
 
-
 // Splits "blocks.<l>.<hook>" into l and hook ("hook_resid_pre", "attn.hook_q", ...);
 // throws naming the name when it is not of that form or l is out of range.
 void split_hook_name(const std::string& name, int n_layers, int& layer, std::string& hook);

@@ -81,20 +81,10 @@ const void* ModelWeights::reserve(Backend& be, size_t n) {
 std::vector<uint8_t> decode_tensor(const TensorInfo& t, DType dt) {
   const int64_t n = t.numel();
   std::vector<uint8_t> out(size_t(n) * dtype_size(dt));
-  auto value = [&](int64_t i) {
-    if (t.dtype == DType::F32) {
-      float f;
-      std::memcpy(&f, t.data + 4 * i, 4);
-      return f;
-    }
-    uint16_t h;
-    std::memcpy(&h, t.data + 2 * i, 2);
-    return t.dtype == DType::BF16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
-  };
   std::atomic<int64_t> first_bad{INT64_MAX};
   cpu::parallel_for(n, 16.0 * double(n), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const float v = value(i);
+      const float v = t.value(i);
       if (!std::isfinite(v)) {
         int64_t cur = first_bad.load();
         while (i < cur && !first_bad.compare_exchange_weak(cur, i)) {
@@ -113,7 +103,7 @@ std::vector<uint8_t> decode_tensor(const TensorInfo& t, DType dt) {
   });
   const int64_t bad = first_bad.load();
   if (bad != INT64_MAX)
-    throw Error(t.file + ": tensor '" + t.name + "' holds a non-finite value (" + std::to_string(value(bad)) +
+    throw Error(t.file + ": tensor '" + t.name + "' holds a non-finite value (" + std::to_string(t.value(bad)) +
                 ") at flat index " + std::to_string(bad));
   return out;
 }

@@ -351,7 +351,6 @@ class FastSweep {
   DeviceArray<float> X_, ln_, rstd_, qkv_, q_, k_, v_, z_, attn_, gu_, act_, mlp_;
 };
 
-
 // Host copies per layer of a hook's activations in base and source runs.
 std::vector<HookPair> host_copies(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                                   Hook hook) {
@@ -448,8 +447,6 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
     for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = base_ld.per_row[b];
   };
 
-  // Host copies per layer of the hook's activations, for the no-op test.
-  const std::vector<HookPair> host = host_copies(be, m, base, source, hook);
   const bool all = opt.first <= 0 && (opt.last < 0 || opt.last >= n_targets);
   const int64_t first = std::max<int64_t>(0, opt.first), last = opt.last < 0 ? n_targets : std::min(opt.last, n_targets);
   if (!all) {  // targets outside [first, last) are another caller's: NaN here, no work counted
@@ -478,6 +475,9 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
     return res;
   }
 
+  // Host copies per layer of the hook's activations, for the no-op test (the naive loop
+  // above needs none).
+  const std::vector<HookPair> host = host_copies(be, m, base, source, hook);
   std::vector<Run> runs;
   for (int64_t i = first; i < last; ++i) {
     Run r;

@@ -360,25 +360,10 @@ std::vector<float> SafeTensors::to_f32(const std::string& name) const {
   const TensorInfo& t = get(name);
   const size_t n = static_cast<size_t>(t.numel());
   std::vector<float> out(n);
-  switch (t.dtype) {
-    case DType::F32:
-      if (n) std::memcpy(out.data(), t.data, n * 4);
-      break;
-    case DType::BF16:
-    case DType::F16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
-        out[i] = t.dtype == DType::BF16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
-      }
-      break;
-    case DType::I32:
-      for (size_t i = 0; i < n; ++i) {
-        int32_t v;
-        std::memcpy(&v, t.data + 4 * i, 4);
-        out[i] = static_cast<float>(v);
-      }
-      break;
+  if (t.dtype == DType::F32) {
+    if (n) std::memcpy(out.data(), t.data, n * 4);
+  } else {
+    for (size_t i = 0; i < n; ++i) out[i] = t.value(static_cast<int64_t>(i));
   }
   return out;
 }

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <cstring>
 #include <vector>
 
 #include "runtime/dtype.h"
@@ -26,6 +27,28 @@ struct TensorInfo {
   const uint8_t* data = nullptr;  // inside the mapping
   size_t nbytes = 0;
   int64_t numel() const;
+  // Element i as a float (F32, BF16 and F16 exactly; I32 rounded beyond 2^24).
+  float value(int64_t i) const {
+    switch (dtype) {
+      case DType::F32: {
+        float f;
+        std::memcpy(&f, data + 4 * i, 4);
+        return f;
+      }
+      case DType::BF16:
+      case DType::F16: {
+        uint16_t h;
+        std::memcpy(&h, data + 2 * i, 2);
+        return dtype == DType::BF16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
+      }
+      case DType::I32: {
+        int32_t v;
+        std::memcpy(&v, data + 4 * i, 4);
+        return static_cast<float>(v);
+      }
+    }
+    return 0.0f;
+  }
 };
 
 class MappedFile;  // runtime/safetensors.cpp
