@@ -306,7 +306,7 @@ void BM_LinearBF16(benchmark::State& st) {
   const int in = shapes[st.range(1)][0], out = shapes[st.range(1)][1];
   Buf W((size_t)in * out * 2, 1, Fill::BF16), x((size_t)N * in * 4, 2), y((size_t)N * out * 4, 3, false);
   const Weight w{W.p, DType::BF16, out, in};
-  run_timed(st, [&](cudaStream_t s) { cuda::linear_forward(y.f(), x.f(), w, N, s); });
+  run_timed(st, [&](cudaStream_t s) { cuda::linear_forward(y.f(), x.f(), w, N, false, s); });
   set_flops(st, 2.0 * N * in * out);
   st.SetLabel(names[st.range(1)]);
 }
@@ -316,7 +316,7 @@ void BM_LinearF32(benchmark::State& st) {
   const int N = static_cast<int>(st.range(0)), in = 3072, out = 9216;
   Buf W((size_t)in * out * 4), x((size_t)N * in * 4, 2), y((size_t)N * out * 4, 3, false);
   const Weight w{W.p, DType::F32, out, in};
-  run_timed(st, [&](cudaStream_t s) { cuda::linear_forward(y.f(), x.f(), w, N, s); });
+  run_timed(st, [&](cudaStream_t s) { cuda::linear_forward(y.f(), x.f(), w, N, false, s); });
   set_flops(st, 2.0 * N * in * out);
   st.SetLabel("qkv fp32");
 }

@@ -19,6 +19,28 @@ namespace phi3 {
 
 using Stream = void*;
 
+// An activation that feeds a GEMM, as the op producing it writes it: fp32 values (f32) and/or
+// the same values rounded to bf16 (bf16, round-to-nearest-even: runtime/dtype.h's
+// float_to_bf16_bits, the rounding of the cast kernel), so a bf16 GEMM reads them without a
+// cast pass. Either may be null; a plain float* converts to an fp32-only GemmOut.
+struct GemmOut {
+  float* f32 = nullptr;        // [rows, width], row stride = width unless the op says otherwise
+  uint16_t* bf16 = nullptr;    // [rows, width] bf16 bits, same layout
+  GemmOut() = default;
+  GemmOut(float* f) : f32(f) {}  // NOLINT: implicit on purpose (fp32-only output)
+  GemmOut(float* f, uint16_t* h) : f32(f), bf16(h) {}
+};
+// The matching GEMM input: linear_forward reads bf16 when the weights are bf16 and it is
+// given (else it rounds f32 itself), f32 when the weights are fp32.
+struct GemmIn {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  GemmIn() = default;
+  GemmIn(const float* f) : f32(f) {}  // NOLINT: implicit on purpose
+  GemmIn(const float* f, const uint16_t* h) : f32(f), bf16(h) {}
+  GemmIn(const GemmOut& o) : f32(o.f32), bf16(o.bf16) {}  // NOLINT
+};
+
 // A weight matrix as stored on the device: [rows, cols] row-major (HF [out, in]).
 struct Weight {
   const void* data = nullptr;
@@ -30,10 +52,15 @@ struct Weight {
 // Rotary embedding (HF rotate_half / NeoX): the first rot_dim dims of every head rotate,
 // dim i pairs with i + rot_dim/2 at angle pos * inv_freq[i]; cos and sin are multiplied
 // by attn_scale (LongRoPE's attention factor, 1 otherwise).
+// With a table (cos_sin, n_pos rows of rot_dim/2 (cos, sin) pairs, attn_scale applied: filled
+// on the host by rope_angle of op_math.h), positions must be < n_pos and the kernels read the
+// angles instead of computing them per row and head.
 struct RopeParams {
   const float* inv_freq = nullptr;  // [rot_dim/2], device memory
   int rot_dim = 0;
   float attn_scale = 1.0f;
+  const float* cos_sin = nullptr;   // optional [n_pos, rot_dim/2, 2], device memory
+  int n_pos = 0;
 };
 
 // One block of query rows of one sequence for the attention op. A sequence is a batch
@@ -62,6 +89,7 @@ struct AttnParams {
   const float* k_cache = nullptr;  // [B*T, KVH*HD] (rotated), stride cache_stride; may be null
   const float* v_cache = nullptr;  // [B*T, KVH*HD], stride cache_stride; may be null
   float* z = nullptr;              // [rows, H*HD] output, row stride z_stride
+  uint16_t* z16 = nullptr;         // optional: the same z rounded to bf16 (GemmOut), stride z_stride
   float* pattern = nullptr;        // optional [B, H, T, T] softmax probs (plain pass only)
   const int32_t* pad = nullptr;    // [B] left-pad count per batch row
   const AttnSegment* segs = nullptr;  // [n_segs], device memory
@@ -87,15 +115,19 @@ struct AttnBackwardParams {
   void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,                \
                          const Weight& table /*[V,D]*/, int N, Stream stream);            \
   /* out = x * rstd * w, rstd = 1/sqrt(mean(x^2)+eps); saves rstd [N] for backward */     \
-  void rmsnorm_forward(float* out /*[N,D]*/, float* rstd /*[N]*/, const float* x,         \
+  void rmsnorm_forward(GemmOut out /*[N,D]*/, float* rstd /*[N]*/, const float* x,        \
                        const float* w /*[D]*/, int N, int D, float eps, Stream stream);   \
+  /* sum = a + b (sum may alias a or b), then rmsnorm_forward of sum */                    \
+  void add_rmsnorm_forward(float* sum /*[N,D]*/, GemmOut out /*[N,D]*/, float* rstd,      \
+                           const float* a, const float* b, const float* w /*[D]*/, int N, \
+                           int D, float eps, Stream stream);                              \
   /* dx += d(out)/dx^T dout */                                                            \
   void rmsnorm_backward(float* dx /*[N,D] +=*/, const float* dout /*[N,D]*/,              \
                         const float* x, const float* w, const float* rstd /*[N]*/, int N, \
                         int D, Stream stream);                                            \
-  /* y = x W^T, W [out,in] */                                                             \
-  void linear_forward(float* y /*[N,out]*/, const float* x /*[N,in]*/, const Weight& W,   \
-                      int N, Stream stream);                                              \
+  /* y = x W^T (accumulate ? y += x W^T), W [out,in] */                                   \
+  void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, int N,  \
+                      bool accumulate, Stream stream);                                    \
   /* dx = dy W (accumulate ? dx += dy W) */                                               \
   void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, \
                        int N, bool accumulate, Stream stream);                            \
@@ -107,10 +139,15 @@ struct AttnBackwardParams {
   void rotary_backward(float* din, int64_t din_stride, const float* dout,                 \
                        int64_t dout_stride, const int32_t* pos /*[N]*/, int N,            \
                        int n_heads, int HD, const RopeParams& rope, Stream stream);       \
+  /* split a fused qkv row: q = rotary(q part), k = rotary(k part), v copied (dense) */   \
+  void rotary_qkv_forward(float* q /*[N,H*HD]*/, float* k /*[N,KVH*HD]*/,                 \
+                          float* v /*[N,KVH*HD]*/, const float* qkv /*[N,(H+2KVH)*HD]*/,   \
+                          const int32_t* pos /*[N]*/, int N, int H, int KVH, int HD,      \
+                          const RopeParams& rope, Stream stream);                         \
   void attention_forward(const AttnParams& p, Stream stream);                             \
   void attention_backward(const AttnBackwardParams& p, Stream stream);                    \
   /* out = silu(gu[:, :F]) * gu[:, F:] */                                                 \
-  void swiglu_forward(float* out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,     \
+  void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,    \
                       Stream stream);                                                     \
   void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,                \
                        const float* gu /*[N,2F]*/, int N, int F, Stream stream);          \
@@ -131,7 +168,10 @@ struct AttnBackwardParams {
   /* out[t*G+g] = sum_b sum_{w<W} (a-c)[b,t,g*W+w] * grad[b,t,g*W+w]  (rows b*T+t) */      \
   void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T, G*W]*/,            \
                           const float* c, const float* grad, int B, int T, int G, int W,  \
-                          Stream stream);
+                          Stream stream);                                                 \
+  /* eq[t*G+g] = 1 if a and c are bitwise equal in [b,t,g*W:(g+1)*W] for every b, else 0 */ \
+  void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,    \
+                  int B, int T, int G, int W, Stream stream);
 
 namespace cpu {
 PHI3_DECLARE_OPS

@@ -1,29 +1,59 @@
 #include "model/forward.h"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/op_math.h"
 #include "runtime/error.h"
 
 namespace phi3 {
 
 std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len) { return cfg.inv_freq(seq_len); }
 
-size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern) {
+size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16) {
   const ModelConfig& c = m.cfg;
   const size_t N = size_t(B) * T, D = c.hidden_size, F = c.intermediate_size;
   ArenaPlan p;
+  auto gemm_in = [&](size_t n) {  // a GEMM input: fp32, or bf16 on bf16 weights
+    if (gemm16) p.add<uint16_t>(n);
+    else p.add<float>(n);
+  };
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    p.add<float>(N * D).add<float>(N * D).add<float>(N);                    // resid_pre, ln1, rstd1
+    p.add<float>(N * D);                                                    // resid_pre
+    gemm_in(N * D);                                                         // ln1
+    p.add<float>(N);                                                        // rstd1
     p.add<float>(N * m.qkv_width()).add<float>(N * m.q_width());            // qkv, q_rot
     p.add<float>(N * m.kv_width()).add<float>(N * m.kv_width());            // k_rot, v
     p.add<float>(N * m.q_width());                                          // z
+    if (gemm16) p.add<uint16_t>(N * m.q_width());                           // z16
     if (keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T * T);
-    p.add<float>(N * D).add<float>(N * D).add<float>(N * D).add<float>(N);  // attn_out, resid_mid, ln2, rstd2
-    p.add<float>(N * 2 * F).add<float>(N * F).add<float>(N * D);            // gate_up, act, mlp_out
+    p.add<float>(N * D).add<float>(N * D);                                  // attn_out, resid_mid
+    gemm_in(N * D);                                                         // ln2
+    p.add<float>(N);                                                        // rstd2
+    p.add<float>(N * 2 * F);                                                // gate_up
+    gemm_in(N * F);                                                         // act
+    p.add<float>(N * D);                                                    // mlp_out
   }
-  p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N * size_t(c.vocab_size));  // final
+  p.add<float>(N * D);  // resid_final
+  gemm_in(N * D);       // ln_f
+  p.add<float>(N).add<float>(N * size_t(c.vocab_size));  // rstd_f, logits
   return p.bytes();
+}
+
+std::vector<float> rope_cos_sin_table(const std::vector<float>& inv_freq, float attn_scale, int n_pos) {
+  const size_t half = inv_freq.size();
+  std::vector<float> t(size_t(n_pos) * half * 2);
+  for (int p = 0; p < n_pos; ++p)
+    for (size_t i = 0; i < half; ++i)
+      rope_angle(p, inv_freq[i], attn_scale, &t[(size_t(p) * half + i) * 2], &t[(size_t(p) * half + i) * 2 + 1]);
+  return t;
+}
+
+int rope_table_positions(const Batch& batch) {
+  int32_t mx = 0;
+  for (int32_t p : batch.pos) mx = std::max(mx, p);
+  return mx + 1;
 }
 
 AttnParams attention_params(const Model& m, int T) {
@@ -144,13 +174,16 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   const int N = B * T;
   for (int32_t t : batch.tokens)
     if (t < 0 || t >= V) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(V) + ")");
+  for (int32_t p : batch.pos)
+    if (p < 0) throw Error("negative position " + std::to_string(p) + " in the batch");
   if (opt.patch) {
     PHI3_CHECK(opt.source && opt.source->B == B && opt.source->T == T, "forward: patch source has another batch shape");
     PHI3_CHECK(opt.patch->layer >= 0 && opt.patch->layer < L, "forward: patch layer out of range");
   }
+  const bool g16 = be.gemm_in_bf16();
 
   ForwardState s;
-  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern),
+  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern, g16),
                                     "forward pass of " + std::to_string(B) + " x " + std::to_string(T) + " tokens");
   Arena& A = *s.arena;
   s.B = B;
@@ -159,91 +192,123 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   s.tokens = to_device(be, batch.tokens);
   s.pos = to_device(be, batch.pos);
   s.pad = to_device(be, batch.pad);
-  s.inv_freq = to_device(be, c.inv_freq(batch.max_seq_len()));
+  const std::vector<float> inv_freq = c.inv_freq(batch.max_seq_len());
+  s.inv_freq = to_device(be, inv_freq);
   s.rope.inv_freq = s.inv_freq.get();
   s.rope.rot_dim = c.rotary_dim;
   s.rope.attn_scale = c.rope_attention_scale();
+  s.rope.n_pos = rope_table_positions(batch);
+  s.rope_table = to_device(be, rope_cos_sin_table(inv_freq, s.rope.attn_scale, s.rope.n_pos));
+  s.rope.cos_sin = s.rope_table.size() ? s.rope_table.get() : nullptr;
 
   std::vector<AttnSegment> segs(B);
   for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
   DeviceArray<AttnSegment> dsegs = to_device(be, segs);
 
   const PatchSpec* patch = opt.patch;
+  auto patched_at = [&](Hook h, int l) {
+    return patch && patch->layer == l && (patch->hook == h || (h == Hook::Z && patch->hook == Hook::ZAllPos));
+  };
   auto patch_here = [&](Hook h, int l, float* dst, int width) {
-    if (patch && patch->layer == l &&
-        (patch->hook == h || (h == Hook::Z && patch->hook == Hook::ZAllPos))) {
+    if (patched_at(h, l)) {
       PatchSpec p = *patch;
       if (p.hook == Hook::ZAllPos) p.pos = -1;
       apply_patch(be, dst, opt.source->hook_data(patch->hook, l), width, p, s, HD);
     }
   };
+  // A GEMM input of n elements: fp32 or (bf16 weights) bf16.
+  auto gemm_in = [&](DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t n) {
+    if (g16) h = A.take<uint16_t>(n);
+    else f = A.take<float>(n);
+    return GemmOut(f.get(), h.get());
+  };
 
+  // Every buffer first (the fused residual add + norm writes the next layer's ln1).
   s.layers.resize(L);
+  std::vector<GemmOut> ln1(L), ln2(L), act(L);
   for (int l = 0; l < L; ++l) {
     LayerActs& a = s.layers[l];
     a.resid_pre = A.take<float>(size_t(N) * D);
-    if (l == 0) {
-      be.embedding_forward(a.resid_pre.get(), s.tokens.get(), m.w.embed, N);
-    } else {
-      // resid_post of layer l-1 was written straight into this buffer (see below).
-    }
-  }
-  s.resid_final = A.take<float>(size_t(N) * D);
-
-  for (int l = 0; l < L; ++l) {
-    LayerActs& a = s.layers[l];
-    const LayerWeights& w = m.w.layers[l];
-    patch_here(Hook::ResidPre, l, a.resid_pre.get(), D);
-
-    a.ln1 = A.take<float>(size_t(N) * D);
+    ln1[l] = gemm_in(a.ln1, a.ln1_16, size_t(N) * D);
     a.rstd1 = A.take<float>(N);
-    be.rmsnorm_forward(a.ln1.get(), a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
     a.qkv = A.take<float>(size_t(N) * QKVW);
-    be.linear_forward(a.qkv.get(), a.ln1.get(), w.qkv, N);
     a.q_rot = A.take<float>(size_t(N) * QW);
     a.k_rot = A.take<float>(size_t(N) * KVW);
     a.v = A.take<float>(size_t(N) * KVW);
-    be.rotary_forward(a.q_rot.get(), QW, a.qkv.get(), QKVW, s.pos.get(), N, H, HD, s.rope);
-    be.rotary_forward(a.k_rot.get(), KVW, a.qkv.get() + QW, QKVW, s.pos.get(), N, KVH, HD, s.rope);
-    be.copy_rows(a.v.get(), KVW, nullptr, a.qkv.get() + QW + KVW, QKVW, nullptr, N, KVW);
-
     a.z = A.take<float>(size_t(N) * QW);
-    if (opt.keep_pattern) {
-      a.pattern = A.take<float>(size_t(B) * H * T * T);
-      be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
-    }
-    AttnParams ap = plain_attention_params(m, s, a, dsegs.get());
-    be.attention_forward(ap);
-    patch_here(Hook::Z, l, a.z.get(), QW);
-
+    if (g16) a.z16 = A.take<uint16_t>(size_t(N) * QW);
+    if (opt.keep_pattern) a.pattern = A.take<float>(size_t(B) * H * T * T);
     a.attn_out = A.take<float>(size_t(N) * D);
-    be.linear_forward(a.attn_out.get(), a.z.get(), w.o, N);
-    patch_here(Hook::AttnOut, l, a.attn_out.get(), D);
     a.resid_mid = A.take<float>(size_t(N) * D);
-    be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
-    patch_here(Hook::ResidMid, l, a.resid_mid.get(), D);
-
-    a.ln2 = A.take<float>(size_t(N) * D);
+    ln2[l] = gemm_in(a.ln2, a.ln2_16, size_t(N) * D);
     a.rstd2 = A.take<float>(N);
-    be.rmsnorm_forward(a.ln2.get(), a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
     a.gate_up = A.take<float>(size_t(N) * 2 * F);
-    be.linear_forward(a.gate_up.get(), a.ln2.get(), w.gate_up, N);
-    a.act = A.take<float>(size_t(N) * F);
-    be.swiglu_forward(a.act.get(), a.gate_up.get(), N, F);
+    act[l] = gemm_in(a.act, a.act16, size_t(N) * F);
     a.mlp_out = A.take<float>(size_t(N) * D);
-    be.linear_forward(a.mlp_out.get(), a.act.get(), w.down, N);
+  }
+  s.resid_final = A.take<float>(size_t(N) * D);
+  const GemmOut ln_f = gemm_in(s.ln_f, s.ln_f16, size_t(N) * D);
+  s.rstd_f = A.take<float>(N);
+  s.logits = A.take<float>(size_t(N) * V);
+
+  be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N);
+  bool ln1_done = false;  // layer l's ln1 already written by the previous layer's fused add
+  for (int l = 0; l < L; ++l) {
+    LayerActs& a = s.layers[l];
+    const LayerWeights& w = m.w.layers[l];
+    if (patched_at(Hook::ResidPre, l)) {
+      patch_here(Hook::ResidPre, l, a.resid_pre.get(), D);
+      ln1_done = false;
+    }
+    if (!ln1_done) be.rmsnorm_forward(ln1[l], a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
+    be.linear_forward(a.qkv.get(), ln1[l], w.qkv, N, false);
+    be.rotary_qkv_forward(a.q_rot.get(), a.k_rot.get(), a.v.get(), a.qkv.get(), s.pos.get(), N, H, KVH, HD, s.rope);
+
+    if (a.pattern.size()) be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
+    AttnParams ap = plain_attention_params(m, s, a, dsegs.get());
+    ap.z16 = a.z16.get();
+    be.attention_forward(ap);
+    GemmIn z_in(a.z.get(), a.z16.get());
+    if (patched_at(Hook::Z, l)) {
+      patch_here(Hook::Z, l, a.z.get(), QW);
+      z_in.bf16 = nullptr;  // the bf16 copy is stale: the GEMM rounds the patched z itself
+    }
+
+    be.linear_forward(a.attn_out.get(), z_in, w.o, N, false);
+    patch_here(Hook::AttnOut, l, a.attn_out.get(), D);
+    if (patched_at(Hook::ResidMid, l)) {
+      be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
+      patch_here(Hook::ResidMid, l, a.resid_mid.get(), D);
+      be.rmsnorm_forward(ln2[l], a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
+    } else {
+      be.add_rmsnorm_forward(a.resid_mid.get(), ln2[l], a.rstd2.get(), a.resid_pre.get(), a.attn_out.get(), w.ln2, N,
+                             D, c.rms_norm_eps);
+    }
+
+    be.linear_forward(a.gate_up.get(), ln2[l], w.gate_up, N, false);
+    be.swiglu_forward(act[l], a.gate_up.get(), N, F);
+    be.linear_forward(a.mlp_out.get(), act[l], w.down, N, false);
     patch_here(Hook::MlpOut, l, a.mlp_out.get(), D);
 
-    float* post = l + 1 < L ? s.layers[l + 1].resid_pre.get() : s.resid_final.get();
-    be.add(post, a.resid_mid.get(), a.mlp_out.get(), int64_t(N) * D);
-    patch_here(Hook::ResidPost, l, post, D);
+    // resid_post, written straight into the next layer's resid_pre (or resid_final), and
+    // the next norm (ln1 of layer l+1, or the final norm) in the same kernel.
+    const bool last = l + 1 == L;
+    float* post = last ? s.resid_final.get() : s.layers[l + 1].resid_pre.get();
+    const GemmOut next_ln = last ? ln_f : ln1[l + 1];
+    float* next_rstd = last ? s.rstd_f.get() : s.layers[l + 1].rstd1.get();
+    const float* next_w = last ? m.w.final_norm : m.w.layers[l + 1].ln1;
+    if (patched_at(Hook::ResidPost, l)) {
+      be.add(post, a.resid_mid.get(), a.mlp_out.get(), int64_t(N) * D);
+      patch_here(Hook::ResidPost, l, post, D);
+      ln1_done = false;
+      if (last) be.rmsnorm_forward(ln_f, s.rstd_f.get(), post, m.w.final_norm, N, D, c.rms_norm_eps);
+    } else {
+      be.add_rmsnorm_forward(post, next_ln, next_rstd, a.resid_mid.get(), a.mlp_out.get(), next_w, N, D,
+                             c.rms_norm_eps);
+      ln1_done = true;
+    }
   }
-
-  s.ln_f = A.take<float>(size_t(N) * D);
-  s.rstd_f = A.take<float>(N);
-  be.rmsnorm_forward(s.ln_f.get(), s.rstd_f.get(), s.resid_final.get(), m.w.final_norm, N, D, c.rms_norm_eps);
-  s.logits = A.take<float>(size_t(N) * V);
-  be.linear_forward(s.logits.get(), s.ln_f.get(), m.w.lm_head, N);
+  be.linear_forward(s.logits.get(), ln_f, m.w.lm_head, N, false);
   return s;
 }
 
@@ -318,30 +383,36 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
     LayerActs x;
     x.resid_pre = slice(l.resid_pre);
     x.ln1 = slice(l.ln1);
+    x.ln1_16 = slice(l.ln1_16);
     x.rstd1 = slice(l.rstd1);
     x.qkv = slice(l.qkv);
     x.q_rot = slice(l.q_rot);
     x.k_rot = slice(l.k_rot);
     x.v = slice(l.v);
     x.z = slice(l.z);
+    x.z16 = slice(l.z16);
     x.pattern = slice(l.pattern);
     x.attn_out = slice(l.attn_out);
     x.resid_mid = slice(l.resid_mid);
     x.ln2 = slice(l.ln2);
+    x.ln2_16 = slice(l.ln2_16);
     x.rstd2 = slice(l.rstd2);
     x.gate_up = slice(l.gate_up);
     x.act = slice(l.act);
+    x.act16 = slice(l.act16);
     x.mlp_out = slice(l.mlp_out);
     v.layers.push_back(std::move(x));
   }
   v.resid_final = slice(resid_final);
   v.ln_f = slice(ln_f);
+  v.ln_f16 = slice(ln_f16);
   v.rstd_f = slice(rstd_f);
   v.logits = slice(logits);
   v.tokens = slice(tokens);
   v.pos = slice(pos);
   v.pad = DeviceArray<int32_t>::borrowed(be, pad.get() + b0, size_t(nb));
   v.inv_freq = DeviceArray<float>::borrowed(be, inv_freq.get(), inv_freq.size());
+  v.rope_table = DeviceArray<float>::borrowed(be, rope_table.get(), rope_table.size());
   v.rope = rope;
   return v;
 }

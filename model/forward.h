@@ -14,20 +14,26 @@ namespace phi3 {
 
 struct LayerActs {
   DeviceArray<float> resid_pre;  // [N,D]
-  DeviceArray<float> ln1;        // [N,D] normed input of attention
+  // GEMM inputs (ln1, z, ln2, act) are fp32 on fp32 weights; on bf16 weights the producing
+  // op writes them in bf16 (the *16 buffers) and ln1, ln2, act have no fp32 copy.
+  DeviceArray<float> ln1;        // [N,D] normed input of attention (fp32 weights)
+  DeviceArray<uint16_t> ln1_16;  // [N,D] the same in bf16 (bf16 weights)
   DeviceArray<float> rstd1;      // [N]
   DeviceArray<float> qkv;        // [N,(H+2KVH)*HD]  hook_q | hook_k | hook_v (pre-rotary)
   DeviceArray<float> q_rot;      // [N,H*HD]   hook_rot_q
   DeviceArray<float> k_rot;      // [N,KVH*HD] hook_rot_k  (the key cache)
   DeviceArray<float> v;          // [N,KVH*HD] hook_v      (the value cache)
   DeviceArray<float> z;          // [N,H*HD]   hook_z
+  DeviceArray<uint16_t> z16;     // [N,H*HD]   z in bf16, o_proj's input (bf16 weights)
   DeviceArray<float> pattern;    // [B,H,T,T]  hook_pattern (when kept)
   DeviceArray<float> attn_out;   // [N,D]
   DeviceArray<float> resid_mid;  // [N,D]
-  DeviceArray<float> ln2;        // [N,D]
+  DeviceArray<float> ln2;        // [N,D] (fp32 weights)
+  DeviceArray<uint16_t> ln2_16;  // [N,D] (bf16 weights)
   DeviceArray<float> rstd2;      // [N]
   DeviceArray<float> gate_up;    // [N,2F]
-  DeviceArray<float> act;        // [N,F] silu(gate)*up
+  DeviceArray<float> act;        // [N,F] silu(gate)*up (fp32 weights)
+  DeviceArray<uint16_t> act16;   // [N,F] (bf16 weights)
   DeviceArray<float> mlp_out;    // [N,D]
 };
 
@@ -37,11 +43,13 @@ struct ForwardState {
   Batch batch;
   std::vector<LayerActs> layers;
   DeviceArray<float> resid_final;  // [N,D] resid_post of the last layer
-  DeviceArray<float> ln_f;         // [N,D]
+  DeviceArray<float> ln_f;         // [N,D] (fp32 weights)
+  DeviceArray<uint16_t> ln_f16;    // [N,D] (bf16 weights)
   DeviceArray<float> rstd_f;       // [N]
   DeviceArray<float> logits;       // [N,V]
   DeviceArray<int32_t> tokens, pos, pad;  // device copies of the batch
   DeviceArray<float> inv_freq;     // [rot_dim/2]
+  DeviceArray<float> rope_table;   // [n_pos, rot_dim/2, 2] cos/sin of every position in the batch
   RopeParams rope;
   int64_t N() const { return static_cast<int64_t>(B) * T; }
   // resid_post of layer l (= resid_pre of layer l+1).
@@ -93,8 +101,14 @@ struct PairForward {
 PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const Batch& corrupted,
                          const ForwardOptions& opt = {});
 
-// Bytes of activation buffers (the arena) of a forward pass over B x T tokens.
-size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern);
+// Bytes of activation buffers (the arena) of a forward pass over B x T tokens; gemm16: the
+// GEMM inputs are kept in bf16 (Backend::gemm_in_bf16).
+size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16 = false);
+
+// The rotary cos/sin table of positions [0, n_pos) (RopeParams::cos_sin), filled on the
+// host with rope_angle, and the positions it must cover for a batch.
+std::vector<float> rope_cos_sin_table(const std::vector<float>& inv_freq, float attn_scale, int n_pos);
+int rope_table_positions(const Batch& batch);
 
 // Mean and per-row logit differences at the last position.
 struct LogitDiff {

@@ -36,18 +36,13 @@ using Clock = std::chrono::steady_clock;
 
 int hook_width(const Model& m, Hook h) { return hook_is_per_head(h) ? m.q_width() : m.cfg.hidden_size; }
 
-// Host copies of one hook's activations at one layer for base and source, for the
-// bitwise no-op test and the first differing position of all-position patches.
-struct HookPair {
-  std::vector<float> base, source;
-  int width = 0;
-  bool equal(int T, int B, int pos, int col0, int ncol) const {
-    for (int b = 0; b < B; ++b) {
-      size_t off = (size_t(b) * T + pos) * width + col0;
-      if (std::memcmp(&base[off], &source[off], ncol * sizeof(float)) != 0) return false;
-    }
-    return true;
-  }
+// Which patches write the value already there: for every layer, position and group (a
+// head for per-head hooks, the whole row otherwise), whether base and source hold the same
+// bits in every batch row. Computed on the device (rows_equal), one small download.
+struct NoopMask {
+  std::vector<uint8_t> eq;  // [L, T, G]
+  int T = 0, G = 1;
+  bool equal(int l, int pos, int g) const { return eq[(size_t(l) * T + pos) * G + g] != 0; }
 };
 
 // One patched run of the fast sweep.
@@ -77,6 +72,7 @@ class FastSweep {
     QW_ = m.q_width();
     KVW_ = m.kv_width();
     QKVW_ = m.qkv_width();
+    g16_ = be.gemm_in_bf16();
   }
 
   // Device bytes a run needs in a chunk (work buffers per packed row + its final rows).
@@ -120,17 +116,16 @@ class FastSweep {
     Arena arena(be_, chunk_plan(R, NF).bytes(),
                 "sweep chunk of " + std::to_string(n) + " runs (" + std::to_string(R) + " rows)");
     X_ = arena.take<float>(size_t(R) * D_);
-    ln_ = arena.take<float>(size_t(R) * D_);
+    ln_ = gemm_in(arena, ln32_, ln16_, size_t(R) * D_);
     rstd_ = arena.take<float>(R);
     qkv_ = arena.take<float>(size_t(R) * QKVW_);
     q_ = arena.take<float>(size_t(R) * QW_);
     k_ = arena.take<float>(size_t(R) * KVW_);
     v_ = arena.take<float>(size_t(R) * KVW_);
     z_ = arena.take<float>(size_t(R) * QW_);
-    attn_ = arena.take<float>(size_t(R) * D_);
+    if (g16_) z16_ = arena.take<uint16_t>(size_t(R) * QW_);
     gu_ = arena.take<float>(size_t(R) * 2 * F_);
-    act_ = arena.take<float>(size_t(R) * F_);
-    mlp_ = arena.take<float>(size_t(R) * D_);
+    act_ = gemm_in(arena, act32_, act16_, size_t(R) * F_);
     DeviceArray<float> Xf = arena.take<float>(size_t(NF) * D_);
     DeviceArray<float> q_last = arena.take<float>(size_t(NF) * QW_);
 
@@ -148,11 +143,9 @@ class FastSweep {
       const LayerActs& bl = base_.layers[l];
       token_layer_evals += Rl;
 
-      be_.rmsnorm_forward(ln_.get(), rstd_.get(), X_.get(), w.ln1, Rl, D_, c_.rms_norm_eps);
-      be_.linear_forward(qkv_.get(), ln_.get(), w.qkv, Rl);
-      be_.rotary_forward(q_.get(), QW_, qkv_.get(), QKVW_, d_row_pos.get(), Rl, H_, HD_, base_.rope);
-      be_.rotary_forward(k_.get(), KVW_, qkv_.get() + QW_, QKVW_, d_row_pos.get(), Rl, KVH_, HD_, base_.rope);
-      be_.copy_rows(v_.get(), KVW_, nullptr, qkv_.get() + QW_ + KVW_, QKVW_, nullptr, Rl, KVW_);
+      be_.rmsnorm_forward(ln_, rstd_.get(), X_.get(), w.ln1, Rl, D_, c_.rms_norm_eps);
+      be_.linear_forward(qkv_.get(), ln_, w.qkv, Rl, false);
+      be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_row_pos.get(), Rl, H_, KVH_, HD_, base_.rope);
 
       AttnParams ap = attention_params(m_, T_);
       ap.q = q_.get();
@@ -161,15 +154,15 @@ class FastSweep {
       ap.k_cache = bl.k_rot.get();
       ap.v_cache = bl.v.get();
       ap.z = z_.get();
+      ap.z16 = z16_.get();
       ap.pad = base_.pad.get();
       ap.n_segs = active * B_;
 
       if (l < L_ - 1) {
         ap.segs = d_segs.get();
         be_.attention_forward(ap);
-        be_.linear_forward(attn_.get(), z_.get(), w.o, Rl);
-        be_.add(X_.get(), X_.get(), attn_.get(), int64_t(Rl) * D_);  // resid_mid
-        mlp_block(w, X_.get(), X_.get(), Rl);                        // resid_post
+        be_.linear_forward(X_.get(), GemmIn(z_.get(), z16_.get()), w.o, Rl, true);  // resid_mid
+        mlp_block(w, X_.get(), Rl);                                                  // resid_post
       } else {
         // Last layer: only the final position of each run goes past attention.
         const int Nf = active * B_;
@@ -178,17 +171,18 @@ class FastSweep {
         ap.q = q_last.get();
         ap.segs = d_last_segs.get();
         be_.attention_forward(ap);  // z rows r*B+b
-        be_.linear_forward(attn_.get(), z_.get(), w.o, Nf);
-        be_.copy_rows(mlp_.get(), D_, nullptr, X_.get(), D_, d_last_row.get(), Nf, D_);
-        be_.add(mlp_.get(), mlp_.get(), attn_.get(), int64_t(Nf) * D_);  // resid_mid at T-1
-        mlp_block(w, mlp_.get(), Xf.get(), Nf);
+        be_.copy_rows(Xf.get(), D_, nullptr, X_.get(), D_, d_last_row.get(), Nf, D_);
+        be_.linear_forward(Xf.get(), GemmIn(z_.get(), z16_.get()), w.o, Nf, true);  // resid_mid at T-1
+        mlp_block(w, Xf.get(), Nf);
       }
     }
     // ---- logits and metric of every final row ------------------------------------------
-    DeviceArray<float> lnf = arena.take<float>(size_t(NF) * D_), rstdf = arena.take<float>(NF);
+    DeviceArray<float> lnf32, rstdf = arena.take<float>(NF);
+    DeviceArray<uint16_t> lnf16;
+    const GemmOut lnf = gemm_in(arena, lnf32, lnf16, size_t(NF) * D_);
     DeviceArray<float> logits = arena.take<float>(size_t(NF) * V_);
-    be_.rmsnorm_forward(lnf.get(), rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
-    be_.linear_forward(logits.get(), lnf.get(), m_.w.lm_head, NF);
+    be_.rmsnorm_forward(lnf, rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
+    be_.linear_forward(logits.get(), lnf, m_.w.lm_head, NF, false);
     std::vector<int32_t> ans(NF), oth(NF);
     for (int r = 0; r < n; ++r)
       for (int b = 0; b < B_; ++b) {
@@ -201,27 +195,45 @@ class FastSweep {
     std::vector<float> h_ld = d_ld.download();
     for (int r = 0; r < n; ++r)
       for (int b = 0; b < B_; ++b) ld[size_t(runs[r].target) * B_ + b] = h_ld[size_t(r) * B_ + b];
-    for (auto* buf : {&X_, &ln_, &rstd_, &qkv_, &q_, &k_, &v_, &z_, &attn_, &gu_, &act_, &mlp_}) buf->reset();
+    for (auto* buf : {&X_, &ln32_, &rstd_, &qkv_, &q_, &k_, &v_, &z_, &gu_, &act32_}) buf->reset();
+    for (auto* buf : {&ln16_, &z16_, &act16_}) buf->reset();
   }
 
   // The arena of a chunk with R packed rows and NF final rows (the buffers of run_chunk).
   ArenaPlan chunk_plan(int64_t R, int64_t NF) const {
     ArenaPlan p;
-    p.add<float>(R * D_).add<float>(R * D_).add<float>(R).add<float>(R * QKVW_).add<float>(R * QW_);
-    p.add<float>(R * KVW_).add<float>(R * KVW_).add<float>(R * QW_).add<float>(R * D_);
-    p.add<float>(R * 2 * F_).add<float>(R * F_).add<float>(R * D_);
-    p.add<float>(NF * D_).add<float>(NF * QW_).add<float>(NF * D_).add<float>(NF).add<float>(NF * V_);
+    auto gemm_in = [&](int64_t n) {
+      if (g16_) p.add<uint16_t>(n);
+      else p.add<float>(n);
+    };
+    p.add<float>(R * D_);
+    gemm_in(R * D_);
+    p.add<float>(R).add<float>(R * QKVW_).add<float>(R * QW_);
+    p.add<float>(R * KVW_).add<float>(R * KVW_).add<float>(R * QW_);
+    if (g16_) p.add<uint16_t>(R * QW_);
+    p.add<float>(R * 2 * F_);
+    gemm_in(R * F_);
+    p.add<float>(NF * D_).add<float>(NF * QW_);
+    gemm_in(NF * D_);
+    p.add<float>(NF).add<float>(NF * V_);
     return p;
   }
 
  private:
-  // x [rows, D] = resid_mid rows -> out = x + down(swiglu(gate_up(rmsnorm(x)))). out may alias x.
-  void mlp_block(const LayerWeights& w, const float* x, float* out, int rows) {
-    be_.rmsnorm_forward(ln_.get(), rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
-    be_.linear_forward(gu_.get(), ln_.get(), w.gate_up, rows);
-    be_.swiglu_forward(act_.get(), gu_.get(), rows, F_);
-    be_.linear_forward(attn_.get(), act_.get(), w.down, rows);
-    be_.add(out, x, attn_.get(), int64_t(rows) * D_);
+  // A GEMM input of n elements in `arena`: fp32, or bf16 on bf16 weights.
+  GemmOut gemm_in(Arena& arena, DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t n) const {
+    if (g16_) h = arena.take<uint16_t>(n);
+    else f = arena.take<float>(n);
+    return GemmOut(f.get(), h.get());
+  }
+
+  // x [rows, D] = resid_mid rows -> x += down(swiglu(gate_up(rmsnorm(x)))), the residual add
+  // done by the down projection's GEMM (accumulate).
+  void mlp_block(const LayerWeights& w, float* x, int rows) {
+    be_.rmsnorm_forward(ln_, rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
+    be_.linear_forward(gu_.get(), ln_, w.gate_up, rows, false);
+    be_.swiglu_forward(act_, gu_.get(), rows, F_);
+    be_.linear_forward(x, act_, w.down, rows, true);
   }
 
   // Initialises the state rows of runs [r0, r1) (all with start == l).
@@ -292,19 +304,24 @@ class FastSweep {
       dst[i] = rows[i].dst;
     }
     auto d_src = to_device(be_, src), d_dst = to_device(be_, dst);
-    DeviceArray<float> mid(be_, size_t(n) * D_), post(be_, size_t(n) * D_), tmp(be_, size_t(n) * D_);
+    // `post` ends as resid_post of the rows (resid_mid first, where the MLP runs).
+    DeviceArray<float> post(be_, size_t(n) * D_);
     if (hook_ == Hook::ResidPost) {
       be_.copy_rows(post.get(), D_, nullptr, src_.resid_post(lt), D_, d_src.get(), n, D_);
     } else if (hook_ == Hook::MlpOut) {
+      DeviceArray<float> mid(be_, size_t(n) * D_), tmp(be_, size_t(n) * D_);
       be_.copy_rows(mid.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
       be_.copy_rows(tmp.get(), D_, nullptr, sl.mlp_out.get(), D_, d_src.get(), n, D_);
       be_.add(post.get(), mid.get(), tmp.get(), int64_t(n) * D_);
     } else {
       if (hook_ == Hook::ResidMid) {
-        be_.copy_rows(mid.get(), D_, nullptr, sl.resid_mid.get(), D_, d_src.get(), n, D_);
+        be_.copy_rows(post.get(), D_, nullptr, sl.resid_mid.get(), D_, d_src.get(), n, D_);
       } else {
+        be_.copy_rows(post.get(), D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), n, D_);
         if (hook_ == Hook::AttnOut) {
+          DeviceArray<float> tmp(be_, size_t(n) * D_);
           be_.copy_rows(tmp.get(), D_, nullptr, sl.attn_out.get(), D_, d_src.get(), n, D_);
+          be_.add(post.get(), post.get(), tmp.get(), int64_t(n) * D_);
         } else {  // Z / ZAllPos: base z with one head's slice from the source, then o_proj
           DeviceArray<float> z(be_, size_t(n) * QW_);
           be_.copy_rows(z.get(), QW_, nullptr, bl.z.get(), QW_, d_src.get(), n, QW_);
@@ -319,18 +336,11 @@ class FastSweep {
             be_.copy_rows(z.get() + h * HD_, QW_, d_i.get(), sl.z.get() + h * HD_, QW_, d_s.get(),
                           static_cast<int>(idx.first.size()), HD_);
           }
-          be_.linear_forward(tmp.get(), z.get(), w.o, n);
+          be_.linear_forward(post.get(), z.get(), w.o, n, true);  // the patched z, rounded by the GEMM
         }
-        be_.copy_rows(mid.get(), D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), n, D_);
-        be_.add(mid.get(), mid.get(), tmp.get(), int64_t(n) * D_);
       }
-      // MLP of the patched rows (scratch sized for the chunk's rows; n <= rows of the chunk).
-      DeviceArray<float> ln(be_, size_t(n) * D_), rstd(be_, n), gu(be_, size_t(n) * 2 * F_), act(be_, size_t(n) * F_);
-      be_.rmsnorm_forward(ln.get(), rstd.get(), mid.get(), w.ln2, n, D_, c_.rms_norm_eps);
-      be_.linear_forward(gu.get(), ln.get(), w.gate_up, n);
-      be_.swiglu_forward(act.get(), gu.get(), n, F_);
-      be_.linear_forward(tmp.get(), act.get(), w.down, n);
-      be_.add(post.get(), mid.get(), tmp.get(), int64_t(n) * D_);
+      // MLP of the patched rows in the chunk's work buffers (n <= the chunk's rows).
+      mlp_block(w, post.get(), n);
     }
     be_.copy_rows(dst_buf, D_, d_dst.get(), post.get(), D_, nullptr, n, D_);
   }
@@ -348,44 +358,43 @@ class FastSweep {
   const std::vector<int32_t>& other_;
   Hook hook_;
   int B_, T_, L_, D_, F_, V_, H_, KVH_, HD_, QW_, KVW_, QKVW_;
-  DeviceArray<float> X_, ln_, rstd_, qkv_, q_, k_, v_, z_, attn_, gu_, act_, mlp_;
+  bool g16_ = false;  // GEMM inputs in bf16 (bf16 weights)
+  DeviceArray<float> X_, ln32_, rstd_, qkv_, q_, k_, v_, z_, gu_, act32_;
+  DeviceArray<uint16_t> ln16_, z16_, act16_;
+  GemmOut ln_, act_;  // ln32_/ln16_ and act32_/act16_, whichever is in use
 };
 
-// Host copies per layer of a hook's activations in base and source runs.
-std::vector<HookPair> host_copies(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
-                                  Hook hook) {
-  const int L = m.cfg.num_hidden_layers, B = base.B, T = base.T, width = hook_width(m, hook);
-  std::vector<HookPair> host(L);
-  for (int l = 0; l < L; ++l) {
-    host[l].width = width;
-    host[l].base.resize(size_t(B) * T * width);
-    host[l].source.resize(size_t(B) * T * width);
-    be.download(host[l].base.data(), base.hook_data(hook, l), host[l].base.size() * sizeof(float));
-    be.download(host[l].source.data(), source.hook_data(hook, l), host[l].source.size() * sizeof(float));
-  }
-  return host;
+NoopMask noop_mask(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source, Hook hook) {
+  const int L = m.cfg.num_hidden_layers, B = base.B, T = base.T;
+  NoopMask mask;
+  mask.T = T;
+  mask.G = hook_is_per_head(hook) ? m.cfg.num_attention_heads : 1;
+  const int W = hook_width(m, hook) / mask.G;
+  DeviceArray<uint8_t> eq(be, size_t(L) * T * mask.G);
+  for (int l = 0; l < L; ++l)
+    be.rows_equal(eq.get() + size_t(l) * T * mask.G, base.hook_data(hook, l), source.hook_data(hook, l), B, T,
+                  mask.G, W);
+  mask.eq = eq.download();
+  return mask;
 }
 
 enum class Plan { Noop, Causal, Run };
 
 // How the fast sweep treats target i: skipped (a bitwise no-op, or unable to reach the
 // logits), or one patched run r.
-Plan plan_run(Hook hook, const PatchSpec& t, int i, const std::vector<HookPair>& host, int B, int T, int L, int HD,
-              Run& r) {
-  const int width = host[t.layer].width;
-  const int col0 = hook_is_per_head(hook) ? t.head * HD : 0;
-  const int ncol = hook_is_per_head(hook) ? HD : width;
+Plan plan_run(Hook hook, const PatchSpec& t, int i, const NoopMask& mask, int T, int L, Run& r) {
+  const int g = hook_is_per_head(hook) ? t.head : 0;
   r.target = i;
   if (hook == Hook::ZAllPos) {
     int p0 = -1;
     for (int p = 0; p < T && p0 < 0; ++p)
-      if (!host[t.layer].equal(T, B, p, col0, ncol)) p0 = p;
+      if (!mask.equal(t.layer, p, g)) p0 = p;
     if (p0 < 0) return Plan::Noop;
     r.p = p0;
     r.tail_from = p0;
     r.tail_to = T;
   } else {
-    if (host[t.layer].equal(T, B, t.pos, col0, ncol)) return Plan::Noop;
+    if (mask.equal(t.layer, t.pos, g)) return Plan::Noop;
     r.p = t.pos;
     r.tail_from = t.pos;
     r.tail_to = t.pos + 1;
@@ -416,10 +425,10 @@ std::vector<int64_t> sweep_target_costs(Backend& be, const Model& m, const Forwa
   const std::vector<PatchSpec> targets = sweep_targets(hook, L, T, H);
   std::vector<int64_t> cost(targets.size(), int64_t(B) * T * L);
   if (naive) return cost;
-  const std::vector<HookPair> host = host_copies(be, m, base, source, hook);
+  const NoopMask mask = noop_mask(be, m, base, source, hook);
   for (size_t i = 0; i < targets.size(); ++i) {
     Run r;
-    cost[i] = plan_run(hook, targets[i], static_cast<int>(i), host, B, T, L, m.cfg.head_dim, r) == Plan::Run
+    cost[i] = plan_run(hook, targets[i], static_cast<int>(i), mask, T, L, r) == Plan::Run
                   ? run_cost(r, B, T, L)
                   : 0;
   }
@@ -475,13 +484,12 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
     return res;
   }
 
-  // Host copies per layer of the hook's activations, for the no-op test (the naive loop
-  // above needs none).
-  const std::vector<HookPair> host = host_copies(be, m, base, source, hook);
+  // The no-op test on the device (the naive loop above needs none).
+  const NoopMask mask = noop_mask(be, m, base, source, hook);
   std::vector<Run> runs;
   for (int64_t i = first; i < last; ++i) {
     Run r;
-    switch (plan_run(hook, res.targets[i], static_cast<int>(i), host, B, T, L, HD, r)) {
+    switch (plan_run(hook, res.targets[i], static_cast<int>(i), mask, T, L, r)) {
       case Plan::Noop:
         ++res.work.skipped_noop;
         set_base(i);
@@ -519,15 +527,8 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   }
   res.work.chunks = static_cast<int>(chunks.size());
 
-  // Workers: the calling backend plus forks on their own streams, taking chunks in turn.
-  std::vector<std::unique_ptr<Backend>> forks;
-  std::vector<Backend*> lanes = {&be};
-  for (int k = 1; k < streams && k < static_cast<int>(chunks.size()); ++k) {
-    auto f = be.fork();
-    if (!f) break;
-    lanes.push_back(f.get());
-    forks.push_back(std::move(f));
-  }
+  // Workers: the calling backend plus its persistent lanes (own streams), taking chunks in turn.
+  const std::vector<Backend*> lanes = be.lanes(std::max(1, std::min(streams, static_cast<int>(chunks.size()))));
   be.synchronize();  // the base/source caches are complete before other streams read them
   std::atomic<size_t> next{0};
   std::mutex mu;

@@ -9,6 +9,17 @@
 
 namespace phi3 {
 
+std::vector<Backend*> Backend::lanes(int n) {
+  while (static_cast<int>(lanes_.size()) + 1 < n) {
+    auto f = fork();
+    if (!f) break;
+    lanes_.push_back(std::move(f));
+  }
+  std::vector<Backend*> out = {this};
+  for (int k = 0; k + 1 < n && k < static_cast<int>(lanes_.size()); ++k) out.push_back(lanes_[k].get());
+  return out;
+}
+
 bool cuda_available() {
 #if defined(PHI3_WITH_CUDA)
   return cuda_device_count() > 0;

@@ -36,14 +36,21 @@ class Backend {
   // when the device gains nothing from it (the CPU: its ops are already threaded).
   virtual std::unique_ptr<Backend> fork() { return nullptr; }
   virtual int preferred_streams() const { return 1; }
+  // Up to n backends for overlapping work: this one first, then forks made on the first
+  // call and kept for this backend's lifetime, so their streams (and the cuBLAS handles and
+  // scratch bound to them) serve every later sweep. Fewer than n when fork() gives none.
+  // Not thread-safe: call it from the thread that owns this backend.
+  std::vector<Backend*> lanes(int n);
 
   // ---- ops (see kernels/ops.h for shapes and semantics) ----
   virtual void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) = 0;
-  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N,
+  virtual void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N,
                                int D, float eps) = 0;
+  virtual void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a,
+                                   const float* b, const float* w, int N, int D, float eps) = 0;
   virtual void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w,
                                 const float* rstd, int N, int D) = 0;
-  virtual void linear_forward(float* y, const float* x, const Weight& W, int N) = 0;
+  virtual void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) = 0;
   virtual void linear_backward(float* dx, const float* dy, const Weight& W, int N,
                                bool accumulate) = 0;
   virtual void rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride,
@@ -52,9 +59,11 @@ class Backend {
   virtual void rotary_backward(float* din, int64_t din_stride, const float* dout,
                                int64_t dout_stride, const int32_t* pos, int N, int n_heads,
                                int HD, const RopeParams& rope) = 0;
+  virtual void rotary_qkv_forward(float* q, float* k, float* v, const float* qkv, const int32_t* pos,
+                                  int N, int H, int KVH, int HD, const RopeParams& rope) = 0;
   virtual void attention_forward(const AttnParams& p) = 0;
   virtual void attention_backward(const AttnBackwardParams& p) = 0;
-  virtual void swiglu_forward(float* out, const float* gu, int N, int F) = 0;
+  virtual void swiglu_forward(GemmOut out, const float* gu, int N, int F) = 0;
   virtual void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) = 0;
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
@@ -65,6 +74,14 @@ class Backend {
                                    const int32_t* other, float scale, int B, int V) = 0;
   virtual void attribution_reduce(float* out, const float* a, const float* c, const float* grad,
                                   int B, int T, int G, int W) = 0;
+  virtual void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G,
+                          int W) = 0;
+  // Whether GEMM inputs should be produced in bf16 (GemmOut::bf16) rather than fp32: the
+  // weights are bf16, so the GEMMs read bf16 activations.
+  bool gemm_in_bf16() const { return weight_dtype() == DType::BF16; }
+
+ private:
+  std::vector<std::unique_ptr<Backend>> lanes_;
 };
 
 // Creates the backend for "cpu", "cuda" or "auto" (CUDA when a GPU is visible and the

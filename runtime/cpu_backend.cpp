@@ -67,16 +67,20 @@ class CpuBackend final : public Backend {
   void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) override {
     cpu::embedding_forward(out, ids, table, N, nullptr);
   }
-  void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int D,
+  void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D,
                        float eps) override {
     cpu::rmsnorm_forward(out, rstd, x, w, N, D, eps, nullptr);
+  }
+  void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b,
+                           const float* w, int N, int D, float eps) override {
+    cpu::add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps, nullptr);
   }
   void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w,
                         const float* rstd, int N, int D) override {
     cpu::rmsnorm_backward(dx, dout, x, w, rstd, N, D, nullptr);
   }
-  void linear_forward(float* y, const float* x, const Weight& W, int N) override {
-    cpu::linear_forward(y, x, W, N, nullptr);
+  void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) override {
+    cpu::linear_forward(y, x, W, N, accumulate, nullptr);
   }
   void linear_backward(float* dx, const float* dy, const Weight& W, int N,
                        bool accumulate) override {
@@ -92,11 +96,15 @@ class CpuBackend final : public Backend {
                        const RopeParams& rope) override {
     cpu::rotary_backward(din, din_stride, dout, dout_stride, pos, N, n_heads, HD, rope, nullptr);
   }
+  void rotary_qkv_forward(float* q, float* k, float* v, const float* qkv, const int32_t* pos, int N,
+                          int H, int KVH, int HD, const RopeParams& rope) override {
+    cpu::rotary_qkv_forward(q, k, v, qkv, pos, N, H, KVH, HD, rope, nullptr);
+  }
   void attention_forward(const AttnParams& p) override { cpu::attention_forward(p, nullptr); }
   void attention_backward(const AttnBackwardParams& p) override {
     cpu::attention_backward(p, nullptr);
   }
-  void swiglu_forward(float* out, const float* gu, int N, int F) override {
+  void swiglu_forward(GemmOut out, const float* gu, int N, int F) override {
     cpu::swiglu_forward(out, gu, N, F, nullptr);
   }
   void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) override {
@@ -120,6 +128,9 @@ class CpuBackend final : public Backend {
   void attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B,
                           int T, int G, int W) override {
     cpu::attribution_reduce(out, a, c, grad, B, T, G, W, nullptr);
+  }
+  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override {
+    cpu::rows_equal(eq, a, c, B, T, G, W, nullptr);
   }
 };
 

@@ -1,6 +1,7 @@
 #include "runtime/trace_backend.h"
 
 #include <cstring>
+#include <iterator>
 
 #include "runtime/error.h"
 
@@ -60,6 +61,7 @@ void* TraceBackend::alloc(size_t bytes) {
 
 void TraceBackend::free(void* p) {
   mirror_.erase(p);
+  zero_regions_.erase(p);
   if (inner_) return inner_->free(p);
   auto it = sizes_.find(p);
   if (it != sizes_.end()) {
@@ -86,6 +88,16 @@ void TraceBackend::download(void* dst, const void* src, size_t bytes) {
   t.host_bytes += double(bytes);
   ++t.transfers;
   if (inner_) return inner_->download(dst, src, bytes);
+  auto z = zero_regions_.upper_bound(src);
+  if (z != zero_regions_.begin()) {
+    --z;
+    const auto* base = static_cast<const uint8_t*>(z->first);
+    const auto* p = static_cast<const uint8_t*>(src);
+    if (p >= base && p + bytes <= base + z->second) {
+      std::memset(dst, 0, bytes);
+      return;
+    }
+  }
   // Bytes that differ between buffers (and are finite floats): no patch is a no-op.
   const uint32_t seed = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(src) >> 8);
   auto* f = static_cast<uint8_t*>(dst);
@@ -112,18 +124,30 @@ void TraceBackend::embedding_forward(float* out, const int32_t* ids, const Weigh
   trace_.add("embedding", cost::embedding_forward(N, table.cols, table.dtype));
   if (inner_) inner_->embedding_forward(out, ids, table, N);
 }
-void TraceBackend::rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int D, float eps) {
-  trace_.add("rmsnorm_forward", cost::rmsnorm_forward(N, D));
+namespace {
+double out_bytes(const GemmOut& o) { return (o.f32 ? 4.0 : 0.0) + (o.bf16 ? 2.0 : 0.0); }
+}  // namespace
+
+void TraceBackend::rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps) {
+  trace_.add("rmsnorm_forward", cost::rmsnorm_forward(N, D, out_bytes(out)));
   if (inner_) inner_->rmsnorm_forward(out, rstd, x, w, N, D, eps);
+}
+void TraceBackend::add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b,
+                                       const float* w, int N, int D, float eps) {
+  trace_.add("add_rmsnorm_forward (residual add + norm)", cost::rmsnorm_forward(N, D, out_bytes(out), true));
+  if (inner_) inner_->add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps);
 }
 void TraceBackend::rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd,
                                     int N, int D) {
   trace_.add("rmsnorm_backward", cost::rmsnorm_backward(N, D));
   if (inner_) inner_->rmsnorm_backward(dx, dout, x, w, rstd, N, D);
 }
-void TraceBackend::linear_forward(float* y, const float* x, const Weight& W, int N) {
-  trace_.add("linear_forward (cast + GEMM)", cost::linear_forward(N, W.cols, W.rows, W.dtype));
-  if (inner_) inner_->linear_forward(y, x, W, N);
+void TraceBackend::linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) {
+  const bool pre = W.dtype != DType::F32 && x.bf16;
+  trace_.add(W.dtype == DType::F32 ? "linear_forward (GEMM)" : pre ? "linear_forward (GEMM, bf16 input)"
+                                                                     : "linear_forward (cast + GEMM)",
+             cost::linear_forward(N, W.cols, W.rows, W.dtype, pre, accumulate));
+  if (inner_) inner_->linear_forward(y, x, W, N, accumulate);
 }
 void TraceBackend::linear_backward(float* dx, const float* dy, const Weight& W, int N, bool accumulate) {
   trace_.add("linear_backward (cast + GEMM)", cost::linear_backward(N, W.cols, W.rows, W.dtype, accumulate));
@@ -168,8 +192,16 @@ cost::AttnShape TraceBackend::attn_shape(const AttnParams& p) const {
   return a;
 }
 
+void TraceBackend::rotary_qkv_forward(float* q, float* k, float* v, const float* qkv, const int32_t* pos, int N, int H,
+                                      int KVH, int HD, const RopeParams& rope) {
+  trace_.add("rotary_qkv_forward (split + rotary)", cost::rotary_qkv(N, H, KVH, HD));
+  if (inner_) inner_->rotary_qkv_forward(q, k, v, qkv, pos, N, H, KVH, HD, rope);
+}
+
 void TraceBackend::attention_forward(const AttnParams& p) {
-  trace_.add(p.pattern ? "attention_forward (pattern kept)" : "attention_forward", cost::attention_forward(attn_shape(p)));
+  cost::AttnShape a = attn_shape(p);
+  a.z16 = p.z16 != nullptr;
+  trace_.add(p.pattern ? "attention_forward (pattern kept)" : "attention_forward", cost::attention_forward(a));
   if (inner_) inner_->attention_forward(p);
 }
 void TraceBackend::attention_backward(const AttnBackwardParams& p) {
@@ -177,8 +209,8 @@ void TraceBackend::attention_backward(const AttnBackwardParams& p) {
   trace_.add("attention_backward", cost::attention_backward(a));
   if (inner_) inner_->attention_backward(p);
 }
-void TraceBackend::swiglu_forward(float* out, const float* gu, int N, int F) {
-  trace_.add("swiglu_forward", cost::swiglu_forward(N, F));
+void TraceBackend::swiglu_forward(GemmOut out, const float* gu, int N, int F) {
+  trace_.add("swiglu_forward", cost::swiglu_forward(N, F, out_bytes(out)));
   if (inner_) inner_->swiglu_forward(out, gu, N, F);
 }
 void TraceBackend::swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) {
@@ -208,6 +240,23 @@ void TraceBackend::attribution_reduce(float* out, const float* a, const float* c
                                       int G, int W) {
   trace_.add("attribution_reduce", cost::attribution_reduce(B, T, G, W));
   if (inner_) inner_->attribution_reduce(out, a, c, grad, B, T, G, W);
+}
+
+void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) {
+  trace_.add("rows_equal (no-op test)", cost::rows_equal(B, T, G, W));
+  if (inner_) return inner_->rows_equal(eq, a, c, B, T, G, W);
+  // Nothing computed: the mask reads back as all zero, so no patch is a no-op.
+  // Adjacent masks (one per layer) merge into one region.
+  const size_t n = size_t(T) * G;
+  auto it = zero_regions_.lower_bound(eq);
+  if (it != zero_regions_.begin()) {
+    auto prev = std::prev(it);
+    if (static_cast<const uint8_t*>(prev->first) + prev->second == eq) {
+      prev->second += n;
+      return;
+    }
+  }
+  zero_regions_[eq] = n;
 }
 
 }  // namespace phi3

@@ -59,18 +59,22 @@ class TraceBackend : public Backend {
   int preferred_streams() const override { return inner_ ? inner_->preferred_streams() : 1; }
 
   void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) override;
-  void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int D, float eps) override;
+  void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps) override;
+  void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b, const float* w, int N,
+                           int D, float eps) override;
   void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int N,
                         int D) override;
-  void linear_forward(float* y, const float* x, const Weight& W, int N) override;
+  void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) override;
   void linear_backward(float* dx, const float* dy, const Weight& W, int N, bool accumulate) override;
   void rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride, const int32_t* pos, int N,
                       int n_heads, int HD, const RopeParams& rope) override;
   void rotary_backward(float* din, int64_t din_stride, const float* dout, int64_t dout_stride, const int32_t* pos,
                        int N, int n_heads, int HD, const RopeParams& rope) override;
+  void rotary_qkv_forward(float* q, float* k, float* v, const float* qkv, const int32_t* pos, int N, int H, int KVH,
+                          int HD, const RopeParams& rope) override;
   void attention_forward(const AttnParams& p) override;
   void attention_backward(const AttnBackwardParams& p) override;
-  void swiglu_forward(float* out, const float* gu, int N, int F) override;
+  void swiglu_forward(GemmOut out, const float* gu, int N, int F) override;
   void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) override;
   void add(float* out, const float* a, const float* b, int64_t n) override;
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, int64_t src_stride,
@@ -81,6 +85,7 @@ class TraceBackend : public Backend {
                            int B, int V) override;
   void attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B, int T, int G,
                           int W) override;
+  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override;
 
  private:
   cost::AttnShape attn_shape(const AttnParams& p) const;
@@ -96,6 +101,7 @@ class TraceBackend : public Backend {
   uintptr_t next_ = 1 << 20;                          // fake address space (no inner)
   std::map<const void*, size_t> sizes_;               // fake allocations
   std::map<const void*, std::vector<uint8_t>> mirror_;  // small uploads, by device pointer
+  std::map<const void*, size_t> zero_regions_;        // rows_equal masks (no inner): read back as 0
 };
 
 }  // namespace phi3

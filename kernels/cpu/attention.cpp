@@ -31,6 +31,7 @@
 #include "kernels/cpu/parallel.h"
 #include "kernels/op_math.h"
 #include "kernels/ops.h"
+#include "runtime/dtype.h"
 #include "runtime/error.h"
 
 namespace phi3::cpu {
@@ -96,8 +97,10 @@ void attention_forward(const AttnParams& p, Stream) {
         float* pat = p.pattern ? p.pattern + ((static_cast<int64_t>(b) * H + h) * T + t) * T
                                : nullptr;
         if (pat) std::memset(pat, 0, sizeof(float) * T);
+        uint16_t* z16 = p.z16 ? p.z16 + row * p.z_stride + static_cast<int64_t>(h) * HD : nullptr;
         if (t < pad) {  // pad query: sees no key
           std::memset(z, 0, sizeof(float) * HD);
+          if (z16) std::memset(z16, 0, sizeof(uint16_t) * HD);
           continue;
         }
         const float* q = p.q + row * p.q_stride + static_cast<int64_t>(h) * HD;
@@ -122,6 +125,8 @@ void attention_forward(const AttnParams& p, Stream) {
           if (pat) pat[j] = pj;
         }
         std::memcpy(z, acc.data(), sizeof(float) * HD);
+        if (z16)
+          for (int d = 0; d < HD; ++d) z16[d] = float_to_bf16_bits(acc[d]);
       }
     }
   });

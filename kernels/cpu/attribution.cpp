@@ -3,6 +3,8 @@
 //   a (clean), c (corrupted), grad (d metric / d act on the corrupted run): [B*T, G*W];
 //   out [T, G]. G groups of W elements: G=1, W=D for a whole hook; G=H, W=HD per head.
 //   Accumulates in double (the terms cancel a lot); a pure reduction, no backward.
+#include <cstring>
+
 #include "kernels/ops.h"
 
 namespace phi3::cpu {
@@ -21,6 +23,22 @@ void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T,G*W]*/, cons
       out[static_cast<int64_t>(t) * G + g] = static_cast<float>(acc);
     }
   }
+}
+
+// The fast sweep's no-op test (a patch that writes the value already there changes nothing):
+//   eq[t, g] = 1 iff a and c hold the same bits in [b*T + t, g*W, (g+1)*W) for every b.
+void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T,G*W]*/, const float* c, int B,
+                int T, int G, int W, Stream) {
+  const int64_t row = static_cast<int64_t>(G) * W;
+  for (int t = 0; t < T; ++t)
+    for (int g = 0; g < G; ++g) {
+      bool same = true;
+      for (int b = 0; b < B && same; ++b) {
+        const int64_t off = (static_cast<int64_t>(b) * T + t) * row + static_cast<int64_t>(g) * W;
+        same = std::memcmp(a + off, c + off, sizeof(float) * W) == 0;
+      }
+      eq[static_cast<int64_t>(t) * G + g] = same ? 1 : 0;
+    }
 }
 
 }  // namespace phi3::cpu

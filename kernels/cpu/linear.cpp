@@ -1,5 +1,6 @@
 // Linear layer without bias (CPU reference), through OpenBLAS sgemm.
 //   forward:  y = x W^T       x [N, in], W [out, in] (HF layout, row-major), y [N, out]
+//             accumulate ? y += x W^T (the residual add folded into the GEMM)
 //   backward: dx = dy W       dy [N, out], dx [N, in]; accumulate ? dx += dy W
 // Only activation gradients are needed, so nothing is saved (W is a weight). The CPU
 // backend stores weights in fp32: any other W dtype is an error.
@@ -24,13 +25,14 @@ void check_weight(const Weight& W, const char* op) {
 }
 }  // namespace
 
-void linear_forward(float* y /*[N,out]*/, const float* x /*[N,in]*/, const Weight& W, int N,
-                    Stream) {
+void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, int N,
+                    bool accumulate, Stream) {
   check_weight(W, "linear_forward");
   if (N <= 0) return;
+  PHI3_CHECK(x.f32 != nullptr, "linear_forward: the CPU backend needs the fp32 input (fp32 weights)");
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in,
-              static_cast<const float*>(W.data), in, 0.0f, y, out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x.f32, in,
+              static_cast<const float*>(W.data), in, accumulate ? 1.0f : 0.0f, y, out);
 }
 
 void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, int N,

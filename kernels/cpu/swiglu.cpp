@@ -5,17 +5,26 @@
 #include "kernels/cpu/parallel.h"
 #include "kernels/op_math.h"
 #include "kernels/ops.h"
+#include "runtime/dtype.h"
+#include "runtime/error.h"
 
 namespace phi3::cpu {
 
 // expf dominates: ~20 multiply-adds per element for the threading threshold.
-void swiglu_forward(float* out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F, Stream) {
+// out in fp32 and/or rounded to bf16 (GemmOut).
+void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F, Stream) {
+  PHI3_CHECK(out.f32 || out.bf16, "swiglu_forward: no output");
   parallel_for(N, 20.0 * N * F, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const float* g = gu + n * 2 * F;
       const float* u = g + F;
-      float* o = out + n * F;
-      for (int f = 0; f < F; ++f) o[f] = silu(g[f]) * u[f];
+      float* o = out.f32 ? out.f32 + n * F : nullptr;
+      uint16_t* h = out.bf16 ? out.bf16 + n * F : nullptr;
+      for (int f = 0; f < F; ++f) {
+        const float v = silu(g[f]) * u[f];
+        if (o) o[f] = v;
+        if (h) h[f] = float_to_bf16_bits(v);
+      }
     }
   });
 }

@@ -32,6 +32,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/op_math.h"
+#include "runtime/dtype.h"
 
 namespace phi3::cuda {
 namespace {
@@ -213,12 +214,18 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < kQPW; ++r) {
       const int t = wt_lo + r;
       if (t > t_hi) continue;
-      float* zr = p.z + (int64_t)(sv.q_row + t - sv.q_start) * p.z_stride + (int64_t)h * HD;
+      const int64_t zoff = (int64_t)(sv.q_row + t - sv.q_start) * p.z_stride + (int64_t)h * HD;
+      float* zr = p.z + zoff;
+      uint16_t* zh = p.z16 ? p.z16 + zoff : nullptr;  // the o_proj input in bf16 (GemmOut)
       const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
 #pragma unroll
       for (int i = 0; i < DPL; ++i) {
         const int d = lane + 32 * i;
-        if (d < HD) zr[d] = o[r][i] * inv;
+        if (d < HD) {
+          const float zv = o[r][i] * inv;
+          zr[d] = zv;
+          if (zh) zh[d] = float_to_bf16_bits(zv);
+        }
       }
     }
 

@@ -31,7 +31,41 @@ __global__ void attribution_reduce_kernel(float* out, const float* __restrict__ 
   }
 }
 
+// The fast sweep's no-op test on the device: eq[t*G + g] = 1 iff a and c hold the same bits
+// in [b*T + t, g*W, (g+1)*W) for every b. One block per (t, g); differences counted with
+// the block reduction (a count of 0 means equal).
+__global__ void rows_equal_kernel(uint8_t* eq, const uint32_t* __restrict__ a,
+                                  const uint32_t* __restrict__ c, int B, int T, int G, int W) {
+  __shared__ float red[32];
+  const int64_t row_stride = (int64_t)G * W;
+  for (int64_t o = blockIdx.x; o < (int64_t)T * G; o += gridDim.x) {
+    const int t = static_cast<int>(o / G), g = static_cast<int>(o - (int64_t)t * G);
+    float diff = 0.0f;
+    for (int b = 0; b < B; ++b) {
+      const int64_t base = ((int64_t)b * T + t) * row_stride + (int64_t)g * W;
+      for (int w = threadIdx.x; w < W; w += blockDim.x)
+        if (a[base + w] != c[base + w]) diff = 1.0f;
+    }
+    diff = block_sum(diff, red);
+    if (threadIdx.x == 0) eq[o] = diff == 0.0f ? 1 : 0;
+  }
+}
+
 }  // namespace
+
+void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c, int B, int T,
+                int G, int W, Stream stream) {
+  PHI3_CHECK(B >= 0 && T >= 0 && G > 0 && W > 0,
+             "rows_equal: bad shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
+                 " G=" + std::to_string(G) + " W=" + std::to_string(W));
+  if (T == 0) return;
+  const int threads = W >= 512 ? 256 : W >= 128 ? 128 : 32;
+  const int64_t outputs = (int64_t)T * G;
+  const unsigned blocks = static_cast<unsigned>(outputs < 65536 ? outputs : 65536);
+  launch(rows_equal_kernel, blocks, threads, 0, as_cuda(stream), eq,
+         reinterpret_cast<const uint32_t*>(a), reinterpret_cast<const uint32_t*>(c), B, T, G, W);
+  PHI3_LAUNCH_CHECK();
+}
 
 void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,
                         const float* grad, int B, int T, int G, int W, Stream stream) {

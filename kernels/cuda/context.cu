@@ -1,8 +1,16 @@
-// Per-thread cache of cuBLAS handles and scratch buffers, keyed by (device, stream).
-// One handle per thread and stream: cuBLAS allows a handle to be used from one thread at a
-// time with one stream set; the stream is re-set on every lookup (cheap) so a stream that
-// reuses a destroyed stream's address still gets a correctly bound handle.
+// Process-wide cache of cuBLAS handles and scratch buffers, keyed by (device, stream): the
+// resources live as long as the stream, so a backend's lanes (runtime/backend.h), reused by
+// every sweep from whichever worker thread runs them, create their cuBLAS handle and grow
+// their scratch once, not per sweep or per thread. A stream is driven by one thread at a
+// time in this engine (each lane by its worker), which is what cuBLAS asks of a handle
+// bound to it. Lookups take a mutex once per (thread, stream) change: a thread-local
+// last-hit entry answers the repeated lookups of one stream's ops, checked against a
+// generation counter that release_stream_resources bumps.
+// Scratch grows stream-ordered (cudaFreeAsync of the old block, cudaMallocAsync of the new
+// one on the same stream): no device synchronisation and no cudaFree in the hot path.
+#include <atomic>
 #include <map>
+#include <mutex>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
@@ -15,13 +23,19 @@ struct StreamResources {
   void* buf[kScratchSlots] = {};
   size_t cap[kScratchSlots] = {};
   int device = 0;
-  ~StreamResources() {
-    // Runs at thread exit or on release; errors are ignored (the context may be gone).
+  cudaStream_t stream = nullptr;
+  void release() {
+    // Errors are ignored: the context may be gone at process exit.
     int prev = 0;
     if (cudaGetDevice(&prev) == cudaSuccess) cudaSetDevice(device);
-    for (void* p : buf)
-      if (p) cudaFree(p);
+    cudaStreamSynchronize(stream);
+    for (void*& p : buf)
+      if (p) {
+        cudaFree(p);
+        p = nullptr;
+      }
     if (handle) cublasDestroy(handle);
+    handle = nullptr;
     cudaSetDevice(prev);
     (void)cudaGetLastError();
   }
@@ -29,35 +43,39 @@ struct StreamResources {
 
 using Key = std::pair<int, cudaStream_t>;
 struct Cache {
-  std::map<Key, StreamResources> entries;
-  StreamResources& get(cudaStream_t stream) {
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    auto [it, inserted] = entries.try_emplace(Key{dev, stream});
-    if (inserted) it->second.device = dev;
-    return it->second;
-  }
+  std::mutex mu;
+  std::map<Key, StreamResources*> entries;  // never freed while the process runs (see release)
+  std::atomic<uint64_t> generation{1};
 };
-// The cache lives on the heap behind trivially destructible thread_locals, so a Backend
-// destroyed after this thread's thread_locals (e.g. a function-local static in the main
-// thread, destroyed after them) can still call release_stream_resources safely.
-thread_local Cache* t_cache = nullptr;
-thread_local bool t_cache_closed = false;
-struct CacheOwner {
-  ~CacheOwner() {
-    delete t_cache;
-    t_cache = nullptr;
-    t_cache_closed = true;
-  }
-};
-thread_local CacheOwner t_owner;
-
+// Leaked on purpose: backends destroyed during static destruction may still release.
 Cache& cache() {
-  if (!t_cache) {
-    t_cache = new Cache;  // after close (thread teardown) this one is leaked on purpose
-    if (!t_cache_closed) (void)&t_owner;  // odr-use: registers the owner's destructor
+  static Cache* c = new Cache;
+  return *c;
+}
+
+struct LastHit {
+  int device = -1;
+  cudaStream_t stream = nullptr;
+  uint64_t generation = 0;
+  StreamResources* r = nullptr;
+};
+thread_local LastHit t_last;
+
+StreamResources& resources(cudaStream_t stream) {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  Cache& c = cache();
+  const uint64_t gen = c.generation.load(std::memory_order_acquire);
+  if (t_last.r && t_last.device == dev && t_last.stream == stream && t_last.generation == gen) return *t_last.r;
+  std::lock_guard<std::mutex> lock(c.mu);
+  StreamResources*& r = c.entries[Key{dev, stream}];
+  if (!r) {
+    r = new StreamResources;
+    r->device = dev;
+    r->stream = stream;
   }
-  return *t_cache;
+  t_last = LastHit{dev, stream, gen, r};
+  return *r;
 }
 
 }  // namespace
@@ -75,37 +93,48 @@ int sm_count() {
 }
 
 cublasHandle_t blas_handle(cudaStream_t stream) {
-  StreamResources& r = cache().get(stream);
+  StreamResources& r = resources(stream);
   if (!r.handle) {
     CUBLAS_CHECK(cublasCreate(&r.handle));
     // Pure fp32 / fp32-accumulate GEMMs: TF32 stays off so the fp32 mode tracks the CPU.
     CUBLAS_CHECK(cublasSetMathMode(r.handle, CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cublasSetStream(r.handle, stream));
   }
-  CUBLAS_CHECK(cublasSetStream(r.handle, stream));
   return r.handle;
 }
 
 void* scratch(cudaStream_t stream, size_t bytes, int slot) {
-  StreamResources& r = cache().get(stream);
+  StreamResources& r = resources(stream);
   if (bytes <= r.cap[slot]) return r.buf[slot];
   if (r.buf[slot]) {
-    CUDA_CHECK(cudaStreamSynchronize(stream));  // earlier work may still read the old buffer
-    CUDA_CHECK(cudaFree(r.buf[slot]));
+    // Ordered after the work already queued on this stream that reads the old block.
+    CUDA_CHECK(cudaFreeAsync(r.buf[slot], stream));
     r.buf[slot] = nullptr;
     r.cap[slot] = 0;
   }
   size_t want = bytes + bytes / 4;  // grow by 25% headroom to avoid regrowing every call
   want = (want + 255) & ~size_t(255);
-  CUDA_CHECK(cudaMalloc(&r.buf[slot], want));
+  CUDA_CHECK(cudaMallocAsync(&r.buf[slot], want, stream));
   r.cap[slot] = want;
   return r.buf[slot];
 }
 
 void release_stream_resources(cudaStream_t stream) {
-  if (!t_cache) return;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return;
-  t_cache->entries.erase(Key{dev, stream});
+  Cache& c = cache();
+  StreamResources* r = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    auto it = c.entries.find(Key{dev, stream});
+    if (it == c.entries.end()) return;
+    r = it->second;
+    c.entries.erase(it);
+    c.generation.fetch_add(1, std::memory_order_acq_rel);  // invalidates every thread's last hit
+  }
+  r->release();
+  // The struct itself is kept: another thread's stale last-hit pointer is never dereferenced
+  // (its generation no longer matches), but freeing it here would race with that check.
 }
 
 }  // namespace phi3::cuda

@@ -1,6 +1,7 @@
 // Linear layer through cuBLAS (no bias: Phi-3 has none).
 //
-// forward:   y[N, out] = x[N, in] W^T          W [out, in] row-major (HF layout)
+// forward:   y[N, out] (+)= x[N, in] W^T       W [out, in] row-major (HF layout); accumulate
+//            selects beta = 1: o_proj / down_proj add straight into the residual stream
 // backward:  dx[N, in] (+)= dy[N, out] W       (accumulate selects beta = 1)
 // Nothing is saved: backward needs only W (no weight gradients in this engine).
 //
@@ -17,8 +18,9 @@
 //   a bf16 `transformers` model computes (its activations are bf16 at every GEMM input).
 //   cuBLASLt was not chosen: it offers no bf16 x fp32 mixed-input GEMM either, so the cast
 //   is needed regardless, and plain cublasGemmEx keeps the handle/workspace story simple.
-//   The cast costs one extra pass over x (N*in*6 bytes), small next to the weight read at
-//   the row counts the engine runs (a few thousand rows at most).
+//   The cast costs one extra pass over x (N*in*6 bytes) and a launch; the ops that produce
+//   GEMM inputs (RMSNorm, SwiGLU, attention) can write the bf16 copy themselves (GemmOut),
+//   and linear_forward then reads it (GemmIn::bf16) with no cast at all.
 // Handles and scratch come from the calling thread's per-(device, stream) cache
 // (kernels/cuda/context.cu).
 #include "kernels/cuda/cast.cuh"
@@ -44,17 +46,20 @@ const uint16_t* to_bf16_scratch(const float* src, int64_t n, cudaStream_t s) {
   return buf;
 }
 
-// C[m, n] (col-major, ldc) = alpha op(A) op(B) + beta C with A = W.
+// C[m, n] (col-major, ldc) = alpha op(A) op(B) + beta C with A = W. B16: B already in bf16
+// (GemmIn::bf16), used instead of casting B when W is bf16.
 void gemm(cudaStream_t s, cublasOperation_t opA, int m, int n, int k, const Weight& W, int lda,
-          const float* B, int ldb, float beta, float* C, int ldc) {
+          const float* B, const uint16_t* B16, int ldb, float beta, float* C, int ldc) {
   cublasHandle_t h = blas_handle(s);
   const float alpha = 1.0f;
   if (W.dtype == DType::F32) {
+    PHI3_CHECK(B != nullptr, "linear (cuda): fp32 weights need the fp32 input");
     CUBLAS_CHECK(cublasGemmEx(h, opA, CUBLAS_OP_N, m, n, k, &alpha, W.data, CUDA_R_32F, lda, B,
                               CUDA_R_32F, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));
   } else {
-    const uint16_t* Bh = to_bf16_scratch(B, static_cast<int64_t>(ldb) * n, s);
+    PHI3_CHECK(B || B16, "linear (cuda): no input");
+    const uint16_t* Bh = B16 ? B16 : to_bf16_scratch(B, static_cast<int64_t>(ldb) * n, s);
     CUBLAS_CHECK(cublasGemmEx(h, opA, CUBLAS_OP_N, m, n, k, &alpha, W.data, CUDA_R_16BF, lda,
                               Bh, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -63,13 +68,14 @@ void gemm(cudaStream_t s, cublasOperation_t opA, int m, int n, int k, const Weig
 
 }  // namespace
 
-void linear_forward(float* y /*[N,out]*/, const float* x /*[N,in]*/, const Weight& W, int N,
-                    Stream stream) {
+void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, int N,
+                    bool accumulate, Stream stream) {
   check_weight(W, "linear_forward");
   PHI3_CHECK(N >= 0, "linear_forward: negative N");
   if (N == 0) return;
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
-  gemm(as_cuda(stream), CUBLAS_OP_T, out, N, in, W, in, x, in, 0.0f, y, out);
+  gemm(as_cuda(stream), CUBLAS_OP_T, out, N, in, W, in, x.f32, x.bf16, in,
+       accumulate ? 1.0f : 0.0f, y, out);
 }
 
 void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, int N,
@@ -78,8 +84,8 @@ void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const We
   PHI3_CHECK(N >= 0, "linear_backward: negative N");
   if (N == 0) return;
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
-  gemm(as_cuda(stream), CUBLAS_OP_N, in, N, out, W, in, dy, out, accumulate ? 1.0f : 0.0f, dx,
-       in);
+  gemm(as_cuda(stream), CUBLAS_OP_N, in, N, out, W, in, dy, nullptr, out,
+       accumulate ? 1.0f : 0.0f, dx, in);
 }
 
 }  // namespace phi3::cuda

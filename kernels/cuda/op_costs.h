@@ -5,7 +5,8 @@
 //
 // Bytes are compulsory traffic of the kernels as written: every input read once, every
 // output written once (an accumulated output read and written), the fp32 -> bf16 cast in
-// front of a bf16 GEMM a pass of its own (it is a separate kernel today), key/value rows of
+// front of a bf16 GEMM a pass of its own (a separate kernel) unless the op producing the
+// input wrote it in bf16 already (GemmOut / GemmIn, kernels/ops.h), key/value rows of
 // a batch row's prefix cache counted once per call (the kernels re-read them per query
 // block, from L2 at these sizes). A multiply-add is 2 FLOPs; GEMM FLOPs are kept apart by
 // precision (they run on tensor cores in bf16, on CUDA cores in fp32); everything else is
@@ -41,21 +42,29 @@ inline double wsize(DType t) { return t == DType::F32 ? 4.0 : 2.0; }
 inline OpCost embedding_forward(int N, int64_t D, DType table) {
   return {N * 4.0 + N * D * (wsize(table) + 4.0), 0, 0, 0, 1};
 }
-inline OpCost rmsnorm_forward(int N, int D) {
-  return {2.0 * N * D * 4 + D * 4.0 + N * 4.0, 0, 0, 3.0 * N * D, 1};
+// out_bytes: bytes per output element written (4 fp32, 2 bf16, 6 both); add: the residual
+// add in front (a second input read and the sum written).
+inline OpCost rmsnorm_forward(int N, int D, double out_bytes = 4, bool add = false) {
+  const double e = double(N) * D;
+  return {e * (4 + out_bytes + (add ? 8 : 0)) + D * 4.0 + N * 4.0, 0, 0, (add ? 4.0 : 3.0) * e, 1};
 }
 inline OpCost rmsnorm_backward(int N, int D) {  // dx +=
   return {4.0 * N * D * 4 + D * 4.0 + N * 4.0, 0, 0, 7.0 * N * D, 1};
 }
-// y [N, out] = x [N, in] W^T; bf16: x cast to bf16 first (read 4, write 2, then the GEMM reads 2).
-inline OpCost linear_forward(int N, int64_t in, int64_t out, DType w) {
+// y [N, out] (+)= x [N, in] W^T; bf16: x cast to bf16 first (read 4, write 2, then the GEMM
+// reads 2) unless x_bf16 (the input came in bf16); accumulate reads y too (beta = 1).
+inline OpCost linear_forward(int N, int64_t in, int64_t out, DType w, bool x_bf16 = false,
+                             bool accumulate = false) {
   OpCost c;
   const double gemm = 2.0 * N * in * out;
   if (w == DType::F32) {
     c = {in * out * 4.0 + N * in * 4.0 + N * out * 4.0, 0, gemm, 0, 1};
+  } else if (x_bf16) {
+    c = {in * out * 2.0 + N * in * 2.0 + N * out * 4.0, gemm, 0, 0, 1};
   } else {
     c = {in * out * 2.0 + N * in * 6.0 + N * in * 2.0 + N * out * 4.0, gemm, 0, 0, 2};
   }
+  if (accumulate) c.bytes += N * out * 4.0;
   return c;
 }
 // dx [N, in] (+)= dy [N, out] W
@@ -68,12 +77,18 @@ inline OpCost rotary(int N, int n_heads, int HD) {
   const double e = double(N) * n_heads * HD;
   return {2.0 * e * 4 + N * 4.0, 0, 0, 4.0 * e, 1};
 }
+// The fused split: the qkv row read once, q, k, v written (rotation of q and k heads).
+inline OpCost rotary_qkv(int N, int H, int KVH, int HD) {
+  const double e = double(N) * (H + 2 * KVH) * HD;
+  return {2.0 * e * 4 + N * 4.0, 0, 0, 4.0 * N * (H + KVH) * HD, 1};
+}
 
 // Attention: the segments and pads as the host uploaded them (the op's device copies).
 struct AttnShape {
   int H = 0, KVH = 0, HD = 0, T = 0, window = 0;
   bool pattern = false;
   bool cache = false;  // prefix keys/values read from a cache (the sweep)
+  bool z16 = false;    // z also written in bf16 (the o_proj input)
   std::vector<AttnSegment> segs;
   std::vector<int32_t> pad;  // [B]
 };
@@ -103,6 +118,7 @@ inline OpCost attention_forward(const AttnShape& a) {
   const double qw = double(a.H) * a.HD * 4, kvw = double(a.KVH) * a.HD * 4;
   OpCost c;
   c.bytes = 2 * q_rows * qw + 2 * fresh_kv * kvw + (a.cache ? 2.0 * batch_rows * a.T * kvw : 0) + a.segs.size() * 20.0;
+  if (a.z16) c.bytes += q_rows * qw / 2;  // z also written in bf16
   c.flops = a.H * pairs * (4.0 * a.HD + 5);  // q.k and P v per visible pair, softmax
   if (a.pattern) {
     c.bytes += double(a.pad.size()) * a.H * a.T * a.T * 4;  // [B, H, T, T] written
@@ -123,7 +139,10 @@ inline OpCost attention_backward(const AttnShape& a) {  // plain pass, pattern s
   c.launches = 2;
   return c;
 }
-inline OpCost swiglu_forward(int N, int F) { return {3.0 * N * F * 4, 0, 0, 6.0 * N * F, 1}; }
+// out_bytes: 4 fp32, 2 bf16, 6 both.
+inline OpCost swiglu_forward(int N, int F, double out_bytes = 4) {
+  return {double(N) * F * (8 + out_bytes), 0, 0, 6.0 * N * F, 1};
+}
 inline OpCost swiglu_backward(int N, int F) { return {5.0 * N * F * 4, 0, 0, 12.0 * N * F, 1}; }
 inline OpCost add(int64_t n) { return {3.0 * n * 4, 0, 0, double(n), 1}; }
 inline OpCost copy_rows(int n, int width, bool dst_idx, bool src_idx) {
@@ -134,6 +153,10 @@ inline OpCost logit_diff_backward(int B, int V) { return {double(B) * V * 4 + B 
 inline OpCost attribution_reduce(int B, int T, int G, int W) {
   const double e = double(B) * T * G * W;
   return {3 * e * 4 + double(T) * G * 4, 0, 0, 3 * e, 1};
+}
+inline OpCost rows_equal(int B, int T, int G, int W) {
+  const double e = double(B) * T * G * W;
+  return {2 * e * 4 + double(T) * G, 0, 0, e, 1};
 }
 inline OpCost device_copy(double bytes) { return {2 * bytes, 0, 0, 0, 1}; }
 inline OpCost device_zero(double bytes) { return {bytes, 0, 0, 0, 1}; }

@@ -2,7 +2,10 @@
 //
 // forward:   rstd[n] = (mean_d x[n,d]^2 + eps)^-1/2      x, out [N, D]; w [D]; rstd [N]
 //            out[n,d] = x[n,d] * rstd[n] * w[d]
-//            saves rstd (may be null when no backward follows).
+//            saves rstd (may be null when no backward follows). out is fp32 and/or bf16
+//            (GemmOut: the bf16 GEMM input written here instead of by a cast kernel, with
+//            the cast's rounding, float_to_bf16_bits).
+// add_rmsnorm_forward: sum = a + b (the residual add) in the same kernel, then as above.
 // backward:  dot[n]  = sum_d w[d] dout[n,d] x[n,d]
 //            dx[n,d] += rstd (w dout - x rstd^2 dot / D)      (accumulates, op_math.h)
 //
@@ -12,38 +15,68 @@
 // second read hits L1/L2 (a 3072-wide row is 12 KB).
 #include "kernels/cuda/common.cuh"
 #include "kernels/op_math.h"
+#include "runtime/dtype.h"
 
 namespace phi3::cuda {
 namespace {
 
-template <bool VEC>
-__global__ void rmsnorm_forward_kernel(float* __restrict__ out, float* __restrict__ rstd_out,
-                                       const float* __restrict__ x, const float* __restrict__ w,
-                                       int N, int D, float eps) {
+// Stores 4 consecutive outputs (element c*4 of the row) as fp32 and/or bf16 (GemmOut).
+__device__ __forceinline__ void store4(float* o, uint16_t* h, int c, float4 v) {
+  if (o) reinterpret_cast<float4*>(o)[c] = v;
+  if (h) {
+    const uint32_t lo = float_to_bf16_bits(v.x) | (uint32_t(float_to_bf16_bits(v.y)) << 16);
+    const uint32_t hi = float_to_bf16_bits(v.z) | (uint32_t(float_to_bf16_bits(v.w)) << 16);
+    reinterpret_cast<uint2*>(h)[c] = make_uint2(lo, hi);
+  }
+}
+
+// ADD: the row is a + b, written to `sum` first (sum may alias a or b: each element is read
+// and written by the same thread), then normalised from `sum`.
+template <bool VEC, bool ADD>
+__global__ void rmsnorm_forward_kernel(GemmOut out, float* __restrict__ rstd_out,
+                                       const float* x, const float* b, float* sum,
+                                       const float* __restrict__ w, int N, int D, float eps) {
   __shared__ float red[32];
   for (int n = blockIdx.x; n < N; n += gridDim.x) {
-    const float* xr = x + (int64_t)n * D;
-    float* orow = out + (int64_t)n * D;
+    const int64_t off = (int64_t)n * D;
+    const float* xr = ADD ? sum + off : x + off;
+    float* orow = out.f32 ? out.f32 + off : nullptr;
+    uint16_t* hrow = out.bf16 ? out.bf16 + off : nullptr;
     float ss = 0.0f;
     if (VEC) {
       for (int c = threadIdx.x; c < D / 4; c += blockDim.x) {
-        float4 v = reinterpret_cast<const float4*>(xr)[c];
+        float4 v = reinterpret_cast<const float4*>(x + off)[c];
+        if (ADD) {
+          const float4 u = reinterpret_cast<const float4*>(b + off)[c];
+          v = make_float4(v.x + u.x, v.y + u.y, v.z + u.z, v.w + u.w);
+          reinterpret_cast<float4*>(sum + off)[c] = v;
+        }
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
       }
     } else {
-      for (int c = threadIdx.x; c < D; c += blockDim.x) ss += xr[c] * xr[c];
+      for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float v = x[off + c];
+        if (ADD) {
+          v += b[off + c];
+          sum[off + c] = v;
+        }
+        ss += v * v;
+      }
     }
-    const float r = rmsnorm_rstd(block_sum(ss, red), D, eps);
+    const float r = rmsnorm_rstd(block_sum(ss, red), D, eps);  // block_sum syncs: sum is visible
     if (rstd_out && threadIdx.x == 0) rstd_out[n] = r;
     if (VEC) {
       for (int c = threadIdx.x; c < D / 4; c += blockDim.x) {
         float4 v = reinterpret_cast<const float4*>(xr)[c];
         float4 g = reinterpret_cast<const float4*>(w)[c];
-        reinterpret_cast<float4*>(orow)[c] =
-            make_float4(v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w);
+        store4(orow, hrow, c, make_float4(v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w));
       }
     } else {
-      for (int c = threadIdx.x; c < D; c += blockDim.x) orow[c] = xr[c] * r * w[c];
+      for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        const float v = xr[c] * r * w[c];
+        if (orow) orow[c] = v;
+        if (hrow) hrow[c] = float_to_bf16_bits(v);
+      }
     }
   }
 }
@@ -99,20 +132,44 @@ int row_threads(int D, bool vec) {
 
 }  // namespace
 
-void rmsnorm_forward(float* out /*[N,D]*/, float* rstd /*[N]*/, const float* x /*[N,D]*/,
-                     const float* w /*[D]*/, int N, int D, float eps, Stream stream) {
-  PHI3_CHECK(N >= 0 && D > 0, "rmsnorm_forward: bad shape N=" + std::to_string(N) +
+namespace {
+
+void launch_forward(const char* op, GemmOut out, float* rstd, const float* x, const float* b,
+                    float* sum, const float* w, int N, int D, float eps, Stream stream) {
+  PHI3_CHECK(N >= 0 && D > 0, std::string(op) + ": bad shape N=" + std::to_string(N) +
                                   " D=" + std::to_string(D));
+  PHI3_CHECK(out.f32 || out.bf16, std::string(op) + ": no output");
   if (N == 0) return;
-  const bool vec = D % 4 == 0 && aligned16(out) && aligned16(x) && aligned16(w);
+  const bool add = sum != nullptr;
+  const bool vec = D % 4 == 0 && (!out.f32 || aligned16(out.f32)) &&
+                   (!out.bf16 || (reinterpret_cast<uintptr_t>(out.bf16) & 7u) == 0) &&
+                   aligned16(x) && aligned16(w) && (!add || (aligned16(b) && aligned16(sum)));
   const int threads = row_threads(D, vec);
   const unsigned blocks = static_cast<unsigned>(N < 65536 ? N : 65536);
   cudaStream_t s = as_cuda(stream);
-  if (vec)
-    launch(rmsnorm_forward_kernel<true>, blocks, threads, 0, s, out, rstd, x, w, N, D, eps);
+  if (vec && add)
+    launch(rmsnorm_forward_kernel<true, true>, blocks, threads, 0, s, out, rstd, x, b, sum, w, N, D, eps);
+  else if (vec)
+    launch(rmsnorm_forward_kernel<true, false>, blocks, threads, 0, s, out, rstd, x, b, sum, w, N, D, eps);
+  else if (add)
+    launch(rmsnorm_forward_kernel<false, true>, blocks, threads, 0, s, out, rstd, x, b, sum, w, N, D, eps);
   else
-    launch(rmsnorm_forward_kernel<false>, blocks, threads, 0, s, out, rstd, x, w, N, D, eps);
+    launch(rmsnorm_forward_kernel<false, false>, blocks, threads, 0, s, out, rstd, x, b, sum, w, N, D, eps);
   PHI3_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void rmsnorm_forward(GemmOut out /*[N,D]*/, float* rstd /*[N]*/, const float* x /*[N,D]*/,
+                     const float* w /*[D]*/, int N, int D, float eps, Stream stream) {
+  launch_forward("rmsnorm_forward", out, rstd, x, nullptr, nullptr, w, N, D, eps, stream);
+}
+
+void add_rmsnorm_forward(float* sum /*[N,D]*/, GemmOut out /*[N,D]*/, float* rstd /*[N]*/,
+                         const float* a, const float* b, const float* w /*[D]*/, int N, int D,
+                         float eps, Stream stream) {
+  PHI3_CHECK(sum && a && b, "add_rmsnorm_forward: null sum or input");
+  launch_forward("add_rmsnorm_forward", out, rstd, a, b, sum, w, N, D, eps, stream);
 }
 
 void rmsnorm_backward(float* dx /*[N,D] +=*/, const float* dout /*[N,D]*/, const float* x,

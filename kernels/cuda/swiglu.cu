@@ -8,6 +8,7 @@
 // a 2-D grid (rows x columns, grid-stride), scalar path otherwise.
 #include "kernels/cuda/common.cuh"
 #include "kernels/op_math.h"
+#include "runtime/dtype.h"
 
 namespace phi3::cuda {
 namespace {
@@ -20,17 +21,27 @@ constexpr int kThreads = 256;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (ncols);       \
          i += gridDim.x * blockDim.x)
 
-__global__ void swiglu_forward_vec4(float4* __restrict__ out, const float4* __restrict__ gu,
-                                    int N, int F4) {
+// out: fp32 and/or bf16 (GemmOut; the bf16 down_proj input, rounded as the cast kernel does).
+__global__ void swiglu_forward_vec4(float4* __restrict__ out, uint2* __restrict__ out16,
+                                    const float4* __restrict__ gu, int N, int F4) {
   PHI3_ROWS_COLS(F4) {
     const float4 g = gu[n * 2 * F4 + i], u = gu[n * 2 * F4 + F4 + i];
-    out[n * F4 + i] =
+    const float4 v =
         make_float4(silu(g.x) * u.x, silu(g.y) * u.y, silu(g.z) * u.z, silu(g.w) * u.w);
+    if (out) out[n * F4 + i] = v;
+    if (out16)
+      out16[n * F4 + i] =
+          make_uint2(float_to_bf16_bits(v.x) | (uint32_t(float_to_bf16_bits(v.y)) << 16),
+                     float_to_bf16_bits(v.z) | (uint32_t(float_to_bf16_bits(v.w)) << 16));
   }
 }
-__global__ void swiglu_forward_scalar(float* __restrict__ out, const float* __restrict__ gu,
-                                      int N, int F) {
-  PHI3_ROWS_COLS(F) { out[n * F + i] = silu(gu[n * 2 * F + i]) * gu[n * 2 * F + F + i]; }
+__global__ void swiglu_forward_scalar(float* __restrict__ out, uint16_t* __restrict__ out16,
+                                      const float* __restrict__ gu, int N, int F) {
+  PHI3_ROWS_COLS(F) {
+    const float v = silu(gu[n * 2 * F + i]) * gu[n * 2 * F + F + i];
+    if (out) out[n * F + i] = v;
+    if (out16) out16[n * F + i] = float_to_bf16_bits(v);
+  }
 }
 
 __device__ __forceinline__ void swiglu_grad(float g, float u, float d, float* dg, float* du) {
@@ -66,17 +77,20 @@ dim3 rows_cols_grid(int N, int cols) {
 
 }  // namespace
 
-void swiglu_forward(float* out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,
+void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,
                     Stream stream) {
   PHI3_CHECK(N >= 0 && F > 0, "swiglu_forward: bad shape N=" + std::to_string(N) +
                                   " F=" + std::to_string(F));
+  PHI3_CHECK(out.f32 || out.bf16, "swiglu_forward: no output");
   if (N == 0) return;
   cudaStream_t s = as_cuda(stream);
-  if (F % 4 == 0 && aligned16(out) && aligned16(gu)) {
+  if (F % 4 == 0 && (!out.f32 || aligned16(out.f32)) &&
+      (!out.bf16 || (reinterpret_cast<uintptr_t>(out.bf16) & 7u) == 0) && aligned16(gu)) {
     launch(swiglu_forward_vec4, rows_cols_grid(N, F / 4), kThreads, 0, s,
-           reinterpret_cast<float4*>(out), reinterpret_cast<const float4*>(gu), N, F / 4);
+           reinterpret_cast<float4*>(out.f32), reinterpret_cast<uint2*>(out.bf16),
+           reinterpret_cast<const float4*>(gu), N, F / 4);
   } else {
-    launch(swiglu_forward_scalar, rows_cols_grid(N, F), kThreads, 0, s, out, gu, N, F);
+    launch(swiglu_forward_scalar, rows_cols_grid(N, F), kThreads, 0, s, out.f32, out.bf16, gu, N, F);
   }
   PHI3_LAUNCH_CHECK();
 }

@@ -75,8 +75,8 @@ double measured_peak_tflops(Backend& be) {
   DeviceArray<float> x(be, xf.size()), y(be, size_t(N) * M);
   x.upload(xf);
   Weight W{w.get(), dt, M, K};
-  be.linear_forward(y.get(), x.get(), W, N);  // warm-up
-  const double s = time_best(be, 5, [&] { be.linear_forward(y.get(), x.get(), W, N); });
+  be.linear_forward(y.get(), x.get(), W, N, false);  // warm-up
+  const double s = time_best(be, 5, [&] { be.linear_forward(y.get(), x.get(), W, N, false); });
   return 2.0 * N * K * M / s / 1e12;
 }
 

@@ -1,9 +1,18 @@
 // CudaBackend: the Backend of runtime/backend.h on one CUDA device. It owns a non-blocking
-// stream (every op, copy and memset is queued on it) and, through the per-thread cache of
+// stream (every op, copy and memset is queued on it) and, through the cache of
 // kernels/cuda/context.cu, the cuBLAS handle bound to that stream. Weights are stored in
 // bf16 by default (fp32 residual stream and accumulation), in fp32 in fp32 mode (for
 // near-bitwise checks against the CPU backend).
+//
+// Uploads go through a ring of pinned host blocks: the caller's bytes are copied into a
+// block and the DMA is queued asynchronously (the block's event guards its reuse), so a
+// small upload (indices, segments) costs no stream synchronisation, and a large one
+// (weights) streams at pinned-memory speed with the host copy of block k+1 overlapping the
+// DMA of block k. Downloads synchronise (the caller reads the bytes at once).
+// The current device is remembered per thread: ops issue no cudaSetDevice unless the
+// thread last worked on another device.
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -18,6 +27,54 @@
 namespace phi3 {
 namespace {
 
+// The device this thread last selected through a CudaBackend (-1: none yet).
+thread_local int t_device = -1;
+
+// Pinned staging blocks for host-to-device copies, used in turn; each block's event marks
+// the end of the DMA that last read it.
+class StagingRing {
+ public:
+  static constexpr size_t kBlock = size_t(4) << 20;
+  static constexpr int kBlocks = 4;
+  ~StagingRing() {
+    for (auto& b : blocks_) {
+      if (b.event) {
+        cudaEventSynchronize(b.event);
+        cudaEventDestroy(b.event);
+      }
+      if (b.host) cudaFreeHost(b.host);
+    }
+    (void)cudaGetLastError();
+  }
+  // Copies `bytes` of src to dst on `stream` through the ring; returns without waiting.
+  void upload(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+    auto* d = static_cast<uint8_t*>(dst);
+    const auto* h = static_cast<const uint8_t*>(src);
+    for (size_t off = 0; off < bytes; off += kBlock) {
+      const size_t n = bytes - off < kBlock ? bytes - off : kBlock;
+      Block& b = blocks_[next_];
+      next_ = (next_ + 1) % kBlocks;
+      if (!b.host) {
+        CUDA_CHECK(cudaHostAlloc(&b.host, kBlock, cudaHostAllocDefault));
+        CUDA_CHECK(cudaEventCreateWithFlags(&b.event, cudaEventDisableTiming));
+      } else {
+        CUDA_CHECK(cudaEventSynchronize(b.event));  // the block's previous DMA is done
+      }
+      std::memcpy(b.host, h + off, n);
+      CUDA_CHECK(cudaMemcpyAsync(d + off, b.host, n, cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaEventRecord(b.event, stream));
+    }
+  }
+
+ private:
+  struct Block {
+    void* host = nullptr;
+    cudaEvent_t event = nullptr;
+  };
+  Block blocks_[kBlocks];
+  int next_ = 0;
+};
+
 std::string mib(size_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(bytes) / (1024.0 * 1024.0));
@@ -28,6 +85,7 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, bool fp32) : device_(device), fp32_(fp32) {
     CUDA_CHECK(cudaSetDevice(device_));
+    t_device = device_;
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
     device_name_ = prop.name;
@@ -41,7 +99,9 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaSetDevice(device_);
+    t_device = device_;
     cudaStreamSynchronize(stream_);
+    staging_.reset();
     cuda::release_stream_resources(stream_);
     cudaStreamDestroy(stream_);
     (void)cudaGetLastError();
@@ -81,14 +141,14 @@ class CudaBackend final : public Backend {
   // already broken, and the next checked call reports it.
   void free(void* p) override {
     if (!p) return;
-    cudaSetDevice(device_);
+    if (t_device != device_ && cudaSetDevice(device_) == cudaSuccess) t_device = device_;
     cudaFreeAsync(p, stream_);  // after the work already queued on this stream
   }
   void upload(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     select();
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller may reuse `src` at once
+    if (!staging_) staging_ = std::make_unique<StagingRing>();
+    staging_->upload(dst, src, bytes, stream_);  // src is copied before this returns
   }
   void download(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
@@ -111,7 +171,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   size_t free_memory() const override {
-    CUDA_CHECK(cudaSetDevice(device_));
+    select();
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     // Blocks the stream-ordered pool holds but nobody uses are free for us too.
@@ -130,19 +190,24 @@ class CudaBackend final : public Backend {
     select();
     cuda::embedding_forward(out, ids, table, N, stream_);
   }
-  void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int D,
+  void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D,
                        float eps) override {
     select();
     cuda::rmsnorm_forward(out, rstd, x, w, N, D, eps, stream_);
+  }
+  void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b,
+                           const float* w, int N, int D, float eps) override {
+    select();
+    cuda::add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps, stream_);
   }
   void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w,
                         const float* rstd, int N, int D) override {
     select();
     cuda::rmsnorm_backward(dx, dout, x, w, rstd, N, D, stream_);
   }
-  void linear_forward(float* y, const float* x, const Weight& W, int N) override {
+  void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) override {
     select();
-    cuda::linear_forward(y, x, W, N, stream_);
+    cuda::linear_forward(y, x, W, N, accumulate, stream_);
   }
   void linear_backward(float* dx, const float* dy, const Weight& W, int N,
                        bool accumulate) override {
@@ -162,6 +227,11 @@ class CudaBackend final : public Backend {
     cuda::rotary_backward(din, din_stride, dout, dout_stride, pos, N, n_heads, HD, rope,
                           stream_);
   }
+  void rotary_qkv_forward(float* q, float* k, float* v, const float* qkv, const int32_t* pos, int N,
+                          int H, int KVH, int HD, const RopeParams& rope) override {
+    select();
+    cuda::rotary_qkv_forward(q, k, v, qkv, pos, N, H, KVH, HD, rope, stream_);
+  }
   void attention_forward(const AttnParams& p) override {
     select();
     cuda::attention_forward(p, stream_);
@@ -170,7 +240,7 @@ class CudaBackend final : public Backend {
     select();
     cuda::attention_backward(p, stream_);
   }
-  void swiglu_forward(float* out, const float* gu, int N, int F) override {
+  void swiglu_forward(GemmOut out, const float* gu, int N, int F) override {
     select();
     cuda::swiglu_forward(out, gu, N, F, stream_);
   }
@@ -202,15 +272,25 @@ class CudaBackend final : public Backend {
     select();
     cuda::attribution_reduce(out, a, c, grad, B, T, G, W, stream_);
   }
+  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override {
+    select();
+    cuda::rows_equal(eq, a, c, B, T, G, W, stream_);
+  }
 
  private:
   // Ops may be issued from a thread whose current device differs.
-  void select() const { CUDA_CHECK(cudaSetDevice(device_)); }
+  void select() const {
+    if (t_device != device_) {
+      CUDA_CHECK(cudaSetDevice(device_));
+      t_device = device_;
+    }
+  }
 
   int device_ = 0;
   bool fp32_ = false;
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
+  std::unique_ptr<StagingRing> staging_;
 };
 
 }  // namespace

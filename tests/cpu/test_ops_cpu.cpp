@@ -310,7 +310,7 @@ TEST_P(LinearTest, ForwardBackwardVsNaive) {
   const auto W = random_vec(size_t(out) * in, 201 + out), dy = random_vec(size_t(N) * out, 202);
   const Weight w{W.data(), DType::F32, out, in};
   std::vector<float> y(size_t(N) * out, NAN);
-  be().linear_forward(y.data(), x.data(), w, N);
+  be().linear_forward(y.data(), x.data(), w, N, false);
   std::vector<double> yref(y.size(), 0.0), dxref(x.size(), 0.0);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < out; ++o) {
@@ -335,7 +335,7 @@ TEST_P(LinearTest, ForwardBackwardVsNaive) {
   if (size_t(N) * in * out <= 100000) {  // FD too, where cheap: linear, so only rounding
     const auto idx = sample(x.size(), 200);
     const auto num = fd_grad(x, idx, 1e-2f, [&] {
-      be().linear_forward(y.data(), x.data(), w, N);
+      be().linear_forward(y.data(), x.data(), w, N, false);
       return loss(y, dy);
     });
     expect_grad(dx, idx, num, 1e-3, "dx");
@@ -351,7 +351,7 @@ TEST(Linear, NonF32WeightThrows) {
   std::vector<uint16_t> W(12);
   std::vector<float> x(4), y(3);
   const Weight w{W.data(), DType::BF16, 3, 4};
-  EXPECT_THROW(be().linear_forward(y.data(), x.data(), w, 1), Error);
+  EXPECT_THROW(be().linear_forward(y.data(), x.data(), w, 1, false), Error);
   EXPECT_THROW(be().linear_backward(x.data(), y.data(), w, 1, false), Error);
 }
 

@@ -248,6 +248,16 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
   if (cudaError_t e = phi3emu::check_stream(s)) return ret(e);
   return ret(phi3emu::memory().release(p));
 }
+// Pinned host memory is host memory here (every emulated copy is synchronous).
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) {
+  if (!p) return ret(cudaErrorInvalidValue);
+  *p = std::malloc(bytes ? bytes : 1);
+  return *p ? cudaSuccess : ret(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
 cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
   phi3emu::Memory& m = phi3emu::memory();
   std::lock_guard<std::mutex> lk(m.mu);
@@ -305,6 +315,12 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   *reinterpret_cast<double*>(e) = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  if (!e) return ret(cudaErrorInvalidResourceHandle);
+  delete reinterpret_cast<double*>(e);
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "model/forward.h"
 #include "runtime/backend.h"
 #include "runtime/dtype.h"
 #include "runtime/error.h"
@@ -233,7 +234,7 @@ TEST_P(LinearGpu, ForwardBackward) {
   auto dx0 = random_vec((size_t)N * in, 34);
   const Weight Wc{W.data(), DType::F32, out, in};
   std::vector<float> y((size_t)N * out), dx_set((size_t)N * in), dx_acc = dx0;
-  cpu::linear_forward(y.data(), x.data(), Wc, N, nullptr);
+  cpu::linear_forward(y.data(), x.data(), Wc, N, false, nullptr);
   cpu::linear_backward(dx_set.data(), dy.data(), Wc, N, false, nullptr);
   cpu::linear_backward(dx_acc.data(), dy.data(), Wc, N, true, nullptr);
 
@@ -244,7 +245,7 @@ TEST_P(LinearGpu, ForwardBackward) {
                   out, in};
   auto xd = dev(x), dyd = dev(dy), dxa = dev(dx0);
   DeviceArray<float> yd(gpu(), y.size()), dxs(gpu(), dx_set.size());
-  gpu().linear_forward(yd.get(), xd.get(), Wd, N);
+  gpu().linear_forward(yd.get(), xd.get(), Wd, N, false);
   gpu().linear_backward(dxs.get(), dyd.get(), Wd, N, false);
   gpu().linear_backward(dxa.get(), dyd.get(), Wd, N, true);
   const double tol = dtype == DType::F32 ? kTolGemmF32 : kTolGemmBf16;
@@ -620,6 +621,178 @@ INSTANTIATE_TEST_SUITE_P(Attribution, AttributionGpu,
                            return "B" + std::to_string(i.param.B) + "_T" + std::to_string(i.param.T) +
                                   "_G" + std::to_string(i.param.G) + "_W" + std::to_string(i.param.W);
                          });
+
+// ---- fused forms (issue 15): GEMM inputs in bf16, residual adds folded in, rotary+split,
+// the no-op mask. Each against the unfused CUDA ops (bitwise, same device arithmetic) and
+// the CPU twin.
+std::vector<uint16_t> bits_of(const DeviceArray<uint16_t>& d) { return d.download(); }
+
+class FusedNormGpu : public ::testing::TestWithParam<NormParam> {};
+TEST_P(FusedNormGpu, Bf16OutputAndAddNorm) {
+  REQUIRE_GPU();
+  const auto [N, D, mis] = GetParam();
+  const int off = mis ? 1 : 0;
+  const size_t n = (size_t)N * D + off;
+  auto a = random_vec(n, 131, -3, 3), b = random_vec(n, 132, -3, 3), w = random_vec(D + off, 133, 0.5, 1.5);
+  auto ad = dev(a), bd = dev(b), wd = dev(w);
+  DeviceArray<float> sum(gpu(), n), out(gpu(), n), rstd(gpu(), N), sum2(gpu(), n), out2(gpu(), n), rstd2(gpu(), N);
+  DeviceArray<uint16_t> h(gpu(), n), h2(gpu(), n);
+  for (auto* p : {&sum, &out, &sum2, &out2}) gpu().zero(p->get(), n * 4);
+  gpu().zero(h.get(), n * 2);
+  gpu().zero(h2.get(), n * 2);
+  // Unfused on the device: add, then norm.
+  gpu().add(sum.get() + off, ad.get() + off, bd.get() + off, (int64_t)N * D);
+  gpu().rmsnorm_forward(out.get() + off, rstd.get(), sum.get() + off, wd.get() + off, N, D, 1e-5f);
+  gpu().rmsnorm_forward(GemmOut(nullptr, h.get() + off), nullptr, sum.get() + off, wd.get() + off, N, D, 1e-5f);
+  std::vector<float> o = out.download();
+  std::vector<uint16_t> want(n, 0);
+  for (size_t i = off; i < n; ++i) want[i] = float_to_bf16_bits(o[i]);
+  EXPECT_EQ(bits_of(h), want) << "bf16 output is the rounding of the fp32 output";
+  // Fused.
+  gpu().add_rmsnorm_forward(sum2.get() + off, GemmOut(out2.get() + off, h2.get() + off), rstd2.get(), ad.get() + off,
+                            bd.get() + off, wd.get() + off, N, D, 1e-5f);
+  expect_equal(sum2.download(), sum.download(), "sum");
+  expect_equal(out2.download(), o, "out");
+  expect_equal(rstd2.download(), rstd.download(), "rstd");
+  EXPECT_EQ(bits_of(h2), want);
+  // And the CPU twin.
+  std::vector<float> cs(n, 0.f), co(n, 0.f), cr(N);
+  cpu::add_rmsnorm_forward(cs.data() + off, co.data() + off, cr.data(), a.data() + off, b.data() + off, w.data() + off,
+                           N, D, 1e-5f, nullptr);
+  expect_equal(sum2.download(), cs, "sum vs cpu");
+  expect_close(out2.download(), co, kTolReduce, "out vs cpu");
+}
+INSTANTIATE_TEST_SUITE_P(FusedNorm, FusedNormGpu,
+                         ::testing::Values(NormParam{1, 4, false}, NormParam{3, 7, false},
+                                           NormParam{17, 3072, false}, NormParam{9, 3072, true},
+                                           NormParam{3, 100, true}),
+                         [](const auto& i) {
+                           return "N" + std::to_string(i.param.N) + "_D" + std::to_string(i.param.D) +
+                                  (i.param.misaligned ? "_misaligned" : "");
+                         });
+
+TEST(FusedGpu, SwigluBf16Output) {
+  REQUIRE_GPU();
+  for (int F : {8192, 37}) {
+    const int N = 5;
+    auto gu = random_vec((size_t)N * 2 * F, 141, -4, 4);
+    auto gud = dev(gu);
+    DeviceArray<float> out(gpu(), (size_t)N * F);
+    DeviceArray<uint16_t> h(gpu(), (size_t)N * F);
+    gpu().swiglu_forward(out.get(), gud.get(), N, F);
+    gpu().swiglu_forward(GemmOut(nullptr, h.get()), gud.get(), N, F);
+    EXPECT_EQ(bits_of(h), to_bf16(out.download())) << "F=" << F;
+  }
+}
+
+TEST(FusedGpu, LinearReadsBf16InputAndAccumulates) {
+  REQUIRE_GPU();
+  const int N = 9, in = 3072, out = 96;
+  auto W = from_bf16(to_bf16(random_vec((size_t)out * in, 151, -0.05f, 0.05f)));
+  auto x = random_vec((size_t)N * in, 152), y0 = random_vec((size_t)N * out, 153);
+  auto bf = make_cuda_backend(/*fp32=*/false);
+  auto Wd = to_device(*bf, to_bf16(W));
+  const Weight w{Wd.get(), DType::BF16, out, in};
+  auto xd = to_device(*bf, x), y0d = to_device(*bf, y0);
+  auto xh = to_device(*bf, to_bf16(x));
+  DeviceArray<float> y_cast(*bf, y0.size()), y_pre(*bf, y0.size()), y_acc(*bf, y0.size()), y_add(*bf, y0.size());
+  bf->linear_forward(y_cast.get(), xd.get(), w, N, false);                     // cast kernel inside
+  bf->linear_forward(y_pre.get(), GemmIn(nullptr, xh.get()), w, N, false);     // input already bf16
+  expect_equal(y_pre.download(), y_cast.download(), "bf16 input vs cast");
+  bf->copy(y_acc.get(), y0d.get(), y0.size() * 4);
+  bf->linear_forward(y_acc.get(), GemmIn(xd.get(), xh.get()), w, N, true);     // y0 + x W^T
+  bf->add(y_add.get(), y0d.get(), y_cast.get(), (int64_t)y0.size());
+  expect_close(y_acc.download(), y_add.download(), 1e-6, "accumulate vs add");
+  // The reference: CPU fp32 GEMM of the bf16-rounded input, plus y0.
+  std::vector<float> ref(y0);
+  const Weight wc{W.data(), DType::F32, out, in};
+  cpu::linear_forward(ref.data(), from_bf16(to_bf16(x)).data(), wc, N, true, nullptr);
+  expect_close(y_acc.download(), ref, kTolGemmF32, "accumulate vs cpu");
+}
+
+TEST(FusedGpu, RotaryQkvWithTableEqualsSeparateOps) {
+  REQUIRE_GPU();
+  for (int rot : {96, 64}) {  // Phi-3-mini head dim 96; partial rotary
+    const int N = 13, H = 8, KVH = 2, HD = 96, QW = H * HD, KVW = KVH * HD, W = QW + 2 * KVW;
+    std::vector<float> inv(rot / 2);
+    for (int i = 0; i < rot / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / rot);
+    auto pos = random_ints(N, 0, 200, 161);
+    Batch batch;
+    batch.pos = pos;
+    const int n_pos = rope_table_positions(batch);
+    const auto table = rope_cos_sin_table(inv, 1.1f, n_pos);
+    auto qkv = random_vec((size_t)N * W, 162);
+    auto invd = dev(inv), tabd = dev(table), qkvd = dev(qkv);
+    auto posd = dev(pos);
+    RopeParams rp{invd.get(), rot, 1.1f, tabd.get(), n_pos};
+    DeviceArray<float> q(gpu(), (size_t)N * QW), k(gpu(), (size_t)N * KVW), v(gpu(), (size_t)N * KVW);
+    DeviceArray<float> q2(gpu(), q.size()), k2(gpu(), k.size()), v2(gpu(), v.size());
+    gpu().rotary_forward(q.get(), QW, qkvd.get(), W, posd.get(), N, H, HD, rp);
+    gpu().rotary_forward(k.get(), KVW, qkvd.get() + QW, W, posd.get(), N, KVH, HD, rp);
+    gpu().copy_rows(v.get(), KVW, nullptr, qkvd.get() + QW + KVW, W, nullptr, N, KVW);
+    gpu().rotary_qkv_forward(q2.get(), k2.get(), v2.get(), qkvd.get(), posd.get(), N, H, KVH, HD, rp);
+    expect_equal(q2.download(), q.download(), "q");
+    expect_equal(k2.download(), k.download(), "k");
+    expect_equal(v2.download(), v.download(), "v");
+    // CPU twin with the same table (device FMA contraction: not bitwise).
+    std::vector<float> cq(q.size()), ck(k.size()), cv(v.size());
+    RopeParams rc{inv.data(), rot, 1.1f, table.data(), n_pos};
+    cpu::rotary_qkv_forward(cq.data(), ck.data(), cv.data(), qkv.data(), pos.data(), N, H, KVH, HD, rc, nullptr);
+    expect_close(q2.download(), cq, kTolElementwise, "q vs cpu");
+    expect_close(k2.download(), ck, kTolElementwise, "k vs cpu");
+    expect_equal(v2.download(), cv, "v vs cpu");
+  }
+}
+
+TEST(FusedGpu, AttentionWritesBf16Z) {
+  REQUIRE_GPU();
+  const int B = 2, T = 9, H = 4, KVH = 2, HD = 32, QW = H * HD, KVW = KVH * HD;
+  auto q = random_vec((size_t)B * T * QW, 171), k = random_vec((size_t)B * T * KVW, 172);
+  auto v = random_vec((size_t)B * T * KVW, 173);
+  std::vector<int32_t> pad = {0, 3};
+  std::vector<AttnSegment> segs = {{0, 0, 0, 0, 0}, {1, 0, T, 0, T}};
+  auto qd = dev(q), kd = dev(k), vd = dev(v);
+  auto padd = dev(pad);
+  auto segd = to_device(gpu(), segs);
+  DeviceArray<float> z(gpu(), q.size());
+  DeviceArray<uint16_t> zh(gpu(), q.size());
+  AttnParams p;
+  p.q = qd.get();
+  p.k = kd.get();
+  p.v = vd.get();
+  p.z = z.get();
+  p.z16 = zh.get();
+  p.pad = padd.get();
+  p.segs = segd.get();
+  p.n_segs = B;
+  p.q_stride = p.z_stride = QW;
+  p.kv_stride = p.cache_stride = KVW;
+  p.T = T;
+  p.H = H;
+  p.KVH = KVH;
+  p.HD = HD;
+  p.scale = 1.0f / std::sqrt(float(HD));
+  gpu().attention_forward(p);
+  EXPECT_EQ(bits_of(zh), to_bf16(z.download()));
+}
+
+TEST(FusedGpu, RowsEqualMatchesCpu) {
+  REQUIRE_GPU();
+  const int B = 4, T = 31, G = 32, W = 96;
+  auto a = random_vec((size_t)B * T * G * W, 181);
+  auto c = a;
+  for (size_t i = 0; i < c.size(); i += 977) c[i] = -c[i];  // scattered differences
+  std::vector<uint8_t> ref((size_t)T * G);
+  cpu::rows_equal(ref.data(), a.data(), c.data(), B, T, G, W, nullptr);
+  auto ad = dev(a), cd = dev(c);
+  DeviceArray<uint8_t> eq(gpu(), ref.size());
+  gpu().rows_equal(eq.get(), ad.get(), cd.get(), B, T, G, W);
+  EXPECT_EQ(eq.download(), ref);
+  size_t equal = 0;
+  for (uint8_t e : ref) equal += e;
+  EXPECT_GT(equal, 0u);
+  EXPECT_LT(equal, ref.size());
+}
 
 #endif  // PHI3_WITH_CUDA
 
