@@ -165,10 +165,11 @@ struct AttnBackwardParams {
   void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t* ans,  \
                            const int32_t* other, float scale, int B, int V,               \
                            Stream stream);                                                \
-  /* out[t*G+g] = sum_b sum_{w<W} (a-c)[b,t,g*W+w] * grad[b,t,g*W+w]  (rows b*T+t) */      \
-  void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T, G*W]*/,            \
-                          const float* c, const float* grad, int B, int T, int G, int W,  \
-                          Stream stream);                                                 \
+  /* for each layer l < L (a[l], c[l], grad[l]: device arrays of L pointers):           \
+     out[(l*T+t)*G+g] = sum_b sum_{w<W} (a-c)[b,t,g*W+w] * grad[b,t,g*W+w] (rows b*T+t) */ \
+  void attribution_reduce(float* out /*[L,T,G]*/, const float* const* a /*[L]->[B*T,G*W]*/, \
+                          const float* const* c, const float* const* grad, int L, int B,  \
+                          int T, int G, int W, Stream stream);                            \
   /* eq[t*G+g] = 1 if a and c are bitwise equal in [b,t,g*W:(g+1)*W] for every b, else 0 */ \
   void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,    \
                   int B, int T, int G, int W, Stream stream);

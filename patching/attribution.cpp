@@ -8,12 +8,16 @@ std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& 
   const bool per_head = hook_is_per_head(hook);
   const int G = per_head ? m.cfg.num_attention_heads : 1;
   const int W = per_head ? m.cfg.head_dim : m.cfg.hidden_size;
-  // Every layer's reduction into one [L, T, G] buffer, then one download per hook (no
-  // synchronisation between layers).
+  // Every layer in one reduction into one [L, T, G] buffer, then one download per hook.
+  std::vector<const float*> ptrs(size_t(3) * L);  // a | c | grad, L each
+  for (int l = 0; l < L; ++l) {
+    ptrs[l] = source.hook_data(hook, l);
+    ptrs[L + l] = base.hook_data(hook, l);
+    ptrs[2 * L + l] = g.hook_grad(hook, l);
+  }
+  DeviceArray<const float*> dptrs = to_device(be, ptrs);
   DeviceArray<float> out(be, size_t(L) * T * G);
-  for (int l = 0; l < L; ++l)
-    be.attribution_reduce(out.get() + size_t(l) * T * G, source.hook_data(hook, l), base.hook_data(hook, l),
-                          g.hook_grad(hook, l), B, T, G, W);
+  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + L, dptrs.get() + 2 * L, L, B, T, G, W);
   const std::vector<float> all = out.download();
   std::vector<float> result;
   for (int l = 0; l < L; ++l) {

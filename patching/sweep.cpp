@@ -440,7 +440,6 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
                              const SweepOptions& opt) {
   const auto t0 = Clock::now();
   const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = m.cfg.num_attention_heads;
-  const int HD = m.cfg.head_dim;
   PHI3_CHECK(source.B == B && source.T == T, "activation sweep: base and source batches differ in shape");
   SweepResult res;
   res.hook = hook;

@@ -125,9 +125,9 @@ class CpuBackend final : public Backend {
                            const int32_t* other, float scale, int B, int V) override {
     cpu::logit_diff_backward(dlogits, stride, ans, other, scale, B, V, nullptr);
   }
-  void attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B,
-                          int T, int G, int W) override {
-    cpu::attribution_reduce(out, a, c, grad, B, T, G, W, nullptr);
+  void attribution_reduce(float* out, const float* const* a, const float* const* c,
+                          const float* const* grad, int L, int B, int T, int G, int W) override {
+    cpu::attribution_reduce(out, a, c, grad, L, B, T, G, W, nullptr);
   }
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override {
     cpu::rows_equal(eq, a, c, B, T, G, W, nullptr);

@@ -236,10 +236,10 @@ void TraceBackend::logit_diff_backward(float* dlogits, int64_t stride, const int
   trace_.add("logit_diff_backward", cost::logit_diff_backward(B, V));
   if (inner_) inner_->logit_diff_backward(dlogits, stride, ans, other, scale, B, V);
 }
-void TraceBackend::attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B, int T,
-                                      int G, int W) {
-  trace_.add("attribution_reduce", cost::attribution_reduce(B, T, G, W));
-  if (inner_) inner_->attribution_reduce(out, a, c, grad, B, T, G, W);
+void TraceBackend::attribution_reduce(float* out, const float* const* a, const float* const* c,
+                                      const float* const* grad, int L, int B, int T, int G, int W) {
+  trace_.add("attribution_reduce (all layers)", cost::attribution_reduce(L, B, T, G, W));
+  if (inner_) inner_->attribution_reduce(out, a, c, grad, L, B, T, G, W);
 }
 
 void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) {

@@ -83,8 +83,8 @@ class TraceBackend : public Backend {
                           int B) override;
   void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans, const int32_t* other, float scale,
                            int B, int V) override;
-  void attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B, int T, int G,
-                          int W) override;
+  void attribution_reduce(float* out, const float* const* a, const float* const* c, const float* const* grad, int L,
+                          int B, int T, int G, int W) override;
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override;
 
  private:

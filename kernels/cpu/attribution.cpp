@@ -2,6 +2,7 @@
 //   out[t, g] = sum_b sum_{w<W} (a - c)[b*T + t, g*W + w] * grad[b*T + t, g*W + w]
 //   a (clean), c (corrupted), grad (d metric / d act on the corrupted run): [B*T, G*W];
 //   out [T, G]. G groups of W elements: G=1, W=D for a whole hook; G=H, W=HD per head.
+//   One call covers L layers (arrays of L pointers; out [L, T, G]).
 //   Accumulates in double (the terms cancel a lot); a pure reduction, no backward.
 #include <cstring>
 
@@ -9,8 +10,10 @@
 
 namespace phi3::cpu {
 
-void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T,G*W]*/, const float* c,
-                        const float* grad, int B, int T, int G, int W, Stream) {
+namespace {
+
+void reduce_layer(float* out /*[T,G]*/, const float* a /*[B*T,G*W]*/, const float* c,
+                  const float* grad, int B, int T, int G, int W) {
   const int64_t row = static_cast<int64_t>(G) * W;
   for (int t = 0; t < T; ++t) {
     for (int g = 0; g < G; ++g) {
@@ -23,6 +26,14 @@ void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T,G*W]*/, cons
       out[static_cast<int64_t>(t) * G + g] = static_cast<float>(acc);
     }
   }
+}
+
+}  // namespace
+
+void attribution_reduce(float* out /*[L,T,G]*/, const float* const* a, const float* const* c,
+                        const float* const* grad, int L, int B, int T, int G, int W, Stream) {
+  for (int l = 0; l < L; ++l)
+    reduce_layer(out + static_cast<int64_t>(l) * T * G, a[l], c[l], grad[l], B, T, G, W);
 }
 
 // The fast sweep's no-op test (a patch that writes the value already there changes nothing):

@@ -5,19 +5,25 @@
 // a (clean), c (corrupted), grad (d metric / d act on the corrupted run): [B*T, G*W], rows
 // b*T + t contiguous with stride G*W; out [T, G] (overwritten). G = 1, W = D for residual
 // hooks; G = heads, W = d_head for per-head hooks. No backward (it is the end of the chain).
-// One block per output (t, g): threads stride over w for each b, fp32 partial sums, one
-// block reduction. Reading 3 * B * W floats per output, this is bandwidth-bound.
+// All layers of a hook in one launch (grid y = layer; the layers' buffers are passed as
+// device arrays of pointers, since they need not lie at a fixed stride). One block per
+// output (t, g): threads stride over w for each b, fp32 partial sums, one block reduction. Reading 3 * B * W floats per output, this is bandwidth-bound.
 #include "kernels/cuda/common.cuh"
 
 namespace phi3::cuda {
 namespace {
 
-__global__ void attribution_reduce_kernel(float* out, const float* __restrict__ a,
-                                          const float* __restrict__ c,
-                                          const float* __restrict__ grad, int B, int T, int G,
+__global__ void attribution_reduce_kernel(float* out_all, const float* const* a_all,
+                                          const float* const* c_all,
+                                          const float* const* grad_all, int B, int T, int G,
                                           int W) {
   __shared__ float red[32];
   const int64_t row_stride = (int64_t)G * W;
+  const int layer = blockIdx.y;
+  const float* __restrict__ a = a_all[layer];
+  const float* __restrict__ c = c_all[layer];
+  const float* __restrict__ grad = grad_all[layer];
+  float* out = out_all + (int64_t)layer * T * G;
   for (int64_t o = blockIdx.x; o < (int64_t)T * G; o += gridDim.x) {
     const int t = static_cast<int>(o / G), g = static_cast<int>(o - (int64_t)t * G);
     float acc = 0.0f;
@@ -67,17 +73,17 @@ void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const floa
   PHI3_LAUNCH_CHECK();
 }
 
-void attribution_reduce(float* out /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,
-                        const float* grad, int B, int T, int G, int W, Stream stream) {
-  PHI3_CHECK(B >= 0 && T >= 0 && G > 0 && W > 0,
-             "attribution_reduce: bad shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
-                 " G=" + std::to_string(G) + " W=" + std::to_string(W));
-  if (T == 0) return;
+void attribution_reduce(float* out /*[L,T,G]*/, const float* const* a, const float* const* c,
+                        const float* const* grad, int L, int B, int T, int G, int W, Stream stream) {
+  PHI3_CHECK(L >= 0 && L < 65536 && B >= 0 && T >= 0 && G > 0 && W > 0,
+             "attribution_reduce: bad shape L=" + std::to_string(L) + " B=" + std::to_string(B) +
+                 " T=" + std::to_string(T) + " G=" + std::to_string(G) + " W=" + std::to_string(W));
+  if (T == 0 || L == 0) return;
   const int threads = W >= 512 ? 256 : W >= 128 ? 128 : 32;
   const int64_t outputs = (int64_t)T * G;
   const unsigned blocks = static_cast<unsigned>(outputs < 65536 ? outputs : 65536);
-  launch(attribution_reduce_kernel, blocks, threads, 0, as_cuda(stream), out, a, c, grad, B, T, G,
-         W);
+  launch(attribution_reduce_kernel, dim3(blocks, static_cast<unsigned>(L)), threads, 0,
+         as_cuda(stream), out, a, c, grad, B, T, G, W);
   PHI3_LAUNCH_CHECK();
 }
 

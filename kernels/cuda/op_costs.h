@@ -150,9 +150,9 @@ inline OpCost copy_rows(int n, int width, bool dst_idx, bool src_idx) {
 }
 inline OpCost logit_diff_forward(int B) { return {B * (8.0 + 2 * 32 + 4), 0, 0, double(B), 1}; }
 inline OpCost logit_diff_backward(int B, int V) { return {double(B) * V * 4 + B * 8.0, 0, 0, 0, 1}; }
-inline OpCost attribution_reduce(int B, int T, int G, int W) {
-  const double e = double(B) * T * G * W;
-  return {3 * e * 4 + double(T) * G * 4, 0, 0, 3 * e, 1};
+inline OpCost attribution_reduce(int L, int B, int T, int G, int W) {
+  const double e = double(L) * B * T * G * W;
+  return {3 * e * 4 + double(L) * T * G * 4 + L * 24.0, 0, 0, 3 * e, 1};
 }
 inline OpCost rows_equal(int B, int T, int G, int W) {
   const double e = double(B) * T * G * W;

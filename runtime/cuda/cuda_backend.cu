@@ -267,10 +267,10 @@ class CudaBackend final : public Backend {
     select();
     cuda::logit_diff_backward(dlogits, stride, ans, other, scale, B, V, stream_);
   }
-  void attribution_reduce(float* out, const float* a, const float* c, const float* grad, int B,
-                          int T, int G, int W) override {
+  void attribution_reduce(float* out, const float* const* a, const float* const* c,
+                          const float* const* grad, int L, int B, int T, int G, int W) override {
     select();
-    cuda::attribution_reduce(out, a, c, grad, B, T, G, W, stream_);
+    cuda::attribution_reduce(out, a, c, grad, L, B, T, G, W, stream_);
   }
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override {
     select();

@@ -912,8 +912,14 @@ TEST_P(AttributionTest, VsNaive) {
   const auto [B, T, G, W] = GetParam();
   const size_t n = size_t(B) * T * G * W;
   const auto a = random_vec(n, 800), c = random_vec(n, 801), g = random_vec(n, 802);
-  std::vector<float> out(size_t(T) * G, NAN);
-  be().attribution_reduce(out.data(), a.data(), c.data(), g.data(), B, T, G, W);
+  // Two layers in one call: the second with clean and corrupted swapped (its sums negate).
+  std::vector<float> out2(size_t(2) * T * G, NAN);
+  const float* pa[2] = {a.data(), c.data()};
+  const float* pc[2] = {c.data(), a.data()};
+  const float* pg[2] = {g.data(), g.data()};
+  be().attribution_reduce(out2.data(), pa, pc, pg, 2, B, T, G, W);
+  const std::vector<float> out(out2.begin(), out2.begin() + size_t(T) * G);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out2[out.size() + i], -out[i]) << i;
   std::vector<double> ref(out.size(), 0.0);
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < T; ++t)

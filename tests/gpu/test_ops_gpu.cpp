@@ -607,11 +607,16 @@ TEST_P(AttributionGpu, Reduce) {
   const auto [B, T, G, W] = GetParam();
   const size_t n = (size_t)B * T * G * W;
   auto a = random_vec(n, 121), c = random_vec(n, 122), g = random_vec(n, 123);
-  std::vector<float> ref((size_t)T * G);
-  cpu::attribution_reduce(ref.data(), a.data(), c.data(), g.data(), B, T, G, W, nullptr);
+  // Two layers in one launch, the second with clean and corrupted swapped.
+  std::vector<float> ref((size_t)2 * T * G);
+  const float* ha[2] = {a.data(), c.data()};
+  const float* hc[2] = {c.data(), a.data()};
+  const float* hg[2] = {g.data(), g.data()};
+  cpu::attribution_reduce(ref.data(), ha, hc, hg, 2, B, T, G, W, nullptr);
   auto ad = dev(a), cd = dev(c), gd = dev(g);
+  auto ptrs = to_device(gpu(), std::vector<const float*>{ad.get(), cd.get(), cd.get(), ad.get(), gd.get(), gd.get()});
   DeviceArray<float> od(gpu(), ref.size());
-  gpu().attribution_reduce(od.get(), ad.get(), cd.get(), gd.get(), B, T, G, W);
+  gpu().attribution_reduce(od.get(), ptrs.get(), ptrs.get() + 2, ptrs.get() + 4, 2, B, T, G, W);
   expect_close(od.download(), ref, kTolReduce, "attribution");
 }
 INSTANTIATE_TEST_SUITE_P(Attribution, AttributionGpu,
