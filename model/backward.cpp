@@ -81,15 +81,20 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     const LayerActs& a = s.layers[l];
     const LayerWeights& w = m.w.layers[l];
     LayerGrads& lg = g.layers[l];
-    lg.resid_post = DeviceArray<float>(be, size_t(N) * D);
-    be.copy(lg.resid_post.get(), dresid.get(), size_t(N) * D * sizeof(float));
+    // d resid_post(l) is d resid_pre(l+1), already computed (the final norm's for the last
+    // layer): kept once, borrowed here, no copy.
+    if (l == L - 1)
+      lg.resid_post = std::move(dresid);
+    else
+      lg.resid_post = DeviceArray<float>::borrowed(be, g.layers[l + 1].resid_pre.get(), size_t(N) * D);
+    const float* dpost = lg.resid_post.get();
 
     // MLP: resid_post = resid_mid + down(swiglu(gate_up(rmsnorm(resid_mid))))
-    be.linear_backward(dact.get(), dresid.get(), w.down, N, false);
+    be.linear_backward(dact.get(), dpost, w.down, N, false);
     be.swiglu_backward(dgu.get(), dact.get(), a.gate_up.get(), N, F);
     be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
     lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
-    be.copy(lg.resid_mid.get(), dresid.get(), size_t(N) * D * sizeof(float));
+    be.copy(lg.resid_mid.get(), dpost, size_t(N) * D * sizeof(float));
     be.rmsnorm_backward(lg.resid_mid.get(), dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D);
 
     // Attention: resid_mid = resid_pre + o(attn(rotary(qkv(rmsnorm(resid_pre)))))
@@ -112,7 +117,6 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     lg.resid_pre = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_pre.get(), lg.resid_mid.get(), size_t(N) * D * sizeof(float));
     be.rmsnorm_backward(lg.resid_pre.get(), dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D);
-    be.copy(dresid.get(), lg.resid_pre.get(), size_t(N) * D * sizeof(float));
   }
   return g;
 }
