@@ -166,13 +166,15 @@ struct AttnBackwardParams {
                            const int32_t* other, float scale, int B, int V,               \
                            Stream stream);                                                \
   /* for each layer l < L (a[l], c[l], grad[l]: device arrays of L pointers):           \
-     out[(l*T+t)*G+g] = sum_b sum_{w<W} (a-c)[b,t,g*W+w] * grad[b,t,g*W+w] (rows b*T+t) */ \
+     out[(l*T+t)*G+g] = sum_b sum_{w<W} (a-c)[b,t,g*W+w] * grad[b,t,g*W+w]               \
+     (row b*T+t of each at b*T+t times stride >= G*W) */                                  \
   void attribution_reduce(float* out /*[L,T,G]*/, const float* const* a /*[L]->[B*T,G*W]*/, \
                           const float* const* c, const float* const* grad, int L, int B,  \
-                          int T, int G, int W, Stream stream);                            \
-  /* eq[t*G+g] = 1 if a and c are bitwise equal in [b,t,g*W:(g+1)*W] for every b, else 0 */ \
+                          int T, int G, int W, int64_t stride, Stream stream);            \
+  /* eq[t*G+g] = 1 if a and c are bitwise equal in [b,t,g*W:(g+1)*W] for every b, else 0 \
+     (rows `stride` >= G*W apart) */                                                     \
   void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,    \
-                  int B, int T, int G, int W, Stream stream);
+                  int B, int T, int G, int W, int64_t stride, Stream stream);
 
 namespace cpu {
 PHI3_DECLARE_OPS

@@ -16,6 +16,12 @@ const float* Gradients::hook_grad(Hook h, int l) const {
     case Hook::MlpOut: return g.resid_post.get();
     case Hook::Z:
     case Hook::ZAllPos: return g.z.get();
+    case Hook::Q:
+    case Hook::QAllPos: return g.qkv.get();
+    case Hook::K:
+    case Hook::KAllPos: return g.qkv.get() + q_width;
+    case Hook::V:
+    case Hook::VAllPos: return g.qkv.get() + q_width + kv_width;
   }
   return nullptr;
 }
@@ -77,6 +83,8 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
 
   Gradients g;
   g.layers.resize(L);
+  g.q_width = QW;
+  g.kv_width = KVW;
   for (int l = L - 1; l >= 0; --l) {
     const LayerActs& a = s.layers[l];
     const LayerWeights& w = m.w.layers[l];

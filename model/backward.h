@@ -19,6 +19,7 @@ struct LayerGrads {
 
 struct Gradients {
   std::vector<LayerGrads> layers;
+  int q_width = 0, kv_width = 0;  // where k and v start in a qkv gradient row
   // Gradient for the attribution of a block/z hook at layer l (d hook_attn_out = d resid_mid,
   // d hook_mlp_out = d resid_post).
   const float* hook_grad(Hook h, int l) const;

@@ -126,9 +126,26 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
   throw Error("unknown activation name '" + name + "'");
 }
 
+int64_t hook_stride(Hook h, const Model& m) {
+  if (hook_is_qkv(h)) return m.qkv_width();
+  if (hook_is_per_head(h)) return m.q_width();
+  return m.cfg.hidden_size;
+}
+int hook_heads(Hook h, const ModelConfig& c) {
+  if (hook_is_kv(h)) return c.num_key_value_heads;
+  return hook_is_per_head(h) ? c.num_attention_heads : 1;
+}
+int hook_group_width(Hook h, const ModelConfig& c) { return hook_is_per_head(h) ? c.head_dim : c.hidden_size; }
+
 const float* ForwardState::hook_data(Hook h, int l) const {
   const LayerActs& a = layers.at(l);
   switch (h) {
+    case Hook::Q:
+    case Hook::QAllPos: return a.qkv.get();
+    case Hook::K:
+    case Hook::KAllPos: return a.qkv.get() + q_width;
+    case Hook::V:
+    case Hook::VAllPos: return a.qkv.get() + q_width + kv_width;
     case Hook::ResidPre: return a.resid_pre.get();
     case Hook::ResidMid: return a.resid_mid.get();
     case Hook::ResidPost: return resid_post(l);
@@ -142,9 +159,10 @@ const float* ForwardState::hook_data(Hook h, int l) const {
 
 namespace {
 
-// Writes the source run's value of the patched hook into `dst` (row width `width`).
-// Rows b*T+pos for every b (every position when pos < 0); for Z only head `head`'s slice.
-void apply_patch(Backend& be, float* dst, const float* src, int width, const PatchSpec& p,
+// Writes the source run's value of the patched hook into `dst` (the hook's pointer in this
+// run, rows `stride` apart; `src` the same in the source run). Rows b*T+pos for every b
+// (every position when pos < 0); for per-head hooks only head `head`'s slice of `width`.
+void apply_patch(Backend& be, float* dst, const float* src, int64_t stride, int width, const PatchSpec& p,
                  const ForwardState& s, int head_dim) {
   std::vector<int32_t> rows;
   for (int b = 0; b < s.B; ++b) {
@@ -157,9 +175,9 @@ void apply_patch(Backend& be, float* dst, const float* src, int width, const Pat
   DeviceArray<int32_t> idx = to_device(be, rows);
   if (hook_is_per_head(p.hook)) {
     int off = p.head * head_dim;
-    be.copy_rows(dst + off, width, idx.get(), src + off, width, idx.get(), static_cast<int>(rows.size()), head_dim);
+    be.copy_rows(dst + off, stride, idx.get(), src + off, stride, idx.get(), static_cast<int>(rows.size()), head_dim);
   } else {
-    be.copy_rows(dst, width, idx.get(), src, width, idx.get(), static_cast<int>(rows.size()), width);
+    be.copy_rows(dst, stride, idx.get(), src, stride, idx.get(), static_cast<int>(rows.size()), width);
   }
 }
 
@@ -205,15 +223,16 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
   DeviceArray<AttnSegment> dsegs = to_device(be, segs);
 
+  s.q_width = QW;
+  s.kv_width = KVW;
   const PatchSpec* patch = opt.patch;
-  auto patched_at = [&](Hook h, int l) {
-    return patch && patch->layer == l && (patch->hook == h || (h == Hook::Z && patch->hook == Hook::ZAllPos));
-  };
-  auto patch_here = [&](Hook h, int l, float* dst, int width) {
+  auto patched_at = [&](Hook h, int l) { return patch && patch->layer == l && hook_base(patch->hook) == h; };
+  // dst: the hook's activation in this run (rows `stride` apart).
+  auto patch_here = [&](Hook h, int l, float* dst, int64_t stride, int width) {
     if (patched_at(h, l)) {
       PatchSpec p = *patch;
-      if (p.hook == Hook::ZAllPos) p.pos = -1;
-      apply_patch(be, dst, opt.source->hook_data(patch->hook, l), width, p, s, HD);
+      if (hook_all_pos(p.hook)) p.pos = -1;
+      apply_patch(be, dst, opt.source->hook_data(patch->hook, l), stride, width, p, s, HD);
     }
   };
   // A GEMM input of n elements: fp32 or (bf16 weights) bf16.
@@ -257,11 +276,14 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     LayerActs& a = s.layers[l];
     const LayerWeights& w = m.w.layers[l];
     if (patched_at(Hook::ResidPre, l)) {
-      patch_here(Hook::ResidPre, l, a.resid_pre.get(), D);
+      patch_here(Hook::ResidPre, l, a.resid_pre.get(), D, D);
       ln1_done = false;
     }
     if (!ln1_done) be.rmsnorm_forward(ln1[l], a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
     be.linear_forward(a.qkv.get(), ln1[l], w.qkv, N, false);
+    patch_here(Hook::Q, l, a.qkv.get(), QKVW, QW);
+    patch_here(Hook::K, l, a.qkv.get() + QW, QKVW, KVW);
+    patch_here(Hook::V, l, a.qkv.get() + QW + KVW, QKVW, KVW);
     be.rotary_qkv_forward(a.q_rot.get(), a.k_rot.get(), a.v.get(), a.qkv.get(), s.pos.get(), N, H, KVH, HD, s.rope);
 
     if (a.pattern.size()) be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
@@ -270,15 +292,15 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     be.attention_forward(ap);
     GemmIn z_in(a.z.get(), a.z16.get());
     if (patched_at(Hook::Z, l)) {
-      patch_here(Hook::Z, l, a.z.get(), QW);
+      patch_here(Hook::Z, l, a.z.get(), QW, QW);
       z_in.bf16 = nullptr;  // the bf16 copy is stale: the GEMM rounds the patched z itself
     }
 
     be.linear_forward(a.attn_out.get(), z_in, w.o, N, false);
-    patch_here(Hook::AttnOut, l, a.attn_out.get(), D);
+    patch_here(Hook::AttnOut, l, a.attn_out.get(), D, D);
     if (patched_at(Hook::ResidMid, l)) {
       be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
-      patch_here(Hook::ResidMid, l, a.resid_mid.get(), D);
+      patch_here(Hook::ResidMid, l, a.resid_mid.get(), D, D);
       be.rmsnorm_forward(ln2[l], a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
     } else {
       be.add_rmsnorm_forward(a.resid_mid.get(), ln2[l], a.rstd2.get(), a.resid_pre.get(), a.attn_out.get(), w.ln2, N,
@@ -288,7 +310,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     be.linear_forward(a.gate_up.get(), ln2[l], w.gate_up, N, false);
     be.swiglu_forward(act[l], a.gate_up.get(), N, F);
     be.linear_forward(a.mlp_out.get(), act[l], w.down, N, false);
-    patch_here(Hook::MlpOut, l, a.mlp_out.get(), D);
+    patch_here(Hook::MlpOut, l, a.mlp_out.get(), D, D);
 
     // resid_post, written straight into the next layer's resid_pre (or resid_final), and
     // the next norm (ln1 of layer l+1, or the final norm) in the same kernel.
@@ -299,7 +321,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     const float* next_w = last ? m.w.final_norm : m.w.layers[l + 1].ln1;
     if (patched_at(Hook::ResidPost, l)) {
       be.add(post, a.resid_mid.get(), a.mlp_out.get(), int64_t(N) * D);
-      patch_here(Hook::ResidPost, l, post, D);
+      patch_here(Hook::ResidPost, l, post, D, D);
       ln1_done = false;
       if (last) be.rmsnorm_forward(ln_f, s.rstd_f.get(), post, m.w.final_norm, N, D, c.rms_norm_eps);
     } else {
@@ -414,6 +436,8 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
   v.inv_freq = DeviceArray<float>::borrowed(be, inv_freq.get(), inv_freq.size());
   v.rope_table = DeviceArray<float>::borrowed(be, rope_table.get(), rope_table.size());
   v.rope = rope;
+  v.q_width = q_width;
+  v.kv_width = kv_width;
   return v;
 }
 

@@ -51,12 +51,14 @@ struct ForwardState {
   DeviceArray<float> inv_freq;     // [rot_dim/2]
   DeviceArray<float> rope_table;   // [n_pos, rot_dim/2, 2] cos/sin of every position in the batch
   RopeParams rope;
+  int q_width = 0, kv_width = 0;   // H*HD and KVH*HD: where k and v start in a qkv row
   int64_t N() const { return static_cast<int64_t>(B) * T; }
   // resid_post of layer l (= resid_pre of layer l+1).
   const float* resid_post(int l) const {
     return l + 1 < static_cast<int>(layers.size()) ? layers[l + 1].resid_pre.get() : resid_final.get();
   }
-  // Device pointer and row width of a block/z hook's activation at layer l.
+  // Device pointer of a hook's activation at layer l (rows hook_stride apart; q/k/v point
+  // into the fused qkv row).
   const float* hook_data(Hook h, int l) const;
   // Any cached activation by its TransformerLens name: "logits", "blocks.3.hook_resid_pre",
   // "blocks.0.attn.hook_q" ([B,T,H,HD]; k/v [B,T,KVH,HD]), "blocks.1.attn.hook_pattern"
@@ -67,6 +69,13 @@ struct ForwardState {
   // this state's, so it must outlive the view).
   ForwardState rows(Backend& be, int b0, int nb) const;
 };
+
+// Elements between consecutive rows of a hook's activation (D, H*HD for z, the qkv row width
+// for q/k/v), the heads a per-head hook has (H, KVH for k/v; 1 otherwise) and the width of one
+// patched group (HD for per-head hooks, D otherwise).
+int64_t hook_stride(Hook h, const Model& m);
+int hook_heads(Hook h, const ModelConfig& c);
+int hook_group_width(Hook h, const ModelConfig& c);
 
 // Splits "blocks.<l>.<hook>" into l and hook ("hook_resid_pre", "attn.hook_q", ...);
 // throws naming the name when it is not of that form or l is out of range.

@@ -5,8 +5,9 @@
 namespace phi3 {
 
 std::vector<Hook> all_hooks() {
-  return {Hook::ResidPre, Hook::ResidMid, Hook::ResidPost, Hook::AttnOut,
-          Hook::MlpOut,   Hook::Z,        Hook::ZAllPos};
+  return {Hook::ResidPre, Hook::ResidMid, Hook::ResidPost, Hook::AttnOut, Hook::MlpOut,
+          Hook::Z,        Hook::ZAllPos,  Hook::Q,         Hook::QAllPos, Hook::K,
+          Hook::KAllPos,  Hook::V,        Hook::VAllPos};
 }
 
 std::string hook_name(Hook h) {
@@ -18,6 +19,12 @@ std::string hook_name(Hook h) {
     case Hook::MlpOut: return "mlp_out";
     case Hook::Z: return "z";
     case Hook::ZAllPos: return "z_all_pos";
+    case Hook::Q: return "q";
+    case Hook::QAllPos: return "q_all_pos";
+    case Hook::K: return "k";
+    case Hook::KAllPos: return "k_all_pos";
+    case Hook::V: return "v";
+    case Hook::VAllPos: return "v_all_pos";
   }
   return "?";
 }
@@ -31,6 +38,12 @@ std::string hook_title(Hook h) {
     case Hook::MlpOut: return "MLP Output";
     case Hook::Z: return "Head Output (z) by Position";
     case Hook::ZAllPos: return "Head Output (z), All Positions";
+    case Hook::Q: return "Query by Position";
+    case Hook::QAllPos: return "Query, All Positions";
+    case Hook::K: return "Key by Position";
+    case Hook::KAllPos: return "Key, All Positions";
+    case Hook::V: return "Value by Position";
+    case Hook::VAllPos: return "Value, All Positions";
   }
   return "?";
 }
@@ -57,6 +70,31 @@ std::vector<Hook> parse_hook_list(const std::string& list) {
   return out;
 }
 
-bool hook_is_per_head(Hook h) { return h == Hook::Z || h == Hook::ZAllPos; }
+bool hook_is_per_head(Hook h) { return h == Hook::Z || h == Hook::ZAllPos || hook_is_qkv(h); }
+bool hook_all_pos(Hook h) {
+  return h == Hook::ZAllPos || h == Hook::QAllPos || h == Hook::KAllPos || h == Hook::VAllPos;
+}
+bool hook_is_qkv(Hook h) {
+  return h == Hook::Q || h == Hook::QAllPos || h == Hook::K || h == Hook::KAllPos || h == Hook::V || h == Hook::VAllPos;
+}
+bool hook_is_kv(Hook h) { return h == Hook::K || h == Hook::KAllPos || h == Hook::V || h == Hook::VAllPos; }
+
+Hook hook_base(Hook h) {
+  switch (h) {
+    case Hook::ZAllPos: return Hook::Z;
+    case Hook::QAllPos: return Hook::Q;
+    case Hook::KAllPos: return Hook::K;
+    case Hook::VAllPos: return Hook::V;
+    default: return h;
+  }
+}
+
+std::string hook_tl_name(Hook h) {
+  if (h == Hook::Z || h == Hook::ZAllPos) return "attn.hook_z";
+  if (h == Hook::Q || h == Hook::QAllPos) return "attn.hook_q";
+  if (h == Hook::K || h == Hook::KAllPos) return "attn.hook_k";
+  if (h == Hook::V || h == Hook::VAllPos) return "attn.hook_v";
+  return "hook_" + hook_name(h);
+}
 
 }  // namespace phi3

@@ -14,6 +14,12 @@ enum class Hook {
   MlpOut,     // blocks.l.hook_mlp_out       [B,T,D]
   Z,          // blocks.l.attn.hook_z        [B,T,H,HD]  (patched per head and position)
   ZAllPos,    // blocks.l.attn.hook_z        (patched per head, every position)
+  Q,          // blocks.l.attn.hook_q        [B,T,H,HD]  before rotary (per head and position)
+  QAllPos,    // blocks.l.attn.hook_q        (per head, every position)
+  K,          // blocks.l.attn.hook_k        [B,T,KVH,HD] before rotary (per KV head and position)
+  KAllPos,    // blocks.l.attn.hook_k        (per KV head, every position)
+  V,          // blocks.l.attn.hook_v        [B,T,KVH,HD] (per KV head and position)
+  VAllPos,    // blocks.l.attn.hook_v        (per KV head, every position)
 };
 
 std::string hook_name(Hook h);                 // "resid_pre", ..., "z", "z_all_pos"
@@ -21,7 +27,14 @@ std::string hook_title(Hook h);                // "Residual (pre)", "Attention o
 Hook parse_hook(const std::string& name);      // throws naming the unknown hook
 // Comma-separated hook names ("resid_pre,attn_out"); "" and "none" give an empty list.
 std::vector<Hook> parse_hook_list(const std::string& list);
-bool hook_is_per_head(Hook h);
+bool hook_is_per_head(Hook h);  // z, q, k, v (and their all-position forms)
+bool hook_all_pos(Hook h);      // patched at every position at once (the *_all_pos hooks)
+bool hook_is_qkv(Hook h);       // q, k, v: the attention inputs, before rotary
+bool hook_is_kv(Hook h);        // k, v: one per KV head, shared by a group of query heads
+// The per-position hook an all-position hook patches (z_all_pos -> z, ...); others: itself.
+Hook hook_base(Hook h);
+// The TransformerLens hook name inside a block: "hook_resid_pre", "attn.hook_z", "attn.hook_q".
+std::string hook_tl_name(Hook h);
 std::vector<Hook> all_hooks();
 
 // Replace the activation of `hook` at `layer` (position `pos` or every position when

@@ -5,9 +5,8 @@ namespace phi3 {
 std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                                const Gradients& g, Hook hook) {
   const int L = m.cfg.num_hidden_layers, T = base.T, B = base.B;
-  const bool per_head = hook_is_per_head(hook);
-  const int G = per_head ? m.cfg.num_attention_heads : 1;
-  const int W = per_head ? m.cfg.head_dim : m.cfg.hidden_size;
+  const int G = hook_heads(hook, m.cfg), W = hook_group_width(hook, m.cfg);
+  const int64_t stride = hook_stride(hook, m);
   // Every layer in one reduction into one [L, T, G] buffer, then one download per hook.
   std::vector<const float*> ptrs(size_t(3) * L);  // a | c | grad, L each
   for (int l = 0; l < L; ++l) {
@@ -17,12 +16,12 @@ std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& 
   }
   DeviceArray<const float*> dptrs = to_device(be, ptrs);
   DeviceArray<float> out(be, size_t(L) * T * G);
-  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + L, dptrs.get() + 2 * L, L, B, T, G, W);
+  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + L, dptrs.get() + 2 * L, L, B, T, G, W, stride);
   const std::vector<float> all = out.download();
   std::vector<float> result;
   for (int l = 0; l < L; ++l) {
     const std::vector<float> v(all.begin() + size_t(l) * T * G, all.begin() + size_t(l + 1) * T * G);  // [T, G]
-    if (hook == Hook::ZAllPos) {
+    if (hook_all_pos(hook)) {
       for (int h = 0; h < G; ++h) {
         double s = 0;
         for (int t = 0; t < T; ++t) s += v[size_t(t) * G + h];

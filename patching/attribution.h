@@ -8,7 +8,8 @@
 
 namespace phi3 {
 
-// Values in the layout of sweep_targets(hook, ...): [L,T], [L,T,H] (Z) or [L,H] (ZAllPos).
+// Values in the layout of sweep_targets(hook, ...): [L,T], [L,T,heads] (per-head hooks; heads
+// = KV heads for k and v) or [L,heads] (all-position hooks).
 std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                                const Gradients& base_grad, Hook hook);
 

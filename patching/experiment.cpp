@@ -60,11 +60,11 @@ void labels(Hook hook, int L, int H, const std::vector<std::string>& pos, std::v
             std::vector<std::string>& cols) {
   rows.clear();
   cols.clear();
-  if (hook == Hook::Z) {
+  if (hook_is_per_head(hook) && !hook_all_pos(hook)) {
     for (int l = 0; l < L; ++l)
       for (int h = 0; h < H; ++h) rows.push_back("L" + std::to_string(l) + "H" + std::to_string(h));
     cols = pos;
-  } else if (hook == Hook::ZAllPos) {
+  } else if (hook_all_pos(hook)) {
     for (int l = 0; l < L; ++l) rows.push_back("L" + std::to_string(l));
     for (int h = 0; h < H; ++h) cols.push_back("H" + std::to_string(h));
   } else {
@@ -75,14 +75,14 @@ void labels(Hook hook, int L, int H, const std::vector<std::string>& pos, std::v
 
 // TransformerLens name of a hook at layer l: "blocks.3.hook_resid_pre", "blocks.1.attn.hook_z".
 std::string tl_name(Hook h, int l) {
-  return "blocks." + std::to_string(l) + (hook_is_per_head(h) ? ".attn.hook_z" : ".hook_" + hook_name(h));
+  return "blocks." + std::to_string(l) + "." + hook_tl_name(h);
 }
 
 // "layer 2, head 1, position 5 ('5:▁is')" for a sweep target.
 std::string target_str(Hook hook, const PatchSpec& t, const std::vector<std::string>& pos_labels) {
   std::string s = tl_name(hook, t.layer);
   if (t.head >= 0) s += ", head " + std::to_string(t.head);
-  if (hook != Hook::ZAllPos && t.pos >= 0) {
+  if (!hook_all_pos(hook) && t.pos >= 0) {
     s += ", position " + std::to_string(t.pos);
     if (t.pos < static_cast<int>(pos_labels.size())) s += " ('" + pos_labels[t.pos] + "')";
   }
@@ -91,8 +91,8 @@ std::string target_str(Hook hook, const PatchSpec& t, const std::vector<std::str
 
 // Target index (sweep_targets order) -> flat index of the [rows, cols] matrix.
 size_t matrix_index(Hook hook, const PatchSpec& t, int T, int H) {
-  if (hook == Hook::Z) return (size_t(t.layer) * H + t.head) * T + t.pos;
-  if (hook == Hook::ZAllPos) return size_t(t.layer) * H + t.head;
+  if (hook_all_pos(hook)) return size_t(t.layer) * H + t.head;
+  if (hook_is_per_head(hook)) return (size_t(t.layer) * H + t.head) * T + t.pos;
   return size_t(t.layer) * T + t.pos;
 }
 }  // namespace
@@ -263,7 +263,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
     const AccSpec& a = job.accs[ai];
     job.stop_point();
     const auto t0 = Clock::now();
-    std::vector<PatchSpec> targets = sweep_targets(a.hook, job.L, T, job.H);
+    std::vector<PatchSpec> targets = sweep_targets(a.hook, job.L, T, hook_heads(a.hook, job.m.cfg));
     if (!a.activation) {
       if (!share.attribution) continue;
       std::vector<float> v = attribution(job.be, job.m, base, source, grads, a.hook);
@@ -385,7 +385,7 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
   };
   std::vector<Acc> accs(job.accs.size());
   double clean_sum = 0, corr_sum = 0;
-  const int T = job.T, L = job.L, H = job.H;
+  const int T = job.T, L = job.L;
   for (const auto& [bi, r] : done) {
     const BatchSummary& sum = r.summary;
     const int B = static_cast<int>(sum.answer.size());
@@ -399,7 +399,8 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
     for (const ResultPart& p : r.parts) {
       const AccSpec& spec = job.accs[p.acc];
       Acc& a = accs[p.acc];
-      std::vector<PatchSpec> targets = sweep_targets(spec.hook, L, T, H);
+      const int Hh = hook_heads(spec.hook, job.m.cfg);
+      std::vector<PatchSpec> targets = sweep_targets(spec.hook, L, T, Hh);
       const size_t cells = targets.size();
       if (a.sum.empty()) {
         a.sum.assign(cells, 0.0);
@@ -410,11 +411,11 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
       }
       a.seconds += p.seconds;
       if (!spec.activation) {
-        for (size_t i = 0; i < cells; ++i) a.sum[matrix_index(spec.hook, targets[i], T, H)] += double(p.values[i]) * B;
+        for (size_t i = 0; i < cells; ++i) a.sum[matrix_index(spec.hook, targets[i], T, Hh)] += double(p.values[i]) * B;
         continue;
       }
       for (size_t i = 0; i < cells; ++i) {
-        const size_t k = matrix_index(spec.hook, targets[i], T, H);
+        const size_t k = matrix_index(spec.hook, targets[i], T, Hh);
         double mean = 0;
         for (int b = 0; b < B; ++b) {
           const float ld = p.values[i * B + b];
@@ -437,7 +438,7 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
     MatrixResult mr;
     mr.hook = job.accs[i].hook;
     mr.method = job.accs[i].activation ? "activation" : "attribution";
-    labels(mr.hook, L, H, R.position_labels, mr.rows, mr.cols);
+    labels(mr.hook, L, hook_heads(mr.hook, job.m.cfg), R.position_labels, mr.rows, mr.cols);
     mr.values = accs[i].sum;
     for (auto& v : mr.values) v /= R.n_prompts;
     mr.per_prompt_ld = std::move(accs[i].per_prompt_ld);
@@ -487,7 +488,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     if (opt.activation) job.accs.push_back({h, true});
   }
   for (const auto& a : job.accs)
-    job.n_targets.push_back(a.activation ? static_cast<int64_t>(sweep_targets(a.hook, job.L, job.T, job.H).size()) : 0);
+    job.n_targets.push_back(a.activation ? static_cast<int64_t>(sweep_targets(a.hook, job.L, job.T, hook_heads(a.hook, job.m.cfg)).size()) : 0);
 
   ExperimentResult R;
   R.model_dir = m.dir;

@@ -57,6 +57,12 @@ std::string plot_title(const MatrixResult& r) {
     case Hook::MlpOut: base = "MLP Output"; break;
     case Hook::Z: base = "Head Output by Position"; break;
     case Hook::ZAllPos: base = "Head Output (all positions)"; break;
+    case Hook::Q: base = "Query by Position"; break;
+    case Hook::QAllPos: base = "Query (all positions)"; break;
+    case Hook::K: base = "Key by Position"; break;
+    case Hook::KAllPos: base = "Key (all positions)"; break;
+    case Hook::V: base = "Value by Position"; break;
+    case Hook::VAllPos: base = "Value (all positions)"; break;
   }
   return base + (r.method == "attribution" ? " Attribution Patching" : " Activation Patching");
 }
@@ -110,9 +116,9 @@ std::vector<std::string> describe_effects(const ExperimentResult& R) {
     if (top.size() > 1) s << ", then " << top[1].row << ", " << top[1].col << " (" << fmt(top[1].value, 3) << ")";
     if (top.size() > 2) s << " and " << top[2].row << ", " << top[2].col << " (" << fmt(top[2].value, 3) << ")";
     if (total > 0) {
-      s << ". By " << (r.hook == Hook::ZAllPos ? "layer" : (r.hook == Hook::Z ? "layer/head" : "layer")) << ": "
+      s << ". By " << (hook_is_per_head(r.hook) && !hook_all_pos(r.hook) ? "layer/head" : "layer") << ": "
         << rows[0].second << " holds " << fmt(100 * rows[0].first / total, 0) << "% of the total |effect|";
-      s << "; by " << (r.hook == Hook::ZAllPos ? "head" : "token") << ": " << cols[0].second << " "
+      s << "; by " << (hook_all_pos(r.hook) ? "head" : "token") << ": " << cols[0].second << " "
         << fmt(100 * cols[0].first / total, 0) << "%";
       if (cols.size() > 1) s << ", " << cols[1].second << " " << fmt(100 * cols[1].first / total, 0) << "%";
     }
@@ -258,9 +264,9 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
       csv << "\n";
     }
     put(file_stem(r) + ".csv", csv.str());
-    const bool heads = r.hook == Hook::ZAllPos;
+    const bool heads = hook_all_pos(r.hook);
     put(file_stem(r) + ".svg", svg_heatmap(plot_title(r), r.rows, r.cols, r.values, heads ? "Head" : "Position",
-                                           r.hook == Hook::Z ? "Layer / head" : "Layer"));
+                                           hook_is_per_head(r.hook) && !heads ? "Layer / head" : "Layer"));
   }
   for (const auto& c : R.comparisons) {
     const MatrixResult *at = nullptr, *ac = nullptr;

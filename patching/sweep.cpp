@@ -18,9 +18,9 @@ namespace phi3 {
 std::vector<PatchSpec> sweep_targets(Hook hook, int L, int T, int H) {
   std::vector<PatchSpec> t;
   for (int l = 0; l < L; ++l) {
-    if (hook == Hook::ZAllPos) {
+    if (hook_all_pos(hook)) {
       for (int h = 0; h < H; ++h) t.push_back({hook, l, -1, h});
-    } else if (hook == Hook::Z) {
+    } else if (hook_is_per_head(hook)) {
       for (int p = 0; p < T; ++p)
         for (int h = 0; h < H; ++h) t.push_back({hook, l, p, h});
     } else {
@@ -34,7 +34,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int hook_width(const Model& m, Hook h) { return hook_is_per_head(h) ? m.q_width() : m.cfg.hidden_size; }
 
 // Which patches write the value already there: for every layer, position and group (a
 // head for per-head hooks, the whole row otherwise), whether base and source hold the same
@@ -53,6 +52,8 @@ struct Run {
   bool tail = false;     // hook after attention at layer start-1
   int tail_from = 0;     // tail rows: positions [tail_from, tail_to) of layer start-1
   int tail_to = 0;
+  bool qkv = false;      // q/k/v patch: the tail recomputes layer start-1's attention for
+                         // positions [p, T), also when start-1 is the last layer
 };
 
 class FastSweep {
@@ -254,6 +255,10 @@ class FastSweep {
     // Patched rows.
     std::vector<int32_t> pre_dst, pre_src;  // resid_pre patches (l == hook layer)
     std::vector<TailRow> tail;
+    if (hook_is_qkv(hook_)) {  // every run of a q/k/v sweep has a tail
+      evals += compute_qkv_tail(runs, r0, r1, l - 1, off, l < L_ ? X_.get() : Xf.get(), l == L_);
+      return;
+    }
     for (int r = r0; r < r1; ++r) {
       const Run& run = runs[r];
       for (int b = 0; b < B_; ++b) {
@@ -290,6 +295,83 @@ class FastSweep {
     int32_t src;   // b*T + t in the base/source caches
     int run;       // index into runs
   };
+
+  // Layer lt for runs [r0, r1) of a q/k/v sweep, positions [p, T) of each: the base run's
+  // pre-rotary qkv rows with the patched head's slice from the source run (at p, or at every
+  // position for the all-position hooks), rotary and split, attention over those rows with
+  // the base run's key/value cache for positions < p, then o_proj and the MLP. Rows are
+  // packed like the chunk's state rows of these runs (off[r0] onwards), so they land in
+  // dst_buf at the same offsets; at the end (final) only position T-1 of each run and batch
+  // row goes to the final rows r*B+b. Uses the chunk's qkv/q/k/v/z and MLP work buffers
+  // (free between layers). Returns the token rows computed.
+  int64_t compute_qkv_tail(const std::vector<Run>& runs, int r0, int r1, int lt, const std::vector<int64_t>& off,
+                           float* dst_buf, bool final) {
+    const LayerActs& bl = base_.layers[lt];
+    const LayerWeights& w = m_.w.layers[lt];
+    const Hook hb = hook_base(hook_);
+    const int col0 = hb == Hook::Q ? 0 : hb == Hook::K ? QW_ : QW_ + KVW_;
+    const int64_t row0 = off[r0], n = off[r1] - off[r0];
+    std::vector<int32_t> src(n), pos(n), dst;
+    std::map<int, std::pair<std::vector<int32_t>, std::vector<int32_t>>> by_head;  // rows patched per head
+    std::vector<AttnSegment> segs;
+    std::vector<int32_t> final_src, final_dst;
+    for (int r = r0; r < r1; ++r) {
+      const Run& run = runs[r];
+      const int head = tspec_[run.target].head;
+      for (int b = 0; b < B_; ++b) {
+        const int32_t first = static_cast<int32_t>(off[r] - row0 + int64_t(b) * (T_ - run.p));
+        segs.push_back({b, run.p, first, run.p, first});
+        for (int t = run.p; t < T_; ++t) {
+          const int32_t i = first + (t - run.p);
+          src[i] = b * T_ + t;
+          pos[i] = base_.batch.pos[b * T_ + t];
+          if (hook_all_pos(hook_) || t == run.p) {
+            by_head[head].first.push_back(i);
+            by_head[head].second.push_back(b * T_ + t);
+          }
+          if (final && t == T_ - 1) {
+            final_src.push_back(i);
+            final_dst.push_back(r * B_ + b);
+          }
+        }
+      }
+    }
+    auto d_src = to_device(be_, src), d_pos = to_device(be_, pos);
+    auto d_segs = to_device(be_, segs);
+    be_.copy_rows(qkv_.get(), QKVW_, nullptr, bl.qkv.get(), QKVW_, d_src.get(), static_cast<int>(n), QKVW_);
+    const float* source = src_.layers[lt].qkv.get();
+    for (auto& [h, idx] : by_head) {
+      auto d_i = to_device(be_, idx.first), d_s = to_device(be_, idx.second);
+      const int c = col0 + h * HD_;
+      be_.copy_rows(qkv_.get() + c, QKVW_, d_i.get(), source + c, QKVW_, d_s.get(),
+                    static_cast<int>(idx.first.size()), HD_);
+    }
+    be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_pos.get(), static_cast<int>(n), H_, KVH_, HD_,
+                           base_.rope);
+    AttnParams ap = attention_params(m_, T_);
+    ap.q = q_.get();
+    ap.k = k_.get();
+    ap.v = v_.get();
+    ap.k_cache = bl.k_rot.get();
+    ap.v_cache = bl.v.get();
+    ap.z = z_.get();
+    ap.z16 = z16_.get();
+    ap.pad = base_.pad.get();
+    ap.segs = d_segs.get();
+    ap.n_segs = static_cast<int>(segs.size());
+    be_.attention_forward(ap);
+    DeviceArray<float> post(be_, size_t(n) * D_);
+    be_.copy_rows(post.get(), D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), static_cast<int>(n), D_);
+    be_.linear_forward(post.get(), GemmIn(z_.get(), z16_.get()), w.o, static_cast<int>(n), true);  // resid_mid
+    mlp_block(w, post.get(), static_cast<int>(n));                                                 // resid_post
+    if (!final) {
+      be_.copy(dst_buf + row0 * D_, post.get(), size_t(n) * D_ * sizeof(float));
+    } else {
+      auto d_fs = to_device(be_, final_src), d_fd = to_device(be_, final_dst);
+      be_.copy_rows(dst_buf, D_, d_fd.get(), post.get(), D_, d_fs.get(), static_cast<int>(final_src.size()), D_);
+    }
+    return n;
+  }
 
   // The rest of layer lt for patched rows: hook value from the source run, everything else
   // from the base run's caches; writes resid_post rows into dst_buf.
@@ -368,12 +450,13 @@ NoopMask noop_mask(Backend& be, const Model& m, const ForwardState& base, const 
   const int L = m.cfg.num_hidden_layers, B = base.B, T = base.T;
   NoopMask mask;
   mask.T = T;
-  mask.G = hook_is_per_head(hook) ? m.cfg.num_attention_heads : 1;
-  const int W = hook_width(m, hook) / mask.G;
+  mask.G = hook_heads(hook, m.cfg);
+  const int W = hook_group_width(hook, m.cfg);
+  const int64_t stride = hook_stride(hook, m);
   DeviceArray<uint8_t> eq(be, size_t(L) * T * mask.G);
   for (int l = 0; l < L; ++l)
     be.rows_equal(eq.get() + size_t(l) * T * mask.G, base.hook_data(hook, l), source.hook_data(hook, l), B, T,
-                  mask.G, W);
+                  mask.G, W, stride);
   mask.eq = eq.download();
   return mask;
 }
@@ -385,7 +468,7 @@ enum class Plan { Noop, Causal, Run };
 Plan plan_run(Hook hook, const PatchSpec& t, int i, const NoopMask& mask, int T, int L, Run& r) {
   const int g = hook_is_per_head(hook) ? t.head : 0;
   r.target = i;
-  if (hook == Hook::ZAllPos) {
+  if (hook_all_pos(hook)) {
     int p0 = -1;
     for (int p = 0; p < T && p0 < 0; ++p)
       if (!mask.equal(t.layer, p, g)) p0 = p;
@@ -401,6 +484,15 @@ Plan plan_run(Hook hook, const PatchSpec& t, int i, const NoopMask& mask, int T,
   }
   if (hook == Hook::ResidPre) {
     r.start = t.layer;
+  } else if (hook_is_qkv(hook)) {
+    // Attention at layer l changes for positions >= p (a key or value is read by every later
+    // query; a query only at p, but the tail recomputes [p, T) like the others).
+    r.tail = true;
+    r.qkv = true;
+    r.start = t.layer + 1;
+    if (r.start == L && hook_base(hook) == Hook::Q && !hook_all_pos(hook) && r.p != T - 1)
+      return Plan::Causal;  // a query before T-1 in the last layer cannot reach the logits
+    r.tail_to = T;
   } else {
     r.tail = true;
     r.start = t.layer + 1;
@@ -413,7 +505,10 @@ Plan plan_run(Hook hook, const PatchSpec& t, int i, const NoopMask& mask, int T,
 // in every layer from `start`, plus its tail rows (only T-1 in the last layer).
 int64_t run_cost(const Run& r, int B, int T, int L) {
   int64_t c = int64_t(B) * (T - r.p) * (L - r.start);
-  if (r.tail) c += int64_t(B) * (r.start < L ? r.tail_to - r.tail_from : 1);
+  if (r.qkv)
+    c += int64_t(B) * (T - r.p);  // the tail's attention needs every position from p, even at the end
+  else if (r.tail)
+    c += int64_t(B) * (r.start < L ? r.tail_to - r.tail_from : 1);
   return c;
 }
 
@@ -421,7 +516,7 @@ int64_t run_cost(const Run& r, int B, int T, int L) {
 
 std::vector<int64_t> sweep_target_costs(Backend& be, const Model& m, const ForwardState& base,
                                         const ForwardState& source, Hook hook, bool naive) {
-  const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = m.cfg.num_attention_heads;
+  const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = hook_heads(hook, m.cfg);
   const std::vector<PatchSpec> targets = sweep_targets(hook, L, T, H);
   std::vector<int64_t> cost(targets.size(), int64_t(B) * T * L);
   if (naive) return cost;
@@ -439,7 +534,7 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
                              const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook,
                              const SweepOptions& opt) {
   const auto t0 = Clock::now();
-  const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = m.cfg.num_attention_heads;
+  const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = hook_heads(hook, m.cfg);
   PHI3_CHECK(source.B == B && source.T == T, "activation sweep: base and source batches differ in shape");
   SweepResult res;
   res.hook = hook;

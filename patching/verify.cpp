@@ -201,7 +201,7 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
     for (Hook h : all_hooks()) {
       const std::string hn = hook_name(h);
       if (!P.contains(hn)) continue;
-      std::vector<PatchSpec> targets = sweep_targets(h, L, T, H);
+      std::vector<PatchSpec> targets = sweep_targets(h, L, T, hook_heads(h, c));
       // Activation patching (denoising), normalized with our own clean/corrupted LDs.
       if (P[hn].contains("activation")) {
         SweepOptions so;
@@ -234,6 +234,10 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
         tc.kind = "attribution_patching";
         tc.name = hn + " attribution patching";
         tc.tol = opt.patch_attr_tol;
+        // Attributions are in units of the normalized metric (clean - corrupted gap = 1): a
+        // matrix whose every entry is below 1e-3 of the gap (e.g. queries that barely matter)
+        // is compared to that scale, not to its own fp32 cancellation noise.
+        tc.scale_floor = 1e-3;
         tc.ok = ref_v.size() == ours.size();
         for (size_t i = 0; i < ours.size() && tc.ok; ++i) {
           if (!std::isfinite(ours[i])) tc.ok = false;

@@ -3,6 +3,7 @@
 // gradients of the normalized metric on the corrupted run, and the TransformerLens-style
 // patching results. Pad query rows are implementation-defined and are not compared.
 #pragma once
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -19,7 +20,13 @@ struct TensorCheck {
   double tol = 0;
   bool relative = true;  // tolerance relative to max_ref (else absolute)
   bool ok = false;
-  double err() const { return relative ? (max_ref > 0 ? max_abs / max_ref : max_abs) : max_abs; }
+  // Relative checks divide by the larger of max_ref and scale_floor (a magnitude below which
+  // values are rounding noise of the quantity compared).
+  double scale_floor = 0;
+  double err() const {
+    const double s = std::max(max_ref, scale_floor);
+    return relative ? (s > 0 ? max_abs / s : max_abs) : max_abs;
+  }
 };
 
 struct VerifyOptions {

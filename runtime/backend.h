@@ -73,9 +73,10 @@ class Backend {
   virtual void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans,
                                    const int32_t* other, float scale, int B, int V) = 0;
   virtual void attribution_reduce(float* out, const float* const* a, const float* const* c,
-                                  const float* const* grad, int L, int B, int T, int G, int W) = 0;
+                                  const float* const* grad, int L, int B, int T, int G, int W,
+                                  int64_t stride) = 0;
   virtual void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G,
-                          int W) = 0;
+                          int W, int64_t stride) = 0;
   // Whether GEMM inputs should be produced in bf16 (GemmOut::bf16) rather than fp32: the
   // weights are bf16, so the GEMMs read bf16 activations.
   bool gemm_in_bf16() const { return weight_dtype() == DType::BF16; }

@@ -126,11 +126,13 @@ class CpuBackend final : public Backend {
     cpu::logit_diff_backward(dlogits, stride, ans, other, scale, B, V, nullptr);
   }
   void attribution_reduce(float* out, const float* const* a, const float* const* c,
-                          const float* const* grad, int L, int B, int T, int G, int W) override {
-    cpu::attribution_reduce(out, a, c, grad, L, B, T, G, W, nullptr);
+                          const float* const* grad, int L, int B, int T, int G, int W,
+                          int64_t stride) override {
+    cpu::attribution_reduce(out, a, c, grad, L, B, T, G, W, stride, nullptr);
   }
-  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override {
-    cpu::rows_equal(eq, a, c, B, T, G, W, nullptr);
+  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
+                  int64_t stride) override {
+    cpu::rows_equal(eq, a, c, B, T, G, W, stride, nullptr);
   }
 };
 

@@ -239,14 +239,16 @@ void TraceBackend::logit_diff_backward(float* dlogits, int64_t stride, const int
   if (inner_) inner_->logit_diff_backward(dlogits, stride, ans, other, scale, B, V);
 }
 void TraceBackend::attribution_reduce(float* out, const float* const* a, const float* const* c,
-                                      const float* const* grad, int L, int B, int T, int G, int W) {
+                                      const float* const* grad, int L, int B, int T, int G, int W,
+                                      int64_t stride) {
   trace_.add("attribution_reduce (all layers)", cost::attribution_reduce(L, B, T, G, W));
-  if (inner_) inner_->attribution_reduce(out, a, c, grad, L, B, T, G, W);
+  if (inner_) inner_->attribution_reduce(out, a, c, grad, L, B, T, G, W, stride);
 }
 
-void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) {
+void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
+                              int64_t stride) {
   trace_.add("rows_equal (no-op test)", cost::rows_equal(B, T, G, W));
-  if (inner_) return inner_->rows_equal(eq, a, c, B, T, G, W);
+  if (inner_) return inner_->rows_equal(eq, a, c, B, T, G, W, stride);
   // Nothing computed: the mask reads back as all zero, so no patch is a no-op.
   // Adjacent masks (one per layer) merge into one region.
   const size_t n = size_t(T) * G;

@@ -84,8 +84,8 @@ class TraceBackend : public Backend {
   void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans, const int32_t* other, float scale,
                            int B, int V) override;
   void attribution_reduce(float* out, const float* const* a, const float* const* c, const float* const* grad, int L,
-                          int B, int T, int G, int W) override;
-  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override;
+                          int B, int T, int G, int W, int64_t stride) override;
+  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W, int64_t stride) override;
 
  private:
   cost::AttnShape attn_shape(const AttnParams& p) const;

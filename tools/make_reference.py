@@ -169,16 +169,24 @@ modeling_phi3.eager_attention_forward = _eager_wrapper
 
 class Patch:
     """Replace hook `hook` of layer `layer` at position `pos` (None = all positions), head `head`
-    (z only; None = all heads) in every batch row by the value in `src` (a captured cache)."""
+    (z, q, k, v; None = all heads) in every batch row by the value in `src` (a captured cache;
+    per-head hooks in TL layout [B,T,heads,HD])."""
 
     def __init__(self, hook, layer, pos, head, src):
         self.hook, self.layer, self.pos, self.head, self.src = hook, layer, pos, head, src
 
-    def apply_(self, t, hd=None):
-        """In-place patch of t ([B,T,D] or z as [B,T,H*HD]), under no_grad."""
+    def apply_(self, t, hd=None, qkv_off=None):
+        """In-place patch of t ([B,T,D], z as [B,T,H*HD], or the qkv_proj output [B,T,(H+2KVH)*HD]
+        for q/k/v: qkv_off = (first column, heads) of the hook's part), under no_grad."""
         src = self.src[self.hook][self.layer]
         ps = slice(None) if self.pos is None else slice(self.pos, self.pos + 1)
-        if self.hook == "z":
+        if qkv_off is not None:  # TL hook_q / hook_k / hook_v: the pre-rotary projection
+            B, T = t.shape[:2]
+            off, heads = qkv_off
+            tv = t.narrow(-1, off, heads * hd).view(B, T, heads, hd)
+            hs = slice(None) if self.head is None else slice(self.head, self.head + 1)
+            tv[:, ps, hs, :] = src[:, ps, hs, :]
+        elif self.hook == "z":
             B, T = t.shape[:2]
             tv = t.view(B, T, -1, hd)
             hs = slice(None) if self.head is None else slice(self.head, self.head + 1)
@@ -275,8 +283,16 @@ class Hooked:
         return hook
 
     def _mk_qkv(self, l):
+        H, KVH, HD = self.H, self.KVH, self.HD
+        offs = {"q": (0, H), "k": (H * HD, KVH), "v": ((H + KVH) * HD, KVH)}
+
         def hook(mod, inp, out):
+            for name, off in offs.items():
+                if self._patching(name, l):
+                    out = out.clone()
+                    self.patch.apply_(out, HD, off)
             self._store("qkv", l, out)
+            return out
         return hook
 
     def _mk_z(self, l):
@@ -655,6 +671,29 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
             attr_all[l][h] = float(a[:, h].sum())
     patching["z"] = {"activation": act, "attribution": attr, "activation_per_prompt_logit_diff": ppl}
     patching["z_all_pos"] = {"activation": act_all, "attribution": attr_all, "activation_per_prompt_logit_diff": ppl_all}
+    # q, k, v (pre-rotary, TL hook_q/k/v; k and v per KV head) by position and all positions
+    for hook in ("q", "k", "v"):
+        key = "attn.hook_" + hook
+        src[hook] = clean_acts[key]
+        nh = H if hook == "q" else KVH
+        act = [[[None] * nh for _ in range(T)] for _ in range(L)]
+        ppl = [[[None] * nh for _ in range(T)] for _ in range(L)]
+        attr = [[[None] * nh for _ in range(T)] for _ in range(L)]
+        act_all = [[None] * nh for _ in range(L)]
+        ppl_all = [[None] * nh for _ in range(L)]
+        attr_all = [[None] * nh for _ in range(L)]
+        for l in range(L):
+            a = ((clean_acts[key][l] - corr_acts[key][l]) * grads[key][l]).sum(dim=(0, 3))  # [T,nh]
+            for p in range(T):
+                for h in range(nh):
+                    act[l][p][h], ppl[l][p][h] = patched(hook, l, p, h)
+                    attr[l][p][h] = float(a[p, h])
+            for h in range(nh):
+                act_all[l][h], ppl_all[l][h] = patched(hook, l, None, h)
+                attr_all[l][h] = float(a[:, h].sum())
+        patching[hook] = {"activation": act, "attribution": attr, "activation_per_prompt_logit_diff": ppl}
+        patching[hook + "_all_pos"] = {"activation": act_all, "attribution": attr_all,
+                                       "activation_per_prompt_logit_diff": ppl_all}
 
     # checks on the patching results
     last = patching["resid_post"]["activation"][L - 1][T - 1]

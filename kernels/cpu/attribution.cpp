@@ -13,8 +13,7 @@ namespace phi3::cpu {
 namespace {
 
 void reduce_layer(float* out /*[T,G]*/, const float* a /*[B*T,G*W]*/, const float* c,
-                  const float* grad, int B, int T, int G, int W) {
-  const int64_t row = static_cast<int64_t>(G) * W;
+                  const float* grad, int B, int T, int G, int W, int64_t row) {
   for (int t = 0; t < T; ++t) {
     for (int g = 0; g < G; ++g) {
       double acc = 0;
@@ -31,16 +30,16 @@ void reduce_layer(float* out /*[T,G]*/, const float* a /*[B*T,G*W]*/, const floa
 }  // namespace
 
 void attribution_reduce(float* out /*[L,T,G]*/, const float* const* a, const float* const* c,
-                        const float* const* grad, int L, int B, int T, int G, int W, Stream) {
+                        const float* const* grad, int L, int B, int T, int G, int W, int64_t stride,
+                        Stream) {
   for (int l = 0; l < L; ++l)
-    reduce_layer(out + static_cast<int64_t>(l) * T * G, a[l], c[l], grad[l], B, T, G, W);
+    reduce_layer(out + static_cast<int64_t>(l) * T * G, a[l], c[l], grad[l], B, T, G, W, stride);
 }
 
 // The fast sweep's no-op test (a patch that writes the value already there changes nothing):
 //   eq[t, g] = 1 iff a and c hold the same bits in [b*T + t, g*W, (g+1)*W) for every b.
 void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T,G*W]*/, const float* c, int B,
-                int T, int G, int W, Stream) {
-  const int64_t row = static_cast<int64_t>(G) * W;
+                int T, int G, int W, int64_t row, Stream) {
   for (int t = 0; t < T; ++t)
     for (int g = 0; g < G; ++g) {
       bool same = true;

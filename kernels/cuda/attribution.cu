@@ -16,9 +16,8 @@ namespace {
 __global__ void attribution_reduce_kernel(float* out_all, const float* const* a_all,
                                           const float* const* c_all,
                                           const float* const* grad_all, int B, int T, int G,
-                                          int W) {
+                                          int W, int64_t row_stride) {
   __shared__ float red[32];
-  const int64_t row_stride = (int64_t)G * W;
   const int layer = blockIdx.y;
   const float* __restrict__ a = a_all[layer];
   const float* __restrict__ c = c_all[layer];
@@ -41,9 +40,9 @@ __global__ void attribution_reduce_kernel(float* out_all, const float* const* a_
 // in [b*T + t, g*W, (g+1)*W) for every b. One block per (t, g); differences counted with
 // the block reduction (a count of 0 means equal).
 __global__ void rows_equal_kernel(uint8_t* eq, const uint32_t* __restrict__ a,
-                                  const uint32_t* __restrict__ c, int B, int T, int G, int W) {
+                                  const uint32_t* __restrict__ c, int B, int T, int G, int W,
+                                  int64_t row_stride) {
   __shared__ float red[32];
-  const int64_t row_stride = (int64_t)G * W;
   for (int64_t o = blockIdx.x; o < (int64_t)T * G; o += gridDim.x) {
     const int t = static_cast<int>(o / G), g = static_cast<int>(o - (int64_t)t * G);
     float diff = 0.0f;
@@ -60,8 +59,8 @@ __global__ void rows_equal_kernel(uint8_t* eq, const uint32_t* __restrict__ a,
 }  // namespace
 
 void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c, int B, int T,
-                int G, int W, Stream stream) {
-  PHI3_CHECK(B >= 0 && T >= 0 && G > 0 && W > 0,
+                int G, int W, int64_t stride, Stream stream) {
+  PHI3_CHECK(B >= 0 && T >= 0 && G > 0 && W > 0 && stride >= (int64_t)G * W,
              "rows_equal: bad shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
                  " G=" + std::to_string(G) + " W=" + std::to_string(W));
   if (T == 0) return;
@@ -69,13 +68,15 @@ void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const floa
   const int64_t outputs = (int64_t)T * G;
   const unsigned blocks = static_cast<unsigned>(outputs < 65536 ? outputs : 65536);
   launch(rows_equal_kernel, blocks, threads, 0, as_cuda(stream), eq,
-         reinterpret_cast<const uint32_t*>(a), reinterpret_cast<const uint32_t*>(c), B, T, G, W);
+         reinterpret_cast<const uint32_t*>(a), reinterpret_cast<const uint32_t*>(c), B, T, G, W,
+         stride);
   PHI3_LAUNCH_CHECK();
 }
 
 void attribution_reduce(float* out /*[L,T,G]*/, const float* const* a, const float* const* c,
-                        const float* const* grad, int L, int B, int T, int G, int W, Stream stream) {
-  PHI3_CHECK(L >= 0 && L < 65536 && B >= 0 && T >= 0 && G > 0 && W > 0,
+                        const float* const* grad, int L, int B, int T, int G, int W, int64_t stride,
+                        Stream stream) {
+  PHI3_CHECK(L >= 0 && L < 65536 && B >= 0 && T >= 0 && G > 0 && W > 0 && stride >= (int64_t)G * W,
              "attribution_reduce: bad shape L=" + std::to_string(L) + " B=" + std::to_string(B) +
                  " T=" + std::to_string(T) + " G=" + std::to_string(G) + " W=" + std::to_string(W));
   if (T == 0 || L == 0) return;
@@ -83,7 +84,7 @@ void attribution_reduce(float* out /*[L,T,G]*/, const float* const* a, const flo
   const int64_t outputs = (int64_t)T * G;
   const unsigned blocks = static_cast<unsigned>(outputs < 65536 ? outputs : 65536);
   launch(attribution_reduce_kernel, dim3(blocks, static_cast<unsigned>(L)), threads, 0,
-         as_cuda(stream), out, a, c, grad, B, T, G, W);
+         as_cuda(stream), out, a, c, grad, B, T, G, W, stride);
   PHI3_LAUNCH_CHECK();
 }
 

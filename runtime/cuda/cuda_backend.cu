@@ -268,13 +268,15 @@ class CudaBackend final : public Backend {
     cuda::logit_diff_backward(dlogits, stride, ans, other, scale, B, V, stream_);
   }
   void attribution_reduce(float* out, const float* const* a, const float* const* c,
-                          const float* const* grad, int L, int B, int T, int G, int W) override {
+                          const float* const* grad, int L, int B, int T, int G, int W,
+                          int64_t stride) override {
     select();
-    cuda::attribution_reduce(out, a, c, grad, L, B, T, G, W, stream_);
+    cuda::attribution_reduce(out, a, c, grad, L, B, T, G, W, stride, stream_);
   }
-  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W) override {
+  void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
+                  int64_t stride) override {
     select();
-    cuda::rows_equal(eq, a, c, B, T, G, W, stream_);
+    cuda::rows_equal(eq, a, c, B, T, G, W, stride, stream_);
   }
 
  private:

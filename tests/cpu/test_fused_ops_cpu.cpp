@@ -159,7 +159,7 @@ TEST(FusedOps, RowsEqualMarksBitwiseEqualGroups) {
   a2[z] = 0.0f;
   c[z] = -0.0f;
   std::vector<uint8_t> eq(size_t(T) * G, 7);
-  be().rows_equal(eq.data(), a2.data(), c.data(), B, T, G, W);
+  be().rows_equal(eq.data(), a2.data(), c.data(), B, T, G, W, int64_t(G) * W);
   for (int t = 0; t < T; ++t)
     for (int g = 0; g < G; ++g) {
       const bool want = !((t == 1 && g == 2) || (t == 3 && g == 0));

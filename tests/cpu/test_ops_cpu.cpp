@@ -917,7 +917,7 @@ TEST_P(AttributionTest, VsNaive) {
   const float* pa[2] = {a.data(), c.data()};
   const float* pc[2] = {c.data(), a.data()};
   const float* pg[2] = {g.data(), g.data()};
-  be().attribution_reduce(out2.data(), pa, pc, pg, 2, B, T, G, W);
+  be().attribution_reduce(out2.data(), pa, pc, pg, 2, B, T, G, W, int64_t(G) * W);
   const std::vector<float> out(out2.begin(), out2.begin() + size_t(T) * G);
   for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out2[out.size() + i], -out[i]) << i;
   std::vector<double> ref(out.size(), 0.0);

@@ -65,8 +65,7 @@ TEST_P(FastVsNaive, Equal) {
 INSTANTIATE_TEST_SUITE_P(
     AllHooks, FastVsNaive,
     ::testing::Combine(::testing::ValuesIn(model_dirs()),
-                       ::testing::Values(Hook::ResidPre, Hook::ResidMid, Hook::ResidPost, Hook::AttnOut, Hook::MlpOut,
-                                         Hook::Z, Hook::ZAllPos)),
+                       ::testing::ValuesIn(all_hooks())),
     [](const auto& info) {
       std::string n = std::get<0>(info.param) + "_" + hook_name(std::get<1>(info.param));
       for (auto& ch : n)

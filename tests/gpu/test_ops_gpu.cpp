@@ -612,11 +612,11 @@ TEST_P(AttributionGpu, Reduce) {
   const float* ha[2] = {a.data(), c.data()};
   const float* hc[2] = {c.data(), a.data()};
   const float* hg[2] = {g.data(), g.data()};
-  cpu::attribution_reduce(ref.data(), ha, hc, hg, 2, B, T, G, W, nullptr);
+  cpu::attribution_reduce(ref.data(), ha, hc, hg, 2, B, T, G, W, (int64_t)G * W, nullptr);
   auto ad = dev(a), cd = dev(c), gd = dev(g);
   auto ptrs = to_device(gpu(), std::vector<const float*>{ad.get(), cd.get(), cd.get(), ad.get(), gd.get(), gd.get()});
   DeviceArray<float> od(gpu(), ref.size());
-  gpu().attribution_reduce(od.get(), ptrs.get(), ptrs.get() + 2, ptrs.get() + 4, 2, B, T, G, W);
+  gpu().attribution_reduce(od.get(), ptrs.get(), ptrs.get() + 2, ptrs.get() + 4, 2, B, T, G, W, (int64_t)G * W);
   expect_close(od.download(), ref, kTolReduce, "attribution");
 }
 INSTANTIATE_TEST_SUITE_P(Attribution, AttributionGpu,
@@ -788,10 +788,10 @@ TEST(FusedGpu, RowsEqualMatchesCpu) {
   auto c = a;
   for (size_t i = 0; i < c.size(); i += 977) c[i] = -c[i];  // scattered differences
   std::vector<uint8_t> ref((size_t)T * G);
-  cpu::rows_equal(ref.data(), a.data(), c.data(), B, T, G, W, nullptr);
+  cpu::rows_equal(ref.data(), a.data(), c.data(), B, T, G, W, (int64_t)G * W, nullptr);
   auto ad = dev(a), cd = dev(c);
   DeviceArray<uint8_t> eq(gpu(), ref.size());
-  gpu().rows_equal(eq.get(), ad.get(), cd.get(), B, T, G, W);
+  gpu().rows_equal(eq.get(), ad.get(), cd.get(), B, T, G, W, (int64_t)G * W);
   EXPECT_EQ(eq.download(), ref);
   size_t equal = 0;
   for (uint8_t e : ref) equal += e;
