@@ -59,4 +59,18 @@ PHI3_HD int attn_first_key(int t, int pad, int window) {
 // ---- Softmax backward per row: ds_j = p_j (dp_j - sum_k p_k dp_k) ----------------------
 PHI3_HD float softmax_grad(float p, float dp, float sum_p_dp) { return p * (dp - sum_p_dp); }
 
+// ---- AtP* key fix for one attention row (QkFixParams, kernels/ops.h) --------------------
+// One key's score moves by delta; A = its probability, G = d metric / d its probability,
+// S = sum_j A_j G_j over the row. The new row is A_j / c for the other keys and A e^delta / c
+// for the moved one, c = 1 - A + A e^delta; returns sum_j (A'_j - A_j) G_j. Double precision
+// (e^delta of a saturated score), delta clamped to +-700.
+PHI3_HD double qk_key_row_effect(double A, double delta, double G, double S) {
+  if (!(A > 0.0)) return 0.0;
+  if (delta > 700.0) delta = 700.0;
+  if (delta < -700.0) delta = -700.0;
+  const double e = exp(delta);
+  const double r = 1.0 / (1.0 - A + A * e);
+  return (r - 1.0) * (S - A * G) + (A * e * r - A) * G;
+}
+
 }  // namespace phi3

@@ -108,6 +108,34 @@ struct AttnBackwardParams {
   float* dq = nullptr;          // [rows, H*HD], stride fwd.q_stride
   float* dk = nullptr;          // [rows, KVH*HD], stride fwd.kv_stride
   float* dv = nullptr;          // [rows, KVH*HD], stride fwd.kv_stride
+  // Optional: d metric / d pattern, dP[b, h, t, j] = dz_t . v_j for every visible (t, j)
+  // of real query rows; other entries are left as they are (zero the buffer first).
+  float* dpattern = nullptr;    // [B, H, T, T]
+};
+
+// AtP*'s QK fix (Kramár, Lieberum, Shah, Nanda 2024, "AtP*", section 3.1): the effect on
+// the metric of giving one query or one key its source-run value, through the attention
+// pattern only, with the softmax recomputed exactly and only the step after the pattern
+// linearised: est = sum over the rows it changes of sum_j (A'[t, j] - A[t, j]) G[t, j],
+// G = d metric / d pattern on the base run. A query (b, t, h) changes row t of head h; a key
+// (b, p, kvh) changes column p of every later row of every head sharing it (O(1) per row
+// from S_t = sum_j A G: only one score moves); a key head at every position (k_all_est)
+// changes whole rows, recomputed. Rotated queries/keys (the source ones rotated at the base
+// run's positions), rows b*T + t; pad query rows contribute nothing.
+struct QkFixParams {
+  const float* q = nullptr;         // [B*T, H*HD] base run, stride q_stride
+  const float* k = nullptr;         // [B*T, KVH*HD] base run, stride kv_stride
+  const float* q_src = nullptr;     // source values, same layout
+  const float* k_src = nullptr;
+  const float* pattern = nullptr;   // [B, H, T, T] base run
+  const float* dpattern = nullptr;  // [B, H, T, T] d metric / d pattern, base run
+  const int32_t* pad = nullptr;     // [B]
+  float* q_est = nullptr;           // [B*T, H]
+  float* k_est = nullptr;           // [B*T, KVH]
+  float* k_all_est = nullptr;       // [B, KVH]
+  int64_t q_stride = 0, kv_stride = 0;
+  int B = 0, T = 0, H = 0, KVH = 0, HD = 0, window = 0;
+  float scale = 1.0f;
 };
 
 #define PHI3_DECLARE_OPS                                                                  \
@@ -174,7 +202,8 @@ struct AttnBackwardParams {
   /* eq[t*G+g] = 1 if a and c are bitwise equal in [b,t,g*W:(g+1)*W] for every b, else 0 \
      (rows `stride` >= G*W apart) */                                                     \
   void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,    \
-                  int B, int T, int G, int W, int64_t stride, Stream stream);
+                  int B, int T, int G, int W, int64_t stride, Stream stream);              \
+  void attn_qk_fix(const QkFixParams& p, Stream stream);
 
 namespace cpu {
 PHI3_DECLARE_OPS

@@ -47,7 +47,7 @@ TensorView Gradients::gradient(const Backend& be, const Model& m, int B, int T, 
 }
 
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
-                   const std::vector<int32_t>& other, float scale) {
+                   const std::vector<int32_t>& other, float scale, bool keep_dpattern) {
   const ModelConfig& c = m.cfg;
   const int B = s.B, T = s.T, L = c.num_hidden_layers;
   const int D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
@@ -85,6 +85,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   g.layers.resize(L);
   g.q_width = QW;
   g.kv_width = KVW;
+  if (keep_dpattern) g.dpattern.resize(L);
   for (int l = L - 1; l >= 0; --l) {
     const LayerActs& a = s.layers[l];
     const LayerWeights& w = m.w.layers[l];
@@ -116,6 +117,11 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     bp.dq = lg.q_rot.get();
     bp.dk = lg.k_rot.get();
     bp.dv = dv.get();
+    if (keep_dpattern) {
+      g.dpattern[l] = DeviceArray<float>(be, size_t(B) * H * T * T);
+      be.zero(g.dpattern[l].get(), g.dpattern[l].size() * sizeof(float));
+      bp.dpattern = g.dpattern[l].get();
+    }
     be.attention_backward(bp);
     lg.qkv = DeviceArray<float>(be, size_t(N) * QKVW);
     be.rotary_backward(lg.qkv.get(), QKVW, lg.q_rot.get(), QW, s.pos.get(), N, H, HD, s.rope);

@@ -20,6 +20,7 @@ struct LayerGrads {
 struct Gradients {
   std::vector<LayerGrads> layers;
   int q_width = 0, kv_width = 0;  // where k and v start in a qkv gradient row
+  std::vector<DeviceArray<float>> dpattern;  // [L] of [B,H,T,T] when kept (0 off the visible set)
   // Gradient for the attribution of a block/z hook at layer l (d hook_attn_out = d resid_mid,
   // d hook_mlp_out = d resid_post).
   const float* hook_grad(Hook h, int l) const;
@@ -30,8 +31,9 @@ struct Gradients {
 
 // d metric / d activations where metric = mean_b LD(b) * scale (scale = 1/(LD_clean -
 // LD_corrupted) for the normalized metric).
+// keep_dpattern: also keep d metric / d pattern of every layer (Gradients::dpattern; AtP*).
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
-                   const std::vector<int32_t>& other, float scale);
+                   const std::vector<int32_t>& other, float scale, bool keep_dpattern = false);
 
 // Throws naming the layer and hook whose gradient first holds a NaN/Inf, in the order the
 // backward pass computes them (last layer first: hook_resid_post, hook_resid_mid,

@@ -1,5 +1,9 @@
 #include "patching/attribution.h"
 
+#include <cmath>
+
+#include "runtime/error.h"
+
 namespace phi3 {
 
 std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
@@ -29,6 +33,72 @@ std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& 
       }
     } else {
       result.insert(result.end(), v.begin(), v.end());
+    }
+  }
+  return result;
+}
+
+std::vector<float> attribution_qk_fix(Backend& be, const Model& m, const ForwardState& base,
+                                      const ForwardState& source, const Gradients& g, Hook hook) {
+  const Hook hb = hook_base(hook);
+  if (hb != Hook::Q && hb != Hook::K)
+    throw Error("the AtP* QK fix applies to q and k hooks, not " + hook_name(hook));
+  const ModelConfig& c = m.cfg;
+  const int L = c.num_hidden_layers, B = base.B, T = base.T, H = c.num_attention_heads, KVH = c.num_key_value_heads;
+  const int HD = c.head_dim, N = B * T;
+  PHI3_CHECK(static_cast<int>(g.dpattern.size()) == L, "attribution_qk_fix: the backward did not keep d pattern");
+  DeviceArray<float> qs(be, size_t(N) * m.q_width()), ks(be, size_t(N) * m.kv_width()), vs(be, size_t(N) * m.kv_width());
+  DeviceArray<float> q_est(be, size_t(N) * H), k_est(be, size_t(N) * KVH), k_all(be, size_t(B) * KVH);
+  const int heads = hb == Hook::Q ? H : KVH;
+  std::vector<float> result;
+  for (int l = 0; l < L; ++l) {
+    const LayerActs& a = base.layers[l];
+    PHI3_CHECK(a.pattern.size() > 0, "attribution_qk_fix: the base forward did not keep the pattern");
+    // The source run's pre-rotary q and k, rotated at the base run's positions.
+    be.rotary_qkv_forward(qs.get(), ks.get(), vs.get(), source.layers[l].qkv.get(), base.pos.get(), N, H, KVH, HD,
+                          base.rope);
+    QkFixParams p;
+    p.q = a.q_rot.get();
+    p.k = a.k_rot.get();
+    p.q_src = qs.get();
+    p.k_src = ks.get();
+    p.pattern = a.pattern.get();
+    p.dpattern = g.dpattern[l].get();
+    p.pad = base.pad.get();
+    p.q_est = q_est.get();
+    p.k_est = k_est.get();
+    p.k_all_est = k_all.get();
+    p.q_stride = m.q_width();
+    p.kv_stride = m.kv_width();
+    p.B = B;
+    p.T = T;
+    p.H = H;
+    p.KVH = KVH;
+    p.HD = HD;
+    p.window = c.sliding_window;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    be.attn_qk_fix(p);
+    const std::vector<float> rows = (hb == Hook::Q ? q_est : k_est).download();  // [B*T, heads]
+    if (hook == Hook::KAllPos) {
+      const std::vector<float> all = k_all.download();  // [B, KVH]
+      for (int h = 0; h < KVH; ++h) {
+        double s = 0;
+        for (int b = 0; b < B; ++b) s += all[size_t(b) * KVH + h];
+        result.push_back(static_cast<float>(s));
+      }
+    } else if (hook_all_pos(hook)) {  // q_all_pos: each row's softmax sees only its own query
+      for (int h = 0; h < heads; ++h) {
+        double s = 0;
+        for (int r = 0; r < N; ++r) s += rows[size_t(r) * heads + h];
+        result.push_back(static_cast<float>(s));
+      }
+    } else {
+      for (int t = 0; t < T; ++t)
+        for (int h = 0; h < heads; ++h) {
+          double s = 0;
+          for (int b = 0; b < B; ++b) s += rows[(size_t(b) * T + t) * heads + h];
+          result.push_back(static_cast<float>(s));
+        }
     }
   }
   return result;

@@ -148,16 +148,7 @@ class FastSweep {
       be_.linear_forward(qkv_.get(), ln_, w.qkv, Rl, false);
       be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_row_pos.get(), Rl, H_, KVH_, HD_, base_.rope);
 
-      AttnParams ap = attention_params(m_, T_);
-      ap.q = q_.get();
-      ap.k = k_.get();
-      ap.v = v_.get();
-      ap.k_cache = bl.k_rot.get();
-      ap.v_cache = bl.v.get();
-      ap.z = z_.get();
-      ap.z16 = z16_.get();
-      ap.pad = base_.pad.get();
-      ap.n_segs = active * B_;
+      AttnParams ap = packed_attention(bl, nullptr, active * B_);
 
       if (l < L_ - 1) {
         ap.segs = d_segs.get();
@@ -221,6 +212,23 @@ class FastSweep {
   }
 
  private:
+  // Attention over the chunk's packed q/k/v rows (z into its z buffers), keys and values of
+  // positions before each segment's fresh_start from the base run's cache of layer `bl`.
+  AttnParams packed_attention(const LayerActs& bl, const AttnSegment* segs, int n_segs) const {
+    AttnParams ap = attention_params(m_, T_);
+    ap.q = q_.get();
+    ap.k = k_.get();
+    ap.v = v_.get();
+    ap.k_cache = bl.k_rot.get();
+    ap.v_cache = bl.v.get();
+    ap.z = z_.get();
+    ap.z16 = z16_.get();
+    ap.pad = base_.pad.get();
+    ap.segs = segs;
+    ap.n_segs = n_segs;
+    return ap;
+  }
+
   // A GEMM input of n elements in `arena`: fp32, or bf16 on bf16 weights.
   GemmOut gemm_in(Arena& arena, DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t n) const {
     if (g16_) h = arena.take<uint16_t>(n);
@@ -348,18 +356,7 @@ class FastSweep {
     }
     be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_pos.get(), static_cast<int>(n), H_, KVH_, HD_,
                            base_.rope);
-    AttnParams ap = attention_params(m_, T_);
-    ap.q = q_.get();
-    ap.k = k_.get();
-    ap.v = v_.get();
-    ap.k_cache = bl.k_rot.get();
-    ap.v_cache = bl.v.get();
-    ap.z = z_.get();
-    ap.z16 = z16_.get();
-    ap.pad = base_.pad.get();
-    ap.segs = d_segs.get();
-    ap.n_segs = static_cast<int>(segs.size());
-    be_.attention_forward(ap);
+    be_.attention_forward(packed_attention(bl, d_segs.get(), static_cast<int>(segs.size())));
     DeviceArray<float> post(be_, size_t(n) * D_);
     be_.copy_rows(post.get(), D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), static_cast<int>(n), D_);
     be_.linear_forward(post.get(), GemmIn(z_.get(), z16_.get()), w.o, static_cast<int>(n), true);  // resid_mid

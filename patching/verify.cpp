@@ -180,7 +180,7 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
     res.checks.push_back(tc);
   }
   const float scale = static_cast<float>(1.0 / (ldc.mean - ldr.mean));
-  Gradients g = backward(be, *m, corrupted, answer, other, scale);
+  Gradients g = backward(be, *m, corrupted, answer, other, scale, /*keep_dpattern=*/true);
   log("backward pass done");
   {
     const auto& pad = corrupted.batch.pad;
@@ -227,16 +227,15 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
         res.checks.push_back(tc);
         log(tc.name + " compared");
       }
-      if (P[hn].contains("attribution")) {
-        std::vector<float> ours = attribution(be, *m, corrupted, clean, g, h);
-        std::vector<double> ref_v = flatten(P[hn]["attribution"]);
+      // Attribution estimates are in units of the normalized metric (clean - corrupted gap =
+      // 1): a matrix whose every entry is below 1e-3 of the gap (e.g. queries that barely
+      // matter) is compared to that scale, not to its own fp32 cancellation noise.
+      auto estimate_check = [&](const std::string& name, const std::vector<float>& ours, const nlohmann::json& ref) {
+        std::vector<double> ref_v = flatten(ref);
         TensorCheck tc;
         tc.kind = "attribution_patching";
-        tc.name = hn + " attribution patching";
+        tc.name = name;
         tc.tol = opt.patch_attr_tol;
-        // Attributions are in units of the normalized metric (clean - corrupted gap = 1): a
-        // matrix whose every entry is below 1e-3 of the gap (e.g. queries that barely matter)
-        // is compared to that scale, not to its own fp32 cancellation noise.
         tc.scale_floor = 1e-3;
         tc.ok = ref_v.size() == ours.size();
         for (size_t i = 0; i < ours.size() && tc.ok; ++i) {
@@ -246,7 +245,11 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
         }
         tc.ok = tc.ok && tc.err() <= tc.tol;
         res.checks.push_back(tc);
-      }
+      };
+      if (P[hn].contains("attribution"))
+        estimate_check(hn + " attribution patching", attribution(be, *m, corrupted, clean, g, h), P[hn]["attribution"]);
+      if (P[hn].contains("atp_qk"))  // AtP*'s QK fix, against the PyTorch formulas
+        estimate_check(hn + " AtP* QK fix", attribution_qk_fix(be, *m, corrupted, clean, g, h), P[hn]["atp_qk"]);
     }
   }
   return res;

@@ -130,6 +130,7 @@ class CpuBackend final : public Backend {
                           int64_t stride) override {
     cpu::attribution_reduce(out, a, c, grad, L, B, T, G, W, stride, nullptr);
   }
+  void attn_qk_fix(const QkFixParams& p) override { cpu::attn_qk_fix(p, nullptr); }
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
                   int64_t stride) override {
     cpu::rows_equal(eq, a, c, B, T, G, W, stride, nullptr);

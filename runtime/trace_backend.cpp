@@ -245,6 +245,11 @@ void TraceBackend::attribution_reduce(float* out, const float* const* a, const f
   if (inner_) inner_->attribution_reduce(out, a, c, grad, L, B, T, G, W, stride);
 }
 
+void TraceBackend::attn_qk_fix(const QkFixParams& p) {
+  trace_.add("attn_qk_fix (AtP* QK fix)", cost::attn_qk_fix(p.B, p.T, p.H, p.KVH, p.HD));
+  if (inner_) inner_->attn_qk_fix(p);
+}
+
 void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
                               int64_t stride) {
   trace_.add("rows_equal (no-op test)", cost::rows_equal(B, T, G, W));

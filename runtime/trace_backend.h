@@ -86,6 +86,7 @@ class TraceBackend : public Backend {
   void attribution_reduce(float* out, const float* const* a, const float* const* c, const float* const* grad, int L,
                           int B, int T, int G, int W, int64_t stride) override;
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W, int64_t stride) override;
+  void attn_qk_fix(const QkFixParams& p) override;
 
  private:
   cost::AttnShape attn_shape(const AttnParams& p) const;

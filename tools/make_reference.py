@@ -356,6 +356,58 @@ class Hooked:
 # ----------------------------------------------------------------------------------------------
 # Metric
 # ----------------------------------------------------------------------------------------------
+def qk_fix_reference(hk, batch, acts, grads, src, L, H, KVH, HD, T):
+    """AtP* QK-fix estimates for q, q_all_pos, k, k_all_pos (summed over batch rows)."""
+    win = getattr(hk.model.config, "sliding_window", None) or 0
+    pad = torch.tensor(batch["pad"])
+    tq, tk = torch.arange(T)[None, :, None], torch.arange(T)[None, None, :]
+    vis = (tk <= tq) & (tk >= pad[:, None, None]) & (tq >= pad[:, None, None])
+    if win > 0:
+        vis = vis & (tq - tk < win)
+    vis = vis[:, None]  # [B,1,T,T]
+    scale = HD ** -0.5
+    group = H // KVH
+
+    def softmax_vis(s):
+        p = torch.softmax(s.masked_fill(~vis, float("-inf")), dim=-1)
+        return torch.nan_to_num(p) * vis  # rows without a visible key (pad queries): 0
+
+    def source_rotated(hook, l):
+        """The clean pre-rotary q/k of layer l rotated at the corrupted run's positions: the
+        rotary output of a corrupted run whose hook_q/hook_k is the clean one."""
+        saved = hk.cache
+        with torch.no_grad():
+            hk.run(batch, capture=True, patch=Patch(hook, l, None, None, src))
+        t = hk.cache["rot_" + hook][l].detach().double()  # [B,heads,T,HD]
+        hk.cache = saved
+        return t
+
+    out = {"q": [], "q_all_pos": [], "k": [], "k_all_pos": []}
+    for l in range(L):
+        q = acts["attn.hook_rot_q"][l].double().transpose(1, 2)  # [B,H,T,HD]
+        k = acts["attn.hook_rot_k"][l].double().transpose(1, 2).repeat_interleave(group, dim=1)
+        A = acts["attn.hook_pattern"][l].double() * vis
+        G = grads["attn.hook_pattern"][l].double() * vis
+        qn = source_rotated("q", l)
+        kn = source_rotated("k", l).repeat_interleave(group, dim=1)
+        q_est = ((softmax_vis(qn @ k.transpose(-1, -2) * scale) - A) * G).sum(-1)  # [B,H,T]
+        k_all = ((softmax_vis(q @ kn.transpose(-1, -2) * scale) - A) * G).sum(-1).sum(-1)  # [B,H]
+        S = (A * G).sum(-1, keepdim=True)
+        delta = ((q @ kn.transpose(-1, -2) - q @ k.transpose(-1, -2)) * scale).clamp(-700, 700)
+        e = torch.exp(delta)
+        r = 1.0 / (1.0 - A + A * e)
+        term = torch.where(vis & (A > 0), (r - 1.0) * (S - A * G) + (A * e * r - A) * G, torch.zeros_like(A))
+        k_est = term.sum(dim=2)  # over rows t: [B,H,T(key)]
+        B = A.shape[0]
+        k_est = k_est.view(B, KVH, group, T).sum(2)  # [B,KVH,T]
+        k_all = k_all.view(B, KVH, group).sum(2)  # [B,KVH]
+        out["q"].append(q_est.sum(0).transpose(0, 1).tolist())  # [T][H]
+        out["q_all_pos"].append(q_est.sum((0, 2)).tolist())  # [H]
+        out["k"].append(k_est.sum(0).transpose(0, 1).tolist())  # [T][KVH]
+        out["k_all_pos"].append(k_all.sum(0).tolist())  # [KVH]
+    return out
+
+
 def logit_diff(logits, ans, oth):
     last = logits[:, -1, :]
     b = torch.arange(last.shape[0])
@@ -694,6 +746,12 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         patching[hook] = {"activation": act, "attribution": attr, "activation_per_prompt_logit_diff": ppl}
         patching[hook + "_all_pos"] = {"activation": act_all, "attribution": attr_all,
                                        "activation_per_prompt_logit_diff": ppl_all}
+
+    # ---- AtP*'s QK fix (Kramar, Lieberum, Shah, Nanda 2024, sec. 3.1), our own float64 PyTorch
+    # of the paper's formula: the pattern recomputed exactly with one query (one key) at its clean
+    # value, linear after the pattern: sum over changed rows of (A' - A) . dM/dA.
+    for name, v in qk_fix_reference(hk, corr_b, corr_acts, grads, src, L, H, KVH, HD, T).items():
+        patching[name]["atp_qk"] = v
 
     # checks on the patching results
     last = patching["resid_post"]["activation"][L - 1][T - 1]

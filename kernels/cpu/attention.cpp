@@ -169,10 +169,12 @@ void attention_backward(const AttnBackwardParams& bp, Stream) {
           float* dq = bp.dq + static_cast<int64_t>(s.q_row + t) * p.q_stride + qcol;
           const int first = attn_first_key(t, pad, p.window);
           float sum_p_dp = 0.0f;
+          float* dpat = bp.dpattern ? bp.dpattern + ((static_cast<int64_t>(b) * H + h) * T + t) * T : nullptr;
           for (int j = first; j <= t; ++j) {
             const int64_t kr = static_cast<int64_t>(s.kv_row + j) * p.kv_stride + kcol;
             dp[j] = dot(dz, p.v + kr, HD);
             sum_p_dp += pat[j] * dp[j];
+            if (dpat) dpat[j] = dp[j];
           }
           for (int j = first; j <= t; ++j) {
             const int64_t kr = static_cast<int64_t>(s.kv_row + j) * p.kv_stride + kcol;

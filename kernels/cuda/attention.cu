@@ -5,7 +5,8 @@
 //   P[t, :] = softmax(S[t, :]);  z_t = sum_j P[t, j] v_j;  pad queries: z_t = 0, P[t, :] = 0
 //   k_j / v_j come from the packed rows when j >= fresh_start, from the cache otherwise.
 //   Optional output: pattern [B, H, T, T] = P (zeros off the visible set), saved for backward.
-// backward (plain passes: fresh_start = q_start = 0, pattern saved), with dP = dz v^T:
+// backward (plain passes: fresh_start = q_start = 0, pattern saved), with dP = dz v^T
+// (optionally written out, bp.dpattern: the gradient with respect to the pattern):
 //   D_t = sum_j P[t, j] dP[t, j];  dS = P (dP - D_t)            (softmax_grad, op_math.h)
 //   dq_t = scale sum_j dS[t, j] k_j;  dk_j = scale sum_{h in group} sum_t dS[t, j] q_t;
 //   dv_j = sum_{h in group} sum_t P[t, j] dz_t          (dq, dk, dv overwritten)
@@ -335,8 +336,10 @@ __global__ void __launch_bounds__(kThreads)
           const int t = wt_lo + r;
           const bool vis = t <= t_hi && attn_visible(t, j, pad, p.window);
           const float pv = vis ? P[(int64_t)t * T + j] : 0.0f;
-          if (sweep == 0)
+          if (sweep == 0) {
             Dsum[r] += pv * dp[r];
+            if (bp.dpattern && vis) bp.dpattern[(((int64_t)sv.b * p.H + h) * T + t) * T + j] = dp[r];
+          }
           ds[r] = vis ? softmax_grad(pv, dp[r], Dsum[r]) : 0.0f;
         }
         if (sweep == 1) {

@@ -85,7 +85,7 @@ cublasHandle_t blas_handle(cudaStream_t stream);
 // thread, grown on demand (growing waits for the stream, so earlier work using the old
 // buffer has finished). Valid until the next call with the same key and a larger size.
 void* scratch(cudaStream_t stream, size_t bytes, int slot);
-enum ScratchSlot { kScratchCastA = 0, kScratchAttn = 1, kScratchSlots = 2 };
+enum ScratchSlot { kScratchCastA = 0, kScratchAttn = 1, kScratchQkFix = 2, kScratchSlots = 3 };
 // Drops the calling thread's handle and scratch for `stream` (the backend calls it before
 // destroying its stream, so a later stream at the same address starts clean).
 void release_stream_resources(cudaStream_t stream);

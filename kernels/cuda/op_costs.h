@@ -158,6 +158,14 @@ inline OpCost rows_equal(int B, int T, int G, int W) {
   const double e = double(B) * T * G * W;
   return {2 * e * 4 + double(T) * G, 0, 0, e, 1};
 }
+// Three score passes per (query row, key) for the query fix, every key from the source and
+// the single-key deltas; pattern and its gradient read once.
+inline OpCost attn_qk_fix(int B, int T, int H, int KVH, int HD) {
+  const double pairs = double(B) * H * T * (T + 1) / 2;
+  const double rows = double(B) * T;
+  return {2 * double(B) * H * T * T * 4 + 2 * rows * (H + KVH) * HD * 4 * 2 + rows * (H + KVH) * 4, 0, 0,
+          pairs * (8.0 * HD + 20), 3};
+}
 inline OpCost device_copy(double bytes) { return {2 * bytes, 0, 0, 0, 1}; }
 inline OpCost device_zero(double bytes) { return {bytes, 0, 0, 0, 1}; }
 

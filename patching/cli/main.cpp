@@ -61,7 +61,9 @@ run options:
                     of {"clean": {"question", "answer"}, "corrupted": {...}}, or pre-tokenized
                     {"clean": {"ids": [...], "answer_id": N}, ...} (ids without BOS)
   --hooks LIST      comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out,
-                    z (per head and position), z_all_pos (per head) [resid_pre,attn_out,mlp_out]
+                    z (per head and position), z_all_pos (per head), q, k, v (attention
+                    inputs before rotary, per head and position; k and v per KV head),
+                    q_all_pos, k_all_pos, v_all_pos (per head) [resid_pre,attn_out,mlp_out]
   --method M        attribution | activation | both [both]
   --direction D     denoise (clean values into the corrupted run) | noise [denoise]
   --batch N         pairs per batch for large pair files (0 = one batch) [0]

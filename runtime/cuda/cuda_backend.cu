@@ -273,6 +273,10 @@ class CudaBackend final : public Backend {
     select();
     cuda::attribution_reduce(out, a, c, grad, L, B, T, G, W, stride, stream_);
   }
+  void attn_qk_fix(const QkFixParams& p) override {
+    select();
+    cuda::attn_qk_fix(p, stream_);
+  }
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
                   int64_t stride) override {
     select();

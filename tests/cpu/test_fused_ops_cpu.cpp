@@ -167,5 +167,31 @@ TEST(FusedOps, RowsEqualMarksBitwiseEqualGroups) {
     }
 }
 
+// AtP* key fix: the O(1) row update equals recomputing the softmax with the one score moved.
+TEST(QkFix, KeyRowEffectEqualsRecomputedSoftmax) {
+  const std::vector<double> s = {0.3, -1.2, 2.5, 0.0, 9.0};
+  const std::vector<double> G = {0.7, -0.4, 1.1, 0.2, -2.0};
+  auto softmax = [](std::vector<double> v) {
+    double mx = *std::max_element(v.begin(), v.end()), z = 0;
+    for (double& x : v) z += (x = std::exp(x - mx));
+    for (double& x : v) x /= z;
+    return v;
+  };
+  const std::vector<double> A = softmax(s);
+  double S = 0;
+  for (size_t j = 0; j < A.size(); ++j) S += A[j] * G[j];
+  for (size_t p = 0; p < A.size(); ++p)
+    for (double delta : {-30.0, -1.0, 0.5, 4.0, 40.0}) {
+      auto s2 = s;
+      s2[p] += delta;
+      const std::vector<double> A2 = softmax(s2);
+      double want = 0;
+      for (size_t j = 0; j < A.size(); ++j) want += (A2[j] - A[j]) * G[j];
+      EXPECT_NEAR(qk_key_row_effect(A[p], delta, G[p], S), want, 1e-12 * (1 + std::fabs(want))) << p << " " << delta;
+    }
+  EXPECT_EQ(qk_key_row_effect(0.0, 5.0, 1.0, 0.3), 0.0);  // an invisible key moves nothing
+  EXPECT_TRUE(std::isfinite(qk_key_row_effect(0.5, 1e6, 1.0, 0.3)));  // saturated: clamped, finite
+}
+
 }  // namespace
 }  // namespace phi3

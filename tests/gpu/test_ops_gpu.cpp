@@ -799,6 +799,83 @@ TEST(FusedGpu, RowsEqualMatchesCpu) {
   EXPECT_LT(equal, ref.size());
 }
 
+TEST(FusedGpu, QkFixMatchesCpu) {
+  REQUIRE_GPU();
+  for (int window : {0, 5}) {
+    const int B = 2, T = 11, H = 4, KVH = 2, HD = 32, QW = H * HD, KVW = KVH * HD;
+    auto q = random_vec((size_t)B * T * QW, 191, -1.5f, 1.5f), k = random_vec((size_t)B * T * KVW, 192, -1.5f, 1.5f);
+    auto qs = random_vec(q.size(), 193, -1.5f, 1.5f), ks = random_vec(k.size(), 194, -1.5f, 1.5f);
+    auto v = random_vec(k.size(), 195);
+    std::vector<int32_t> pad = {0, 3};
+    std::vector<AttnSegment> segs = {{0, 0, 0, 0, 0}, {1, 0, T, 0, T}};
+    // The base run's real pattern (CPU attention), and a random d metric / d pattern on it.
+    std::vector<float> z(q.size()), pat((size_t)B * H * T * T, 0.0f);
+    AttnParams ap;
+    ap.q = q.data();
+    ap.k = k.data();
+    ap.v = v.data();
+    ap.z = z.data();
+    ap.pattern = pat.data();
+    ap.pad = pad.data();
+    ap.segs = segs.data();
+    ap.n_segs = B;
+    ap.q_stride = ap.z_stride = QW;
+    ap.kv_stride = ap.cache_stride = KVW;
+    ap.T = T;
+    ap.H = H;
+    ap.KVH = KVH;
+    ap.HD = HD;
+    ap.window = window;
+    ap.scale = 1.0f / std::sqrt(float(HD));
+    cpu::attention_forward(ap, nullptr);
+    auto dpat = random_vec(pat.size(), 196);
+    QkFixParams p;
+    p.q_stride = QW;
+    p.kv_stride = KVW;
+    p.B = B;
+    p.T = T;
+    p.H = H;
+    p.KVH = KVH;
+    p.HD = HD;
+    p.window = window;
+    p.scale = ap.scale;
+    std::vector<float> qe((size_t)B * T * H), ke((size_t)B * T * KVH), ka((size_t)B * KVH);
+    QkFixParams pc = p;
+    pc.q = q.data();
+    pc.k = k.data();
+    pc.q_src = qs.data();
+    pc.k_src = ks.data();
+    pc.pattern = pat.data();
+    pc.dpattern = dpat.data();
+    pc.pad = pad.data();
+    pc.q_est = qe.data();
+    pc.k_est = ke.data();
+    pc.k_all_est = ka.data();
+    cpu::attn_qk_fix(pc, nullptr);
+    auto qd = dev(q), kd = dev(k), qsd = dev(qs), ksd = dev(ks), patd = dev(pat), dpd = dev(dpat);
+    auto padd = dev(pad);
+    DeviceArray<float> qed(gpu(), qe.size()), ked(gpu(), ke.size()), kad(gpu(), ka.size());
+    QkFixParams pg = p;
+    pg.q = qd.get();
+    pg.k = kd.get();
+    pg.q_src = qsd.get();
+    pg.k_src = ksd.get();
+    pg.pattern = patd.get();
+    pg.dpattern = dpd.get();
+    pg.pad = padd.get();
+    pg.q_est = qed.get();
+    pg.k_est = ked.get();
+    pg.k_all_est = kad.get();
+    gpu().attn_qk_fix(pg);
+    expect_close(qed.download(), qe, 1e-4, "query estimates, window " + std::to_string(window));
+    expect_close(ked.download(), ke, 1e-4, "key estimates, window " + std::to_string(window));
+    expect_close(kad.download(), ka, 1e-4, "all-key estimates, window " + std::to_string(window));
+    double mag = 0;
+    for (float x : qe) mag = std::max(mag, double(std::fabs(x)));
+    EXPECT_GT(mag, 1e-3) << "the case moves the pattern";
+  }
+}
+
 #endif  // PHI3_WITH_CUDA
 
 }  // namespace

@@ -1,0 +1,138 @@
+// AtP*'s QK fix on the GPU; semantics in kernels/ops.h (QkFixParams), CPU reference in
+// kernels/cpu/qk_fix.cpp.
+//
+// Kernel 1, one block per attention row (b, h, t): three sweeps over the row's visible keys
+// (scores recomputed each time: q'.k for the query fix, q.k' for the keys from the source,
+// q.k for the base): (1) the two maxima and S = sum_j A G; (2) the two softmax sums;
+// (3) the query estimate, the all-keys estimate of the row, and each key's single-key term
+// qk_key_row_effect (op_math.h), written to a [B, H, T, T] scratch (0 where not visible).
+// Kernel 2, one block per key (b, p, kvh): the key's terms summed over the heads of its group
+// and the rows; block (b, 0, kvh) also sums the all-keys row estimates. No atomics: the sums
+// are in a fixed order, so results do not change from run to run.
+#include "kernels/cuda/common.cuh"
+#include "kernels/op_math.h"
+
+namespace phi3::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+__device__ __forceinline__ float dotf(const float* __restrict__ a, const float* __restrict__ b, int n) {
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) s = fmaf(a[i], b[i], s);
+  return s;
+}
+
+__device__ __forceinline__ float block_max(float v, float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  float t = lane < n_warps ? smem[lane] : -INFINITY;
+  return warp_max(t);
+}
+
+__global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, float* kterm, float* kall_row) {
+  __shared__ float red[32];
+  const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int T = p.T, HD = p.HD, group = p.H / p.KVH, kh = h / group, pad = p.pad[b];
+  const int64_t row = ((int64_t)b * p.H + h) * T + t;  // pattern row
+  const float* A = p.pattern + row * T;
+  const float* G = p.dpattern + row * T;
+  float* kt = kterm + row * T;
+  const int64_t qoff = ((int64_t)b * T + t) * p.q_stride + (int64_t)h * HD;
+  const float* q = p.q + qoff;
+  const float* qs = p.q_src + qoff;
+  auto krow = [&](const float* base, int j) { return base + ((int64_t)b * T + j) * p.kv_stride + (int64_t)kh * HD; };
+  if (t < pad) {  // pad query row: sees nothing, changes nothing
+    for (int j = threadIdx.x; j < T; j += blockDim.x) kt[j] = 0.0f;
+    if (threadIdx.x == 0) {
+      p.q_est[((int64_t)b * T + t) * p.H + h] = 0.0f;
+      kall_row[row] = 0.0f;
+    }
+    return;
+  }
+  const int first = attn_first_key(t, pad, p.window);
+  float mq = -INFINITY, mk = -INFINITY, S = 0.0f;
+  for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
+    mq = fmaxf(mq, dotf(qs, krow(p.k, j), HD) * p.scale);
+    mk = fmaxf(mk, dotf(q, krow(p.k_src, j), HD) * p.scale);
+    S += A[j] * G[j];
+  }
+  mq = block_max(mq, red);
+  mk = block_max(mk, red);
+  S = block_sum(S, red);
+  float zq = 0.0f, zk = 0.0f;
+  for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
+    zq += expf(dotf(qs, krow(p.k, j), HD) * p.scale - mq);
+    zk += expf(dotf(q, krow(p.k_src, j), HD) * p.scale - mk);
+  }
+  zq = block_sum(zq, red);
+  zk = block_sum(zk, red);
+  float eq = 0.0f, ek = 0.0f;
+  for (int j = threadIdx.x; j < T; j += blockDim.x) {
+    if (j < first || j > t) {
+      kt[j] = 0.0f;
+      continue;
+    }
+    const float s_new = dotf(q, krow(p.k_src, j), HD) * p.scale;
+    const float s_old = dotf(q, krow(p.k, j), HD) * p.scale;
+    eq += (expf(dotf(qs, krow(p.k, j), HD) * p.scale - mq) / zq - A[j]) * G[j];
+    ek += (expf(s_new - mk) / zk - A[j]) * G[j];
+    kt[j] = static_cast<float>(qk_key_row_effect(A[j], (double)s_new - (double)s_old, G[j], S));
+  }
+  eq = block_sum(eq, red);
+  ek = block_sum(ek, red);
+  if (threadIdx.x == 0) {
+    p.q_est[((int64_t)b * T + t) * p.H + h] = eq;
+    kall_row[row] = ek;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) qk_keys_kernel(const QkFixParams p, const float* kterm,
+                                                            const float* kall_row) {
+  __shared__ float red[32];
+  const int j = blockIdx.x, kh = blockIdx.y, b = blockIdx.z;
+  const int T = p.T, group = p.H / p.KVH;
+  const int n = group * (T - j);  // (head of the group, row t >= j)
+  float s = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int h = kh * group + i / (T - j), t = j + i % (T - j);
+    s += kterm[(((int64_t)b * p.H + h) * T + t) * T + j];
+  }
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) p.k_est[((int64_t)b * T + j) * p.KVH + kh] = s;
+  if (j == 0) {
+    float a = 0.0f;
+    for (int i = threadIdx.x; i < group * T; i += blockDim.x) {
+      const int h = kh * group + i / T, t = i % T;
+      a += kall_row[((int64_t)b * p.H + h) * T + t];
+    }
+    a = block_sum(a, red);
+    if (threadIdx.x == 0) p.k_all_est[(int64_t)b * p.KVH + kh] = a;
+  }
+}
+
+}  // namespace
+
+void attn_qk_fix(const QkFixParams& p, Stream stream) {
+  PHI3_CHECK(p.B >= 0 && p.T >= 0 && p.H > 0 && p.KVH > 0 && p.H % p.KVH == 0 && p.HD > 0 && p.B < 65536 &&
+                 p.H < 65536,
+             "attn_qk_fix: bad shape");
+  PHI3_CHECK(p.q && p.k && p.q_src && p.k_src && p.pattern && p.dpattern && p.pad && p.q_est && p.k_est &&
+                 p.k_all_est,
+             "attn_qk_fix: null pointer");
+  if (p.B == 0 || p.T == 0) return;
+  cudaStream_t s = as_cuda(stream);
+  const size_t cells = (size_t)p.B * p.H * p.T * p.T, rows = (size_t)p.B * p.H * p.T;
+  auto* kterm = static_cast<float*>(scratch(s, (cells + rows) * sizeof(float), kScratchQkFix));
+  float* kall_row = kterm + cells;
+  launch(qk_rows_kernel, dim3(p.T, p.H, p.B), kThreads, 0, s, p, kterm, kall_row);
+  PHI3_LAUNCH_CHECK();
+  launch(qk_keys_kernel, dim3(p.T, p.KVH, p.B), kThreads, 0, s, p, static_cast<const float*>(kterm),
+         static_cast<const float*>(kall_row));
+  PHI3_LAUNCH_CHECK();
+}
+
+}  // namespace phi3::cuda
