@@ -60,17 +60,18 @@ PHI3_HD int attn_first_key(int t, int pad, int window) {
 PHI3_HD float softmax_grad(float p, float dp, float sum_p_dp) { return p * (dp - sum_p_dp); }
 
 // ---- AtP* key fix for one attention row (QkFixParams, kernels/ops.h) --------------------
-// One key's score moves by delta; A = its probability, G = d metric / d its probability,
-// S = sum_j A_j G_j over the row. The new row is A_j / c for the other keys and A e^delta / c
-// for the moved one, c = 1 - A + A e^delta; returns sum_j (A'_j - A_j) G_j. Double precision
-// (e^delta of a saturated score), delta clamped to +-700.
-PHI3_HD double qk_key_row_effect(double A, double delta, double G, double S) {
-  if (!(A > 0.0)) return 0.0;
-  if (delta > 700.0) delta = 700.0;
-  if (delta < -700.0) delta = -700.0;
-  const double e = exp(delta);
-  const double r = 1.0 / (1.0 - A + A * e);
-  return (r - 1.0) * (S - A * G) + (A * e * r - A) * G;
+// One key's score moves from s_old to s_new; m = the row's largest score, z_others =
+// sum over the row's other visible keys of exp(s_j - m) (summed directly when the moved key
+// is the row's maximum: Z - exp(s_old - m) would cancel in a saturated row), G = d metric /
+// d the key's probability, S = sum_j A_j G_j over the row. The row becomes e_j / Z' with
+// Z' = z_others + e_new: returns sum_j (A'_j - A_j) G_j = (r - 1)(S - A G) + (A' - A) G with
+// r - 1 = (e_old - e_new) / Z' (no cancellation). Double precision; exponents clamped to 700.
+PHI3_HD double qk_key_row_effect(double s_old, double s_new, double m, double z_others, double G, double S) {
+  const double e_old = exp(fmin(s_old - m, 700.0)), e_new = exp(fmin(s_new - m, 700.0));
+  const double z_old = z_others + e_old, z_new = z_others + e_new;
+  if (!(z_old > 0.0) || !(z_new > 0.0)) return 0.0;
+  const double A = e_old / z_old;
+  return (e_old - e_new) / z_new * (S - A * G) + (e_new / z_new - A) * G;
 }
 
 }  // namespace phi3

@@ -1,5 +1,6 @@
 #include "model/backward.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "runtime/error.h"
@@ -8,6 +9,8 @@ namespace phi3 {
 
 const float* Gradients::hook_grad(Hook h, int l) const {
   const LayerGrads& g = layers.at(l);
+  if (l == dropped_layer && h != Hook::ResidPre && h != Hook::ResidMid && h != Hook::ResidPost)
+    return zeros.get();  // GradDrop: the dropped layer's own nodes
   switch (h) {
     case Hook::ResidPre: return g.resid_pre.get();
     case Hook::ResidMid:
@@ -47,7 +50,8 @@ TensorView Gradients::gradient(const Backend& be, const Model& m, int B, int T, 
 }
 
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
-                   const std::vector<int32_t>& other, float scale, bool keep_dpattern) {
+                   const std::vector<int32_t>& other, float scale, const BackwardOptions& opt) {
+  const bool keep_dpattern = opt.keep_dpattern;
   const ModelConfig& c = m.cfg;
   const int B = s.B, T = s.T, L = c.num_hidden_layers;
   const int D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
@@ -86,6 +90,12 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   g.q_width = QW;
   g.kv_width = KVW;
   if (keep_dpattern) g.dpattern.resize(L);
+  PHI3_CHECK(opt.drop_layer >= -1 && opt.drop_layer < L, "backward: drop_layer out of range");
+  g.dropped_layer = opt.drop_layer;
+  if (opt.drop_layer >= 0) {
+    g.zeros = DeviceArray<float>(be, size_t(N) * std::max(D, QKVW));
+    be.zero(g.zeros.get(), g.zeros.size() * sizeof(float));
+  }
   for (int l = L - 1; l >= 0; --l) {
     const LayerActs& a = s.layers[l];
     const LayerWeights& w = m.w.layers[l];
@@ -97,6 +107,17 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     else
       lg.resid_post = DeviceArray<float>::borrowed(be, g.layers[l + 1].resid_pre.get(), size_t(N) * D);
     const float* dpost = lg.resid_post.get();
+    if (l == opt.drop_layer) {  // GradDrop: nothing flows into this layer's blocks
+      lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
+      be.copy(lg.resid_mid.get(), dpost, size_t(N) * D * sizeof(float));
+      lg.resid_pre = DeviceArray<float>(be, size_t(N) * D);
+      be.copy(lg.resid_pre.get(), dpost, size_t(N) * D * sizeof(float));
+      if (keep_dpattern) {
+        g.dpattern[l] = DeviceArray<float>(be, size_t(B) * H * T * T);
+        be.zero(g.dpattern[l].get(), g.dpattern[l].size() * sizeof(float));
+      }
+      continue;  // z, q_rot, k_rot, qkv: see hook_grad (zeros)
+    }
 
     // MLP: resid_post = resid_mid + down(swiglu(gate_up(rmsnorm(resid_mid))))
     be.linear_backward(dact.get(), dpost, w.down, N, false);

@@ -21,6 +21,8 @@ struct Gradients {
   std::vector<LayerGrads> layers;
   int q_width = 0, kv_width = 0;  // where k and v start in a qkv gradient row
   std::vector<DeviceArray<float>> dpattern;  // [L] of [B,H,T,T] when kept (0 off the visible set)
+  int dropped_layer = -1;                     // BackwardOptions::drop_layer
+  DeviceArray<float> zeros;                   // [N, max(D, qkv width)]: the dropped layer's node gradients
   // Gradient for the attribution of a block/z hook at layer l (d hook_attn_out = d resid_mid,
   // d hook_mlp_out = d resid_post).
   const float* hook_grad(Hook h, int l) const;
@@ -31,9 +33,16 @@ struct Gradients {
 
 // d metric / d activations where metric = mean_b LD(b) * scale (scale = 1/(LD_clean -
 // LD_corrupted) for the normalized metric).
-// keep_dpattern: also keep d metric / d pattern of every layer (Gradients::dpattern; AtP*).
+struct BackwardOptions {
+  bool keep_dpattern = false;  // also keep d metric / d pattern of every layer (AtP* QK fix)
+  // AtP* GradDrop (Kramár et al. 2024, section 3.2): the gradient of layer `drop_layer`'s
+  // outputs (its attention and MLP writes to the residual stream) is set to 0, so no
+  // gradient flows through that layer's blocks; the residual stream itself passes. The
+  // layer's own nodes (attn_out, mlp_out, z, q, k, v) get a zero gradient. -1: none.
+  int drop_layer = -1;
+};
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
-                   const std::vector<int32_t>& other, float scale, bool keep_dpattern = false);
+                   const std::vector<int32_t>& other, float scale, const BackwardOptions& opt = {});
 
 // Throws naming the layer and hook whose gradient first holds a NaN/Inf, in the order the
 // backward pass computes them (last layer first: hook_resid_post, hook_resid_mid,

@@ -13,6 +13,11 @@ namespace phi3 {
 std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                                const Gradients& base_grad, Hook hook);
 
+// Per batch row: [B][cells], cells in the layout above (the sum over rows is attribution()).
+std::vector<std::vector<float>> attribution_per_prompt(Backend& be, const Model& m, const ForwardState& base,
+                                                       const ForwardState& source, const Gradients& base_grad,
+                                                       Hook hook);
+
 // AtP*'s QK fix (attn_qk_fix, kernels/ops.h) for q, k, q_all_pos or k_all_pos, in the same
 // layout, summed over batch rows: the effect of each query / key node through the attention
 // pattern with the softmax recomputed exactly. `base_grad` must hold the pattern gradients
@@ -20,5 +25,16 @@ std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& 
 // at the base run's positions (TL semantics: hook_q/k are patched before rotary).
 std::vector<float> attribution_qk_fix(Backend& be, const Model& m, const ForwardState& base,
                                       const ForwardState& source, const Gradients& base_grad, Hook hook);
+std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, const ForwardState& base,
+                                                  const ForwardState& source, const Gradients& base_grad, Hook hook);
+
+// AtP* (Kramár et al. 2024): c(n) = sum_b 1/(L-1) sum_l |I_l(n, b)|, I_l the AtP estimate of
+// node n on batch row b (the QK-fixed one for q and k nodes) with GradDrop at layer l
+// (BackwardOptions::drop_layer): L backward passes. Unsigned, in the layout of attribution(),
+// one vector per hook. base: the run patched into (its pattern kept); scale as backward().
+std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
+                                         const ForwardState& source, const std::vector<int32_t>& answer,
+                                         const std::vector<int32_t>& other, float scale,
+                                         const std::vector<Hook>& hooks);
 
 }  // namespace phi3

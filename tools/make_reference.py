@@ -207,6 +207,7 @@ class Hooked:
         self.grad = False
         self.patch = None
         self.zero_pad_z = True
+        self.drop_layer = None  # GradDrop: zero the gradient of this layer's attention/MLP outputs
         self.qmask = None
         self.cache = None
         for l, layer in enumerate(model.model.layers):
@@ -255,6 +256,8 @@ class Hooked:
     def _mk_attn_out_patch(self, l):
         # resid_attn_dropout (Dropout, p=0, eval: identity) output is what is added to the residual
         def hook(mod, inp, out):
+            if self.drop_layer == l and out.requires_grad:
+                out.register_hook(torch.zeros_like)
             if self._patching("attn_out", l):
                 out = out.clone()
                 self.patch.apply_(out)
@@ -278,6 +281,8 @@ class Hooked:
             if self._patching(name, l):
                 out = out.clone()
                 self.patch.apply_(out)
+            if name == "mlp_out" and self.drop_layer == l and out.requires_grad:
+                out.register_hook(torch.zeros_like)  # GradDrop (runs before retain_grad's hook)
             self._store(name, l, out)
             return out
         return hook
@@ -357,7 +362,8 @@ class Hooked:
 # Metric
 # ----------------------------------------------------------------------------------------------
 def qk_fix_reference(hk, batch, acts, grads, src, L, H, KVH, HD, T):
-    """AtP* QK-fix estimates for q, q_all_pos, k, k_all_pos (summed over batch rows)."""
+    """AtP* QK-fix estimates per batch row: {q: [B,L,T,H], q_all_pos: [B,L,H], k: [B,L,T,KVH],
+    k_all_pos: [B,L,KVH]} (float64 tensors)."""
     win = getattr(hk.model.config, "sliding_window", None) or 0
     pad = torch.tensor(batch["pad"])
     tq, tk = torch.arange(T)[None, :, None], torch.arange(T)[None, None, :]
@@ -393,19 +399,67 @@ def qk_fix_reference(hk, batch, acts, grads, src, L, H, KVH, HD, T):
         q_est = ((softmax_vis(qn @ k.transpose(-1, -2) * scale) - A) * G).sum(-1)  # [B,H,T]
         k_all = ((softmax_vis(q @ kn.transpose(-1, -2) * scale) - A) * G).sum(-1).sum(-1)  # [B,H]
         S = (A * G).sum(-1, keepdim=True)
-        delta = ((q @ kn.transpose(-1, -2) - q @ k.transpose(-1, -2)) * scale).clamp(-700, 700)
-        e = torch.exp(delta)
-        r = 1.0 / (1.0 - A + A * e)
-        term = torch.where(vis & (A > 0), (r - 1.0) * (S - A * G) + (A * e * r - A) * G, torch.zeros_like(A))
+        # One key p moved in row t: weights e_j = exp(s_j - m) of the base scores, the other
+        # keys' total summed directly (leave-one-out, no cancellation in saturated rows).
+        s_old = (q @ k.transpose(-1, -2) * scale).masked_fill(~vis, float("-inf"))
+        s_new = q @ kn.transpose(-1, -2) * scale
+        m = s_old.amax(-1, keepdim=True).clamp(min=-1e30)  # rows without keys: finite
+        e_old = torch.exp(s_old - m)
+        e_new = torch.exp((s_new - m).clamp(max=700.0)) * vis
+        others = (e_old[..., None, :] * (1.0 - torch.eye(T, dtype=e_old.dtype))).sum(-1)  # [B,H,T,T(p)]
+        z_old, z_new = others + e_old, others + e_new
+        ok = vis & (z_old > 0) & (z_new > 0)
+        A_p = torch.where(ok, e_old / z_old, torch.zeros_like(A))
+        term = torch.where(ok, (e_old - e_new) / z_new * (S - A_p * G) + (e_new / z_new - A_p) * G,
+                           torch.zeros_like(A))
         k_est = term.sum(dim=2)  # over rows t: [B,H,T(key)]
         B = A.shape[0]
         k_est = k_est.view(B, KVH, group, T).sum(2)  # [B,KVH,T]
         k_all = k_all.view(B, KVH, group).sum(2)  # [B,KVH]
-        out["q"].append(q_est.sum(0).transpose(0, 1).tolist())  # [T][H]
-        out["q_all_pos"].append(q_est.sum((0, 2)).tolist())  # [H]
-        out["k"].append(k_est.sum(0).transpose(0, 1).tolist())  # [T][KVH]
-        out["k_all_pos"].append(k_all.sum(0).tolist())  # [KVH]
+        out["q"].append(q_est.transpose(1, 2))  # [B,T,H]
+        out["q_all_pos"].append(q_est.sum(2))  # [B,H]
+        out["k"].append(k_est.transpose(1, 2))  # [B,T,KVH]
+        out["k_all_pos"].append(k_all)  # [B,KVH]
+    return {k: torch.stack(v, dim=1) for k, v in out.items()}  # layer after the batch row
+
+
+def linear_per_prompt(clean_acts, corr_acts, grads, L):
+    """AtP estimates per batch row for every hook but q/k: {name: [B,L,...]} (float64)."""
+    out = {}
+    for hook in BLOCK_HOOKS:
+        key = "hook_" + hook
+        out[hook] = torch.stack([((clean_acts[key][l] - corr_acts[key][l]).double() * grads[key][l]).sum(-1)
+                                 for l in range(L)], dim=1)  # [B,L,T]
+    for hook in ("z", "v"):
+        key = "attn.hook_" + hook
+        per = torch.stack([((clean_acts[key][l] - corr_acts[key][l]).double() * grads[key][l]).sum(-1)
+                           for l in range(L)], dim=1)  # [B,L,T,heads]
+        out[hook] = per
+        out[hook + "_all_pos"] = per.sum(2)
     return out
+
+
+def atp_star_reference(hk, batch, run_metric, clean_acts, corr_acts, src, L, H, KVH, HD, T):
+    """AtP* (Kramar et al. 2024): sum_b 1/(L-1) sum_l |I_l(n, b)| with GradDrop at layer l (the
+    gradient of layer l's attention and MLP outputs set to 0 by tensor hooks), I_l the linear
+    estimate, QK-fixed for q and k nodes. {hook name: nested lists in the result layout}."""
+    emb = hk.model.model.embed_tokens
+    acc = {}
+    for drop in range(L):
+        emb.weight.requires_grad_(True)
+        hk.drop_layer = drop
+        try:
+            with torch.enable_grad():
+                run_metric(hk.run(batch, capture=True, grad=True)).backward()
+        finally:
+            hk.drop_layer = None
+            emb.weight.requires_grad_(False)
+        g = hk.split_cache(hk.cache, grads=True)
+        est = linear_per_prompt(clean_acts, corr_acts, g, L)
+        est.update(qk_fix_reference(hk, batch, corr_acts, g, src, L, H, KVH, HD, T))
+        for name, v in est.items():
+            acc[name] = acc.get(name, 0) + v.abs()
+    return {name: (v.sum(0) / max(1, L - 1)).tolist() for name, v in acc.items()}
 
 
 def logit_diff(logits, ans, oth):
@@ -751,7 +805,12 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
     # of the paper's formula: the pattern recomputed exactly with one query (one key) at its clean
     # value, linear after the pattern: sum over changed rows of (A' - A) . dM/dA.
     for name, v in qk_fix_reference(hk, corr_b, corr_acts, grads, src, L, H, KVH, HD, T).items():
-        patching[name]["atp_qk"] = v
+        patching[name]["atp_qk"] = v.sum(0).tolist()
+    # ---- AtP* = QK fix + GradDrop (sec. 3.2): L more backward passes of the corrupted run
+    star = atp_star_reference(hk, corr_b, lambda lg: metric_of(logit_diff(lg, ans, oth).mean()),
+                              clean_acts, corr_acts, src, L, H, KVH, HD, T)
+    for name, v in star.items():
+        patching[name]["atp_star"] = v
 
     # checks on the patching results
     last = patching["resid_post"]["activation"][L - 1][T - 1]

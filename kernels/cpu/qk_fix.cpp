@@ -2,8 +2,9 @@
 //   query (b, t, h):  A'[t, :] = softmax over the visible keys of scale q'_t . k_j (q' the
 //                     source query), est = sum_j (A' - A) G.
 //   key (b, p, kvh):  for every head h of its group and every row t that sees key p, only
-//                     the score of p moves (delta = scale q_t . (k'_p - k_p)):
-//                     qk_key_row_effect(A[t, p], delta, G[t, p], S_t), S_t = sum_j A G.
+//                     the score of p moves (scale q_t . k_p -> scale q_t . k'_p):
+//                     qk_key_row_effect (op_math.h), S_t = sum_j A G, the row's other keys'
+//                     weight summed without cancellation.
 //   key head at every position (b, kvh): rows recomputed with every key from the source.
 // Scores in fp32 like the attention op, row sums and the softmax of the fix in double.
 #include <algorithm>
@@ -70,11 +71,23 @@ void attn_qk_fix(const QkFixParams& p, Stream) {
           // every key of the head from the source run
           for (int j = first; j <= t; ++j) sc[j] = double(dot(p.q + rowq, krow(p.k_src, j), HD) * p.scale);
           kall += row_effect(sc, first, t, A, G);
-          // single keys: only column j moves
+          // single keys: only column j moves. The row's base scores, its maximum (index
+          // jm) and the sum without the maximum, for z_others without cancellation.
+          int jm = first;
           for (int j = first; j <= t; ++j) {
-            const double delta = double(dot(p.q + rowq, krow(p.k_src, j), HD) * p.scale) -
-                                 double(dot(p.q + rowq, krow(p.k, j), HD) * p.scale);
-            kest[j] += qk_key_row_effect(A[j], delta, G[j], S);
+            sc[j] = double(dot(p.q + rowq, krow(p.k, j), HD) * p.scale);
+            if (sc[j] > sc[jm]) jm = j;
+          }
+          const double m = sc[jm];
+          double z = 0, z_wo_max = 0;
+          for (int j = first; j <= t; ++j) {
+            z += std::exp(sc[j] - m);
+            if (j != jm) z_wo_max += std::exp(sc[j] - m);
+          }
+          for (int j = first; j <= t; ++j) {
+            const double s_new = double(dot(p.q + rowq, krow(p.k_src, j), HD) * p.scale);
+            const double others = j == jm ? z_wo_max : z - std::exp(sc[j] - m);
+            kest[j] += qk_key_row_effect(sc[j], s_new, m, others, G[j], S);
           }
         }
       }

@@ -54,22 +54,34 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
     return;
   }
   const int first = attn_first_key(t, pad, p.window);
-  float mq = -INFINITY, mk = -INFINITY, S = 0.0f;
+  float mq = -INFINITY, mk = -INFINITY, m0 = -INFINITY, S = 0.0f;
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
     mq = fmaxf(mq, dotf(qs, krow(p.k, j), HD) * p.scale);
     mk = fmaxf(mk, dotf(q, krow(p.k_src, j), HD) * p.scale);
+    m0 = fmaxf(m0, dotf(q, krow(p.k, j), HD) * p.scale);
     S += A[j] * G[j];
   }
   mq = block_max(mq, red);
   mk = block_max(mk, red);
+  m0 = block_max(m0, red);
   S = block_sum(S, red);
-  float zq = 0.0f, zk = 0.0f;
+  // The first key holding the base maximum (smallest index, as the CPU picks it).
+  float jm = static_cast<float>(T);
+  for (int j = first + threadIdx.x; j <= t; j += blockDim.x)
+    if (dotf(q, krow(p.k, j), HD) * p.scale == m0) jm = fminf(jm, static_cast<float>(j));
+  jm = -block_max(-jm, red);
+  float zq = 0.0f, zk = 0.0f, z0 = 0.0f, z0_wo = 0.0f;
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
     zq += expf(dotf(qs, krow(p.k, j), HD) * p.scale - mq);
     zk += expf(dotf(q, krow(p.k_src, j), HD) * p.scale - mk);
+    const float e0 = expf(dotf(q, krow(p.k, j), HD) * p.scale - m0);
+    z0 += e0;
+    if (j != static_cast<int>(jm)) z0_wo += e0;
   }
   zq = block_sum(zq, red);
   zk = block_sum(zk, red);
+  z0 = block_sum(z0, red);
+  z0_wo = block_sum(z0_wo, red);
   float eq = 0.0f, ek = 0.0f;
   for (int j = threadIdx.x; j < T; j += blockDim.x) {
     if (j < first || j > t) {
@@ -80,7 +92,8 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
     const float s_old = dotf(q, krow(p.k, j), HD) * p.scale;
     eq += (expf(dotf(qs, krow(p.k, j), HD) * p.scale - mq) / zq - A[j]) * G[j];
     ek += (expf(s_new - mk) / zk - A[j]) * G[j];
-    kt[j] = static_cast<float>(qk_key_row_effect(A[j], (double)s_new - (double)s_old, G[j], S));
+    const double others = j == static_cast<int>(jm) ? (double)z0_wo : (double)z0 - exp((double)s_old - (double)m0);
+    kt[j] = static_cast<float>(qk_key_row_effect(s_old, s_new, m0, others, G[j], S));
   }
   eq = block_sum(eq, red);
   ek = block_sum(ek, red);

@@ -187,10 +187,19 @@ TEST(QkFix, KeyRowEffectEqualsRecomputedSoftmax) {
       const std::vector<double> A2 = softmax(s2);
       double want = 0;
       for (size_t j = 0; j < A.size(); ++j) want += (A2[j] - A[j]) * G[j];
-      EXPECT_NEAR(qk_key_row_effect(A[p], delta, G[p], S), want, 1e-12 * (1 + std::fabs(want))) << p << " " << delta;
+      const double m = *std::max_element(s.begin(), s.end());
+      double others = 0;
+      for (size_t j = 0; j < s.size(); ++j)
+        if (j != p) others += std::exp(s[j] - m);
+      EXPECT_NEAR(qk_key_row_effect(s[p], s[p] + delta, m, others, G[p], S), want, 1e-12 * (1 + std::fabs(want)))
+          << p << " " << delta;
     }
-  EXPECT_EQ(qk_key_row_effect(0.0, 5.0, 1.0, 0.3), 0.0);  // an invisible key moves nothing
-  EXPECT_TRUE(std::isfinite(qk_key_row_effect(0.5, 1e6, 1.0, 0.3)));  // saturated: clamped, finite
+  // A saturated row (one key at ~1 - 1e-17): moving that key down gives the other keys its
+  // mass, exactly, where 1 - A would have cancelled to 0.
+  const double big = 40.0;
+  const double est = qk_key_row_effect(big, 0.0, big, std::exp(-big) + std::exp(-big), 1.0, 1.0);
+  EXPECT_NEAR(est, 1.0 / 3.0 - 1.0, 1e-9);  // G = 1 on the moved key only: A' - A = 1/3 - 1
+  EXPECT_TRUE(std::isfinite(qk_key_row_effect(0.0, 1e6, 0.0, 1.0, 1.0, 0.3)));  // clamped, finite
 }
 
 }  // namespace
