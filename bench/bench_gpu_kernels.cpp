@@ -321,6 +321,56 @@ void BM_LinearF32(benchmark::State& st) {
   st.SetLabel("qkv fp32");
 }
 
+// ---- issue 15's fused forms ---------------------------------------------------------------
+// The residual add and the next RMSNorm in one kernel, the GEMM input written in bf16.
+void BM_AddRmsNormBf16(benchmark::State& st) {
+  if (!have_gpu(st)) return;
+  const int N = static_cast<int>(st.range(0));
+  Buf a((size_t)N * kD * 4), b((size_t)N * kD * 4, 2), w(kD * 4, 3), sum((size_t)N * kD * 4, 4, false),
+      out16((size_t)N * kD * 2, 5, false), rstd(N * 4, 6, false);
+  run_timed(st, [&](cudaStream_t s) {
+    cuda::add_rmsnorm_forward(sum.f(), GemmOut(nullptr, static_cast<uint16_t*>(out16.p)), rstd.f(), a.f(), b.f(),
+                              w.f(), N, kD, 1e-5f, s);
+  });
+  set_bytes(st, 4.0 * N * kD * 3 + 2.0 * N * kD + kD * 4 + N * 4);  // read a, b; write sum, bf16 out
+}
+
+// Rotary + q/k/v split of a Phi-3-mini qkv row [rows, 9216] with a cos/sin table.
+void BM_RotaryQkv(benchmark::State& st) {
+  if (!have_gpu(st)) return;
+  const int N = static_cast<int>(st.range(0)), W = 3 * kD, half = kHD / 2, n_pos = 4096;
+  std::vector<float> table((size_t)n_pos * half * 2);
+  for (int p = 0; p < n_pos; ++p)
+    for (int i = 0; i < half; ++i) {
+      const float ang = p * std::pow(10000.0f, -2.0f * i / kHD);
+      table[((size_t)p * half + i) * 2] = std::cos(ang);
+      table[((size_t)p * half + i) * 2 + 1] = std::sin(ang);
+    }
+  Buf tab(table.size() * 4, 1, false), pos(N * 4, 1, false), qkv((size_t)N * W * 4),
+      q((size_t)N * kD * 4, 2, false), k((size_t)N * kD * 4, 3, false), v((size_t)N * kD * 4, 4, false);
+  cudaMemcpy(tab.p, table.data(), table.size() * 4, cudaMemcpyHostToDevice);
+  std::vector<int32_t> p(N);
+  for (int i = 0; i < N; ++i) p[i] = i % n_pos;
+  cudaMemcpy(pos.p, p.data(), N * 4, cudaMemcpyHostToDevice);
+  RopeParams rope{nullptr, kHD, 1.0f, tab.f(), n_pos};
+  run_timed(st, [&](cudaStream_t s) {
+    cuda::rotary_qkv_forward(q.f(), k.f(), v.f(), qkv.f(), pos.i(), N, kH, kH, kHD, rope, s);
+  });
+  set_bytes(st, 2.0 * N * W * 4 + N * 4);
+}
+
+// The sweep's device no-op test over one layer of resid_pre: [4 x rows, 3072], 1 group.
+void BM_RowsEqual(benchmark::State& st) {
+  if (!have_gpu(st)) return;
+  const int T = static_cast<int>(st.range(0)), B = 4;
+  Buf a((size_t)B * T * kD * 4), c((size_t)B * T * kD * 4), eq(T, 1, false);
+  cudaMemcpy(c.p, a.p, (size_t)B * T * kD * 4, cudaMemcpyDeviceToDevice);  // equal: every byte read
+  run_timed(st, [&](cudaStream_t s) {
+    cuda::rows_equal(static_cast<uint8_t*>(eq.p), a.f(), c.f(), B, T, 1, kD, kD, s);
+  });
+  set_bytes(st, 2.0 * B * T * kD * 4);
+}
+
 void rows_args(benchmark::internal::Benchmark* b) {
   for (int r : {64, 512, 4096}) b->Arg(r);
   b->UseManualTime()->Unit(benchmark::kMicrosecond);
@@ -348,6 +398,9 @@ BENCHMARK(BM_AttentionForwardPattern)->Args({31, 4})->Args({512, 4})->UseManualT
 BENCHMARK(BM_AttentionBackward)->Args({31, 4})->Args({512, 4})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LinearBF16)->Apply(linear_args);
 BENCHMARK(BM_LinearF32)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AddRmsNormBf16)->Apply(rows_args);
+BENCHMARK(BM_RotaryQkv)->Apply(rows_args);
+BENCHMARK(BM_RowsEqual)->Arg(31)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 #endif  // PHI3_WITH_CUDA
 
