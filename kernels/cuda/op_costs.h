@@ -172,7 +172,8 @@ inline OpCost device_zero(double bytes) { return {bytes, 0, 0, 0, 1}; }
 // A device's figures for the roofline. Time of an op = the largest of bytes / bandwidth,
 // bf16 GEMM FLOPs / bf16 peak + fp32 GEMM FLOPs / fp32 GEMM peak + other FLOPs / CUDA-core
 // peak, and launches x launch time (the host issues kernels no faster than that; a longer
-// kernel hides the next launch); host transfers at the host link's rate plus a sync each.
+// kernel hides the next launch); host transfers at the host link's rate, plus a sync each for a
+// download and a launch each for an upload (queued through pinned staging, no sync).
 // Ops run one after another on a stream (the sweep's overlapping streams are not credited).
 struct DeviceFigures {
   const char* key;
