@@ -547,18 +547,33 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
     for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = base_ld.per_row[b];
   };
 
-  const bool all = opt.first <= 0 && (opt.last < 0 || opt.last >= n_targets);
   const int64_t first = std::max<int64_t>(0, opt.first), last = opt.last < 0 ? n_targets : std::min(opt.last, n_targets);
-  if (!all) {  // targets outside [first, last) are another caller's: NaN here, no work counted
-    res.work.naive_token_layer_evals = std::max<int64_t>(0, last - first) * int64_t(B) * T * L;
+  // The targets this call computes: [first, last), and of those only opt.only's when given.
+  std::vector<char> want(size_t(n_targets), 0);
+  for (int64_t i = first; i < last; ++i) want[i] = 1;
+  if (opt.only) {
+    std::vector<char> listed(size_t(n_targets), 0);
+    for (int64_t i : *opt.only) {
+      if (i < 0 || i >= n_targets)
+        throw Error("activation sweep: target " + std::to_string(i) + " of " + hook_name(hook) + " is out of range (" +
+                    std::to_string(n_targets) + " targets)");
+      listed[i] = 1;
+    }
+    for (int64_t i = 0; i < n_targets; ++i) want[i] = want[i] && listed[i];
+  }
+  const int64_t n_want = std::count(want.begin(), want.end(), 1);
+  if (n_want < n_targets) {  // the others are another caller's: NaN here, no work counted
+    res.work.naive_token_layer_evals = n_want * int64_t(B) * T * L;
     for (int64_t i = 0; i < n_targets; ++i)
-      if (i < first || i >= last)
+      if (!want[i])
         for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = NAN;
   }
 
   if (opt.naive) {
     // One full forward per patch, nothing skipped: the reference the fast sweep must equal.
+    int64_t done = 0;
     for (int64_t i = first; i < last; ++i) {
+      if (!want[i]) continue;
       ForwardOptions fo;
       fo.keep_pattern = false;
       fo.patch = &res.targets[i];
@@ -567,10 +582,10 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
       LogitDiff ld = logit_diff(be, m, s, answer, other);
       for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = ld.per_row[b];
       res.work.token_layer_evals += int64_t(B) * T * L;
-      if (opt.progress) opt.progress(i + 1 - first, last - first);
+      if (opt.progress) opt.progress(++done, n_want);
     }
-    res.work.patched_runs = last - first;
-    res.work.chunks = static_cast<int>(last - first);
+    res.work.patched_runs = n_want;
+    res.work.chunks = static_cast<int>(n_want);
     res.work.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     return res;
   }
@@ -579,6 +594,7 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   const NoopMask mask = noop_mask(be, m, base, source, hook);
   std::vector<Run> runs;
   for (int64_t i = first; i < last; ++i) {
+    if (!want[i]) continue;
     Run r;
     switch (plan_run(hook, res.targets[i], static_cast<int>(i), mask, T, L, r)) {
       case Plan::Noop:

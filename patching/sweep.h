@@ -63,6 +63,9 @@ struct SweepOptions {
   // Only targets [first, last) are computed (last < 0: to the end); the others get NaN and
   // count in no work field. Lets ranks of a distributed job share one sweep.
   int64_t first = 0, last = -1;
+  // Only these targets (indices into sweep_targets' order), e.g. the top candidates of an
+  // attribution prefilter; the others get NaN and count in no work field. nullptr: all.
+  const std::vector<int64_t>* only = nullptr;
 };
 
 // Token-layer evaluations each target's patched run costs (0: skipped as a no-op or

@@ -3,11 +3,13 @@
 // and the embedded model; facts that must hold on the embedded model; work accounting.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 
 #include "patching/sweep.h"
+#include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "test_util.h"
 
@@ -138,6 +140,39 @@ TEST(Sweep, ChunkingDoesNotChangeResults) {
   EXPECT_EQ(one.work.chunks, 1);
   EXPECT_GT(many.work.chunks, 3);
   for (size_t i = 0; i < one.ld.size(); ++i) EXPECT_NEAR(one.ld[i], many.ld[i], 1e-5) << i;
+}
+
+// A sweep of a chosen target list (the exact check of an attribution prefilter's top
+// candidates) gives the full sweep's values there, NaN elsewhere, and only their work; the
+// naive sweep honours the list too, and an index out of range is refused.
+TEST(Sweep, OnlyChosenTargets) {
+  SweepSetup s(test::source_dir() + "/data/models/tiny-temporal-phi3");
+  const int B = s.pb.clean.B;
+  SweepResult full = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::K);
+  const std::vector<int64_t> chosen = {3, 40, 41, 200, static_cast<int64_t>(full.targets.size()) - 1};
+  for (bool naive : {false, true}) {
+    SweepOptions o;
+    o.only = &chosen;
+    o.naive = naive;
+    SweepResult part = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::K, o);
+    ASSERT_EQ(part.ld.size(), full.ld.size());
+    for (size_t i = 0; i < full.targets.size(); ++i) {
+      const bool want = std::find(chosen.begin(), chosen.end(), int64_t(i)) != chosen.end();
+      for (int b = 0; b < B; ++b) {
+        if (want)
+          EXPECT_NEAR(part.ld[i * B + b], full.ld[i * B + b], 1e-5) << "target " << i << (naive ? " naive" : "");
+        else
+          EXPECT_TRUE(std::isnan(part.ld[i * B + b])) << "target " << i;
+      }
+    }
+    EXPECT_LE(part.work.patched_runs + part.work.skipped_noop + part.work.skipped_causal, int64_t(chosen.size()));
+    EXPECT_EQ(part.work.naive_token_layer_evals, int64_t(chosen.size()) * full.work.naive_token_layer_evals /
+                                                     int64_t(full.targets.size()));
+  }
+  const std::vector<int64_t> bad = {int64_t(full.targets.size())};
+  SweepOptions o;
+  o.only = &bad;
+  EXPECT_THROW(activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, Hook::K, o), Error);
 }
 
 // Chunks spread over several concurrent lanes (streams on CUDA, threads on the CPU) give
