@@ -15,10 +15,7 @@ size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool
   const ModelConfig& c = m.cfg;
   const size_t N = size_t(B) * T, D = c.hidden_size, F = c.intermediate_size;
   ArenaPlan p;
-  auto gemm_in = [&](size_t n) {  // a GEMM input: fp32, or bf16 on bf16 weights
-    if (gemm16) p.add<uint16_t>(n);
-    else p.add<float>(n);
-  };
+  auto gemm_in = [&](size_t n) { p.add_gemm_in(gemm16, n); };
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     p.add<float>(N * D);                                                    // resid_pre
     gemm_in(N * D);                                                         // ln1
@@ -235,12 +232,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       apply_patch(be, dst, opt.source->hook_data(patch->hook, l), stride, width, p, s, HD);
     }
   };
-  // A GEMM input of n elements: fp32 or (bf16 weights) bf16.
-  auto gemm_in = [&](DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t n) {
-    if (g16) h = A.take<uint16_t>(n);
-    else f = A.take<float>(n);
-    return GemmOut(f.get(), h.get());
-  };
+  auto gemm_in = [&](DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t n) { return A.take_gemm_in(g16, f, h, n); };
 
   // Every buffer first (the fused residual add + norm writes the next layer's ln1).
   s.layers.resize(L);

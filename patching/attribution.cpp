@@ -6,72 +6,60 @@
 
 namespace phi3 {
 
-std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
-                               const Gradients& g, Hook hook) {
+namespace {
+
+// Appends one layer's [T, G] values in the result layout: as they are, or summed over
+// positions for an all-position hook.
+void append_layer(std::vector<float>& out, const float* v, int T, int G, bool all_pos) {
+  if (!all_pos) {
+    out.insert(out.end(), v, v + size_t(T) * G);
+    return;
+  }
+  for (int h = 0; h < G; ++h) {
+    double s = 0;
+    for (int t = 0; t < T; ++t) s += v[size_t(t) * G + h];
+    out.push_back(static_cast<float>(s));
+  }
+}
+
+// The attribution of `hook` in one reduction (one launch, one download): summed over batch
+// rows ([1][cells]) or per row ([B][cells]), the (layer, row) pairs passed to the op as its
+// "layers" of one row each.
+std::vector<std::vector<float>> reduce_hook(Backend& be, const Model& m, const ForwardState& base,
+                                            const ForwardState& source, const Gradients& g, Hook hook, bool per_row) {
   const int L = m.cfg.num_hidden_layers, T = base.T, B = base.B;
   const int G = hook_heads(hook, m.cfg), W = hook_group_width(hook, m.cfg);
   const int64_t stride = hook_stride(hook, m);
-  // Every layer in one reduction into one [L, T, G] buffer, then one download per hook.
-  std::vector<const float*> ptrs(size_t(3) * L);  // a | c | grad, L each
-  for (int l = 0; l < L; ++l) {
-    ptrs[l] = source.hook_data(hook, l);
-    ptrs[L + l] = base.hook_data(hook, l);
-    ptrs[2 * L + l] = g.hook_grad(hook, l);
-  }
-  DeviceArray<const float*> dptrs = to_device(be, ptrs);
-  DeviceArray<float> out(be, size_t(L) * T * G);
-  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + L, dptrs.get() + 2 * L, L, B, T, G, W, stride);
-  const std::vector<float> all = out.download();
-  std::vector<float> result;
-  for (int l = 0; l < L; ++l) {
-    const std::vector<float> v(all.begin() + size_t(l) * T * G, all.begin() + size_t(l + 1) * T * G);  // [T, G]
-    if (hook_all_pos(hook)) {
-      for (int h = 0; h < G; ++h) {
-        double s = 0;
-        for (int t = 0; t < T; ++t) s += v[size_t(t) * G + h];
-        result.push_back(static_cast<float>(s));
-      }
-    } else {
-      result.insert(result.end(), v.begin(), v.end());
+  const int R = per_row ? B : 1, n = L * R;
+  std::vector<const float*> ptrs(size_t(3) * n);  // a | c | grad
+  for (int l = 0; l < L; ++l)
+    for (int r = 0; r < R; ++r) {
+      const size_t i = size_t(l) * R + r, off = size_t(r) * T * stride;
+      ptrs[i] = source.hook_data(hook, l) + off;
+      ptrs[n + i] = base.hook_data(hook, l) + off;
+      ptrs[2 * n + i] = g.hook_grad(hook, l) + off;
     }
-  }
-  return result;
+  DeviceArray<const float*> dptrs = to_device(be, ptrs);
+  DeviceArray<float> out(be, size_t(n) * T * G);
+  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + n, dptrs.get() + 2 * n, n, per_row ? 1 : B, T, G, W,
+                        stride);
+  const std::vector<float> all = out.download();  // [L, R, T, G]
+  std::vector<std::vector<float>> res(R);
+  for (int r = 0; r < R; ++r)
+    for (int l = 0; l < L; ++l) append_layer(res[r], all.data() + (size_t(l) * R + r) * T * G, T, G, hook_all_pos(hook));
+  return res;
+}
+
+}  // namespace
+
+std::vector<float> attribution(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+                               const Gradients& g, Hook hook) {
+  return reduce_hook(be, m, base, source, g, hook, false)[0];
 }
 
 std::vector<std::vector<float>> attribution_per_prompt(Backend& be, const Model& m, const ForwardState& base,
                                                        const ForwardState& source, const Gradients& g, Hook hook) {
-  const int L = m.cfg.num_hidden_layers, T = base.T, B = base.B;
-  const int G = hook_heads(hook, m.cfg), W = hook_group_width(hook, m.cfg);
-  const int64_t stride = hook_stride(hook, m);
-  // (layer, batch row) pairs as the op's "layers", one row each: one launch, one download.
-  const int LB = L * B;
-  std::vector<const float*> ptrs(size_t(3) * LB);
-  for (int l = 0; l < L; ++l)
-    for (int b = 0; b < B; ++b) {
-      const size_t i = size_t(l) * B + b, off = size_t(b) * T * stride;
-      ptrs[i] = source.hook_data(hook, l) + off;
-      ptrs[LB + i] = base.hook_data(hook, l) + off;
-      ptrs[2 * LB + i] = g.hook_grad(hook, l) + off;
-    }
-  DeviceArray<const float*> dptrs = to_device(be, ptrs);
-  DeviceArray<float> out(be, size_t(LB) * T * G);
-  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + LB, dptrs.get() + 2 * LB, LB, 1, T, G, W, stride);
-  const std::vector<float> all = out.download();  // [L, B, T, G]
-  std::vector<std::vector<float>> res(B);
-  for (int b = 0; b < B; ++b)
-    for (int l = 0; l < L; ++l) {
-      const float* v = all.data() + (size_t(l) * B + b) * T * G;
-      if (hook_all_pos(hook)) {
-        for (int h = 0; h < G; ++h) {
-          double s = 0;
-          for (int t = 0; t < T; ++t) s += v[size_t(t) * G + h];
-          res[b].push_back(static_cast<float>(s));
-        }
-      } else {
-        res[b].insert(res[b].end(), v, v + size_t(T) * G);
-      }
-    }
-  return res;
+  return reduce_hook(be, m, base, source, g, hook, true);
 }
 
 std::vector<float> attribution_qk_fix(Backend& be, const Model& m, const ForwardState& base,
@@ -131,18 +119,9 @@ std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, c
       for (int b = 0; b < B; ++b) res[b].insert(res[b].end(), all.begin() + size_t(b) * KVH, all.begin() + size_t(b + 1) * KVH);
       continue;
     }
+    // q_all_pos: each row's softmax sees only its own query, so the rows' estimates add up.
     const std::vector<float> rows = (hb == Hook::Q ? q_est : k_est).download();  // [B*T, heads]
-    for (int b = 0; b < B; ++b) {
-      if (hook_all_pos(hook)) {  // q_all_pos: each row's softmax sees only its own query
-        for (int h = 0; h < heads; ++h) {
-          double s = 0;
-          for (int t = 0; t < T; ++t) s += rows[(size_t(b) * T + t) * heads + h];
-          res[b].push_back(static_cast<float>(s));
-        }
-      } else {
-        res[b].insert(res[b].end(), rows.begin() + size_t(b) * T * heads, rows.begin() + size_t(b + 1) * T * heads);
-      }
-    }
+    for (int b = 0; b < B; ++b) append_layer(res[b], rows.data() + size_t(b) * T * heads, T, heads, hook_all_pos(hook));
   }
   return res;
 }

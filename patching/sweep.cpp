@@ -117,7 +117,7 @@ class FastSweep {
     Arena arena(be_, chunk_plan(R, NF).bytes(),
                 "sweep chunk of " + std::to_string(n) + " runs (" + std::to_string(R) + " rows)");
     X_ = arena.take<float>(size_t(R) * D_);
-    ln_ = gemm_in(arena, ln32_, ln16_, size_t(R) * D_);
+    ln_ = arena.take_gemm_in(g16_, ln32_, ln16_, size_t(R) * D_);
     rstd_ = arena.take<float>(R);
     qkv_ = arena.take<float>(size_t(R) * QKVW_);
     q_ = arena.take<float>(size_t(R) * QW_);
@@ -126,7 +126,7 @@ class FastSweep {
     z_ = arena.take<float>(size_t(R) * QW_);
     if (g16_) z16_ = arena.take<uint16_t>(size_t(R) * QW_);
     gu_ = arena.take<float>(size_t(R) * 2 * F_);
-    act_ = gemm_in(arena, act32_, act16_, size_t(R) * F_);
+    act_ = arena.take_gemm_in(g16_, act32_, act16_, size_t(R) * F_);
     DeviceArray<float> Xf = arena.take<float>(size_t(NF) * D_);
     DeviceArray<float> q_last = arena.take<float>(size_t(NF) * QW_);
 
@@ -171,7 +171,7 @@ class FastSweep {
     // ---- logits and metric of every final row ------------------------------------------
     DeviceArray<float> lnf32, rstdf = arena.take<float>(NF);
     DeviceArray<uint16_t> lnf16;
-    const GemmOut lnf = gemm_in(arena, lnf32, lnf16, size_t(NF) * D_);
+    const GemmOut lnf = arena.take_gemm_in(g16_, lnf32, lnf16, size_t(NF) * D_);
     DeviceArray<float> logits = arena.take<float>(size_t(NF) * V_);
     be_.rmsnorm_forward(lnf, rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
     be_.linear_forward(logits.get(), lnf, m_.w.lm_head, NF, false);
@@ -194,10 +194,7 @@ class FastSweep {
   // The arena of a chunk with R packed rows and NF final rows (the buffers of run_chunk).
   ArenaPlan chunk_plan(int64_t R, int64_t NF) const {
     ArenaPlan p;
-    auto gemm_in = [&](int64_t n) {
-      if (g16_) p.add<uint16_t>(n);
-      else p.add<float>(n);
-    };
+    auto gemm_in = [&](int64_t n) { p.add_gemm_in(g16_, n); };
     p.add<float>(R * D_);
     gemm_in(R * D_);
     p.add<float>(R).add<float>(R * QKVW_).add<float>(R * QW_);
@@ -229,13 +226,6 @@ class FastSweep {
     return ap;
   }
 
-  // A GEMM input of n elements in `arena`: fp32, or bf16 on bf16 weights.
-  GemmOut gemm_in(Arena& arena, DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t n) const {
-    if (g16_) h = arena.take<uint16_t>(n);
-    else f = arena.take<float>(n);
-    return GemmOut(f.get(), h.get());
-  }
-
   // x [rows, D] = resid_mid rows -> x += down(swiglu(gate_up(rmsnorm(x)))), the residual add
   // done by the down projection's GEMM (accumulate).
   void mlp_block(const LayerWeights& w, float* x, int rows) {
@@ -248,7 +238,7 @@ class FastSweep {
   // Initialises the state rows of runs [r0, r1) (all with start == l).
   void join(const std::vector<Run>& runs, int r0, int r1, int l, const std::vector<int64_t>& off,
             const std::vector<int32_t>& row_src, DeviceArray<float>& Xf, int64_t& evals) {
-    if (l < L_) {
+    if (l < L_ && !hook_is_qkv(hook_)) {  // (a q/k/v tail writes all its runs' state rows)
       // State rows start as the base run's resid_pre[l] (= resid_post[l-1]).
       const int64_t row0 = off[r0], nrows = off[r1] - off[r0];
       std::vector<int32_t> dst(nrows), src(nrows);
@@ -304,6 +294,17 @@ class FastSweep {
     int run;       // index into runs
   };
 
+  // Per head: the rows to patch (destination row, source row b*T+t).
+  using HeadRows = std::map<int, std::pair<std::vector<int32_t>, std::vector<int32_t>>>;
+  // dst[row, h*HD .. (h+1)*HD) = src[source row, same] for every head's rows (rows `stride` apart).
+  void copy_head_slices(float* dst, const float* src, int64_t stride, const HeadRows& by_head) {
+    for (const auto& [h, idx] : by_head) {
+      auto d_i = to_device(be_, idx.first), d_s = to_device(be_, idx.second);
+      be_.copy_rows(dst + h * HD_, stride, d_i.get(), src + h * HD_, stride, d_s.get(),
+                    static_cast<int>(idx.first.size()), HD_);
+    }
+  }
+
   // Layer lt for runs [r0, r1) of a q/k/v sweep, positions [p, T) of each: the base run's
   // pre-rotary qkv rows with the patched head's slice from the source run (at p, or at every
   // position for the all-position hooks), rotary and split, attention over those rows with
@@ -320,9 +321,9 @@ class FastSweep {
     const int col0 = hb == Hook::Q ? 0 : hb == Hook::K ? QW_ : QW_ + KVW_;
     const int64_t row0 = off[r0], n = off[r1] - off[r0];
     std::vector<int32_t> src(n), pos(n), dst;
-    std::map<int, std::pair<std::vector<int32_t>, std::vector<int32_t>>> by_head;  // rows patched per head
+    HeadRows by_head;  // rows patched per head
     std::vector<AttnSegment> segs;
-    std::vector<int32_t> final_src, final_dst;
+    std::vector<int32_t> final_row, final_src, final_dst;  // packed row, b*T+T-1, final row
     for (int r = r0; r < r1; ++r) {
       const Run& run = runs[r];
       const int head = tspec_[run.target].head;
@@ -338,7 +339,8 @@ class FastSweep {
             by_head[head].second.push_back(b * T_ + t);
           }
           if (final && t == T_ - 1) {
-            final_src.push_back(i);
+            final_row.push_back(i);
+            final_src.push_back(b * T_ + t);
             final_dst.push_back(r * B_ + b);
           }
         }
@@ -347,26 +349,27 @@ class FastSweep {
     auto d_src = to_device(be_, src), d_pos = to_device(be_, pos);
     auto d_segs = to_device(be_, segs);
     be_.copy_rows(qkv_.get(), QKVW_, nullptr, bl.qkv.get(), QKVW_, d_src.get(), static_cast<int>(n), QKVW_);
-    const float* source = src_.layers[lt].qkv.get();
-    for (auto& [h, idx] : by_head) {
-      auto d_i = to_device(be_, idx.first), d_s = to_device(be_, idx.second);
-      const int c = col0 + h * HD_;
-      be_.copy_rows(qkv_.get() + c, QKVW_, d_i.get(), source + c, QKVW_, d_s.get(),
-                    static_cast<int>(idx.first.size()), HD_);
-    }
+    copy_head_slices(qkv_.get() + col0, src_.layers[lt].qkv.get() + col0, QKVW_, by_head);
     be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_pos.get(), static_cast<int>(n), H_, KVH_, HD_,
                            base_.rope);
     be_.attention_forward(packed_attention(bl, d_segs.get(), static_cast<int>(segs.size())));
-    DeviceArray<float> post(be_, size_t(n) * D_);
-    be_.copy_rows(post.get(), D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), static_cast<int>(n), D_);
-    be_.linear_forward(post.get(), GemmIn(z_.get(), z16_.get()), w.o, static_cast<int>(n), true);  // resid_mid
-    mlp_block(w, post.get(), static_cast<int>(n));                                                 // resid_post
-    if (!final) {
-      be_.copy(dst_buf + row0 * D_, post.get(), size_t(n) * D_ * sizeof(float));
-    } else {
-      auto d_fs = to_device(be_, final_src), d_fd = to_device(be_, final_dst);
-      be_.copy_rows(dst_buf, D_, d_fd.get(), post.get(), D_, d_fs.get(), static_cast<int>(final_src.size()), D_);
+    if (!final) {  // resid_mid, then resid_post, straight into the runs' state rows
+      float* post = dst_buf + row0 * D_;
+      be_.copy_rows(post, D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), static_cast<int>(n), D_);
+      be_.linear_forward(post, GemmIn(z_.get(), z16_.get()), w.o, static_cast<int>(n), true);
+      mlp_block(w, post, static_cast<int>(n));
+      return n;
     }
+    // At the end only position T-1 of each run and batch row reaches the logits: o_proj and
+    // the MLP for those rows alone (their z gathered into the free q buffer), into the final rows.
+    const int nf = static_cast<int>(final_row.size());
+    auto d_fr = to_device(be_, final_row), d_fs = to_device(be_, final_src), d_fd = to_device(be_, final_dst);
+    be_.copy_rows(q_.get(), QW_, nullptr, z_.get(), QW_, d_fr.get(), nf, QW_);
+    DeviceArray<float> post(be_, size_t(nf) * D_);
+    be_.copy_rows(post.get(), D_, nullptr, bl.resid_pre.get(), D_, d_fs.get(), nf, D_);
+    be_.linear_forward(post.get(), q_.get(), w.o, nf, true);
+    mlp_block(w, post.get(), nf);
+    be_.copy_rows(dst_buf, D_, d_fd.get(), post.get(), D_, nullptr, nf, D_);
     return n;
   }
 
@@ -404,17 +407,13 @@ class FastSweep {
         } else {  // Z / ZAllPos: base z with one head's slice from the source, then o_proj
           DeviceArray<float> z(be_, size_t(n) * QW_);
           be_.copy_rows(z.get(), QW_, nullptr, bl.z.get(), QW_, d_src.get(), n, QW_);
-          std::map<int, std::pair<std::vector<int32_t>, std::vector<int32_t>>> by_head;
+          HeadRows by_head;
           for (int i = 0; i < n; ++i) {
             auto& e = by_head[tspec_[runs[rows[i].run].target].head];
             e.first.push_back(i);
             e.second.push_back(rows[i].src);
           }
-          for (auto& [h, idx] : by_head) {
-            auto d_i = to_device(be_, idx.first), d_s = to_device(be_, idx.second);
-            be_.copy_rows(z.get() + h * HD_, QW_, d_i.get(), sl.z.get() + h * HD_, QW_, d_s.get(),
-                          static_cast<int>(idx.first.size()), HD_);
-          }
+          copy_head_slices(z.get(), sl.z.get(), QW_, by_head);
           be_.linear_forward(post.get(), z.get(), w.o, n, true);  // the patched z, rounded by the GEMM
         }
       }

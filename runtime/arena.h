@@ -28,6 +28,13 @@ class Arena {
   DeviceArray<T> take(size_t count) {
     return DeviceArray<T>::borrowed(*be_, static_cast<T*>(take_bytes(count * sizeof(T))), count);
   }
+  // A GEMM input of `count` elements (kernels/ops.h GemmOut): taken into `f` (fp32) or, when
+  // `bf16` (Backend::gemm_in_bf16), into `h`; the other stays empty.
+  GemmOut take_gemm_in(bool bf16, DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t count) {
+    if (bf16) h = take<uint16_t>(count);
+    else f = take<float>(count);
+    return GemmOut(f.get(), h.get());
+  }
   void reset() { used_ = 0; }
   size_t used() const { return used_; }
   size_t capacity() const { return bytes_; }
@@ -51,6 +58,8 @@ class ArenaPlan {
     bytes_ += Arena::padded(count * sizeof(T));
     return *this;
   }
+  // What Arena::take_gemm_in takes.
+  ArenaPlan& add_gemm_in(bool bf16, size_t count) { return bf16 ? add<uint16_t>(count) : add<float>(count); }
   size_t bytes() const { return bytes_; }
 
  private:
