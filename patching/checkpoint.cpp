@@ -37,6 +37,8 @@ json job_fingerprint(const ExperimentOptions& opt, const Model& m, const Backend
           {"hooks", hooks},
           {"attribution", opt.attribution},
           {"activation", opt.activation},
+          {"atp_star", opt.atp_star},
+          {"verify_top", opt.verify_top},
           {"direction", opt.noising ? "noise" : "denoise"},
           {"bos", opt.add_bos},
           {"batch_pairs", opt.batch_pairs},
@@ -47,7 +49,7 @@ json job_fingerprint(const ExperimentOptions& opt, const Model& m, const Backend
           {"batches", n_batches}};
 }
 
-CheckpointDir::CheckpointDir(const std::string& out_dir) : dir_(path_join(out_dir, "checkpoints")) {}
+CheckpointDir::CheckpointDir(const std::string& out_dir, const std::string& name) : dir_(path_join(out_dir, name)) {}
 
 std::string CheckpointDir::file(int batch) const {
   char name[32];

@@ -21,7 +21,8 @@ nlohmann::json job_fingerprint(const ExperimentOptions& opt, const Model& m, con
 
 class CheckpointDir {
  public:
-  explicit CheckpointDir(const std::string& out_dir);
+  // <out_dir>/<name>/ (the --verify-top phase keeps its batches in checkpoints-verify).
+  explicit CheckpointDir(const std::string& out_dir, const std::string& name = "checkpoints");
   const std::string& dir() const { return dir_; }
   int count() const;    // batch files present
   void clear() const;   // removes every batch file (a fresh run)

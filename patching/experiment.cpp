@@ -10,6 +10,7 @@
 #include "patching/attribution.h"
 #include "patching/batch_result.h"
 #include "patching/checkpoint.h"
+#include "patching/report.h"
 #include "patching/work_split.h"
 #include "runtime/error.h"
 
@@ -151,12 +152,25 @@ BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, c
 namespace {
 
 // One (hook, method) of the job.
+enum class Method { Attribution, AtpStar, Activation, Verify };
+const char* method_name(Method m) {
+  switch (m) {
+    case Method::Attribution: return "attribution";
+    case Method::AtpStar: return "atp-star";
+    case Method::Activation: return "activation";
+    case Method::Verify: return "verified";
+  }
+  return "?";
+}
 struct AccSpec {
   Hook hook;
-  bool activation;
+  Method method;
+  std::vector<int64_t> only;  // Verify: the chosen targets (sweep_targets indices, ascending)
+  bool sweep() const { return method == Method::Activation || method == Method::Verify; }
 };
 
-// What every rank knows about the job.
+// What every rank knows about the job (one phase of it: the estimates and full sweeps, then
+// the exact check of the --verify-top nodes).
 struct Job {
   Backend& be;
   const Model& m;
@@ -164,10 +178,24 @@ struct Job {
   std::vector<PromptPair> pairs;
   int T = 0, per_batch = 0, n_batches = 0, L = 0, H = 0;
   std::vector<AccSpec> accs;
-  std::vector<int64_t> n_targets;  // per acc: activation targets (0 for attribution)
+  std::vector<int64_t> n_targets;  // per acc: targets of a sweep (0 for an estimate)
 
-  bool any_attribution() const {
-    return std::any_of(accs.begin(), accs.end(), [](const AccSpec& a) { return !a.activation; });
+  bool has(Method x) const {
+    return std::any_of(accs.begin(), accs.end(), [x](const AccSpec& a) { return a.method == x; });
+  }
+  bool any_estimate() const { return has(Method::Attribution) || has(Method::AtpStar); }
+  bool any_sweep() const { return has(Method::Activation) || has(Method::Verify); }
+  // Token-layer evaluations of a batch's estimates: a backward costs about two forwards,
+  // AtP* runs one per layer.
+  int64_t estimate_cost(int B) const {
+    return 2 * int64_t(B) * T * L * ((has(Method::Attribution) ? 1 : 0) + (has(Method::AtpStar) ? L : 0));
+  }
+  void set_targets() {
+    n_targets.clear();
+    for (const auto& a : accs)
+      n_targets.push_back(a.method == Method::Verify ? static_cast<int64_t>(a.only.size())
+                          : a.sweep() ? static_cast<int64_t>(sweep_targets(a.hook, L, T, hook_heads(a.hook, m.cfg)).size())
+                                      : 0);
   }
 
   int rows(int bi) const {  // prompts of batch bi (every pair both ways)
@@ -186,9 +214,10 @@ struct Job {
   }
 };
 
-// This rank's share of one batch: the attribution (whole) and a target range per activation acc.
+// This rank's share of one batch: the estimates (whole) and a target range per sweep acc
+// (Verify: a range of its chosen list).
 struct Share {
-  bool attribution = true;
+  bool estimates = true;
   std::vector<Range> act;  // per acc
 };
 Share whole_share(const Job& job) {
@@ -200,7 +229,7 @@ Share whole_share(const Job& job) {
 // The clean and corrupted forwards of a batch, checked.
 struct Forwards {
   PairBatch pb;
-  PairForward pair;  // clean and corrupted (one 2B-row pass when only attribution runs)
+  PairForward pair;  // clean and corrupted (one 2B-row pass when no sweep runs)
   const ForwardState& clean() const { return pair.clean; }
   const ForwardState& corrupted() const { return pair.corrupted; }
 };
@@ -208,13 +237,13 @@ Forwards run_forwards(const Job& job, int bi, RankWork& rw) {
   Forwards f{job.batch(bi), {}};
   job.stop_point();
   const auto t0 = Clock::now();
-  if (job.opt.activation) {
+  if (job.any_sweep()) {
     // Two passes: identical rows of the two runs then sit at the same place in their GEMMs
     // and come out bitwise equal, which is what lets the sweep skip no-op patches.
     f.pair.clean = forward(job.be, job.m, f.pb.clean);
     f.pair.corrupted = forward(job.be, job.m, f.pb.corrupted);
   } else {
-    f.pair = forward_pair(job.be, job.m, f.pb.clean, f.pb.corrupted);  // attribution alone: one pass
+    f.pair = forward_pair(job.be, job.m, f.pb.clean, f.pb.corrupted);  // estimates alone: one pass
   }
   if (job.opt.check_finite) {
     check_finite(job.be, job.m, f.clean(), "clean");
@@ -247,36 +276,52 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
   const ForwardState& base = opt.noising ? f.clean() : f.corrupted();
   const ForwardState& source = opt.noising ? f.corrupted() : f.clean();
   const float scale = static_cast<float>(1.0 / den);
+  const std::string run_name = opt.noising ? "clean" : "corrupted";
   Gradients grads;
   double backward_s = 0;
-  if (job.any_attribution() && share.attribution) {
+  if (job.has(Method::Attribution) && share.estimates) {
     const auto t0 = Clock::now();
     grads = backward(job.be, job.m, base, pb.answer, pb.other, scale);
     if (opt.check_finite)
-      check_finite(job.be, job.m, grads, (std::string("batch ") + std::to_string(bi) + ", backward of the " +
-                                          (opt.noising ? "clean" : "corrupted") + " run").c_str());
+      check_finite(job.be, job.m, grads, ("batch " + std::to_string(bi) + ", backward of the " + run_name + " run").c_str());
     job.stop_point();
     backward_s = since(t0);
-    rw.token_layer_evals += 2 * int64_t(B) * T * job.L;  // a backward costs about two forwards
+    rw.token_layer_evals += 2 * int64_t(B) * T * job.L;
   }
+  // AtP*: the L GradDrop backward passes serve every hook at once.
+  std::vector<Hook> star_hooks;
+  for (const auto& a : job.accs)
+    if (a.method == Method::AtpStar) star_hooks.push_back(a.hook);
+  std::vector<std::vector<float>> star;
+  double star_s = 0;
+  if (!star_hooks.empty() && share.estimates) {
+    const auto t0 = Clock::now();
+    job.log("  AtP*: " + std::to_string(job.L) + " backward passes (GradDrop at each layer)");
+    star = atp_star(job.be, job.m, base, source, pb.answer, pb.other, scale, star_hooks);
+    job.stop_point();
+    star_s = since(t0);
+    rw.token_layer_evals += 2 * int64_t(B) * T * job.L * job.L;
+  }
+  size_t star_k = 0;
   for (size_t ai = 0; ai < job.accs.size(); ++ai) {
     const AccSpec& a = job.accs[ai];
     job.stop_point();
     const auto t0 = Clock::now();
     std::vector<PatchSpec> targets = sweep_targets(a.hook, job.L, T, hook_heads(a.hook, job.m.cfg));
-    if (!a.activation) {
-      if (!share.attribution) continue;
-      std::vector<float> v = attribution(job.be, job.m, base, source, grads, a.hook);
+    if (!a.sweep()) {
+      if (!share.estimates) continue;
+      const bool is_star = a.method == Method::AtpStar;
+      std::vector<float> v = is_star ? std::move(star[star_k++]) : attribution(job.be, job.m, base, source, grads, a.hook);
       if (opt.check_finite)
         for (size_t i = 0; i < targets.size() && i < v.size(); ++i)
           if (!std::isfinite(v[i]))
-            throw Error("attribution patching, batch " + std::to_string(bi) + ": non-finite result (" +
-                        std::to_string(v[i]) + ") first appears at " + target_str(a.hook, targets[i], pos_labels) +
-                        "; no results were written");
+            throw Error(std::string(is_star ? "AtP*" : "attribution patching") + ", batch " + std::to_string(bi) +
+                        ": non-finite result (" + std::to_string(v[i]) + ") first appears at " +
+                        target_str(a.hook, targets[i], pos_labels) + "; no results were written");
       ResultPart p;
       p.acc = static_cast<int>(ai);
       p.values = std::move(v);
-      p.seconds = since(t0) + backward_s;
+      p.seconds = since(t0) + (is_star ? star_s / star_hooks.size() : backward_s);
       out.parts.push_back(std::move(p));
       continue;
     }
@@ -285,22 +330,35 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
     SweepOptions so;
     so.naive = opt.naive;
     so.mem_budget = opt.mem_budget;
-    so.first = r.begin;
-    so.last = r.end;
-    const std::string what = hook_name(a.hook) + " activation patching";
+    std::vector<int64_t> chosen;  // Verify: this rank's slice of the chosen targets
+    if (a.method == Method::Verify) {
+      chosen.assign(a.only.begin() + r.begin, a.only.begin() + r.end);
+      so.only = &chosen;
+    } else {
+      so.first = r.begin;
+      so.last = r.end;
+    }
+    const std::string what = hook_name(a.hook) + (a.method == Method::Verify ? " exact check" : " activation patching");
     so.progress = [&](int64_t done, int64_t total) {
       job.stop_point();
       if (opt.log && (done == total || done % std::max<int64_t>(1, total / 10) == 0))
         opt.log("  " + what + ": " + std::to_string(done) + "/" + std::to_string(total) + " runs");
     };
     SweepResult sr = activation_sweep(job.be, job.m, base, source, pb.answer, pb.other, a.hook, so);
-    if (opt.check_finite)
-      for (int64_t i = r.begin; i < r.end; ++i)
-        for (int b = 0; b < B; ++b)
-          if (!std::isfinite(sr.ld[i * B + b]))
-            throw Error("activation patching, batch " + std::to_string(bi) + ": the patched run gave a non-finite " +
-                        "logit difference (" + std::to_string(sr.ld[i * B + b]) + ") for prompt " + std::to_string(b) +
-                        " when patching " + target_str(a.hook, targets[i], pos_labels) + "; no results were written");
+    // Targets in this acc's numbering (the chosen list for Verify) and their sweep index.
+    const int64_t n = job.n_targets[ai];
+    std::vector<float> vals(size_t(n) * B, NAN);
+    for (int64_t i = r.begin; i < r.end; ++i) {
+      const int64_t t = a.method == Method::Verify ? a.only[i] : i;
+      for (int b = 0; b < B; ++b) {
+        const float ld = sr.ld[size_t(t) * B + b];
+        if (opt.check_finite && !std::isfinite(ld))
+          throw Error("activation patching, batch " + std::to_string(bi) + ": the patched run gave a non-finite " +
+                      "logit difference (" + std::to_string(ld) + ") for prompt " + std::to_string(b) +
+                      " when patching " + target_str(a.hook, targets[t], pos_labels) + "; no results were written");
+        vals[size_t(i) * B + b] = ld;
+      }
+    }
     rw.token_layer_evals += sr.work.token_layer_evals;
     rw.sweep_token_layer_evals += sr.work.token_layer_evals;
     rw.patched_runs += sr.work.patched_runs;
@@ -308,7 +366,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
             std::to_string(sr.work.skipped_noop) + " no-op skipped, " + std::to_string(sr.work.seconds) + " s");
     ResultPart p;
     p.acc = static_cast<int>(ai);
-    p.values = std::move(sr.ld);
+    p.values = std::move(vals);
     p.first = r.begin;
     p.last = r.end;
     p.work = sr.work;
@@ -320,17 +378,20 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
 }
 
 // The work units of one batch (DESIGN §10), each with its token-layer evaluations: the
-// attribution backward (about two forwards) if any, then every activation target in acc
-// order (sweep_target_costs: 0 for a patch skipped as a no-op).
+// estimates (backward passes) if any, then every sweep target in acc order
+// (sweep_target_costs: 0 for a patch skipped as a no-op).
 std::vector<int64_t> batch_units(const Job& job, const Forwards& f) {
   const ForwardState& base = job.opt.noising ? f.clean() : f.corrupted();
   const ForwardState& source = job.opt.noising ? f.corrupted() : f.clean();
   std::vector<int64_t> units;
-  if (job.any_attribution()) units.push_back(2 * int64_t(f.pb.clean.B) * job.T * job.L);
+  if (job.any_estimate()) units.push_back(job.estimate_cost(f.pb.clean.B));
   for (size_t a = 0; a < job.accs.size(); ++a) {
-    if (!job.accs[a].activation) continue;
+    if (!job.accs[a].sweep()) continue;
     std::vector<int64_t> c = sweep_target_costs(job.be, job.m, base, source, job.accs[a].hook, job.opt.naive);
-    units.insert(units.end(), c.begin(), c.end());
+    if (job.accs[a].method == Method::Verify)
+      for (int64_t t : job.accs[a].only) units.push_back(c[t]);
+    else
+      units.insert(units.end(), c.begin(), c.end());
   }
   return units;
 }
@@ -339,13 +400,13 @@ std::vector<int64_t> batch_units(const Job& job, const Forwards& f) {
 Share share_of(const Job& job, Range r) {
   Share s;
   int64_t off = 0;
-  s.attribution = false;
-  if (job.any_attribution()) {
-    s.attribution = r.begin <= 0 && r.end > 0;
+  s.estimates = false;
+  if (job.any_estimate()) {
+    s.estimates = r.begin <= 0 && r.end > 0;
     off = 1;
   }
   for (size_t a = 0; a < job.accs.size(); ++a) {
-    if (!job.accs[a].activation) {
+    if (!job.accs[a].sweep()) {
       s.act.push_back({0, 0});
       continue;
     }
@@ -375,8 +436,28 @@ std::string attempt(const Job& job, int& code, Fn&& fn) {
   }
 }
 
-// Averages the batches (in batch order, the same arithmetic whatever the number of ranks).
-void aggregate(const Job& job, const std::map<int, BatchResult>& done, ExperimentResult& R) {
+// The prompts, logit differences and position labels of the batches (in batch order).
+void aggregate_batches(const Job& job, const std::map<int, BatchResult>& done, ExperimentResult& R) {
+  double clean_sum = 0, corr_sum = 0;
+  for (const auto& [bi, r] : done) {
+    const BatchSummary& sum = r.summary;
+    const int B = static_cast<int>(sum.answer.size());
+    if (R.position_labels.empty())
+      for (int t = 0; t < job.T; ++t)
+        R.position_labels.push_back(std::to_string(t) + ":" + job.m.tok.label(sum.clean_tokens[0][t]));
+    clean_sum += sum.clean_ld * B;
+    corr_sum += sum.corrupted_ld * B;
+    R.n_prompts += B;
+    R.batches.push_back(sum);
+  }
+  R.clean_ld = clean_sum / R.n_prompts;
+  R.corrupted_ld = corr_sum / R.n_prompts;
+}
+
+// Averages the batches' parts into one matrix per acc, appended to R.results (in batch
+// order, the same arithmetic whatever the number of ranks). Estimates are per-batch means,
+// weighted by rows; exact results are per-prompt logit differences.
+void aggregate_results(const Job& job, const std::map<int, BatchResult>& done, ExperimentResult& R) {
   struct Acc {
     std::vector<double> sum;
     std::vector<std::vector<float>> per_prompt_ld, per_prompt;
@@ -384,18 +465,13 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
     double seconds = 0;
   };
   std::vector<Acc> accs(job.accs.size());
-  double clean_sum = 0, corr_sum = 0;
   const int T = job.T, L = job.L;
+  int n_prompts = 0;
   for (const auto& [bi, r] : done) {
     const BatchSummary& sum = r.summary;
     const int B = static_cast<int>(sum.answer.size());
     const double den = sum.clean_ld - sum.corrupted_ld;
-    if (R.position_labels.empty())
-      for (int t = 0; t < T; ++t)
-        R.position_labels.push_back(std::to_string(t) + ":" + job.m.tok.label(sum.clean_tokens[0][t]));
-    clean_sum += sum.clean_ld * B;
-    corr_sum += sum.corrupted_ld * B;
-    R.n_prompts += B;
+    n_prompts += B;
     for (const ResultPart& p : r.parts) {
       const AccSpec& spec = job.accs[p.acc];
       Acc& a = accs[p.acc];
@@ -403,19 +479,21 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
       std::vector<PatchSpec> targets = sweep_targets(spec.hook, L, T, Hh);
       const size_t cells = targets.size();
       if (a.sum.empty()) {
-        a.sum.assign(cells, 0.0);
-        if (spec.activation) {
+        a.sum.assign(cells, spec.method == Method::Verify ? NAN : 0.0);
+        if (spec.sweep()) {
           a.per_prompt_ld.assign(cells, {});
           a.per_prompt.assign(cells, {});
         }
       }
       a.seconds += p.seconds;
-      if (!spec.activation) {
+      if (!spec.sweep()) {
         for (size_t i = 0; i < cells; ++i) a.sum[matrix_index(spec.hook, targets[i], T, Hh)] += double(p.values[i]) * B;
         continue;
       }
-      for (size_t i = 0; i < cells; ++i) {
-        const size_t k = matrix_index(spec.hook, targets[i], T, Hh);
+      const size_t n = static_cast<size_t>(job.n_targets[p.acc]);
+      for (size_t i = 0; i < n; ++i) {
+        const size_t t = spec.method == Method::Verify ? static_cast<size_t>(spec.only[i]) : i;
+        const size_t k = matrix_index(spec.hook, targets[t], T, Hh);
         double mean = 0;
         for (int b = 0; b < B; ++b) {
           const float ld = p.values[i * B + b];
@@ -425,36 +503,135 @@ void aggregate(const Job& job, const std::map<int, BatchResult>& done, Experimen
           a.per_prompt[k].push_back(static_cast<float>((ld - sum.corrupted_ld_rows[b]) / d));
         }
         mean /= B;
+        if (std::isnan(a.sum[k])) a.sum[k] = 0;
         a.sum[k] += (mean - sum.corrupted_ld) / den * B;
       }
       a.work.fast = p.work.fast;
       a.work += p.work;
     }
-    R.batches.push_back(sum);
   }
-  R.clean_ld = clean_sum / R.n_prompts;
-  R.corrupted_ld = corr_sum / R.n_prompts;
   for (size_t i = 0; i < accs.size(); ++i) {
     MatrixResult mr;
     mr.hook = job.accs[i].hook;
-    mr.method = job.accs[i].activation ? "activation" : "attribution";
+    mr.method = method_name(job.accs[i].method);
     labels(mr.hook, L, hook_heads(mr.hook, job.m.cfg), R.position_labels, mr.rows, mr.cols);
     mr.values = accs[i].sum;
-    for (auto& v : mr.values) v /= R.n_prompts;
+    for (auto& v : mr.values) v /= n_prompts;
     mr.per_prompt_ld = std::move(accs[i].per_prompt_ld);
     mr.per_prompt = std::move(accs[i].per_prompt);
     mr.work = accs[i].work;
     mr.seconds = accs[i].seconds;
     R.results.push_back(std::move(mr));
   }
-  if (job.opt.attribution && job.opt.activation) {
-    for (Hook h : job.opt.hooks) {
-      const MatrixResult *at = nullptr, *ac = nullptr;
-      for (const auto& r : R.results)
-        if (r.hook == h) (r.method == "attribution" ? at : ac) = &r;
-      R.comparisons.push_back({h, pearson(at->values, ac->values), spearman(at->values, ac->values)});
+}
+
+const MatrixResult* find_result(const ExperimentResult& R, Hook h, const std::string& method) {
+  for (const auto& r : R.results)
+    if (r.hook == h && r.method == method) return &r;
+  return nullptr;
+}
+
+// The indices of the k largest |v| (NaN last), ties in index order.
+std::vector<size_t> top_abs(const std::vector<double>& v, size_t k) {
+  std::vector<size_t> idx(v.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  auto mag = [&](size_t i) { return std::isfinite(v[i]) ? std::fabs(v[i]) : -1.0; };
+  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return mag(a) > mag(b); });
+  idx.resize(std::min(k, idx.size()));
+  return idx;
+}
+
+// Attribution vs exact per hook, and how well each estimate ranks the nodes.
+void compare_estimates(const Job& job, ExperimentResult& R) {
+  for (Hook h : job.opt.hooks) {
+    const MatrixResult* ac = find_result(R, h, "activation");
+    if (!ac) continue;
+    const MatrixResult* at = find_result(R, h, "attribution");
+    if (at) R.comparisons.push_back({h, pearson(at->values, ac->values), spearman(at->values, ac->values)});
+    std::vector<double> exact_abs;
+    for (double v : ac->values) exact_abs.push_back(std::fabs(v));
+    const std::vector<size_t> top10 = top_abs(ac->values, 10);
+    for (const char* method : {"attribution", "atp-star"}) {
+      const MatrixResult* e = find_result(R, h, method);
+      if (!e) continue;
+      EstimateQuality q;
+      q.hook = h;
+      q.method = method;
+      q.nodes = static_cast<int>(e->values.size());
+      std::vector<double> est_abs;
+      for (double v : e->values) est_abs.push_back(std::fabs(v));
+      q.pearson_abs = pearson(est_abs, exact_abs);
+      q.spearman_abs = spearman(est_abs, exact_abs);
+      if (q.nodes > 20) {
+        const std::vector<size_t> top20 = top_abs(e->values, 20);
+        int hit = 0;
+        for (size_t i : top10) hit += std::count(top20.begin(), top20.end(), i) > 0;
+        q.recall_10_in_20 = hit / 10.0;
+      }
+      R.quality.push_back(q);
     }
   }
+}
+
+// --verify-top: the K nodes (over all hooks) with the largest |estimate|, as a Verify acc
+// per hook (targets in sweep order). Rank 0 only (it holds the aggregated estimates).
+std::vector<AccSpec> choose_verify(const Job& job, const ExperimentResult& R, const std::string& by) {
+  struct Node {
+    double mag;
+    size_t hook, target;
+  };
+  std::vector<Node> nodes;
+  for (size_t hi = 0; hi < job.opt.hooks.size(); ++hi) {
+    const Hook h = job.opt.hooks[hi];
+    const MatrixResult* e = find_result(R, h, by);
+    const int Hh = hook_heads(h, job.m.cfg);
+    const std::vector<PatchSpec> targets = sweep_targets(h, job.L, job.T, Hh);
+    for (size_t t = 0; t < targets.size(); ++t) {
+      const double v = e->values[matrix_index(h, targets[t], job.T, Hh)];
+      nodes.push_back({std::isfinite(v) ? std::fabs(v) : -1.0, hi, t});
+    }
+  }
+  std::stable_sort(nodes.begin(), nodes.end(), [](const Node& a, const Node& b) { return a.mag > b.mag; });
+  nodes.resize(std::min<size_t>(nodes.size(), static_cast<size_t>(job.opt.verify_top)));
+  std::vector<AccSpec> accs;
+  for (size_t hi = 0; hi < job.opt.hooks.size(); ++hi) {
+    AccSpec a{job.opt.hooks[hi], Method::Verify, {}};
+    for (const Node& n : nodes)
+      if (n.hook == hi) a.only.push_back(static_cast<int64_t>(n.target));
+    std::sort(a.only.begin(), a.only.end());
+    if (!a.only.empty()) accs.push_back(std::move(a));
+  }
+  return accs;
+}
+
+// The verified nodes, ranked by |estimate|.
+void list_verified(const Job& job, ExperimentResult& R) {
+  for (const AccSpec& a : job.accs) {
+    const MatrixResult* ex = find_result(R, a.hook, "verified");
+    const MatrixResult* est = find_result(R, a.hook, R.verify_ranked_by);
+    const MatrixResult* at = find_result(R, a.hook, "attribution");
+    const MatrixResult* st = find_result(R, a.hook, "atp-star");
+    const int Hh = hook_heads(a.hook, job.m.cfg);
+    const std::vector<PatchSpec> targets = sweep_targets(a.hook, job.L, job.T, Hh);
+    const size_t nc = ex->cols.size();
+    for (int64_t t : a.only) {
+      const size_t k = matrix_index(a.hook, targets[t], job.T, Hh);
+      VerifiedNode v;
+      v.hook = a.hook;
+      v.row = ex->rows[k / nc];
+      v.col = ex->cols[k % nc];
+      v.estimate = est->values[k];
+      if (at) v.attribution = at->values[k];
+      if (st) v.atp_star = st->values[k];
+      v.exact = ex->values[k];
+      v.ci95 = spread(ex->per_prompt[k]).ci95;
+      R.verified.push_back(v);
+    }
+  }
+  std::stable_sort(R.verified.begin(), R.verified.end(), [](const VerifiedNode& a, const VerifiedNode& b) {
+    return std::fabs(a.estimate) > std::fabs(b.estimate);
+  });
+  for (size_t i = 0; i < R.verified.size(); ++i) R.verified[i].rank = static_cast<int>(i) + 1;
 }
 
 std::string fmt_seconds(double s) {
@@ -465,48 +642,14 @@ std::string fmt_seconds(double s) {
   return buf;
 }
 
-}  // namespace
-
-ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt, Comm& comm) {
-  const auto t_all = Clock::now();
+// Computes every batch of one phase of the job (on every rank), resuming from the
+// checkpoints in ckpt when asked; the results are complete in `done` on rank 0. Returns the
+// number of batches taken from checkpoints.
+int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json& fp, std::map<int, BatchResult>& done,
+                RankWork& rw, int& code) {
+  const ExperimentOptions& opt = job.opt;
   const int N = comm.size(), rank = comm.rank();
-  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}};
-  int code = 2;
-  // ---- the job, identical on every rank ----------------------------------------------------
-  comm.agree(attempt(job, code, [&] {
-    job.pairs = load_pairs(opt.pairs_file);
-    check_pairs(job.pairs, m.tok, m.cfg.max_position_embeddings, opt.pairs_file, opt.add_bos, m.cfg.vocab_size);
-    job.per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(job.pairs.size());
-    job.T = pair_batch_length(job.pairs, m.tok, opt.add_bos);
-    if (job.T > m.cfg.max_position_embeddings)
-      throw Error(opt.pairs_file + ": the longest prompt has " + std::to_string(job.T) +
-                  " tokens, more than the model's context of " + std::to_string(m.cfg.max_position_embeddings));
-  }), code);
-  job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
-  for (Hook h : opt.hooks) {
-    if (opt.attribution) job.accs.push_back({h, false});
-    if (opt.activation) job.accs.push_back({h, true});
-  }
-  for (const auto& a : job.accs)
-    job.n_targets.push_back(a.activation ? static_cast<int64_t>(sweep_targets(a.hook, job.L, job.T, hook_heads(a.hook, job.m.cfg)).size()) : 0);
-
-  ExperimentResult R;
-  R.model_dir = m.dir;
-  R.device = be.name();
-  R.pairs_file = opt.pairs_file;
-  R.direction = opt.noising ? "noise" : "denoise";
-  R.add_bos = opt.add_bos;
-  R.T = job.T;
-  R.world_size = N;
-
   // ---- finished batches (rank 0 reads the checkpoints, every rank learns which) -------------
-  std::map<int, BatchResult> done;
-  nlohmann::json fp;
-  std::unique_ptr<CheckpointDir> ckpt;
-  if (!opt.checkpoint_out.empty()) {
-    ckpt = std::make_unique<CheckpointDir>(opt.checkpoint_out);
-    fp = job_fingerprint(opt, m, be, job.T, job.n_batches);
-  }
   std::string finished;
   comm.agree(attempt(job, code, [&] {
     if (!comm.root() || !ckpt) return;
@@ -527,16 +670,12 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   std::vector<int> todo;
   for (int b = 0; b < job.n_batches; ++b)
     if (!is_done[b]) todo.push_back(b);
-  R.resumed_batches = job.n_batches - static_cast<int>(todo.size());
-  if (R.resumed_batches > 0)
-    job.log("resuming: " + std::to_string(R.resumed_batches) + " of " + std::to_string(job.n_batches) +
+  const int resumed = job.n_batches - static_cast<int>(todo.size());
+  if (resumed > 0)
+    job.log("resuming: " + std::to_string(resumed) + " of " + std::to_string(job.n_batches) +
             " batches are finished in " + ckpt->dir());
-  if (N > 1)
-    job.log(std::to_string(N) + " ranks: batches dealt to ranks, each round's patches split across them by cost");
 
   // ---- rounds: N batches (one per rank), then the rest one at a time, split across ranks ----
-  RankWork rw;
-  rw.rank = rank;
   const auto t_compute = Clock::now();
   int64_t runs_done = 0;
   int batches_done = 0;
@@ -563,8 +702,8 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     }
     const double el = since(t_compute);
     const int left = static_cast<int>(todo.size()) - batches_done;
-    job.log("batches " + std::to_string(R.resumed_batches + batches_done) + "/" + std::to_string(job.n_batches) +
-            ", patch targets " + std::to_string(int64_t(R.resumed_batches + batches_done) * targets_per_batch) + "/" +
+    job.log("batches " + std::to_string(resumed + batches_done) + "/" + std::to_string(job.n_batches) +
+            ", patch targets " + std::to_string(int64_t(resumed + batches_done) * targets_per_batch) + "/" +
             std::to_string(int64_t(job.n_batches) * targets_per_batch) + ", " + std::to_string(runs_done) +
             " patched runs, " + std::to_string(static_cast<int64_t>(runs_done / std::max(el, 1e-9))) + " runs/s" +
             (left > 0 ? ", ETA " + fmt_seconds(el / batches_done * left) : std::string()));
@@ -625,8 +764,109 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     own = Forwards{};
     finish_round(comm.gather(payload), batches);
   }
+  return resumed;
+}
 
-  // ---- per-rank work, then the averages (rank 0) ---------------------------------------------
+}  // namespace
+
+void check_methods(const ExperimentOptions& opt) {
+  if (!opt.attribution && !opt.activation && !opt.atp_star) throw Error("--method: no method chosen");
+  if (opt.verify_top < 0) throw Error("--verify-top: expected a positive number of nodes");
+  if (opt.verify_top > 0 && opt.activation)
+    throw Error("--verify-top with the activation method: exact patching of every node already runs; "
+                "choose --method atp-star or attribution to verify only the top nodes");
+  if (opt.verify_top > 0 && !opt.attribution && !opt.atp_star)
+    throw Error("--verify-top needs an estimate to rank the nodes by (--method atp-star or attribution)");
+}
+
+ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt, Comm& comm) {
+  const auto t_all = Clock::now();
+  const int N = comm.size();
+  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}};
+  int code = 2;
+  // ---- the job, identical on every rank ----------------------------------------------------
+  comm.agree(attempt(job, code, [&] {
+    check_methods(opt);
+    job.pairs = load_pairs(opt.pairs_file);
+    check_pairs(job.pairs, m.tok, m.cfg.max_position_embeddings, opt.pairs_file, opt.add_bos, m.cfg.vocab_size);
+    job.per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(job.pairs.size());
+    job.T = pair_batch_length(job.pairs, m.tok, opt.add_bos);
+    if (job.T > m.cfg.max_position_embeddings)
+      throw Error(opt.pairs_file + ": the longest prompt has " + std::to_string(job.T) +
+                  " tokens, more than the model's context of " + std::to_string(m.cfg.max_position_embeddings));
+    if (opt.verify_top > 0) {
+      int64_t nodes = 0;
+      for (Hook h : opt.hooks) nodes += static_cast<int64_t>(sweep_targets(h, job.L, job.T, hook_heads(h, m.cfg)).size());
+      if (opt.verify_top > nodes)
+        throw Error("--verify-top " + std::to_string(opt.verify_top) + " is more than the " + std::to_string(nodes) +
+                    " nodes of the chosen hooks at T = " + std::to_string(job.T));
+    }
+  }), code);
+  job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
+  for (Hook h : opt.hooks) {
+    if (opt.attribution) job.accs.push_back({h, Method::Attribution, {}});
+    if (opt.atp_star) job.accs.push_back({h, Method::AtpStar, {}});
+    if (opt.activation) job.accs.push_back({h, Method::Activation, {}});
+  }
+  job.set_targets();
+
+  ExperimentResult R;
+  R.model_dir = m.dir;
+  R.device = be.name();
+  R.pairs_file = opt.pairs_file;
+  R.direction = opt.noising ? "noise" : "denoise";
+  R.add_bos = opt.add_bos;
+  R.T = job.T;
+  R.world_size = N;
+  if (N > 1)
+    job.log(std::to_string(N) + " ranks: batches dealt to ranks, each round's patches split across them by cost");
+
+  std::map<int, BatchResult> done;
+  nlohmann::json fp;
+  std::unique_ptr<CheckpointDir> ckpt, verify_ckpt;
+  if (!opt.checkpoint_out.empty()) {
+    ckpt = std::make_unique<CheckpointDir>(opt.checkpoint_out);
+    verify_ckpt = std::make_unique<CheckpointDir>(opt.checkpoint_out, "checkpoints-verify");
+    fp = job_fingerprint(opt, m, be, job.T, job.n_batches);
+  }
+  RankWork rw;
+  rw.rank = comm.rank();
+  R.resumed_batches = run_batches(job, comm, ckpt.get(), fp, done, rw, code);
+  if (comm.root()) {
+    aggregate_batches(job, done, R);
+    aggregate_results(job, done, R);
+  }
+
+  // ---- --verify-top: exact patching of the best-ranked nodes, every batch again -------------
+  if (opt.verify_top > 0) {
+    R.verify_ranked_by = opt.atp_star ? "atp-star" : "attribution";
+    Job verify = job;
+    std::string chosen;
+    if (comm.root()) {
+      nlohmann::json list = nlohmann::json::array();
+      for (const AccSpec& a : choose_verify(job, R, R.verify_ranked_by))
+        list.push_back({{"hook", hook_name(a.hook)}, {"targets", a.only}});
+      chosen = list.dump();
+    }
+    const std::string chosen_all = comm.bcast(chosen);
+    verify.accs.clear();
+    for (const auto& e : nlohmann::json::parse(chosen_all))
+      verify.accs.push_back({parse_hook(e["hook"].get<std::string>()), Method::Verify,
+                             e["targets"].get<std::vector<int64_t>>()});
+    verify.set_targets();
+    job.log("exact check of the top " + std::to_string(opt.verify_top) + " nodes by |" +
+            (opt.atp_star ? "AtP*" : "AtP") + "|");
+    nlohmann::json vfp = fp;
+    if (ckpt) vfp["verify"] = nlohmann::json::parse(chosen_all);
+    std::map<int, BatchResult> vdone;
+    run_batches(verify, comm, verify_ckpt.get(), vfp, vdone, rw, code);
+    if (comm.root()) {
+      aggregate_results(verify, vdone, R);
+      list_verified(verify, R);
+    }
+  }
+
+  // ---- per-rank work, then the comparisons (rank 0) ------------------------------------------
   std::vector<std::string> all = comm.gather(to_json(rw).dump());
   if (!comm.root()) return R;
   for (const auto& s : all) {
@@ -635,7 +875,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     R.forward_seconds += w.forward_seconds;
   }
   PHI3_CHECK(static_cast<int>(done.size()) == job.n_batches, "distributed run lost batches");
-  aggregate(job, done, R);
+  compare_estimates(job, R);
   R.wall_seconds = since(t_all);
   job.log("done in " + std::to_string(since(t_all)) + " s");
   return R;

@@ -2,6 +2,7 @@
 // attribution patching and exact activation patching for a set of hooks, normalized
 // metric (1 = clean, 0 = corrupted), per-prompt values kept.
 #pragma once
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -14,8 +15,12 @@ namespace phi3 {
 struct ExperimentOptions {
   std::string pairs_file;
   std::vector<Hook> hooks = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
-  bool attribution = true;
-  bool activation = true;
+  bool attribution = true;   // AtP: one backward, gradient x (source - base)
+  bool activation = true;    // exact activation patching of every node
+  bool atp_star = false;     // AtP* (QK fix + GradDrop: L more backward passes), unsigned
+  // With > 0: after the estimates of every batch, the K nodes of all hooks with the largest
+  // |AtP*| (|AtP| without atp_star) are patched exactly (fast sweep on those targets only).
+  int verify_top = 0;
   bool noising = false;     // patch corrupted values into the clean run instead of the reverse
   bool add_bos = true;      // prepend BOS to every prompt
   int batch_pairs = 0;      // pairs per batch (0: all pairs in one batch)
@@ -65,13 +70,37 @@ struct BatchSummary {
 
 struct MatrixResult {
   Hook hook = Hook::ResidPre;
-  std::string method;  // "attribution" | "activation"
+  // "attribution" (AtP) | "atp-star" (AtP*, unsigned) | "activation" (exact, every node) |
+  // "verified" (exact, only the --verify-top nodes; NaN elsewhere)
+  std::string method;
   std::vector<std::string> rows, cols;
   std::vector<double> values;                      // [rows*cols] normalized metric
-  std::vector<std::vector<float>> per_prompt_ld;   // activation: [rows*cols][prompts] raw logit diff
-  std::vector<std::vector<float>> per_prompt;      // activation: per-prompt normalized metric
-  SweepWork work;                                  // activation: summed over batches
+  std::vector<std::vector<float>> per_prompt_ld;   // exact: [rows*cols][prompts] raw logit diff
+  std::vector<std::vector<float>> per_prompt;      // exact: per-prompt normalized metric
+  SweepWork work;                                  // exact: summed over batches
   double seconds = 0;
+  bool exact() const { return method == "activation" || method == "verified"; }
+};
+
+// One node of --verify-top: its prefilter estimate and its exact effect.
+struct VerifiedNode {
+  int rank = 0;            // 1 = largest |estimate|
+  Hook hook = Hook::ResidPre;
+  std::string row, col;    // matrix labels, as in the CSVs
+  double estimate = 0;     // the ranking method's value (AtP* or AtP)
+  double attribution = NAN, atp_star = NAN;  // each where it ran
+  double exact = 0;        // normalized metric of the exact patch (mean over prompts)
+  double ci95 = 0;         // half-width over prompts
+};
+
+// How well each estimate ranks the nodes of one hook, against exact patching of all of them
+// (issue 12 item 5): Pearson / Spearman of |estimate| with |exact|, and the share of the
+// exact top-10 (by |effect|) found in the estimate's top-20 (NaN with 20 nodes or fewer).
+struct EstimateQuality {
+  Hook hook = Hook::ResidPre;
+  std::string method;  // "attribution" | "atp-star"
+  int nodes = 0;
+  double pearson_abs = NAN, spearman_abs = NAN, recall_10_in_20 = NAN;
 };
 
 struct HookComparison {
@@ -88,6 +117,9 @@ struct ExperimentResult {
   std::vector<std::string> position_labels;
   std::vector<MatrixResult> results;
   std::vector<HookComparison> comparisons;
+  std::vector<EstimateQuality> quality;   // with an estimate and exact patching of every node
+  std::string verify_ranked_by;           // "atp-star" | "attribution" ("" without --verify-top)
+  std::vector<VerifiedNode> verified;     // --verify-top, by rank
   double forward_seconds = 0;
   int world_size = 1;         // ranks of the job
   int resumed_batches = 0;    // batches taken from checkpoints
@@ -98,6 +130,10 @@ struct ExperimentResult {
 // Summarises one forward of a pair batch (tokens, top-3, logit differences).
 BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, const ForwardState& clean,
                              const ForwardState& corrupted);
+
+// Throws on a method combination that cannot run (no method; --verify-top with the
+// activation method or without an estimate to rank by).
+void check_methods(const ExperimentOptions& opt);
 
 // Every rank of comm calls it with the same options; batches are dealt to ranks (a round of
 // one whole batch per rank), and when fewer batches than ranks are left each is split across

@@ -64,7 +64,22 @@ std::string plot_title(const MatrixResult& r) {
     case Hook::V: base = "Value by Position"; break;
     case Hook::VAllPos: base = "Value (all positions)"; break;
   }
-  return base + (r.method == "attribution" ? " Attribution Patching" : " Activation Patching");
+  if (r.method == "attribution") return base + " Attribution Patching (AtP)";
+  if (r.method == "atp-star") return base + " AtP* (|estimate|)";
+  if (r.method == "verified") return base + " Exact Check of the Top Nodes";
+  return base + " Activation Patching";
+}
+
+const MatrixResult* find(const ExperimentResult& R, Hook h, const char* method) {
+  for (const auto& r : R.results)
+    if (r.hook == h && r.method == method) return &r;
+  return nullptr;
+}
+
+std::vector<std::string> cell_labels(const MatrixResult& r) {
+  std::vector<std::string> labels;
+  for (size_t i = 0; i < r.values.size(); ++i) labels.push_back(r.rows[i / r.cols.size()] + ", " + r.cols[i % r.cols.size()]);
+  return labels;
 }
 }  // namespace
 
@@ -86,11 +101,11 @@ std::vector<Component> top_components(const MatrixResult& r, size_t k) {
 std::vector<std::string> describe_effects(const ExperimentResult& R) {
   std::vector<std::string> lines;
   for (const auto& r : R.results) {
-    // Prefer the exact method when both ran.
-    bool has_activation = false;
-    for (const auto& o : R.results)
-      if (o.hook == r.hook && o.method == "activation") has_activation = true;
-    if (r.method == "attribution" && has_activation) continue;
+    // One matrix per hook: the exact one when it ran, else AtP, else AtP* (the partial
+    // --verify-top check is listed on its own).
+    if (r.method == "verified") continue;
+    if (r.method != "activation" && find(R, r.hook, "activation")) continue;
+    if (r.method == "atp-star" && find(R, r.hook, "attribution")) continue;
     auto top = top_components(r, 3);
     if (top.empty()) continue;
     // Share of total |effect| per row (layer) and per column (token / head).
@@ -123,6 +138,19 @@ std::vector<std::string> describe_effects(const ExperimentResult& R) {
       if (cols.size() > 1) s << ", " << cols[1].second << " " << fmt(100 * cols[1].first / total, 0) << "%";
     }
     s << ".";
+    lines.push_back(s.str());
+  }
+  if (!R.verified.empty()) {
+    const VerifiedNode& v = R.verified.front();
+    std::ostringstream s;
+    s << "Exact check of the top " << R.verified.size() << " nodes by |" << R.verify_ranked_by << "|: the first, "
+      << hook_name(v.hook) << " " << v.row << ", " << v.col << ", has exact effect " << fmt(v.exact, 3)
+      << " (estimate " << fmt(v.estimate, 3) << ")";
+    auto best = std::max_element(R.verified.begin(), R.verified.end(), [](const VerifiedNode& a, const VerifiedNode& b) {
+      return std::fabs(a.exact) < std::fabs(b.exact);
+    });
+    s << "; the largest exact effect among them is " << hook_name(best->hook) << " " << best->row << ", " << best->col
+      << " (" << fmt(best->exact, 3) << ", rank " << best->rank << ").";
     lines.push_back(s.str());
   }
   return lines;
@@ -188,7 +216,7 @@ std::string results_json(const ExperimentResult& R) {
     for (const auto& c : top_components(r, 10)) top.push_back({{"row", c.row}, {"col", c.col}, {"value", num(c.value)}});
     e["top10"] = top;
     e["seconds"] = r.seconds;
-    if (r.method == "activation") {
+    if (r.exact()) {
       // [rows][cols][prompts]
       json pl = json::array(), pn = json::array(), sd = json::array(), ci = json::array();
       for (size_t i = 0; i < r.rows.size(); ++i) {
@@ -222,7 +250,7 @@ std::string results_json(const ExperimentResult& R) {
                 {"streams", r.work.streams},
                 {"seconds", r.work.seconds}};
       e["work"] = w;
-      work[hook_name(r.hook)] = w;
+      work[hook_name(r.hook) + (r.method == "verified" ? " verified" : "")] = w;
     }
     results.push_back(e);
   }
@@ -237,6 +265,29 @@ std::string results_json(const ExperimentResult& R) {
   for (const auto& c : R.comparisons)
     cmp.push_back({{"hook", hook_name(c.hook)}, {"pearson", num(c.pearson)}, {"spearman", num(c.spearman)}});
   j["attribution_vs_activation"] = cmp;
+  json quality = json::array();
+  for (const auto& q : R.quality)
+    quality.push_back({{"hook", hook_name(q.hook)},
+                       {"method", q.method},
+                       {"nodes", q.nodes},
+                       {"pearson_abs", num(q.pearson_abs)},
+                       {"spearman_abs", num(q.spearman_abs)},
+                       {"recall_exact_top10_in_top20", num(q.recall_10_in_20)}});
+  j["estimate_quality"] = quality;
+  if (!R.verified.empty()) {
+    json v = json::array();
+    for (const auto& x : R.verified)
+      v.push_back({{"rank", x.rank},
+                   {"hook", hook_name(x.hook)},
+                   {"row", x.row},
+                   {"col", x.col},
+                   {"estimate", num(x.estimate)},
+                   {"attribution", num(x.attribution)},
+                   {"atp_star", num(x.atp_star)},
+                   {"exact", num(x.exact)},
+                   {"ci95_halfwidth", num(x.ci95)}});
+    j["verify_top"] = {{"k", R.verified.size()}, {"ranked_by", R.verify_ranked_by}, {"nodes", v}};
+  }
   j["summary"] = describe_effects(R);
   return j.dump(1) + "\n";
 }
@@ -269,16 +320,37 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
                                            hook_is_per_head(r.hook) && !heads ? "Layer / head" : "Layer"));
   }
   for (const auto& c : R.comparisons) {
-    const MatrixResult *at = nullptr, *ac = nullptr;
-    for (const auto& r : R.results)
-      if (r.hook == c.hook) (r.method == "attribution" ? at : ac) = &r;
-    std::vector<std::string> labels;
-    for (size_t i = 0; i < at->values.size(); ++i)
-      labels.push_back(at->rows[i / at->cols.size()] + ", " + at->cols[i % at->cols.size()]);
+    const MatrixResult *at = find(R, c.hook, "attribution"), *ac = find(R, c.hook, "activation");
     put(hook_name(c.hook) + "_scatter.svg",
         svg_scatter(hook_name(c.hook) + ": attribution vs activation (r=" + fmt(c.pearson, 3) + ", rho=" +
                         fmt(c.spearman, 3) + ")",
-                    at->values, ac->values, labels, "attribution patching", "activation patching"));
+                    at->values, ac->values, cell_labels(*at), "attribution patching", "activation patching"));
+  }
+  for (const auto& q : R.quality) {
+    if (q.method != "atp-star") continue;
+    const MatrixResult *st = find(R, q.hook, "atp-star"), *ac = find(R, q.hook, "activation");
+    std::vector<double> exact_abs;
+    for (double v : ac->values) exact_abs.push_back(std::fabs(v));
+    put(hook_name(q.hook) + "_atp_star_scatter.svg",
+        svg_scatter(hook_name(q.hook) + ": AtP* vs |activation| (r=" + fmt(q.pearson_abs, 3) + ")", st->values,
+                    exact_abs, cell_labels(*st), "AtP*", "|activation patching|"));
+  }
+  if (!R.verified.empty()) {
+    std::ostringstream csv;
+    csv << "rank,hook,row,col," << R.verify_ranked_by << "_estimate,attribution,atp_star,exact,ci95_halfwidth\n";
+    std::vector<double> est, ex;
+    std::vector<std::string> lab;
+    for (const auto& v : R.verified) {
+      csv << v.rank << "," << hook_name(v.hook) << "," << v.row << ",\"" << v.col << "\"," << std::setprecision(9)
+          << v.estimate << "," << v.attribution << "," << v.atp_star << "," << v.exact << "," << v.ci95 << "\n";
+      est.push_back(v.estimate);
+      ex.push_back(v.exact);
+      lab.push_back(hook_name(v.hook) + " " + v.row + ", " + v.col);
+    }
+    put("verified.csv", csv.str());
+    put("verified_scatter.svg", svg_scatter("top " + std::to_string(R.verified.size()) + " by |" + R.verify_ranked_by +
+                                                "|: estimate vs exact",
+                                            est, ex, lab, R.verify_ranked_by, "exact activation patching"));
   }
   // report.html
   std::ostringstream h;
@@ -302,6 +374,29 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
         << "</td></tr>\n";
     h << "</table>\n";
   }
+  if (!R.quality.empty()) {
+    h << "<h2>AtP vs AtP* against exact patching</h2>\n<p>Per hook, how each estimate ranks the nodes: "
+      << "Pearson and Spearman correlation of |estimate| with |exact effect|, and the share of the exact top-10 "
+      << "nodes (by |effect|) found in the estimate's top-20 (false negatives lower it; blank with 20 nodes or "
+      << "fewer).</p>\n<table><tr><th>hook</th><th>method</th><th>nodes</th><th>Pearson</th><th>Spearman</th>"
+      << "<th>recall@20 of exact top-10</th></tr>\n";
+    for (const auto& q : R.quality)
+      h << "<tr><td>" << hook_name(q.hook) << "</td><td>" << (q.method == "atp-star" ? "AtP*" : "AtP") << "</td><td>"
+        << q.nodes << "</td><td>" << fmt(q.pearson_abs, 3) << "</td><td>" << fmt(q.spearman_abs, 3) << "</td><td>"
+        << (std::isnan(q.recall_10_in_20) ? std::string() : fmt(q.recall_10_in_20, 2)) << "</td></tr>\n";
+    h << "</table>\n";
+  }
+  if (!R.verified.empty()) {
+    h << "<h2>Exact check of the top " << R.verified.size() << " nodes by |" << xml_escape(R.verify_ranked_by)
+      << "|</h2>\n<img src=\"verified_scatter.svg\">\n<table><tr><th>rank</th><th>hook</th><th>node</th>"
+      << "<th>AtP</th><th>AtP*</th><th>exact</th><th>95% CI</th></tr>\n";
+    for (const auto& v : R.verified)
+      h << "<tr><td>" << v.rank << "</td><td>" << hook_name(v.hook) << "</td><td>" << xml_escape(v.row + ", " + v.col)
+        << "</td><td>" << (std::isnan(v.attribution) ? std::string() : fmt(v.attribution, 4)) << "</td><td>"
+        << (std::isnan(v.atp_star) ? std::string() : fmt(v.atp_star, 4)) << "</td><td>" << fmt(v.exact, 4)
+        << "</td><td>&plusmn;" << fmt(v.ci95, 4) << "</td></tr>\n";
+    h << "</table>\n";
+  }
   h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th></tr>\n";
   for (const auto& b : R.batches)
     for (size_t i = 0; i < b.clean_prompts.size(); ++i)
@@ -312,7 +407,7 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
   for (const auto& r : R.results) {
     h << "<h3>" << xml_escape(plot_title(r)) << "</h3>\n<img src=\"" << file_stem(r) << ".svg\" alt=\""
       << xml_escape(plot_title(r)) << "\">\n";
-    if (r.method == "activation") {
+    if (r.exact()) {
       h << "<p>work: " << r.work.patched_runs << " patched runs, " << r.work.skipped_noop << " no-op patches skipped, "
         << r.work.token_layer_evals << " token-layer evaluations (naive: " << r.work.naive_token_layer_evals << "), "
         << fmt(r.work.seconds, 3) << " s</p>\n";
@@ -321,6 +416,10 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
   for (const auto& c : R.comparisons)
     h << "<h3>" << hook_name(c.hook) << ": attribution vs activation</h3>\n<img src=\"" << hook_name(c.hook)
       << "_scatter.svg\">\n";
+  for (const auto& q : R.quality)
+    if (q.method == "atp-star")
+      h << "<h3>" << hook_name(q.hook) << ": AtP* vs |activation|</h3>\n<img src=\"" << hook_name(q.hook)
+        << "_atp_star_scatter.svg\">\n";
   h << "<p>Files: results.json (all values, per-prompt metrics, work counters) and one CSV per figure.</p>\n";
   h << "</body></html>\n";
   put("report.html", h.str());

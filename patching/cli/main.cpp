@@ -64,7 +64,12 @@ run options:
                     z (per head and position), z_all_pos (per head), q, k, v (attention
                     inputs before rotary, per head and position; k and v per KV head),
                     q_all_pos, k_all_pos, v_all_pos (per head) [resid_pre,attn_out,mlp_out]
-  --method M        attribution | activation | both [both]
+  --method M        comma-separated: attribution (AtP), atp-star (AtP*: QK fix + GradDrop,
+                    L more backward passes, unsigned), activation (exact, every node);
+                    both = attribution,activation; all = all three [both]
+  --verify-top K    with atp-star or attribution (and not activation): patch exactly the K
+                    nodes of all hooks with the largest |AtP*| (|AtP| without atp-star);
+                    verified.csv lists them with both values
   --direction D     denoise (clean values into the corrupted run) | noise [denoise]
   --batch N         pairs per batch for large pair files (0 = one batch) [0]
   --naive           activation patching with one full forward per patch (verification)
@@ -80,9 +85,30 @@ With --device cuda each rank takes GPU local_rank % device_count. Only rank 0 wr
   --no-bos          do not prepend BOS <s> (run and forward; recorded in results.json)
 )";
 
+// --method: a comma-separated list of attribution, atp-star, activation (or both, all).
+void parse_methods(const std::string& list, ExperimentOptions& opt) {
+  opt.attribution = opt.activation = opt.atp_star = false;
+  std::stringstream ss(list);
+  std::string item;
+  bool any = false;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    if (item == "attribution") opt.attribution = true;
+    else if (item == "activation") opt.activation = true;
+    else if (item == "atp-star") opt.atp_star = true;
+    else if (item == "both") opt.attribution = opt.activation = true;
+    else if (item == "all") opt.attribution = opt.activation = opt.atp_star = true;
+    else
+      throw Error("--method: expected attribution, atp-star, activation, both or all (comma-separated), got '" +
+                  item + "'");
+    any = true;
+  }
+  if (!any) throw Error("--method: no method given");
+}
+
 int cmd_run(int argc, char** argv, int first) {
   Args a(argc, argv, first,
-         {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out"},
+         {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top"},
          {"fp32", "naive", "force", "no-bos", "resume", "help"});
   if (a.has("help")) {
     std::cout << kUsage;
@@ -95,11 +121,11 @@ int cmd_run(int argc, char** argv, int first) {
     opt.hooks = parse_hook_list(a.get("hooks", ""));
     if (opt.hooks.empty()) throw Error("--hooks: no hook given");
   }
-  const std::string method = a.get("method", "both");
-  if (method != "both" && method != "attribution" && method != "activation")
-    throw Error("--method: expected attribution, activation or both, got '" + method + "'");
-  opt.attribution = method != "activation";
-  opt.activation = method != "attribution";
+  parse_methods(a.get("method", "both"), opt);
+  opt.verify_top = a.get_int("verify-top", 0);
+  if (a.has("verify-top") && opt.verify_top < 1)
+    throw Error("--verify-top: expected a positive number of nodes, got " + std::to_string(opt.verify_top));
+  check_methods(opt);
   const std::string dir = a.get("direction", "denoise");
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
@@ -168,7 +194,7 @@ int cmd_run(int argc, char** argv, int first) {
               << "\n";
   for (const auto& r : R.results) {
     std::cout << hook_name(r.hook) << " " << r.method << ": " << r.seconds << " s";
-    if (r.method == "activation")
+    if (r.exact())
       std::cout << " (" << r.work.patched_runs << " runs, " << r.work.skipped_noop << " no-op skipped, "
                 << r.work.token_layer_evals << "/" << r.work.naive_token_layer_evals << " token-layer evals)";
     std::cout << "\n";
@@ -176,6 +202,19 @@ int cmd_run(int argc, char** argv, int first) {
   for (const auto& c : R.comparisons)
     std::cout << hook_name(c.hook) << ": attribution vs activation Pearson " << c.pearson << ", Spearman "
               << c.spearman << "\n";
+  for (const auto& q : R.quality)
+    std::cout << hook_name(q.hook) << ": |" << q.method << "| vs |exact| over " << q.nodes << " nodes: Pearson "
+              << q.pearson_abs << ", Spearman " << q.spearman_abs << ", recall of the exact top-10 in its top-20 "
+              << q.recall_10_in_20 << "\n";
+  if (!R.verified.empty()) {
+    std::cout << "top " << R.verified.size() << " nodes by |" << R.verify_ranked_by << "|, patched exactly:\n";
+    for (size_t i = 0; i < std::min<size_t>(R.verified.size(), 10); ++i) {
+      const VerifiedNode& v = R.verified[i];
+      std::cout << "  " << v.rank << ". " << hook_name(v.hook) << " " << v.row << " " << v.col << ": "
+                << R.verify_ranked_by << " " << v.estimate << ", exact " << v.exact << " +- " << v.ci95 << "\n";
+    }
+    if (R.verified.size() > 10) std::cout << "  (all in verified.csv)\n";
+  }
   for (const auto& s : describe_effects(R)) std::cout << s << "\n";
   std::cout << "wrote " << files.size() << " files to " << out << "/ (open " << path_join(out, "report.html")
             << ")\n";

@@ -567,6 +567,19 @@ TEST_F(CliErrors, BadOptionValues) {
   expect_error(run("--device tpu"), {"--device", "'tpu'"});
 }
 
+// --method lists and --verify-top: combinations that cannot run are refused before any work.
+TEST_F(CliErrors, MethodAndVerifyTopMisuse) {
+  expect_error(cli("run --method atp-star,exact --out " + quote(out_)), {"--method", "'exact'"});
+  expect_error(cli("run --method , --out " + quote(out_)), {"--method", "no method"});
+  expect_error(cli("run --method both --verify-top 5 --out " + quote(out_)), {"--verify-top", "activation"});
+  expect_error(cli("run --method attribution --verify-top 0 --out " + quote(out_)), {"--verify-top", "positive"});
+  expect_error(cli("run --method atp-star --verify-top -3 --out " + quote(out_)), {"--verify-top", "'-3'"});
+  // More nodes than the hooks have: resid_pre of the embedded model is 4 layers x T.
+  expect_error(cli("run --device cpu --method atp-star --hooks resid_pre,z_all_pos --verify-top 100000 --out " +
+                   quote(out_)),
+               {"--verify-top 100000", "nodes of the chosen hooks"});
+}
+
 TEST_F(CliErrors, UnknownCommand) {
   expect_error(cli("frobnicate"), {"unknown command 'frobnicate'"});
 }

@@ -106,6 +106,17 @@ void expect_same_results(const json& ref, const json& got, const std::string& wh
       EXPECT_EQ(a["work"]["token_layer_evals"], b["work"]["token_layer_evals"]);
     }
   }
+  ASSERT_EQ(ref.contains("verify_top"), got.contains("verify_top"));
+  if (ref.contains("verify_top")) {
+    const json &a = ref["verify_top"]["nodes"], &b = got["verify_top"]["nodes"];
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i]["hook"], b[i]["hook"]);
+      EXPECT_EQ(a[i]["row"], b[i]["row"]);
+      EXPECT_EQ(a[i]["col"], b[i]["col"]);
+      EXPECT_NEAR(a[i]["exact"].get<double>(), b[i]["exact"].get<double>(), 1e-6);
+    }
+  }
 }
 
 class Mpi : public ::testing::Test {
@@ -144,7 +155,7 @@ class Mpi : public ::testing::Test {
       }
       int64_t ref_evals = 0;
       for (const auto& r : ref["results"])
-        if (r["method"] == "activation") ref_evals += r["work"]["token_layer_evals"].get<int64_t>();
+        if (r.contains("work")) ref_evals += r["work"]["token_layer_evals"].get<int64_t>();
       EXPECT_EQ(evals, ref_evals) << "the ranks' patched runs add up to the single process's";
       EXPECT_LT(w["imbalance_token_layer_evals"].get<double>(), max_imbalance) << w.dump();
       std::printf("    %s: %d ranks, imbalance %.4f (token-layer evals), %.3f (seconds)\n", args.c_str(), np,
@@ -169,6 +180,12 @@ TEST_F(Mpi, PairsFileInBatchesSameAtAnyScale) {
 // The per-head hook (layers x positions x heads).
 TEST_F(Mpi, ZHookSameAtAnyScale) {
   same_at_any_scale("--pairs " + quote(seed_pairs()) + " --hooks z,z_all_pos", 3, 0.10);
+}
+
+// AtP* on every rank's share, then the exact check of its top nodes split across the ranks.
+TEST_F(Mpi, AtpStarVerifyTopSameAtAnyScale) {
+  same_at_any_scale("--pairs " + quote(many_pairs()) + " --batch 8 --hooks resid_pre,k --method atp-star --verify-top 12",
+                    3, 0.35);
 }
 
 // Starts a command in its own process group; returns its pid.
