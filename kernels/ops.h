@@ -122,6 +122,19 @@ struct AttnBackwardParams {
 // from S_t = sum_j A G: only one score moves); a key head at every position (k_all_est)
 // changes whole rows, recomputed. Rotated queries/keys (the source ones rotated at the base
 // run's positions), rows b*T + t; pad query rows contribute nothing.
+// z from a given attention pattern (patching hook_pattern): for heads [h0, h0 + nh),
+// z[b*T + t, h*HD + d] = sum_j P[b, h, t, j] * v[b*T + j, (h / (H/KVH))*HD + d], summed over
+// j in order; 0 on pad query rows (t < pad[b]), the attention op's convention. Other heads'
+// columns of z are left as they are.
+struct ApplyPatternParams {
+  const float* pattern = nullptr;  // [B, H, T, T]
+  const float* v = nullptr;        // [B*T, KVH*HD], stride kv_stride
+  const int32_t* pad = nullptr;    // [B]
+  float* z = nullptr;              // [B*T, H*HD], stride z_stride
+  int64_t kv_stride = 0, z_stride = 0;
+  int B = 0, T = 0, H = 0, KVH = 0, HD = 0, h0 = 0, nh = 0;
+};
+
 struct QkFixParams {
   const float* q = nullptr;         // [B*T, H*HD] base run, stride q_stride
   const float* k = nullptr;         // [B*T, KVH*HD] base run, stride kv_stride
@@ -203,7 +216,8 @@ struct QkFixParams {
      (rows `stride` >= G*W apart) */                                                     \
   void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,    \
                   int B, int T, int G, int W, int64_t stride, Stream stream);              \
-  void attn_qk_fix(const QkFixParams& p, Stream stream);
+  void attn_qk_fix(const QkFixParams& p, Stream stream);                                  \
+  void attn_apply_pattern(const ApplyPatternParams& p, Stream stream);
 
 namespace cpu {
 PHI3_DECLARE_OPS

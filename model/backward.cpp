@@ -9,6 +9,10 @@ namespace phi3 {
 
 const float* Gradients::hook_grad(Hook h, int l) const {
   const LayerGrads& g = layers.at(l);
+  if (hook_is_pattern(h)) {  // (zeroed for a dropped layer by backward itself)
+    if (dpattern.empty()) throw Error("the gradient of hook_pattern was not kept by this backward pass");
+    return dpattern.at(l).get();
+  }
   if (l == dropped_layer && h != Hook::ResidPre && h != Hook::ResidMid && h != Hook::ResidPost)
     return zeros.get();  // GradDrop: the dropped layer's own nodes
   switch (h) {
@@ -25,6 +29,7 @@ const float* Gradients::hook_grad(Hook h, int l) const {
     case Hook::KAllPos: return g.qkv.get() + q_width;
     case Hook::V:
     case Hook::VAllPos: return g.qkv.get() + q_width + kv_width;
+    default: break;
   }
   return nullptr;
 }

@@ -134,6 +134,27 @@ int hook_heads(Hook h, const ModelConfig& c) {
 }
 int hook_group_width(Hook h, const ModelConfig& c) { return hook_is_per_head(h) ? c.head_dim : c.hidden_size; }
 
+DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* pattern, const ForwardState& s, int l) {
+  const ModelConfig& c = m.cfg;
+  DeviceArray<float> z(be, size_t(s.B) * s.T * m.q_width());
+  ApplyPatternParams pp;
+  pp.pattern = pattern;
+  pp.v = s.layers.at(l).v.get();
+  pp.pad = s.pad.get();
+  pp.z = z.get();
+  pp.kv_stride = m.kv_width();
+  pp.z_stride = m.q_width();
+  pp.B = s.B;
+  pp.T = s.T;
+  pp.H = c.num_attention_heads;
+  pp.KVH = c.num_key_value_heads;
+  pp.HD = c.head_dim;
+  pp.h0 = 0;
+  pp.nh = c.num_attention_heads;
+  be.attn_apply_pattern(pp);
+  return z;
+}
+
 const float* ForwardState::hook_data(Hook h, int l) const {
   const LayerActs& a = layers.at(l);
   switch (h) {
@@ -150,6 +171,10 @@ const float* ForwardState::hook_data(Hook h, int l) const {
     case Hook::MlpOut: return a.mlp_out.get();
     case Hook::Z:
     case Hook::ZAllPos: return a.z.get();
+    case Hook::Pattern:
+    case Hook::PatternAllPos:
+      if (!a.pattern.size()) throw Error("hook_pattern was not kept by this forward pass");
+      return a.pattern.get();
   }
   return nullptr;
 }
@@ -281,11 +306,44 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     if (a.pattern.size()) be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
     AttnParams ap = plain_attention_params(m, s, a, dsegs.get());
     ap.z16 = a.z16.get();
+    DeviceArray<float> own_pattern;  // a patched pattern when the pass keeps none
+    if (patched_at(Hook::Pattern, l) && !a.pattern.size()) {
+      own_pattern = DeviceArray<float>(be, size_t(B) * H * T * T);
+      be.zero(own_pattern.get(), own_pattern.size() * sizeof(float));
+      ap.pattern = own_pattern.get();
+    }
     be.attention_forward(ap);
     GemmIn z_in(a.z.get(), a.z16.get());
     if (patched_at(Hook::Z, l)) {
       patch_here(Hook::Z, l, a.z.get(), QW, QW);
       z_in.bf16 = nullptr;  // the bf16 copy is stale: the GEMM rounds the patched z itself
+    }
+    if (patched_at(Hook::Pattern, l)) {
+      // The source run's pattern rows of the patched head (one query row, or all), then that
+      // head's z from the patched pattern.
+      std::vector<int32_t> rows;
+      for (int b = 0; b < B; ++b)
+        for (int t = 0; t < T; ++t)
+          if (hook_all_pos(patch->hook) || t == patch->pos) rows.push_back((b * H + patch->head) * T + t);
+      DeviceArray<int32_t> idx = to_device(be, rows);
+      be.copy_rows(ap.pattern, T, idx.get(), opt.source->hook_data(Hook::Pattern, l), T, idx.get(),
+                   static_cast<int>(rows.size()), T);
+      ApplyPatternParams pp;
+      pp.pattern = ap.pattern;
+      pp.v = a.v.get();
+      pp.pad = s.pad.get();
+      pp.z = a.z.get();
+      pp.kv_stride = KVW;
+      pp.z_stride = QW;
+      pp.B = B;
+      pp.T = T;
+      pp.H = H;
+      pp.KVH = KVH;
+      pp.HD = HD;
+      pp.h0 = patch->head;
+      pp.nh = 1;
+      be.attn_apply_pattern(pp);
+      z_in.bf16 = nullptr;
     }
 
     be.linear_forward(a.attn_out.get(), z_in, w.o, N, false);

@@ -70,6 +70,11 @@ struct ForwardState {
   ForwardState rows(Backend& be, int b0, int nb) const;
 };
 
+// [B*T, H*HD] z of every head from a given [B,H,T,T] pattern (a run's hook_pattern) over
+// the values of `s`'s layer l (attn_apply_pattern; 0 on s's pad query rows): the z a
+// hook_pattern patch gives.
+DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* pattern, const ForwardState& s, int l);
+
 // Elements between consecutive rows of a hook's activation (D, H*HD for z, the qkv row width
 // for q/k/v), the heads a per-head hook has (H, KVH for k/v; 1 otherwise) and the width of one
 // patched group (HD for per-head hooks, D otherwise).

@@ -7,7 +7,7 @@ namespace phi3 {
 std::vector<Hook> all_hooks() {
   return {Hook::ResidPre, Hook::ResidMid, Hook::ResidPost, Hook::AttnOut, Hook::MlpOut,
           Hook::Z,        Hook::ZAllPos,  Hook::Q,         Hook::QAllPos, Hook::K,
-          Hook::KAllPos,  Hook::V,        Hook::VAllPos};
+          Hook::KAllPos,  Hook::V,        Hook::VAllPos,  Hook::Pattern, Hook::PatternAllPos};
 }
 
 std::string hook_name(Hook h) {
@@ -25,6 +25,8 @@ std::string hook_name(Hook h) {
     case Hook::KAllPos: return "k_all_pos";
     case Hook::V: return "v";
     case Hook::VAllPos: return "v_all_pos";
+    case Hook::Pattern: return "pattern";
+    case Hook::PatternAllPos: return "pattern_all_pos";
   }
   return "?";
 }
@@ -44,6 +46,8 @@ std::string hook_title(Hook h) {
     case Hook::KAllPos: return "Key, All Positions";
     case Hook::V: return "Value by Position";
     case Hook::VAllPos: return "Value, All Positions";
+    case Hook::Pattern: return "Attention Pattern by Query Position";
+    case Hook::PatternAllPos: return "Attention Pattern, All Queries";
   }
   return "?";
 }
@@ -70,9 +74,11 @@ std::vector<Hook> parse_hook_list(const std::string& list) {
   return out;
 }
 
-bool hook_is_per_head(Hook h) { return h == Hook::Z || h == Hook::ZAllPos || hook_is_qkv(h); }
+bool hook_is_per_head(Hook h) { return h == Hook::Z || h == Hook::ZAllPos || hook_is_qkv(h) || hook_is_pattern(h); }
+bool hook_is_pattern(Hook h) { return h == Hook::Pattern || h == Hook::PatternAllPos; }
 bool hook_all_pos(Hook h) {
-  return h == Hook::ZAllPos || h == Hook::QAllPos || h == Hook::KAllPos || h == Hook::VAllPos;
+  return h == Hook::ZAllPos || h == Hook::QAllPos || h == Hook::KAllPos || h == Hook::VAllPos ||
+         h == Hook::PatternAllPos;
 }
 bool hook_is_qkv(Hook h) {
   return h == Hook::Q || h == Hook::QAllPos || h == Hook::K || h == Hook::KAllPos || h == Hook::V || h == Hook::VAllPos;
@@ -85,6 +91,7 @@ Hook hook_base(Hook h) {
     case Hook::QAllPos: return Hook::Q;
     case Hook::KAllPos: return Hook::K;
     case Hook::VAllPos: return Hook::V;
+    case Hook::PatternAllPos: return Hook::Pattern;
     default: return h;
   }
 }
@@ -94,6 +101,7 @@ std::string hook_tl_name(Hook h) {
   if (h == Hook::Q || h == Hook::QAllPos) return "attn.hook_q";
   if (h == Hook::K || h == Hook::KAllPos) return "attn.hook_k";
   if (h == Hook::V || h == Hook::VAllPos) return "attn.hook_v";
+  if (hook_is_pattern(h)) return "attn.hook_pattern";
   return "hook_" + hook_name(h);
 }
 

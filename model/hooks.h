@@ -20,6 +20,8 @@ enum class Hook {
   KAllPos,    // blocks.l.attn.hook_k        (per KV head, every position)
   V,          // blocks.l.attn.hook_v        [B,T,KVH,HD] (per KV head and position)
   VAllPos,    // blocks.l.attn.hook_v        (per KV head, every position)
+  Pattern,    // blocks.l.attn.hook_pattern  [B,H,T,T] (one query row of one head)
+  PatternAllPos,  // blocks.l.attn.hook_pattern (every query row of one head)
 };
 
 std::string hook_name(Hook h);                 // "resid_pre", ..., "z", "z_all_pos"
@@ -27,7 +29,8 @@ std::string hook_title(Hook h);                // "Residual (pre)", "Attention o
 Hook parse_hook(const std::string& name);      // throws naming the unknown hook
 // Comma-separated hook names ("resid_pre,attn_out"); "" and "none" give an empty list.
 std::vector<Hook> parse_hook_list(const std::string& list);
-bool hook_is_per_head(Hook h);  // z, q, k, v (and their all-position forms)
+bool hook_is_per_head(Hook h);  // z, q, k, v, pattern (and their all-position forms)
+bool hook_is_pattern(Hook h);   // pattern, pattern_all_pos (laid out [B,H,T,T], not by token row)
 bool hook_all_pos(Hook h);      // patched at every position at once (the *_all_pos hooks)
 bool hook_is_qkv(Hook h);       // q, k, v: the attention inputs, before rotary
 bool hook_is_kv(Hook h);        // k, v: one per KV head, shared by a group of query heads

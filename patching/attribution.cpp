@@ -30,14 +30,25 @@ std::vector<std::vector<float>> reduce_hook(Backend& be, const Model& m, const F
   const int L = m.cfg.num_hidden_layers, T = base.T, B = base.B;
   const int G = hook_heads(hook, m.cfg), W = hook_group_width(hook, m.cfg);
   const int64_t stride = hook_stride(hook, m);
+  // A pattern node acts on the metric through its head's z = A v only, so its estimate
+  // sum_j dA[t,j] dM/dA[t,j] = dM/dz_t . (A_src v - A_base v)_t: a z-hook reduction over the z
+  // of the two patterns (base values; the same op for both, so equal rows cancel exactly).
+  // This is the gradient of z = A v with respect to every entry of A, also where the base
+  // run masks a key the source run attends (rows with different padding).
+  const bool pattern = hook_is_pattern(hook);
+  std::vector<DeviceArray<float>> zs(pattern ? L : 0), zb(pattern ? L : 0);
+  for (int l = 0; pattern && l < L; ++l) {
+    zs[l] = z_from_pattern(be, m, source.hook_data(hook, l), base, l);
+    zb[l] = z_from_pattern(be, m, base.hook_data(hook, l), base, l);
+  }
   const int R = per_row ? B : 1, n = L * R;
   std::vector<const float*> ptrs(size_t(3) * n);  // a | c | grad
   for (int l = 0; l < L; ++l)
     for (int r = 0; r < R; ++r) {
       const size_t i = size_t(l) * R + r, off = size_t(r) * T * stride;
-      ptrs[i] = source.hook_data(hook, l) + off;
-      ptrs[n + i] = base.hook_data(hook, l) + off;
-      ptrs[2 * n + i] = g.hook_grad(hook, l) + off;
+      ptrs[i] = (pattern ? zs[l].get() : source.hook_data(hook, l)) + off;
+      ptrs[n + i] = (pattern ? zb[l].get() : base.hook_data(hook, l)) + off;
+      ptrs[2 * n + i] = g.hook_grad(pattern ? Hook::Z : hook, l) + off;
     }
   DeviceArray<const float*> dptrs = to_device(be, ptrs);
   DeviceArray<float> out(be, size_t(n) * T * G);

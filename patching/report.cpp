@@ -63,6 +63,8 @@ std::string plot_title(const MatrixResult& r) {
     case Hook::KAllPos: base = "Key (all positions)"; break;
     case Hook::V: base = "Value by Position"; break;
     case Hook::VAllPos: base = "Value (all positions)"; break;
+    case Hook::Pattern: base = "Attention Pattern by Query Position"; break;
+    case Hook::PatternAllPos: base = "Attention Pattern (all queries)"; break;
   }
   if (r.method == "attribution") return base + " Attribution Patching (AtP)";
   if (r.method == "atp-star") return base + " AtP* (|estimate|)";

@@ -404,7 +404,8 @@ class FastSweep {
           DeviceArray<float> tmp(be_, size_t(n) * D_);
           be_.copy_rows(tmp.get(), D_, nullptr, sl.attn_out.get(), D_, d_src.get(), n, D_);
           be_.add(post.get(), post.get(), tmp.get(), int64_t(n) * D_);
-        } else {  // Z / ZAllPos: base z with one head's slice from the source, then o_proj
+        } else {  // Z / ZAllPos / pattern: base z with one head's slice from the source (for a
+                  // pattern, z from the source pattern row(s): zp_), then o_proj
           DeviceArray<float> z(be_, size_t(n) * QW_);
           be_.copy_rows(z.get(), QW_, nullptr, bl.z.get(), QW_, d_src.get(), n, QW_);
           HeadRows by_head;
@@ -413,7 +414,7 @@ class FastSweep {
             e.first.push_back(i);
             e.second.push_back(rows[i].src);
           }
-          copy_head_slices(z.get(), sl.z.get(), QW_, by_head);
+          copy_head_slices(z.get(), zp_ ? zp_ + size_t(lt) * B_ * T_ * QW_ : sl.z.get(), QW_, by_head);
           be_.linear_forward(post.get(), z.get(), w.o, n, true);  // the patched z, rounded by the GEMM
         }
       }
@@ -425,6 +426,9 @@ class FastSweep {
 
  public:
   std::vector<PatchSpec> tspec_;
+  // Pattern sweeps: [L][B*T, H*HD] z of every head from the source run's pattern over the
+  // base run's values (attn_apply_pattern), the "source z" of a pattern patch.
+  const float* zp_ = nullptr;
 
  private:
   Backend& be_;
@@ -447,6 +451,20 @@ NoopMask noop_mask(Backend& be, const Model& m, const ForwardState& base, const 
   NoopMask mask;
   mask.T = T;
   mask.G = hook_heads(hook, m.cfg);
+  if (hook_is_pattern(hook)) {
+    // [B,H,T,T]: rows (head, query) of T keys per batch row, compared as H*T rows of one
+    // group, then reordered to [T, H].
+    const int H = mask.G;
+    DeviceArray<uint8_t> eq(be, size_t(L) * H * T);
+    for (int l = 0; l < L; ++l)
+      be.rows_equal(eq.get() + size_t(l) * H * T, base.hook_data(hook, l), source.hook_data(hook, l), B, H * T, 1, T, T);
+    const std::vector<uint8_t> ht = eq.download();
+    mask.eq.resize(ht.size());
+    for (int l = 0; l < L; ++l)
+      for (int h = 0; h < H; ++h)
+        for (int t = 0; t < T; ++t) mask.eq[(size_t(l) * T + t) * H + h] = ht[(size_t(l) * H + h) * T + t];
+    return mask;
+  }
   const int W = hook_group_width(hook, m.cfg);
   const int64_t stride = hook_stride(hook, m);
   DeviceArray<uint8_t> eq(be, size_t(L) * T * mask.G);
@@ -633,6 +651,16 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   }
   res.work.chunks = static_cast<int>(chunks.size());
 
+  // A pattern patch is a z patch whose source z comes from the source run's pattern rows.
+  DeviceArray<float> zp;
+  if (hook_is_pattern(hook) && !runs.empty()) {
+    const size_t per = size_t(B) * T * m.q_width();
+    zp = DeviceArray<float>(be, per * L);
+    for (int l = 0; l < L; ++l) {
+      const DeviceArray<float> z = z_from_pattern(be, m, source.hook_data(hook, l), base, l);
+      be.copy(zp.get() + per * l, z.get(), per * sizeof(float));
+    }
+  }
   // Workers: the calling backend plus its persistent lanes (own streams), taking chunks in turn.
   const std::vector<Backend*> lanes = be.lanes(std::max(1, std::min(streams, static_cast<int>(chunks.size()))));
   be.synchronize();  // the base/source caches are complete before other streams read them
@@ -645,6 +673,7 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
     try {
       FastSweep fs(*lanes[lane], m, base, source, answer, other, hook);
       fs.tspec_ = res.targets;
+      fs.zp_ = zp.size() ? zp.get() : nullptr;
       for (size_t c; (c = next++) < chunks.size();) {
         fs.run_chunk(chunks[c], res.ld, evals[lane]);
         std::lock_guard<std::mutex> lock(mu);

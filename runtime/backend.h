@@ -78,6 +78,7 @@ class Backend {
   virtual void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G,
                           int W, int64_t stride) = 0;
   virtual void attn_qk_fix(const QkFixParams& p) = 0;
+  virtual void attn_apply_pattern(const ApplyPatternParams& p) = 0;
   // Whether GEMM inputs should be produced in bf16 (GemmOut::bf16) rather than fp32: the
   // weights are bf16, so the GEMMs read bf16 activations.
   bool gemm_in_bf16() const { return weight_dtype() == DType::BF16; }

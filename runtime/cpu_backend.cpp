@@ -131,6 +131,7 @@ class CpuBackend final : public Backend {
     cpu::attribution_reduce(out, a, c, grad, L, B, T, G, W, stride, nullptr);
   }
   void attn_qk_fix(const QkFixParams& p) override { cpu::attn_qk_fix(p, nullptr); }
+  void attn_apply_pattern(const ApplyPatternParams& p) override { cpu::attn_apply_pattern(p, nullptr); }
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
                   int64_t stride) override {
     cpu::rows_equal(eq, a, c, B, T, G, W, stride, nullptr);

@@ -250,6 +250,11 @@ void TraceBackend::attn_qk_fix(const QkFixParams& p) {
   if (inner_) inner_->attn_qk_fix(p);
 }
 
+void TraceBackend::attn_apply_pattern(const ApplyPatternParams& p) {
+  trace_.add("attn_apply_pattern (z from a given pattern)", cost::attn_apply_pattern(p.B, p.T, p.nh, p.HD));
+  if (inner_) inner_->attn_apply_pattern(p);
+}
+
 void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
                               int64_t stride) {
   trace_.add("rows_equal (no-op test)", cost::rows_equal(B, T, G, W));

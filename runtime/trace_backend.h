@@ -87,6 +87,7 @@ class TraceBackend : public Backend {
                           int B, int T, int G, int W, int64_t stride) override;
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W, int64_t stride) override;
   void attn_qk_fix(const QkFixParams& p) override;
+  void attn_apply_pattern(const ApplyPatternParams& p) override;
 
  private:
   cost::AttnShape attn_shape(const AttnParams& p) const;

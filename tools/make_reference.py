@@ -157,8 +157,21 @@ _ORIG_EAGER = modeling_phi3.eager_attention_forward
 _ACTIVE = None  # the Hooked instance whose attention capture is on
 
 
+_RUNNING = None  # the Hooked instance running a forward (pattern patches)
+
+
 def _eager_wrapper(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     out, weights = _ORIG_EAGER(module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+    if _RUNNING is not None and _RUNNING._patching("pattern", module.layer_idx):
+        # TL hook_pattern patch: the head's pattern row(s) replaced, z recomputed from them
+        # (attn_output = weights @ repeat_kv(value), as HF eager does after the softmax).
+        pt = _RUNNING.patch
+        weights = weights.clone()
+        src = pt.src["pattern"][pt.layer]
+        ps = slice(None) if pt.pos is None else slice(pt.pos, pt.pos + 1)
+        weights[:, pt.head, ps, :] = src[:, pt.head, ps, :].to(weights.dtype)
+        vs = modeling_phi3.repeat_kv(value, module.num_key_value_groups)
+        out = torch.matmul(weights.to(value.dtype), vs).transpose(1, 2).contiguous()
     if _ACTIVE is not None:
         _ACTIVE._on_attention(module.layer_idx, query, key, weights)
     return out, weights
@@ -322,18 +335,20 @@ class Hooked:
 
     # -- run
     def run(self, batch, capture=False, grad=False, patch=None):
-        global _ACTIVE
+        global _ACTIVE, _RUNNING
         self.capture, self.grad, self.patch = capture, grad, patch
         self.qmask = batch["mask"]
         if capture:
             self.cache = {k: [None] * self.L for k in
                           BLOCK_HOOKS + ["qkv", "z", "rot_q", "rot_k", "pattern"]}
         _ACTIVE = self if capture else None
+        _RUNNING = self
         try:
             out = self.model(input_ids=batch["tokens"], attention_mask=batch["mask"],
                              position_ids=batch["pos"], use_cache=False)
         finally:
             _ACTIVE = None
+            _RUNNING = None
             self.patch = None
         return out.logits
 
@@ -436,6 +451,12 @@ def linear_per_prompt(clean_acts, corr_acts, grads, L):
                            for l in range(L)], dim=1)  # [B,L,T,heads]
         out[hook] = per
         out[hook + "_all_pos"] = per.sum(2)
+    if "pattern_masked" in clean_acts:  # hook_pattern [B,H,T,T], pad query rows 0 (engine convention)
+        per = torch.stack([((clean_acts["pattern_masked"][l] - corr_acts["pattern_masked"][l]).double()
+                            * grads["attn.hook_pattern"][l]).sum(-1).transpose(1, 2)
+                           for l in range(L)], dim=1)  # [B,L,T,H]
+        out["pattern"] = per
+        out["pattern_all_pos"] = per.sum(2)
     return out
 
 
@@ -801,6 +822,28 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         patching[hook + "_all_pos"] = {"activation": act_all, "attribution": attr_all,
                                        "activation_per_prompt_logit_diff": ppl_all}
 
+    # hook_pattern (TL attn.hook_pattern [B,H,T,T]) by (layer, query position, head) and all
+    # query positions: the source rows are the clean run's pattern with its pad query rows 0
+    # (the engine's convention, as stored); z is recomputed from the patched pattern.
+    for run_acts, bb in ((clean_acts, clean_b), (corr_acts, corr_b)):
+        run_acts["pattern_masked"] = [t * bb["mask"][:, None, :, None].to(t.dtype) for t in run_acts["attn.hook_pattern"]]
+    src["pattern"] = clean_acts["pattern_masked"]
+    act = [[[None] * H for _ in range(T)] for _ in range(L)]
+    ppl = [[[None] * H for _ in range(T)] for _ in range(L)]
+    act_all = [[None] * H for _ in range(L)]
+    ppl_all = [[None] * H for _ in range(L)]
+    lin = linear_per_prompt(clean_acts, corr_acts, grads, L)
+    for l in range(L):
+        for p in range(T):
+            for h in range(H):
+                act[l][p][h], ppl[l][p][h] = patched("pattern", l, p, h)
+        for h in range(H):
+            act_all[l][h], ppl_all[l][h] = patched("pattern", l, None, h)
+    patching["pattern"] = {"activation": act, "attribution": lin["pattern"].sum(0).tolist(),
+                           "activation_per_prompt_logit_diff": ppl}
+    patching["pattern_all_pos"] = {"activation": act_all, "attribution": lin["pattern_all_pos"].sum(0).tolist(),
+                                   "activation_per_prompt_logit_diff": ppl_all}
+
     # ---- AtP*'s QK fix (Kramar, Lieberum, Shah, Nanda 2024, sec. 3.1), our own float64 PyTorch
     # of the paper's formula: the pattern recomputed exactly with one query (one key) at its clean
     # value, linear after the pattern: sum over changed rows of (A' - A) . dM/dA.
@@ -835,6 +878,8 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
     }
     for run, acts, bb in (("clean", clean_acts, clean_b), ("corrupted", corr_acts, corr_b), ("grad", grads, corr_b)):
         for key, lst in acts.items():
+            if key == "pattern_masked":
+                continue
             for l, t in enumerate(lst):
                 t = t.float().contiguous()
                 if key == "attn.hook_pattern":

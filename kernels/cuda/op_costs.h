@@ -160,6 +160,12 @@ inline OpCost rows_equal(int B, int T, int G, int W) {
 }
 // Three score passes per (query row, key) for the query fix, every key from the source and
 // the single-key deltas; pattern and its gradient read once.
+// z = P v for nh heads: the pattern rows read once, v rows from cache, z written.
+inline OpCost attn_apply_pattern(int B, int T, int nh, int HD) {
+  const double rows = double(B) * nh * T;
+  return {rows * T * 4 + double(B) * T * HD * 4 + rows * HD * 4, 0, 0, rows * T * HD * 2.0, 1};
+}
+
 inline OpCost attn_qk_fix(int B, int T, int H, int KVH, int HD) {
   const double pairs = double(B) * H * T * (T + 1) / 2;
   const double rows = double(B) * T;

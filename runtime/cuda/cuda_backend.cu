@@ -277,6 +277,10 @@ class CudaBackend final : public Backend {
     select();
     cuda::attn_qk_fix(p, stream_);
   }
+  void attn_apply_pattern(const ApplyPatternParams& p) override {
+    select();
+    cuda::attn_apply_pattern(p, stream_);
+  }
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W,
                   int64_t stride) override {
     select();

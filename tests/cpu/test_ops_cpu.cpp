@@ -580,6 +580,55 @@ TEST_P(AttnTest, ForwardVsNaive) {
   }
 }
 
+// z from a given pattern (patching hook_pattern): applied to the attention's own pattern it
+// gives the attention's z (pad query rows exactly 0); only heads [h0, h0 + nh) are written.
+TEST_P(AttnTest, ApplyPatternOfItsOwnPatternGivesZ) {
+  const AttnCase& c = GetParam();
+  SCOPED_TRACE(attn_desc(c));
+  const AttnPlain a(c, 401);
+  std::vector<float> z(a.z_size(), NAN), pat(a.pattern_size(), 0.0f);
+  be().attention_forward(a.params(z.data(), pat.data()));
+  const int HHD = c.H * c.HD, KVW = c.KVH * c.HD, T = c.T;
+  std::vector<float> v(size_t(a.B) * T * KVW), zb(size_t(a.B) * T * HHD);  // batch-row order
+  for (int b = 0; b < a.B; ++b)
+    for (int t = 0; t < T; ++t) {
+      std::copy_n(a.row(b, t) + HHD + KVW, KVW, v.begin() + (size_t(b) * T + t) * KVW);
+      std::copy_n(z.begin() + (size_t(a.seg_of(b)) * T + t) * HHD, HHD, zb.begin() + (size_t(b) * T + t) * HHD);
+    }
+  ApplyPatternParams p;
+  p.pattern = pat.data();
+  p.v = v.data();
+  p.pad = c.pads.data();
+  p.kv_stride = KVW;
+  p.z_stride = HHD;
+  p.B = a.B;
+  p.T = T;
+  p.H = c.H;
+  p.KVH = c.KVH;
+  p.HD = c.HD;
+  p.h0 = 0;
+  p.nh = c.H;
+  std::vector<float> z2(zb.size(), NAN);
+  p.z = z2.data();
+  be().attn_apply_pattern(p);
+  expect_close(z2, zb, kAttnTol, "z = pattern @ v");
+  for (int b = 0; b < a.B; ++b)
+    for (int t = 0; t < c.pads[b]; ++t)
+      for (int e = 0; e < HHD; ++e) ASSERT_EQ(z2[(size_t(b) * T + t) * HHD + e], 0.0f);
+  // One head only: the others' columns are left alone.
+  const int h = c.H - 1;
+  std::vector<float> z3(zb.size(), 7.0f);
+  p.z = z3.data();
+  p.h0 = h;
+  p.nh = 1;
+  be().attn_apply_pattern(p);
+  for (size_t r = 0; r < size_t(a.B) * T; ++r)
+    for (int e = 0; e < HHD; ++e) {
+      if (e / c.HD == h) ASSERT_EQ(z3[r * HHD + e], z2[r * HHD + e]);
+      else ASSERT_EQ(z3[r * HHD + e], 7.0f);
+    }
+}
+
 // Packed prefix-cache segments (the exact sweep): positions < fresh_start read the cache (the
 // corrupted run), the others the packed rows (a patched run with different values); queries
 // from q_start on. Several segments per batch row, packed in one call.

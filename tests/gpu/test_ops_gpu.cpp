@@ -876,6 +876,43 @@ TEST(FusedGpu, QkFixMatchesCpu) {
   }
 }
 
+TEST(FusedGpu, ApplyPatternMatchesCpu) {
+  REQUIRE_GPU();
+  const int B = 3, T = 13, H = 6, KVH = 2, HD = 40, QW = H * HD, S = 3 * KVH * HD;  // v in a wider row
+  auto pat = random_vec((size_t)B * H * T * T, 301, 0.0f, 1.0f);
+  auto vrow = random_vec((size_t)B * T * S, 302);
+  std::vector<int32_t> pad = {0, 4, 12};
+  for (int h0 : {0, 2}) {
+    const int nh = h0 == 0 ? H : 3;
+    ApplyPatternParams p;
+    p.kv_stride = S;
+    p.z_stride = QW + 5;  // a strided z
+    p.B = B;
+    p.T = T;
+    p.H = H;
+    p.KVH = KVH;
+    p.HD = HD;
+    p.h0 = h0;
+    p.nh = nh;
+    std::vector<float> zc((size_t)B * T * p.z_stride, 3.0f);
+    ApplyPatternParams pc = p;
+    pc.pattern = pat.data();
+    pc.v = vrow.data() + KVH * HD;
+    pc.pad = pad.data();
+    pc.z = zc.data();
+    cpu::attn_apply_pattern(pc, nullptr);
+    auto patd = dev(pat), vd = dev(vrow), zd = dev(std::vector<float>(zc.size(), 3.0f));
+    auto padd = dev(pad);
+    ApplyPatternParams pg = p;
+    pg.pattern = patd.get();
+    pg.v = vd.get() + KVH * HD;
+    pg.pad = padd.get();
+    pg.z = zd.get();
+    gpu().attn_apply_pattern(pg);
+    expect_close(zd.download(), zc, 1e-5, "z from the pattern, heads from " + std::to_string(h0));
+  }
+}
+
 #endif  // PHI3_WITH_CUDA
 
 }  // namespace
