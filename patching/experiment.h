@@ -108,6 +108,16 @@ struct HookComparison {
   double pearson = 0, spearman = 0;
 };
 
+// One head's attention pattern on the first prompt of the first batch, clean and corrupted
+// (report figure for the top heads of a pattern hook).
+struct PatternFigure {
+  Hook hook = Hook::Pattern;
+  int layer = 0, head = 0;
+  std::string ranked_by;                                    // the matrix the head was chosen from
+  std::vector<std::string> clean_tokens, corrupted_tokens;  // T position labels each
+  std::vector<float> clean, corrupted;                      // [T, T] query x key
+};
+
 struct ExperimentResult {
   std::string model_dir, device, pairs_file, direction;
   bool add_bos = true;
@@ -120,6 +130,7 @@ struct ExperimentResult {
   std::vector<EstimateQuality> quality;   // with an estimate and exact patching of every node
   std::string verify_ranked_by;           // "atp-star" | "attribution" ("" without --verify-top)
   std::vector<VerifiedNode> verified;     // --verify-top, by rank
+  std::vector<PatternFigure> pattern_figures;  // pattern hooks: the top 3 heads
   double forward_seconds = 0;
   int world_size = 1;         // ranks of the job
   int resumed_batches = 0;    // batches taken from checkpoints

@@ -276,6 +276,27 @@ std::string results_json(const ExperimentResult& R) {
                        {"spearman_abs", num(q.spearman_abs)},
                        {"recall_exact_top10_in_top20", num(q.recall_10_in_20)}});
   j["estimate_quality"] = quality;
+  if (!R.pattern_figures.empty()) {
+    json figs = json::array();
+    for (const auto& f : R.pattern_figures) {
+      auto square = [&](const std::vector<float>& v) {
+        json rows = json::array();
+        const size_t T = f.clean_tokens.size();
+        for (size_t t = 0; t < T; ++t) rows.push_back(std::vector<float>(v.begin() + t * T, v.begin() + (t + 1) * T));
+        return rows;
+      };
+      figs.push_back({{"hook", hook_name(f.hook)},
+                      {"layer", f.layer},
+                      {"head", f.head},
+                      {"ranked_by", f.ranked_by},
+                      {"prompt", 0},
+                      {"clean_tokens", f.clean_tokens},
+                      {"corrupted_tokens", f.corrupted_tokens},
+                      {"clean", square(f.clean)},
+                      {"corrupted", square(f.corrupted)}});
+    }
+    j["attention_patterns"] = figs;
+  }
   if (!R.verified.empty()) {
     json v = json::array();
     for (const auto& x : R.verified)
@@ -336,6 +357,18 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
     put(hook_name(q.hook) + "_atp_star_scatter.svg",
         svg_scatter(hook_name(q.hook) + ": AtP* vs |activation| (r=" + fmt(q.pearson_abs, 3) + ")", st->values,
                     exact_abs, cell_labels(*st), "AtP*", "|activation patching|"));
+  }
+  for (const auto& f : R.pattern_figures) {
+    const std::string stem = "pattern_L" + std::to_string(f.layer) + "H" + std::to_string(f.head);
+    for (const char* run : {"clean", "corrupted"}) {
+      const bool c = std::string(run) == "clean";
+      const std::vector<float>& v = c ? f.clean : f.corrupted;
+      const std::vector<std::string>& tok = c ? f.clean_tokens : f.corrupted_tokens;
+      put(stem + "_" + run + ".svg",
+          svg_heatmap("Attention pattern, layer " + std::to_string(f.layer) + " head " + std::to_string(f.head) + ", " +
+                          run + " prompt 0",
+                      tok, tok, std::vector<double>(v.begin(), v.end()), "Key position", "Query position"));
+    }
   }
   if (!R.verified.empty()) {
     std::ostringstream csv;
@@ -398,6 +431,17 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
         << (std::isnan(v.atp_star) ? std::string() : fmt(v.atp_star, 4)) << "</td><td>" << fmt(v.exact, 4)
         << "</td><td>&plusmn;" << fmt(v.ci95, 4) << "</td></tr>\n";
     h << "</table>\n";
+  }
+  if (!R.pattern_figures.empty()) {
+    h << "<h2>Attention patterns of the top heads</h2>\n<p>The " << R.pattern_figures.size()
+      << " heads with the largest total |effect| in <code>" << hook_name(R.pattern_figures[0].hook) << "</code> ("
+      << xml_escape(R.pattern_figures[0].ranked_by) << "), on the first prompt: query position down, key "
+      << "position across, clean run left, corrupted run right.</p>\n";
+    for (const auto& f : R.pattern_figures) {
+      const std::string stem = "pattern_L" + std::to_string(f.layer) + "H" + std::to_string(f.head);
+      h << "<h3>Layer " << f.layer << ", head " << f.head << "</h3>\n<img src=\"" << stem
+        << "_clean.svg\" style=\"max-width:49%\"> <img src=\"" << stem << "_corrupted.svg\" style=\"max-width:49%\">\n";
+    }
   }
   h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th></tr>\n";
   for (const auto& b : R.batches)

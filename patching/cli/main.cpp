@@ -63,7 +63,10 @@ run options:
   --hooks LIST      comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out,
                     z (per head and position), z_all_pos (per head), q, k, v (attention
                     inputs before rotary, per head and position; k and v per KV head),
-                    q_all_pos, k_all_pos, v_all_pos (per head) [resid_pre,attn_out,mlp_out]
+                    q_all_pos, k_all_pos, v_all_pos (per head), pattern (attention
+                    probabilities of one head and query position; the head's output is
+                    recomputed from the patched row), pattern_all_pos (every query row of a
+                    head) [resid_pre,attn_out,mlp_out]
   --method M        comma-separated: attribution (AtP), atp-star (AtP*: QK fix + GradDrop,
                     L more backward passes, unsigned), activation (exact, every node);
                     both = attribution,activation; all = all three [both]

@@ -2,6 +2,7 @@
 // statistics (spread, Pearson, Spearman) and the sentence about where effects lie.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -91,6 +92,57 @@ TEST(Report, WritesEveryOutput) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
   // A second run into the same directory is refused without --force.
   EXPECT_THROW(prepare_out_dir(dir, false), Error);
+}
+
+// The pattern hook's figure: the three heads with the largest total |effect|, their clean and
+// corrupted attention on the first prompt (causal, rows summing to 1, pad rows 0), in SVGs,
+// results.json and the report.
+TEST(Report, AttentionPatternsOfTheTopHeads) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, test::source_dir() + "/data/models/tiny-temporal-phi3");
+  ExperimentOptions opt;
+  opt.pairs_file = test::source_dir() + "/data/temporal_scope_for_attribution_patching.json";
+  opt.hooks = {Hook::Pattern};
+  ExperimentResult R = run_experiment(*be, *m, opt);
+  ASSERT_EQ(R.pattern_figures.size(), 3u);
+  const int H = m->cfg.num_attention_heads, T = R.T;
+  const MatrixResult* act = nullptr;
+  for (const auto& r : R.results)
+    if (r.method == "activation") act = &r;
+  ASSERT_NE(act, nullptr);
+  std::vector<double> score(size_t(m->cfg.num_hidden_layers) * H, 0.0);
+  for (size_t i = 0; i < act->values.size(); ++i) score[i / T] += std::fabs(act->values[i]);
+  std::vector<double> sorted = score;
+  std::sort(sorted.rbegin(), sorted.rend());
+  const int pad0 = static_cast<int>(std::count(R.batches[0].clean_tokens[0].begin(), R.batches[0].clean_tokens[0].end(),
+                                               m->cfg.pad_token_id));
+  for (size_t k = 0; k < 3; ++k) {
+    const PatternFigure& f = R.pattern_figures[k];
+    EXPECT_EQ(f.ranked_by, "activation");
+    EXPECT_DOUBLE_EQ(score[size_t(f.layer) * H + f.head], sorted[k]) << "head " << k << " is the " << k + 1 << "th";
+    ASSERT_EQ(f.clean.size(), size_t(T) * T);
+    for (int t = 0; t < T; ++t) {
+      double sum = 0;
+      for (int j = 0; j < T; ++j) {
+        sum += f.clean[size_t(t) * T + j];
+        if (j > t) EXPECT_EQ(f.clean[size_t(t) * T + j], 0.0f) << "causal";
+      }
+      EXPECT_NEAR(sum, t < pad0 ? 0.0 : 1.0, 1e-5) << "query " << t;
+    }
+  }
+  const std::string dir = test::temp_dir("patterns");
+  prepare_out_dir(dir, true);
+  write_report(R, dir);
+  const PatternFigure& f = R.pattern_figures[0];
+  const std::string stem = "pattern_L" + std::to_string(f.layer) + "H" + std::to_string(f.head);
+  EXPECT_TRUE(file_exists(path_join(dir, stem + "_clean.svg")));
+  EXPECT_TRUE(file_exists(path_join(dir, stem + "_corrupted.svg")));
+  const std::string html = read_text_file(path_join(dir, "report.html"), "html");
+  EXPECT_NE(html.find(stem + "_corrupted.svg"), std::string::npos);
+  auto j = nlohmann::json::parse(read_text_file(path_join(dir, "results.json"), "results"));
+  ASSERT_EQ(j["attention_patterns"].size(), 3u);
+  EXPECT_EQ(j["attention_patterns"][0]["clean"].size(), size_t(T));
+  EXPECT_NEAR(j["attention_patterns"][0]["clean"][T - 1][T - 1].get<double>(), f.clean[size_t(T) * T - 1], 1e-7);
 }
 
 // BOS is a choice (Phi-3 revisions differ); without it every prompt is one token shorter.
