@@ -125,7 +125,9 @@ TEST(Report, AttentionPatternsOfTheTopHeads) {
       double sum = 0;
       for (int j = 0; j < T; ++j) {
         sum += f.clean[size_t(t) * T + j];
-        if (j > t) EXPECT_EQ(f.clean[size_t(t) * T + j], 0.0f) << "causal";
+        if (j > t) {
+          EXPECT_EQ(f.clean[size_t(t) * T + j], 0.0f) << "causal";
+        }
       }
       EXPECT_NEAR(sum, t < pad0 ? 0.0 : 1.0, 1e-5) << "query " << t;
     }
