@@ -13,6 +13,8 @@ const float* Gradients::hook_grad(Hook h, int l) const {
     if (dpattern.empty()) throw Error("the gradient of hook_pattern was not kept by this backward pass");
     return dpattern.at(l).get();
   }
+  if (h == Hook::MlpPost && l != dropped_layer && !g.act.size())
+    throw Error("the gradient of hook_mlp_post was not kept by this backward pass (BackwardOptions::keep_dmlp_post)");
   if (l == dropped_layer && h != Hook::ResidPre && h != Hook::ResidMid && h != Hook::ResidPost)
     return zeros.get();  // GradDrop: the dropped layer's own nodes
   switch (h) {
@@ -29,6 +31,7 @@ const float* Gradients::hook_grad(Hook h, int l) const {
     case Hook::KAllPos: return g.qkv.get() + q_width;
     case Hook::V:
     case Hook::VAllPos: return g.qkv.get() + q_width + kv_width;
+    case Hook::MlpPost: return g.act.get();
     default: break;
   }
   return nullptr;
@@ -98,7 +101,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   PHI3_CHECK(opt.drop_layer >= -1 && opt.drop_layer < L, "backward: drop_layer out of range");
   g.dropped_layer = opt.drop_layer;
   if (opt.drop_layer >= 0) {
-    g.zeros = DeviceArray<float>(be, size_t(N) * std::max(D, QKVW));
+    g.zeros = DeviceArray<float>(be, size_t(N) * std::max({D, QKVW, opt.keep_dmlp_post ? F : 0}));
     be.zero(g.zeros.get(), g.zeros.size() * sizeof(float));
   }
   for (int l = L - 1; l >= 0; --l) {
@@ -125,8 +128,13 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     }
 
     // MLP: resid_post = resid_mid + down(swiglu(gate_up(rmsnorm(resid_mid))))
-    be.linear_backward(dact.get(), dpost, w.down, N, false);
-    be.swiglu_backward(dgu.get(), dact.get(), a.gate_up.get(), N, F);
+    float* dact_l = dact.get();
+    if (opt.keep_dmlp_post) {  // this layer's d hook_mlp_post kept (written in place, no copy)
+      lg.act = DeviceArray<float>(be, size_t(N) * F);
+      dact_l = lg.act.get();
+    }
+    be.linear_backward(dact_l, dpost, w.down, N, false);
+    be.swiglu_backward(dgu.get(), dact_l, a.gate_up.get(), N, F);
     be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
     lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_mid.get(), dpost, size_t(N) * D * sizeof(float));

@@ -15,6 +15,7 @@ struct LayerGrads {
   DeviceArray<float> q_rot;       // [N,H*HD]
   DeviceArray<float> k_rot;       // [N,KVH*HD]
   DeviceArray<float> qkv;         // [N,(H+2KVH)*HD]  d/d hook_q | hook_k | hook_v
+  DeviceArray<float> act;         // [N,F]  d/d hook_mlp_post (BackwardOptions::keep_dmlp_post)
 };
 
 struct Gradients {
@@ -40,6 +41,7 @@ struct BackwardOptions {
   // gradient flows through that layer's blocks; the residual stream itself passes. The
   // layer's own nodes (attn_out, mlp_out, z, q, k, v) get a zero gradient. -1: none.
   int drop_layer = -1;
+  bool keep_dmlp_post = false;  // keep d metric / d hook_mlp_post of every layer (neurons)
 };
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
                    const std::vector<int32_t>& other, float scale, const BackwardOptions& opt = {});

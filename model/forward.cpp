@@ -11,7 +11,7 @@ namespace phi3 {
 
 std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len) { return cfg.inv_freq(seq_len); }
 
-size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16) {
+size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16, bool keep_mlp_post) {
   const ModelConfig& c = m.cfg;
   const size_t N = size_t(B) * T, D = c.hidden_size, F = c.intermediate_size;
   ArenaPlan p;
@@ -30,6 +30,7 @@ size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool
     p.add<float>(N);                                                        // rstd2
     p.add<float>(N * 2 * F);                                                // gate_up
     gemm_in(N * F);                                                         // act
+    if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
     p.add<float>(N * D);                                                    // mlp_out
   }
   p.add<float>(N * D);  // resid_final
@@ -124,15 +125,20 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
 }
 
 int64_t hook_stride(Hook h, const Model& m) {
+  if (h == Hook::MlpPost) return m.cfg.intermediate_size;
   if (hook_is_qkv(h)) return m.qkv_width();
   if (hook_is_per_head(h)) return m.q_width();
   return m.cfg.hidden_size;
 }
 int hook_heads(Hook h, const ModelConfig& c) {
+  if (h == Hook::MlpPost) return c.intermediate_size;
   if (hook_is_kv(h)) return c.num_key_value_heads;
   return hook_is_per_head(h) ? c.num_attention_heads : 1;
 }
-int hook_group_width(Hook h, const ModelConfig& c) { return hook_is_per_head(h) ? c.head_dim : c.hidden_size; }
+int hook_group_width(Hook h, const ModelConfig& c) {
+  if (h == Hook::MlpPost) return 1;
+  return hook_is_per_head(h) ? c.head_dim : c.hidden_size;
+}
 
 DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* pattern, const ForwardState& s, int l) {
   const ModelConfig& c = m.cfg;
@@ -175,6 +181,9 @@ const float* ForwardState::hook_data(Hook h, int l) const {
     case Hook::PatternAllPos:
       if (!a.pattern.size()) throw Error("hook_pattern was not kept by this forward pass");
       return a.pattern.get();
+    case Hook::MlpPost:
+      if (!a.act.size()) throw Error("hook_mlp_post was not kept in fp32 by this forward pass (ForwardOptions::keep_mlp_post)");
+      return a.act.get();
   }
   return nullptr;
 }
@@ -196,8 +205,9 @@ void apply_patch(Backend& be, float* dst, const float* src, int64_t stride, int 
   }
   DeviceArray<int32_t> idx = to_device(be, rows);
   if (hook_is_per_head(p.hook)) {
-    int off = p.head * head_dim;
-    be.copy_rows(dst + off, stride, idx.get(), src + off, stride, idx.get(), static_cast<int>(rows.size()), head_dim);
+    const int gw = p.hook == Hook::MlpPost ? 1 : head_dim;  // a neuron, or a head's slice
+    const int off = p.head * gw;
+    be.copy_rows(dst + off, stride, idx.get(), src + off, stride, idx.get(), static_cast<int>(rows.size()), gw);
   } else {
     be.copy_rows(dst, stride, idx.get(), src, stride, idx.get(), static_cast<int>(rows.size()), width);
   }
@@ -223,7 +233,8 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   const bool g16 = be.gemm_in_bf16();
 
   ForwardState s;
-  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern, g16),
+  const bool keep_act32 = g16 && (opt.keep_mlp_post || (opt.patch && opt.patch->hook == Hook::MlpPost));
+  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern, g16, keep_act32),
                                     "forward pass of " + std::to_string(B) + " x " + std::to_string(T) + " tokens");
   Arena& A = *s.arena;
   s.B = B;
@@ -280,6 +291,10 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     a.rstd2 = A.take<float>(N);
     a.gate_up = A.take<float>(size_t(N) * 2 * F);
     act[l] = gemm_in(a.act, a.act16, size_t(N) * F);
+    if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
+      a.act = A.take<float>(size_t(N) * F);
+      act[l].f32 = a.act.get();
+    }
     a.mlp_out = A.take<float>(size_t(N) * D);
   }
   s.resid_final = A.take<float>(size_t(N) * D);
@@ -359,7 +374,12 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
 
     be.linear_forward(a.gate_up.get(), ln2[l], w.gate_up, N, false);
     be.swiglu_forward(act[l], a.gate_up.get(), N, F);
-    be.linear_forward(a.mlp_out.get(), act[l], w.down, N, false);
+    GemmIn act_in(act[l]);
+    if (patched_at(Hook::MlpPost, l)) {
+      patch_here(Hook::MlpPost, l, a.act.get(), F, F);
+      act_in.bf16 = nullptr;  // the GEMM rounds the patched neurons itself
+    }
+    be.linear_forward(a.mlp_out.get(), act_in, w.down, N, false);
     patch_here(Hook::MlpOut, l, a.mlp_out.get(), D, D);
 
     // resid_post, written straight into the next layer's resid_pre (or resid_final), and

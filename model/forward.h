@@ -32,7 +32,7 @@ struct LayerActs {
   DeviceArray<uint16_t> ln2_16;  // [N,D] (bf16 weights)
   DeviceArray<float> rstd2;      // [N]
   DeviceArray<float> gate_up;    // [N,2F]
-  DeviceArray<float> act;        // [N,F] silu(gate)*up (fp32 weights)
+  DeviceArray<float> act;        // [N,F] silu(gate)*up (fp32 weights, or ForwardOptions::keep_mlp_post)
   DeviceArray<uint16_t> act16;   // [N,F] (bf16 weights)
   DeviceArray<float> mlp_out;    // [N,D]
 };
@@ -88,6 +88,9 @@ void split_hook_name(const std::string& name, int n_layers, int& layer, std::str
 
 struct ForwardOptions {
   bool keep_pattern = true;
+  // Keep the fp32 SwiGLU output (hook_mlp_post) also when the GEMM inputs are bf16 (else only
+  // its bf16 rounding exists there); needed to patch or attribute mlp_post on such a backend.
+  bool keep_mlp_post = false;
   // Optional patch: replace `patch.hook` at patch.layer with `source`'s value while running.
   const PatchSpec* patch = nullptr;
   const ForwardState* source = nullptr;
@@ -117,7 +120,8 @@ PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const 
 
 // Bytes of activation buffers (the arena) of a forward pass over B x T tokens; gemm16: the
 // GEMM inputs are kept in bf16 (Backend::gemm_in_bf16).
-size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16 = false);
+size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16 = false,
+                           bool keep_mlp_post = false);
 
 // The rotary cos/sin table of positions [0, n_pos) (RopeParams::cos_sin), filled on the
 // host with rope_angle, and the positions it must cover for a batch.

@@ -7,7 +7,7 @@ namespace phi3 {
 std::vector<Hook> all_hooks() {
   return {Hook::ResidPre, Hook::ResidMid, Hook::ResidPost, Hook::AttnOut, Hook::MlpOut,
           Hook::Z,        Hook::ZAllPos,  Hook::Q,         Hook::QAllPos, Hook::K,
-          Hook::KAllPos,  Hook::V,        Hook::VAllPos,  Hook::Pattern, Hook::PatternAllPos};
+          Hook::KAllPos,  Hook::V,        Hook::VAllPos,  Hook::Pattern, Hook::PatternAllPos, Hook::MlpPost};
 }
 
 std::string hook_name(Hook h) {
@@ -27,6 +27,7 @@ std::string hook_name(Hook h) {
     case Hook::VAllPos: return "v_all_pos";
     case Hook::Pattern: return "pattern";
     case Hook::PatternAllPos: return "pattern_all_pos";
+    case Hook::MlpPost: return "mlp_post";
   }
   return "?";
 }
@@ -48,6 +49,7 @@ std::string hook_title(Hook h) {
     case Hook::VAllPos: return "Value, All Positions";
     case Hook::Pattern: return "Attention Pattern by Query Position";
     case Hook::PatternAllPos: return "Attention Pattern, All Queries";
+    case Hook::MlpPost: return "MLP Neurons";
   }
   return "?";
 }
@@ -74,7 +76,9 @@ std::vector<Hook> parse_hook_list(const std::string& list) {
   return out;
 }
 
-bool hook_is_per_head(Hook h) { return h == Hook::Z || h == Hook::ZAllPos || hook_is_qkv(h) || hook_is_pattern(h); }
+bool hook_is_per_head(Hook h) {
+  return h == Hook::Z || h == Hook::ZAllPos || hook_is_qkv(h) || hook_is_pattern(h) || h == Hook::MlpPost;
+}
 bool hook_is_pattern(Hook h) { return h == Hook::Pattern || h == Hook::PatternAllPos; }
 bool hook_all_pos(Hook h) {
   return h == Hook::ZAllPos || h == Hook::QAllPos || h == Hook::KAllPos || h == Hook::VAllPos ||
@@ -102,6 +106,7 @@ std::string hook_tl_name(Hook h) {
   if (h == Hook::K || h == Hook::KAllPos) return "attn.hook_k";
   if (h == Hook::V || h == Hook::VAllPos) return "attn.hook_v";
   if (hook_is_pattern(h)) return "attn.hook_pattern";
+  if (h == Hook::MlpPost) return "mlp.hook_post";
   return "hook_" + hook_name(h);
 }
 

@@ -22,6 +22,8 @@ enum class Hook {
   VAllPos,    // blocks.l.attn.hook_v        (per KV head, every position)
   Pattern,    // blocks.l.attn.hook_pattern  [B,H,T,T] (one query row of one head)
   PatternAllPos,  // blocks.l.attn.hook_pattern (every query row of one head)
+  MlpPost,    // blocks.l.mlp.hook_post      [B,T,F] SwiGLU output, the input of down_proj
+              // (one neuron at one position; groups of width 1, "heads" = F neurons)
 };
 
 std::string hook_name(Hook h);                 // "resid_pre", ..., "z", "z_all_pos"
@@ -29,7 +31,7 @@ std::string hook_title(Hook h);                // "Residual (pre)", "Attention o
 Hook parse_hook(const std::string& name);      // throws naming the unknown hook
 // Comma-separated hook names ("resid_pre,attn_out"); "" and "none" give an empty list.
 std::vector<Hook> parse_hook_list(const std::string& list);
-bool hook_is_per_head(Hook h);  // z, q, k, v, pattern (and their all-position forms)
+bool hook_is_per_head(Hook h);  // z, q, k, v, pattern (and their all-position forms), mlp_post
 bool hook_is_pattern(Hook h);   // pattern, pattern_all_pos (laid out [B,H,T,T], not by token row)
 bool hook_all_pos(Hook h);      // patched at every position at once (the *_all_pos hooks)
 bool hook_is_qkv(Hook h);       // q, k, v: the attention inputs, before rotary

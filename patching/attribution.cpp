@@ -143,12 +143,15 @@ std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const Forw
                                          const std::vector<Hook>& hooks) {
   const int L = m.cfg.num_hidden_layers;
   bool qk = false;
+  bool neurons = false;
   for (Hook h : hooks) qk = qk || hook_base(h) == Hook::Q || hook_base(h) == Hook::K;
+  for (Hook h : hooks) neurons = neurons || h == Hook::MlpPost;
   std::vector<std::vector<double>> acc(hooks.size());
   for (int drop = 0; drop < L; ++drop) {
     BackwardOptions bo;
     bo.keep_dpattern = qk;
     bo.drop_layer = drop;
+    bo.keep_dmlp_post = neurons;
     const Gradients g = backward(be, m, base, answer, other, scale, bo);
     for (size_t k = 0; k < hooks.size(); ++k) {
       const Hook h = hooks[k];

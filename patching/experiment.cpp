@@ -62,8 +62,9 @@ void labels(Hook hook, int L, int H, const std::vector<std::string>& pos, std::v
   rows.clear();
   cols.clear();
   if (hook_is_per_head(hook) && !hook_all_pos(hook)) {
+    const char* unit = hook == Hook::MlpPost ? "N" : "H";  // neurons or heads
     for (int l = 0; l < L; ++l)
-      for (int h = 0; h < H; ++h) rows.push_back("L" + std::to_string(l) + "H" + std::to_string(h));
+      for (int h = 0; h < H; ++h) rows.push_back("L" + std::to_string(l) + unit + std::to_string(h));
     cols = pos;
   } else if (hook_all_pos(hook)) {
     for (int l = 0; l < L; ++l) rows.push_back("L" + std::to_string(l));
@@ -82,7 +83,7 @@ std::string tl_name(Hook h, int l) {
 // "layer 2, head 1, position 5 ('5:▁is')" for a sweep target.
 std::string target_str(Hook hook, const PatchSpec& t, const std::vector<std::string>& pos_labels) {
   std::string s = tl_name(hook, t.layer);
-  if (t.head >= 0) s += ", head " + std::to_string(t.head);
+  if (t.head >= 0) s += (hook == Hook::MlpPost ? ", neuron " : ", head ") + std::to_string(t.head);
   if (!hook_all_pos(hook) && t.pos >= 0) {
     s += ", position " + std::to_string(t.pos);
     if (t.pos < static_cast<int>(pos_labels.size())) s += " ('" + pos_labels[t.pos] + "')";
@@ -185,6 +186,9 @@ struct Job {
   }
   bool any_estimate() const { return has(Method::Attribution) || has(Method::AtpStar); }
   bool any_sweep() const { return has(Method::Activation) || has(Method::Verify); }
+  bool neurons() const {
+    return std::any_of(accs.begin(), accs.end(), [](const AccSpec& a) { return a.hook == Hook::MlpPost; });
+  }
   // Token-layer evaluations of a batch's estimates: a backward costs about two forwards,
   // AtP* runs one per layer.
   int64_t estimate_cost(int B) const {
@@ -237,13 +241,15 @@ Forwards run_forwards(const Job& job, int bi, RankWork& rw) {
   Forwards f{job.batch(bi), {}};
   job.stop_point();
   const auto t0 = Clock::now();
+  ForwardOptions fo;
+  fo.keep_mlp_post = job.neurons();
   if (job.any_sweep()) {
     // Two passes: identical rows of the two runs then sit at the same place in their GEMMs
     // and come out bitwise equal, which is what lets the sweep skip no-op patches.
-    f.pair.clean = forward(job.be, job.m, f.pb.clean);
-    f.pair.corrupted = forward(job.be, job.m, f.pb.corrupted);
+    f.pair.clean = forward(job.be, job.m, f.pb.clean, fo);
+    f.pair.corrupted = forward(job.be, job.m, f.pb.corrupted, fo);
   } else {
-    f.pair = forward_pair(job.be, job.m, f.pb.clean, f.pb.corrupted);  // estimates alone: one pass
+    f.pair = forward_pair(job.be, job.m, f.pb.clean, f.pb.corrupted, fo);  // estimates alone: one pass
   }
   if (job.opt.check_finite) {
     check_finite(job.be, job.m, f.clean(), "clean");
@@ -281,7 +287,9 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
   double backward_s = 0;
   if (job.has(Method::Attribution) && share.estimates) {
     const auto t0 = Clock::now();
-    grads = backward(job.be, job.m, base, pb.answer, pb.other, scale);
+    BackwardOptions bo;
+    bo.keep_dmlp_post = job.neurons();
+    grads = backward(job.be, job.m, base, pb.answer, pb.other, scale, bo);
     if (opt.check_finite)
       check_finite(job.be, job.m, grads, ("batch " + std::to_string(bi) + ", backward of the " + run_name + " run").c_str());
     job.stop_point();

@@ -65,6 +65,7 @@ std::string plot_title(const MatrixResult& r) {
     case Hook::VAllPos: base = "Value (all positions)"; break;
     case Hook::Pattern: base = "Attention Pattern by Query Position"; break;
     case Hook::PatternAllPos: base = "Attention Pattern (all queries)"; break;
+    case Hook::MlpPost: base = "MLP Neurons by Position"; break;
   }
   if (r.method == "attribution") return base + " Attribution Patching (AtP)";
   if (r.method == "atp-star") return base + " AtP* (|estimate|)";
@@ -133,7 +134,11 @@ std::vector<std::string> describe_effects(const ExperimentResult& R) {
     if (top.size() > 1) s << ", then " << top[1].row << ", " << top[1].col << " (" << fmt(top[1].value, 3) << ")";
     if (top.size() > 2) s << " and " << top[2].row << ", " << top[2].col << " (" << fmt(top[2].value, 3) << ")";
     if (total > 0) {
-      s << ". By " << (hook_is_per_head(r.hook) && !hook_all_pos(r.hook) ? "layer/head" : "layer") << ": "
+      s << ". By "
+        << (r.hook == Hook::MlpPost                                   ? "layer/neuron"
+            : hook_is_per_head(r.hook) && !hook_all_pos(r.hook) ? "layer/head"
+                                                                : "layer")
+        << ": "
         << rows[0].second << " holds " << fmt(100 * rows[0].first / total, 0) << "% of the total |effect|";
       s << "; by " << (hook_all_pos(r.hook) ? "head" : "token") << ": " << cols[0].second << " "
         << fmt(100 * cols[0].first / total, 0) << "%";
@@ -339,8 +344,31 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
     }
     put(file_stem(r) + ".csv", csv.str());
     const bool heads = hook_all_pos(r.hook);
-    put(file_stem(r) + ".svg", svg_heatmap(plot_title(r), r.rows, r.cols, r.values, heads ? "Head" : "Position",
-                                           hook_is_per_head(r.hook) && !heads ? "Layer / head" : "Layer"));
+    // A matrix of many rows (mlp_post: layers x neurons) is drawn with the 64 rows of largest
+    // total |value|, in their order; the CSV and results.json hold every row.
+    std::vector<std::string> rows = r.rows;
+    std::vector<double> vals = r.values;
+    std::string title = plot_title(r);
+    const size_t nc = r.cols.size(), kMaxRows = 256, kShown = 64;
+    if (rows.size() > kMaxRows) {
+      std::vector<double> mass(rows.size(), 0.0);
+      for (size_t i = 0; i < r.values.size(); ++i)
+        if (std::isfinite(r.values[i])) mass[i / nc] += std::fabs(r.values[i]);
+      std::vector<size_t> idx(rows.size());
+      for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+      std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return mass[a] > mass[b]; });
+      idx.resize(kShown);
+      std::sort(idx.begin(), idx.end());
+      rows.clear();
+      vals.clear();
+      for (size_t i : idx) {
+        rows.push_back(r.rows[i]);
+        vals.insert(vals.end(), r.values.begin() + i * nc, r.values.begin() + (i + 1) * nc);
+      }
+      title += " (the " + std::to_string(kShown) + " of " + std::to_string(r.rows.size()) + " rows with the largest |effect|)";
+    }
+    const char* y_label = r.hook == Hook::MlpPost ? "Layer / neuron" : hook_is_per_head(r.hook) && !heads ? "Layer / head" : "Layer";
+    put(file_stem(r) + ".svg", svg_heatmap(title, rows, r.cols, vals, heads ? "Head" : "Position", y_label));
   }
   for (const auto& c : R.comparisons) {
     const MatrixResult *at = find(R, c.hook, "attribution"), *ac = find(R, c.hook, "activation");

@@ -390,6 +390,21 @@ class FastSweep {
     DeviceArray<float> post(be_, size_t(n) * D_);
     if (hook_ == Hook::ResidPost) {
       be_.copy_rows(post.get(), D_, nullptr, src_.resid_post(lt), D_, d_src.get(), n, D_);
+    } else if (hook_ == Hook::MlpPost) {
+      // The base run's neurons of each row with one from the source (one element gather:
+      // width-1 rows of the flat arrays), then down_proj added onto the base resid_mid.
+      DeviceArray<float> act(be_, size_t(n) * F_);
+      be_.copy_rows(act.get(), F_, nullptr, bl.act.get(), F_, d_src.get(), n, F_);
+      std::vector<int32_t> el_dst(n), el_src(n);
+      for (int i = 0; i < n; ++i) {
+        const int neuron = tspec_[runs[rows[i].run].target].head;
+        el_dst[i] = i * F_ + neuron;
+        el_src[i] = rows[i].src * F_ + neuron;
+      }
+      auto d_ed = to_device(be_, el_dst), d_es = to_device(be_, el_src);
+      be_.copy_rows(act.get(), 1, d_ed.get(), sl.act.get(), 1, d_es.get(), n, 1);
+      be_.copy_rows(post.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
+      be_.linear_forward(post.get(), act.get(), w.down, n, true);
     } else if (hook_ == Hook::MlpOut) {
       DeviceArray<float> mid(be_, size_t(n) * D_), tmp(be_, size_t(n) * D_);
       be_.copy_rows(mid.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);

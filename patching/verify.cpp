@@ -144,8 +144,10 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
     batches[run] = b;
   }
 
-  ForwardState clean = forward(be, *m, batches["clean"]);
-  ForwardState corrupted = forward(be, *m, batches["corrupted"]);
+  ForwardOptions fo;
+  fo.keep_mlp_post = true;  // mlp_post patching and attribution on a bf16-GEMM backend too
+  ForwardState clean = forward(be, *m, batches["clean"], fo);
+  ForwardState corrupted = forward(be, *m, batches["corrupted"], fo);
   log("forward passes done");
 
   auto check_run = [&](const std::string& run, const ForwardState& s) {
@@ -182,6 +184,7 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
   const float scale = static_cast<float>(1.0 / (ldc.mean - ldr.mean));
   BackwardOptions bo;
   bo.keep_dpattern = true;
+  bo.keep_dmlp_post = true;
   Gradients g = backward(be, *m, corrupted, answer, other, scale, bo);
   log("backward pass done");
   {
@@ -215,15 +218,24 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
       if (P[hn].contains("activation")) {
         SweepOptions so;
         so.naive = opt.naive;
+        const int64_t n_t = static_cast<int64_t>(targets.size());
+        std::vector<int64_t> sample;  // opt.max_patch_targets: a spread sample of a large hook
+        const int64_t every = opt.max_patch_targets > 0 ? std::max<int64_t>(1, n_t / opt.max_patch_targets) : 1;
+        for (int64_t i = 0; i < n_t; ++i)
+          if (every == 1 || (targets[i].layer + targets[i].pos + std::max(0, targets[i].head)) % every == 0)
+            sample.push_back(i);
+        if (every > 1) so.only = &sample;
         SweepResult sr = activation_sweep(be, *m, corrupted, clean, answer, other, h, so);
         std::vector<double> ref_v = flatten(P[hn]["activation"]);
         TensorCheck tc;
         tc.kind = "activation_patching";
-        tc.name = hn + " activation patching" + (opt.naive ? " (naive)" : " (fast)");
+        tc.name = hn + " activation patching" + (opt.naive ? " (naive)" : " (fast)") +
+                  (every > 1 ? " (" + std::to_string(sample.size()) + " of " + std::to_string(n_t) + " targets)" : "");
         tc.relative = false;
         tc.tol = opt.patch_act_tol;
         tc.ok = ref_v.size() == targets.size();
-        for (size_t i = 0; i < targets.size() && tc.ok; ++i) {
+        for (size_t i : sample) {
+          if (!tc.ok) break;
           double mean = 0;
           for (int b = 0; b < B; ++b) mean += sr.ld[i * B + b];
           mean /= B;

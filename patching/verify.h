@@ -36,6 +36,9 @@ struct VerifyOptions {
   double patch_attr_tol = 1e-3;   // attribution patching, relative to the matrix's max magnitude
   bool patching = true;           // also run and compare the patching sweeps
   bool naive = false;             // naive sweep instead of the fast one
+  // A hook with more activation-patching targets than this (mlp_post: L*T*F neurons) is
+  // compared on a spread sample of about this many (every layer and position; 0: all).
+  int64_t max_patch_targets = 0;
   std::function<void(const std::string&)> log;
 };
 

@@ -199,6 +199,8 @@ class Patch:
             tv = t.narrow(-1, off, heads * hd).view(B, T, heads, hd)
             hs = slice(None) if self.head is None else slice(self.head, self.head + 1)
             tv[:, ps, hs, :] = src[:, ps, hs, :]
+        elif self.hook == "mlp_post":  # TL mlp.hook_post: one neuron (self.head) of [B,T,F]
+            t[:, ps, self.head] = src[:, ps, self.head]
         elif self.hook == "z":
             B, T = t.shape[:2]
             tv = t.view(B, T, -1, hd)
@@ -232,6 +234,7 @@ class Hooked:
             layer.register_forward_hook(self._mk_out_hook(l, "resid_post"))
             layer.self_attn.qkv_proj.register_forward_hook(self._mk_qkv(l))
             layer.self_attn.o_proj.register_forward_pre_hook(self._mk_z(l))
+            layer.mlp.down_proj.register_forward_pre_hook(self._mk_mlp_post(l))
 
     # -- capture helpers
     def _store(self, name, l, t):
@@ -328,6 +331,16 @@ class Hooked:
             return (z,)
         return hook
 
+    def _mk_mlp_post(self, l):
+        def hook(mod, args):
+            a = args[0]  # [B,T,F] silu(gate) * up, the input of down_proj
+            if self._patching("mlp_post", l):
+                a = a.clone()
+                self.patch.apply_(a)
+            self._store("mlp_post", l, a)
+            return (a,)
+        return hook
+
     def _on_attention(self, l, query, key, weights):
         self._store("rot_q", l, query)  # [B,H,T,HD] after rotary
         self._store("rot_k", l, key)  # [B,KVH,T,HD] after rotary
@@ -340,7 +353,7 @@ class Hooked:
         self.qmask = batch["mask"]
         if capture:
             self.cache = {k: [None] * self.L for k in
-                          BLOCK_HOOKS + ["qkv", "z", "rot_q", "rot_k", "pattern"]}
+                          BLOCK_HOOKS + ["qkv", "z", "rot_q", "rot_k", "pattern", "mlp_post"]}
         _ACTIVE = self if capture else None
         _RUNNING = self
         try:
@@ -370,6 +383,7 @@ class Hooked:
         res["attn.hook_rot_k"] = [get(t).detach().transpose(1, 2).contiguous() for t in cache["rot_k"]]
         res["attn.hook_z"] = [get(t).detach().reshape(t.shape[0], t.shape[1], H, HD).clone() for t in cache["z"]]
         res["attn.hook_pattern"] = [get(t).detach().clone() for t in cache["pattern"]]
+        res["mlp.hook_post"] = [get(t).detach().clone() for t in cache["mlp_post"]]
         return res
 
 
@@ -451,6 +465,8 @@ def linear_per_prompt(clean_acts, corr_acts, grads, L):
                            for l in range(L)], dim=1)  # [B,L,T,heads]
         out[hook] = per
         out[hook + "_all_pos"] = per.sum(2)
+    out["mlp_post"] = torch.stack([(clean_acts["mlp.hook_post"][l] - corr_acts["mlp.hook_post"][l]).double()
+                                   * grads["mlp.hook_post"][l] for l in range(L)], dim=1)  # [B,L,T,F]
     if "pattern_masked" in clean_acts:  # hook_pattern [B,H,T,T], pad query rows 0 (engine convention)
         per = torch.stack([((clean_acts["pattern_masked"][l] - corr_acts["pattern_masked"][l]).double()
                             * grads["attn.hook_pattern"][l]).sum(-1).transpose(1, 2)
@@ -844,6 +860,17 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
     patching["pattern_all_pos"] = {"activation": act_all, "attribution": lin["pattern_all_pos"].sum(0).tolist(),
                                    "activation_per_prompt_logit_diff": ppl_all}
 
+    # mlp_post (TL mlp.hook_post, the SwiGLU output feeding down_proj) by (layer, position,
+    # neuron): every neuron patched alone (no per-prompt lists: L*T*F entries).
+    src["mlp_post"] = clean_acts["mlp.hook_post"]
+    F = model.config.intermediate_size
+    act = [[[None] * F for _ in range(T)] for _ in range(L)]
+    for l in range(L):
+        for p in range(T):
+            for n in range(F):
+                act[l][p][n] = patched("mlp_post", l, p, n)[0]
+    patching["mlp_post"] = {"activation": act, "attribution": lin["mlp_post"].sum(0).tolist()}
+
     # ---- AtP*'s QK fix (Kramar, Lieberum, Shah, Nanda 2024, sec. 3.1), our own float64 PyTorch
     # of the paper's formula: the pattern recomputed exactly with one query (one key) at its clean
     # value, linear after the pattern: sum over changed rows of (A' - A) . dM/dA.
@@ -878,7 +905,7 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
     }
     for run, acts, bb in (("clean", clean_acts, clean_b), ("corrupted", corr_acts, corr_b), ("grad", grads, corr_b)):
         for key, lst in acts.items():
-            if key == "pattern_masked":
+            if key in ("pattern_masked", "mlp.hook_post"):  # (mlp_post: checked through patching)
                 continue
             for l, t in enumerate(lst):
                 t = t.float().contiguous()

@@ -66,7 +66,9 @@ run options:
                     q_all_pos, k_all_pos, v_all_pos (per head), pattern (attention
                     probabilities of one head and query position; the head's output is
                     recomputed from the patched row), pattern_all_pos (every query row of a
-                    head) [resid_pre,attn_out,mlp_out]
+                    head), mlp_post (one MLP neuron at one position: L*T*F nodes; for
+                    large models use --method atp-star --verify-top K)
+                    [resid_pre,attn_out,mlp_out]
   --method M        comma-separated: attribution (AtP), atp-star (AtP*: QK fix + GradDrop,
                     L more backward passes, unsigned), activation (exact, every node);
                     both = attribution,activation; all = all three [both]

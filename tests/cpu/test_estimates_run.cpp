@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -173,6 +174,43 @@ TEST_F(Estimates, VerifyTopEqualsFullSweepOnTheChosenNodes) {
   EXPECT_EQ(j["verify_top"]["nodes"].size(), 25u);
   EXPECT_EQ(j["verify_top"]["ranked_by"], "atp-star");
   EXPECT_NEAR(j["verify_top"]["nodes"][0]["exact"].get<double>(), R.verified[0].exact, 1e-9);
+}
+
+// Neurons: AtP* over every (layer, position, neuron) of mlp_post, the top 20 patched exactly;
+// each exact value equals a full forward with that one neuron patched (ForwardOptions::patch).
+TEST_F(Estimates, NeuronsVerifyTopEqualsPatchedForwards) {
+  ExperimentOptions opt;
+  opt.pairs_file = test::source_dir() + "/data/temporal_scope_for_attribution_patching.json";
+  opt.hooks = {Hook::MlpPost};
+  opt.attribution = false;
+  opt.activation = false;
+  opt.atp_star = true;
+  opt.verify_top = 20;
+  const ExperimentResult R = run_experiment(*be_, *m_, opt);
+  ASSERT_EQ(R.verified.size(), 20u);
+  const MatrixResult& st = find(R, Hook::MlpPost, "atp-star");
+  const int F = m_->cfg.intermediate_size, L = m_->cfg.num_hidden_layers;
+  EXPECT_EQ(st.rows.size(), size_t(L) * F);
+  EXPECT_EQ(st.rows[F + 3], "L1N3");
+  auto pairs = load_pairs(opt.pairs_file);
+  PairBatch pb = make_pair_batch(pairs, m_->tok, m_->cfg.pad_token_id, m_->cfg.max_position_embeddings);
+  const ForwardState clean = forward(*be_, *m_, pb.clean), corrupted = forward(*be_, *m_, pb.corrupted);
+  const double lc = logit_diff(*be_, *m_, clean, pb.answer, pb.other).mean;
+  const double lr = logit_diff(*be_, *m_, corrupted, pb.answer, pb.other).mean;
+  for (const VerifiedNode& v : R.verified) {
+    SCOPED_TRACE(v.row + " " + v.col);
+    PatchSpec p;
+    p.hook = Hook::MlpPost;
+    ASSERT_EQ(std::sscanf(v.row.c_str(), "L%dN%d", &p.layer, &p.head), 2);
+    p.pos = std::stoi(v.col.substr(0, v.col.find(':')));
+    ForwardOptions fo;
+    fo.patch = &p;
+    fo.source = &clean;
+    const ForwardState s = forward(*be_, *m_, pb.corrupted, fo);
+    const double ld = logit_diff(*be_, *m_, s, pb.answer, pb.other).mean;
+    EXPECT_NEAR(v.exact, (ld - lr) / (lc - lr), 1e-5);
+  }
+  EXPECT_GT(std::fabs(R.verified[0].exact), 0.01) << "the top neuron matters";
 }
 
 // Without AtP*, --verify-top ranks by |AtP|.

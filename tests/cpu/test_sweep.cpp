@@ -49,19 +49,36 @@ TEST_P(FastVsNaive, Equal) {
   SweepOptions naive;
   naive.naive = true;
   SweepResult f = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, hook);
+  // Neurons (L x T x F targets): the naive reference on a spread sample of about 600 of
+  // them, every layer, position and neuron residue represented; the fast sweep does all.
+  const int64_t n_all = static_cast<int64_t>(f.targets.size());
+  std::vector<int64_t> sample;
+  const int64_t k = std::max<int64_t>(1, n_all / 600);
+  for (int64_t i = 0; i < n_all; ++i) {
+    const PatchSpec& t = f.targets[i];
+    if (k == 1 || (t.head + t.layer + t.pos) % k == 0) sample.push_back(i);
+  }
+  naive.only = &sample;
   SweepResult n = activation_sweep(*s.be, *s.m, s.corrupted, s.clean, s.pb.answer, s.pb.other, hook, naive);
   ASSERT_EQ(f.ld.size(), n.ld.size());
   ASSERT_EQ(f.targets.size(), n.targets.size());
+  const int B = s.pb.clean.B;
   double worst = 0, scale = 0;
-  for (size_t i = 0; i < f.ld.size(); ++i) {
-    worst = std::max(worst, double(std::fabs(f.ld[i] - n.ld[i])));
-    scale = std::max(scale, double(std::fabs(n.ld[i])));
-  }
+  for (int64_t i : sample)
+    for (int b = 0; b < B; ++b) {
+      worst = std::max(worst, double(std::fabs(f.ld[i * B + b] - n.ld[i * B + b])));
+      scale = std::max(scale, double(std::fabs(n.ld[i * B + b])));
+    }
   // fp32: identical math on identical rows; BLAS blocking may reorder sums (~1e-7 relative).
   EXPECT_LT(worst, 1e-5 * std::max(1.0, scale)) << hook_name(hook) << " on " << dir;
-  EXPECT_EQ(n.work.patched_runs, static_cast<int64_t>(n.targets.size()));
+  EXPECT_EQ(n.work.patched_runs, static_cast<int64_t>(sample.size()));
+  if (k > 1) {
+    EXPECT_GT(sample.size(), 400u);
+  }
   EXPECT_EQ(f.work.patched_runs + f.work.skipped_noop + f.work.skipped_causal, static_cast<int64_t>(f.targets.size()));
-  EXPECT_LT(f.work.token_layer_evals, n.work.token_layer_evals);
+  if (k == 1) {
+    EXPECT_LT(f.work.token_layer_evals, n.work.token_layer_evals);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

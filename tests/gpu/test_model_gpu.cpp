@@ -35,7 +35,10 @@ class GpuReference : public ::testing::TestWithParam<std::string> {};
 TEST_P(GpuReference, Fp32MatchesTransformers) {
   REQUIRE_GPU();
   auto be = make_backend("cuda", /*fp32=*/true);
-  VerifyResult r = verify_reference(*be, test::source_dir() + "/data/reference/" + GetParam());
+  VerifyOptions o;
+  // mlp_post has L*T*F targets: a spread sample of them on the (slow) CPU emulator of CUDA.
+  if (be->name().find("emulator") != std::string::npos) o.max_patch_targets = 600;
+  VerifyResult r = verify_reference(*be, test::source_dir() + "/data/reference/" + GetParam(), o);
   for (const auto& c : r.worst_by_kind())
     std::printf("  [cuda fp32] %-22s worst %-45s err %.3g (tol %.1g)\n", c.kind.c_str(), c.name.c_str(), c.err(), c.tol);
   for (const auto& c : r.checks) EXPECT_TRUE(c.ok) << c.kind << " " << c.name << " err " << c.err() << " > " << c.tol;
@@ -51,6 +54,7 @@ TEST_P(GpuReference, Bf16WithinMeasuredBounds) {
   REQUIRE_GPU();
   auto be = make_backend("cuda", /*fp32=*/false);
   VerifyOptions o;
+  if (be->name().find("emulator") != std::string::npos) o.max_patch_targets = 600;
   if (GetParam() == "tiny-temporal") {  // measured: act 3.0e-3, grad 4.3e-3, patch 8e-4, attr 1.1e-3
     o.act_tol = 1e-2;
     o.grad_tol = 2e-2;
@@ -86,14 +90,24 @@ TEST(GpuSweep, CudaEqualsCpuEveryHook) {
   PairBatch pb = make_pair_batch(pairs, mc->tok, mc->cfg.pad_token_id, mc->cfg.max_position_embeddings);
   ForwardState cc = forward(*cpu, *mc, pb.clean), cr = forward(*cpu, *mc, pb.corrupted);
   ForwardState gc = forward(*gpu, *mg, pb.clean), gr = forward(*gpu, *mg, pb.corrupted);
+  const bool emulator = gpu->name().find("emulator") != std::string::npos;
   for (Hook h : all_hooks()) {
-    SweepResult a = activation_sweep(*cpu, *mc, cr, cc, pb.answer, pb.other, h);
     SweepOptions o;
+    // The neurons (L*T*F targets) on a spread sample under the CPU emulator of CUDA.
+    std::vector<int64_t> sample;
+    if (emulator && h == Hook::MlpPost) {
+      const auto targets = sweep_targets(h, mc->cfg.num_hidden_layers, pb.clean.T, hook_heads(h, mc->cfg));
+      for (size_t i = 0; i < targets.size(); ++i)
+        if ((targets[i].layer + targets[i].pos + targets[i].head) % 25 == 0) sample.push_back(static_cast<int64_t>(i));
+      o.only = &sample;
+    }
+    SweepResult a = activation_sweep(*cpu, *mc, cr, cc, pb.answer, pb.other, h, o);
     o.streams = 3;
     SweepResult b = activation_sweep(*gpu, *mg, gr, gc, pb.answer, pb.other, h, o);
     ASSERT_EQ(a.ld.size(), b.ld.size());
     double worst = 0;
-    for (size_t i = 0; i < a.ld.size(); ++i) worst = std::max(worst, double(std::fabs(a.ld[i] - b.ld[i])));
+    for (size_t i = 0; i < a.ld.size(); ++i)
+      if (std::isfinite(a.ld[i]) || std::isfinite(b.ld[i])) worst = std::max(worst, double(std::fabs(a.ld[i] - b.ld[i])));
     // Logit differences ~6; 1e-4 normalized = ~1e-3 in LD units.
     EXPECT_LT(worst, 1e-3) << hook_name(h);
     std::printf("  %s: max |LD cuda - LD cpu| = %.3g over %zu values, %d streams\n", hook_name(h).c_str(), worst,
