@@ -198,6 +198,25 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
         res.checks.push_back(compare_rows("gradient", "grad." + name, v.download(be), ref.to_f32("grad." + name), B, T,
                                           static_cast<int>(v.row_width), pad, opt.grad_tol));
       }
+    // d metric / d pattern, as the backward keeps it (BackwardOptions::keep_dpattern): on the
+    // keys each real query sees (elsewhere the engine leaves 0; HF's is dz . v there too).
+    const int H = c.num_attention_heads, window = c.sliding_window;
+    for (int l = 0; l < L; ++l) {
+      const std::string name = "grad.blocks." + std::to_string(l) + ".attn.hook_pattern";
+      if (!ref.has(name)) continue;
+      std::vector<float> ours = g.dpattern.at(l).download(), theirs = ref.to_f32(name);
+      if (ours.size() == theirs.size())
+        for (int b = 0; b < B; ++b)
+          for (int h = 0; h < H; ++h)
+            for (int t = 0; t < T; ++t)
+              for (int j = 0; j < T; ++j) {
+                const bool visible = j >= pad[b] && j <= t && (window <= 0 || t - j < window);
+                const size_t i = ((size_t(b) * H + h) * T + t) * T + j;
+                if (!visible) ours[i] = theirs[i] = 0.0f;
+              }
+      res.checks.push_back(compare_rows("gradient", name + " (visible keys)", ours, theirs, B, T, T, pad,
+                                        opt.grad_tol, H));
+    }
   }
 
   // ---- patching results --------------------------------------------------------------------
