@@ -24,7 +24,7 @@ MODELS = [
     ("rand-tied-swa-bf16", "data/reference/rand-tied-swa-bf16/model"),
     ("rand-mqa-mixed-bf16", "data/reference/rand-mqa-mixed-bf16-sharded/model"),
 ]
-HOOKS = "resid_pre,attn_out,mlp_out,z,q,k,v"
+HOOKS = "resid_pre,attn_out,mlp_out,z,q,k,v,pattern,mlp_post"
 
 
 def fmt(x, digits=3):
