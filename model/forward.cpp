@@ -140,14 +140,15 @@ int hook_group_width(Hook h, const ModelConfig& c) {
   return hook_is_per_head(h) ? c.head_dim : c.hidden_size;
 }
 
-DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* pattern, const ForwardState& s, int l) {
+namespace {
+// z = pattern v over the values of s's layer l, every head ([B*T, H*HD] rows).
+ApplyPatternParams apply_pattern_params(const Model& m, const ForwardState& s, int l, const float* pattern, float* z) {
   const ModelConfig& c = m.cfg;
-  DeviceArray<float> z(be, size_t(s.B) * s.T * m.q_width());
   ApplyPatternParams pp;
   pp.pattern = pattern;
   pp.v = s.layers.at(l).v.get();
   pp.pad = s.pad.get();
-  pp.z = z.get();
+  pp.z = z;
   pp.kv_stride = m.kv_width();
   pp.z_stride = m.q_width();
   pp.B = s.B;
@@ -157,7 +158,13 @@ DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* patt
   pp.HD = c.head_dim;
   pp.h0 = 0;
   pp.nh = c.num_attention_heads;
-  be.attn_apply_pattern(pp);
+  return pp;
+}
+}  // namespace
+
+DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* pattern, const ForwardState& s, int l) {
+  DeviceArray<float> z(be, size_t(s.B) * s.T * m.q_width());
+  be.attn_apply_pattern(apply_pattern_params(m, s, l, pattern, z.get()));
   return z;
 }
 
@@ -343,19 +350,8 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       DeviceArray<int32_t> idx = to_device(be, rows);
       be.copy_rows(ap.pattern, T, idx.get(), opt.source->hook_data(Hook::Pattern, l), T, idx.get(),
                    static_cast<int>(rows.size()), T);
-      ApplyPatternParams pp;
-      pp.pattern = ap.pattern;
-      pp.v = a.v.get();
-      pp.pad = s.pad.get();
-      pp.z = a.z.get();
-      pp.kv_stride = KVW;
-      pp.z_stride = QW;
-      pp.B = B;
-      pp.T = T;
-      pp.H = H;
-      pp.KVH = KVH;
-      pp.HD = HD;
-      pp.h0 = patch->head;
+      ApplyPatternParams pp = apply_pattern_params(m, s, l, ap.pattern, a.z.get());
+      pp.h0 = patch->head;  // that head's z only
       pp.nh = 1;
       be.attn_apply_pattern(pp);
       z_in.bf16 = nullptr;
