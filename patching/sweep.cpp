@@ -429,7 +429,7 @@ class FastSweep {
             e.first.push_back(i);
             e.second.push_back(rows[i].src);
           }
-          copy_head_slices(z.get(), zp_ ? zp_ + size_t(lt) * B_ * T_ * QW_ : sl.z.get(), QW_, by_head);
+          copy_head_slices(z.get(), zp_ ? zp_[lt] : sl.z.get(), QW_, by_head);
           be_.linear_forward(post.get(), z.get(), w.o, n, true);  // the patched z, rounded by the GEMM
         }
       }
@@ -441,9 +441,9 @@ class FastSweep {
 
  public:
   std::vector<PatchSpec> tspec_;
-  // Pattern sweeps: [L][B*T, H*HD] z of every head from the source run's pattern over the
+  // Pattern sweeps: per layer, [B*T, H*HD] z of every head from the source run's pattern over the
   // base run's values (attn_apply_pattern), the "source z" of a pattern patch.
-  const float* zp_ = nullptr;
+  const float* const* zp_ = nullptr;
 
  private:
   Backend& be_;
@@ -667,15 +667,13 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   res.work.chunks = static_cast<int>(chunks.size());
 
   // A pattern patch is a z patch whose source z comes from the source run's pattern rows.
-  DeviceArray<float> zp;
-  if (hook_is_pattern(hook) && !runs.empty()) {
-    const size_t per = size_t(B) * T * m.q_width();
-    zp = DeviceArray<float>(be, per * L);
+  std::vector<DeviceArray<float>> zp;
+  std::vector<const float*> zp_layers;
+  if (hook_is_pattern(hook) && !runs.empty())
     for (int l = 0; l < L; ++l) {
-      const DeviceArray<float> z = z_from_pattern(be, m, source.hook_data(hook, l), base, l);
-      be.copy(zp.get() + per * l, z.get(), per * sizeof(float));
+      zp.push_back(z_from_pattern(be, m, source.hook_data(hook, l), base, l));
+      zp_layers.push_back(zp.back().get());
     }
-  }
   // Workers: the calling backend plus its persistent lanes (own streams), taking chunks in turn.
   const std::vector<Backend*> lanes = be.lanes(std::max(1, std::min(streams, static_cast<int>(chunks.size()))));
   be.synchronize();  // the base/source caches are complete before other streams read them
@@ -688,7 +686,7 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
     try {
       FastSweep fs(*lanes[lane], m, base, source, answer, other, hook);
       fs.tspec_ = res.targets;
-      fs.zp_ = zp.size() ? zp.get() : nullptr;
+      fs.zp_ = zp_layers.empty() ? nullptr : zp_layers.data();
       for (size_t c; (c = next++) < chunks.size();) {
         fs.run_chunk(chunks[c], res.ld, evals[lane]);
         std::lock_guard<std::mutex> lock(mu);
