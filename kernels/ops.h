@@ -194,6 +194,8 @@ struct QkFixParams {
                        const float* gu /*[N,2F]*/, int N, int F, Stream stream);          \
   /* out = a + b (out may alias a or b) */                                                \
   void add(float* out, const float* a, const float* b, int64_t n, Stream stream);         \
+  /* out = a - b (out may alias a or b) */                                                \
+  void sub(float* out, const float* a, const float* b, int64_t n, Stream stream);         \
   /* dst[dst_idx ? dst_idx[i] : i, :width] = src[src_idx ? src_idx[i] : i, :width] */     \
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, \
                  int64_t src_stride, const int32_t* src_idx, int n, int width,            \

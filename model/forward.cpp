@@ -309,7 +309,10 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   s.rstd_f = A.take<float>(N);
   s.logits = A.take<float>(size_t(N) * V);
 
-  be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N);
+  if (opt.input_embeddings)
+    be.copy(s.layers[0].resid_pre.get(), opt.input_embeddings, size_t(N) * D * sizeof(float));
+  else
+    be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N);
   bool ln1_done = false;  // layer l's ln1 already written by the previous layer's fused add
   for (int l = 0; l < L; ++l) {
     LayerActs& a = s.layers[l];

@@ -94,6 +94,9 @@ struct ForwardOptions {
   // Optional patch: replace `patch.hook` at patch.layer with `source`'s value while running.
   const PatchSpec* patch = nullptr;
   const ForwardState* source = nullptr;
+  // Optional input embeddings [B*T, D] (device memory) used instead of the tokens' rows of the
+  // embedding table (EAP-IG's interpolated inputs); tokens still give pads and positions.
+  const float* input_embeddings = nullptr;
 };
 
 // Attention parameters with the model's dimensions, mask rules and the unpacked row strides

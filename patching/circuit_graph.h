@@ -70,9 +70,9 @@ class CircuitGraph {
   int L() const { return L_; }
   int H() const { return H_; }
   int KVH() const { return KVH_; }
+  int per_layer_down() const { return H_ + 2 * KVH_ + 1; }  // downstream nodes of one layer
 
  private:
-  int per_layer_down() const { return H_ + 2 * KVH_ + 1; }
   int L_, H_, KVH_;
 };
 

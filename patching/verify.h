@@ -13,7 +13,9 @@
 namespace phi3 {
 
 struct TensorCheck {
-  std::string kind;  // tokens | logits | activation | gradient | activation_patching | attribution_patching
+  // tokens | logits | activation | gradient | activation_patching | attribution_patching |
+  // edge_scores | circuit_metric | circuit_selection
+  std::string kind;
   std::string name;
   double max_abs = 0;  // worst |ours - reference|
   double max_ref = 0;  // max |reference|
@@ -39,6 +41,7 @@ struct VerifyOptions {
   // A hook with more activation-patching targets than this (mlp_post: L*T*F neurons) is
   // compared on a spread sample of about this many (every layer and position; 0: all).
   int64_t max_patch_targets = 0;
+  bool circuits = true;           // also circuit discovery, where the dump has circuit.json
   std::function<void(const std::string&)> log;
 };
 

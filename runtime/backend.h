@@ -66,6 +66,7 @@ class Backend {
   virtual void swiglu_forward(GemmOut out, const float* gu, int N, int F) = 0;
   virtual void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) = 0;
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;
+  virtual void sub(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
                          int64_t src_stride, const int32_t* src_idx, int n, int width) = 0;
   virtual void logit_diff_forward(float* ld, const float* logits, int64_t stride,

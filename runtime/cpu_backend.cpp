@@ -113,6 +113,9 @@ class CpuBackend final : public Backend {
   void add(float* out, const float* a, const float* b, int64_t n) override {
     cpu::add(out, a, b, n, nullptr);
   }
+  void sub(float* out, const float* a, const float* b, int64_t n) override {
+    cpu::sub(out, a, b, n, nullptr);
+  }
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
                  int64_t src_stride, const int32_t* src_idx, int n, int width) override {
     cpu::copy_rows(dst, dst_stride, dst_idx, src, src_stride, src_idx, n, width, nullptr);

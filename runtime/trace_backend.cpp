@@ -223,6 +223,10 @@ void TraceBackend::add(float* out, const float* a, const float* b, int64_t n) {
   trace_.add("add (residual)", cost::add(n));
   if (inner_) inner_->add(out, a, b, n);
 }
+void TraceBackend::sub(float* out, const float* a, const float* b, int64_t n) {
+  trace_.add("sub (difference)", cost::add(n));
+  if (inner_) inner_->sub(out, a, b, n);
+}
 void TraceBackend::copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
                              int64_t src_stride, const int32_t* src_idx, int n, int width) {
   trace_.add("copy_rows (split, gather, scatter)", cost::copy_rows(n, width, dst_idx, src_idx));

@@ -77,6 +77,7 @@ class TraceBackend : public Backend {
   void swiglu_forward(GemmOut out, const float* gu, int N, int F) override;
   void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) override;
   void add(float* out, const float* a, const float* b, int64_t n) override;
+  void sub(float* out, const float* a, const float* b, int64_t n) override;
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, int64_t src_stride,
                  const int32_t* src_idx, int n, int width) override;
   void logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans, const int32_t* other,

@@ -1,6 +1,7 @@
 // Elementwise ops and row moves.
 //
 //   add:        out[i] = a[i] + b[i], i < n                  (out may alias a or b)
+//   sub:        out[i] = a[i] - b[i], i < n                  (out may alias a or b)
 //   copy_rows:  dst[di(i), :width] = src[si(i), :width], i < n; di/si are the identity when
 //               the index array is null. Rows are strided (dst_stride, src_stride).
 //               Used for patch scatter/gather and packing runs.
@@ -17,17 +18,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// SUB: a - b instead of a + b.
+template <bool SUB>
+__device__ __forceinline__ float combine(float x, float y) { return SUB ? x - y : x + y; }
+
+template <bool SUB>
 __global__ void add_vec4_kernel(float4* out, const float4* a, const float4* b, int64_t n4) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4;
        i += (int64_t)gridDim.x * blockDim.x) {
     float4 x = a[i], y = b[i];
-    out[i] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+    out[i] = make_float4(combine<SUB>(x.x, y.x), combine<SUB>(x.y, y.y), combine<SUB>(x.z, y.z),
+                         combine<SUB>(x.w, y.w));
   }
 }
+template <bool SUB>
 __global__ void add_scalar_kernel(float* out, const float* a, const float* b, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
-    out[i] = a[i] + b[i];
+    out[i] = combine<SUB>(a[i], b[i]);
 }
 
 // One block per row (grid-stride over rows); threads over the row's width.
@@ -87,23 +95,31 @@ bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7u) == 0
 
 }  // namespace
 
-void add(float* out, const float* a, const float* b, int64_t n, Stream stream) {
-  PHI3_CHECK(n >= 0, "add: negative size " + std::to_string(n));
+template <bool SUB>
+void add_or_sub(float* out, const float* a, const float* b, int64_t n, cudaStream_t s) {
+  PHI3_CHECK(n >= 0, std::string(SUB ? "sub" : "add") + ": negative size " + std::to_string(n));
   if (n == 0) return;
-  cudaStream_t s = as_cuda(stream);
   int64_t done = 0;
   if (aligned16(out) && aligned16(a) && aligned16(b) && n >= 4) {
     const int64_t n4 = n / 4;
-    launch(add_vec4_kernel, grid_for(n4, kThreads), kThreads, 0, s, reinterpret_cast<float4*>(out),
+    launch(add_vec4_kernel<SUB>, grid_for(n4, kThreads), kThreads, 0, s, reinterpret_cast<float4*>(out),
            reinterpret_cast<const float4*>(a), reinterpret_cast<const float4*>(b), n4);
     PHI3_LAUNCH_CHECK();
     done = n4 * 4;
   }
   if (done < n) {
-    launch(add_scalar_kernel, grid_for(n - done, kThreads), kThreads, 0, s, out + done, a + done,
+    launch(add_scalar_kernel<SUB>, grid_for(n - done, kThreads), kThreads, 0, s, out + done, a + done,
            b + done, n - done);
     PHI3_LAUNCH_CHECK();
   }
+}
+
+void add(float* out, const float* a, const float* b, int64_t n, Stream stream) {
+  add_or_sub<false>(out, a, b, n, as_cuda(stream));
+}
+
+void sub(float* out, const float* a, const float* b, int64_t n, Stream stream) {
+  add_or_sub<true>(out, a, b, n, as_cuda(stream));
 }
 
 void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,

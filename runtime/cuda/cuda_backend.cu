@@ -252,6 +252,10 @@ class CudaBackend final : public Backend {
     select();
     cuda::add(out, a, b, n, stream_);
   }
+  void sub(float* out, const float* a, const float* b, int64_t n) override {
+    select();
+    cuda::sub(out, a, b, n, stream_);
+  }
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
                  int64_t src_stride, const int32_t* src_idx, int n, int width) override {
     select();

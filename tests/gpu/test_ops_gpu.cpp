@@ -516,6 +516,27 @@ TEST(ElementwiseGpu, Add) {
   }
 }
 
+TEST(ElementwiseGpu, Sub) {
+  REQUIRE_GPU();
+  for (int64_t n : {1, 7, 4096, 1000003}) {
+    for (int off : {0, 1}) {
+      auto a = random_vec(n + off, 83), b = random_vec(n + off, 84);
+      std::vector<float> ref(n + off, 0.f);
+      cpu::sub(ref.data() + off, a.data() + off, b.data() + off, n, nullptr);
+      EXPECT_EQ(ref[off], a[off] - b[off]);
+      auto ad = dev(a), bd = dev(b);
+      DeviceArray<float> od(gpu(), ref.size());
+      gpu().zero(od.get(), ref.size() * 4);
+      gpu().sub(od.get() + off, ad.get() + off, bd.get() + off, n);
+      expect_equal(od.download(), ref, "sub n=" + std::to_string(n));
+      gpu().sub(bd.get() + off, ad.get() + off, bd.get() + off, n);  // out aliases b
+      auto alias = bd.download();
+      for (int64_t i = 0; i < off; ++i) alias[i] = ref[i];
+      expect_equal(alias, ref, "sub in place n=" + std::to_string(n));
+    }
+  }
+}
+
 TEST(ElementwiseGpu, CopyRows) {
   REQUIRE_GPU();
   struct Case { int n, width; int64_t dst_stride, src_stride; bool dst_idx, src_idx; };

@@ -1,0 +1,232 @@
+#include "patching/circuit.h"
+
+#include <cstring>
+
+#include "model/backward.h"
+#include "runtime/error.h"
+
+namespace phi3 {
+
+namespace {
+
+// Rows [r0, r0 + n) of a row-major weight, as a weight of its own.
+Weight row_slice(const Weight& W, int64_t r0, int64_t n) {
+  Weight s = W;
+  s.data = static_cast<const uint8_t*>(W.data) + size_t(r0) * W.cols * dtype_size(W.dtype);
+  s.rows = n;
+  return s;
+}
+
+// A device matrix of fp32 rows as a weight (GEMM operand), checked against cuBLAS's int sizes.
+Weight as_weight(const float* p, int64_t rows, int64_t cols) {
+  if (cols > INT32_MAX || rows > INT32_MAX)
+    throw Error("circuit: a batch of " + std::to_string(cols) +
+                " activation values per node is too large for one GEMM; use fewer pairs (--batch)");
+  return Weight{p, DType::F32, rows, cols};
+}
+
+}  // namespace
+
+HeadOutputWeights::HeadOutputWeights(Backend& be, const Model& m) : HD_(m.cfg.head_dim) {
+  for (const LayerWeights& w : m.w.layers) {
+    const size_t es = dtype_size(w.o.dtype), rows = size_t(w.o.rows), cols = size_t(w.o.cols);
+    std::vector<uint8_t> src(rows * cols * es), dst(src.size());
+    be.download(src.data(), w.o.data, src.size());
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < cols; ++c) std::memcpy(&dst[(c * rows + r) * es], &src[(r * cols + c) * es], es);
+    store_.emplace_back(be, dst.size());
+    store_.back().upload(dst);
+    ot_.push_back(Weight{store_.back().get(), w.o.dtype, w.o.cols, w.o.rows});
+  }
+}
+
+Weight HeadOutputWeights::head(int l, int h) const { return row_slice(ot_.at(l), int64_t(h) * HD_, HD_); }
+
+void upstream_differences(Backend& be, const Model& m, const HeadOutputWeights& ow, const ForwardState& x,
+                          const ForwardState& y, float* out) {
+  const ModelConfig& c = m.cfg;
+  const int L = c.num_hidden_layers, H = c.num_attention_heads, HD = c.head_dim, D = c.hidden_size;
+  const int QW = m.q_width();
+  PHI3_CHECK(x.B == y.B && x.T == y.T, "circuit: the two runs differ in shape");
+  const int N = static_cast<int>(x.N());
+  const size_t ND = size_t(N) * D;
+  const CircuitGraph g(L, H, c.num_key_value_heads);
+  be.sub(out, x.layers[0].resid_pre.get(), y.layers[0].resid_pre.get(), int64_t(ND));
+  DeviceArray<float> dz(be, size_t(N) * QW), zh(be, size_t(N) * HD);
+  for (int l = 0; l < L; ++l) {
+    be.sub(dz.get(), x.layers[l].z.get(), y.layers[l].z.get(), int64_t(N) * QW);
+    for (int h = 0; h < H; ++h) {
+      be.copy_rows(zh.get(), HD, nullptr, dz.get() + size_t(h) * HD, QW, nullptr, N, HD);
+      be.linear_backward(out + size_t(g.head(l, h)) * ND, zh.get(), ow.head(l, h), N, false);
+    }
+    be.sub(out + size_t(g.mlp_out(l)) * ND, x.layers[l].mlp_out.get(), y.layers[l].mlp_out.get(), int64_t(ND));
+  }
+}
+
+void downstream_gradients(Backend& be, const Model& m, const ForwardState& s, const Gradients& gr, int l,
+                          float* out) {
+  const ModelConfig& c = m.cfg;
+  const int L = c.num_hidden_layers, H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
+  const int D = c.hidden_size, F = c.intermediate_size, QKVW = m.qkv_width();
+  const int N = static_cast<int>(s.N());
+  const size_t ND = size_t(N) * D;
+  PHI3_CHECK(l >= 0 && l <= L && static_cast<int>(gr.layers.size()) == L, "circuit: bad downstream layer");
+  if (l == L) {  // the logits read resid_final, which feeds nothing else
+    be.copy(out, gr.layers[L - 1].resid_post.get(), ND * sizeof(float));
+    return;
+  }
+  const LayerActs& a = s.layers[l];
+  const LayerWeights& w = m.w.layers[l];
+  const LayerGrads& lg = gr.layers[l];
+  DeviceArray<float> dy(be, size_t(N) * HD), dln(be, ND);
+  // q of every head, then k and v of every KV head: column block i of the qkv row and rows
+  // [i*HD, (i+1)*HD) of qkv_proj, in CircuitGraph's order.
+  for (int i = 0; i < H + 2 * KVH; ++i) {
+    be.copy_rows(dy.get(), HD, nullptr, lg.qkv.get() + size_t(i) * HD, QKVW, nullptr, N, HD);
+    be.linear_backward(dln.get(), dy.get(), row_slice(w.qkv, int64_t(i) * HD, HD), N, false);
+    float* gi = out + size_t(i) * ND;
+    be.zero(gi, ND * sizeof(float));
+    be.rmsnorm_backward(gi, dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D);
+  }
+  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * 2 * F);
+  be.linear_backward(dact.get(), lg.resid_post.get(), w.down, N, false);
+  be.swiglu_backward(dgu.get(), dact.get(), a.gate_up.get(), N, F);
+  be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
+  float* gm = out + size_t(H + 2 * KVH) * ND;
+  be.zero(gm, ND * sizeof(float));
+  be.rmsnorm_backward(gm, dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D);
+}
+
+std::vector<float> edge_scores(Backend& be, const Model& m, const HeadOutputWeights& ow, const CircuitGraph& g,
+                               const PairBatch& pb, const ForwardState& clean, const ForwardState& corrupted,
+                               float scale, const EdgeScoreOptions& opt) {
+  if (opt.ig && opt.ig_steps < 1)
+    throw Error("--ig-steps: EAP-IG needs at least one step, got " + std::to_string(opt.ig_steps));
+  const int L = g.L(), U = g.n_upstream(), Dn = g.n_downstream(), per_layer = g.per_layer_down();
+  const int D = m.cfg.hidden_size, N = static_cast<int>(clean.N());
+  const size_t ND = size_t(N) * D;
+  DeviceArray<float> delta(be, size_t(U) * ND);
+  if (opt.noising)
+    upstream_differences(be, m, ow, corrupted, clean, delta.get());
+  else
+    upstream_differences(be, m, ow, clean, corrupted, delta.get());
+  std::vector<double> acc(size_t(U) * Dn, 0.0);
+  DeviceArray<float> G(be, size_t(per_layer) * ND), y(be, size_t(per_layer) * U);
+  // Adds weight x (the scores of run s with gradients gr) into acc, one GEMM per layer.
+  auto score_run = [&](const ForwardState& s, const Gradients& gr, double weight) {
+    for (int lv = 0; lv <= L; ++lv) {
+      const int Vl = lv < L ? per_layer : 1;
+      const int v0 = lv < L ? g.head_in(lv, 0, CircuitGraph::In::Q) : g.logits();
+      const int Ul = lv < L ? g.mlp_out(lv) : U;  // upstream nodes written before the layer's MLP reads
+      downstream_gradients(be, m, s, gr, lv, G.get());
+      be.linear_forward(y.get(), G.get(), as_weight(delta.get(), Ul, int64_t(ND)), Vl, false);
+      std::vector<float> h(size_t(Vl) * Ul);
+      be.download(h.data(), y.get(), h.size() * sizeof(float));
+      for (int r = 0; r < Vl; ++r)
+        for (int u = 0; u < Ul; ++u)
+          if (g.has_edge(u, v0 + r)) acc[size_t(u) * Dn + v0 + r] += weight * h[size_t(r) * Ul + u];
+    }
+  };
+  if (!opt.ig) {
+    const ForwardState& base = opt.noising ? clean : corrupted;
+    const Gradients gr = backward(be, m, base, pb.answer, pb.other, scale);
+    score_run(base, gr, 1.0);
+  } else {
+    std::vector<float> xc(ND), xk(ND), x(ND);
+    be.download(xc.data(), clean.layers[0].resid_pre.get(), ND * sizeof(float));
+    be.download(xk.data(), corrupted.layers[0].resid_pre.get(), ND * sizeof(float));
+    DeviceArray<float> dx(be, ND);
+    for (int k = 0; k < opt.ig_steps; ++k) {
+      const float a = static_cast<float>(k) / static_cast<float>(opt.ig_steps);
+      for (size_t i = 0; i < ND; ++i) x[i] = xk[i] + a * (xc[i] - xk[i]);
+      dx.upload(x);
+      ForwardOptions fo;
+      fo.input_embeddings = dx.get();
+      const ForwardState s = forward(be, m, pb.corrupted, fo);
+      const Gradients gr = backward(be, m, s, pb.answer, pb.other, scale);
+      score_run(s, gr, 1.0 / opt.ig_steps);
+    }
+  }
+  return std::vector<float>(acc.begin(), acc.end());
+}
+
+std::vector<float> circuit_logit_diff(Backend& be, const Model& m, const HeadOutputWeights& ow,
+                                      const CircuitGraph& g, const CircuitGraph::Mask& mask, const PairBatch& pb,
+                                      const ForwardState& clean, const ForwardState& corr) {
+  const ModelConfig& c = m.cfg;
+  const int L = c.num_hidden_layers, H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
+  const int D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int QW = m.q_width(), KVW = m.kv_width(), QKVW = m.qkv_width();
+  const int B = clean.B, T = clean.T, N = static_cast<int>(clean.N()), U = g.n_upstream(), Dn = g.n_downstream();
+  const int n_in = H + 2 * KVH;  // q/k/v downstream nodes per layer
+  const size_t ND = size_t(N) * D;
+  PHI3_CHECK(mask.size() == size_t(U) * Dn, "circuit: mask of the wrong size");
+  PHI3_CHECK(corr.B == B && corr.T == T, "circuit: the clean and corrupted runs differ in shape");
+
+  // Row u: a_u(current) - a_u(corrupted), written as the forward reaches u (zero before).
+  DeviceArray<float> dcur(be, size_t(U) * ND);
+  be.zero(dcur.get(), dcur.size() * sizeof(float));
+  be.sub(dcur.get(), clean.layers[0].resid_pre.get(), corr.layers[0].resid_pre.get(), int64_t(ND));
+  DeviceArray<float> X(be, size_t(n_in + 1) * ND), ln(be, ND), rstd(be, N), y(be, size_t(N) * HD);
+  DeviceArray<float> qkv(be, size_t(N) * QKVW), q(be, size_t(N) * QW), k(be, size_t(N) * KVW),
+      v(be, size_t(N) * KVW), z(be, size_t(N) * QW), dz(be, size_t(N) * QW), zh(be, size_t(N) * HD);
+  DeviceArray<float> gu(be, size_t(N) * 2 * F), act(be, size_t(N) * F), mo(be, ND), logits(be, size_t(N) * V);
+  DeviceArray<float> coef(be, size_t(n_in + 1) * U);
+  std::vector<AttnSegment> segs(B);
+  for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
+  DeviceArray<AttnSegment> dsegs = to_device(be, segs);
+
+  // X rows [0, n) = inputs of downstream nodes v0 .. v0+n-1: resid_corr + the circuit's
+  // differences (upstream nodes [0, Ul)).
+  auto assemble = [&](int v0, int n, int Ul, const float* resid_corr) {
+    std::vector<float> C(size_t(n) * Ul, 0.f);
+    for (int r = 0; r < n; ++r)
+      for (int u = 0; u < Ul; ++u)
+        if (g.has_edge(u, v0 + r) && mask[size_t(u) * Dn + v0 + r]) C[size_t(r) * Ul + u] = 1.f;
+    be.upload(coef.get(), C.data(), C.size() * sizeof(float));
+    be.linear_backward(X.get(), coef.get(), as_weight(dcur.get(), Ul, int64_t(ND)), n, false);
+    for (int r = 0; r < n; ++r) be.add(X.get() + size_t(r) * ND, X.get() + size_t(r) * ND, resid_corr, int64_t(ND));
+  };
+
+  for (int l = 0; l < L; ++l) {
+    const LayerWeights& w = m.w.layers[l];
+    const LayerActs& ca = corr.layers[l];
+    const int v0 = g.head_in(l, 0, CircuitGraph::In::Q);
+    assemble(v0, n_in, g.mlp_out(l), ca.resid_pre.get());
+    for (int i = 0; i < n_in; ++i) {
+      be.rmsnorm_forward(ln.get(), rstd.get(), X.get() + size_t(i) * ND, w.ln1, N, D, c.rms_norm_eps);
+      be.linear_forward(y.get(), ln.get(), row_slice(w.qkv, int64_t(i) * HD, HD), N, false);
+      be.copy_rows(qkv.get() + size_t(i) * HD, QKVW, nullptr, y.get(), HD, nullptr, N, HD);
+    }
+    be.rotary_qkv_forward(q.get(), k.get(), v.get(), qkv.get(), clean.pos.get(), N, H, KVH, HD, clean.rope);
+    AttnParams ap = attention_params(m, T);
+    ap.q = q.get();
+    ap.k = k.get();
+    ap.v = v.get();
+    ap.z = z.get();
+    ap.pad = clean.pad.get();
+    ap.segs = dsegs.get();
+    ap.n_segs = B;
+    be.attention_forward(ap);
+    be.sub(dz.get(), z.get(), ca.z.get(), int64_t(N) * QW);
+    for (int h = 0; h < H; ++h) {
+      be.copy_rows(zh.get(), HD, nullptr, dz.get() + size_t(h) * HD, QW, nullptr, N, HD);
+      be.linear_backward(dcur.get() + size_t(g.head(l, h)) * ND, zh.get(), ow.head(l, h), N, false);
+    }
+    assemble(g.mlp_in(l), 1, g.mlp_out(l), ca.resid_mid.get());
+    be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), w.ln2, N, D, c.rms_norm_eps);
+    be.linear_forward(gu.get(), ln.get(), w.gate_up, N, false);
+    be.swiglu_forward(act.get(), gu.get(), N, F);
+    be.linear_forward(mo.get(), act.get(), w.down, N, false);
+    be.sub(dcur.get() + size_t(g.mlp_out(l)) * ND, mo.get(), ca.mlp_out.get(), int64_t(ND));
+  }
+  assemble(g.logits(), 1, U, corr.resid_final.get());
+  be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), m.w.final_norm, N, D, c.rms_norm_eps);
+  be.linear_forward(logits.get(), ln.get(), m.w.lm_head, N, false);
+  DeviceArray<int32_t> da = to_device(be, pb.answer), dother = to_device(be, pb.other);
+  DeviceArray<float> ld(be, B);
+  be.logit_diff_forward(ld.get(), logits.get() + size_t(T - 1) * V, int64_t(T) * V, da.get(), dother.get(), B);
+  return ld.download();
+}
+
+}  // namespace phi3
