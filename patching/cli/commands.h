@@ -6,6 +6,7 @@
 
 namespace phi3 {
 int cmd_verify(int argc, char** argv, int first);       // verify_cmd.cpp
+int cmd_circuit(int argc, char** argv, int first);      // circuit_cmd.cpp
 int cmd_bench(int argc, char** argv, int first);        // bench_cmd.cpp
 class Args;
 class Comm;

@@ -44,6 +44,8 @@ commands:
   forward    print the seed-style summary (padded prompts, answer ids, top-3 tokens,
              clean and corrupted logit differences) for a pairs file
   tokenize   print token ids and pieces of the given texts (BOS prepended)
+  circuit    circuit discovery: EAP / EAP-IG edge scores and exact faithfulness of the
+             top-k circuits (see `phi3patch circuit --help`)
   verify     compare logits, activations, gradients and patching results with a
              reference dump made by tools/make_reference.py (--reference DIR)
   accuracy   accuracy on the temporal dataset (--dataset FILE --split train|heldout|all)
@@ -288,9 +290,10 @@ int run_command(const std::string& cmd, int argc, char** argv, int first) {
   if (cmd == "tokenize") return cmd_tokenize(argc, argv, first);
   if (cmd == "accuracy") return cmd_accuracy(argc, argv, first);
   if (cmd == "verify") return cmd_verify(argc, argv, first);
+  if (cmd == "circuit") return cmd_circuit(argc, argv, first);
   if (cmd == "bench") return cmd_bench(argc, argv, first);
   if (cmd == "make-random") return cmd_make_random(argc, argv, first);
-  throw Error("unknown command '" + cmd + "' (commands: run, forward, tokenize, verify, accuracy, bench, make-random)");
+  throw Error("unknown command '" + cmd + "' (commands: run, circuit, forward, tokenize, verify, accuracy, bench, make-random)");
 }
 }  // namespace
 }  // namespace phi3

@@ -661,6 +661,20 @@ TEST_F(CliErrors, ForwardCommandChecksToo) {
   expect_error(cli("forward --device cpu --model " + quote(model())), {"non-finite", "blocks.1.hook_mlp_out"});
 }
 
+// `phi3patch circuit`: K above the edge count, zero IG steps, a grid outside the graph, unknown
+// methods; nothing written.
+TEST_F(CliErrors, CircuitMisuse) {
+  const std::string base = "circuit --device cpu --model " + quote(model_src()) + " --pairs " + quote(pairs_) +
+                           " --out " + quote(out_) + " ";
+  expect_error(cli(base + "--edges 480"), {"--edges 480", "479 edges"});
+  expect_error(cli(base + "--ig-steps 0"), {"--ig-steps", "at least one step"});
+  expect_error(cli(base + "--edge-grid 5,1000"), {"--edge-grid", "1000", "479 edges"});
+  expect_error(cli(base + "--method acdc"), {"--method", "eap", "acdc"});
+  expect_error(cli(base + "--method eap --ig-steps 3"), {"--ig-steps", "eap-ig"});
+  expect_error(cli(base + "--edges 0"), {"--edges", "positive"});
+  for (const char* f : {"circuit.json", "edges.csv", "report.html"}) EXPECT_FALSE(fs::exists(out_ + "/" + f)) << f;
+}
+
 TEST_F(CliErrors, OutOfMemoryNamesSizeAndRemedy) {
   // A checkpoint whose embedding and lm_head need 2 x 256 GiB: a sparse file (no disk used,
   // all-zero weights), so only the memory check can refuse it. Exit status 3.

@@ -44,7 +44,8 @@ TEST_P(ReferenceTest, MatchesTransformers) {
                       << c.err() << " > tol " << c.tol;
   std::set<std::string> kinds;
   for (const auto& c : r.checks) kinds.insert(c.kind);
-  for (const char* k : {"tokens", "logits", "activation", "gradient", "activation_patching", "attribution_patching"})
+  for (const char* k : {"tokens", "logits", "activation", "gradient", "activation_patching", "attribution_patching",
+                        "edge_scores", "circuit_metric", "circuit_selection"})
     EXPECT_TRUE(kinds.count(k)) << "no check of kind " << k;
 }
 

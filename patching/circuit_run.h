@@ -1,0 +1,59 @@
+// `phi3patch circuit`: edge scores (EAP or EAP-IG) of every edge of the circuit graph on a
+// pairs file, circuits of the top-k edges (pruned to the part connected from the input to the
+// logits) over a grid of k, each evaluated exactly, and the faithfulness curve
+// (m(circuit) - m(empty)) / (m(full) - m(empty)), m = mean logit difference.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "patching/circuit_graph.h"
+
+namespace phi3 {
+
+struct CircuitOptions {
+  std::string pairs_file;
+  bool ig = true;       // EAP-IG (else EAP)
+  int ig_steps = 5;
+  bool noising = false;
+  bool add_bos = true;
+  int64_t edges = -1;          // the circuit to report (-1: the smallest grid circuit reaching `target`)
+  std::vector<int64_t> grid;   // k values (empty: 1, 2, 5, 10, 20, 50, ... and every edge)
+  double target = 0.8;         // faithfulness the default choice must reach
+  std::function<void(const std::string&)> log;
+};
+
+struct CircuitPoint {
+  int64_t k = 0;         // top-k edges chosen
+  int64_t edges = 0;     // left after pruning
+  double logit_diff = 0;
+  double faithfulness = 0;
+  std::vector<float> logit_diff_per_row;
+};
+
+struct CircuitRunResult {
+  std::string method, direction, pairs_file;
+  int L = 0, H = 0, KVH = 0, B = 0, T = 0;
+  int64_t n_edges = 0;
+  double ld_clean = 0, ld_corrupted = 0, ld_full = 0, ld_empty = 0;  // full / empty: the exact circuit forward
+  std::vector<float> scores;        // [U, Dn] dense (CircuitGraph order)
+  std::vector<CircuitPoint> grid;   // by k
+  CircuitPoint chosen;              // the reported circuit
+  CircuitGraph::Mask chosen_mask;
+  double score_seconds = 0, eval_seconds = 0;
+  int circuit_forwards = 0;         // exact circuit evaluations (grid + full + empty + chosen)
+};
+
+// The default grid for n edges: 1, 2, 5, 10, 20, 50, ... below n, then n.
+std::vector<int64_t> default_edge_grid(int64_t n_edges);
+// Parses "--edge-grid 10,100,1000"; throws naming a value that is not a count in [0, n_edges].
+std::vector<int64_t> parse_edge_grid(const std::string& list, int64_t n_edges);
+
+CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& opt);
+
+// edges.csv, circuit.json, faithfulness.svg, circuit.svg, report.html (atomic writes); returns
+// the paths written.
+std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const std::string& out_dir);
+
+}  // namespace phi3

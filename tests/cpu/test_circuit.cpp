@@ -1,0 +1,121 @@
+// Circuit discovery end to end (issue 13): `phi3patch circuit` on the embedded model, its
+// files and their consistency, and properties of the scores that must hold exactly. The
+// values themselves are checked against the PyTorch reference by verify (test_reference).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "patching/circuit.h"
+#include "patching/circuit_run.h"
+#include "test_util.h"
+
+namespace phi3 {
+namespace {
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+TEST(Circuit, CommandWritesConsistentOutputs) {
+  const std::string out = test::temp_dir("circuit_cli");
+  const std::string cmd = std::string(PHI3_CLI) + " circuit --device cpu --out " + out +
+                          " --edge-grid 0,10,100,479 --edges 60 >" + out + "/stdout.txt 2>" + out + "/stderr.txt";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(out + "/stderr.txt");
+  const auto j = nlohmann::json::parse(slurp(out + "/circuit.json"));
+  EXPECT_EQ(j["graph"]["edges"].get<int>(), 479);  // 4 layers, 4 heads, 4 KV heads
+  const double clean = j["logit_diff"]["clean"], corr = j["logit_diff"]["corrupted"];
+  EXPECT_NEAR(j["logit_diff"]["full_circuit"].get<double>(), clean, 1e-4);
+  EXPECT_NEAR(j["logit_diff"]["empty_circuit"].get<double>(), corr, 1e-4);
+  const auto& grid = j["faithfulness"];
+  ASSERT_EQ(grid.size(), 4u);
+  EXPECT_EQ(grid[0]["k"].get<int>(), 0);
+  EXPECT_EQ(grid[0]["faithfulness"].get<double>(), 0.0);
+  EXPECT_EQ(grid[3]["faithfulness"].get<double>(), 1.0);
+  EXPECT_EQ(grid[3]["edges_after_pruning"].get<int>(), 479);
+  EXPECT_LE(grid[1]["edges_after_pruning"].get<int>(), 10);
+  EXPECT_EQ(j["circuit"]["k"].get<int>(), 60);
+  const int chosen = j["circuit"]["edges_after_pruning"];
+  EXPECT_GT(chosen, 0);
+  EXPECT_LE(chosen, 60);
+  EXPECT_EQ(j["circuit"]["edges"].size(), size_t(chosen));
+  // edges.csv: every edge once, by |score|, the circuit's flagged.
+  std::istringstream csv(slurp(out + "/edges.csv"));
+  std::string line;
+  std::getline(csv, line);
+  EXPECT_EQ(line, "rank,upstream,downstream,score,in_circuit");
+  int rows = 0, flagged = 0;
+  double prev = INFINITY;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> f;
+    std::stringstream ls(line);
+    std::string x;
+    while (std::getline(ls, x, ',')) f.push_back(x);
+    ASSERT_EQ(f.size(), 5u) << line;
+    const double s = std::fabs(std::stod(f[3]));
+    EXPECT_LE(s, prev) << line;
+    prev = s;
+    flagged += f[4] == "1";
+    ++rows;
+  }
+  EXPECT_EQ(rows, 479);
+  EXPECT_EQ(flagged, chosen);
+  for (const char* f : {"faithfulness.svg", "circuit.svg", "report.html"})
+    EXPECT_GT(slurp(out + "/" + f).size(), 500u) << f;
+  EXPECT_NE(slurp(out + "/stdout.txt").find("faithfulness"), std::string::npos);
+}
+
+TEST(Circuit, NoisingScoresAreTheNegatedDenoisingOnesForEapIg) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, test::source_dir() + "/data/models/tiny-temporal-phi3");
+  const auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
+  const PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  const ForwardState clean = forward(*be, *m, pb.clean), corr = forward(*be, *m, pb.corrupted);
+  const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
+  const HeadOutputWeights ow(*be, *m);
+  EdgeScoreOptions o;
+  o.ig = true;
+  o.ig_steps = 3;
+  const auto dn = edge_scores(*be, *m, ow, g, pb, clean, corr, 0.1f, o);
+  o.noising = true;
+  const auto no = edge_scores(*be, *m, ow, g, pb, clean, corr, 0.1f, o);
+  ASSERT_EQ(dn.size(), no.size());
+  double big = 0;
+  for (size_t i = 0; i < dn.size(); ++i) {
+    EXPECT_EQ(dn[i], -no[i]) << i;
+    big = std::max(big, double(std::fabs(dn[i])));
+  }
+  EXPECT_GT(big, 1e-3);
+  // One IG step is EAP (the corrupted endpoint only).
+  o.noising = false;
+  o.ig_steps = 1;
+  const auto ig1 = edge_scores(*be, *m, ow, g, pb, clean, corr, 0.1f, o);
+  o.ig = false;
+  const auto eap = edge_scores(*be, *m, ow, g, pb, clean, corr, 0.1f, o);
+  for (size_t i = 0; i < eap.size(); ++i) EXPECT_EQ(ig1[i], eap[i]) << i;
+  // Cells that are not edges score 0.
+  for (int u = 0; u < g.n_upstream(); ++u)
+    for (int v = 0; v < g.n_downstream(); ++v)
+      if (!g.has_edge(u, v)) {
+        EXPECT_EQ(dn[size_t(u) * g.n_downstream() + v], 0.0f);
+      }
+}
+
+TEST(Circuit, EdgeGridParsing) {
+  EXPECT_EQ(parse_edge_grid("100,10,10,0", 479), (std::vector<int64_t>{0, 10, 100}));
+  EXPECT_EQ(default_edge_grid(479), (std::vector<int64_t>{1, 2, 5, 10, 20, 50, 100, 200, 479}));
+  EXPECT_EQ(default_edge_grid(1000), (std::vector<int64_t>{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000}));
+  EXPECT_NE(test::error_of([] { parse_edge_grid("10,480", 479); }).find("480 is outside the graph's 479 edges"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([] { parse_edge_grid("ten", 479); }).find("'ten' is not a number"), std::string::npos);
+  EXPECT_NE(test::error_of([] { parse_edge_grid("-5", 479); }).find("'-5'"), std::string::npos);
+  EXPECT_NE(test::error_of([] { parse_edge_grid(",", 479); }).find("no value"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace phi3
