@@ -150,9 +150,11 @@ std::vector<float> edge_scores(Backend& be, const Model& m, const HeadOutputWeig
   return std::vector<float>(acc.begin(), acc.end());
 }
 
-std::vector<float> circuit_logit_diff(Backend& be, const Model& m, const HeadOutputWeights& ow,
-                                      const CircuitGraph& g, const CircuitGraph::Mask& mask, const PairBatch& pb,
-                                      const ForwardState& clean, const ForwardState& corr) {
+std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m, const HeadOutputWeights& ow,
+                                                    const CircuitGraph& g, const std::vector<CircuitGraph::Mask>& masks,
+                                                    const PairBatch& pb, const ForwardState& clean,
+                                                    const ForwardState& corr, size_t mem_budget,
+                                                    int max_circuits) {
   const ModelConfig& c = m.cfg;
   const int L = c.num_hidden_layers, H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
   const int D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
@@ -160,73 +162,140 @@ std::vector<float> circuit_logit_diff(Backend& be, const Model& m, const HeadOut
   const int B = clean.B, T = clean.T, N = static_cast<int>(clean.N()), U = g.n_upstream(), Dn = g.n_downstream();
   const int n_in = H + 2 * KVH;  // q/k/v downstream nodes per layer
   const size_t ND = size_t(N) * D;
-  PHI3_CHECK(mask.size() == size_t(U) * Dn, "circuit: mask of the wrong size");
   PHI3_CHECK(corr.B == B && corr.T == T, "circuit: the clean and corrupted runs differ in shape");
+  for (const auto& mask : masks) PHI3_CHECK(mask.size() == size_t(U) * Dn, "circuit: mask of the wrong size");
+  std::vector<std::vector<float>> out;
+  if (masks.empty()) return out;
 
-  // Row u: a_u(current) - a_u(corrupted), written as the forward reaches u (zero before).
-  DeviceArray<float> dcur(be, size_t(U) * ND);
-  be.zero(dcur.get(), dcur.size() * sizeof(float));
-  be.sub(dcur.get(), clean.layers[0].resid_pre.get(), corr.layers[0].resid_pre.get(), int64_t(ND));
-  DeviceArray<float> X(be, size_t(n_in + 1) * ND), ln(be, ND), rstd(be, N), y(be, size_t(N) * HD);
-  DeviceArray<float> qkv(be, size_t(N) * QKVW), q(be, size_t(N) * QW), k(be, size_t(N) * KVW),
-      v(be, size_t(N) * KVW), z(be, size_t(N) * QW), dz(be, size_t(N) * QW), zh(be, size_t(N) * HD);
-  DeviceArray<float> gu(be, size_t(N) * 2 * F), act(be, size_t(N) * F), mo(be, ND), logits(be, size_t(N) * V);
-  DeviceArray<float> coef(be, size_t(n_in + 1) * U);
-  std::vector<AttnSegment> segs(B);
-  for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
+  // Circuits per batched forward: the per-circuit buffers (every upstream difference and the
+  // assembled inputs of one layer dominate) within the budget.
+  const size_t per_circuit =
+      sizeof(float) * (size_t(U + 1 + n_in) * ND + size_t(N) * (QKVW + 3 * QW + 2 * KVW + 3 * F + 4 * D + 2 * HD));
+  const size_t budget = mem_budget ? mem_budget : std::max<size_t>(be.free_memory() / 4, size_t(64) << 20);
+  size_t fit = std::min<size_t>(masks.size(), budget / per_circuit);
+  if (max_circuits > 0) fit = std::min<size_t>(fit, size_t(max_circuits));
+  const int C = static_cast<int>(std::max<size_t>(1, fit));
+  const int R = C * N;  // rows of one batched forward
+  if (R > INT32_MAX / std::max(D, QKVW)) throw Error("circuit: too many rows in one batched forward");
+
+  // Per circuit: slot 0 = the corrupted stream where the nodes being assembled read, slot
+  // 1 + u = a_u(current) - a_u(corrupted) (zero until the forward reaches u).
+  const int S = U + 1;
+  DeviceArray<float> dcur(be, size_t(C) * S * ND), X(be, size_t(C) * n_in * ND);
+  DeviceArray<float> xi(be, size_t(R) * D), ln(be, size_t(R) * D), rstd(be, R), y(be, size_t(R) * HD);
+  DeviceArray<float> qkv(be, size_t(R) * QKVW), q(be, size_t(R) * QW), k(be, size_t(R) * KVW),
+      v(be, size_t(R) * KVW), z(be, size_t(R) * QW), dz(be, size_t(R) * QW), zh(be, size_t(R) * HD),
+      ah(be, size_t(R) * D);
+  DeviceArray<float> gu(be, size_t(R) * 2 * F), act(be, size_t(R) * F), mo(be, size_t(R) * D);
+  DeviceArray<float> xl(be, size_t(C) * B * D), lnl(be, size_t(C) * B * D), rstdl(be, size_t(C) * B),
+      logits(be, size_t(C) * B * V), ld(be, size_t(C) * B);
+  DeviceArray<float> coef(be, size_t(C) * n_in * S);
+  // Index arrays: gather node i's rows of every circuit (from X + i*ND), scatter a [R, D]
+  // result into slot s of every circuit (at dcur + s*ND), the last position of every row.
+  std::vector<int32_t> gather(R), scatter(R), last(size_t(C) * B);
+  for (int cc = 0; cc < C; ++cc)
+    for (int n = 0; n < N; ++n) {
+      gather[size_t(cc) * N + n] = cc * n_in * N + n;
+      scatter[size_t(cc) * N + n] = cc * S * N + n;
+    }
+  for (int cc = 0; cc < C; ++cc)
+    for (int b = 0; b < B; ++b) last[size_t(cc) * B + b] = cc * N + b * T + T - 1;
+  // The clean batch repeated once per circuit: positions, pads, sequences, answers.
+  std::vector<int32_t> pos, pad, ans, oth;
+  std::vector<AttnSegment> segs;
+  for (int cc = 0; cc < C; ++cc) {
+    pos.insert(pos.end(), clean.batch.pos.begin(), clean.batch.pos.end());
+    pad.insert(pad.end(), clean.batch.pad.begin(), clean.batch.pad.end());
+    ans.insert(ans.end(), pb.answer.begin(), pb.answer.end());
+    oth.insert(oth.end(), pb.other.begin(), pb.other.end());
+    for (int b = 0; b < B; ++b) {
+      const int sb = cc * B + b;
+      segs.push_back(AttnSegment{sb, 0, sb * T, 0, sb * T});
+    }
+  }
+  DeviceArray<int32_t> dgather = to_device(be, gather), dscatter = to_device(be, scatter), dlast = to_device(be, last);
+  DeviceArray<int32_t> dpos = to_device(be, pos), dpad = to_device(be, pad), dans = to_device(be, ans),
+                       doth = to_device(be, oth);
   DeviceArray<AttnSegment> dsegs = to_device(be, segs);
 
-  // X rows [0, n) = inputs of downstream nodes v0 .. v0+n-1: resid_corr + the circuit's
-  // differences (upstream nodes [0, Ul)).
-  auto assemble = [&](int v0, int n, int Ul, const float* resid_corr) {
-    std::vector<float> C(size_t(n) * Ul, 0.f);
-    for (int r = 0; r < n; ++r)
-      for (int u = 0; u < Ul; ++u)
-        if (g.has_edge(u, v0 + r) && mask[size_t(u) * Dn + v0 + r]) C[size_t(r) * Ul + u] = 1.f;
-    be.upload(coef.get(), C.data(), C.size() * sizeof(float));
-    be.linear_backward(X.get(), coef.get(), as_weight(dcur.get(), Ul, int64_t(ND)), n, false);
-    for (int r = 0; r < n; ++r) be.add(X.get() + size_t(r) * ND, X.get() + size_t(r) * ND, resid_corr, int64_t(ND));
-  };
-
-  for (int l = 0; l < L; ++l) {
-    const LayerWeights& w = m.w.layers[l];
-    const LayerActs& ca = corr.layers[l];
-    const int v0 = g.head_in(l, 0, CircuitGraph::In::Q);
-    assemble(v0, n_in, g.mlp_out(l), ca.resid_pre.get());
-    for (int i = 0; i < n_in; ++i) {
-      be.rmsnorm_forward(ln.get(), rstd.get(), X.get() + size_t(i) * ND, w.ln1, N, D, c.rms_norm_eps);
-      be.linear_forward(y.get(), ln.get(), row_slice(w.qkv, int64_t(i) * HD, HD), N, false);
-      be.copy_rows(qkv.get() + size_t(i) * HD, QKVW, nullptr, y.get(), HD, nullptr, N, HD);
+  for (size_t first = 0; first < masks.size(); first += C) {
+    const int nc = static_cast<int>(std::min<size_t>(C, masks.size() - first));
+    const int Rn = nc * N;
+    auto slot = [&](int cc, int s) { return dcur.get() + (size_t(cc) * S + s) * ND; };
+    be.zero(dcur.get(), dcur.size() * sizeof(float));
+    for (int cc = 0; cc < nc; ++cc)
+      be.sub(slot(cc, 1 + g.input()), clean.layers[0].resid_pre.get(), corr.layers[0].resid_pre.get(), int64_t(ND));
+    // X[cc] rows [0, n) = inputs of downstream nodes v0 .. v0+n-1 of circuit cc: the
+    // corrupted stream (slot 0) plus the differences of its edges into them.
+    auto assemble = [&](int v0, int n, int Ul, const float* resid_corr) {
+      std::vector<float> h(size_t(nc) * n * (Ul + 1), 0.f);
+      for (int cc = 0; cc < nc; ++cc) {
+        const CircuitGraph::Mask& mask = masks[first + cc];
+        for (int r = 0; r < n; ++r) {
+          float* row = &h[(size_t(cc) * n + r) * (Ul + 1)];
+          row[0] = 1.f;
+          for (int u = 0; u < Ul; ++u)
+            if (mask[size_t(u) * Dn + v0 + r] && g.has_edge(u, v0 + r)) row[1 + u] = 1.f;
+        }
+      }
+      be.upload(coef.get(), h.data(), h.size() * sizeof(float));
+      for (int cc = 0; cc < nc; ++cc) {
+        be.copy(slot(cc, 0), resid_corr, ND * sizeof(float));
+        be.linear_backward(X.get() + size_t(cc) * n * ND, coef.get() + size_t(cc) * n * (Ul + 1),
+                           Weight{slot(cc, 0), DType::F32, Ul + 1, int64_t(ND)}, n, false);
+      }
+    };
+    for (int l = 0; l < L; ++l) {
+      const LayerWeights& w = m.w.layers[l];
+      const LayerActs& ca = corr.layers[l];
+      assemble(g.head_in(l, 0, CircuitGraph::In::Q), n_in, g.mlp_out(l), ca.resid_pre.get());
+      for (int i = 0; i < n_in; ++i) {
+        be.copy_rows(xi.get(), D, nullptr, X.get() + size_t(i) * ND, D, dgather.get(), Rn, D);
+        be.rmsnorm_forward(ln.get(), rstd.get(), xi.get(), w.ln1, Rn, D, c.rms_norm_eps);
+        be.linear_forward(y.get(), ln.get(), row_slice(w.qkv, int64_t(i) * HD, HD), Rn, false);
+        be.copy_rows(qkv.get() + size_t(i) * HD, QKVW, nullptr, y.get(), HD, nullptr, Rn, HD);
+      }
+      be.rotary_qkv_forward(q.get(), k.get(), v.get(), qkv.get(), dpos.get(), Rn, H, KVH, HD, clean.rope);
+      AttnParams ap = attention_params(m, T);
+      ap.q = q.get();
+      ap.k = k.get();
+      ap.v = v.get();
+      ap.z = z.get();
+      ap.pad = dpad.get();
+      ap.segs = dsegs.get();
+      ap.n_segs = nc * B;
+      be.attention_forward(ap);
+      for (int cc = 0; cc < nc; ++cc)
+        be.sub(dz.get() + size_t(cc) * N * QW, z.get() + size_t(cc) * N * QW, ca.z.get(), int64_t(N) * QW);
+      for (int h = 0; h < H; ++h) {
+        be.copy_rows(zh.get(), HD, nullptr, dz.get() + size_t(h) * HD, QW, nullptr, Rn, HD);
+        be.linear_backward(ah.get(), zh.get(), ow.head(l, h), Rn, false);
+        be.copy_rows(dcur.get() + size_t(1 + g.head(l, h)) * ND, D, dscatter.get(), ah.get(), D, nullptr, Rn, D);
+      }
+      assemble(g.mlp_in(l), 1, g.mlp_out(l), ca.resid_mid.get());  // X: [nc * N, D]
+      be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), w.ln2, Rn, D, c.rms_norm_eps);
+      be.linear_forward(gu.get(), ln.get(), w.gate_up, Rn, false);
+      be.swiglu_forward(act.get(), gu.get(), Rn, F);
+      be.linear_forward(mo.get(), act.get(), w.down, Rn, false);
+      for (int cc = 0; cc < nc; ++cc)
+        be.sub(slot(cc, 1 + g.mlp_out(l)), mo.get() + size_t(cc) * ND, ca.mlp_out.get(), int64_t(ND));
     }
-    be.rotary_qkv_forward(q.get(), k.get(), v.get(), qkv.get(), clean.pos.get(), N, H, KVH, HD, clean.rope);
-    AttnParams ap = attention_params(m, T);
-    ap.q = q.get();
-    ap.k = k.get();
-    ap.v = v.get();
-    ap.z = z.get();
-    ap.pad = clean.pad.get();
-    ap.segs = dsegs.get();
-    ap.n_segs = B;
-    be.attention_forward(ap);
-    be.sub(dz.get(), z.get(), ca.z.get(), int64_t(N) * QW);
-    for (int h = 0; h < H; ++h) {
-      be.copy_rows(zh.get(), HD, nullptr, dz.get() + size_t(h) * HD, QW, nullptr, N, HD);
-      be.linear_backward(dcur.get() + size_t(g.head(l, h)) * ND, zh.get(), ow.head(l, h), N, false);
-    }
-    assemble(g.mlp_in(l), 1, g.mlp_out(l), ca.resid_mid.get());
-    be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), w.ln2, N, D, c.rms_norm_eps);
-    be.linear_forward(gu.get(), ln.get(), w.gate_up, N, false);
-    be.swiglu_forward(act.get(), gu.get(), N, F);
-    be.linear_forward(mo.get(), act.get(), w.down, N, false);
-    be.sub(dcur.get() + size_t(g.mlp_out(l)) * ND, mo.get(), ca.mlp_out.get(), int64_t(ND));
+    assemble(g.logits(), 1, U, corr.resid_final.get());
+    be.copy_rows(xl.get(), D, nullptr, X.get(), D, dlast.get(), nc * B, D);
+    be.rmsnorm_forward(lnl.get(), rstdl.get(), xl.get(), m.w.final_norm, nc * B, D, c.rms_norm_eps);
+    be.linear_forward(logits.get(), lnl.get(), m.w.lm_head, nc * B, false);
+    be.logit_diff_forward(ld.get(), logits.get(), V, dans.get(), doth.get(), nc * B);
+    std::vector<float> h(size_t(nc) * B);
+    be.download(h.data(), ld.get(), h.size() * sizeof(float));
+    for (int cc = 0; cc < nc; ++cc) out.emplace_back(h.begin() + size_t(cc) * B, h.begin() + size_t(cc + 1) * B);
   }
-  assemble(g.logits(), 1, U, corr.resid_final.get());
-  be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), m.w.final_norm, N, D, c.rms_norm_eps);
-  be.linear_forward(logits.get(), ln.get(), m.w.lm_head, N, false);
-  DeviceArray<int32_t> da = to_device(be, pb.answer), dother = to_device(be, pb.other);
-  DeviceArray<float> ld(be, B);
-  be.logit_diff_forward(ld.get(), logits.get() + size_t(T - 1) * V, int64_t(T) * V, da.get(), dother.get(), B);
-  return ld.download();
+  return out;
+}
+
+std::vector<float> circuit_logit_diff(Backend& be, const Model& m, const HeadOutputWeights& ow,
+                                      const CircuitGraph& g, const CircuitGraph::Mask& mask, const PairBatch& pb,
+                                      const ForwardState& clean, const ForwardState& corr) {
+  return circuit_logit_diffs(be, m, ow, g, {mask}, pb, clean, corr, 0).at(0);
 }
 
 }  // namespace phi3

@@ -66,8 +66,17 @@ void upstream_differences(Backend& be, const Model& m, const HeadOutputWeights& 
 void downstream_gradients(Backend& be, const Model& m, const ForwardState& s, const Gradients& g, int l,
                           float* out);
 
-// Per-row logit difference of the circuit `mask` (CircuitGraph::Mask) run exactly: clean
-// input, edges outside the circuit carrying the corrupted run's values.
+// Per-row logit differences of circuits (CircuitGraph::Mask each) run exactly: clean input,
+// edges outside a circuit carrying the corrupted run's values. The circuits are stacked along
+// the batch, as many per forward as mem_budget bytes of work buffers allow (0: a quarter of
+// the device's free memory) and at most max_circuits (0: no limit), so one batched forward
+// evaluates several grid points.
+std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m, const HeadOutputWeights& ow,
+                                                    const CircuitGraph& g, const std::vector<CircuitGraph::Mask>& masks,
+                                                    const PairBatch& pb, const ForwardState& clean,
+                                                    const ForwardState& corrupted, size_t mem_budget = 0,
+                                                    int max_circuits = 0);
+// One circuit.
 std::vector<float> circuit_logit_diff(Backend& be, const Model& m, const HeadOutputWeights& ow,
                                       const CircuitGraph& g, const CircuitGraph::Mask& mask, const PairBatch& pb,
                                       const ForwardState& clean, const ForwardState& corrupted);

@@ -75,6 +75,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   const PairBatch pb = make_pair_batch(pairs, m.tok, c.pad_token_id, c.max_position_embeddings, 0, opt.add_bos);
   r.B = pb.clean.B;
   r.T = pb.clean.T;
+  auto t0 = std::chrono::steady_clock::now();  // scoring: from the two runs to the scores
   const ForwardState clean = forward(be, m, pb.clean), corr = forward(be, m, pb.corrupted);
   check_finite(be, m, clean, "clean");
   check_finite(be, m, corr, "corrupted");
@@ -92,7 +93,6 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   so.ig = opt.ig;
   so.ig_steps = opt.ig_steps;
   so.noising = opt.noising;
-  auto t0 = std::chrono::steady_clock::now();
   r.scores = edge_scores(be, m, ow, g, pb, clean, corr, static_cast<float>(1.0 / (r.ld_clean - r.ld_corrupted)), so);
   be.synchronize();
   r.score_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -100,39 +100,54 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     if (!std::isfinite(s)) throw Error("edge scores: non-finite value; no results were written");
   log(r.method + " scores of " + std::to_string(r.n_edges) + " edges in " + std::to_string(r.score_seconds) + " s");
 
+  // Every circuit (empty, full, the grid, an explicit --edges) in batched forwards.
   t0 = std::chrono::steady_clock::now();
-  auto evaluate = [&](int64_t k) {
-    CircuitPoint p;
-    p.k = k;
-    CircuitGraph::Mask mask = g.top_k(r.scores, k);
-    g.prune(mask);
-    p.edges = g.count(mask);
-    p.logit_diff_per_row = circuit_logit_diff(be, m, ow, g, mask, pb, clean, corr);
-    double s = 0;
-    for (float v : p.logit_diff_per_row) s += v;
-    p.logit_diff = s / std::max<size_t>(1, p.logit_diff_per_row.size());
-    ++r.circuit_forwards;
-    return std::make_pair(p, mask);
-  };
-  r.ld_empty = evaluate(0).first.logit_diff;
-  r.ld_full = evaluate(r.n_edges).first.logit_diff;
-  const double denom = r.ld_full - r.ld_empty;
   const std::vector<int64_t> grid = opt.grid.empty() ? default_edge_grid(r.n_edges) : opt.grid;
-  std::vector<CircuitGraph::Mask> masks;
-  for (size_t i = 0; i < grid.size(); ++i) {
-    auto [p, mask] = evaluate(grid[i]);
+  std::vector<int64_t> ks = {0, r.n_edges};
+  ks.insert(ks.end(), grid.begin(), grid.end());
+  if (opt.edges >= 0) ks.push_back(opt.edges);
+  // Pruning often makes several k the same circuit (small k: empty; large k: full): each
+  // distinct circuit is run once, so equal circuits report equal values.
+  std::vector<CircuitGraph::Mask> masks, distinct;
+  std::vector<size_t> which;
+  for (int64_t k : ks) {
+    masks.push_back(g.top_k(r.scores, k));
+    g.prune(masks.back());
+    const auto it = std::find(distinct.begin(), distinct.end(), masks.back());
+    which.push_back(size_t(it - distinct.begin()));
+    if (it == distinct.end()) distinct.push_back(masks.back());
+  }
+  log("evaluating " + std::to_string(distinct.size()) + " distinct circuits exactly (empty, full, " +
+      std::to_string(grid.size()) + " grid points" + (opt.edges >= 0 ? ", --edges" : "") + ")");
+  const std::vector<std::vector<float>> dlds =
+      circuit_logit_diffs(be, m, ow, g, distinct, pb, clean, corr, opt.mem_budget);
+  std::vector<std::vector<float>> lds;
+  for (size_t w : which) lds.push_back(dlds[w]);
+  r.circuit_forwards = static_cast<int>(distinct.size());
+  auto point = [&](size_t i) {
+    CircuitPoint p;
+    p.k = ks[i];
+    p.edges = g.count(masks[i]);
+    p.logit_diff_per_row = lds[i];
+    double s = 0;
+    for (float v : lds[i]) s += v;
+    p.logit_diff = s / std::max<size_t>(1, lds[i].size());
+    return p;
+  };
+  r.ld_empty = point(0).logit_diff;
+  r.ld_full = point(1).logit_diff;
+  const double denom = r.ld_full - r.ld_empty;
+  for (size_t i = 2; i < 2 + grid.size(); ++i) {
+    CircuitPoint p = point(i);
     p.faithfulness = (p.logit_diff - r.ld_empty) / denom;
-    r.grid.push_back(p);
-    masks.push_back(std::move(mask));
     log("circuit of the top " + std::to_string(p.k) + " edges (" + std::to_string(p.edges) +
-        " after pruning): faithfulness " + std::to_string(p.faithfulness) + " [" + std::to_string(i + 1) + "/" +
-        std::to_string(grid.size()) + "]");
+        " after pruning): faithfulness " + std::to_string(p.faithfulness));
+    r.grid.push_back(p);
   }
   if (opt.edges >= 0) {
-    auto [p, mask] = evaluate(opt.edges);
-    p.faithfulness = (p.logit_diff - r.ld_empty) / denom;
-    r.chosen = p;
-    r.chosen_mask = std::move(mask);
+    r.chosen = point(ks.size() - 1);
+    r.chosen.faithfulness = (r.chosen.logit_diff - r.ld_empty) / denom;
+    r.chosen_mask = masks.back();
   } else {  // the smallest grid circuit reaching the target (else the most faithful)
     size_t best = 0;
     bool found = false;
@@ -142,7 +157,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
       for (size_t i = 0; i < r.grid.size(); ++i)
         if (r.grid[i].faithfulness > r.grid[best].faithfulness) best = i;
     r.chosen = r.grid[best];
-    r.chosen_mask = masks[best];
+    r.chosen_mask = masks[2 + best];
   }
   be.synchronize();
   r.eval_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -21,6 +21,7 @@ struct CircuitOptions {
   int64_t edges = -1;          // the circuit to report (-1: the smallest grid circuit reaching `target`)
   std::vector<int64_t> grid;   // k values (empty: 1, 2, 5, 10, 20, 50, ... and every edge)
   double target = 0.8;         // faithfulness the default choice must reach
+  size_t mem_budget = 0;       // bytes of work buffers per batched circuit forward (0: automatic)
   std::function<void(const std::string&)> log;
 };
 
@@ -41,8 +42,9 @@ struct CircuitRunResult {
   std::vector<CircuitPoint> grid;   // by k
   CircuitPoint chosen;              // the reported circuit
   CircuitGraph::Mask chosen_mask;
-  double score_seconds = 0, eval_seconds = 0;
-  int circuit_forwards = 0;         // exact circuit evaluations (grid + full + empty + chosen)
+  double score_seconds = 0;  // the clean and corrupted runs, the gradient runs and the score GEMMs
+  double eval_seconds = 0;   // every exact circuit forward
+  int circuit_forwards = 0;  // exact circuit evaluations (empty + full + grid [+ --edges])
 };
 
 // The default grid for n edges: 1, 2, 5, 10, 20, 50, ... below n, then n.

@@ -129,7 +129,7 @@ void verify_circuits(Backend& be, const Model& m, const std::string& path, const
     TensorCheck tc;
     tc.kind = "edge_scores";
     tc.name = std::string(key) + " (" + std::to_string(g.n_edges()) + " edges)";
-    tc.tol = opt.patch_attr_tol;
+    tc.tol = opt.edge_score_tol >= 0 ? opt.edge_score_tol : opt.patch_attr_tol;
     tc.scale_floor = 1e-2;
     tc.ok = ref.size() == ours.size();
     for (size_t i = 0; i < ours.size() && tc.ok; ++i) {
@@ -141,6 +141,8 @@ void verify_circuits(Backend& be, const Model& m, const std::string& path, const
     res.checks.push_back(tc);
   }
   const double gap = ld_clean - ld_corr;
+  // Every reference circuit in batched forwards of two circuits each (the grid path).
+  std::vector<CircuitGraph::Mask> masks;
   for (const auto& jc : J.at("circuits")) {
     CircuitGraph::Mask mask = g.empty_mask();
     for (const auto& e : jc.at("edges")) {
@@ -149,14 +151,42 @@ void verify_circuits(Backend& be, const Model& m, const std::string& path, const
         throw Error(path + ": circuit '" + jc.at("name").get<std::string>() + "' holds a non-edge");
       mask[size_t(u) * g.n_downstream() + v] = 1;
     }
+    masks.push_back(std::move(mask));
+  }
+  const std::vector<std::vector<float>> lds = circuit_logit_diffs(be, m, ow, g, masks, pb, clean, corrupted, 0, 2);
+  // Facts of this backend alone: the empty circuit is its corrupted run, the full one its
+  // clean run (row by row, normalized).
+  {
+    const LogitDiff own_clean = logit_diff(be, m, clean, answer, other), own_corr = logit_diff(be, m, corrupted, answer, other);
+    CircuitGraph::Mask full = g.empty_mask();
+    for (int u = 0; u < g.n_upstream(); ++u)
+      for (int v = 0; v < g.n_downstream(); ++v) full[size_t(u) * g.n_downstream() + v] = g.has_edge(u, v);
+    const auto ends = circuit_logit_diffs(be, m, ow, g, {g.empty_mask(), full}, pb, clean, corrupted);
+    TensorCheck cc;
+    cc.kind = "circuit_consistency";
+    cc.name = "empty circuit = corrupted run, full circuit = clean run (per row)";
+    cc.relative = false;
+    cc.tol = opt.patch_act_tol;
+    const double own_gap = own_clean.mean - own_corr.mean;
+    for (size_t b = 0; b < ends[0].size(); ++b) {
+      cc.max_abs = std::max(cc.max_abs, std::fabs((double(ends[0][b]) - own_corr.per_row[b]) / own_gap));
+      cc.max_abs = std::max(cc.max_abs, std::fabs((double(ends[1][b]) - own_clean.per_row[b]) / own_gap));
+    }
+    cc.max_ref = 1;
+    cc.ok = std::isfinite(cc.max_abs) && cc.max_abs <= cc.tol;
+    res.checks.push_back(cc);
+  }
+  for (size_t ci = 0; ci < masks.size(); ++ci) {
+    const auto& jc = J.at("circuits")[ci];
+    const CircuitGraph::Mask& mask = masks[ci];
     const std::string name = jc.at("name").get<std::string>();
-    const std::vector<float> ld = circuit_logit_diff(be, m, ow, g, mask, pb, clean, corrupted);
+    const std::vector<float>& ld = lds[ci];
     const std::vector<double> ref = jc.at("logit_diff_per_row").get<std::vector<double>>();
     TensorCheck tc;
     tc.kind = "circuit_metric";
     tc.name = "circuit " + name + " (" + std::to_string(g.count(mask)) + " edges), per row";
     tc.relative = false;
-    tc.tol = opt.patch_act_tol;
+    tc.tol = opt.circuit_tol >= 0 ? opt.circuit_tol : opt.patch_act_tol;
     tc.ok = ref.size() == ld.size();
     for (size_t b = 0; b < ld.size() && tc.ok; ++b) {
       if (!std::isfinite(ld[b])) tc.ok = false;
@@ -194,6 +224,7 @@ void verify_circuits(Backend& be, const Model& m, const std::string& path, const
       }
       const double boundary = mags.empty() ? 0.0 : *std::min_element(mags.begin(), mags.end());
       const double band = opt.patch_attr_tol * max_mag;
+      if (!opt.own_selection) continue;
       TensorCheck oc;
       oc.kind = "circuit_selection";
       oc.name = "top " + std::to_string(k) + " by |EAP-IG| (our scores): edges not the reference's, beyond ties";

@@ -14,7 +14,7 @@ namespace phi3 {
 
 struct TensorCheck {
   // tokens | logits | activation | gradient | activation_patching | attribution_patching |
-  // edge_scores | circuit_metric | circuit_selection
+  // edge_scores | circuit_metric | circuit_selection | circuit_consistency
   std::string kind;
   std::string name;
   double max_abs = 0;  // worst |ours - reference|
@@ -42,6 +42,11 @@ struct VerifyOptions {
   // compared on a spread sample of about this many (every layer and position; 0: all).
   int64_t max_patch_targets = 0;
   bool circuits = true;           // also circuit discovery, where the dump has circuit.json
+  double edge_score_tol = -1;     // EAP / EAP-IG scores, relative (< 0: patch_attr_tol)
+  double circuit_tol = -1;        // exact circuit metric per row, normalized, absolute (< 0: patch_act_tol)
+  // Also require our top-k choice on our own scores to pick the reference's edges (beyond
+  // ties); off where rounding moves the scores by more than the gaps between them (bf16).
+  bool own_selection = true;
   std::function<void(const std::string&)> log;
 };
 

@@ -45,7 +45,7 @@ TEST_P(ReferenceTest, MatchesTransformers) {
   std::set<std::string> kinds;
   for (const auto& c : r.checks) kinds.insert(c.kind);
   for (const char* k : {"tokens", "logits", "activation", "gradient", "activation_patching", "attribution_patching",
-                        "edge_scores", "circuit_metric", "circuit_selection"})
+                        "edge_scores", "circuit_metric", "circuit_selection", "circuit_consistency"})
     EXPECT_TRUE(kinds.count(k)) << "no check of kind " << k;
 }
 
