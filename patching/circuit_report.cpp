@@ -214,7 +214,8 @@ std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const 
   j["circuit"] = {{"k", r.chosen.k}, {"edges_after_pruning", r.chosen.edges}, {"logit_diff", r.chosen.logit_diff},
                   {"faithfulness", r.chosen.faithfulness}, {"nodes", nodes}, {"edges", edges}};
   j["timing"] = {{"score_seconds", r.score_seconds}, {"eval_seconds", r.eval_seconds},
-                 {"circuit_forwards", r.circuit_forwards},
+                 {"circuit_forwards", r.circuit_forwards}, {"world_size", r.world_size},
+                 {"circuits_per_rank", r.circuits_per_rank},
                  {"circuit_forwards_per_second", r.eval_seconds > 0 ? r.circuit_forwards / r.eval_seconds : 0.0}};
   put("circuit.json", j.dump(1) + "\n");
   const std::string fsvg = faithfulness_svg(r), csvg = circuit_svg(r, g);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <sstream>
 
@@ -45,9 +46,9 @@ std::vector<int64_t> parse_edge_grid(const std::string& list, int64_t n_edges) {
   return g;
 }
 
-CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& opt) {
+CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& opt, Comm& comm) {
   auto log = [&](const std::string& s) {
-    if (opt.log) opt.log(s);
+    if (opt.log && comm.root()) opt.log(s);
   };
   const ModelConfig& c = m.cfg;
   const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
@@ -70,20 +71,37 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
       throw Error("--edge-grid: " + std::to_string(k) + " is outside the graph's " + std::to_string(r.n_edges) +
                   " edges");
 
-  const std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
-  check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
-  const PairBatch pb = make_pair_batch(pairs, m.tok, c.pad_token_id, c.max_position_embeddings, 0, opt.add_bos);
-  r.B = pb.clean.B;
-  r.T = pb.clean.T;
+  // The pairs and the two runs, on every rank (bad input: one agreed error).
+  PairBatch pb;
+  ForwardState clean, corr;
   auto t0 = std::chrono::steady_clock::now();  // scoring: from the two runs to the scores
-  const ForwardState clean = forward(be, m, pb.clean), corr = forward(be, m, pb.corrupted);
-  check_finite(be, m, clean, "clean");
-  check_finite(be, m, corr, "corrupted");
-  r.ld_clean = logit_diff(be, m, clean, pb.answer, pb.other).mean;
-  r.ld_corrupted = logit_diff(be, m, corr, pb.answer, pb.other).mean;
-  if (!(std::fabs(r.ld_clean - r.ld_corrupted) > 1e-6))
-    throw Error(opt.pairs_file + ": the clean and corrupted logit differences are equal (" +
-                std::to_string(r.ld_clean) + "); the metric cannot be normalized and no circuit can be scored");
+  {
+    std::string err;
+    int code = 2;
+    try {
+      const std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
+      check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
+      pb = make_pair_batch(pairs, m.tok, c.pad_token_id, c.max_position_embeddings, 0, opt.add_bos);
+      r.B = pb.clean.B;
+      r.T = pb.clean.T;
+      t0 = std::chrono::steady_clock::now();
+      clean = forward(be, m, pb.clean);
+      corr = forward(be, m, pb.corrupted);
+      check_finite(be, m, clean, "clean");
+      check_finite(be, m, corr, "corrupted");
+      r.ld_clean = logit_diff(be, m, clean, pb.answer, pb.other).mean;
+      r.ld_corrupted = logit_diff(be, m, corr, pb.answer, pb.other).mean;
+      if (!(std::fabs(r.ld_clean - r.ld_corrupted) > 1e-6))
+        throw Error(opt.pairs_file + ": the clean and corrupted logit differences are equal (" +
+                    std::to_string(r.ld_clean) + "); the metric cannot be normalized and no circuit can be scored");
+    } catch (const OutOfMemory& e) {
+      err = e.what();
+      code = 3;
+    } catch (const Error& e) {
+      err = e.what();
+    }
+    comm.agree(err, code);
+  }
   log("graph: " + std::to_string(g.n_upstream()) + " upstream, " + std::to_string(g.n_downstream()) +
       " downstream nodes, " + std::to_string(r.n_edges) + " edges; " + std::to_string(r.B) + " prompts of " +
       std::to_string(r.T) + " tokens");
@@ -93,9 +111,25 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   so.ig = opt.ig;
   so.ig_steps = opt.ig_steps;
   so.noising = opt.noising;
-  r.scores = edge_scores(be, m, ow, g, pb, clean, corr, static_cast<float>(1.0 / (r.ld_clean - r.ld_corrupted)), so);
-  be.synchronize();
-  r.score_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  {  // rank 0 scores, every rank gets the scores
+    std::string err, blob;
+    int code = 2;
+    if (comm.root()) {
+      try {
+        r.scores = edge_scores(be, m, ow, g, pb, clean, corr, static_cast<float>(1.0 / (r.ld_clean - r.ld_corrupted)), so);
+        blob.assign(reinterpret_cast<const char*>(r.scores.data()), r.scores.size() * sizeof(float));
+      } catch (const OutOfMemory& e) {
+        err = e.what();
+        code = 3;
+      } catch (const Error& e) {
+        err = e.what();
+      }
+    }
+    comm.agree(err, code);
+    blob = comm.bcast(blob);
+    r.scores.resize(blob.size() / sizeof(float));
+    std::memcpy(r.scores.data(), blob.data(), blob.size());
+  }
   for (float s : r.scores)
     if (!std::isfinite(s)) throw Error("edge scores: non-finite value; no results were written");
   log(r.method + " scores of " + std::to_string(r.n_edges) + " edges in " + std::to_string(r.score_seconds) + " s");
@@ -119,8 +153,39 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   }
   log("evaluating " + std::to_string(distinct.size()) + " distinct circuits exactly (empty, full, " +
       std::to_string(grid.size()) + " grid points" + (opt.edges >= 0 ? ", --edges" : "") + ")");
-  const std::vector<std::vector<float>> dlds =
-      circuit_logit_diffs(be, m, ow, g, distinct, pb, clean, corr, opt.mem_budget);
+  // This rank's share of the distinct circuits (round robin), gathered on rank 0.
+  std::vector<CircuitGraph::Mask> mine;
+  for (size_t i = comm.rank(); i < distinct.size(); i += comm.size()) mine.push_back(distinct[i]);
+  std::vector<std::vector<float>> mine_ld;
+  {
+    std::string err;
+    int code = 2;
+    try {
+      mine_ld = circuit_logit_diffs(be, m, ow, g, mine, pb, clean, corr, opt.mem_budget);
+    } catch (const OutOfMemory& e) {
+      err = e.what();
+      code = 3;
+    } catch (const Error& e) {
+      err = e.what();
+    }
+    comm.agree(err, code);
+  }
+  std::string blob;
+  for (const auto& v : mine_ld) blob.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  const std::vector<std::string> parts = comm.gather(blob);
+  r.world_size = comm.size();
+  std::vector<std::vector<float>> dlds(distinct.size(), std::vector<float>(size_t(r.B)));
+  if (comm.root()) {
+    for (int rk = 0; rk < comm.size(); ++rk) {
+      size_t j = 0;
+      int count = 0;
+      for (size_t i = rk; i < distinct.size(); i += comm.size(), ++j, ++count) {
+        PHI3_CHECK(parts[rk].size() >= (j + 1) * r.B * sizeof(float), "circuit: short result from a rank");
+        std::memcpy(dlds[i].data(), parts[rk].data() + j * r.B * sizeof(float), r.B * sizeof(float));
+      }
+      r.circuits_per_rank.push_back(count);
+    }
+  }
   std::vector<std::vector<float>> lds;
   for (size_t w : which) lds.push_back(dlds[w]);
   r.circuit_forwards = static_cast<int>(distinct.size());

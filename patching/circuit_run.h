@@ -9,6 +9,7 @@
 
 #include "model/model.h"
 #include "patching/circuit_graph.h"
+#include "runtime/comm.h"
 
 namespace phi3 {
 
@@ -45,6 +46,8 @@ struct CircuitRunResult {
   double score_seconds = 0;  // the clean and corrupted runs, the gradient runs and the score GEMMs
   double eval_seconds = 0;   // every exact circuit forward
   int circuit_forwards = 0;  // exact circuit evaluations (empty + full + grid [+ --edges])
+  int world_size = 1;
+  std::vector<int> circuits_per_rank;  // distinct circuits each rank evaluated
 };
 
 // The default grid for n edges: 1, 2, 5, 10, 20, 50, ... below n, then n.
@@ -52,7 +55,10 @@ std::vector<int64_t> default_edge_grid(int64_t n_edges);
 // Parses "--edge-grid 10,100,1000"; throws naming a value that is not a count in [0, n_edges].
 std::vector<int64_t> parse_edge_grid(const std::string& list, int64_t n_edges);
 
-CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& opt);
+// Every rank of comm calls it with the same options: rank 0 scores the edges and broadcasts
+// the scores; the distinct circuits of the grid are dealt to the ranks (round robin: each is
+// one batched forward's share) and their results gathered on rank 0, whose result is complete.
+CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& opt, Comm& comm = Comm::self());
 
 // edges.csv, circuit.json, faithfulness.svg, circuit.svg, report.html (atomic writes); returns
 // the paths written.

@@ -7,6 +7,7 @@
 #include "patching/circuit_run.h"
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
+#include "runtime/comm.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -68,24 +69,46 @@ int cmd_circuit(int argc, char** argv, int first) {
     if (opt.edges < 1) throw Error("--edges: expected a positive number of edges, got " + a.get("edges", ""));
   }
   const std::string out = a.get("out", "out-circuit");
-  if (file_exists(out)) throw Error("--out '" + out + "' is a file, not a directory");
-  make_dirs(out);
-  if (file_exists(path_join(out, "circuit.json")) && !a.has("force"))
-    throw Error("output directory '" + out + "' already holds circuit.json; pass --force to overwrite it or choose another --out");
-  write_file_atomic(path_join(out, ".phi3patch-write-test"), "ok\n");
-  std::remove(path_join(out, ".phi3patch-write-test").c_str());
+  Comm& comm = Comm::world();
+  std::string err;
+  if (comm.root()) {  // --out is rank 0's alone; every rank learns whether it is usable
+    try {
+      if (file_exists(out)) throw Error("--out '" + out + "' is a file, not a directory");
+      make_dirs(out);
+      if (file_exists(path_join(out, "circuit.json")) && !a.has("force"))
+        throw Error("output directory '" + out +
+                    "' already holds circuit.json; pass --force to overwrite it or choose another --out");
+      write_file_atomic(path_join(out, ".phi3patch-write-test"), "ok\n");
+      std::remove(path_join(out, ".phi3patch-write-test").c_str());
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  comm.agree(err);
 
   opt.log = [](const std::string& s) { std::cerr << "[phi3patch] " << s << std::endl; };
-  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Model> m;
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
-  opt.log("loading " + model_dir + " on " + be->name());
-  auto m = load_model(*be, model_dir);
-  // The grid is checked against the model's graph before any work.
-  if (a.has("edge-grid")) {
-    const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
-    opt.grid = parse_edge_grid(a.get("edge-grid", ""), g.n_edges());
+  int code = 2;
+  try {
+    be = make_backend(a.get("device", "auto"), a.has("fp32"));
+    if (comm.root()) opt.log("loading " + model_dir + " on " + be->name());
+    m = load_model(*be, model_dir);
+    // The grid is checked against the model's graph before any work.
+    if (a.has("edge-grid")) {
+      const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
+      opt.grid = parse_edge_grid(a.get("edge-grid", ""), g.n_edges());
+    }
+  } catch (const OutOfMemory& e) {
+    err = e.what();
+    code = 3;
+  } catch (const Error& e) {
+    err = e.what();
   }
-  const CircuitRunResult r = run_circuit(*be, *m, opt);
+  comm.agree(err, code);
+  const CircuitRunResult r = run_circuit(*be, *m, opt, comm);
+  if (!comm.root()) return 0;
   const auto files = write_circuit_outputs(r, out);
   std::cout << "model: " << model_dir << " (" << r.L << " layers, " << r.H << " heads) on " << be->name() << "\n"
             << "graph: " << r.n_edges << " edges; " << r.method << " (" << r.direction << ") scores in "
@@ -95,8 +118,8 @@ int cmd_circuit(int argc, char** argv, int first) {
             << "faithfulness (top k edges, pruned):";
   for (const auto& p : r.grid) std::cout << " " << p.k << ":" << p.faithfulness;
   std::cout << "\ncircuit: " << r.chosen.edges << " edges (top " << r.chosen.k << "), faithfulness "
-            << r.chosen.faithfulness << "; " << r.circuit_forwards << " exact circuit forwards in " << r.eval_seconds
-            << " s\nwrote " << files.size() << " files to " << out << "/ (open " << path_join(out, "report.html")
+            << r.chosen.faithfulness << "; " << r.circuit_forwards << " exact circuit forwards in " << r.eval_seconds << " s"
+            << (r.world_size > 1 ? " over " + std::to_string(r.world_size) + " ranks" : std::string()) << "\nwrote " << files.size() << " files to " << out << "/ (open " << path_join(out, "report.html")
             << ")\n";
   return 0;
 }

@@ -329,9 +329,9 @@ int main(int argc, char** argv) {
       const int hc = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
       cpu::set_all_threads(std::max(1, hc / comm->local_size()));
     }
-    // Under mpirun only `run` and `bench` are distributed; any other command runs on rank 0
+    // Under mpirun only `run`, `circuit` and `bench` are distributed; any other command runs on rank 0
     // alone (the others would print the same lines and race on the same files).
-    const bool shared = cmd == "run" || (cmd == "bench" && !has_flag(argc, argv, "--predict"));
+    const bool shared = cmd == "run" || cmd == "circuit" || (cmd == "bench" && !has_flag(argc, argv, "--predict"));
     if (comm->distributed() && !shared && !comm->root()) {
       comm->finalize();
       return 0;

@@ -222,6 +222,73 @@ std::vector<pid_t> pids_with_env(const std::string& name, const std::string& val
 // A dataset run killed after some batches resumes with --resume (at another rank count too)
 // and gives the uninterrupted run's results; without --resume it refuses to start over
 // silently, and a checkpoint of other options is named.
+// edges.csv as (upstream -> downstream) -> score.
+std::map<std::string, double> edge_scores_of(const std::string& csv) {
+  std::map<std::string, double> m;
+  std::istringstream in(csv);
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ls(line);
+    std::string x;
+    while (std::getline(ls, x, ',')) f.push_back(x);
+    if (f.size() == 5) m[f[1] + "->" + f[2]] = std::stod(f[3]);
+  }
+  return m;
+}
+
+// `phi3patch circuit`: rank 0 scores, the distinct circuits of the grid are dealt to the ranks;
+// the same scores, faithfulness curve and circuit at any rank count, and every rank worked.
+TEST_F(Mpi, CircuitGridSameAtAnyScale) {
+  const std::string args = "circuit --device cpu --edge-grid 0,5,10,20,50,100,200,300,479 ";
+  auto circuit = [&](int np, const std::string& tag) {
+    const std::string out = dir_ + "/" + tag;
+    last_ = sh(command(np, args + "--out " + quote(out)), dir_);
+    EXPECT_EQ(last_.code, 0) << last_.err;
+    out_files_[tag] = files_in(out);
+    return std::make_pair(json::parse(slurp(out + "/circuit.json")), slurp(out + "/edges.csv"));
+  };
+  const auto [ref, ref_edges] = circuit(0, "plain");
+  for (int np = 1; np <= 3; ++np) {
+    const std::string tag = "np" + std::to_string(np);
+    const auto [got, edges] = circuit(np, tag);
+    // Rank 0's scores (its BLAS may run on fewer threads under mpirun: rounding apart).
+    const auto a = edge_scores_of(edges), b = edge_scores_of(ref_edges);
+    ASSERT_EQ(a.size(), b.size());
+    double worst = 0, big = 0;
+    for (const auto& [key, v] : b) {
+      ASSERT_TRUE(a.count(key)) << key;
+      worst = std::max(worst, std::fabs(a.at(key) - v));
+      big = std::max(big, std::fabs(v));
+    }
+    EXPECT_LT(worst, 1e-5 * big) << tag;
+    EXPECT_EQ(out_files_[tag], out_files_["plain"]);
+    EXPECT_EQ(got["timing"]["world_size"].get<int>(), np);
+    const auto per_rank = got["timing"]["circuits_per_rank"].get<std::vector<int>>();
+    ASSERT_EQ(per_rank.size(), size_t(np));
+    int total = 0;
+    for (int n : per_rank) {
+      EXPECT_GT(n, 0) << "every rank evaluated circuits";
+      total += n;
+    }
+    EXPECT_EQ(total, ref["timing"]["circuit_forwards"].get<int>());
+    ASSERT_EQ(got["faithfulness"].size(), ref["faithfulness"].size());
+    for (size_t i = 0; i < ref["faithfulness"].size(); ++i) {
+      EXPECT_EQ(got["faithfulness"][i]["edges_after_pruning"], ref["faithfulness"][i]["edges_after_pruning"]);
+      // A circuit's rows sit elsewhere in the batched forward: equal to rounding.
+      EXPECT_NEAR(got["faithfulness"][i]["faithfulness"].get<double>(),
+                  ref["faithfulness"][i]["faithfulness"].get<double>(), 1e-5) << tag << " k index " << i;
+    }
+    auto names = [](const json& edges) {
+      std::vector<std::string> v;
+      for (const auto& e : edges) v.push_back(e["upstream"].get<std::string>() + "->" + e["downstream"].get<std::string>());
+      return v;
+    };
+    EXPECT_TRUE(names(got["circuit"]["edges"]) == names(ref["circuit"]["edges"])) << tag << ": the circuit's edges differ";
+  }
+}
+
 TEST_F(Mpi, ResumeAfterKillEqualsUninterruptedRun) {
   const std::string args = "--pairs " + quote(many_pairs()) + " --batch 2 --hooks resid_pre,mlp_out";
   json ref = run(0, args, "ref");
