@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <queue>
 
 #include "runtime/error.h"
 
@@ -76,6 +77,50 @@ CircuitGraph::Mask CircuitGraph::top_k(const std::vector<float>& scores, int64_t
   std::nth_element(cells.begin(), cells.begin() + k, cells.end(), before);
   Mask m = empty_mask();
   for (int64_t i = 0; i < k; ++i) m[cells[i]] = 1;
+  return m;
+}
+
+CircuitGraph::Mask CircuitGraph::greedy(const std::vector<float>& scores, int64_t k) const {
+  const int U = n_upstream(), Dn = n_downstream(), group = H_ / KVH_;
+  if (scores.size() != size_t(U) * Dn)
+    throw Error("circuit: " + std::to_string(scores.size()) + " scores for a graph of " + std::to_string(U) + " x " +
+                std::to_string(Dn) + " cells");
+  if (k < 0 || k > n_edges())
+    throw Error("--edges " + std::to_string(k) + " is outside the graph's " + std::to_string(n_edges()) + " edges");
+  auto mag = [&](int64_t c) { return std::isfinite(scores[c]) ? std::fabs(double(scores[c])) : -1.0; };
+  // Max-heap by |score|, ties to the lower cell index.
+  auto worse = [&](int64_t a, int64_t b) { return mag(a) < mag(b) || (mag(a) == mag(b) && a > b); };
+  std::priority_queue<int64_t, std::vector<int64_t>, decltype(worse)> heap(worse);
+  std::vector<uint8_t> active(Dn, 0), joined(U, 0);
+  auto activate = [&](int v) {
+    if (active[v]) return;
+    active[v] = 1;
+    for (int u = 0; u < U; ++u)
+      if (has_edge(u, v)) heap.push(int64_t(u) * Dn + v);
+  };
+  auto join = [&](int u) {  // upstream node u's component enters the circuit
+    if (joined[u] || u == input()) return;
+    joined[u] = 1;
+    const int l = upstream_layer(u);
+    if (upstream_is_head(u)) {
+      const int h = (u - 1) % (H_ + 1);
+      activate(head_in(l, h, In::Q));
+      activate(head_in(l, h / group, In::K));
+      activate(head_in(l, h / group, In::V));
+    } else {
+      activate(mlp_in(l));
+    }
+  };
+  activate(logits());
+  Mask m = empty_mask();
+  for (int64_t taken = 0; taken < k && !heap.empty();) {
+    const int64_t c = heap.top();
+    heap.pop();
+    if (m[c]) continue;
+    m[c] = 1;
+    ++taken;
+    join(int(c / Dn));
+  }
   return m;
 }
 

@@ -60,6 +60,11 @@ class CircuitGraph {
   // The k valid edges with the largest |score| ([upstream, downstream] scores; invalid cells
   // ignored; ties in index order). Throws if k exceeds the edge count.
   Mask top_k(const std::vector<float>& scores, int64_t k) const;
+  // The EAP-IG paper's greedy choice: starting from the logits, repeatedly take the edge with
+  // the largest |score| among those into a node already in the circuit (the logits, or a
+  // head or MLP one of whose outgoing edges was taken; a head's q, k and v inputs join with
+  // it), until k edges (ties in index order). Every edge chosen has a path to the logits.
+  Mask greedy(const std::vector<float>& scores, int64_t k) const;
   // Removes the edges that cannot matter: whose upstream node has no path from the input, or
   // whose downstream node's component (the head reading it, the MLP, the logits) has no path
   // to the logits, through the edges of `m` (a head counts as reached when any of its q, k or

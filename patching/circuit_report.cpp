@@ -57,7 +57,8 @@ std::string faithfulness_svg(const CircuitRunResult& r) {
     o << "<text x='" << X(p) << "' y='" << top + ph + 16 << "' text-anchor='middle' font-size='11'>" << p
       << "</text>\n";
   o << "<text x='" << left + pw / 2 << "' y='" << H - 16
-    << "' text-anchor='middle' font-size='12'>edges chosen (top k by |score|, log scale)</text>\n";
+    << "' text-anchor='middle' font-size='12'>edges chosen (" << (r.selection == "greedy" ? "greedy" : "top k")
+    << " by |score|, log scale)</text>\n";
   o << "<text x='16' y='" << top + ph / 2 << "' text-anchor='middle' font-size='12' transform='rotate(-90 16 "
     << top + ph / 2 << ")'>faithfulness</text>\n";
   std::string path;
@@ -118,7 +119,8 @@ std::string circuit_svg(const CircuitRunResult& r, const CircuitGraph& g) {
   std::ostringstream o, lines, nodes;
   o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << Hh << "' font-family='sans-serif'>\n";
   o << "<text x='" << W / 2 << "' y='20' text-anchor='middle' font-size='14'>Circuit: " << r.chosen.edges
-    << " edges (top " << r.chosen.k << " by |" << xml_escape(r.method) << "|, pruned), faithfulness "
+    << " edges (" << (r.selection == "greedy" ? "greedy " : "top ") << r.chosen.k << " by |" << xml_escape(r.method)
+    << "|, pruned), faithfulness "
     << num(r.chosen.faithfulness, 3) << "</text>\n";
   std::map<std::pair<long, long>, std::pair<double, std::string>> node_w;
   auto add_node = [&](double x, double y, double s, const std::string& name) {
@@ -184,6 +186,7 @@ std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const 
   j["format_version"] = 1;
   j["method"] = r.method;
   j["direction"] = r.direction;
+  j["selection"] = r.selection + ", pruned to the part connected from the input to the logits";
   j["pairs_file"] = r.pairs_file;
   j["graph"] = {{"layers", r.L}, {"heads", r.H}, {"kv_heads", r.KVH}, {"upstream", g.n_upstream()},
                 {"downstream", g.n_downstream()}, {"edges", r.n_edges}};

@@ -55,6 +55,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   CircuitRunResult r;
   r.method = opt.ig ? "eap-ig" : "eap";
   r.direction = opt.noising ? "noise" : "denoise";
+  r.selection = opt.greedy ? "greedy" : "top-k";
   r.pairs_file = opt.pairs_file;
   r.L = g.L();
   r.H = g.H();
@@ -145,7 +146,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   std::vector<CircuitGraph::Mask> masks, distinct;
   std::vector<size_t> which;
   for (int64_t k : ks) {
-    masks.push_back(g.top_k(r.scores, k));
+    masks.push_back(opt.greedy ? g.greedy(r.scores, k) : g.top_k(r.scores, k));
     g.prune(masks.back());
     const auto it = std::find(distinct.begin(), distinct.end(), masks.back());
     which.push_back(size_t(it - distinct.begin()));
@@ -205,7 +206,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   for (size_t i = 2; i < 2 + grid.size(); ++i) {
     CircuitPoint p = point(i);
     p.faithfulness = (p.logit_diff - r.ld_empty) / denom;
-    log("circuit of the top " + std::to_string(p.k) + " edges (" + std::to_string(p.edges) +
+    log("circuit of " + std::to_string(p.k) + " edges by " + r.selection + " (" + std::to_string(p.edges) +
         " after pruning): faithfulness " + std::to_string(p.faithfulness));
     r.grid.push_back(p);
   }

@@ -21,7 +21,10 @@ usage: phi3patch circuit [OPTIONS]
 The graph: upstream nodes are the input embedding, every attention head's output and every
 MLP's output; downstream nodes are every head's q input, every KV head's k and v inputs, every
 MLP's input and the logits; an edge joins each upstream node to every downstream node that reads
-the residual stream after it (heads feed their own layer's MLP).
+the residual stream after it (heads feed their own layer's MLP). Each circuit is evaluated
+exactly: a forward on the clean prompts in which every edge outside the circuit carries the
+corrupted run's value; faithfulness = (m(circuit) - m(empty)) / (m(full) - m(empty)).
+Under mpirun the grid's circuits are divided across the ranks.
 
   --model DIR        Phi3ForCausalLM checkpoint [data/models/tiny-temporal-phi3]
   --device D         auto | cpu | cuda [auto]
@@ -32,9 +35,15 @@ the residual stream after it (heads feed their own layer's MLP).
   --direction D      denoise (gradient on the corrupted run, clean - corrupted) | noise [denoise]
   --edge-grid LIST   comma-separated numbers of top edges whose circuits are evaluated exactly
                      [1, 2, 5, 10, ... and all edges]
-  --edges K          the circuit to report (top K edges, pruned) [the smallest grid circuit
+  --select S         top-k (the K edges of largest |score|) | greedy (from the logits, the
+                     edge of largest |score| into a node already in the circuit, as the EAP-IG
+                     paper does); either is then pruned to the part connected from the input
+                     to the logits [top-k]
+  --edges K          the circuit to report (K edges chosen, pruned) [the smallest grid circuit
                      with faithfulness >= --target]
   --target F         faithfulness the default circuit must reach [0.8]
+  --mem-budget MB    work buffers of one batched circuit forward (0 = a quarter of free
+                     device memory) [0]
   --out DIR          output directory [out-circuit]: edges.csv, circuit.json, faithfulness.svg,
                      circuit.svg, report.html
   --force            overwrite a circuit.json already in --out
@@ -44,7 +53,8 @@ the residual stream after it (heads feed their own layer's MLP).
 
 int cmd_circuit(int argc, char** argv, int first) {
   Args a(argc, argv, first,
-         {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out"},
+         {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out",
+          "select", "mem-budget"},
          {"fp32", "force", "no-bos", "help"});
   if (a.has("help")) {
     std::cout << kCircuitUsage;
@@ -64,6 +74,10 @@ int cmd_circuit(int argc, char** argv, int first) {
   opt.noising = dir == "noise";
   opt.add_bos = !a.has("no-bos");
   opt.target = a.get_double("target", 0.8);
+  const std::string sel = a.get("select", "top-k");
+  if (sel != "top-k" && sel != "greedy") throw Error("--select: expected top-k or greedy, got '" + sel + "'");
+  opt.greedy = sel == "greedy";
+  opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
   if (a.has("edges")) {
     opt.edges = a.get_int("edges", 0);
     if (opt.edges < 1) throw Error("--edges: expected a positive number of edges, got " + a.get("edges", ""));
@@ -115,9 +129,9 @@ int cmd_circuit(int argc, char** argv, int first) {
             << r.score_seconds << " s\n"
             << "logit diff: clean " << r.ld_clean << ", corrupted " << r.ld_corrupted << "; exact full circuit "
             << r.ld_full << ", empty " << r.ld_empty << "\n"
-            << "faithfulness (top k edges, pruned):";
+            << "faithfulness (" << r.selection << ", pruned; k:faithfulness):";
   for (const auto& p : r.grid) std::cout << " " << p.k << ":" << p.faithfulness;
-  std::cout << "\ncircuit: " << r.chosen.edges << " edges (top " << r.chosen.k << "), faithfulness "
+  std::cout << "\ncircuit: " << r.chosen.edges << " edges (" << r.selection << " " << r.chosen.k << "), faithfulness "
             << r.chosen.faithfulness << "; " << r.circuit_forwards << " exact circuit forwards in " << r.eval_seconds << " s"
             << (r.world_size > 1 ? " over " + std::to_string(r.world_size) + " ranks" : std::string()) << "\nwrote " << files.size() << " files to " << out << "/ (open " << path_join(out, "report.html")
             << ")\n";

@@ -70,6 +70,19 @@ TEST(Circuit, CommandWritesConsistentOutputs) {
   EXPECT_NE(slurp(out + "/stdout.txt").find("faithfulness"), std::string::npos);
 }
 
+TEST(Circuit, GreedySelectionFromTheCommand) {
+  const std::string out = test::temp_dir("circuit_greedy");
+  const std::string cmd = std::string(PHI3_CLI) + " circuit --device cpu --select greedy --method eap --out " + out +
+                          " --edge-grid 100,479 >" + out + "/stdout.txt 2>" + out + "/stderr.txt";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(out + "/stderr.txt");
+  const auto j = nlohmann::json::parse(slurp(out + "/circuit.json"));
+  EXPECT_EQ(j["method"], "eap");
+  EXPECT_EQ(j["selection"].get<std::string>().rfind("greedy", 0), 0u);
+  EXPECT_EQ(j["faithfulness"][1]["faithfulness"].get<double>(), 1.0);
+  EXPECT_LE(j["faithfulness"][0]["edges_after_pruning"].get<int>(), 100);
+  EXPECT_GT(j["faithfulness"][0]["edges_after_pruning"].get<int>(), 0);
+}
+
 TEST(Circuit, NoisingScoresAreTheNegatedDenoisingOnesForEapIg) {
   auto be = make_cpu_backend();
   auto m = load_model(*be, test::source_dir() + "/data/models/tiny-temporal-phi3");

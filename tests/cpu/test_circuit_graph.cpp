@@ -119,3 +119,64 @@ TEST(CircuitGraph, PruneKeepsOnlyTheConnectedPart) {
 
 }  // namespace
 }  // namespace phi3
+
+namespace phi3 {
+namespace {
+
+// Greedy choice: exactly k edges, each into the logits or into a node whose head / MLP already
+// has a chosen outgoing edge (so pruning can only cut edges without a path from the input);
+// the first edge is the largest into the logits; all edges at k = the edge count; a hand-made
+// case where greedy and top-k differ.
+TEST(CircuitGraph, GreedyGrowsFromTheLogits) {
+  const CircuitGraph g(3, 4, 2);
+  using In = CircuitGraph::In;
+  const int U = g.n_upstream(), Dn = g.n_downstream(), grp = 2;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  std::vector<float> s(size_t(U) * Dn);
+  for (auto& x : s) x = nd(rng);
+  for (int64_t k : {int64_t(1), int64_t(7), int64_t(40), int64_t(150), g.n_edges()}) {
+    const CircuitGraph::Mask m = g.greedy(s, k);
+    EXPECT_EQ(g.count(m), k);
+    std::vector<uint8_t> has_out(U, 0);
+    for (int u = 0; u < U; ++u)
+      for (int v = 0; v < Dn; ++v)
+        if (m[size_t(u) * Dn + v]) {
+          EXPECT_TRUE(g.has_edge(u, v));
+          has_out[u] = 1;
+        }
+    for (int u = 0; u < U; ++u)
+      for (int v = 0; v < Dn; ++v) {
+        if (!m[size_t(u) * Dn + v] || v == g.logits()) continue;
+        const int l = g.downstream_layer(v);
+        bool reader_in = false;  // the component reading v has a chosen outgoing edge
+        if (v == g.mlp_in(l)) reader_in = has_out[g.mlp_out(l)];
+        for (int h = 0; h < g.H(); ++h)
+          if (v == g.head_in(l, h, In::Q) || v == g.head_in(l, h / grp, In::K) || v == g.head_in(l, h / grp, In::V))
+            reader_in = reader_in || has_out[g.head(l, h)];
+        EXPECT_TRUE(reader_in) << g.upstream_name(u) << " -> " << g.downstream_name(v) << " at k = " << k;
+      }
+  }
+  // The first edge: the largest |score| into the logits.
+  int best = 0;
+  for (int u = 1; u < U; ++u)
+    if (std::fabs(s[size_t(u) * Dn + g.logits()]) > std::fabs(s[size_t(best) * Dn + g.logits()])) best = u;
+  EXPECT_EQ(g.greedy(s, 1)[size_t(best) * Dn + g.logits()], 1);
+  // A large score into a node not yet in the circuit waits: top-1 takes it, greedy does not.
+  std::vector<float> t(size_t(U) * Dn, 0.01f);
+  t[size_t(g.input()) * Dn + g.head_in(0, 0, In::Q)] = 5.0f;
+  t[size_t(g.head(0, 0)) * Dn + g.logits()] = 1.0f;
+  EXPECT_EQ(g.top_k(t, 1)[size_t(g.input()) * Dn + g.head_in(0, 0, In::Q)], 1);
+  const CircuitGraph::Mask g1 = g.greedy(t, 1), g2 = g.greedy(t, 2);
+  EXPECT_EQ(g1[size_t(g.head(0, 0)) * Dn + g.logits()], 1);
+  EXPECT_EQ(g2[size_t(g.input()) * Dn + g.head_in(0, 0, In::Q)], 1);  // once a0.h0 joined
+  try {
+    g.greedy(t, g.n_edges() + 1);
+    ADD_FAILURE() << "greedy above the edge count must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("outside the graph's"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace phi3

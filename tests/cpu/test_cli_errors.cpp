@@ -672,6 +672,7 @@ TEST_F(CliErrors, CircuitMisuse) {
   expect_error(cli(base + "--method acdc"), {"--method", "eap", "acdc"});
   expect_error(cli(base + "--method eap --ig-steps 3"), {"--ig-steps", "eap-ig"});
   expect_error(cli(base + "--edges 0"), {"--edges", "positive"});
+  expect_error(cli(base + "--select best"), {"--select", "top-k", "greedy", "best"});
   for (const char* f : {"circuit.json", "edges.csv", "report.html"}) EXPECT_FALSE(fs::exists(out_ + "/" + f)) << f;
 }
 
