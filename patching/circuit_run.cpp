@@ -131,6 +131,8 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     r.scores.resize(blob.size() / sizeof(float));
     std::memcpy(r.scores.data(), blob.data(), blob.size());
   }
+  be.synchronize();
+  r.score_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (float s : r.scores)
     if (!std::isfinite(s)) throw Error("edge scores: non-finite value; no results were written");
   log(r.method + " scores of " + std::to_string(r.n_edges) + " edges in " + std::to_string(r.score_seconds) + " s");

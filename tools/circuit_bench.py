@@ -72,6 +72,10 @@ def main():
         E = json.load(f)
 
     tok = mr.Tok(args.model)
+    # Pad with the config's pad_token_id, as the engine does (make-random's checkpoints say 32000,
+    # the real Phi-3 id, while their small test tokenizer's <|endoftext|> is 1024).
+    with open(os.path.join(args.model, "config.json")) as f:
+        tok.pad_id = int(json.load(f).get("pad_token_id", tok.pad_id))
     with open(args.pairs) as f:
         batches = mr.build_batches(tok, json.load(f))
     model = mr.load_model(args.model)

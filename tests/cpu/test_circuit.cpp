@@ -29,6 +29,9 @@ TEST(Circuit, CommandWritesConsistentOutputs) {
   ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(out + "/stderr.txt");
   const auto j = nlohmann::json::parse(slurp(out + "/circuit.json"));
   EXPECT_EQ(j["graph"]["edges"].get<int>(), 479);  // 4 layers, 4 heads, 4 KV heads
+  EXPECT_GT(j["timing"]["score_seconds"].get<double>(), 0);
+  EXPECT_GT(j["timing"]["eval_seconds"].get<double>(), 0);
+  EXPECT_EQ(j["timing"]["circuit_forwards"].get<int>(), 5);  // empty, full, 10, 100, --edges 60 (0 = empty, 479 = full)
   const double clean = j["logit_diff"]["clean"], corr = j["logit_diff"]["corrupted"];
   EXPECT_NEAR(j["logit_diff"]["full_circuit"].get<double>(), clean, 1e-4);
   EXPECT_NEAR(j["logit_diff"]["empty_circuit"].get<double>(), corr, 1e-4);

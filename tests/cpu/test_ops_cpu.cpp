@@ -813,7 +813,8 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{7, 4, 2, 8, 3, {2, 0}},         // GQA, window 3
                     AttnCase{13, 6, 2, 8, 0, {0, 5, 12}},    // GQA 3:1, heavy padding
                     AttnCase{13, 4, 1, 6, 5, {3, 0}},        // MQA, window 5
-                    AttnCase{31, 8, 2, 16, 8, {1, 0}}),      // T=31, window 8 (sampled)
+                    AttnCase{31, 8, 2, 16, 8, {1, 0}},       // T=31, window 8 (sampled)
+                    AttnCase{29, 32, 32, 96, 0, {0, 3, 1, 0}}),  // the Phi-3-mini head shape (sampled)
     attn_name);
 
 // The threaded split must not change a single bit (static per-task ownership).
