@@ -9,7 +9,8 @@ gpu-check calls it after every step, so the JSON always holds what was measured 
 "current_step" names the step under way (if the check was cut, the one it was cut in) and
 "complete" is true only after the last step. Inputs (each optional): ctest-gpu.xml (junit),
 gpu-check.log, bench_gpu.json (Google Benchmark), sdpa.json (tools/baseline/sdpa_bench.py),
-e2e.json and e2e_p3m.json (`phi3patch bench --json`), cmp_tiny.json / cmp_p3m_batched.json /
+e2e.json and e2e_p3m.json (`phi3patch bench --json`), circuit_embedded_cuda.json / circuit_p3m_cuda.json
+(`phi3patch circuit`), cmp_tiny.json / cmp_p3m_batched.json /
 cmp_p3m_tl.json / cmp_p3m_tl_fp32.json (tools/baseline/compare.py), p3m_parts.txt. A JSON file
 cut short (a benchmark killed by its time limit) is read up to its last complete entry and
 marked "truncated". Besides the raw figures it writes, at the top level, the Phi-3-mini
@@ -164,6 +165,12 @@ def collect():
         v = load(key + ".json")
         if v is not None:
             summary[key] = v
+    for key in ("circuit_embedded_cuda", "circuit_p3m_cuda"):  # `phi3patch circuit` (step circuit)
+        v = load(key + ".json")
+        if v is not None:
+            summary[key] = {k: v.get(k) for k in ("method", "graph", "prompts", "T", "logit_diff", "timing")}
+            summary[key]["faithfulness"] = [{"k": p["k"], "edges": p["edges_after_pruning"],
+                                             "faithfulness": p["faithfulness"]} for p in v.get("faithfulness", [])]
     return summary
 
 
