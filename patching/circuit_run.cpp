@@ -76,33 +76,23 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   PairBatch pb;
   ForwardState clean, corr;
   auto t0 = std::chrono::steady_clock::now();  // scoring: from the two runs to the scores
-  {
-    std::string err;
-    int code = 2;
-    try {
-      const std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
-      check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
-      pb = make_pair_batch(pairs, m.tok, c.pad_token_id, c.max_position_embeddings, 0, opt.add_bos);
-      r.B = pb.clean.B;
-      r.T = pb.clean.T;
-      t0 = std::chrono::steady_clock::now();
-      clean = forward(be, m, pb.clean);
-      corr = forward(be, m, pb.corrupted);
-      check_finite(be, m, clean, "clean");
-      check_finite(be, m, corr, "corrupted");
-      r.ld_clean = logit_diff(be, m, clean, pb.answer, pb.other).mean;
-      r.ld_corrupted = logit_diff(be, m, corr, pb.answer, pb.other).mean;
-      if (!(std::fabs(r.ld_clean - r.ld_corrupted) > 1e-6))
-        throw Error(opt.pairs_file + ": the clean and corrupted logit differences are equal (" +
-                    std::to_string(r.ld_clean) + "); the metric cannot be normalized and no circuit can be scored");
-    } catch (const OutOfMemory& e) {
-      err = e.what();
-      code = 3;
-    } catch (const Error& e) {
-      err = e.what();
-    }
-    comm.agree(err, code);
-  }
+  comm.agree_on([&] {
+    const std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
+    check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
+    pb = make_pair_batch(pairs, m.tok, c.pad_token_id, c.max_position_embeddings, 0, opt.add_bos);
+    r.B = pb.clean.B;
+    r.T = pb.clean.T;
+    t0 = std::chrono::steady_clock::now();
+    clean = forward(be, m, pb.clean);
+    corr = forward(be, m, pb.corrupted);
+    check_finite(be, m, clean, "clean");
+    check_finite(be, m, corr, "corrupted");
+    r.ld_clean = logit_diff(be, m, clean, pb.answer, pb.other).mean;
+    r.ld_corrupted = logit_diff(be, m, corr, pb.answer, pb.other).mean;
+    if (!(std::fabs(r.ld_clean - r.ld_corrupted) > 1e-6))
+      throw Error(opt.pairs_file + ": the clean and corrupted logit differences are equal (" +
+                  std::to_string(r.ld_clean) + "); the metric cannot be normalized and no circuit can be scored");
+  });
   log("graph: " + std::to_string(g.n_upstream()) + " upstream, " + std::to_string(g.n_downstream()) +
       " downstream nodes, " + std::to_string(r.n_edges) + " edges; " + std::to_string(r.B) + " prompts of " +
       std::to_string(r.T) + " tokens");
@@ -113,20 +103,12 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   so.ig_steps = opt.ig_steps;
   so.noising = opt.noising;
   {  // rank 0 scores, every rank gets the scores
-    std::string err, blob;
-    int code = 2;
-    if (comm.root()) {
-      try {
-        r.scores = edge_scores(be, m, ow, g, pb, clean, corr, static_cast<float>(1.0 / (r.ld_clean - r.ld_corrupted)), so);
-        blob.assign(reinterpret_cast<const char*>(r.scores.data()), r.scores.size() * sizeof(float));
-      } catch (const OutOfMemory& e) {
-        err = e.what();
-        code = 3;
-      } catch (const Error& e) {
-        err = e.what();
-      }
-    }
-    comm.agree(err, code);
+    std::string blob;
+    comm.agree_on([&] {
+      if (!comm.root()) return;
+      r.scores = edge_scores(be, m, ow, g, pb, clean, corr, static_cast<float>(1.0 / (r.ld_clean - r.ld_corrupted)), so);
+      blob.assign(reinterpret_cast<const char*>(r.scores.data()), r.scores.size() * sizeof(float));
+    });
     blob = comm.bcast(blob);
     r.scores.resize(blob.size() / sizeof(float));
     std::memcpy(r.scores.data(), blob.data(), blob.size());
@@ -160,19 +142,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   std::vector<CircuitGraph::Mask> mine;
   for (size_t i = comm.rank(); i < distinct.size(); i += comm.size()) mine.push_back(distinct[i]);
   std::vector<std::vector<float>> mine_ld;
-  {
-    std::string err;
-    int code = 2;
-    try {
-      mine_ld = circuit_logit_diffs(be, m, ow, g, mine, pb, clean, corr, opt.mem_budget);
-    } catch (const OutOfMemory& e) {
-      err = e.what();
-      code = 3;
-    } catch (const Error& e) {
-      err = e.what();
-    }
-    comm.agree(err, code);
-  }
+  comm.agree_on([&] { mine_ld = circuit_logit_diffs(be, m, ow, g, mine, pb, clean, corr, opt.mem_budget); });
   std::string blob;
   for (const auto& v : mine_ld) blob.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
   const std::vector<std::string> parts = comm.gather(blob);

@@ -176,6 +176,22 @@ void Comm::agree(const std::string& error, int exit_code) {
   }
 }
 
+void Comm::agree_on(const std::function<void()>& fn) {
+  std::string err;
+  int code = 2;
+  try {
+    fn();
+  } catch (const JobFailed&) {
+    throw;  // already agreed by every rank
+  } catch (const OutOfMemory& e) {
+    err = e.what();
+    code = 3;
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  agree(err, code);
+}
+
 void Comm::abort(int code) {
 #if defined(PHI3_WITH_MPI)
   if (mpi_ && size_ > 1) MPI_Abort(MPI_COMM_WORLD, code);

@@ -3,6 +3,7 @@
 // that behaves exactly like a plain run. Only the calling thread uses MPI (the sweep's
 // stream threads never do). Every collective here is a no-op with one rank.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,9 @@ class Comm {
   // JobFailed with the first failed rank's message, prefixed "rank R of N: "; exit_code is
   // that rank's (2: bad input, 3: out of memory, 130: interrupted).
   void agree(const std::string& error, int exit_code = 2);
+  // Runs fn on this rank and agree()s on how it went: an Error it throws becomes every rank's
+  // JobFailed (exit code 3 for OutOfMemory, else 2).
+  void agree_on(const std::function<void()>& fn);
 
   // Ends the job from one rank without waiting for the others (an error outside agree()).
   [[noreturn]] void abort(int code);

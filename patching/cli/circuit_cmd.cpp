@@ -84,28 +84,22 @@ int cmd_circuit(int argc, char** argv, int first) {
   }
   const std::string out = a.get("out", "out-circuit");
   Comm& comm = Comm::world();
-  std::string err;
-  if (comm.root()) {  // --out is rank 0's alone; every rank learns whether it is usable
-    try {
-      if (file_exists(out)) throw Error("--out '" + out + "' is a file, not a directory");
-      make_dirs(out);
-      if (file_exists(path_join(out, "circuit.json")) && !a.has("force"))
-        throw Error("output directory '" + out +
-                    "' already holds circuit.json; pass --force to overwrite it or choose another --out");
-      write_file_atomic(path_join(out, ".phi3patch-write-test"), "ok\n");
-      std::remove(path_join(out, ".phi3patch-write-test").c_str());
-    } catch (const Error& e) {
-      err = e.what();
-    }
-  }
-  comm.agree(err);
+  comm.agree_on([&] {  // --out is rank 0's alone; every rank learns whether it is usable
+    if (!comm.root()) return;
+    if (file_exists(out)) throw Error("--out '" + out + "' is a file, not a directory");
+    make_dirs(out);
+    if (file_exists(path_join(out, "circuit.json")) && !a.has("force"))
+      throw Error("output directory '" + out +
+                  "' already holds circuit.json; pass --force to overwrite it or choose another --out");
+    write_file_atomic(path_join(out, ".phi3patch-write-test"), "ok\n");
+    std::remove(path_join(out, ".phi3patch-write-test").c_str());
+  });
 
   opt.log = [](const std::string& s) { std::cerr << "[phi3patch] " << s << std::endl; };
   std::unique_ptr<Backend> be;
   std::unique_ptr<Model> m;
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
-  int code = 2;
-  try {
+  comm.agree_on([&] {
     be = make_backend(a.get("device", "auto"), a.has("fp32"));
     if (comm.root()) opt.log("loading " + model_dir + " on " + be->name());
     m = load_model(*be, model_dir);
@@ -114,13 +108,7 @@ int cmd_circuit(int argc, char** argv, int first) {
       const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
       opt.grid = parse_edge_grid(a.get("edge-grid", ""), g.n_edges());
     }
-  } catch (const OutOfMemory& e) {
-    err = e.what();
-    code = 3;
-  } catch (const Error& e) {
-    err = e.what();
-  }
-  comm.agree(err, code);
+  });
   const CircuitRunResult r = run_circuit(*be, *m, opt, comm);
   if (!comm.root()) return 0;
   const auto files = write_circuit_outputs(r, out);

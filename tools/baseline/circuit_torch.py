@@ -13,9 +13,14 @@ per layer. fp32, `torch.inference_mode` where no gradient is needed.
 """
 
 import math
+import os
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from circuit_reference import NodeModel  # noqa: E402  (the model's shape and RMSNorm)
 
 
 class Graph:
@@ -45,15 +50,9 @@ class Graph:
         return 1 + l * (self.H + 1)
 
 
-class TorchCircuit:
+class TorchCircuit(NodeModel):
     def __init__(self, model):
-        self.model = model
-        c = model.config
-        self.L, self.H, self.KVH = c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads
-        self.D = c.hidden_size
-        self.HD = getattr(c, "head_dim", None) or self.D // self.H
-        self.window = c.sliding_window
-        self.eps = c.rms_norm_eps
+        super().__init__(model)  # shape, window, eps, norm(); its per-node run() is not used here
         self.g = Graph(self.L, self.H, self.KVH)
         self.W = []
         for layer in model.model.layers:
@@ -66,9 +65,6 @@ class TorchCircuit:
                 "v": Wqkv[(H + KVH) * HD:].view(KVH, HD, self.D),
                 "o": at.o_proj.weight.view(self.D, H, HD).permute(1, 2, 0),  # [H, HD, D]
             })
-
-    def norm(self, x, w):
-        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
     def run(self, batch, emb=None, leaves=False, circuit=None):
         """Returns (logits at the last position [B, V], upstream outputs [B, T, U, D], leaves).
@@ -108,7 +104,7 @@ class TorchCircuit:
             W = self.W[l]
             w1 = layer.input_layernorm.weight
             per = g.per
-            xin = self.norm(inputs(l * per, H + 2 * KVH, g.up_limit(l), resid), w1)
+            xin = self.norm(inputs(l * per, H + 2 * KVH, g.up_limit(l), resid), w1, self.eps)
             q = torch.einsum("bthd,hed->bhte", xin[:, :, :H], W["q"])
             k = torch.einsum("bthd,hed->bhte", xin[:, :, H:H + KVH], W["k"])
             v = torch.einsum("bthd,hed->bhte", xin[:, :, H + KVH:], W["v"])
@@ -122,12 +118,12 @@ class TorchCircuit:
             ups.extend(heads.unbind(2))
             resid = resid + heads.sum(2)
             xm = self.norm(inputs(l * per + per - 1, 1, g.up_limit(l) + H, resid)[:, :, 0],
-                           layer.post_attention_layernorm.weight)
+                           layer.post_attention_layernorm.weight, self.eps)
             gate, up = layer.mlp.gate_up_proj(xm).chunk(2, -1)
             mo = layer.mlp.down_proj(torch.nn.functional.silu(gate) * up)
             ups.append(mo)
             resid = resid + mo
-        xf = self.norm(inputs(g.Dn - 1, 1, g.U, resid)[:, :, 0], mdl.norm.weight)
+        xf = self.norm(inputs(g.Dn - 1, 1, g.U, resid)[:, :, 0], mdl.norm.weight, self.eps)
         logits = self.model.lm_head(xf[:, -1])
         return logits, torch.stack(ups, 2), lv
 
