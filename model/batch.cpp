@@ -123,6 +123,26 @@ std::vector<int> prompt_ids(const Tokenizer& tok, const std::string& text, const
   return out;
 }
 
+std::vector<std::string> use_first_answer_tokens(std::vector<PromptPair>& pairs, const Tokenizer& tok) {
+  std::vector<std::string> cut;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    PromptPair& p = pairs[i];
+    for (auto [side, word, id] : {std::tuple<const char*, const std::string*, int*>{"clean", &p.clean_answer, &p.clean_answer_id},
+                                  std::tuple<const char*, const std::string*, int*>{"corrupted", &p.corrupted_answer,
+                                                                                    &p.corrupted_answer_id}}) {
+      if (*id >= 0) continue;  // pre-tokenized
+      const std::vector<int> ids = tok.answer_tokens(*word);
+      if (ids.size() < 2) continue;
+      std::string pieces;
+      for (size_t k = 0; k < ids.size(); ++k) pieces += (k ? ", " : "") + tok.piece(ids[k]);
+      *id = ids[0];
+      cut.push_back("pair " + std::to_string(i) + " " + side + ": '" + *word + "' -> '" + tok.piece(ids[0]) +
+                    "' (id " + std::to_string(ids[0]) + ") of [" + pieces + "]");
+    }
+  }
+  return cut;
+}
+
 int answer_id(const Tokenizer& tok, const std::string& word, int id) { return id >= 0 ? id : tok.answer_token(word); }
 
 int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok, bool add_bos) {

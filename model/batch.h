@@ -45,6 +45,11 @@ struct PromptPair {
 std::vector<PromptPair> load_pairs(const std::string& path);  // validates, names the culprit
 std::vector<PromptPair> parse_pairs(const std::string& json_text, const std::string& source);
 
+// --answer-first-token: every text answer that is more than one token is replaced by its first
+// piece (as the pre-tokenized answer_id; the word stays its label). Returns one line per answer
+// cut ("pair 3 clean: ' cappuccino' -> '▁capp' (id 812) of [▁capp, uccino]").
+std::vector<std::string> use_first_answer_tokens(std::vector<PromptPair>& pairs, const Tokenizer& tok);
+
 // One side's prompt ids (BOS first when add_bos) and answer id, tokenized or as given.
 std::vector<int> prompt_ids(const Tokenizer& tok, const std::string& text, const std::vector<int>& ids, bool add_bos);
 int answer_id(const Tokenizer& tok, const std::string& word, int id);

@@ -188,6 +188,7 @@ std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const 
   j["direction"] = r.direction;
   j["selection"] = r.selection + ", pruned to the part connected from the input to the logits";
   j["pairs_file"] = r.pairs_file;
+  j["answer_first_token"] = r.answers_cut;
   j["graph"] = {{"layers", r.L}, {"heads", r.H}, {"kv_heads", r.KVH}, {"upstream", g.n_upstream()},
                 {"downstream", g.n_downstream()}, {"edges", r.n_edges}};
   j["prompts"] = r.B;

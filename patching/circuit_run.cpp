@@ -77,7 +77,8 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   ForwardState clean, corr;
   auto t0 = std::chrono::steady_clock::now();  // scoring: from the two runs to the scores
   comm.agree_on([&] {
-    const std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
+    std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
+    if (opt.answer_first_token) r.answers_cut = use_first_answer_tokens(pairs, m.tok);
     check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
     pb = make_pair_batch(pairs, m.tok, c.pad_token_id, c.max_position_embeddings, 0, opt.add_bos);
     r.B = pb.clean.B;

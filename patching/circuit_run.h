@@ -19,6 +19,7 @@ struct CircuitOptions {
   int ig_steps = 5;
   bool noising = false;
   bool add_bos = true;
+  bool answer_first_token = false;  // a multi-token answer uses its first piece
   int64_t edges = -1;          // the circuit to report (-1: the smallest grid circuit reaching `target`)
   std::vector<int64_t> grid;   // k values (empty: 1, 2, 5, 10, 20, 50, ... and every edge)
   double target = 0.8;         // faithfulness the default choice must reach
@@ -37,7 +38,8 @@ struct CircuitPoint {
 
 struct CircuitRunResult {
   std::string method, direction, pairs_file;
-  std::string selection = "top-k";  // "top-k" | "greedy" (then pruned either way)
+  std::string selection = "top-k";
+  std::vector<std::string> answers_cut;  // --answer-first-token  // "top-k" | "greedy" (then pruned either way)
   int L = 0, H = 0, KVH = 0, B = 0, T = 0;
   int64_t n_edges = 0;
   double ld_clean = 0, ld_corrupted = 0, ld_full = 0, ld_empty = 0;  // full / empty: the exact circuit forward

@@ -180,6 +180,7 @@ struct Job {
   int T = 0, per_batch = 0, n_batches = 0, L = 0, H = 0;
   std::vector<AccSpec> accs;
   std::vector<int64_t> n_targets;  // per acc: targets of a sweep (0 for an estimate)
+  std::vector<std::string> answers_cut;  // --answer-first-token
 
   bool has(Method x) const {
     return std::any_of(accs.begin(), accs.end(), [x](const AccSpec& a) { return a.method == x; });
@@ -841,6 +842,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   comm.agree(attempt(job, code, [&] {
     check_methods(opt);
     job.pairs = load_pairs(opt.pairs_file);
+    if (opt.answer_first_token) job.answers_cut = use_first_answer_tokens(job.pairs, m.tok);
     check_pairs(job.pairs, m.tok, m.cfg.max_position_embeddings, opt.pairs_file, opt.add_bos, m.cfg.vocab_size);
     job.per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(job.pairs.size());
     job.T = pair_batch_length(job.pairs, m.tok, opt.add_bos);
@@ -869,6 +871,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   R.pairs_file = opt.pairs_file;
   R.direction = opt.noising ? "noise" : "denoise";
   R.add_bos = opt.add_bos;
+  R.answers_cut = job.answers_cut;
   R.T = job.T;
   R.world_size = N;
   if (N > 1)

@@ -23,6 +23,7 @@ struct ExperimentOptions {
   int verify_top = 0;
   bool noising = false;     // patch corrupted values into the clean run instead of the reverse
   bool add_bos = true;      // prepend BOS to every prompt
+  bool answer_first_token = false;  // a multi-token answer uses its first piece (else an error)
   int batch_pairs = 0;      // pairs per batch (0: all pairs in one batch)
   bool naive = false;       // one full forward per patch
   size_t mem_budget = 0;    // bytes per sweep chunk (0: automatic)
@@ -121,6 +122,7 @@ struct PatternFigure {
 struct ExperimentResult {
   std::string model_dir, device, pairs_file, direction;
   bool add_bos = true;
+  std::vector<std::string> answers_cut;  // --answer-first-token: the answers that used their first piece
   int T = 0, n_prompts = 0;
   std::vector<BatchSummary> batches;
   double clean_ld = 0, corrupted_ld = 0;  // averaged over batches (weighted by rows)

@@ -183,6 +183,8 @@ std::string results_json(const ExperimentResult& R) {
   j["pairs_file"] = R.pairs_file;
   j["direction"] = R.direction;
   j["bos"] = R.add_bos;
+  // --answer-first-token: which answers were more than one token (and used their first piece).
+  j["answer_first_token"] = R.answers_cut;
   j["metric"] = "normalized logit difference (LD - LD_corrupted) / (LD_clean - LD_corrupted)";
   j["T"] = R.T;
   j["clean_logit_diff"] = R.clean_ld;

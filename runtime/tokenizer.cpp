@@ -324,15 +324,20 @@ int Tokenizer::vocab_size() const {
 
 int Tokenizer::bos_id() const { return sp_ ? sp_->bos_id() : -1; }
 
-int Tokenizer::answer_token(const std::string& answer) const {
+std::vector<int> Tokenizer::answer_tokens(const std::string& answer) const {
   // " short" (TransformerLens / GPT-2 style) means the same word token as "short".
   const std::string word = !answer.empty() && answer[0] == ' ' ? answer.substr(1) : answer;
   if (word.empty()) throw Error("answer '" + answer + "' is empty");
-  std::vector<int> ids = encode(word, false);
+  return encode(word, false);
+}
+
+int Tokenizer::answer_token(const std::string& answer) const {
+  std::vector<int> ids = answer_tokens(answer);
   if (ids.size() == 1) return ids[0];
   std::string pieces;
   for (size_t i = 0; i < ids.size(); ++i) pieces += (i ? ", " : "") + piece(ids[i]);
-  throw Error("answer '" + answer + "' is not a single token: it becomes [" + pieces + "]");
+  throw Error("answer '" + answer + "' is not a single token: it becomes [" + pieces +
+              "] (--answer-first-token uses its first piece)");
 }
 
 }  // namespace phi3

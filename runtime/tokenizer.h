@@ -40,6 +40,8 @@ class Tokenizer {
   // leading space, as TransformerLens writes answers, is ignored: " short" -> "▁short").
   // Throws naming the answer and the pieces when it is not exactly one token.
   int answer_token(const std::string& answer) const;
+  // Every token an answer word becomes (the same encoding; throws on an empty answer).
+  std::vector<int> answer_tokens(const std::string& answer) const;
   const std::map<std::string, int>& added_tokens() const { return added_; }
 
  private:

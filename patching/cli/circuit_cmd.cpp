@@ -48,6 +48,7 @@ Under mpirun the grid's circuits are divided across the ranks.
                      circuit.svg, report.html
   --force            overwrite a circuit.json already in --out
   --no-bos           do not prepend BOS <s>
+  --answer-first-token  an answer of more than one token uses its first piece
 )";
 }  // namespace
 
@@ -55,7 +56,7 @@ int cmd_circuit(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out",
           "select", "mem-budget"},
-         {"fp32", "force", "no-bos", "help"});
+         {"fp32", "force", "no-bos", "help", "answer-first-token"});
   if (a.has("help")) {
     std::cout << kCircuitUsage;
     return 0;
@@ -73,6 +74,7 @@ int cmd_circuit(int argc, char** argv, int first) {
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
   opt.add_bos = !a.has("no-bos");
+  opt.answer_first_token = a.has("answer-first-token");
   opt.target = a.get_double("target", 0.8);
   const std::string sel = a.get("select", "top-k");
   if (sel != "top-k" && sel != "greedy") throw Error("--select: expected top-k or greedy, got '" + sel + "'");

@@ -90,6 +90,8 @@ distributed (MPI): mpirun -np N phi3patch run ... (or srun) gives the same resul
 process; batches are dealt to ranks, and a batch's patches are split across ranks by cost.
 With --device cuda each rank takes GPU local_rank % device_count. Only rank 0 writes --out.
   --no-bos          do not prepend BOS <s> (run and forward; recorded in results.json)
+  --answer-first-token  an answer of more than one token uses its first piece (run, forward,
+                    circuit; the answers cut are listed in results.json) instead of an error
 )";
 
 // --method: a comma-separated list of attribution, atp-star, activation (or both, all).
@@ -116,7 +118,7 @@ void parse_methods(const std::string& list, ExperimentOptions& opt) {
 int cmd_run(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top"},
-         {"fp32", "naive", "force", "no-bos", "resume", "help"});
+         {"fp32", "naive", "force", "no-bos", "resume", "help", "answer-first-token"});
   if (a.has("help")) {
     std::cout << kUsage;
     return 0;
@@ -137,6 +139,7 @@ int cmd_run(int argc, char** argv, int first) {
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
   opt.add_bos = !a.has("no-bos");
+  opt.answer_first_token = a.has("answer-first-token");
   opt.batch_pairs = a.get_int("batch", 0);
   opt.naive = a.has("naive");
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
@@ -229,7 +232,7 @@ int cmd_run(int argc, char** argv, int first) {
 }
 
 int cmd_forward(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32", "no-bos"});
+  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32", "no-bos", "answer-first-token"});
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const auto t_load = std::chrono::steady_clock::now();
   auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
@@ -237,6 +240,8 @@ int cmd_forward(int argc, char** argv, int first) {
             << std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count() << " s" << std::endl;
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
+  if (a.has("answer-first-token"))
+    for (const auto& line : use_first_answer_tokens(pairs, m->tok)) std::cerr << "[phi3patch] " << line << std::endl;
   const bool bos = !a.has("no-bos");
   check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos);
