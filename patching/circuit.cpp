@@ -292,10 +292,4 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
   return out;
 }
 
-std::vector<float> circuit_logit_diff(Backend& be, const Model& m, const HeadOutputWeights& ow,
-                                      const CircuitGraph& g, const CircuitGraph::Mask& mask, const PairBatch& pb,
-                                      const ForwardState& clean, const ForwardState& corr) {
-  return circuit_logit_diffs(be, m, ow, g, {mask}, pb, clean, corr, 0).at(0);
-}
-
 }  // namespace phi3

@@ -76,9 +76,5 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
                                                     const PairBatch& pb, const ForwardState& clean,
                                                     const ForwardState& corrupted, size_t mem_budget = 0,
                                                     int max_circuits = 0);
-// One circuit.
-std::vector<float> circuit_logit_diff(Backend& be, const Model& m, const HeadOutputWeights& ow,
-                                      const CircuitGraph& g, const CircuitGraph::Mask& mask, const PairBatch& pb,
-                                      const ForwardState& clean, const ForwardState& corrupted);
 
 }  // namespace phi3

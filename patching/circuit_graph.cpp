@@ -60,6 +60,13 @@ std::string CircuitGraph::downstream_name(int v) const {
   return a + std::to_string(i - H_ - KVH_) + "<v>";
 }
 
+CircuitGraph::Mask CircuitGraph::full_mask() const {
+  Mask m = empty_mask();
+  for (int u = 0; u < n_upstream(); ++u)
+    for (int v = 0; v < n_downstream(); ++v) m[size_t(u) * n_downstream() + v] = has_edge(u, v);
+  return m;
+}
+
 CircuitGraph::Mask CircuitGraph::top_k(const std::vector<float>& scores, int64_t k) const {
   const int U = n_upstream(), Dn = n_downstream();
   if (scores.size() != size_t(U) * Dn)

@@ -57,6 +57,7 @@ class CircuitGraph {
   // An edge set (a circuit) as a mask over the [upstream, downstream] cells.
   using Mask = std::vector<uint8_t>;
   Mask empty_mask() const { return Mask(size_t(n_upstream()) * n_downstream(), 0); }
+  Mask full_mask() const;  // every edge
   // The k valid edges with the largest |score| ([upstream, downstream] scores; invalid cells
   // ignored; ties in index order). Throws if k exceeds the edge count.
   Mask top_k(const std::vector<float>& scores, int64_t k) const;

@@ -158,10 +158,7 @@ void verify_circuits(Backend& be, const Model& m, const std::string& path, const
   // clean run (row by row, normalized).
   {
     const LogitDiff own_clean = logit_diff(be, m, clean, answer, other), own_corr = logit_diff(be, m, corrupted, answer, other);
-    CircuitGraph::Mask full = g.empty_mask();
-    for (int u = 0; u < g.n_upstream(); ++u)
-      for (int v = 0; v < g.n_downstream(); ++v) full[size_t(u) * g.n_downstream() + v] = g.has_edge(u, v);
-    const auto ends = circuit_logit_diffs(be, m, ow, g, {g.empty_mask(), full}, pb, clean, corrupted);
+    const auto ends = circuit_logit_diffs(be, m, ow, g, {g.empty_mask(), g.full_mask()}, pb, clean, corrupted);
     TensorCheck cc;
     cc.kind = "circuit_consistency";
     cc.name = "empty circuit = corrupted run, full circuit = clean run (per row)";

@@ -22,6 +22,25 @@ std::string slurp(const std::string& p) {
   return s.str();
 }
 
+// A model of the repository with the seed pairs' two runs, its graph and head weights.
+struct PairRuns {
+  explicit PairRuns(const std::string& model_rel)
+      : be(make_cpu_backend()),
+        m(load_model(*be, test::source_dir() + model_rel)),
+        pb(make_pair_batch(load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json"),
+                           m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings)),
+        clean(forward(*be, *m, pb.clean)),
+        corr(forward(*be, *m, pb.corrupted)),
+        g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads),
+        ow(*be, *m) {}
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Model> m;
+  PairBatch pb;
+  ForwardState clean, corr;
+  CircuitGraph g;
+  HeadOutputWeights ow;
+};
+
 TEST(Circuit, CommandWritesConsistentOutputs) {
   const std::string out = test::temp_dir("circuit_cli");
   const std::string cmd = std::string(PHI3_CLI) + " circuit --device cpu --out " + out +
@@ -87,13 +106,13 @@ TEST(Circuit, GreedySelectionFromTheCommand) {
 }
 
 TEST(Circuit, NoisingScoresAreTheNegatedDenoisingOnesForEapIg) {
-  auto be = make_cpu_backend();
-  auto m = load_model(*be, test::source_dir() + "/data/models/tiny-temporal-phi3");
-  const auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
-  const PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
-  const ForwardState clean = forward(*be, *m, pb.clean), corr = forward(*be, *m, pb.corrupted);
-  const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
-  const HeadOutputWeights ow(*be, *m);
+  const PairRuns r("/data/models/tiny-temporal-phi3");
+  Backend* be = r.be.get();
+  const Model* m = r.m.get();
+  const PairBatch& pb = r.pb;
+  const ForwardState &clean = r.clean, &corr = r.corr;
+  const CircuitGraph& g = r.g;
+  const HeadOutputWeights& ow = r.ow;
   EdgeScoreOptions o;
   o.ig = true;
   o.ig_steps = 3;
@@ -123,13 +142,13 @@ TEST(Circuit, NoisingScoresAreTheNegatedDenoisingOnesForEapIg) {
 }
 
 TEST(Circuit, BatchedCircuitForwardsEqualSingleOnes) {
-  auto be = make_cpu_backend();
-  auto m = load_model(*be, test::source_dir() + "/data/reference/rand-gqa-partial-longrope-sharded/model");
-  const auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
-  const PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
-  const ForwardState clean = forward(*be, *m, pb.clean), corr = forward(*be, *m, pb.corrupted);
-  const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
-  const HeadOutputWeights ow(*be, *m);
+  const PairRuns r("/data/reference/rand-gqa-partial-longrope-sharded/model");
+  Backend* be = r.be.get();
+  const Model* m = r.m.get();
+  const PairBatch& pb = r.pb;
+  const ForwardState &clean = r.clean, &corr = r.corr;
+  const CircuitGraph& g = r.g;
+  const HeadOutputWeights& ow = r.ow;
   std::vector<float> scores(size_t(g.n_upstream()) * g.n_downstream());
   for (size_t i = 0; i < scores.size(); ++i) scores[i] = std::sin(0.37f * float(i));  // an arbitrary order
   std::vector<CircuitGraph::Mask> masks;

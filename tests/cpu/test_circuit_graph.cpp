@@ -26,6 +26,7 @@ TEST(CircuitGraph, Phi3MiniCounts) {
   EXPECT_EQ(g.n_downstream(), 3105);
   EXPECT_EQ(g.n_edges(), 1592881);
   EXPECT_EQ(brute_force_edges(g), g.n_edges());
+  EXPECT_EQ(g.count(g.full_mask()), g.n_edges());
   const CircuitGraph gqa(32, 24, 8);  // Phi-4-mini's heads
   EXPECT_EQ(brute_force_edges(gqa), gqa.n_edges());
 }

@@ -20,17 +20,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import circuit_reference  # noqa: E402
 from circuit_reference import NodeModel  # noqa: E402  (the model's shape and RMSNorm)
 
 
-class Graph:
-    """The engine's graph (patching/circuit_graph.h): index order and edge rule."""
+class Graph(circuit_reference.Graph):
+    """The reference's graph (index order of patching/circuit_graph.h) with the edge matrix
+    built by slices instead of per-cell calls."""
 
     def __init__(self, L, H, KVH):
-        self.L, self.H, self.KVH = L, H, KVH
-        self.per = H + 2 * KVH + 1
-        self.U = 1 + L * (H + 1)
-        self.Dn = L * self.per + 1
+        super().__init__(L, H, KVH)
         self.n_edges = int(self.valid().sum())
 
     def valid(self):
@@ -195,29 +194,25 @@ def top_k_pruned(g, scores, k):
 
 
 def prune(g, mask):
-    L, H, KVH, per = g.L, g.H, g.KVH, g.per
-    grp = H // KVH
+    """The reference's pruning (Graph.prune) with whole rows of the mask per step."""
+    grp = g.H // g.KVH
     reach = torch.zeros(g.U, dtype=torch.bool)
-    reach[0] = True
-    for l in range(L):
-        fed = (mask[reach] .any(0)) if reach.any() else torch.zeros(g.Dn, dtype=torch.bool)
-        for h in range(H):
-            reach[1 + l * (H + 1) + h] = bool(fed[l * per + h] or fed[l * per + H + h // grp]
-                                              or fed[l * per + H + KVH + h // grp])
+    reach[0] = True  # the input
+    for l in range(g.L):
         fed = mask[reach].any(0)
-        reach[1 + l * (H + 1) + H] = bool(fed[l * per + per - 1])
+        for h in range(g.H):
+            reach[g.head(l, h)] = bool(fed[g.q(l, h)] or fed[g.k(l, h // grp)] or fed[g.v(l, h // grp)])
+        fed = mask[reach].any(0)
+        reach[g.mlp_out(l)] = bool(fed[g.mlp_in(l)])
     live = torch.zeros(g.Dn, dtype=torch.bool)
-    live[-1] = True
+    live[g.logits()] = True
     up_live = torch.zeros(g.U, dtype=torch.bool)
-    for l in reversed(range(L)):
-        mu = 1 + l * (H + 1) + H
-        up_live[mu] = bool((mask[mu] & live).any())
-        live[l * per + per - 1] = up_live[mu]
-        for h in range(H):
-            u = 1 + l * (H + 1) + h
-            up_live[u] = bool((mask[u] & live).any())
-            live[l * per + h] = up_live[u]
-        for gg in range(KVH):
-            a = bool(up_live[1 + l * (H + 1) + gg * grp:1 + l * (H + 1) + (gg + 1) * grp].any())
-            live[l * per + H + gg] = live[l * per + H + KVH + gg] = a
+    for l in reversed(range(g.L)):
+        up_live[g.mlp_out(l)] = bool((mask[g.mlp_out(l)] & live).any())
+        live[g.mlp_in(l)] = up_live[g.mlp_out(l)]
+        for h in range(g.H):
+            up_live[g.head(l, h)] = bool((mask[g.head(l, h)] & live).any())
+            live[g.q(l, h)] = up_live[g.head(l, h)]
+        for kv in range(g.KVH):
+            live[g.k(l, kv)] = live[g.v(l, kv)] = bool(up_live[g.head(l, kv * grp):g.head(l, (kv + 1) * grp)].any())
     return mask & reach[:, None] & live[None, :]
