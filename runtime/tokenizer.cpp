@@ -1,14 +1,17 @@
-// SentencePiece + added tokens; see runtime/tokenizer.h for the splitting and prefix rules.
+// The tokenizer facade: choose the model, load added tokens and BOS settings, split text at
+// added tokens; see runtime/tokenizer.h.
 #include "runtime/tokenizer.h"
-
-#include <sentencepiece_processor.h>
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "runtime/bpe_model.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/json_util.h"
+#include "runtime/sentencepiece_model.h"
+#include "runtime/unicode_regex.h"
+#include "runtime/utf8.h"
 
 namespace phi3 {
 
@@ -16,92 +19,37 @@ using json = nlohmann::json;
 
 namespace {
 
-const char kSpaceMark[] = "\xe2\x96\x81";  // "▁" (U+2581)
-
-bool is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-
-// ---- minimal protobuf wire editing, to switch off NormalizerSpec.add_dummy_prefix ----
-// ModelProto field 3 = normalizer_spec (message); NormalizerSpec field 3 = add_dummy_prefix.
-bool read_varint(const std::string& s, size_t* pos, uint64_t* out) {
-  uint64_t v = 0;
-  for (int shift = 0; shift < 64; shift += 7) {
-    if (*pos >= s.size()) return false;
-    uint8_t b = static_cast<uint8_t>(s[(*pos)++]);
-    v |= static_cast<uint64_t>(b & 0x7f) << shift;
-    if (!(b & 0x80)) {
-      *out = v;
-      return true;
-    }
+// The start of the run of Unicode white space that ends at text[end] (not before `floor`).
+size_t white_space_run_start(const std::string& text, size_t floor, size_t end) {
+  size_t b = end;
+  while (b > floor) {
+    size_t k = b - 1;
+    while (k > floor && (static_cast<uint8_t>(text[k]) & 0xC0) == 0x80) --k;  // back to a lead byte
+    size_t at = k;
+    if (!is_unicode_white_space(next_code_point(text, &at))) break;
+    b = k;
   }
-  return false;
+  return b;
 }
 
-void write_varint(std::string* s, uint64_t v) {
-  do {
-    uint8_t b = v & 0x7f;
-    v >>= 7;
-    s->push_back(static_cast<char>(v ? (b | 0x80) : b));
-  } while (v);
+// The end of the run of Unicode white space that starts at text[begin].
+size_t white_space_run_end(const std::string& text, size_t begin) {
+  size_t e = begin;
+  while (e < text.size()) {
+    size_t at = e;
+    if (!is_unicode_white_space(next_code_point(text, &at))) break;
+    e = at;
+  }
+  return e;
 }
 
-// Splits a message into (field number, raw bytes of the whole field) pairs.
-bool split_fields(const std::string& msg, std::vector<std::pair<uint64_t, std::string>>* out) {
-  size_t pos = 0;
-  while (pos < msg.size()) {
-    const size_t start = pos;
-    uint64_t tag = 0, len = 0;
-    if (!read_varint(msg, &pos, &tag)) return false;
-    switch (tag & 7) {
-      case 0:
-        if (!read_varint(msg, &pos, &len)) return false;
-        break;
-      case 1: pos += 8; break;
-      case 5: pos += 4; break;
-      case 2:
-        if (!read_varint(msg, &pos, &len) || len > msg.size() - pos) return false;
-        pos += len;
-        break;
-      default: return false;  // groups do not occur in sentencepiece models
-    }
-    if (pos > msg.size()) return false;
-    out->emplace_back(tag >> 3, msg.substr(start, pos - start));
+json parse_json_file(const std::string& path, const std::string& what) {
+  const std::string text = read_text_file(path, what);
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(path + ": not valid JSON: " + e.what());
   }
-  return true;
-}
-
-// Returns the serialized model with normalizer_spec.add_dummy_prefix = false.
-std::string without_dummy_prefix(const std::string& model, const std::string& path) {
-  std::vector<std::pair<uint64_t, std::string>> fields;
-  if (!split_fields(model, &fields)) throw Error(path + ": cannot parse the SentencePiece model protobuf");
-  std::string out;
-  bool done = false;
-  for (auto& [num, raw] : fields) {
-    if (num != 3 || done) {
-      out += raw;
-      continue;
-    }
-    size_t pos = 0;
-    uint64_t tag = 0, len = 0;
-    read_varint(raw, &pos, &tag);
-    if ((tag & 7) != 2 || !read_varint(raw, &pos, &len))
-      throw Error(path + ": unexpected normalizer_spec encoding in the SentencePiece model");
-    std::vector<std::pair<uint64_t, std::string>> sub;
-    if (!split_fields(raw.substr(pos, len), &sub)) throw Error(path + ": cannot parse normalizer_spec");
-    std::string spec;
-    for (auto& [n, r] : sub)
-      if (n != 3) spec += r;
-    spec += std::string("\x18\x00", 2);  // field 3, varint 0
-    write_varint(&out, (3u << 3) | 2);
-    write_varint(&out, spec.size());
-    out += spec;
-    done = true;
-  }
-  if (!done) {
-    write_varint(&out, (3u << 3) | 2);
-    write_varint(&out, 2);
-    out += std::string("\x18\x00", 2);
-  }
-  return out;
 }
 
 }  // namespace
@@ -112,34 +60,46 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::load_model_file(const std::string& path) {
-  if (!file_exists(path)) {
-    if (dir_exists(path)) throw Error("tokenizer model '" + path + "' is a directory, not a file");
-    throw Error("tokenizer model '" + path + "' does not exist");
-  }
   Tokenizer t;
-  t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
-  auto st = t.sp_->Load(path);
-  if (!st.ok()) {
-    // SentencePiece's status names its own source line; keep only what helps the user.
-    std::string why = st.ToString();
-    if (why.find("ParseFromArray") != std::string::npos) why = "the file does not parse as a ModelProto";
-    while (!why.empty() && (why.back() == ' ' || why.back() == '\n')) why.pop_back();
-    throw Error("tokenizer model '" + path + "' is not a SentencePiece model (" + why + ")");
+  t.model_ = SentencePieceModel::load(path);
+  return t;
+}
+
+Tokenizer Tokenizer::load_tokenizer_json_file(const std::string& path) {
+  if (!file_exists(path)) {
+    if (dir_exists(path)) throw Error("tokenizer.json '" + path + "' is a directory, not a file");
+    throw Error("tokenizer.json '" + path + "' does not exist");
   }
-  if (t.sp_->GetPieceSize() <= 0) throw Error("tokenizer model '" + path + "' has no pieces");
-  t.sp_no_prefix_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
-  auto st2 = t.sp_no_prefix_->LoadFromSerializedProto(without_dummy_prefix(t.sp_->serialized_model_proto(), path));
-  if (!st2.ok()) throw Error("tokenizer model '" + path + "': cannot build the no-prefix variant: " + st2.ToString());
+  const json j = parse_json_file(path, "tokenizer.json");
+  if (!j.is_object()) throw Error(path + ": expected a JSON object, got " + std::string(j.type_name()));
+  Tokenizer t;
+  t.model_ = BpeModel::from_json(j, path);
+  t.load_added_tokens_list(j, path);
   return t;
 }
 
 Tokenizer Tokenizer::load_dir(const std::string& dir) {
   if (!dir_exists(dir)) throw Error("tokenizer directory '" + dir + "' does not exist");
-  Tokenizer t = load_model_file(path_join(dir, "tokenizer.model"));
+  const std::string spm = path_join(dir, "tokenizer.model");
   const std::string added = path_join(dir, "added_tokens.json");
   const std::string tokjson = path_join(dir, "tokenizer.json");
-  if (file_exists(added)) t.load_added_tokens_json(added);
-  else if (file_exists(tokjson)) t.load_tokenizer_json(tokjson);
+  Tokenizer t;
+  if (file_exists(spm) || dir_exists(spm)) {
+    t = load_model_file(spm);
+    if (file_exists(added)) t.load_added_tokens_json(added);
+    else if (file_exists(tokjson)) t.load_added_tokens_list(parse_json_file(tokjson, "tokenizer.json"), tokjson);
+  } else if (file_exists(tokjson)) {
+    t = load_tokenizer_json_file(tokjson);
+  } else {
+    std::string hint;
+    if (file_exists(path_join(dir, "vocab.json")) && file_exists(path_join(dir, "merges.txt")))
+      hint = " (it has vocab.json + merges.txt: save the tokenizer with a current Hugging Face tokenizers "
+             "or transformers to get tokenizer.json, which also records the pre-tokenizer those files lack)";
+    throw Error("'" + dir + "' has no tokenizer: expected tokenizer.model (SentencePiece, Phi-3) or tokenizer.json "
+                "(byte-level BPE, Phi-4 / Phi-4-mini)" + hint);
+  }
+  const std::string config = path_join(dir, "tokenizer_config.json");
+  if (file_exists(config)) t.load_tokenizer_config(config);
   return t;
 }
 
@@ -147,10 +107,11 @@ void Tokenizer::add_token(const std::string& content, int id, bool lstrip, bool 
   const std::string where = source + ": added token '" + content + "'";
   if (content.empty()) throw Error(source + ": added token with id " + std::to_string(id) + " has empty content");
   if (id < 0) throw Error(where + ": id " + std::to_string(id) + " is negative");
-  if (id < piece_count()) {
-    std::string p = sp_->IdToPiece(id);
+  check_utf8(content, where);
+  if (model_->has_piece(id)) {
+    std::string p = model_->piece(id);
     if (p != content)
-      throw Error(where + ": id " + std::to_string(id) + " is already SentencePiece piece '" + p + "'");
+      throw Error(where + ": id " + std::to_string(id) + " is already " + model_->kind() + " piece '" + p + "'");
   }
   auto by_content = added_.find(content);
   if (by_content != added_.end() && by_content->second != id)
@@ -164,13 +125,7 @@ void Tokenizer::add_token(const std::string& content, int id, bool lstrip, bool 
 }
 
 void Tokenizer::load_added_tokens_json(const std::string& path) {
-  const std::string text = read_text_file(path, "added tokens file");
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
+  const json j = parse_json_file(path, "added tokens file");
   if (!j.is_object())
     throw Error(path + ": expected an object {\"token\": id, ...}, got " + std::string(j.type_name()));
   for (auto it = j.begin(); it != j.end(); ++it) {
@@ -182,14 +137,7 @@ void Tokenizer::load_added_tokens_json(const std::string& path) {
   }
 }
 
-void Tokenizer::load_tokenizer_json(const std::string& path) {
-  const std::string text = read_text_file(path, "tokenizer.json");
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
+void Tokenizer::load_added_tokens_list(const json& j, const std::string& path) {
   if (!j.is_object()) throw Error(path + ": expected a JSON object, got " + std::string(j.type_name()));
   if (!j.contains("added_tokens") || j["added_tokens"].is_null()) return;
   const json& list = j["added_tokens"];
@@ -208,25 +156,44 @@ void Tokenizer::load_tokenizer_json(const std::string& path) {
       if (!e[k].is_boolean()) throw Error(where + ": '" + k + "' must be true or false");
       return e[k].get<bool>();
     };
+    if (flag("single_word"))
+      throw Error(where + " ('" + e["content"].get<std::string>() +
+                  "'): single_word added tokens are not supported (no Phi-3 / Phi-4 tokenizer uses them)");
     add_token(e["content"].get<std::string>(), e["id"].get<int>(), flag("lstrip"), flag("rstrip"), path);
   }
 }
 
+void Tokenizer::load_tokenizer_config(const std::string& path) {
+  const json j = parse_json_file(path, "tokenizer_config.json");
+  if (!j.is_object()) throw Error(path + ": expected a JSON object, got " + std::string(j.type_name()));
+  if (j.contains("add_bos_token") && !j["add_bos_token"].is_null()) {
+    if (!j["add_bos_token"].is_boolean())
+      throw Error(path + ": 'add_bos_token' must be true or false, got " + json_brief(j["add_bos_token"]));
+    bos_default_ = j["add_bos_token"].get<bool>() ? 1 : 0;
+  }
+  if (j.contains("bos_token") && !j["bos_token"].is_null()) {
+    const json& b = j["bos_token"];
+    std::string content;
+    if (b.is_string()) content = b.get<std::string>();
+    else if (b.is_object() && b.contains("content") && b["content"].is_string()) content = b["content"].get<std::string>();
+    else throw Error(path + ": 'bos_token' must be a string or {\"content\": ...}, got " + json_brief(b));
+    auto it = added_.find(content);
+    const int id = it != added_.end() ? it->second : model_->piece_id(content);
+    if (id < 0) throw Error(path + ": bos_token '" + content + "' is not a token of the tokenizer");
+    bos_id_ = id;
+  }
+}
+
 std::vector<int> Tokenizer::encode(const std::string& text, bool add_bos) const {
-  PHI3_CHECK(sp_, "tokenizer: no model loaded");
+  PHI3_CHECK(model_, "tokenizer: no model loaded");
+  check_utf8(text, "tokenizer: the text");
   std::vector<int> out;
   if (add_bos) {
-    PHI3_CHECK(bos_id() >= 0, "tokenizer: the SentencePiece model has no BOS piece");
+    PHI3_CHECK(bos_id() >= 0, "tokenizer: the " + model_->kind() + " tokenizer has no BOS token (use --no-bos)");
     out.push_back(bos_id());
   }
   auto encode_text = [&](size_t begin, size_t end) {
-    if (begin >= end) return;
-    std::vector<int> ids;
-    // The dummy prefix only on text that starts the input.
-    auto& sp = begin == 0 ? *sp_ : *sp_no_prefix_;
-    auto st = sp.Encode(std::string_view(text.data() + begin, end - begin), &ids);
-    if (!st.ok()) throw Error("tokenizer: SentencePiece failed to encode: " + st.ToString());
-    out.insert(out.end(), ids.begin(), ids.end());
+    if (begin < end) model_->encode(std::string_view(text.data() + begin, end - begin), begin == 0, &out);
   };
 
   bool first_byte[256] = {};
@@ -248,14 +215,10 @@ std::vector<int> Tokenizer::encode(const std::string& text, bool add_bos) const 
       continue;
     }
     const auto strip = strip_.at(best_id);
-    size_t text_end = i;
-    if (strip.first)
-      while (text_end > seg && is_ascii_space(text[text_end - 1])) --text_end;
-    encode_text(seg, text_end);
+    encode_text(seg, strip.first ? white_space_run_start(text, seg, i) : i);
     out.push_back(best_id);
     i += best->size();
-    if (strip.second)
-      while (i < text.size() && is_ascii_space(text[i])) ++i;
+    if (strip.second) i = white_space_run_end(text, i);
     seg = i;
   }
   encode_text(seg, text.size());
@@ -263,58 +226,28 @@ std::vector<int> Tokenizer::encode(const std::string& text, bool add_bos) const 
 }
 
 std::string Tokenizer::decode(const std::vector<int>& ids) const {
-  PHI3_CHECK(sp_, "tokenizer: no model loaded");
-  std::string out;
-  bool strip_leading_space = false;
-  bool first = true;
-  for (int id : ids) {
-    if (id >= 0 && id < piece_count()) {
-      if (sp_->IsControl(id)) continue;  // <s>, </s>: not text
-      if (sp_->IsUnknown(id)) {
-        out += " \xe2\x81\x87 ";  // SentencePiece's unk surface " ⁇ "
-      } else if (sp_->IsByte(id)) {
-        const std::string p = sp_->IdToPiece(id);  // "<0xNN>"
-        out.push_back(static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
-      } else {
-        std::string p = sp_->IdToPiece(id);
-        if (first && p.compare(0, 3, kSpaceMark) == 0) strip_leading_space = true;  // the dummy prefix
-        for (size_t k = 0; k < p.size();) {
-          if (p.compare(k, 3, kSpaceMark) == 0) {
-            out.push_back(' ');
-            k += 3;
-          } else {
-            out.push_back(p[k++]);
-          }
-        }
-      }
-    } else {
-      auto it = added_by_id_.find(id);
-      if (it == added_by_id_.end())
-        throw Error("tokenizer: cannot decode token id " + std::to_string(id) + " (vocab_size " +
-                    std::to_string(vocab_size()) + ")");
-      out += it->second;
-    }
-    first = false;
-  }
-  if (strip_leading_space && !out.empty() && out[0] == ' ') out.erase(0, 1);
-  return out;
+  PHI3_CHECK(model_, "tokenizer: no model loaded");
+  for (int id : ids)
+    if (!has_id(id))
+      throw Error("tokenizer: cannot decode token id " + std::to_string(id) + " (vocab_size " +
+                  std::to_string(vocab_size()) + ")");
+  return model_->decode(ids, added_by_id_);
 }
 
+bool Tokenizer::has_id(int id) const { return added_by_id_.count(id) || (model_ && model_->has_piece(id)); }
+
 std::string Tokenizer::piece(int id) const {
-  PHI3_CHECK(sp_, "tokenizer: no model loaded");
+  PHI3_CHECK(model_, "tokenizer: no model loaded");
   auto it = added_by_id_.find(id);
   if (it != added_by_id_.end()) return it->second;
-  if (id >= 0 && id < piece_count()) return sp_->IdToPiece(id);
+  if (model_->has_piece(id)) return model_->piece(id);
   throw Error("tokenizer: token id " + std::to_string(id) + " is not in the vocabulary (vocab_size " +
               std::to_string(vocab_size()) + ")");
 }
 
-std::string Tokenizer::label(int id) const {
-  if (added_by_id_.count(id) || (id >= 0 && id < piece_count())) return piece(id);
-  return "<id " + std::to_string(id) + ">";
-}
+std::string Tokenizer::label(int id) const { return has_id(id) ? piece(id) : "<id " + std::to_string(id) + ">"; }
 
-int Tokenizer::piece_count() const { return sp_ ? sp_->GetPieceSize() : 0; }
+int Tokenizer::piece_count() const { return model_ ? model_->piece_count() : 0; }
 
 int Tokenizer::vocab_size() const {
   int n = piece_count();
@@ -322,13 +255,21 @@ int Tokenizer::vocab_size() const {
   return n;
 }
 
-int Tokenizer::bos_id() const { return sp_ ? sp_->bos_id() : -1; }
+int Tokenizer::bos_id() const { return bos_id_ >= 0 ? bos_id_ : model_ ? model_->bos_id() : -1; }
+
+bool Tokenizer::bos_by_default() const {
+  if (bos_default_ >= 0) return bos_default_ == 1;
+  return model_ && model_->bos_by_default() && bos_id() >= 0;
+}
+
+std::string Tokenizer::kind() const { return model_ ? model_->kind() : "none"; }
 
 std::vector<int> Tokenizer::answer_tokens(const std::string& answer) const {
   // " short" (TransformerLens / GPT-2 style) means the same word token as "short".
   const std::string word = !answer.empty() && answer[0] == ' ' ? answer.substr(1) : answer;
   if (word.empty()) throw Error("answer '" + answer + "' is empty");
-  return encode(word, false);
+  // SentencePiece marks the word start itself (dummy prefix); byte-level BPE needs the space.
+  return encode(dynamic_cast<const SentencePieceModel*>(model_.get()) ? word : " " + word, false);
 }
 
 int Tokenizer::answer_token(const std::string& answer) const {

@@ -153,7 +153,8 @@ int cmd_bench(int argc, char** argv, int first) {
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
   check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, true, m->cfg.vocab_size);
-  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0,
+                                 m->tok.bos_by_default());
   const int repeat = std::max(1, a.get_int("repeat", 3));
   std::vector<Hook> hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
   std::vector<Hook> naive_hooks;

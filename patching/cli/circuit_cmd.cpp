@@ -47,7 +47,7 @@ Under mpirun the grid's circuits are divided across the ranks.
   --out DIR          output directory [out-circuit]: edges.csv, circuit.json, faithfulness.svg,
                      circuit.svg, report.html
   --force            overwrite a circuit.json already in --out
-  --no-bos           do not prepend BOS <s>
+  --no-bos           do not prepend BOS (by default: where the tokenizer asks for one)
   --answer-first-token  an answer of more than one token uses its first piece
 )";
 }  // namespace
@@ -105,6 +105,7 @@ int cmd_circuit(int argc, char** argv, int first) {
     be = make_backend(a.get("device", "auto"), a.has("fp32"));
     if (comm.root()) opt.log("loading " + model_dir + " on " + be->name());
     m = load_model(*be, model_dir);
+    opt.add_bos = opt.add_bos && m->tok.bos_by_default();  // BOS where the tokenizer asks for one
     // The grid is checked against the model's graph before any work.
     if (a.has("edge-grid")) {
       const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);

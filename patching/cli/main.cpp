@@ -43,7 +43,8 @@ commands:
              writes results.json, CSVs, SVG heatmaps and report.html into --out
   forward    print the seed-style summary (padded prompts, answer ids, top-3 tokens,
              clean and corrupted logit differences) for a pairs file
-  tokenize   print token ids and pieces of the given texts (BOS prepended)
+  tokenize   print token ids, pieces and decoded text of the given texts (BOS prepended
+             where the tokenizer asks for one)
   circuit    circuit discovery: EAP / EAP-IG edge scores and exact faithfulness of the
              top-k circuits (see `phi3patch circuit --help`)
   verify     compare logits, activations, gradients and patching results with a
@@ -53,8 +54,9 @@ commands:
   make-random  write a checkpoint with real Phi-3 shapes and seeded random weights
 
 common options:
-  --model DIR       Phi3ForCausalLM checkpoint directory (config.json, *.safetensors,
-                    tokenizer.model) [data/models/tiny-temporal-phi3]
+  --model DIR       Phi3ForCausalLM checkpoint directory (config.json, *.safetensors, and
+                    tokenizer.model (Phi-3) or tokenizer.json (Phi-4, Phi-4-mini))
+                    [data/models/tiny-temporal-phi3]
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
 
@@ -89,7 +91,9 @@ run options:
 distributed (MPI): mpirun -np N phi3patch run ... (or srun) gives the same results as one
 process; batches are dealt to ranks, and a batch's patches are split across ranks by cost.
 With --device cuda each rank takes GPU local_rank % device_count. Only rank 0 writes --out.
-  --no-bos          do not prepend BOS <s> (run and forward; recorded in results.json)
+  --no-bos          do not prepend BOS (by default prompts start with BOS where the tokenizer
+                    asks: tokenizer_config.json's add_bos_token, else SentencePiece yes and
+                    byte-level BPE only with a BOS template; recorded in results.json)
   --answer-first-token  an answer of more than one token uses its first piece (run, forward,
                     circuit; the answers cut are listed in results.json) instead of an error
 )";
@@ -177,6 +181,7 @@ int cmd_run(int argc, char** argv, int first) {
     opt.log("loading " + model_dir + " on " + be->name());
     const auto t_load = std::chrono::steady_clock::now();
     m = load_model(*be, model_dir);
+    opt.add_bos = opt.add_bos && m->tok.bos_by_default();  // BOS where the tokenizer asks for one
     char took[96];
     std::snprintf(took, sizeof took, "loaded %.0f MiB of weights in %.2f s", m->w.bytes / 1048576.0,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
@@ -242,7 +247,7 @@ int cmd_forward(int argc, char** argv, int first) {
   auto pairs = load_pairs(pairs_file);
   if (a.has("answer-first-token"))
     for (const auto& line : use_first_answer_tokens(pairs, m->tok)) std::cerr << "[phi3patch] " << line << std::endl;
-  const bool bos = !a.has("no-bos");
+  const bool bos = !a.has("no-bos") && m->tok.bos_by_default();
   check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos);
   ForwardOptions fo;
@@ -259,12 +264,12 @@ int cmd_tokenize(int argc, char** argv, int first) {
   Tokenizer tok = Tokenizer::load_dir(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   if (a.positional().empty()) throw Error("tokenize: give at least one text");
   for (const auto& text : a.positional()) {
-    auto ids = tok.encode(text, !a.has("no-bos"));
+    auto ids = tok.encode(text, !a.has("no-bos") && tok.bos_by_default());
     std::cout << "ids:";
     for (int id : ids) std::cout << " " << id;
     std::cout << "\npieces:";
     for (int id : ids) std::cout << " " << tok.piece(id);
-    std::cout << "\n";
+    std::cout << "\ndecoded: " << tok.decode(ids) << "\n";
   }
   return 0;
 }

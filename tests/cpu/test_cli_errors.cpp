@@ -400,7 +400,7 @@ TEST_F(CliErrors, TokenizerNotSentencePiece) {
 
 TEST_F(CliErrors, TokenizerMissing) {
   fs::remove(model_file("tokenizer.model"));
-  expect_error(run(), {"tokenizer.model", "does not exist"});
+  expect_error(run(), {"has no tokenizer", "tokenizer.model", "tokenizer.json"});
 }
 
 TEST_F(CliErrors, AddedTokensNotJson) {

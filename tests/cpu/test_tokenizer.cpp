@@ -257,7 +257,8 @@ TEST(Tokenizer, LoadErrors) {
   const std::string missing = path_join(dir, "tokenizer.model");
   EXPECT_THAT(error_of([&] { Tokenizer::load_model_file(missing); }),
               HasSubstr("tokenizer model '" + missing + "' does not exist"));
-  EXPECT_THAT(error_of([&] { Tokenizer::load_dir(dir); }), HasSubstr("tokenizer model '" + missing + "' does not exist"));
+  EXPECT_THAT(error_of([&] { Tokenizer::load_dir(dir); }),
+              HasSubstr("'" + dir + "' has no tokenizer: expected tokenizer.model (SentencePiece, Phi-3) or tokenizer.json"));
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(path_join(dir, "nope")); }),
               HasSubstr("tokenizer directory '" + path_join(dir, "nope") + "' does not exist"));
   write_file_atomic(missing, "this is not a protobuf at all, just some text\n");

@@ -1,0 +1,63 @@
+// Byte-level BPE from a Hugging Face tokenizer.json (Phi-4, Phi-4-mini, GPT-2 family):
+// model.vocab, model.merges (strings "a b" or pairs ["a", "b"]; the rank is the position),
+// model.ignore_merges, model.unk_token / fuse_unk; the pre-tokenizer (runtime/pretokenizer.h);
+// the ByteLevel decoder; BOS from a TemplateProcessing post-processor. What would change the
+// ids and is not supported (a normalizer, dropout, subword prefixes or suffixes, byte
+// fallback, other decoders) is refused at load, naming the field.
+// Each word is merged with a priority queue of candidate pairs (lowest rank first, leftmost on
+// ties, as Hugging Face's Word::merge_all), O(n log n) in the word's length; results are cached.
+#pragma once
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "runtime/pretokenizer.h"
+#include "runtime/tokenizer_model.h"
+
+namespace phi3 {
+
+class BpeModel : public TokenizerModel {
+ public:
+  // From the parsed tokenizer.json; `path` names it in errors.
+  static std::unique_ptr<BpeModel> from_json(const nlohmann::json& j, const std::string& path);
+
+  std::string kind() const override { return "byte-level BPE"; }
+  int piece_count() const override { return static_cast<int>(pieces_.size()); }
+  bool has_piece(int id) const override { return id >= 0 && id < piece_count() && present_[id]; }
+  std::string piece(int id) const override { return pieces_.at(id); }
+  int piece_id(const std::string& piece) const override;
+  void encode(std::string_view text, bool starts_input, std::vector<int>* out) const override;
+  std::string decode(const std::vector<int>& ids, const std::map<int, std::string>& added) const override;
+  int bos_id() const override { return template_bos_; }
+  bool bos_by_default() const override { return template_bos_ >= 0; }
+
+  const PreTokenizer& pre_tokenizer() const { return pre_; }
+  size_t merge_count() const { return merges_.size(); }
+  // The ids of one pre-tokenized (byte-level) word.
+  void encode_word(const std::string& word, std::vector<int>* out) const;
+
+ private:
+  BpeModel() = default;
+  static uint64_t pair_key(int a, int b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint32_t>(b); }
+  void merge_word(const std::string& word, std::vector<int>* out) const;
+
+  PreTokenizer pre_;
+  std::unordered_map<std::string, int> vocab_;
+  std::vector<std::string> pieces_;  // id -> piece ("" where the vocabulary has a gap)
+  std::vector<bool> present_;
+  std::unordered_map<uint64_t, std::pair<int, int>> merges_;  // (left id, right id) -> (rank, merged id)
+  bool ignore_merges_ = false;
+  int unk_id_ = -1;
+  bool fuse_unk_ = false;
+  int template_bos_ = -1;
+
+  static constexpr size_t kCacheCapacity = 1 << 16;
+  mutable std::mutex cache_mu_;
+  mutable std::unordered_map<std::string, std::vector<int>> cache_;
+};
+
+}  // namespace phi3

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Small byte-level BPE test tokenizers in the layouts of Phi-4, Phi-4-mini and GPT-2, and the
+ids Hugging Face `tokenizers` gives for a corpus of test strings.
+
+    python3 tools/make_bpe_tokenizers.py [--out tests/data/bpe]     # needs: pip install tokenizers
+
+Writes, deterministically (fixed seeds, no network):
+  <out>/<layout>/tokenizer.json, tokenizer_config.json   one directory per layout
+  <out>/corpus.json      {"texts": [...]}: >= 2,000 test strings
+  <out>/expected.json    {layout: {"ids": [[...]...], "decoded": [text or null (= the text)],
+                                   "bos_ids": ids of "Hello" with the post-processor's specials}}
+
+Layouts (pre-tokenizer, decoder, added tokens with their flags, tokenizer_config.json as the
+real checkpoints have them, as far as public copies show; the vocabulary is trained here on a
+mixed-script corpus, a few thousand merges, with the added tokens right after it):
+  phi-4        Split(GPT-4 / cl100k regex, Removed, invert) + ByteLevel without prefix space or
+               regex; 96 added tokens with lstrip + rstrip; no add_bos_token; merges "a b"
+  phi-4-mini   Split(GPT-4o / o200k regex, Removed, invert) + ByteLevel likewise; 12 added tokens
+               (rstrip on most, 5 not special); add_bos_token false; merges as pairs ["a", "b"];
+               ignore_merges (a word in the vocabulary is taken whole) to exercise that path
+  gpt2         ByteLevel with GPT-2's own regex, no prefix space; merges "a b"
+  gpt2-prefix  the same with add_prefix_space (the prefix goes on every piece of text) and a
+               TemplateProcessing post-processor that puts BOS first; merges as pairs
+
+The C++ test tests/cpu/test_bpe_tokenizer.cpp loads each directory and asserts that the engine
+gives the same ids and decoded strings for every text of the corpus.
+"""
+import argparse
+import json
+import os
+import random
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken
+
+# The split regexes of the real tokenizer.json files (tiktoken's cl100k_base and o200k_base).
+CL100K = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+          r"\s*[\r\n]+|\s+(?!\S)|\s+")
+O200K = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+         r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+         r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Added tokens: (content, special, lstrip, rstrip), in id order right after the trained vocabulary,
+# and (as in the real files) also entries of model.vocab.
+# Phi-4: 96 tokens (100256..100351 there), all special with lstrip and rstrip.
+PHI4_ADDED = ([("<|dummy_0|>",), ("<|endoftext|>",), ("<|fim_prefix|>",), ("<|fim_middle|>",), ("<|fim_suffix|>",)] +
+              [(f"<|dummy_{i}|>",) for i in range(1, 4)] + [("<|im_start|>",), ("<|im_end|>",), ("<|im_sep|>",)] +
+              [(f"<|dummy_{i}|>",) for i in range(4, 13)] + [("<|endofprompt|>",)] +
+              [(f"<|dummy_{i}|>",) for i in range(13, 88)])
+PHI4_ADDED = [(c, True, True, True) for (c,) in PHI4_ADDED]
+# Phi-4-mini: 12 tokens (199999, 200018..200028 there); the tool tokens are not special.
+PHI4_MINI_ADDED = [("<|endoftext|>", True, False, False), ("<|endofprompt|>", True, False, False),
+                   ("<|assistant|>", True, False, True), ("<|end|>", True, False, True),
+                   ("<|user|>", True, False, True), ("<|system|>", True, False, True),
+                   ("<|tool|>", False, False, True), ("<|/tool|>", False, False, True),
+                   ("<|tool_call|>", False, False, True), ("<|/tool_call|>", False, False, True),
+                   ("<|tool_response|>", False, False, True), ("<|tag|>", True, False, True)]
+GPT2_ADDED = [("<|endoftext|>", True, False, False)]
+
+# Split "Removed" with invert: the regex's matches are the words (Phi-4-mini's tokenizer.json as
+# quoted in meta-pytorch/tokenizers PR #38; Phi-4's is taken to be the same conversion).
+LAYOUTS = {
+    "phi-4": dict(split=CL100K, prefix=False, use_regex=False, vocab=4096, added=PHI4_ADDED, merges="strings",
+                  ignore_merges=False,
+                  config=dict(add_prefix_space=False, bos_token="<|endoftext|>", clean_up_tokenization_spaces=False,
+                              eos_token="<|im_end|>", model_max_length=16384, pad_token="<|dummy_85|>",
+                              tokenizer_class="GPT2Tokenizer")),
+    "phi-4-mini": dict(split=O200K, prefix=False, use_regex=False, vocab=4096, added=PHI4_MINI_ADDED,
+                       merges="pairs", ignore_merges=True,
+                       config=dict(add_bos_token=False, add_eos_token=False, add_prefix_space=False,
+                                   bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", clean_up_tokenization_spaces=False,
+                                   model_max_length=131072, tokenizer_class="GPT2Tokenizer")),
+    "gpt2": dict(split=None, prefix=False, use_regex=True, vocab=2048, added=GPT2_ADDED, merges="strings",
+                 ignore_merges=False,
+                 config=dict(add_prefix_space=False, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                             unk_token="<|endoftext|>", model_max_length=1024, tokenizer_class="GPT2Tokenizer")),
+    # Not a real checkpoint: ByteLevel's add_prefix_space, and BOS from a TemplateProcessing.
+    "gpt2-prefix": dict(split=None, prefix=True, use_regex=True, vocab=2048, added=GPT2_ADDED, merges="pairs",
+                        ignore_merges=False, template_bos=True,
+                        config=dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                    unk_token="<|endoftext|>", model_max_length=1024,
+                                    tokenizer_class="GPT2TokenizerFast")),
+}
+
+# ---- word pools for training text and test strings --------------------------------------
+LATIN = ("the goal is to make one cup of coffee answer short long term future president become learn a language "
+         "write novel build house run marathon plant tree tomorrow year decade minute hour week month café naïve "
+         "résumé façade Ångström Straße déjà vu jalapeño coöperate São Paulo Zürich Kraków señor crème brûlée "
+         "piñata Ærøskøbing Łódź İstanbul ğüşıöç").split()
+CYRILLIC = "Привет мир цель сделать чашку кофе краткосрочная долгосрочная будущее президент Ёлка ЖУРНАЛ".split()
+GREEK = "Καλημέρα κόσμε στόχος μέλλον ΑΘΗΝΑ ψυχή".split()
+ARABIC = "مرحبا بالعالم الهدف قصير طويل المستقبل رئيس".split()
+HEBREW = "שלום עולם מטרה".split()
+CJK = "你好世界 目标 短期 长期 未来 总统 日本語 東京 ひらがな カタカナ 한국어 서울 안녕하세요".split()
+INDIC = "नमस्ते दुनिया लक्ष्य ভাষা தமிழ் ਪੰਜਾਬੀ".split()
+THAI = "สวัสดี โลก เป้าหมาย".split()
+EMOJI = ["👍", "😀", "🎉", "❤️", "👩‍👩‍👧‍👦", "👨‍💻", "🏳️‍🌈", "🧑🏽‍🚀", "👋🏽", "🇯🇵", "🇺🇸", "☕", "✨", "🤖", "👁️‍🗨️",
+         "🫶🏿", "1️⃣", "#️⃣"]
+SYMBOLS = list(".,;:!?-—–()[]{}<>/\\|@#$%^&*_+=~`\"'“”‘’«»…·•§¶©®™°±×÷€£¥₹")
+CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'Ve", "'M", "'LL", "'D", "’s", "’T"]
+WORDS_EN = ["I", "you", "it", "they", "we", "don", "can", "won", "she", "He", "IT", "THEY", "We", "Don", "CAN", "John",
+            "Mary", "Phi", "GPT", "BPE", "camelCase", "snake_case", "HTTPServer", "iPhone", "McDonald", "O'Brien"]
+SPACES = [" ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\r\n", " \n", "\n ", "\t \n", "\u00a0", "\u3000", "\u2009",
+          "\u2028", "\u0085", "\u200b", "\u180e", "\u202f", "\u2003", " \u00a0 ", "\x0b", "\x0c"]
+ODD = ["ǅ", "ǈ", "ʰ", "ˆ", "ー", "々", "é", "é", "ñ", "Å", "ﬁ", "Ⅻ", "½", "²", "٣", "५", "〇", "𝔘𝔫𝔦", "𝟘𝟙", "ꙮ",
+       "\u0301", "\u20dd", "a\u0308", "ᾼ", "ﷺ", "Ꭰ", "ſ", "K", "İ", "ß", "ẞ"]
+
+
+def number(rng):
+    k = rng.choice([1, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 20, 33])
+    digits = "".join(rng.choice("0123456789") for _ in range(k))
+    form = rng.random()
+    if form < 0.15:
+        return digits + "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 6)))
+    if form < 0.25:
+        return "-" + digits
+    if form < 0.35:
+        return f"{int(digits):,}"
+    if form < 0.4:
+        return "".join(rng.choice("٠١٢٣٤٥٦٧٨٩") for _ in range(k))  # Arabic-Indic digits
+    return digits
+
+
+def word(rng):
+    pools = [LATIN] * 5 + [WORDS_EN] * 3 + [CYRILLIC, GREEK, ARABIC, HEBREW, CJK, INDIC, THAI, EMOJI, ODD]
+    r = rng.random()
+    if r < 0.1:
+        return number(rng)
+    if r < 0.14:
+        return "".join(rng.choice(SYMBOLS) for _ in range(rng.randint(1, 3)))
+    w = rng.choice(rng.choice(pools))
+    if rng.random() < 0.15:
+        w = w.upper() if rng.random() < 0.5 else w.capitalize()
+    if rng.random() < 0.08:
+        w += rng.choice(CONTRACTIONS)
+    return w
+
+
+def sentence(rng, n_words, specials=()):
+    out = []
+    for i in range(n_words):
+        if i:
+            r = rng.random()
+            out.append(" " if r < 0.75 else rng.choice(SPACES) if r < 0.9 else "")
+        if specials and rng.random() < 0.04:
+            out.append(rng.choice(specials))
+        else:
+            out.append(word(rng))
+    if rng.random() < 0.3:
+        out.append(rng.choice(".?!:\n"))
+    return "".join(out)
+
+
+def random_code_points(rng, n):
+    ranges = [(0x20, 0x7e), (0xa0, 0x24f), (0x370, 0x3ff), (0x400, 0x4ff), (0x590, 0x6ff), (0x900, 0x97f),
+              (0x3040, 0x30ff), (0x4e00, 0x4fff), (0xac00, 0xac7f), (0x1f300, 0x1f64f), (0x2000, 0x206f),
+              (0x0300, 0x036f), (0x1d400, 0x1d4ff)]
+    s = []
+    for _ in range(n):
+        lo, hi = rng.choice(ranges)
+        cp = rng.randint(lo, hi)
+        if 0xd800 <= cp <= 0xdfff:
+            continue
+        s.append(chr(cp))
+    return "".join(s)
+
+
+def training_text(root, rng):
+    lines = []
+    with open(os.path.join(root, "data/raw/temporal_scope_caa.json")) as f:
+        for item in json.load(f):
+            lines.append(item["question"] + item["answer_matching_behavior"])
+    for _ in range(6000):
+        lines.append(sentence(rng, rng.randint(3, 30)))
+    for _ in range(300):
+        lines.append(random_code_points(rng, rng.randint(5, 40)))
+    return lines
+
+
+def test_corpus(root, specials, rng):
+    texts = []
+    with open(os.path.join(root, "data/temporal_scope_for_attribution_patching.json")) as f:
+        for p in json.load(f):
+            for side in ("clean", "corrupted"):
+                texts += [p[side]["question"], p[side]["question"] + " " + p[side]["answer"],
+                          " " + p[side]["answer"], p[side]["answer"]]
+    with open(os.path.join(root, "data/raw/temporal_scope_caa.json")) as f:
+        items = json.load(f)
+    for item in items[:200]:
+        texts.append(item["question"])
+        texts.append("The goal is to " + item["goal"] + ". Is this a short-term or long-term goal? The answer is:")
+    # Fixed edge cases.
+    texts += ["", " ", "  ", "\t", "\n", "\n\n\n", "\r\n", " \n ", "a", " a", "a ", "  a  ", "Hello", " Hello",
+              "Hello world", "Hello  world", "hello\tworld", "line1\nline2\r\nline3", "   leading", "trailing   ",
+              "I'm", "I'M", "don't", "DON'T", "we'll", "WE'LL", "they've", "THEY'VE", "she'd", "it's", "IT'S",
+              "you're", "YOU'RE", "O'Neil's", "'s", "'", "''", "rock'n'roll", "can’t", "CAN’T",
+              "0", "7", "42", "123", "1234", "12345", "123456789", "3.14159", "1,000,000", "2024-12-02",
+              "v1.2.3", "0x1F", "1e-10", "٣٤٥", "१२३", "½", "²³", "Ⅻ",
+              "👩‍👩‍👧‍👦", "🏳️‍🌈", "👨‍💻 coding", "🇯🇵🇺🇸", "👋🏽👋🏿", "1️⃣2️⃣", "a👍b", "😀😀😀",
+              "日本語のテキスト", "中文文本，标点。", "한국어 텍스트", "Привет, мир!", "مرحبا بالعالم", "שלום",
+              "नमस्ते", "สวัสดีครับ", "Ελληνικά", "camelCaseWord", "HTTPServerError", "snake_case_word",
+              "ǅemal ǈubljana", "ʰello", "ﬁne", "ſtraße", "İstanbul", "ẞ", "a\u0301", "e\u0301\u0301",
+              "x" * 300, "ab" * 200, " " * 50, "\n" * 20, "9" * 64, "👍" * 30, "a\u00a0b", "a\u3000b", "a\u2028b",
+              "a\u0085b", "a\u180eb", "a\u200bb", "tab\tand  spaces   mixed\t \t", "end.\n\nNew paragraph",
+              "path/to/file.txt", "https://example.com/a?b=c&d=e", "email@example.com", "C++ & C#", "x = y + 1;",
+              "def f(x):\n    return x * 2\n", "{\"key\": [1, 2, 3]}", "<html><body>hi</body></html>",
+              "--flag=value", "...", "?!?!", "¿Qué?", "¡Hola!", "«quote»", "“curly” ‘quotes’", "—dash—", "a/b/c",
+              "1/2", "foo//bar", "\r", "\r\r\n", "a\rb"]
+    for sp in specials:
+        texts += [sp, "a" + sp, sp + "b", "Hello " + sp + " world", "Hello" + sp + "world", sp + sp,
+                  " " + sp + " ", "x\n" + sp + "\ny", sp[:-1], sp[1:], "<|" + sp + "|>"]
+    # Random compositions up to 2,000+ strings.
+    while len(texts) < 2400:
+        r = rng.random()
+        if r < 0.6:
+            texts.append(sentence(rng, rng.randint(1, 25), specials))
+        elif r < 0.7:
+            texts.append(random_code_points(rng, rng.randint(1, 30)))
+        elif r < 0.8:
+            texts.append("".join(rng.choice(SPACES) for _ in range(rng.randint(1, 6))).join(
+                word(rng) for _ in range(rng.randint(1, 5))))
+        elif r < 0.9:
+            texts.append(" ".join(number(rng) for _ in range(rng.randint(1, 6))))
+        else:
+            texts.append("".join(rng.choice(WORDS_EN) + rng.choice(CONTRACTIONS) + rng.choice(SPACES)
+                                 for _ in range(rng.randint(1, 4))))
+    return texts
+
+
+def build(spec, lines):
+    tok = Tokenizer(models.BPE())
+    steps = []
+    if spec["split"]:
+        steps.append(pre_tokenizers.Split(Regex(spec["split"]), behavior="removed", invert=True))
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=spec["prefix"], use_regex=spec["use_regex"]))
+    tok.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec["vocab"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, min_frequency=2)
+    tok.train_from_iterator(lines, trainer=trainer)
+    j = json.loads(tok.to_str())
+    vocab = j["model"]["vocab"]
+    added = []
+    for content, special, lstrip, rstrip in spec["added"]:
+        vocab[content] = len(vocab)
+        added.append(dict(id=vocab[content], content=content, single_word=False, lstrip=lstrip, rstrip=rstrip,
+                          normalized=False, special=special))
+    j["added_tokens"] = added
+    j["model"]["ignore_merges"] = spec["ignore_merges"]
+    merges = [m.split(" ") if isinstance(m, str) else m for m in j["model"]["merges"]]
+    j["model"]["merges"] = merges if spec["merges"] == "pairs" else [" ".join(m) for m in merges]
+    if spec.get("template_bos"):
+        bos = spec["config"]["bos_token"]
+        j["post_processor"] = json.loads(processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]).__getstate__())
+    else:
+        j["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    return j
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="tests/data/bpe")
+    args = ap.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = os.path.join(root, args.out) if not os.path.isabs(args.out) else args.out
+    lines = training_text(root, random.Random(1234))
+    all_specials = sorted({a[0] for spec in LAYOUTS.values() for a in spec["added"] if "dummy" not in a[0]})
+    texts = test_corpus(root, all_specials, random.Random(5678))
+    expected = {}
+    for layout, spec in LAYOUTS.items():
+        j = build(spec, lines)
+        d = os.path.join(out, layout)
+        os.makedirs(d, exist_ok=True)
+        text = json.dumps(j, ensure_ascii=False, separators=(",", ":"))
+        with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(spec["config"], f, indent=2)
+            f.write("\n")
+        tok = Tokenizer.from_str(text)  # what the engine will read, reloaded
+        ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+        decoded = [tok.decode(i, skip_special_tokens=False) for i in ids]
+        expected[layout] = {"vocab_size": tok.get_vocab_size(with_added_tokens=True),
+                            "merges": len(j["model"]["merges"]), "ids": ids,
+                            # null where the decoded text is the text itself
+                            "decoded": [d if d != t else None for d, t in zip(decoded, texts)],
+                            "bos_ids": tok.encode("Hello", add_special_tokens=True).ids}
+        n_tok = sum(len(i) for i in ids)
+        print(f"{layout}: vocab {expected[layout]['vocab_size']}, {expected[layout]['merges']} merges, "
+              f"{n_tok} tokens over {len(texts)} texts")
+    with open(os.path.join(out, "corpus.json"), "w", encoding="utf-8") as f:
+        json.dump({"texts": texts}, f, ensure_ascii=False, indent=0)
+        f.write("\n")
+    with open(os.path.join(out, "expected.json"), "w", encoding="utf-8") as f:
+        json.dump(expected, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
