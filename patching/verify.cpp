@@ -275,7 +275,7 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
   for (const std::string run : {"clean", "corrupted"}) {
     auto prompts = meta.at(run + "_prompts").get<std::vector<std::string>>();
     std::vector<std::vector<int>> rows;
-    for (const auto& p : prompts) rows.push_back(m->tok.encode(p, true));
+    for (const auto& p : prompts) rows.push_back(m->tok.encode(p, meta.value("bos", true)));
     Batch b = make_batch(rows, c.pad_token_id, T);
     std::vector<int32_t> ref_tokens = ints(run + ".tokens");
     TensorCheck tc;

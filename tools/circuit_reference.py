@@ -218,13 +218,15 @@ def main():
     tok = mr.Tok(model_dir0)
     with open(os.path.join(ROOT, "data/temporal_scope_for_attribution_patching.json")) as f:
         pairs = json.load(f)
-    batches = mr.build_batches(tok, pairs)
-    configs = [("tiny-temporal", model_dir0)]
-    for spec in mr.RANDOM_CONFIGS:
-        configs.append((spec["name"], os.path.join(ROOT, "data/reference", spec["name"], "model")))
-    ans = torch.tensor(batches["answer_ids"])
-    oth = torch.tensor(batches["other_ids"])
-    for name, mdir in configs:
+    batches0 = mr.build_batches(tok, pairs)
+    configs = [("tiny-temporal", model_dir0, batches0)]
+    for spec in mr.RANDOM_CONFIGS:  # each with its own tokenizer where it has one
+        stok = mr.config_tok(spec, tok)
+        configs.append((spec["name"], os.path.join(ROOT, "data/reference", spec["name"], "model"),
+                        batches0 if stok is tok else mr.build_batches(stok, pairs)))
+    for name, mdir, batches in configs:
+        ans = torch.tensor(batches["answer_ids"])
+        oth = torch.tensor(batches["other_ids"])
         model = mr.load_model(mdir)
         nm = NodeModel(model)
         g = nm.g

@@ -86,6 +86,27 @@ RANDOM_CONFIGS = [
                     sliding_window=12, tie_word_embeddings=True, rms_norm_eps=1e-5),
         "std": 0.4, "dtype": "bfloat16", "shard": "2", "style": "hub", "seed": 4000,
     },
+    {
+        # The shape family of microsoft/Phi-4-mini-instruct (24 q heads / 8 kv heads, head_dim
+        # 128, rotary 96, tied, longrope with all-1 short factors, sliding_window 262144, bf16,
+        # vocab 200064 padded past the tokenizer's 200029) scaled down, with the Phi-4-mini-layout
+        # byte-level BPE test tokenizer (no tokenizer.model; no BOS, as its tokenizer_config says).
+        "name": "rand-phi4mini-bpe",
+        "covers": ["byte-level BPE tokenizer.json only (Phi-4-mini layout: o200k split regex, 12 added "
+                   "tokens), no BOS (add_bos_token false), answers ' short' / ' long' (Ġshort, Ġlong)",
+                   "vocab padded past the tokenizer (config vocab_size a multiple of 64 above it)",
+                   "GQA 3:1 (6 q heads, 2 kv heads)", "partial_rotary_factor 0.75 (rotary dim 6 of head_dim 8)",
+                   "tie_word_embeddings true", "longrope with all-1 short factors in use (T <= 64), "
+                   "attention factor sqrt(1+ln(128/64)/ln(64))", "sliding_window 262144 (> T)",
+                   "bf16 storage", "2 layers", "config.json hub style"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
+                    num_key_value_heads=2, rope_theta=10000.0, partial_rotary_factor=0.75,
+                    rope_scaling="longrope-short-ones", max_position_embeddings=128,
+                    original_max_position_embeddings=64, sliding_window=262144, tie_word_embeddings=True,
+                    rms_norm_eps=1e-5),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hub", "seed": 5000,
+        "tokenizer": "tests/data/bpe/phi-4-mini",
+    },
 ]
 
 
@@ -97,6 +118,11 @@ def log(*a):
 # Tokenization / batches
 # ----------------------------------------------------------------------------------------------
 class Tok:
+    """The embedded model's SentencePiece tokenizer; prompts start with BOS <s>."""
+    files = ("tokenizer.model", "added_tokens.json")
+    add_bos = True
+    bos_id = 1
+
     def __init__(self, tok_dir):
         self.dir = tok_dir
         self.sp = spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "tokenizer.model"))
@@ -113,6 +139,37 @@ class Tok:
         ids = self.sp.encode(word)
         assert len(ids) == 1, f"answer {word!r} encodes to {ids} ({self.sp.encode(word, out_type=str)}), not one id"
         return ids[0]
+
+
+class BpeTok:
+    """A byte-level BPE tokenizer.json (Hugging Face tokenizers); BOS as its tokenizer_config.json
+    says; answers are words after a space (" short" -> Ġshort), as the engine encodes them."""
+    files = ("tokenizer.json", "tokenizer_config.json")
+
+    def __init__(self, tok_dir):
+        from tokenizers import Tokenizer
+        self.dir = tok_dir
+        self.tk = Tokenizer.from_file(os.path.join(tok_dir, "tokenizer.json"))
+        with open(os.path.join(tok_dir, "tokenizer_config.json")) as f:
+            cfg = json.load(f)
+        self.add_bos = bool(cfg.get("add_bos_token", False))
+        self.bos_id = self.tk.token_to_id(cfg["bos_token"])
+        self.pad_id = self.tk.token_to_id(cfg.get("pad_token") or cfg["eos_token"])
+        n = self.tk.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = (n // 64 + 1) * 64  # the embedding padded past the tokenizer, as real checkpoints do
+
+    def prompt(self, text):
+        return ([self.bos_id] if self.add_bos else []) + self.tk.encode(text, add_special_tokens=False).ids
+
+    def answer(self, word):
+        enc = self.tk.encode(" " + (word[1:] if word.startswith(" ") else word), add_special_tokens=False)
+        assert len(enc.ids) == 1, f"answer {word!r} encodes to {enc.ids} ({enc.tokens}), not one id"
+        return enc.ids[0]
+
+
+def config_tok(spec, default_tok):
+    """The tokenizer of a random config: its own (spec["tokenizer"]) or the embedded model's."""
+    return BpeTok(os.path.join(ROOT, spec["tokenizer"])) if spec.get("tokenizer") else default_tok
 
 
 def build_batches(tok, pairs):
@@ -146,6 +203,7 @@ def build_batches(tok, pairs):
         "clean_prompts": clean_prompts, "corr_prompts": corr_prompts,
         "clean_ids": clean_ids, "corr_ids": corr_ids,
         "answer_ids": answer_ids, "other_ids": other_ids, "T": T, "B": len(clean_rows), "pad_id": tok.pad_id,
+        "bos": tok.add_bos,
         "clean": pad(clean_ids), "corrupted": pad(corr_ids),
     }
 
@@ -519,11 +577,15 @@ def make_config(spec, tok):
         short = [round(x, 6) for x in short]
         long = [round(x, 6) for x in long]
         rope_scaling = {"type": "longrope", "short_factor": short, "long_factor": long}
+    elif c["rope_scaling"] == "longrope-short-ones":  # Phi-4-mini: short factors all 1
+        g = torch.Generator().manual_seed(spec["seed"] + 17)
+        long = [round(x, 6) for x in (1.0 + 3.0 * torch.rand(rot_dim // 2, generator=g, dtype=torch.float64)).tolist()]
+        rope_scaling = {"type": "longrope", "short_factor": [1.0] * (rot_dim // 2), "long_factor": long}
     hub = {
         "architectures": ["Phi3ForCausalLM"],
         "model_type": "phi3",
         "attention_dropout": 0.0,
-        "bos_token_id": 1,
+        "bos_token_id": tok.bos_id,
         "embd_pdrop": 0.0,
         "eos_token_id": tok.pad_id,
         "pad_token_id": tok.pad_id,
@@ -589,7 +651,7 @@ def save_random_model(spec, hub_cfg, model_dir, seed, tok):
         with open(os.path.join(model_dir, "config.json"), "w") as f:
             json.dump(hub_cfg, f, indent=2)
             f.write("\n")
-    for fn in ("tokenizer.model", "added_tokens.json"):
+    for fn in tok.files:
         shutil.copyfile(os.path.join(tok.dir, fn), os.path.join(model_dir, fn))
     files = sorted(os.listdir(model_dir))
     st = [f for f in files if f.endswith(".safetensors")]
@@ -931,6 +993,7 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         "answer_ids": batches["answer_ids"],
         "other_ids": batches["other_ids"],
         "pad_id": batches["pad_id"],
+        "bos": batches["bos"],
         "clean_pad": clean_b["pad"],
         "corrupted_pad": corr_b["pad"],
         "T": T,
@@ -978,19 +1041,24 @@ def main():
     tok = Tok(args.model_dir)
     with open(args.pairs) as f:
         pairs = json.load(f)
-    batches = build_batches(tok, pairs)
     pairs_rel = os.path.relpath(os.path.abspath(args.pairs), ROOT)
-    lens = [len(x) for x in batches["clean_ids"] + batches["corr_ids"]]
-    log(f"prompts: lengths {lens}, T={batches['T']}, answers {batches['answer_ids']} others {batches['other_ids']}, "
-        f"pad id {tok.pad_id}, tokenizer vocab {tok.vocab_size}")
-    # distance from the end of the last token where the two prompts of a pair differ (right-aligned)
-    dist = 0
-    for a, b in zip(batches["clean_ids"], batches["corr_ids"]):
-        k = 0
-        while k < min(len(a), len(b)) and a[len(a) - 1 - k] == b[len(b) - 1 - k]:
-            k += 1
-        dist = max(dist, k)
-    log(f"last differing token of a pair: {dist} positions before the end")
+
+    def batches_of(t):
+        b = build_batches(t, pairs)
+        lens = [len(x) for x in b["clean_ids"] + b["corr_ids"]]
+        log(f"prompts ({type(t).__name__} {os.path.relpath(t.dir, ROOT)}): lengths {lens}, T={b['T']}, answers "
+            f"{b['answer_ids']} others {b['other_ids']}, pad id {t.pad_id}, tokenizer vocab {t.vocab_size}")
+        # distance from the end of the last token where the two prompts of a pair differ (right-aligned)
+        dist = 0
+        for x, y in zip(b["clean_ids"], b["corr_ids"]):
+            k = 0
+            while k < min(len(x), len(y)) and x[len(x) - 1 - k] == y[len(y) - 1 - k]:
+                k += 1
+            dist = max(dist, k)
+        log(f"last differing token of a pair: {dist} positions before the end")
+        return b, lens, dist
+
+    batches, lens, dist = batches_of(tok)
     os.makedirs(args.out, exist_ok=True)
     summary = []
 
@@ -1016,13 +1084,17 @@ def main():
             continue
         out_dir = os.path.join(args.out, spec["name"])
         model_dir = os.path.join(out_dir, "model")
+        stok = config_tok(spec, tok)
+        sbatches, lens, dist = (batches, lens, dist) if stok is tok else batches_of(stok)
+        if spec["cfg"]["rope_scaling"] == "longrope-short-ones":
+            assert max(lens) <= spec["cfg"]["original_max_position_embeddings"]
         if spec["cfg"]["rope_scaling"] == "longrope":
             omax = spec["cfg"]["original_max_position_embeddings"]
             if "LONG" in " ".join(spec["covers"]):
                 assert min(lens) > omax, f"{spec['name']}: every prompt must be longer than {omax} (long factor alone too)"
             else:
                 assert max(lens) <= omax
-        if spec["cfg"]["sliding_window"] is not None:
+        if spec["cfg"]["sliding_window"] is not None and spec["cfg"]["sliding_window"] < max(lens):
             # The last position must be able to see (through L layers of windows) the last token in
             # which a clean and a corrupted prompt differ, else LD_clean == LD_corr. Reach of L
             # layers: L * (W - 1). Widen the window only when the data requires it.
@@ -1036,16 +1108,16 @@ def main():
                             covers=[c.replace(f"sliding_window {spec['cfg']['sliding_window']}", f"sliding_window {W}")
                                     for c in spec["covers"]])
         for seed in range(spec["seed"], spec["seed"] + 200):
-            hub = make_config(spec, tok)
-            save_random_model(spec, hub, model_dir, seed, tok)
+            hub = make_config(spec, stok)
+            save_random_model(spec, hub, model_dir, seed, stok)
             # seed acceptance: |LD_clean - LD_corr| > 0.3
             model = load_model(model_dir)
             hk = Hooked(model)
-            ans = torch.tensor(batches["answer_ids"])
-            oth = torch.tensor(batches["other_ids"])
+            ans = torch.tensor(sbatches["answer_ids"])
+            oth = torch.tensor(sbatches["other_ids"])
             with torch.no_grad():
-                d = float(logit_diff(hk.run(batches["clean"]), ans, oth).mean()
-                          - logit_diff(hk.run(batches["corrupted"]), ans, oth).mean())
+                d = float(logit_diff(hk.run(sbatches["clean"]), ans, oth).mean()
+                          - logit_diff(hk.run(sbatches["corrupted"]), ans, oth).mean())
             del hk, model
             if abs(d) > MIN_LD_GAP:
                 break
@@ -1053,7 +1125,7 @@ def main():
         else:
             raise RuntimeError(f"{spec['name']}: no seed with |LD_clean - LD_corr| > {MIN_LD_GAP}")
         files = sorted(os.listdir(model_dir))
-        meta = process(spec["name"], model_dir, out_dir, batches, pairs_rel, spec["covers"],
+        meta = process(spec["name"], model_dir, out_dir, sbatches, pairs_rel, spec["covers"],
                        {"seed": seed, "init_std": spec["std"], "storage_dtype": spec["dtype"],
                         "config_json_style": spec["style"], "model_files": files})
         summary.append((spec["name"], meta))
