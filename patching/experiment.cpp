@@ -836,7 +836,7 @@ void check_methods(const ExperimentOptions& opt) {
 ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt, Comm& comm) {
   const auto t_all = Clock::now();
   const int N = comm.size();
-  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}};
+  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}, {}};
   int code = 2;
   // ---- the job, identical on every rank ----------------------------------------------------
   comm.agree(attempt(job, code, [&] {

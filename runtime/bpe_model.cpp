@@ -1,6 +1,7 @@
 // Byte-level BPE: load from tokenizer.json, merge by rank, decode through the byte map.
 #include "runtime/bpe_model.h"
 
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <queue>
 
@@ -164,6 +165,20 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& j, const std::string& 
     m->unk_id_ = it->second;
   }
   return m;
+}
+
+std::string BpeModel::label(int id) const {
+  const std::string& p = pieces_.at(id);
+  std::string bytes;
+  if (!from_byte_level(p, &bytes)) return p;
+  if (utf8_lossy(bytes) == bytes) return bytes;
+  std::string out;
+  for (unsigned char c : bytes) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", c);
+    out += hex;
+  }
+  return out;
 }
 
 int BpeModel::piece_id(const std::string& piece) const {

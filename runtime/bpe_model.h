@@ -29,6 +29,9 @@ class BpeModel : public TokenizerModel {
   int piece_count() const override { return static_cast<int>(pieces_.size()); }
   bool has_piece(int id) const override { return id >= 0 && id < piece_count() && present_[id]; }
   std::string piece(int id) const override { return pieces_.at(id); }
+  // The decoded text (" short" for "Ġshort"); a piece holding part of a UTF-8 character shows
+  // its bytes as <0xNN>.
+  std::string label(int id) const override;
   int piece_id(const std::string& piece) const override;
   void encode(std::string_view text, bool starts_input, std::vector<int>* out) const override;
   std::string decode(const std::vector<int>& ids, const std::map<int, std::string>& added) const override;

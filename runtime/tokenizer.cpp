@@ -245,7 +245,11 @@ std::string Tokenizer::piece(int id) const {
               std::to_string(vocab_size()) + ")");
 }
 
-std::string Tokenizer::label(int id) const { return has_id(id) ? piece(id) : "<id " + std::to_string(id) + ">"; }
+std::string Tokenizer::label(int id) const {
+  if (added_by_id_.count(id)) return added_by_id_.at(id);
+  if (model_ && model_->has_piece(id)) return model_->label(id);
+  return "<id " + std::to_string(id) + ">";
+}
 
 int Tokenizer::piece_count() const { return model_ ? model_->piece_count() : 0; }
 

@@ -36,7 +36,9 @@ class Tokenizer {
   std::vector<int> encode(const std::string& text, bool add_bos) const;
   std::string decode(const std::vector<int>& ids) const;
   std::string piece(int id) const;            // "▁short", "Ġshort", "<|endoftext|>", ...
-  std::string label(int id) const;            // piece(id), or "<id N>" for an id the tokenizer lacks
+  // How reports show a token: the SentencePiece piece ("▁short"), the decoded text of a BPE
+  // piece (" short"; <0xNN> bytes for part of a character), or "<id N>" for an id it lacks.
+  std::string label(int id) const;
   bool has_id(int id) const;                  // a piece or an added token
   int piece_count() const;                    // ids of the model (below the added tokens, usually)
   int vocab_size() const;                     // max id + 1 including added tokens

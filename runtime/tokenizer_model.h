@@ -16,6 +16,8 @@ class TokenizerModel {
   virtual int piece_count() const = 0;           // every model id is below this
   virtual bool has_piece(int id) const = 0;      // id is one of the model's pieces
   virtual std::string piece(int id) const = 0;   // its text as the vocabulary writes it ("▁short", "Ġshort")
+  // How reports show the piece: the piece itself, or (byte-level BPE) its decoded text.
+  virtual std::string label(int id) const { return piece(id); }
   virtual int piece_id(const std::string& piece) const = 0;  // -1 when there is no such piece
   // Appends the ids of `text` (valid UTF-8 holding no added token); starts_input: the text
   // begins the input (SentencePiece adds its dummy prefix only there).

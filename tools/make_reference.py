@@ -106,6 +106,9 @@ RANDOM_CONFIGS = [
                     rms_norm_eps=1e-5),
         "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hub", "seed": 5000,
         "tokenizer": "tests/data/bpe/phi-4-mini",
+        # A wider clean-corrupted gap than MIN_LD_GAP: with the first seed above 0.5 (a gap of
+        # 0.56 logit) bf16 rounding moved the normalized patching effects by up to 0.48.
+        "min_gap": 1.5,
     },
 ]
 
@@ -1119,11 +1122,12 @@ def main():
                 d = float(logit_diff(hk.run(sbatches["clean"]), ans, oth).mean()
                           - logit_diff(hk.run(sbatches["corrupted"]), ans, oth).mean())
             del hk, model
-            if abs(d) > MIN_LD_GAP:
+            min_gap = spec.get("min_gap", MIN_LD_GAP)
+            if abs(d) > min_gap:
                 break
-            log(f"[{spec['name']}] seed {seed}: |LD_clean - LD_corr| = {abs(d):.3f} <= {MIN_LD_GAP}, next seed")
+            log(f"[{spec['name']}] seed {seed}: |LD_clean - LD_corr| = {abs(d):.3f} <= {min_gap}, next seed")
         else:
-            raise RuntimeError(f"{spec['name']}: no seed with |LD_clean - LD_corr| > {MIN_LD_GAP}")
+            raise RuntimeError(f"{spec['name']}: no seed with |LD_clean - LD_corr| > {spec.get('min_gap', MIN_LD_GAP)}")
         files = sorted(os.listdir(model_dir))
         meta = process(spec["name"], model_dir, out_dir, sbatches, pairs_rel, spec["covers"],
                        {"seed": seed, "init_std": spec["std"], "storage_dtype": spec["dtype"],

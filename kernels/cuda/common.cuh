@@ -76,6 +76,23 @@ __device__ __forceinline__ float block_sum(float v, float* smem) {
   return warp_sum(t);
 }
 
+// The same in double, for sums whose terms cancel (AtP*'s QK fix).
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double block_sum(double v, double* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  double t = lane < n_warps ? smem[lane] : 0.0;
+  return warp_sum(t);
+}
+
 // ---- per-thread, per-(device, stream) resources ---------------------------------------
 // The cuBLAS handle of the calling thread for (current device, stream), bound to `stream`.
 // Created on first use; cuBLAS handles are cheap to keep and must not be shared by threads

@@ -4,6 +4,9 @@
 // Kernel 1, one block per attention row (b, h, t): three sweeps over the row's visible keys
 // (scores recomputed each time: q'.k for the query fix, q.k' for the keys from the source,
 // q.k for the base): (1) the two maxima and S = sum_j A G; (2) the two softmax sums;
+// scores in fp32 like the attention op, exponentials and sums in double like the CPU op (the
+// terms of S and of the estimates cancel: near one-hot rows with large gradients lost 0.5%
+// of the largest estimate in fp32);
 // (3) the query estimate, the all-keys estimate of the row, and each key's single-key term
 // qk_key_row_effect (op_math.h), written to a [B, H, T, T] scratch (0 where not visible).
 // Kernel 2, one block per key (b, p, kvh): the key's terms summed over the heads of its group
@@ -54,35 +57,37 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
     return;
   }
   const int first = attn_first_key(t, pad, p.window);
-  float mq = -INFINITY, mk = -INFINITY, m0 = -INFINITY, S = 0.0f;
+  __shared__ double redd[32];
+  float mq = -INFINITY, mk = -INFINITY, m0 = -INFINITY;
+  double S = 0.0;
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
     mq = fmaxf(mq, dotf(qs, krow(p.k, j), HD) * p.scale);
     mk = fmaxf(mk, dotf(q, krow(p.k_src, j), HD) * p.scale);
     m0 = fmaxf(m0, dotf(q, krow(p.k, j), HD) * p.scale);
-    S += A[j] * G[j];
+    S += (double)A[j] * G[j];
   }
   mq = block_max(mq, red);
   mk = block_max(mk, red);
   m0 = block_max(m0, red);
-  S = block_sum(S, red);
+  S = block_sum(S, redd);
   // The first key holding the base maximum (smallest index, as the CPU picks it).
   float jm = static_cast<float>(T);
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x)
     if (dotf(q, krow(p.k, j), HD) * p.scale == m0) jm = fminf(jm, static_cast<float>(j));
   jm = -block_max(-jm, red);
-  float zq = 0.0f, zk = 0.0f, z0 = 0.0f, z0_wo = 0.0f;
+  double zq = 0.0, zk = 0.0, z0 = 0.0, z0_wo = 0.0;
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
-    zq += expf(dotf(qs, krow(p.k, j), HD) * p.scale - mq);
-    zk += expf(dotf(q, krow(p.k_src, j), HD) * p.scale - mk);
-    const float e0 = expf(dotf(q, krow(p.k, j), HD) * p.scale - m0);
+    zq += exp((double)(dotf(qs, krow(p.k, j), HD) * p.scale) - mq);
+    zk += exp((double)(dotf(q, krow(p.k_src, j), HD) * p.scale) - mk);
+    const double e0 = exp((double)(dotf(q, krow(p.k, j), HD) * p.scale) - m0);
     z0 += e0;
     if (j != static_cast<int>(jm)) z0_wo += e0;
   }
-  zq = block_sum(zq, red);
-  zk = block_sum(zk, red);
-  z0 = block_sum(z0, red);
-  z0_wo = block_sum(z0_wo, red);
-  float eq = 0.0f, ek = 0.0f;
+  zq = block_sum(zq, redd);
+  zk = block_sum(zk, redd);
+  z0 = block_sum(z0, redd);
+  z0_wo = block_sum(z0_wo, redd);
+  double eq = 0.0, ek = 0.0;
   for (int j = threadIdx.x; j < T; j += blockDim.x) {
     if (j < first || j > t) {
       kt[j] = 0.0f;
@@ -90,40 +95,40 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
     }
     const float s_new = dotf(q, krow(p.k_src, j), HD) * p.scale;
     const float s_old = dotf(q, krow(p.k, j), HD) * p.scale;
-    eq += (expf(dotf(qs, krow(p.k, j), HD) * p.scale - mq) / zq - A[j]) * G[j];
-    ek += (expf(s_new - mk) / zk - A[j]) * G[j];
-    const double others = j == static_cast<int>(jm) ? (double)z0_wo : (double)z0 - exp((double)s_old - (double)m0);
+    eq += (exp((double)(dotf(qs, krow(p.k, j), HD) * p.scale) - mq) / zq - A[j]) * G[j];
+    ek += (exp((double)s_new - mk) / zk - A[j]) * G[j];
+    const double others = j == static_cast<int>(jm) ? z0_wo : z0 - exp((double)s_old - (double)m0);
     kt[j] = static_cast<float>(qk_key_row_effect(s_old, s_new, m0, others, G[j], S));
   }
-  eq = block_sum(eq, red);
-  ek = block_sum(ek, red);
+  eq = block_sum(eq, redd);
+  ek = block_sum(ek, redd);
   if (threadIdx.x == 0) {
-    p.q_est[((int64_t)b * T + t) * p.H + h] = eq;
-    kall_row[row] = ek;
+    p.q_est[((int64_t)b * T + t) * p.H + h] = static_cast<float>(eq);
+    kall_row[row] = static_cast<float>(ek);
   }
 }
 
 __global__ void __launch_bounds__(kThreads) qk_keys_kernel(const QkFixParams p, const float* kterm,
                                                             const float* kall_row) {
-  __shared__ float red[32];
+  __shared__ double red[32];
   const int j = blockIdx.x, kh = blockIdx.y, b = blockIdx.z;
   const int T = p.T, group = p.H / p.KVH;
   const int n = group * (T - j);  // (head of the group, row t >= j)
-  float s = 0.0f;
+  double s = 0.0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int h = kh * group + i / (T - j), t = j + i % (T - j);
     s += kterm[(((int64_t)b * p.H + h) * T + t) * T + j];
   }
   s = block_sum(s, red);
-  if (threadIdx.x == 0) p.k_est[((int64_t)b * T + j) * p.KVH + kh] = s;
+  if (threadIdx.x == 0) p.k_est[((int64_t)b * T + j) * p.KVH + kh] = static_cast<float>(s);
   if (j == 0) {
-    float a = 0.0f;
+    double a = 0.0;
     for (int i = threadIdx.x; i < group * T; i += blockDim.x) {
       const int h = kh * group + i / T, t = i % T;
       a += kall_row[((int64_t)b * p.H + h) * T + t];
     }
     a = block_sum(a, red);
-    if (threadIdx.x == 0) p.k_all_est[(int64_t)b * p.KVH + kh] = a;
+    if (threadIdx.x == 0) p.k_all_est[(int64_t)b * p.KVH + kh] = static_cast<float>(a);
   }
 }
 

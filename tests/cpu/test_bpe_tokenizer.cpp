@@ -112,6 +112,9 @@ TEST(BpeTokenizer, AnswersAreWordsAfterASpace) {
   ASSERT_EQ(with_space.size(), 1u) << "the test vocabulary learned ' short' from the temporal prompts";
   EXPECT_EQ(tok.piece(with_space[0]), "\xc4\xa0short");  // "Ġshort"
   EXPECT_EQ(tok.answer_token("short"), with_space[0]);
+  EXPECT_EQ(tok.label(with_space[0]), " short");  // reports show the decoded text
+  EXPECT_EQ(tok.label(tok.added_tokens().at("<|im_end|>")), "<|im_end|>");
+  EXPECT_EQ(tok.label(999999), "<id 999999>");
   EXPECT_THAT(error_of([&] { tok.answer_token("cappuccinoesque"); }),
               HasSubstr("answer 'cappuccinoesque' is not a single token: it becomes ["));
 }
@@ -151,6 +154,7 @@ TEST(BpeTokenizer, DecodeReplacesBrokenUtf8AsHuggingFace) {
   ASSERT_GT(ids.size(), 1u);
   EXPECT_EQ(tok.decode(ids), "\xf0\x9f\xa6\xa9");
   EXPECT_EQ(tok.decode({ids[0]}), "\xef\xbf\xbd");
+  EXPECT_EQ(tok.label(ids[0]).rfind("<0xF0>", 0), 0u) << tok.label(ids[0]);  // part of a character: its bytes
 }
 
 TEST(BpeTokenizer, SplitBehaviorsAsHuggingFace) {
