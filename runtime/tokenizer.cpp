@@ -32,6 +32,18 @@ size_t white_space_run_start(const std::string& text, size_t floor, size_t end) 
   return b;
 }
 
+// Whether the character just before (before = true) or at `at` is a word character: Unicode
+// \w as Hugging Face's single_word test has it (alphabetic, marks, decimal digits, connector
+// punctuation, joiners).
+bool touches_word(const std::string& text, size_t at, bool before) {
+  static const UnicodeRegex word("\\A[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]\\z", "word test");
+  if (before ? at == 0 : at >= text.size()) return false;
+  size_t k = before ? at - 1 : at;
+  while (before && k > 0 && (static_cast<uint8_t>(text[k]) & 0xC0) == 0x80) --k;
+  const size_t n = utf8_sequence_length(text, k);
+  return n > 0 && !word.find_all(std::string_view(text).substr(k, n)).empty();
+}
+
 // The end of the run of Unicode white space that starts at text[begin].
 size_t white_space_run_end(const std::string& text, size_t begin) {
   size_t e = begin;
@@ -103,7 +115,7 @@ Tokenizer Tokenizer::load_dir(const std::string& dir) {
   return t;
 }
 
-void Tokenizer::add_token(const std::string& content, int id, bool lstrip, bool rstrip, const std::string& source) {
+void Tokenizer::add_token(const std::string& content, int id, AddedFlags flags, const std::string& source) {
   const std::string where = source + ": added token '" + content + "'";
   if (content.empty()) throw Error(source + ": added token with id " + std::to_string(id) + " has empty content");
   if (id < 0) throw Error(where + ": id " + std::to_string(id) + " is negative");
@@ -121,7 +133,7 @@ void Tokenizer::add_token(const std::string& content, int id, bool lstrip, bool 
     throw Error(where + ": id " + std::to_string(id) + " is also given to '" + by_id->second + "'");
   added_[content] = id;
   added_by_id_[id] = content;
-  strip_[id] = {lstrip, rstrip};
+  flags_[id] = flags;
 }
 
 void Tokenizer::load_added_tokens_json(const std::string& path) {
@@ -133,7 +145,7 @@ void Tokenizer::load_added_tokens_json(const std::string& path) {
     if (!(v.is_number_integer() || v.is_number_unsigned()) || v.get<int64_t>() < 0 ||
         v.get<int64_t>() > INT32_MAX)
       throw Error(path + ": added token '" + it.key() + "': id must be a non-negative integer, got " + json_brief(v));
-    add_token(it.key(), v.get<int>(), false, false, path);
+    add_token(it.key(), v.get<int>(), AddedFlags{}, path);
   }
 }
 
@@ -156,10 +168,11 @@ void Tokenizer::load_added_tokens_list(const json& j, const std::string& path) {
       if (!e[k].is_boolean()) throw Error(where + ": '" + k + "' must be true or false");
       return e[k].get<bool>();
     };
-    if (flag("single_word"))
-      throw Error(where + " ('" + e["content"].get<std::string>() +
-                  "'): single_word added tokens are not supported (no Phi-3 / Phi-4 tokenizer uses them)");
-    add_token(e["content"].get<std::string>(), e["id"].get<int>(), flag("lstrip"), flag("rstrip"), path);
+    AddedFlags f;
+    f.lstrip = flag("lstrip");
+    f.rstrip = flag("rstrip");
+    f.single_word = flag("single_word");
+    add_token(e["content"].get<std::string>(), e["id"].get<int>(), f, path);
   }
 }
 
@@ -214,11 +227,15 @@ std::vector<int> Tokenizer::encode(const std::string& text, bool add_bos) const 
       ++i;
       continue;
     }
-    const auto strip = strip_.at(best_id);
-    encode_text(seg, strip.first ? white_space_run_start(text, seg, i) : i);
+    const AddedFlags& f = flags_.at(best_id);
+    if (f.single_word && (touches_word(text, i, true) || touches_word(text, i + best->size(), false))) {
+      i += best->size();  // not a match; the search goes on after it, as Hugging Face's
+      continue;
+    }
+    encode_text(seg, f.lstrip ? white_space_run_start(text, seg, i) : i);
     out.push_back(best_id);
     i += best->size();
-    if (strip.second) i = white_space_run_end(text, i);
+    if (f.rstrip) i = white_space_run_end(text, i);
     seg = i;
   }
   encode_text(seg, text.size());

@@ -3,7 +3,8 @@
 // (added_tokens.json, or the "added_tokens" list of tokenizer.json). Added tokens inside text
 // (e.g. "<|end|>") are matched before the model sees the text, as HF does (leftmost, longest
 // first; the lstrip/rstrip flags of tokenizer.json entries eat the Unicode white space
-// beside the token). tokenizer_config.json, when present, names the BOS token (bos_token) and whether
+// beside the token; a single_word token is skipped where a word character (Unicode \w:
+// alphabetic, marks, decimal digits, connector punctuation) touches it). tokenizer_config.json, when present, names the BOS token (bos_token) and whether
 // prompts start with it (add_bos_token); without it SentencePiece prompts start with BOS and
 // BPE prompts only when the post-processor's template puts one first.
 #pragma once
@@ -56,7 +57,11 @@ class Tokenizer {
   const TokenizerModel& model() const { return *model_; }
 
  private:
-  void add_token(const std::string& content, int id, bool lstrip, bool rstrip, const std::string& source);
+  struct AddedFlags {
+    bool lstrip = false, rstrip = false;
+    bool single_word = false;  // matched only where no word character touches it
+  };
+  void add_token(const std::string& content, int id, AddedFlags flags, const std::string& source);
   void load_added_tokens_json(const std::string& path);
   void load_added_tokens_list(const nlohmann::json& tokenizer_json, const std::string& path);
   void load_tokenizer_config(const std::string& path);
@@ -64,7 +69,7 @@ class Tokenizer {
   std::unique_ptr<TokenizerModel> model_;
   std::map<std::string, int> added_;
   std::map<int, std::string> added_by_id_;
-  std::map<int, std::pair<bool, bool>> strip_;  // added id -> (lstrip, rstrip)
+  std::map<int, AddedFlags> flags_;  // added id -> its flags
   int bos_id_ = -1;           // from tokenizer_config.json's bos_token; else the model's
   int bos_default_ = -1;      // add_bos_token of tokenizer_config.json (0/1); -1: the model's default
 };

@@ -218,6 +218,32 @@ std::string with_edit(const std::string& tag, const std::function<void(json&)>& 
   return dir;
 }
 
+TEST(BpeTokenizer, SingleWordAddedTokensAsHuggingFace) {
+  // The GPT-2-layout test tokenizer with <|endoftext|> made single_word; ids from Hugging Face
+  // tokenizers 0.23 on the same file. A word character (Unicode \w: letters, marks, decimal
+  // digits, '_'; not '½' or '-') beside the token makes it text.
+  const std::string dir = with_edit("single_word", [](json& j) { j["added_tokens"][0]["single_word"] = true; });
+  Tokenizer tok = Tokenizer::load_dir(dir);
+  const std::vector<int> as_text = {27, 91, 590, 67, 402, 766, 1334, 91, 29};
+  auto text_after = [&](std::vector<int> head) {
+    head.insert(head.end(), as_text.begin(), as_text.end());
+    return head;
+  };
+  EXPECT_EQ(tok.encode("<|endoftext|>", false), (std::vector<int>{2048}));
+  EXPECT_EQ(tok.encode(" <|endoftext|> ", false), (std::vector<int>{220, 2048, 220}));
+  EXPECT_EQ(tok.encode("<|endoftext|><|endoftext|>", false), (std::vector<int>{2048, 2048}));
+  EXPECT_EQ(tok.encode("a<|endoftext|>", false), text_after({64}));
+  EXPECT_EQ(tok.encode("\u00e9<|endoftext|>", false), text_after({291}));
+  EXPECT_EQ(tok.encode("\u0301<|endoftext|>", false), text_after({1202}));  // a combining mark
+  EXPECT_EQ(tok.encode("\u216b<|endoftext|>", false), text_after({1611}));  // Ⅻ: a letter number
+  EXPECT_EQ(tok.encode("\u00bd<|endoftext|>", false), (std::vector<int>{1773, 2048}));  // ½: not \w
+  std::vector<int> dash = text_after({12});
+  dash.push_back(87);
+  EXPECT_EQ(tok.encode("-<|endoftext|>x", false), dash);
+  std::vector<int> under = {87, 1651, 91, 590, 67, 402, 766, 1334, 91, 29, 62};
+  EXPECT_EQ(tok.encode("x <|endoftext|>_", false), under);
+}
+
 TEST(BpeTokenizer, LoadErrorsNameTheField) {
   auto err = [](const std::string& tag, const std::function<void(json&)>& edit) {
     const std::string dir = with_edit(tag, edit);
