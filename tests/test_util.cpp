@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sys/wait.h>
 #include <sstream>
 #include <unistd.h>
 
@@ -25,6 +27,19 @@ std::vector<int32_t> random_ints(size_t n, int lo, int hi, uint32_t seed) {
 }
 
 std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int run_cli(const std::string& binary, const std::string& args, const std::string& dir) {
+  const std::string cmd = binary + " " + args + " >" + dir + "/stdout.txt 2>" + dir + "/stderr.txt";
+  const int st = std::system(cmd.c_str());
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
 
 std::string Diff::str() const {
   std::ostringstream os;

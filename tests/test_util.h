@@ -36,6 +36,11 @@ struct Diff {
 };
 Diff compare(const std::vector<float>& a, const std::vector<float>& ref);
 
+std::string slurp(const std::string& path);  // a whole file ("" when unreadable)
+// Runs `binary args` through the shell with stdout and stderr in dir/stdout.txt and
+// dir/stderr.txt; returns the exit code (128 when it did not exit normally).
+int run_cli(const std::string& binary, const std::string& args, const std::string& dir);
+
 std::string source_dir();                 // repository root
 std::string shared_reference_dir();       // ../shared/phi3-reference (may not exist)
 std::string temp_dir(const std::string& tag);  // fresh empty directory under /tmp

@@ -17,12 +17,7 @@ namespace {
 
 using nlohmann::json;
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using test::slurp;
 
 std::string seed_pairs() { return test::source_dir() + "/data/temporal_scope_for_attribution_patching.json"; }
 
@@ -36,11 +31,7 @@ std::string two_token_pairs(const std::string& dir) {
   return path;
 }
 
-int run(const std::string& args, const std::string& dir) {
-  const std::string cmd = std::string(PHI3_CLI) + " " + args + " >" + dir + "/stdout.txt 2>" + dir + "/stderr.txt";
-  const int st = std::system(cmd.c_str());
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
+int run(const std::string& args, const std::string& dir) { return test::run_cli(PHI3_CLI, args, dir); }
 
 TEST(AnswerFirstToken, ListsCutsAndGivesTheFirstPiecesResults) {
   const std::string dir = test::temp_dir("answer_first_token");

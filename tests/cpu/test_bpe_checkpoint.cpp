@@ -19,12 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using test::slurp;
 
 std::string ref_dir() { return test::source_dir() + "/data/reference/rand-phi4mini-bpe"; }
 std::string model_dir() { return ref_dir() + "/model"; }
@@ -33,11 +28,7 @@ const json& reference() {
   return j;
 }
 
-int run(const std::string& args, const std::string& dir) {
-  const std::string cmd = std::string(PHI3_CLI) + " " + args + " >" + dir + "/stdout.txt 2>" + dir + "/stderr.txt";
-  const int st = std::system(cmd.c_str());
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
+int run(const std::string& args, const std::string& dir) { return test::run_cli(PHI3_CLI, args, dir); }
 
 TEST(BpeCheckpoint, TokenizeGivesTheReferenceIdsWithoutBos) {
   const std::string dir = test::temp_dir("bpe_ckpt_tokenize");

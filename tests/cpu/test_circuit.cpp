@@ -15,12 +15,7 @@
 namespace phi3 {
 namespace {
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using test::slurp;
 
 // A model of the repository with the seed pairs' two runs, its graph and head weights.
 struct PairRuns {

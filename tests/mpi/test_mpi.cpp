@@ -25,12 +25,7 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 std::string model_dir() { return test::source_dir() + "/data/models/tiny-temporal-phi3"; }
 std::string seed_pairs() { return test::source_dir() + "/data/temporal_scope_for_attribution_patching.json"; }
 std::string many_pairs() { return test::source_dir() + "/data/temporal_scope_pairs.json"; }
