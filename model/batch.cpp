@@ -189,7 +189,12 @@ void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int
          {std::tuple<const char*, const std::string*, const std::vector<int>*>{"clean", &p.clean, &p.clean_ids},
           std::tuple<const char*, const std::string*, const std::vector<int>*>{"corrupted", &p.corrupted,
                                                                                &p.corrupted_ids}}) {
-      const size_t n = prompt_ids(tok, *text, *ids, add_bos).size();
+      size_t n = 0;
+      try {
+        n = prompt_ids(tok, *text, *ids, add_bos).size();
+      } catch (const Error& e) {
+        throw Error(where + ": \"" + side + ".question\": " + e.what());
+      }
       if (static_cast<int64_t>(n) > max_positions)
         throw Error(where + ": \"" + side + (ids->empty() ? ".question" : ".ids") + "\" is " + std::to_string(n) +
                     " tokens long" + std::string(add_bos ? " (with BOS)" : "") + ", more than the model's context of " + std::to_string(max_positions) +
