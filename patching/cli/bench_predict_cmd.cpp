@@ -72,8 +72,9 @@ int cmd_bench_predict(const Args& a) {
   if (a.has("model")) {
     m.dir = a.get("model", "");
     m.cfg = load_config(m.dir);
-    m.tok = file_exists(path_join(m.dir, "tokenizer.model")) ? Tokenizer::load_dir(m.dir)
-                                                              : Tokenizer::load_dir(default_path("data/models/tiny-temporal-phi3"));
+    // The checkpoint's tokenizer (SentencePiece or BPE) where it has one: its BOS rule applies.
+    const bool own = file_exists(path_join(m.dir, "tokenizer.model")) || file_exists(path_join(m.dir, "tokenizer.json"));
+    m.tok = Tokenizer::load_dir(own ? m.dir : default_path("data/models/tiny-temporal-phi3"));
   } else {
     const std::string like = a.get("like", "phi-3-mini");
     m.dir = "(" + like + " shape)";
@@ -82,8 +83,9 @@ int cmd_bench_predict(const Args& a) {
   }
   const std::string pairs_file = a.get("pairs", default_path("data/seed_phi3_ids.json"));
   auto pairs = load_pairs(pairs_file);
-  check_pairs(pairs, m.tok, m.cfg.max_position_embeddings, pairs_file, true, m.cfg.vocab_size);
-  PairBatch pb = make_pair_batch(pairs, m.tok, m.cfg.pad_token_id, m.cfg.max_position_embeddings);
+  const bool bos = m.tok.bos_by_default();
+  check_pairs(pairs, m.tok, m.cfg.max_position_embeddings, pairs_file, bos, m.cfg.vocab_size);
+  PairBatch pb = make_pair_batch(pairs, m.tok, m.cfg.pad_token_id, m.cfg.max_position_embeddings, 0, bos);
   const std::vector<Hook> hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
   m.w = ModelWeights::placeholder(tb, m.cfg);
   SweepOptions so;
