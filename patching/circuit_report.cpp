@@ -193,6 +193,7 @@ std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const 
                 {"downstream", g.n_downstream()}, {"edges", r.n_edges}};
   j["prompts"] = r.B;
   j["T"] = r.T;
+  j["batches"] = r.batches;
   j["metric"] = "mean logit difference; faithfulness = (m(circuit) - m(empty)) / (m(full) - m(empty))";
   j["logit_diff"] = {{"clean", r.ld_clean}, {"corrupted", r.ld_corrupted}, {"full_circuit", r.ld_full},
                      {"empty_circuit", r.ld_empty}};

@@ -72,31 +72,63 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
       throw Error("--edge-grid: " + std::to_string(k) + " is outside the graph's " + std::to_string(r.n_edges) +
                   " edges");
 
-  // The pairs and the two runs, on every rank (bad input: one agreed error).
-  PairBatch pb;
-  ForwardState clean, corr;
-  auto t0 = std::chrono::steady_clock::now();  // scoring: from the two runs to the scores
+  // The pairs, in batches of opt.batch_pairs padded to one length (bad input: one agreed error).
+  std::vector<PromptPair> pairs;
+  int per_batch = 0;
+  auto t0 = std::chrono::steady_clock::now();  // scoring: from the first runs to the scores
   comm.agree_on([&] {
-    std::vector<PromptPair> pairs = load_pairs(opt.pairs_file);
+    pairs = load_pairs(opt.pairs_file);
     if (opt.answer_first_token) r.answers_cut = use_first_answer_tokens(pairs, m.tok);
     check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
-    pb = make_pair_batch(pairs, m.tok, c.pad_token_id, c.max_position_embeddings, 0, opt.add_bos);
-    r.B = pb.clean.B;
-    r.T = pb.clean.T;
+    if (opt.batch_pairs < 0) throw Error("--batch: expected a positive number of pairs");
+    per_batch = opt.batch_pairs > 0 ? std::min<int>(opt.batch_pairs, static_cast<int>(pairs.size()))
+                                    : static_cast<int>(pairs.size());
+    r.T = pair_batch_length(pairs, m.tok, opt.add_bos);
+  });
+  r.batches = (static_cast<int>(pairs.size()) + per_batch - 1) / per_batch;
+  // One batch's pairs, its two runs (patterns kept) and logit differences. With one batch the
+  // runs are made once and kept; with several each pass below runs them again (the memory of
+  // one batch at a time).
+  struct Runs {
+    PairBatch pb;
+    ForwardState clean, corr;
+  };
+  auto runs_of = [&](int bi) {
+    Runs x;
+    const size_t lo = size_t(bi) * per_batch, hi = std::min(pairs.size(), lo + per_batch);
+    x.pb = make_pair_batch(std::vector<PromptPair>(pairs.begin() + lo, pairs.begin() + hi), m.tok, c.pad_token_id,
+                           c.max_position_embeddings, r.T, opt.add_bos);
+    x.clean = forward(be, m, x.pb.clean);
+    x.corr = forward(be, m, x.pb.corrupted);
+    check_finite(be, m, x.clean, "clean");
+    check_finite(be, m, x.corr, "corrupted");
+    return x;
+  };
+  Runs kept;
+  auto runs = [&](int bi) -> const Runs& {
+    if (r.batches == 1 && kept.pb.clean.B > 0) return kept;
+    kept = runs_of(bi);
+    return kept;
+  };
+  comm.agree_on([&] {
     t0 = std::chrono::steady_clock::now();
-    clean = forward(be, m, pb.clean);
-    corr = forward(be, m, pb.corrupted);
-    check_finite(be, m, clean, "clean");
-    check_finite(be, m, corr, "corrupted");
-    r.ld_clean = logit_diff(be, m, clean, pb.answer, pb.other).mean;
-    r.ld_corrupted = logit_diff(be, m, corr, pb.answer, pb.other).mean;
+    double sum_clean = 0, sum_corr = 0;
+    for (int bi = 0; bi < r.batches; ++bi) {
+      const Runs& x = runs(bi);
+      const int rows = x.pb.clean.B;
+      sum_clean += logit_diff(be, m, x.clean, x.pb.answer, x.pb.other).mean * rows;
+      sum_corr += logit_diff(be, m, x.corr, x.pb.answer, x.pb.other).mean * rows;
+      r.B += rows;
+    }
+    r.ld_clean = sum_clean / r.B;
+    r.ld_corrupted = sum_corr / r.B;
     if (!(std::fabs(r.ld_clean - r.ld_corrupted) > 1e-6))
       throw Error(opt.pairs_file + ": the clean and corrupted logit differences are equal (" +
                   std::to_string(r.ld_clean) + "); the metric cannot be normalized and no circuit can be scored");
   });
   log("graph: " + std::to_string(g.n_upstream()) + " upstream, " + std::to_string(g.n_downstream()) +
       " downstream nodes, " + std::to_string(r.n_edges) + " edges; " + std::to_string(r.B) + " prompts of " +
-      std::to_string(r.T) + " tokens");
+      std::to_string(r.T) + " tokens" + (r.batches > 1 ? " in " + std::to_string(r.batches) + " batches" : ""));
 
   const HeadOutputWeights ow(be, m);
   EdgeScoreOptions so;
@@ -107,7 +139,19 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     std::string blob;
     comm.agree_on([&] {
       if (!comm.root()) return;
-      r.scores = edge_scores(be, m, ow, g, pb, clean, corr, static_cast<float>(1.0 / (r.ld_clean - r.ld_corrupted)), so);
+      // Each batch's scores are of its mean metric; the file's mean weighs them by rows.
+      const float scale = static_cast<float>(1.0 / (r.ld_clean - r.ld_corrupted));
+      for (int bi = 0; bi < r.batches; ++bi) {
+        const Runs& x = runs(bi);
+        const std::vector<float> s = edge_scores(be, m, ow, g, x.pb, x.clean, x.corr, scale, so);
+        if (r.batches == 1) {
+          r.scores = s;
+          break;
+        }
+        const double w = double(x.pb.clean.B) / r.B;
+        r.scores.resize(s.size(), 0.0f);
+        for (size_t i = 0; i < s.size(); ++i) r.scores[i] += static_cast<float>(w * s[i]);
+      }
       blob.assign(reinterpret_cast<const char*>(r.scores.data()), r.scores.size() * sizeof(float));
     });
     blob = comm.bcast(blob);
@@ -142,8 +186,15 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   // This rank's share of the distinct circuits (round robin), gathered on rank 0.
   std::vector<CircuitGraph::Mask> mine;
   for (size_t i = comm.rank(); i < distinct.size(); i += comm.size()) mine.push_back(distinct[i]);
-  std::vector<std::vector<float>> mine_ld;
-  comm.agree_on([&] { mine_ld = circuit_logit_diffs(be, m, ow, g, mine, pb, clean, corr, opt.mem_budget); });
+  std::vector<std::vector<float>> mine_ld(mine.size());  // per circuit: every row of every batch
+  comm.agree_on([&] {
+    if (mine.empty()) return;
+    for (int bi = 0; bi < r.batches; ++bi) {
+      const Runs& x = runs(bi);
+      const auto part = circuit_logit_diffs(be, m, ow, g, mine, x.pb, x.clean, x.corr, opt.mem_budget);
+      for (size_t i = 0; i < mine.size(); ++i) mine_ld[i].insert(mine_ld[i].end(), part[i].begin(), part[i].end());
+    }
+  });
   std::string blob;
   for (const auto& v : mine_ld) blob.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
   const std::vector<std::string> parts = comm.gather(blob);

@@ -25,6 +25,9 @@ struct CircuitOptions {
   double target = 0.8;         // faithfulness the default choice must reach
   bool greedy = false;         // choose edges greedily from the logits (CircuitGraph::greedy), not top-k
   size_t mem_budget = 0;       // bytes of work buffers per batched circuit forward (0: automatic)
+  int batch_pairs = 0;         // pairs per batch (0: all pairs in one batch); every batch is padded
+                               // to the longest prompt of the file, scores and circuit metrics
+                               // are over all prompts, as one batch would give them
   std::function<void(const std::string&)> log;
 };
 
@@ -40,7 +43,8 @@ struct CircuitRunResult {
   std::string method, direction, pairs_file;
   std::string selection = "top-k";
   std::vector<std::string> answers_cut;  // --answer-first-token  // "top-k" | "greedy" (then pruned either way)
-  int L = 0, H = 0, KVH = 0, B = 0, T = 0;
+  int L = 0, H = 0, KVH = 0, B = 0, T = 0;  // B: prompts over all batches
+  int batches = 1;
   int64_t n_edges = 0;
   double ld_clean = 0, ld_corrupted = 0, ld_full = 0, ld_empty = 0;  // full / empty: the exact circuit forward
   std::vector<float> scores;        // [U, Dn] dense (CircuitGraph order)

@@ -44,6 +44,9 @@ Under mpirun the grid's circuits are divided across the ranks.
   --target F         faithfulness the default circuit must reach [0.8]
   --mem-budget MB    work buffers of one batched circuit forward (0 = a quarter of free
                      device memory) [0]
+  --batch N          pairs per batch for large pair files (every batch padded to the file's
+                     longest prompt; scores and circuit metrics are over all prompts, equal to
+                     one batch's) [all pairs in one batch]
   --out DIR          output directory [out-circuit]: edges.csv, circuit.json, faithfulness.svg,
                      circuit.svg, report.html
   --force            overwrite a circuit.json already in --out
@@ -55,7 +58,7 @@ Under mpirun the grid's circuits are divided across the ranks.
 int cmd_circuit(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out",
-          "select", "mem-budget"},
+          "select", "mem-budget", "batch"},
          {"fp32", "force", "no-bos", "help", "answer-first-token"});
   if (a.has("help")) {
     std::cout << kCircuitUsage;
@@ -80,6 +83,9 @@ int cmd_circuit(int argc, char** argv, int first) {
   if (sel != "top-k" && sel != "greedy") throw Error("--select: expected top-k or greedy, got '" + sel + "'");
   opt.greedy = sel == "greedy";
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
+  opt.batch_pairs = a.get_int("batch", 0);
+  if (a.has("batch") && opt.batch_pairs < 1)
+    throw Error("--batch: expected a positive number of pairs, got " + a.get("batch", ""));
   if (a.has("edges")) {
     opt.edges = a.get_int("edges", 0);
     if (opt.edges < 1) throw Error("--edges: expected a positive number of edges, got " + a.get("edges", ""));

@@ -170,6 +170,45 @@ TEST(Circuit, BatchedCircuitForwardsEqualSingleOnes) {
     }
 }
 
+// --batch: the 48-pair file in batches of 5 pairs (10 batches, the last of 3) gives the scores
+// and every circuit's per-row logit differences of the whole file in one batch (the rows are
+// independent; only summation order differs).
+TEST(Circuit, PairBatchesGiveTheWholeFilesResults) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, test::source_dir() + "/data/models/tiny-temporal-phi3");
+  CircuitOptions o;
+  o.pairs_file = test::source_dir() + "/data/temporal_scope_pairs.json";
+  o.ig_steps = 2;
+  o.grid = {10, 50, 200};
+  const CircuitRunResult one = run_circuit(*be, *m, o);
+  o.batch_pairs = 5;
+  const CircuitRunResult many = run_circuit(*be, *m, o);
+  EXPECT_EQ(one.batches, 1);
+  EXPECT_EQ(many.batches, 10);
+  EXPECT_EQ(many.B, one.B);
+  EXPECT_EQ(many.B, 96);
+  EXPECT_EQ(many.T, one.T);
+  EXPECT_NEAR(many.ld_clean, one.ld_clean, 1e-5);
+  EXPECT_NEAR(many.ld_corrupted, one.ld_corrupted, 1e-5);
+  ASSERT_EQ(many.scores.size(), one.scores.size());
+  double big = 0, diff = 0;
+  for (size_t i = 0; i < one.scores.size(); ++i) {
+    big = std::max(big, double(std::fabs(one.scores[i])));
+    diff = std::max(diff, double(std::fabs(one.scores[i] - many.scores[i])));
+  }
+  EXPECT_GT(big, 1e-3);
+  EXPECT_LT(diff, 1e-5 * big) << "largest score " << big;
+  ASSERT_EQ(many.grid.size(), one.grid.size());
+  for (size_t k = 0; k < one.grid.size(); ++k) {
+    EXPECT_EQ(many.grid[k].edges, one.grid[k].edges) << "k = " << one.grid[k].k;
+    ASSERT_EQ(many.grid[k].logit_diff_per_row.size(), 96u);
+    for (size_t row = 0; row < 96; ++row)
+      EXPECT_NEAR(many.grid[k].logit_diff_per_row[row], one.grid[k].logit_diff_per_row[row], 1e-4) << k << " " << row;
+    EXPECT_NEAR(many.grid[k].faithfulness, one.grid[k].faithfulness, 1e-5);
+  }
+  EXPECT_NEAR(many.ld_full, one.ld_clean, 1e-4);  // the full circuit is the clean run
+}
+
 TEST(Circuit, EdgeGridParsing) {
   EXPECT_EQ(parse_edge_grid("100,10,10,0", 479), (std::vector<int64_t>{0, 10, 100}));
   EXPECT_EQ(default_edge_grid(479), (std::vector<int64_t>{1, 2, 5, 10, 20, 50, 100, 200, 479}));

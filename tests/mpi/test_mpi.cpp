@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 #include <sstream>
 #include <thread>
 
@@ -237,17 +238,20 @@ std::map<std::string, double> edge_scores_of(const std::string& csv) {
 // the same scores, faithfulness curve and circuit at any rank count, and every rank worked.
 TEST_F(Mpi, CircuitGridSameAtAnyScale) {
   const std::string args = "circuit --device cpu --edge-grid 0,5,10,20,50,100,200,300,479 ";
-  auto circuit = [&](int np, const std::string& tag) {
+  auto circuit = [&](int np, const std::string& tag, const std::string& extra = "") {
     const std::string out = dir_ + "/" + tag;
-    last_ = sh(command(np, args + "--out " + quote(out)), dir_);
+    last_ = sh(command(np, args + extra + "--out " + quote(out)), dir_);
     EXPECT_EQ(last_.code, 0) << last_.err;
     out_files_[tag] = files_in(out);
     return std::make_pair(json::parse(slurp(out + "/circuit.json")), slurp(out + "/edges.csv"));
   };
   const auto [ref, ref_edges] = circuit(0, "plain");
-  for (int np = 1; np <= 3; ++np) {
-    const std::string tag = "np" + std::to_string(np);
-    const auto [got, edges] = circuit(np, tag);
+  // The last case: two ranks with --batch 1 (each rank runs its circuits over both pair batches).
+  const std::vector<std::tuple<int, std::string, std::string>> cases = {
+      {1, "np1", ""}, {2, "np2", ""}, {3, "np3", ""}, {2, "np2-batch1", "--batch 1 "}};
+  for (const auto& [np, tag, extra] : cases) {
+    const auto [got, edges] = circuit(np, tag, extra);
+    EXPECT_EQ(got["batches"].get<int>(), extra.empty() ? 1 : 2) << tag;
     // Rank 0's scores (its BLAS may run on fewer threads under mpirun: rounding apart).
     const auto a = edge_scores_of(edges), b = edge_scores_of(ref_edges);
     ASSERT_EQ(a.size(), b.size());
