@@ -29,6 +29,7 @@ class SentencePieceModel : public TokenizerModel {
   int piece_id(const std::string& piece) const override;
   void encode(std::string_view text, bool starts_input, std::vector<int>* out) const override;
   std::string decode(const std::vector<int>& ids, const std::map<int, std::string>& added) const override;
+  std::string answer_text(const std::string& word) const override { return word; }
   int bos_id() const override;
   bool bos_by_default() const override { return true; }  // LlamaTokenizer's add_bos_token default
 

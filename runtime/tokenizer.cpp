@@ -289,8 +289,7 @@ std::vector<int> Tokenizer::answer_tokens(const std::string& answer) const {
   // " short" (TransformerLens / GPT-2 style) means the same word token as "short".
   const std::string word = !answer.empty() && answer[0] == ' ' ? answer.substr(1) : answer;
   if (word.empty()) throw Error("answer '" + answer + "' is empty");
-  // SentencePiece marks the word start itself (dummy prefix); byte-level BPE needs the space.
-  return encode(dynamic_cast<const SentencePieceModel*>(model_.get()) ? word : " " + word, false);
+  return encode(model_->answer_text(word), false);
 }
 
 int Tokenizer::answer_token(const std::string& answer) const {
