@@ -51,6 +51,7 @@ Under mpirun the grid's circuits are divided across the ranks.
                      circuit.svg, report.html
   --force            overwrite a circuit.json already in --out
   --no-bos           do not prepend BOS (by default: where the tokenizer asks for one)
+  --bos              prepend the tokenizer's BOS token even where it asks for none
   --answer-first-token  an answer of more than one token uses its first piece
 )";
 }  // namespace
@@ -59,7 +60,7 @@ int cmd_circuit(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out",
           "select", "mem-budget", "batch"},
-         {"fp32", "force", "no-bos", "help", "answer-first-token"});
+         {"fp32", "force", "no-bos", "bos", "help", "answer-first-token"});
   if (a.has("help")) {
     std::cout << kCircuitUsage;
     return 0;
@@ -76,7 +77,7 @@ int cmd_circuit(int argc, char** argv, int first) {
   const std::string dir = a.get("direction", "denoise");
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
-  opt.add_bos = !a.has("no-bos");
+  check_bos_flags(a);
   opt.answer_first_token = a.has("answer-first-token");
   opt.target = a.get_double("target", 0.8);
   const std::string sel = a.get("select", "top-k");
@@ -111,7 +112,7 @@ int cmd_circuit(int argc, char** argv, int first) {
     be = make_backend(a.get("device", "auto"), a.has("fp32"));
     if (comm.root()) opt.log("loading " + model_dir + " on " + be->name());
     m = load_model(*be, model_dir);
-    opt.add_bos = opt.add_bos && m->tok.bos_by_default();  // BOS where the tokenizer asks for one
+    opt.add_bos = bos_option(a, m->tok);
     // The grid is checked against the model's graph before any work.
     if (a.has("edge-grid")) {
       const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);

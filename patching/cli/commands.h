@@ -16,4 +16,10 @@ int cmd_make_random(int argc, char** argv, int first);  // make_random_cmd.cpp
 nlohmann::json config_like(const std::string& like, int layers_override = 0);
 int cmd_bench_predict(const Args& a);                   // bench_predict_cmd.cpp (bench --predict)
 std::string default_path(const std::string& rel);       // main.cpp: repo-relative default
+class Tokenizer;
+// Whether prompts start with BOS (main.cpp): --bos (the tokenizer's BOS token, as TransformerLens
+// prepends one), --no-bos, else where the tokenizer asks for one. check_bos_flags refuses both
+// flags at once, before any loading.
+void check_bos_flags(const Args& a);
+bool bos_option(const Args& a, const Tokenizer& tok);
 }  // namespace phi3

@@ -32,6 +32,20 @@ std::string default_path(const std::string& rel) {
   return rel;
 }
 
+void check_bos_flags(const Args& a) {
+  if (a.has("bos") && a.has("no-bos")) throw Error("--bos and --no-bos: give one of them");
+}
+
+bool bos_option(const Args& a, const Tokenizer& tok) {
+  check_bos_flags(a);
+  if (a.has("bos")) {
+    if (tok.bos_id() < 0)
+      throw Error("--bos: the " + tok.kind() + " tokenizer has no BOS token (tokenizer_config.json names no bos_token)");
+    return true;
+  }
+  return !a.has("no-bos") && tok.bos_by_default();
+}
+
 namespace {
 
 const char* kUsage = R"(phi3patch - activation and attribution patching for Phi-3 (Phi3ForCausalLM) models
@@ -94,6 +108,8 @@ With --device cuda each rank takes GPU local_rank % device_count. Only rank 0 wr
   --no-bos          do not prepend BOS (by default prompts start with BOS where the tokenizer
                     asks: tokenizer_config.json's add_bos_token, else SentencePiece yes and
                     byte-level BPE only with a BOS template; recorded in results.json)
+  --bos             prepend the tokenizer's BOS token even where it asks for none (as
+                    TransformerLens does: <|endoftext|> for Phi-4 and Phi-4-mini)
   --answer-first-token  an answer of more than one token uses its first piece (run, forward,
                     circuit; the answers cut are listed in results.json) instead of an error
 )";
@@ -122,7 +138,7 @@ void parse_methods(const std::string& list, ExperimentOptions& opt) {
 int cmd_run(int argc, char** argv, int first) {
   Args a(argc, argv, first,
          {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top"},
-         {"fp32", "naive", "force", "no-bos", "resume", "help", "answer-first-token"});
+         {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token"});
   if (a.has("help")) {
     std::cout << kUsage;
     return 0;
@@ -142,7 +158,7 @@ int cmd_run(int argc, char** argv, int first) {
   const std::string dir = a.get("direction", "denoise");
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
-  opt.add_bos = !a.has("no-bos");
+  check_bos_flags(a);
   opt.answer_first_token = a.has("answer-first-token");
   opt.batch_pairs = a.get_int("batch", 0);
   opt.naive = a.has("naive");
@@ -181,7 +197,7 @@ int cmd_run(int argc, char** argv, int first) {
     opt.log("loading " + model_dir + " on " + be->name());
     const auto t_load = std::chrono::steady_clock::now();
     m = load_model(*be, model_dir);
-    opt.add_bos = opt.add_bos && m->tok.bos_by_default();  // BOS where the tokenizer asks for one
+    opt.add_bos = bos_option(a, m->tok);
     char took[96];
     std::snprintf(took, sizeof took, "loaded %.0f MiB of weights in %.2f s", m->w.bytes / 1048576.0,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
@@ -237,7 +253,8 @@ int cmd_run(int argc, char** argv, int first) {
 }
 
 int cmd_forward(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32", "no-bos", "answer-first-token"});
+  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token"});
+  check_bos_flags(a);
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const auto t_load = std::chrono::steady_clock::now();
   auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
@@ -247,7 +264,7 @@ int cmd_forward(int argc, char** argv, int first) {
   auto pairs = load_pairs(pairs_file);
   if (a.has("answer-first-token"))
     for (const auto& line : use_first_answer_tokens(pairs, m->tok)) std::cerr << "[phi3patch] " << line << std::endl;
-  const bool bos = !a.has("no-bos") && m->tok.bos_by_default();
+  const bool bos = bos_option(a, m->tok);
   check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos);
   ForwardOptions fo;
@@ -260,11 +277,11 @@ int cmd_forward(int argc, char** argv, int first) {
 }
 
 int cmd_tokenize(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model"}, {"no-bos"});
+  Args a(argc, argv, first, {"model"}, {"no-bos", "bos"});
   Tokenizer tok = Tokenizer::load_dir(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   if (a.positional().empty()) throw Error("tokenize: give at least one text");
   for (const auto& text : a.positional()) {
-    auto ids = tok.encode(text, !a.has("no-bos") && tok.bos_by_default());
+    auto ids = tok.encode(text, bos_option(a, tok));
     std::cout << "ids:";
     for (int id : ids) std::cout << " " << id;
     std::cout << "\npieces:";

@@ -43,6 +43,30 @@ TEST(BpeCheckpoint, TokenizeGivesTheReferenceIdsWithoutBos) {
   EXPECT_FALSE(reference()["bos"].get<bool>());
 }
 
+TEST(BpeCheckpoint, BosOnRequest) {
+  const std::string dir = test::temp_dir("bpe_ckpt_bos");
+  // --bos prepends the tokenizer's BOS token (<|endoftext|>) where the config asks for none.
+  ASSERT_EQ(run("tokenize --bos --model " + model_dir() + " 'The goal'", dir), 0) << slurp(dir + "/stderr.txt");
+  const std::string bos = std::to_string(reference()["pad_id"].get<int>());  // bos = eos = pad here
+  EXPECT_NE(slurp(dir + "/stdout.txt").find("ids: " + bos + " "), std::string::npos) << slurp(dir + "/stdout.txt");
+  EXPECT_NE(slurp(dir + "/stdout.txt").find("pieces: <|endoftext|> The"), std::string::npos);
+  ASSERT_EQ(run("run --device cpu --bos --model " + model_dir() + " --hooks resid_pre --out " + dir + "/out --force", dir),
+            0)
+      << slurp(dir + "/stderr.txt");
+  const auto r = nlohmann::json::parse(slurp(dir + "/out/results.json"));
+  EXPECT_TRUE(r["bos"].get<bool>());
+  EXPECT_EQ(r["T"].get<int>(), reference()["T"].get<int>() + 1);
+  EXPECT_EQ(run("forward --bos --no-bos --model " + model_dir(), dir), 2);
+  EXPECT_NE(slurp(dir + "/stderr.txt").find("--bos and --no-bos: give one of them"), std::string::npos);
+  // A tokenizer without a BOS token cannot honour --bos.
+  fs::create_directories(dir + "/nobos");
+  fs::copy(test::source_dir() + "/tests/data/bpe/gpt2/tokenizer.json", dir + "/nobos/tokenizer.json");
+  EXPECT_EQ(run("tokenize --bos --model " + dir + "/nobos hello", dir), 2);
+  EXPECT_NE(slurp(dir + "/stderr.txt").find("--bos: the byte-level BPE tokenizer has no BOS token"), std::string::npos)
+      << slurp(dir + "/stderr.txt");
+  ASSERT_EQ(run("tokenize --model " + dir + "/nobos hello", dir), 0);
+}
+
 TEST(BpeCheckpoint, ForwardAndRunMatchTheReference) {
   const std::string dir = test::temp_dir("bpe_ckpt_run");
   ASSERT_EQ(run("forward --device cpu --model " + model_dir(), dir), 0) << slurp(dir + "/stderr.txt");
