@@ -144,11 +144,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
       for (int bi = 0; bi < r.batches; ++bi) {
         const Runs& x = runs(bi);
         const std::vector<float> s = edge_scores(be, m, ow, g, x.pb, x.clean, x.corr, scale, so);
-        if (r.batches == 1) {
-          r.scores = s;
-          break;
-        }
-        const double w = double(x.pb.clean.B) / r.B;
+        const double w = double(x.pb.clean.B) / r.B;  // 1 for one batch: its scores exactly
         r.scores.resize(s.size(), 0.0f);
         for (size_t i = 0; i < s.size(); ++i) r.scores[i] += static_cast<float>(w * s[i]);
       }

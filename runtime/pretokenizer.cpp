@@ -1,6 +1,8 @@
 // Pre-tokenizer steps of tokenizer.json (Split, ByteLevel, Sequence); see pretokenizer.h.
 #include "runtime/pretokenizer.h"
 
+#include <algorithm>
+#include <cctype>
 #include <nlohmann/json.hpp>
 
 #include "runtime/byte_level.h"

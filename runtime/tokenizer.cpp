@@ -23,8 +23,7 @@ namespace {
 size_t white_space_run_start(const std::string& text, size_t floor, size_t end) {
   size_t b = end;
   while (b > floor) {
-    size_t k = b - 1;
-    while (k > floor && (static_cast<uint8_t>(text[k]) & 0xC0) == 0x80) --k;  // back to a lead byte
+    const size_t k = utf8_prev_start(text, b, floor);
     size_t at = k;
     if (!is_unicode_white_space(next_code_point(text, &at))) break;
     b = k;
@@ -32,27 +31,19 @@ size_t white_space_run_start(const std::string& text, size_t floor, size_t end) 
   return b;
 }
 
+// The end of the run of Unicode white space that starts at text[begin].
+size_t white_space_run_end(const std::string& text, size_t begin) {
+  static const UnicodeRegex run("\\s+", "White_Space run");
+  return begin + run.match_at(text, begin);
+}
+
 // Whether the character just before (before = true) or at `at` is a word character: Unicode
 // \w as Hugging Face's single_word test has it (alphabetic, marks, decimal digits, connector
 // punctuation, joiners).
 bool touches_word(const std::string& text, size_t at, bool before) {
-  static const UnicodeRegex word("\\A[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]\\z", "word test");
+  static const UnicodeRegex word("[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]", "word test");
   if (before ? at == 0 : at >= text.size()) return false;
-  size_t k = before ? at - 1 : at;
-  while (before && k > 0 && (static_cast<uint8_t>(text[k]) & 0xC0) == 0x80) --k;
-  const size_t n = utf8_sequence_length(text, k);
-  return n > 0 && !word.find_all(std::string_view(text).substr(k, n)).empty();
-}
-
-// The end of the run of Unicode white space that starts at text[begin].
-size_t white_space_run_end(const std::string& text, size_t begin) {
-  size_t e = begin;
-  while (e < text.size()) {
-    size_t at = e;
-    if (!is_unicode_white_space(next_code_point(text, &at))) break;
-    e = at;
-  }
-  return e;
+  return word.match_at(text, before ? utf8_prev_start(text, at) : at) > 0;
 }
 
 json parse_json_file(const std::string& path, const std::string& what) {
@@ -88,6 +79,10 @@ Tokenizer Tokenizer::load_tokenizer_json_file(const std::string& path) {
   t.model_ = BpeModel::from_json(j, path);
   t.load_added_tokens_list(j, path);
   return t;
+}
+
+bool Tokenizer::present_in(const std::string& dir) {
+  return file_exists(path_join(dir, "tokenizer.model")) || file_exists(path_join(dir, "tokenizer.json"));
 }
 
 Tokenizer Tokenizer::load_dir(const std::string& dir) {

@@ -25,6 +25,7 @@ class Tokenizer {
   // tokens from added_tokens.json or tokenizer.json) if present, else tokenizer.json
   // (byte-level BPE); tokenizer_config.json for BOS. Throws naming what is missing or wrong.
   static Tokenizer load_dir(const std::string& dir);
+  static bool present_in(const std::string& dir);  // dir holds tokenizer.model or tokenizer.json
   static Tokenizer load_model_file(const std::string& tokenizer_model_path);  // SentencePiece only
   static Tokenizer load_tokenizer_json_file(const std::string& tokenizer_json_path);  // BPE only
   Tokenizer();

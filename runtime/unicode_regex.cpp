@@ -36,10 +36,10 @@ std::string onig_to_pcre2(const std::string& p) {
 }
 
 bool is_unicode_white_space(char32_t cp) {
-  static const UnicodeRegex re("\\A\\s\\z", "White_Space test");
+  static const UnicodeRegex re("\\s", "White_Space test");
   std::string c;
   append_utf8(&c, cp);
-  return !re.find_all(c).empty();
+  return re.match_at(c, 0) == c.size();
 }
 
 UnicodeRegex::UnicodeRegex(const std::string& pattern, const std::string& where) : pattern_(pattern) {
@@ -76,25 +76,52 @@ UnicodeRegex& UnicodeRegex::operator=(UnicodeRegex&& o) noexcept {
   return *this;
 }
 
+namespace {
+
+using MatchData = std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)>;
+
+MatchData match_data(pcre2_code* code) {
+  MatchData md(pcre2_match_data_create_from_pattern(code, nullptr), &pcre2_match_data_free);
+  PHI3_CHECK(md, "regex: out of memory for match data");
+  return md;
+}
+
+// One pcre2_match from `start` (options: PCRE2_ANCHORED or 0); false when nothing matches.
+bool match_once(pcre2_code* code, const std::string& pattern, std::string_view text, size_t start, uint32_t options,
+                pcre2_match_data* md) {
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+  options |= PCRE2_NO_UTF_CHECK;
+  int rc = pcre2_match(code, subject, text.size(), start, options, md, nullptr);
+  if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // a pathological input for the JIT stack: interpret instead
+    rc = pcre2_match(code, subject, text.size(), start, options | PCRE2_NO_JIT, md, nullptr);
+  if (rc == PCRE2_ERROR_NOMATCH) return false;
+  if (rc < 0) {
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(rc, msg, sizeof msg);
+    throw Error("regex '" + pattern + "': matching failed at offset " + std::to_string(start) + ": " +
+                reinterpret_cast<const char*>(msg));
+  }
+  return true;
+}
+
+}  // namespace
+
+size_t UnicodeRegex::match_at(std::string_view text, size_t at) const {
+  PHI3_CHECK(code_, "regex: not compiled");
+  if (at >= text.size()) return 0;
+  MatchData md = match_data(code_);
+  if (!match_once(code_, pattern_, text, at, PCRE2_ANCHORED, md.get())) return 0;
+  const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+  return ov[1] - ov[0];
+}
+
 std::vector<std::pair<size_t, size_t>> UnicodeRegex::find_all(std::string_view text) const {
   PHI3_CHECK(code_, "regex: not compiled");
-  std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
-      pcre2_match_data_create_from_pattern(code_, nullptr), &pcre2_match_data_free);
-  PHI3_CHECK(md, "regex: out of memory for match data");
+  MatchData md = match_data(code_);
   std::vector<std::pair<size_t, size_t>> out;
-  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t start = 0;
   while (start < text.size()) {
-    int rc = pcre2_match(code_, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
-    if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // a pathological input for the JIT stack: interpret instead
-      rc = pcre2_match(code_, subject, text.size(), start, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md.get(), nullptr);
-    if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(rc, msg, sizeof msg);
-      throw Error("regex '" + pattern_ + "': matching failed at offset " + std::to_string(start) + ": " +
-                  reinterpret_cast<const char*>(msg));
-    }
+    if (!match_once(code_, pattern_, text, start, 0, md.get())) break;
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
     const size_t b = ov[0], e = ov[1];
     if (e > b) {

@@ -36,6 +36,8 @@ class UnicodeRegex {
   // [begin, end) byte offsets of the successive non-overlapping, non-empty matches in `text`
   // (valid UTF-8: the caller checks), leftmost first.
   std::vector<std::pair<size_t, size_t>> find_all(std::string_view text) const;
+  // The length of the match anchored at text[at] (0: none, or an empty one).
+  size_t match_at(std::string_view text, size_t at) const;
   const std::string& pattern() const { return pattern_; }
 
  private:

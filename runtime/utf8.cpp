@@ -89,6 +89,12 @@ void append_utf8(std::string* out, char32_t cp) {
   }
 }
 
+size_t utf8_prev_start(std::string_view s, size_t i, size_t floor) {
+  size_t k = i - 1;
+  while (k > floor && is_cont(byte_at(s, k))) --k;
+  return k;
+}
+
 char32_t next_code_point(std::string_view s, size_t* i) {
   const uint8_t b0 = byte_at(s, *i);
   size_t n = utf8_sequence_length(s, *i);

@@ -16,6 +16,8 @@ void check_utf8(std::string_view s, const std::string& what);
 std::vector<std::string_view> utf8_chars(std::string_view s);
 // Appends code point cp (<= 0x10FFFF, not a surrogate) as UTF-8.
 void append_utf8(std::string* out, char32_t cp);
+// The start of the character that ends just before s[i] (i > 0; not before `floor`).
+size_t utf8_prev_start(std::string_view s, size_t i, size_t floor = 0);
 // Decodes one code point of valid UTF-8 starting at s[*i]; advances *i.
 char32_t next_code_point(std::string_view s, size_t* i);
 // Valid UTF-8 with every maximal invalid subpart replaced by U+FFFD.

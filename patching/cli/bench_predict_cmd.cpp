@@ -73,8 +73,7 @@ int cmd_bench_predict(const Args& a) {
     m.dir = a.get("model", "");
     m.cfg = load_config(m.dir);
     // The checkpoint's tokenizer (SentencePiece or BPE) where it has one: its BOS rule applies.
-    const bool own = file_exists(path_join(m.dir, "tokenizer.model")) || file_exists(path_join(m.dir, "tokenizer.json"));
-    m.tok = Tokenizer::load_dir(own ? m.dir : default_path("data/models/tiny-temporal-phi3"));
+    m.tok = Tokenizer::load_dir(Tokenizer::present_in(m.dir) ? m.dir : default_path("data/models/tiny-temporal-phi3"));
   } else {
     const std::string like = a.get("like", "phi-3-mini");
     m.dir = "(" + like + " shape)";

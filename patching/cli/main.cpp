@@ -280,8 +280,9 @@ int cmd_tokenize(int argc, char** argv, int first) {
   Args a(argc, argv, first, {"model"}, {"no-bos", "bos"});
   Tokenizer tok = Tokenizer::load_dir(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   if (a.positional().empty()) throw Error("tokenize: give at least one text");
+  const bool bos = bos_option(a, tok);
   for (const auto& text : a.positional()) {
-    auto ids = tok.encode(text, bos_option(a, tok));
+    auto ids = tok.encode(text, bos);
     std::cout << "ids:";
     for (int id : ids) std::cout << " " << id;
     std::cout << "\npieces:";
