@@ -163,17 +163,6 @@ std::vector<std::string> describe_effects(const ExperimentResult& R) {
   return lines;
 }
 
-void prepare_out_dir(const std::string& out_dir, bool force) {
-  if (file_exists(out_dir)) throw Error("--out '" + out_dir + "' is a file, not a directory");
-  make_dirs(out_dir);
-  if (file_exists(path_join(out_dir, "results.json")) && !force)
-    throw Error("output directory '" + out_dir +
-                "' already holds results.json; pass --force to overwrite it or choose another --out");
-  // Probe that we can write there.
-  write_file_atomic(path_join(out_dir, ".phi3patch-write-test"), "ok\n");
-  std::remove(path_join(out_dir, ".phi3patch-write-test").c_str());
-}
-
 std::string results_json(const ExperimentResult& R) {
   using nlohmann::json;
   json j;

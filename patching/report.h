@@ -26,10 +26,6 @@ Spread spread(const std::vector<float>& values);
 // Sentences saying where the largest effects lie (layers and tokens).
 std::vector<std::string> describe_effects(const ExperimentResult& R);
 
-// Fails (naming the directory) if out_dir cannot be created or written, or already holds
-// results.json and !force. Call before the experiment so no work is wasted.
-void prepare_out_dir(const std::string& out_dir, bool force);
-
 // Writes everything; returns the paths written.
 std::vector<std::string> write_report(const ExperimentResult& R, const std::string& out_dir);
 

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "patching/circuit_run.h"
+#include "patching/out_dir.h"
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
 #include "runtime/comm.h"
@@ -95,13 +96,9 @@ int cmd_circuit(int argc, char** argv, int first) {
   Comm& comm = Comm::world();
   comm.agree_on([&] {  // --out is rank 0's alone; every rank learns whether it is usable
     if (!comm.root()) return;
-    if (file_exists(out)) throw Error("--out '" + out + "' is a file, not a directory");
-    make_dirs(out);
-    if (file_exists(path_join(out, "circuit.json")) && !a.has("force"))
-      throw Error("output directory '" + out +
-                  "' already holds circuit.json; pass --force to overwrite it or choose another --out");
-    write_file_atomic(path_join(out, ".phi3patch-write-test"), "ok\n");
-    std::remove(path_join(out, ".phi3patch-write-test").c_str());
+    const auto removed = prepare_out_dir({out, "circuit.json", {}, a.has("force"), false});
+    if (!removed.empty())
+      std::cerr << "[phi3patch] removed " << removed.size() << " temp files of an interrupted write in " << out << std::endl;
   });
 
   opt.log = [](const std::string& s) { std::cerr << "[phi3patch] " << s << std::endl; };

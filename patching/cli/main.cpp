@@ -15,6 +15,7 @@
 #include "patching/cli/commands.h"
 #include "patching/checkpoint.h"
 #include "patching/experiment.h"
+#include "patching/out_dir.h"
 #include "patching/report.h"
 #include "kernels/cpu/parallel.h"
 #include "runtime/comm.h"
@@ -176,12 +177,9 @@ int cmd_run(int argc, char** argv, int first) {
   std::string err;
   if (comm.root()) {
     try {
-      prepare_out_dir(out, a.has("force"));
-      const int n = CheckpointDir(out).count();
-      if (n > 0 && !opt.resume && !a.has("force"))
-        throw Error("output directory '" + out + "' holds " + std::to_string(n) +
-                    " finished batches of an earlier run (" + CheckpointDir(out).dir() +
-                    "); pass --resume to continue it, or --force to start over");
+      const auto removed = prepare_out_dir({out, "results.json", {"checkpoints", "checkpoints-verify"}, a.has("force"), opt.resume});
+      if (!removed.empty())
+        std::cerr << "[phi3patch] removed " << removed.size() << " temp files of an interrupted write in " << out << std::endl;
     } catch (const Error& e) {
       err = e.what();
     }

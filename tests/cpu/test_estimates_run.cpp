@@ -13,6 +13,7 @@
 #include <set>
 #include <tuple>
 
+#include "patching/out_dir.h"
 #include "patching/report.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
@@ -156,7 +157,7 @@ TEST_F(Estimates, VerifyTopEqualsFullSweepOnTheChosenNodes) {
   // Outputs: verified.csv (header + 25 lines), the scatter, a table in report.html, and
   // results.json's verify_top list.
   const std::string dir = test::temp_dir("verify-top");
-  prepare_out_dir(dir, true);
+  prepare_out_dir({dir, "results.json", {"checkpoints"}, true, false});
   write_report(R, dir);
   const std::string csv = read_text_file(path_join(dir, "verified.csv"), "csv");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 26);

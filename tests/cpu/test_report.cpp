@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "patching/out_dir.h"
 #include "patching/report.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
@@ -40,7 +41,7 @@ TEST(Report, WritesEveryOutput) {
   opt.hooks = {Hook::ResidPre, Hook::ZAllPos};
   ExperimentResult R = run_experiment(*be, *m, opt);
   const std::string dir = test::temp_dir("report");
-  prepare_out_dir(dir, false);
+  prepare_out_dir({dir, "results.json", {"checkpoints"}, false, false});
   auto files = write_report(R, dir);
   // 2 hooks x 2 methods x (csv + svg) + 2 scatters + html + json
   EXPECT_EQ(files.size(), 12u);
@@ -91,7 +92,7 @@ TEST(Report, WritesEveryOutput) {
   for (const auto& e : std::filesystem::directory_iterator(dir))
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
   // A second run into the same directory is refused without --force.
-  EXPECT_THROW(prepare_out_dir(dir, false), Error);
+  EXPECT_THROW(prepare_out_dir({dir, "results.json", {"checkpoints"}, false, false}), Error);
 }
 
 // The pattern hook's figure: the three heads with the largest total |effect|, their clean and
@@ -133,7 +134,7 @@ TEST(Report, AttentionPatternsOfTheTopHeads) {
     }
   }
   const std::string dir = test::temp_dir("patterns");
-  prepare_out_dir(dir, true);
+  prepare_out_dir({dir, "results.json", {"checkpoints"}, true, false});
   write_report(R, dir);
   const PatternFigure& f = R.pattern_figures[0];
   const std::string stem = "pattern_L" + std::to_string(f.layer) + "H" + std::to_string(f.head);

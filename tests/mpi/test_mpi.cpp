@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -195,12 +196,27 @@ pid_t spawn(const std::string& cmd, const std::string& dir) {
   }
   return pid;
 }
+bool is_checkpoint(const fs::path& p) {
+  return p.filename().string().rfind("batch-", 0) == 0 && p.extension() == ".json";
+}
 int checkpoints(const std::string& out) {
   const std::string d = out + "/checkpoints";
   if (!fs::exists(d)) return 0;
   int n = 0;
-  for (const auto& e : fs::directory_iterator(d)) n += e.path().extension() == ".json";
+  for (const auto& e : fs::directory_iterator(d)) n += is_checkpoint(e.path());
   return n;
+}
+// Temp files of killed writes in out/ and out/checkpoints/ (sorted paths).
+std::vector<std::string> temp_files(const std::string& out) {
+  std::vector<std::string> t;
+  for (const std::string d : {out, out + "/checkpoints"}) {
+    std::error_code ec;
+    if (!fs::exists(d, ec)) continue;
+    for (const auto& e : fs::directory_iterator(d, ec))
+      if (e.path().filename().string().find(".tmp.") != std::string::npos) t.push_back(e.path().string());
+  }
+  std::sort(t.begin(), t.end());
+  return t;
 }
 // Waits until `pred` holds (true) or `seconds` pass (false).
 template <typename F>
@@ -308,7 +324,7 @@ TEST_F(Mpi, ResumeAfterKillEqualsUninterruptedRun) {
   ASSERT_LT(finished, 24) << "the run finished before it was killed; nothing was resumed";
   EXPECT_FALSE(fs::exists(out + "/results.json"));
   for (const auto& e : fs::directory_iterator(out + "/checkpoints"))  // every checkpoint is whole
-    EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+    if (is_checkpoint(e.path())) EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
 
   // Without --resume: an error that says what to do.
   Result r = sh(command(0, "run --device cpu " + args + " --out " + quote(out)), dir_);
@@ -331,6 +347,56 @@ TEST_F(Mpi, ResumeAfterKillEqualsUninterruptedRun) {
   expect_same_results(ref, got, "resumed");
   EXPECT_EQ(got["work"]["resumed_batches"], finished);
   EXPECT_EQ(checkpoints(out), 24);
+  EXPECT_TRUE(temp_files(out).empty()) << "--resume removes the temp files of a killed write";
+}
+
+// The same, but the kill lands inside the write of a checkpoint every time: the writer pauses
+// there (a test-only switch), so a half-written temp file is what the killed job leaves. A run
+// without --resume names it; --resume (at another rank count) removes it and gives the
+// uninterrupted run's results.
+TEST_F(Mpi, ResumeAfterKillInsideAWrite) {
+  const std::string args = "--pairs " + quote(many_pairs()) + " --batch 2 --hooks resid_pre,mlp_out";
+  json ref = run(0, args, "ref");
+  ASSERT_FALSE(ref.is_null());
+  const std::string out = dir_ + "/killed";
+  const std::string tag = "inwrite-" + std::to_string(::getpid());
+  pid_t pid = spawn("PHI3_TEST_TAG=" + tag + " PHI3_TEST_PAUSE_IN_WRITE=batch-000003.json " + quote(PHI3_MPIEXEC) +
+                        " " + PHI3_MPIEXEC_FLAGS + " -x PHI3_TEST_TAG -x PHI3_TEST_PAUSE_IN_WRITE -np 2 " +
+                        quote(PHI3_CLI) + " run --device cpu " + args + " --out " + quote(out),
+                    dir_);
+  std::vector<std::string> temps;
+  ASSERT_TRUE(wait_for(
+      [&] {
+        temps = temp_files(out);
+        return temps.size() == 1 && fs::file_size(temps[0]) > 0;
+      },
+      120))
+      << slurp(dir_ + "/bg_err.txt");
+  ASSERT_EQ(::kill(-pid, SIGKILL), 0);
+  for (pid_t q : pids_with_env("PHI3_TEST_TAG", tag)) ::kill(q, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(wait_for([&] { return pids_with_env("PHI3_TEST_TAG", tag).empty(); }, 30));
+  EXPECT_EQ(temp_files(out), temps) << "the half-written checkpoint stays a temp file";
+  EXPECT_FALSE(fs::exists(out + "/checkpoints/batch-000003.json"));
+  EXPECT_FALSE(fs::exists(out + "/results.json"));
+  const int finished = checkpoints(out);
+  for (const auto& e : fs::directory_iterator(out + "/checkpoints"))
+    if (is_checkpoint(e.path())) EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+
+  Result r = sh(command(0, "run --device cpu " + args + " --out " + quote(out)), dir_);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find(fs::path(temps[0]).filename().string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
+
+  r = sh(command(3, "run --device cpu " + args + " --out " + quote(out) + " --resume"), dir_);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("removed 1 temp files"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("resuming: " + std::to_string(finished) + " of 24 batches"), std::string::npos) << r.err;
+  json got = json::parse(slurp(out + "/results.json"));
+  expect_same_results(ref, got, "resumed after a kill inside a write");
+  EXPECT_EQ(checkpoints(out), 24);
+  EXPECT_TRUE(temp_files(out).empty());
 }
 
 // pids of the processes whose environment holds NAME=VALUE.

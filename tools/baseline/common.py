@@ -115,15 +115,23 @@ def load_model(model_dir, device, dtype, attn_implementation):
 
 
 class _SpTok:
-    """What make_reference.build_batches needs: prompt(text) -> ids, answer(word) -> id, pad_id."""
+    """What make_reference.build_batches needs: prompt(text) -> ids, answer(word) -> id, pad_id,
+    add_bos. BOS as the engine's default for a SentencePiece checkpoint: tokenizer_config.json's
+    add_bos_token where it says, else yes."""
 
     def __init__(self, model_dir, pad_id):
         import sentencepiece
         self.sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(model_dir, "tokenizer.model"))
         self.pad_id = pad_id
+        self.bos_id = self.sp.bos_id()
+        self.add_bos = True
+        cfg_path = os.path.join(model_dir, "tokenizer_config.json")
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                self.add_bos = bool(json.load(f).get("add_bos_token", True))
 
     def prompt(self, text):
-        return [self.sp.bos_id()] + self.sp.encode(text)
+        return ([self.bos_id] if self.add_bos else []) + self.sp.encode(text)
 
     def answer(self, word):
         return self.sp.encode(word)[0]
@@ -136,6 +144,7 @@ class _IdsTok:
         with open(results_json) as f:
             r = json.load(f)
         self.pad_id = pad_id
+        self.add_bos = bool(r.get("bos", True))  # the rows below already hold it
         self.ids, self.ans = {}, {}
         for i, p in enumerate(r["prompts"]):
             for which in ("clean", "corrupted"):
@@ -165,7 +174,9 @@ def load_batches(args, model, device):
     else:
         if not HAVE_SP:
             sys.exit("sentencepiece is not importable: pip install sentencepiece, or pass --ids-from results.json")
-        tok = _SpTok(args.model, pad_id)
+        tok = _SpTok(args.model, pad_id) if os.path.exists(os.path.join(args.model, "tokenizer.model")) \
+            else mr.BpeTok(args.model)
+        tok.pad_id = pad_id  # the config's, as the engine pads
     with open(args.pairs) as f:
         pairs = json.load(f)
     b = mr.build_batches(tok, pairs)
