@@ -9,7 +9,9 @@ namespace phi3 {
 Args::Args(int argc, char** argv, int first, const std::set<std::string>& options, const std::set<std::string>& flags) {
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
-    if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
+    if (a == "-h" && flags.count("help")) {
+      flags_set_.insert("help");
+    } else if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
       std::string name = a.substr(2), value;
       bool has_eq = false;
       if (auto eq = name.find('='); eq != std::string::npos) {

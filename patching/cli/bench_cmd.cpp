@@ -124,25 +124,7 @@ nlohmann::json roofline_beside(Backend& be, const Model& m, const PairBatch& pb,
 
 }  // namespace
 
-int cmd_bench(int argc, char** argv, int first) {
-  Args a(argc, argv, first,
-         {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch", "method",
-          "predict", "like"},
-         {"fp32", "no-naive", "compare-fp32", "help"});
-  if (a.has("help")) {
-    std::cout << "usage: phi3patch bench [--model DIR] [--pairs FILE] [--hooks resid_pre,attn_out,mlp_out]\n"
-                 "                       [--device auto|cpu|cuda] [--fp32] [--repeat N] [--no-naive]\n"
-                 "                       [--naive-hooks LIST] [--mem-budget MB] [--json FILE]\n"
-                 "                       [--compare-fp32]  (bf16 on CUDA: also sweep with fp32 weights and\n"
-                 "                                          report the largest difference)\n"
-                 "under mpirun -np N: the experiment on rank 0 alone, then on all N ranks, with the\n"
-                 "speed-up, parallel efficiency and per-rank work ([--batch N] pairs per batch,\n"
-                 "[--method attribution|activation|both])\n"
-                 "       phi3patch bench --predict h100|h200 [--like phi-3-mini|phi-3-medium|phi-4-mini | --model DIR]\n"
-                 "                       [--pairs FILE] [--hooks LIST] [--fp32] [--json FILE]\n"
-                 "                       (the roofline's prediction per phase: no weights, no GPU)\n";
-    return 0;
-  }
+int cmd_bench(const Args& a) {
   if (a.has("predict")) return cmd_bench_predict(a);
   if (Comm::world().distributed()) return cmd_bench_scaling(a, Comm::world());
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));

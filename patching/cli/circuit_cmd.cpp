@@ -14,58 +14,8 @@
 
 namespace phi3 {
 
-namespace {
-const char* kCircuitUsage = R"(phi3patch circuit - circuit discovery: edge attribution (EAP, EAP-IG) and exact faithfulness
 
-usage: phi3patch circuit [OPTIONS]
-
-The graph: upstream nodes are the input embedding, every attention head's output and every
-MLP's output; downstream nodes are every head's q input, every KV head's k and v inputs, every
-MLP's input and the logits; an edge joins each upstream node to every downstream node that reads
-the residual stream after it (heads feed their own layer's MLP). Each circuit is evaluated
-exactly: a forward on the clean prompts in which every edge outside the circuit carries the
-corrupted run's value; faithfulness = (m(circuit) - m(empty)) / (m(full) - m(empty)).
-Under mpirun the grid's circuits are divided across the ranks.
-
-  --model DIR        Phi3ForCausalLM checkpoint [data/models/tiny-temporal-phi3]
-  --device D         auto | cpu | cuda [auto]
-  --fp32             on CUDA, keep weights in fp32 (bf16 otherwise)
-  --pairs FILE       clean/corrupted pairs (as for run) [data/temporal_scope_for_attribution_patching.json]
-  --method M         eap | eap-ig [eap-ig]
-  --ig-steps N       EAP-IG: inputs interpolated between the corrupted and clean embeddings [5]
-  --direction D      denoise (gradient on the corrupted run, clean - corrupted) | noise [denoise]
-  --edge-grid LIST   comma-separated numbers of top edges whose circuits are evaluated exactly
-                     [1, 2, 5, 10, ... and all edges]
-  --select S         top-k (the K edges of largest |score|) | greedy (from the logits, the
-                     edge of largest |score| into a node already in the circuit, as the EAP-IG
-                     paper does); either is then pruned to the part connected from the input
-                     to the logits [top-k]
-  --edges K          the circuit to report (K edges chosen, pruned) [the smallest grid circuit
-                     with faithfulness >= --target]
-  --target F         faithfulness the default circuit must reach [0.8]
-  --mem-budget MB    work buffers of one batched circuit forward (0 = a quarter of free
-                     device memory) [0]
-  --batch N          pairs per batch for large pair files (every batch padded to the file's
-                     longest prompt; scores and circuit metrics are over all prompts, equal to
-                     one batch's) [all pairs in one batch]
-  --out DIR          output directory [out-circuit]: edges.csv, circuit.json, faithfulness.svg,
-                     circuit.svg, report.html
-  --force            overwrite a circuit.json already in --out
-  --no-bos           do not prepend BOS (by default: where the tokenizer asks for one)
-  --bos              prepend the tokenizer's BOS token even where it asks for none
-  --answer-first-token  an answer of more than one token uses its first piece
-)";
-}  // namespace
-
-int cmd_circuit(int argc, char** argv, int first) {
-  Args a(argc, argv, first,
-         {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out",
-          "select", "mem-budget", "batch"},
-         {"fp32", "force", "no-bos", "bos", "help", "answer-first-token"});
-  if (a.has("help")) {
-    std::cout << kCircuitUsage;
-    return 0;
-  }
+int cmd_circuit(const Args& a) {
   if (!a.positional().empty()) throw Error("unexpected argument '" + a.positional()[0] + "'");
   CircuitOptions opt;
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));

@@ -5,13 +5,14 @@
 #include <nlohmann/json.hpp>
 
 namespace phi3 {
-int cmd_verify(int argc, char** argv, int first);       // verify_cmd.cpp
-int cmd_circuit(int argc, char** argv, int first);      // circuit_cmd.cpp
-int cmd_bench(int argc, char** argv, int first);        // bench_cmd.cpp
 class Args;
+// Each gets its arguments parsed against its command_specs.cpp entry (--help handled there).
+int cmd_verify(const Args& a);                          // verify_cmd.cpp
+int cmd_circuit(const Args& a);                         // circuit_cmd.cpp
+int cmd_bench(const Args& a);                           // bench_cmd.cpp
 class Comm;
 int cmd_bench_scaling(const Args& a, Comm& comm);       // bench_scaling_cmd.cpp (under mpirun)
-int cmd_make_random(int argc, char** argv, int first);  // make_random_cmd.cpp
+int cmd_make_random(const Args& a);                     // make_random_cmd.cpp
 // config.json of a real model shape: phi-3-mini, phi-3-medium, phi-4-mini or tiny (make_random_cmd.cpp)
 nlohmann::json config_like(const std::string& like, int layers_override = 0);
 int cmd_bench_predict(const Args& a);                   // bench_predict_cmd.cpp (bench --predict)

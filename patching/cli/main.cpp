@@ -6,12 +6,14 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <thread>
 
 #include "model/forward.h"
 #include "patching/accuracy.h"
 #include "patching/cli/args.h"
+#include "patching/cli/command_specs.h"
 #include "patching/cli/commands.h"
 #include "patching/checkpoint.h"
 #include "patching/experiment.h"
@@ -49,72 +51,6 @@ bool bos_option(const Args& a, const Tokenizer& tok) {
 
 namespace {
 
-const char* kUsage = R"(phi3patch - activation and attribution patching for Phi-3 (Phi3ForCausalLM) models
-
-usage: phi3patch [COMMAND] [OPTIONS]
-
-commands:
-  run        (default) attribution + exact activation patching on clean/corrupted pairs;
-             writes results.json, CSVs, SVG heatmaps and report.html into --out
-  forward    print the seed-style summary (padded prompts, answer ids, top-3 tokens,
-             clean and corrupted logit differences) for a pairs file
-  tokenize   print token ids, pieces and decoded text of the given texts (BOS prepended
-             where the tokenizer asks for one)
-  circuit    circuit discovery: EAP / EAP-IG edge scores and exact faithfulness of the
-             top-k circuits (see `phi3patch circuit --help`)
-  verify     compare logits, activations, gradients and patching results with a
-             reference dump made by tools/make_reference.py (--reference DIR)
-  accuracy   accuracy on the temporal dataset (--dataset FILE --split train|heldout|all)
-  bench      time forward, attribution and the exact sweeps (see `phi3patch bench --help`)
-  make-random  write a checkpoint with real Phi-3 shapes and seeded random weights
-
-common options:
-  --model DIR       Phi3ForCausalLM checkpoint directory (config.json, *.safetensors, and
-                    tokenizer.model (Phi-3) or tokenizer.json (Phi-4, Phi-4-mini))
-                    [data/models/tiny-temporal-phi3]
-  --device D        auto | cpu | cuda [auto]
-  --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
-
-run options:
-  --pairs FILE      pairs file [data/temporal_scope_for_attribution_patching.json]: a JSON list
-                    of {"clean": {"question", "answer"}, "corrupted": {...}}, or pre-tokenized
-                    {"clean": {"ids": [...], "answer_id": N}, ...} (ids without BOS)
-  --hooks LIST      comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out,
-                    z (per head and position), z_all_pos (per head), q, k, v (attention
-                    inputs before rotary, per head and position; k and v per KV head),
-                    q_all_pos, k_all_pos, v_all_pos (per head), pattern (attention
-                    probabilities of one head and query position; the head's output is
-                    recomputed from the patched row), pattern_all_pos (every query row of a
-                    head), mlp_post (one MLP neuron at one position: L*T*F nodes; for
-                    large models use --method atp-star --verify-top K)
-                    [resid_pre,attn_out,mlp_out]
-  --method M        comma-separated: attribution (AtP), atp-star (AtP*: QK fix + GradDrop,
-                    L more backward passes, unsigned), activation (exact, every node);
-                    both = attribution,activation; all = all three [both]
-  --verify-top K    with atp-star or attribution (and not activation): patch exactly the K
-                    nodes of all hooks with the largest |AtP*| (|AtP| without atp-star);
-                    verified.csv lists them with both values
-  --direction D     denoise (clean values into the corrupted run) | noise [denoise]
-  --batch N         pairs per batch for large pair files (0 = one batch) [0]
-  --naive           activation patching with one full forward per patch (verification)
-  --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory) [0]
-  --out DIR         output directory [out]
-  --force           overwrite results already in --out (and drop its checkpoints)
-  --resume          continue an interrupted run in --out: finished batches are read from
-                    --out/checkpoints/ (written after every batch) and not recomputed
-
-distributed (MPI): mpirun -np N phi3patch run ... (or srun) gives the same results as one
-process; batches are dealt to ranks, and a batch's patches are split across ranks by cost.
-With --device cuda each rank takes GPU local_rank % device_count. Only rank 0 writes --out.
-  --no-bos          do not prepend BOS (by default prompts start with BOS where the tokenizer
-                    asks: tokenizer_config.json's add_bos_token, else SentencePiece yes and
-                    byte-level BPE only with a BOS template; recorded in results.json)
-  --bos             prepend the tokenizer's BOS token even where it asks for none (as
-                    TransformerLens does: <|endoftext|> for Phi-4 and Phi-4-mini)
-  --answer-first-token  an answer of more than one token uses its first piece (run, forward,
-                    circuit; the answers cut are listed in results.json) instead of an error
-)";
-
 // --method: a comma-separated list of attribution, atp-star, activation (or both, all).
 void parse_methods(const std::string& list, ExperimentOptions& opt) {
   opt.attribution = opt.activation = opt.atp_star = false;
@@ -136,14 +72,7 @@ void parse_methods(const std::string& list, ExperimentOptions& opt) {
   if (!any) throw Error("--method: no method given");
 }
 
-int cmd_run(int argc, char** argv, int first) {
-  Args a(argc, argv, first,
-         {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top"},
-         {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token"});
-  if (a.has("help")) {
-    std::cout << kUsage;
-    return 0;
-  }
+int cmd_run(const Args& a) {
   if (!a.positional().empty()) throw Error("unexpected argument '" + a.positional()[0] + "'");
   ExperimentOptions opt;
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
@@ -250,8 +179,7 @@ int cmd_run(int argc, char** argv, int first) {
   return 0;
 }
 
-int cmd_forward(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token"});
+int cmd_forward(const Args& a) {
   check_bos_flags(a);
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const auto t_load = std::chrono::steady_clock::now();
@@ -274,8 +202,7 @@ int cmd_forward(int argc, char** argv, int first) {
   return 0;
 }
 
-int cmd_tokenize(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model"}, {"no-bos", "bos"});
+int cmd_tokenize(const Args& a) {
   Tokenizer tok = Tokenizer::load_dir(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   if (a.positional().empty()) throw Error("tokenize: give at least one text");
   const bool bos = bos_option(a, tok);
@@ -290,8 +217,7 @@ int cmd_tokenize(int argc, char** argv, int first) {
   return 0;
 }
 
-int cmd_accuracy(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"model", "device", "dataset", "split"}, {"fp32"});
+int cmd_accuracy(const Args& a) {
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
   const std::string split = a.get("split", "heldout");
@@ -307,19 +233,20 @@ bool has_flag(int argc, char** argv, const std::string& flag) {
 }
 
 int run_command(const std::string& cmd, int argc, char** argv, int first) {
-  if (cmd == "-h" || cmd == "help" || (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h"))) {
-    std::cout << kUsage;
+  static const std::map<std::string, int (*)(const Args&)> impl = {
+      {"run", cmd_run},         {"forward", cmd_forward}, {"tokenize", cmd_tokenize}, {"accuracy", cmd_accuracy},
+      {"verify", cmd_verify},   {"circuit", cmd_circuit}, {"bench", cmd_bench},       {"make-random", cmd_make_random}};
+  if (cmd == "help") {  // phi3patch help [COMMAND]
+    std::cout << command_spec(first < argc ? argv[first] : "run").usage;
     return 0;
   }
-  if (cmd == "run") return cmd_run(argc, argv, first);
-  if (cmd == "forward") return cmd_forward(argc, argv, first);
-  if (cmd == "tokenize") return cmd_tokenize(argc, argv, first);
-  if (cmd == "accuracy") return cmd_accuracy(argc, argv, first);
-  if (cmd == "verify") return cmd_verify(argc, argv, first);
-  if (cmd == "circuit") return cmd_circuit(argc, argv, first);
-  if (cmd == "bench") return cmd_bench(argc, argv, first);
-  if (cmd == "make-random") return cmd_make_random(argc, argv, first);
-  throw Error("unknown command '" + cmd + "' (commands: run, circuit, forward, tokenize, verify, accuracy, bench, make-random)");
+  const CommandSpec& spec = command_spec(cmd);
+  const Args a(argc, argv, first, spec.options, spec.flags);
+  if (a.has("help")) {
+    std::cout << spec.usage;
+    return 0;
+  }
+  return impl.at(spec.name)(a);
 }
 }  // namespace
 }  // namespace phi3

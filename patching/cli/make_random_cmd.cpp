@@ -86,8 +86,7 @@ std::vector<float> random_values(int64_t n, uint64_t seed, float std, bool is_no
 
 }  // namespace
 
-int cmd_make_random(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"like", "out", "seed", "layers", "dtype", "shard-mb"}, {"force"});
+int cmd_make_random(const Args& a) {
   const std::string out = a.get("out", "");
   if (out.empty()) throw Error("make-random: --out DIR is required");
   if (file_exists(path_join(out, "config.json")) && !a.has("force"))

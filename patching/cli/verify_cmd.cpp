@@ -9,8 +9,7 @@
 
 namespace phi3 {
 
-int cmd_verify(int argc, char** argv, int first) {
-  Args a(argc, argv, first, {"reference", "device"}, {"fp32", "naive", "no-patching", "verbose"});
+int cmd_verify(const Args& a) {
   if (!a.has("reference")) throw Error("verify: --reference DIR is required (e.g. data/reference/tiny-temporal)");
   auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   VerifyOptions opt;
