@@ -41,12 +41,14 @@ struct GemmIn {
   GemmIn(const GemmOut& o) : f32(o.f32), bf16(o.bf16) {}  // NOLINT
 };
 
-// A weight matrix as stored on the device: [rows, cols] row-major (HF [out, in]).
+// A weight matrix as stored on the device: [rows, cols] row-major (HF [out, in]), with an
+// optional bias [rows] (fp32) that linear_forward adds to every output row.
 struct Weight {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
+  const float* bias = nullptr;
 };
 
 // Rotary embedding (HF rotate_half / NeoX): the first rot_dim dims of every head rotate,

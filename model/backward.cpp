@@ -146,7 +146,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     lg.q_rot = DeviceArray<float>(be, size_t(N) * QW);
     lg.k_rot = DeviceArray<float>(be, size_t(N) * KVW);
     AttnBackwardParams bp;
-    bp.fwd = plain_attention_params(m, s, a, dsegs.get());
+    bp.fwd = plain_attention_params(m, s, a, l, dsegs.get());
     bp.dz = lg.z.get();
     bp.dq = lg.q_rot.get();
     bp.dk = lg.k_rot.get();

@@ -54,7 +54,7 @@ int rope_table_positions(const Batch& batch) {
   return mx + 1;
 }
 
-AttnParams attention_params(const Model& m, int T) {
+AttnParams attention_params(const Model& m, int T, int layer) {
   const ModelConfig& c = m.cfg;
   AttnParams ap;
   ap.q_stride = m.q_width();
@@ -65,13 +65,14 @@ AttnParams attention_params(const Model& m, int T) {
   ap.H = c.num_attention_heads;
   ap.KVH = c.num_key_value_heads;
   ap.HD = c.head_dim;
-  ap.window = c.sliding_window;
+  ap.window = c.window(layer);
   ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   return ap;
 }
 
-AttnParams plain_attention_params(const Model& m, const ForwardState& s, const LayerActs& a, const AttnSegment* segs) {
-  AttnParams ap = attention_params(m, s.T);
+AttnParams plain_attention_params(const Model& m, const ForwardState& s, const LayerActs& a, int layer,
+                                  const AttnSegment* segs) {
+  AttnParams ap = attention_params(m, s.T, layer);
   ap.q = a.q_rot.get();
   ap.k = a.k_rot.get();
   ap.v = a.v.get();
@@ -329,7 +330,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     be.rotary_qkv_forward(a.q_rot.get(), a.k_rot.get(), a.v.get(), a.qkv.get(), s.pos.get(), N, H, KVH, HD, s.rope);
 
     if (a.pattern.size()) be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
-    AttnParams ap = plain_attention_params(m, s, a, dsegs.get());
+    AttnParams ap = plain_attention_params(m, s, a, l, dsegs.get());
     ap.z16 = a.z16.get();
     DeviceArray<float> own_pattern;  // a patched pattern when the pass keeps none
     if (patched_at(Hook::Pattern, l) && !a.pattern.size()) {

@@ -101,9 +101,10 @@ struct ForwardOptions {
 
 // Attention parameters with the model's dimensions, mask rules and the unpacked row strides
 // (q/z rows H*HD wide, k/v rows KVH*HD wide); callers set pointers and segments.
-AttnParams attention_params(const Model& m, int T);
+AttnParams attention_params(const Model& m, int T, int layer);  // layer: its sliding window
 // The plain pass of layer `a` over the batch (one segment per row, pattern as kept).
-AttnParams plain_attention_params(const Model& m, const ForwardState& s, const LayerActs& a, const AttnSegment* segs);
+AttnParams plain_attention_params(const Model& m, const ForwardState& s, const LayerActs& a, int layer,
+                                  const AttnSegment* segs);
 
 // Rotary parameters for a batch whose longest row has `seq_len` tokens.
 std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "kernels/cpu/parallel.h"
+#include "model/arch/architecture.h"
 #include "runtime/error.h"
 #include "runtime/safetensors.h"
 
@@ -37,21 +38,74 @@ std::vector<uint8_t> encode(const std::vector<float>& values, DType dt) {
   }
   return out;
 }
+// Why a tensor may be unexpected: another family's layout, or a bias the config turns off.
+std::string unexpected_hint(const std::string& name, const ModelConfig& c) {
+  auto ends = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends(".bias"))
+    return "; its config.json turns this bias off (attention_bias / mlp_bias false, or a family without it)";
+  for (const auto& a : architectures())
+    for (const auto* parts : {&a.qkv_parts, &a.gate_up_parts})
+      for (const auto& part : *parts)
+        if (a.model_type != c.family && ends(part + ".weight") &&
+            architecture_named(c.family).qkv_parts != a.qkv_parts)
+          return "; it is laid out as a " + a.hf_class + " checkpoint";
+  return "";
+}
+
+// When a checkpoint is laid out as another family (its layer-0 projections), says which.
+std::string other_layout_hint(const SafeTensors& st, const ModelConfig& c) {
+  const Architecture& mine = architecture_named(c.family);
+  for (const auto& a : architectures()) {
+    if (a.qkv_parts == mine.qkv_parts) continue;
+    const std::string name = "model.layers.0." + a.qkv_parts.front() + ".weight";
+    if (st.has(name)) return "; the checkpoint has '" + name + "', the layout of " + a.hf_class;
+  }
+  return "";
+}
+
 }  // namespace
 
-std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
-  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+LayerPlan layer_plan(const ModelConfig& c, int l) {
+  const Architecture& arch = architecture_named(c.family);
+  const int64_t D = c.hidden_size, F = c.intermediate_size;
   const int64_t HD = c.head_dim, H = c.num_attention_heads, KVH = c.num_key_value_heads;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  LayerPlan lp;
+  lp.ln1 = {p + "input_layernorm.weight", {D}};
+  lp.ln2 = {p + "post_attention_layernorm.weight", {D}};
+  // q|k|v rows: one fused tensor, or q, k and v (each with its bias when the config says).
+  const std::vector<int64_t> qkv_rows = arch.qkv_parts.size() == 1 ? std::vector<int64_t>{(H + 2 * KVH) * HD}
+                                                                   : std::vector<int64_t>{H * HD, KVH * HD, KVH * HD};
+  for (size_t i = 0; i < arch.qkv_parts.size(); ++i) {
+    lp.qkv.push_back({p + arch.qkv_parts[i] + ".weight", {qkv_rows[i], D}});
+    if (c.qkv_bias) lp.qkv_bias.push_back({p + arch.qkv_parts[i] + ".bias", {qkv_rows[i]}});
+  }
+  lp.o = {{p + "self_attn.o_proj.weight", {D, H * HD}}};
+  if (c.o_bias) lp.o_bias = {{p + "self_attn.o_proj.bias", {D}}};
+  const int64_t gu_rows = arch.gate_up_parts.size() == 1 ? 2 * F : F;
+  for (const auto& part : arch.gate_up_parts) {
+    lp.gate_up.push_back({p + part + ".weight", {gu_rows, D}});
+    if (c.mlp_bias) lp.gate_up_bias.push_back({p + part + ".bias", {gu_rows}});
+  }
+  lp.down = {{p + "mlp.down_proj.weight", {D, F}}};
+  if (c.mlp_bias) lp.down_bias = {{p + "mlp.down_proj.bias", {D}}};
+  return lp;
+}
+
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
+  const int64_t D = c.hidden_size, V = c.vocab_size;
   std::vector<ExpectedTensor> t;
   t.push_back({"model.embed_tokens.weight", {V, D}});
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    std::string p = "model.layers." + std::to_string(l) + ".";
-    t.push_back({p + "input_layernorm.weight", {D}});
-    t.push_back({p + "self_attn.qkv_proj.weight", {(H + 2 * KVH) * HD, D}});
-    t.push_back({p + "self_attn.o_proj.weight", {D, H * HD}});
-    t.push_back({p + "post_attention_layernorm.weight", {D}});
-    t.push_back({p + "mlp.gate_up_proj.weight", {2 * F, D}});
-    t.push_back({p + "mlp.down_proj.weight", {D, F}});
+    const LayerPlan lp = layer_plan(c, l);
+    t.push_back(lp.ln1);
+    for (const auto* group : {&lp.qkv, &lp.qkv_bias, &lp.o, &lp.o_bias})
+      t.insert(t.end(), group->begin(), group->end());
+    t.push_back(lp.ln2);
+    for (const auto* group : {&lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias})
+      t.insert(t.end(), group->begin(), group->end());
   }
   t.push_back({"model.norm.weight", {D}});
   if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {V, D}});
@@ -119,33 +173,48 @@ struct WeightLoader {
       std::vector<uint8_t> v = get(name, t);
       return v.empty() ? w.reserve(be, size_t(n) * dtype_size(t)) : w.keep(be, v);
     };
-    auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
+    // One device tensor from checkpoint tensors whose rows are concatenated in order (the
+    // fused q|k|v and gate|up layouts); vectors (norms, biases) are fp32.
+    auto fused = [&](const std::vector<ExpectedTensor>& parts, DType t) -> const void* {
+      int64_t n = 0;
+      for (const auto& e : parts) {
+        int64_t k = 1;
+        for (int64_t d : e.shape) k *= d;
+        n += k;
+      }
+      std::vector<uint8_t> all;
+      for (const auto& e : parts) {
+        std::vector<uint8_t> v = get(e.name, t);
+        if (v.empty()) return w.reserve(be, size_t(n) * dtype_size(t));
+        all.insert(all.end(), v.begin(), v.end());
+      }
+      return w.keep(be, all);
+    };
+    auto matrix = [&](const std::vector<ExpectedTensor>& parts, const std::vector<ExpectedTensor>& bias) {
       Weight m;
-      m.data = place(name, dt, rows * cols);
       m.dtype = dt;
-      m.rows = rows;
-      m.cols = cols;
+      m.cols = parts.front().shape[1];
+      for (const auto& e : parts) m.rows += e.shape[0];
+      m.data = fused(parts, dt);
+      if (!bias.empty()) m.bias = static_cast<const float*>(fused(bias, DType::F32));
       return m;
     };
-    auto vec = [&](const std::string& name) {
-      return static_cast<const float*>(place(name, DType::F32, c.hidden_size));
-    };
-    const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-    const int64_t HD = c.head_dim, H = c.num_attention_heads, KVH = c.num_key_value_heads;
-    w.embed = matrix("model.embed_tokens.weight", V, D);
+    auto vec = [&](const ExpectedTensor& e) { return static_cast<const float*>(fused({e}, DType::F32)); };
+    const int64_t D = c.hidden_size, V = c.vocab_size;
+    w.embed = matrix({{"model.embed_tokens.weight", {V, D}}}, {});
     for (int l = 0; l < c.num_hidden_layers; ++l) {
-      std::string p = "model.layers." + std::to_string(l) + ".";
+      const LayerPlan p = layer_plan(c, l);
       LayerWeights lw;
-      lw.ln1 = vec(p + "input_layernorm.weight");
-      lw.qkv = matrix(p + "self_attn.qkv_proj.weight", (H + 2 * KVH) * HD, D);
-      lw.o = matrix(p + "self_attn.o_proj.weight", D, H * HD);
-      lw.ln2 = vec(p + "post_attention_layernorm.weight");
-      lw.gate_up = matrix(p + "mlp.gate_up_proj.weight", 2 * F, D);
-      lw.down = matrix(p + "mlp.down_proj.weight", D, F);
+      lw.ln1 = vec(p.ln1);
+      lw.qkv = matrix(p.qkv, p.qkv_bias);
+      lw.o = matrix(p.o, p.o_bias);
+      lw.ln2 = vec(p.ln2);
+      lw.gate_up = matrix(p.gate_up, p.gate_up_bias);
+      lw.down = matrix(p.down, p.down_bias);
       w.layers.push_back(lw);
     }
-    w.final_norm = vec("model.norm.weight");
-    w.lm_head = c.tie_word_embeddings ? w.embed : matrix("lm_head.weight", V, D);
+    w.final_norm = vec({"model.norm.weight", {D}});
+    w.lm_head = c.tie_word_embeddings ? w.embed : matrix({{"lm_head.weight", {V, D}}}, {});
     return w;
   }
 };
@@ -157,7 +226,8 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
   for (const auto& e : expected) {
     wanted.insert(e.name);
     if (!st.has(e.name))
-      throw Error(model_dir + ": tensor '" + e.name + "' is missing from the checkpoint");
+      throw Error(model_dir + ": tensor '" + e.name + "' is missing from the checkpoint (" + cfg.architecture +
+                  " with this config.json has it" + other_layout_hint(st, cfg) + ")");
     const TensorInfo& info = st.get(e.name);
     if (info.dtype != DType::F32 && info.dtype != DType::BF16 && info.dtype != DType::F16)
       throw Error(info.file + ": tensor '" + e.name + "' has dtype " + dtype_name(info.dtype) +
@@ -172,8 +242,8 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
     if (name == "lm_head.weight" && cfg.tie_word_embeddings) continue;
     if (name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0) continue;
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
-    throw Error(st.get(name).file + ": unexpected tensor '" + name +
-                "' (not part of a Phi3ForCausalLM with this config.json)");
+    throw Error(st.get(name).file + ": unexpected tensor '" + name + "' (not part of a " + cfg.architecture +
+                " with this config.json" + unexpected_hint(name, cfg) + ")");
   }
   // Say up front when the weights cannot fit, with the sizes, instead of failing part-way.
   size_t need = 0;
@@ -204,7 +274,9 @@ ModelWeights ModelWeights::random(Backend& be, const ModelConfig& cfg, uint32_t 
     int64_t n = 1;
     for (auto d : s) n *= d;
     std::vector<float> v(n);
-    if (s.size() == 1) {
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      for (auto& x : v) x = dist(rng);
+    } else if (s.size() == 1) {
       for (auto& x : v) x = 1.0f + 0.1f * dist(rng) / std;  // norm weights near 1
     } else {
       for (auto& x : v) x = dist(rng);

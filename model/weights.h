@@ -10,12 +10,15 @@
 
 namespace phi3 {
 
+// One layer on the device, in the fused layout whatever the checkpoint's (model/arch/):
+// separate q/k/v and gate/up tensors are concatenated by rows at load; biases ride on their
+// Weight (Weight::bias) where the config has them.
 struct LayerWeights {
   const float* ln1 = nullptr;  // input_layernorm.weight [D]
   const float* ln2 = nullptr;  // post_attention_layernorm.weight [D]
-  Weight qkv;      // self_attn.qkv_proj.weight [(H+2KVH)*HD, D]
+  Weight qkv;      // q|k|v rows [(H+2KVH)*HD, D] (qkv_proj, or q_proj, k_proj, v_proj)
   Weight o;        // self_attn.o_proj.weight [D, H*HD]
-  Weight gate_up;  // mlp.gate_up_proj.weight [2F, D]
+  Weight gate_up;  // gate|up rows [2F, D] (gate_up_proj, or gate_proj, up_proj)
   Weight down;     // mlp.down_proj.weight [D, F]
 };
 
@@ -42,11 +45,17 @@ class ModelWeights {
   friend struct WeightLoader;
 };
 
-// The expected tensor names and shapes of a Phi3ForCausalLM checkpoint for `cfg`.
+// The expected tensor names and shapes of a checkpoint of cfg's family for `cfg`.
 struct ExpectedTensor {
   std::string name;
   std::vector<int64_t> shape;
 };
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg);
+// One layer's checkpoint tensors, grouped by the device tensor they form (rows in order).
+struct LayerPlan {
+  ExpectedTensor ln1, ln2;
+  std::vector<ExpectedTensor> qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
+};
+LayerPlan layer_plan(const ModelConfig& cfg, int layer);
 
 }  // namespace phi3

@@ -122,7 +122,7 @@ std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, c
     p.H = H;
     p.KVH = KVH;
     p.HD = HD;
-    p.window = c.sliding_window;
+    p.window = c.window(l);
     p.scale = 1.0f / std::sqrt(static_cast<float>(HD));
     be.attn_qk_fix(p);
     if (hook == Hook::KAllPos) {

@@ -14,6 +14,7 @@ Weight row_slice(const Weight& W, int64_t r0, int64_t n) {
   Weight s = W;
   s.data = static_cast<const uint8_t*>(W.data) + size_t(r0) * W.cols * dtype_size(W.dtype);
   s.rows = n;
+  s.bias = W.bias ? W.bias + r0 : nullptr;
   return s;
 }
 
@@ -256,7 +257,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
         be.copy_rows(qkv.get() + size_t(i) * HD, QKVW, nullptr, y.get(), HD, nullptr, Rn, HD);
       }
       be.rotary_qkv_forward(q.get(), k.get(), v.get(), qkv.get(), dpos.get(), Rn, H, KVH, HD, clean.rope);
-      AttnParams ap = attention_params(m, T);
+      AttnParams ap = attention_params(m, T, l);
       ap.q = q.get();
       ap.k = k.get();
       ap.v = v.get();

@@ -148,7 +148,7 @@ class FastSweep {
       be_.linear_forward(qkv_.get(), ln_, w.qkv, Rl, false);
       be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_row_pos.get(), Rl, H_, KVH_, HD_, base_.rope);
 
-      AttnParams ap = packed_attention(bl, nullptr, active * B_);
+      AttnParams ap = packed_attention(l, bl, nullptr, active * B_);
 
       if (l < L_ - 1) {
         ap.segs = d_segs.get();
@@ -211,8 +211,8 @@ class FastSweep {
  private:
   // Attention over the chunk's packed q/k/v rows (z into its z buffers), keys and values of
   // positions before each segment's fresh_start from the base run's cache of layer `bl`.
-  AttnParams packed_attention(const LayerActs& bl, const AttnSegment* segs, int n_segs) const {
-    AttnParams ap = attention_params(m_, T_);
+  AttnParams packed_attention(int l, const LayerActs& bl, const AttnSegment* segs, int n_segs) const {
+    AttnParams ap = attention_params(m_, T_, l);
     ap.q = q_.get();
     ap.k = k_.get();
     ap.v = v_.get();
@@ -352,7 +352,7 @@ class FastSweep {
     copy_head_slices(qkv_.get() + col0, src_.layers[lt].qkv.get() + col0, QKVW_, by_head);
     be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_pos.get(), static_cast<int>(n), H_, KVH_, HD_,
                            base_.rope);
-    be_.attention_forward(packed_attention(bl, d_segs.get(), static_cast<int>(segs.size())));
+    be_.attention_forward(packed_attention(lt, bl, d_segs.get(), static_cast<int>(segs.size())));
     if (!final) {  // resid_mid, then resid_post, straight into the runs' state rows
       float* post = dst_buf + row0 * D_;
       be_.copy_rows(post, D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), static_cast<int>(n), D_);

@@ -346,8 +346,9 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
       }
     // d metric / d pattern, as the backward keeps it (BackwardOptions::keep_dpattern): on the
     // keys each real query sees (elsewhere the engine leaves 0; HF's is dz . v there too).
-    const int H = c.num_attention_heads, window = c.sliding_window;
+    const int H = c.num_attention_heads;
     for (int l = 0; l < L; ++l) {
+      const int window = c.window(l);
       const std::string name = "grad.blocks." + std::to_string(l) + ".attn.hook_pattern";
       if (!ref.has(name)) continue;
       std::vector<float> ours = g.dpattern.at(l).download(), theirs = ref.to_f32(name);

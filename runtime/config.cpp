@@ -7,6 +7,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "model/arch/architecture.h"
+#include "runtime/config_fields.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/json_util.h"
@@ -14,92 +16,6 @@
 namespace phi3 {
 
 using json = nlohmann::json;
-
-namespace {
-
-std::string describe(const json& v) {
-  if (v.is_number_float()) return "non-integer number " + v.dump();
-  if (v.is_number()) return "number " + v.dump();
-  return v.type_name();
-}
-
-// Typed field access that names the source and the field in every error.
-class Fields {
- public:
-  Fields(const json& obj, std::string source, std::string prefix)
-      : obj_(obj), source_(std::move(source)), prefix_(std::move(prefix)) {}
-
-  [[noreturn]] void fail(const std::string& field, const std::string& msg) const {
-    throw Error(source_ + ": field '" + prefix_ + field + "': " + msg);
-  }
-  bool present(const std::string& field) const { return obj_.contains(field) && !obj_[field].is_null(); }
-  const json& at(const std::string& field) const { return obj_[field]; }
-
-  int64_t integer(const std::string& field) const {
-    const json& v = obj_[field];
-    if (!(v.is_number_integer() || v.is_number_unsigned()))
-      fail(field, "expected an integer, got " + describe(v));
-    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int>::max()))
-      fail(field, "value " + v.dump() + " is too large");
-    int64_t x = v.get<int64_t>();
-    if (x < std::numeric_limits<int>::min() || x > std::numeric_limits<int>::max())
-      fail(field, "value " + v.dump() + " is out of range");
-    return x;
-  }
-  int positive_int(const std::string& field) const {
-    int64_t x = integer(field);
-    if (x <= 0) fail(field, "must be positive, got " + std::to_string(x));
-    return static_cast<int>(x);
-  }
-  int required_positive_int(const std::string& field) const {
-    if (!obj_.contains(field)) fail(field, "missing (required)");
-    if (obj_[field].is_null()) fail(field, "expected an integer, got null");
-    return positive_int(field);
-  }
-  double number(const std::string& field) const {
-    const json& v = obj_[field];
-    if (!v.is_number()) fail(field, "expected a number, got " + describe(v));
-    double x = v.get<double>();
-    if (!std::isfinite(x)) fail(field, "must be finite");
-    return x;
-  }
-  double positive_number(const std::string& field) const {
-    double x = number(field);
-    if (!(x > 0)) fail(field, "must be positive, got " + obj_[field].dump());
-    return x;
-  }
-  bool boolean(const std::string& field) const {
-    const json& v = obj_[field];
-    if (!v.is_boolean()) fail(field, "expected true or false, got " + describe(v));
-    return v.get<bool>();
-  }
-  std::string string(const std::string& field) const {
-    const json& v = obj_[field];
-    if (!v.is_string()) fail(field, "expected a string, got " + describe(v));
-    return v.get<std::string>();
-  }
-  std::vector<float> number_list(const std::string& field) const {
-    const json& v = obj_[field];
-    if (!v.is_array()) fail(field, "expected a list of numbers, got " + describe(v));
-    std::vector<float> out;
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (!v[i].is_number())
-        fail(field, "expected a list of numbers, entry " + std::to_string(i) + " is " + describe(v[i]));
-      double x = v[i].get<double>();
-      if (!std::isfinite(x) || !(x > 0))
-        fail(field, "entry " + std::to_string(i) + " must be a positive finite number, got " + v[i].dump());
-      out.push_back(static_cast<float>(x));  // torch.tensor(list, dtype=float32)
-    }
-    return out;
-  }
-
- private:
-  const json& obj_;
-  std::string source_;
-  std::string prefix_;
-};
-
-}  // namespace
 
 ModelConfig parse_config_json(const std::string& text, const std::string& source) {
   json j;
@@ -109,26 +25,13 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
     throw Error(source + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + std::string(j.type_name()));
-  Fields f(j, source, "");
+  ConfigFields f(j, source, "");
   ModelConfig c;
 
-  // ---- architecture
-  if (f.present("architectures")) {
-    const json& a = f.at("architectures");
-    if (!a.is_array()) f.fail("architectures", "expected a list of strings, got " + describe(a));
-    bool found = false;
-    for (const json& s : a) {
-      if (!s.is_string()) f.fail("architectures", "expected a list of strings, got an entry " + describe(s));
-      if (s.get<std::string>() == "Phi3ForCausalLM") found = true;
-    }
-    if (!found) f.fail("architectures", "must contain 'Phi3ForCausalLM', got " + json_brief(a));
-    if (f.present("model_type") && f.string("model_type") != "phi3")
-      f.fail("model_type", "expected 'phi3' for Phi3ForCausalLM, got '" + f.string("model_type") + "'");
-  } else {
-    if (!f.present("model_type")) f.fail("architectures", "missing, and no model_type 'phi3' either");
-    std::string mt = f.string("model_type");
-    if (mt != "phi3") f.fail("model_type", "expected 'phi3' (or architectures [\"Phi3ForCausalLM\"]), got '" + mt + "'");
-  }
+  // ---- architecture: the family description (model/arch/) reads its own fields below
+  const Architecture& arch = architecture_for(f);
+  c.architecture = arch.hf_class;
+  c.family = arch.model_type;
 
   // ---- sizes
   c.hidden_size = f.required_positive_int("hidden_size");
@@ -138,26 +41,14 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   c.vocab_size = f.required_positive_int("vocab_size");
   c.num_key_value_heads =
       f.present("num_key_value_heads") ? f.positive_int("num_key_value_heads") : c.num_attention_heads;
-  if (c.hidden_size % c.num_attention_heads != 0)
-    f.fail("num_attention_heads", std::to_string(c.num_attention_heads) + " does not divide hidden_size " +
-                                      std::to_string(c.hidden_size));
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     f.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
                                       std::to_string(c.num_attention_heads));
-  c.head_dim = c.hidden_size / c.num_attention_heads;
-  if (f.present("head_dim") && f.positive_int("head_dim") != c.head_dim)
-    f.fail("head_dim", std::to_string(f.integer("head_dim")) + " differs from hidden_size / num_attention_heads = " +
-                           std::to_string(c.head_dim) + " (only that layout is supported)");
 
   if (f.present("rms_norm_eps")) c.rms_norm_eps = static_cast<float>(f.positive_number("rms_norm_eps"));
   c.max_position_embeddings = f.present("max_position_embeddings") ? f.positive_int("max_position_embeddings") : 4096;
   c.original_max_position_embeddings =
       f.present("original_max_position_embeddings") ? f.positive_int("original_max_position_embeddings") : 4096;
-  if (f.present("sliding_window")) {
-    int64_t w = f.integer("sliding_window");
-    if (w < 0) f.fail("sliding_window", "must be positive or null, got " + std::to_string(w));
-    c.sliding_window = static_cast<int>(w);
-  }
   if (f.present("tie_word_embeddings")) c.tie_word_embeddings = f.boolean("tie_word_embeddings");
 
   // ---- special token ids (no range check against vocab_size: transformers only warns)
@@ -181,6 +72,7 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   c.pad_token_id = f.present("pad_token_id") ? token_id("pad_token_id", 32000)
                    : j.contains("pad_token_id")  ? c.eos_token_id  // null: pad with eos
                                                  : 32000;
+  c.pad_token_from_config = f.present("pad_token_id");
 
   // ---- rotary
   // transformers: rope_parameters = rope_scaling or rope_parameters; values there win over
@@ -192,32 +84,21 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   static const json kNoRope = json::object();
   const json& rope = rope_field.empty() ? kNoRope : f.at(rope_field);
   if (!rope.is_object()) f.fail(rope_field, "expected an object or null, got " + describe(rope));
-  Fields r(rope, source, rope_field + ".");
+  ConfigFields r(rope, source, rope_field + ".");
   double theta = 10000.0;
   if (r.present("rope_theta")) theta = r.positive_number("rope_theta");
   else if (f.present("rope_theta")) theta = f.positive_number("rope_theta");
   c.rope_theta = static_cast<float>(theta);
-  double prf = 1.0;
-  const bool prf_in_rope = r.present("partial_rotary_factor");
-  if (prf_in_rope) prf = r.number("partial_rotary_factor");
-  else if (f.present("partial_rotary_factor")) prf = f.number("partial_rotary_factor");
-  if (!(prf > 0 && prf <= 1)) {
-    std::string msg = "must be in (0, 1], got " + std::to_string(prf);
-    if (prf_in_rope) r.fail("partial_rotary_factor", msg);
-    f.fail("partial_rotary_factor", msg);
-  }
-  c.partial_rotary_factor = static_cast<float>(prf);
-  c.rotary_dim = static_cast<int>(c.head_dim * prf);  // python int(head_dim * factor)
+
+  // ---- the family's own fields: head_dim, partial rotary, biases, windows, rope type
+  arch.configure(f, r, c);
+
+  c.rotary_dim = static_cast<int>(c.head_dim * static_cast<double>(c.partial_rotary_factor));  // python int(hd * f)
   if (c.rotary_dim <= 0 || c.rotary_dim % 2 != 0 || c.rotary_dim > c.head_dim)
     f.fail("partial_rotary_factor", "gives rotary_dim " + std::to_string(c.rotary_dim) + " for head_dim " +
                                         std::to_string(c.head_dim) + "; it must be even and in [2, head_dim]");
-
-  std::string type = "default";
-  if (r.present("rope_type")) type = r.string("rope_type");
-  else if (r.present("type")) type = r.string("type");
-  if (type == "su") type = "longrope";
-  if (type == "longrope") {
-    c.rope_scaling.type = "longrope";
+  if (c.layer_window.empty()) c.layer_window.assign(static_cast<size_t>(c.num_hidden_layers), c.sliding_window);
+  if (c.rope_scaling.type == "longrope") {
     const size_t half = static_cast<size_t>(c.rotary_dim / 2);
     for (const char* key : {"short_factor", "long_factor"}) {
       if (!r.present(key)) r.fail(key, "missing (required for longrope)");
@@ -232,9 +113,6 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
       if (a < 0) r.fail("attention_factor", "must be non-negative, got " + r.at("attention_factor").dump());
       c.rope_scaling.attention_factor = static_cast<float>(a);
     }
-  } else if (type != "default") {
-    r.fail(r.present("rope_type") ? "rope_type" : "type",
-           "unsupported rope type '" + type + "' (supported: longrope, su, or none)");
   }
   return c;
 }
@@ -261,6 +139,26 @@ std::vector<float> ModelConfig::inv_freq(int seq_len) const {
     const float p = static_cast<float>(std::pow(static_cast<double>(rope_theta), static_cast<double>(x)));
     const float denom = ext ? (*ext)[static_cast<size_t>(i)] * p : p;
     out[static_cast<size_t>(i)] = 1.0f / denom;
+  }
+  const RopeScaling& rs = rope_scaling;
+  if (rs.type == "linear") {
+    for (float& f : out) f /= rs.factor;
+  } else if (rs.type == "llama3") {
+    // transformers' _compute_llama3_parameters, in float32 where torch computes on tensors.
+    const double old_len = rs.original_max_position_embeddings;
+    const double low_wavelen = old_len / rs.low_freq_factor, high_wavelen = old_len / rs.high_freq_factor;
+    const float factor = rs.factor;
+    const float ramp_den = static_cast<float>(rs.high_freq_factor - rs.low_freq_factor);
+    for (float& f : out) {
+      const float wavelen = static_cast<float>(2.0 * M_PI) / f;
+      float g = wavelen > static_cast<float>(low_wavelen) ? f / factor : f;
+      const bool medium = !(wavelen < static_cast<float>(high_wavelen)) && !(wavelen > static_cast<float>(low_wavelen));
+      if (medium) {
+        const float smooth = (static_cast<float>(old_len) / wavelen - static_cast<float>(rs.low_freq_factor)) / ramp_den;
+        g = (1.0f - smooth) * g / factor + smooth * g;
+      }
+      f = g;
+    }
   }
   return out;
 }

@@ -1,5 +1,5 @@
-// Phi3ForCausalLM config.json -> ModelConfig, validated (architecture, required fields,
-// types, consistent sizes); every error names config.json and the field.
+// A decoder's config.json -> ModelConfig, validated (architecture, required fields, types,
+// consistent sizes); every error names config.json and the field.
 #pragma once
 #include <string>
 #include <vector>
@@ -7,28 +7,42 @@
 namespace phi3 {
 
 struct RopeScaling {
-  std::string type;                 // "" (none), "longrope" ("su" is accepted as longrope)
+  // "" (none), "longrope" ("su" is accepted as longrope), "linear" (every frequency divided
+  // by factor), "llama3" (wavelength-dependent: see ModelConfig::inv_freq)
+  std::string type;
   std::vector<float> short_factor;  // [rot_dim/2]
   std::vector<float> long_factor;   // [rot_dim/2]
   // Optional overrides from rope_scaling / rope_parameters; < 0 when absent:
   float factor = -1.0f;            // default max_position_embeddings / original_max_position_embeddings
   float attention_factor = -1.0f;  // default sqrt(1 + ln(factor) / ln(original)) when factor > 1, else 1
+  // llama3: frequencies with wavelength above original/low_freq_factor are divided by factor,
+  // below original/high_freq_factor kept, a smooth ramp between.
+  double low_freq_factor = 0, high_freq_factor = 0;
+  int original_max_position_embeddings = 0;
 };
 
+// What the engine needs of a decoder's config.json, whatever its family (model/arch/ reads
+// each family's own fields into these flags).
 struct ModelConfig {
-  std::string architecture = "Phi3ForCausalLM";
+  std::string architecture = "Phi3ForCausalLM";  // the Hugging Face class
+  std::string family = "phi3";                   // its model_type (model/arch/)
   int hidden_size = 0;        // D
   int intermediate_size = 0;  // F
   int num_hidden_layers = 0;  // L
   int num_attention_heads = 0;  // H
   int num_key_value_heads = 0;  // KVH (defaults to H when absent)
-  int head_dim = 0;             // D / H
+  int head_dim = 0;             // config.json's head_dim where the family has one, else D / H
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
   float partial_rotary_factor = 1.0f;
   int rotary_dim = 0;  // int(head_dim * partial_rotary_factor)
   RopeScaling rope_scaling;
-  int sliding_window = 0;  // 0 = none (null in config)
+  int sliding_window = 0;  // config.json's window (0 = none); layer_window says where it applies
+  std::vector<int> layer_window;  // [L]: each layer's sliding window, 0 = full causal attention
+  int window(int layer) const { return layer_window.empty() ? sliding_window : layer_window[static_cast<size_t>(layer)]; }
+  bool qkv_bias = false;  // q/k/v projections carry a bias (Qwen2; Llama attention_bias)
+  bool o_bias = false;    // o_proj carries a bias (Llama attention_bias)
+  bool mlp_bias = false;  // gate/up/down carry biases (Llama mlp_bias)
   int max_position_embeddings = 0;
   // Absent from config.json: 4096, as transformers' Phi3Config does (its class default, which
   // it always copies into the rope parameters), not max_position_embeddings.
@@ -38,10 +52,12 @@ struct ModelConfig {
   int bos_token_id = 1;
   int eos_token_id = 32000;
   int pad_token_id = 32000;
+  bool pad_token_from_config = false;  // pad_token_id given in config.json (else eos / 32000, or the tokenizer's)
 
   // inv_freq[i] = 1 / (ext[i] * theta^(2i/rot_dim)), ext = LongRoPE factor (short or long
   // by whether seq_len > original_max_position_embeddings), 1 without scaling. Computed in
   // float32 as torch does: 1 / (ext * theta ** (float(2i) / rot_dim)), the power rounded once.
+  // linear: then divided by factor; llama3: then rescaled by wavelength as transformers does.
   std::vector<float> inv_freq(int seq_len) const;
   // LongRoPE attention factor sqrt(1 + ln(max/orig)/ln(orig)) when max > orig, else 1
   // (rope_scaling.factor replaces max/orig and rope_scaling.attention_factor the result when
@@ -49,6 +65,7 @@ struct ModelConfig {
   float rope_attention_scale() const;
 };
 
+// Any supported family (model/arch/); errors name the file and the field.
 ModelConfig parse_config_json(const std::string& text, const std::string& source = "config.json");
 ModelConfig load_config(const std::string& model_dir);  // reads model_dir/config.json
 

@@ -38,6 +38,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import families  # noqa: E402
 import make_reference as mr  # noqa: E402  (Tok, build_batches, load_model, logit_diff)
 
 ROOT = mr.ROOT
@@ -135,7 +136,8 @@ class Graph:
 
 
 class NodeModel:
-    """A Phi-3 forward written per graph node over the weights of a `transformers` model."""
+    """A decoder forward (any family of families.py) written per graph node over the weights of
+    a `transformers` model."""
 
     def __init__(self, model):
         self.model = model
@@ -143,7 +145,8 @@ class NodeModel:
         self.L, self.H, self.KVH = c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads
         self.D = c.hidden_size
         self.HD = getattr(c, "head_dim", None) or self.D // self.H
-        self.window = c.sliding_window
+        self.windows = [families.layer_window(model, l) for l in range(self.L)]
+        self.rotary = families.modeling(families.family_of(model)).apply_rotary_pos_emb
         self.eps = c.rms_norm_eps
         self.g = Graph(self.L, self.H, self.KVH)
 
@@ -164,27 +167,32 @@ class NodeModel:
         resid = x
         cos, sin = mdl.rotary_emb(x, pos)
         t_idx = torch.arange(T)
-        vis = (t_idx[None, :, None] >= t_idx[None, None, :]) & mask[:, None, :]  # [B, t, j]
-        if self.window:
-            vis = vis & (t_idx[None, :, None] - t_idx[None, None, :] < self.window)
+        causal = (t_idx[None, :, None] >= t_idx[None, None, :]) & mask[:, None, :]  # [B, t, j]
         grp = H // KVH
         for l, layer in enumerate(mdl.layers):
+            vis = causal
+            if self.windows[l]:
+                vis = vis & (t_idx[None, :, None] - t_idx[None, None, :] < self.windows[l])
             at = layer.self_attn
-            W = at.qkv_proj.weight
+            W, bias = families.qkv_weight_bias(layer)  # q|k|v rows, whatever the family's layout
             w1 = layer.input_layernorm.weight
+
+            def proj(x, r0):  # one head's rows of the projection
+                y = x @ W[r0:r0 + HD].T
+                return y if bias is None else y + bias[r0:r0 + HD]
             qs, ks, vs = [], [], []
             for h in range(H):
                 xn = self.norm(read(self.g.q(l, h), resid), w1, self.eps)
-                qs.append(xn @ W[h * HD:(h + 1) * HD].T)
+                qs.append(proj(xn, h * HD))
             for g in range(KVH):
                 xn = self.norm(read(self.g.k(l, g), resid), w1, self.eps)
-                ks.append(xn @ W[H * HD + g * HD:H * HD + (g + 1) * HD].T)
+                ks.append(proj(xn, H * HD + g * HD))
                 xn = self.norm(read(self.g.v(l, g), resid), w1, self.eps)
-                vs.append(xn @ W[(H + KVH) * HD + g * HD:(H + KVH) * HD + (g + 1) * HD].T)
+                vs.append(proj(xn, (H + KVH) * HD + g * HD))
             q = torch.stack(qs, 1)  # [B,H,T,HD]
             k = torch.stack(ks, 1)
             v = torch.stack(vs, 1)
-            q, k = mr.modeling_phi3.apply_rotary_pos_emb(q, k, cos, sin)
+            q, k = self.rotary(q, k, cos, sin)
             k = k.repeat_interleave(grp, 1)
             v = v.repeat_interleave(grp, 1)
             s = (q @ k.transpose(-1, -2)) / math.sqrt(HD)
@@ -199,9 +207,10 @@ class NodeModel:
                     record(self.g.head(l, h), a)
                 heads.append(a)
             resid = resid + sum(heads)
+            if at.o_proj.bias is not None:  # not a node: the same in every run
+                resid = resid + at.o_proj.bias
             xm = self.norm(read(self.g.mlp_in(l), resid), layer.post_attention_layernorm.weight, self.eps)
-            gu = layer.mlp.gate_up_proj(xm)
-            gate, up = gu.chunk(2, -1)
+            gate, up = families.gate_up(layer, xm)
             mo = layer.mlp.down_proj(torch.nn.functional.silu(gate) * up)
             if record:
                 record(self.g.mlp_out(l), mo)
@@ -211,6 +220,10 @@ class NodeModel:
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", action="append", help="only these config names (repeatable)")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(0)
@@ -225,6 +238,8 @@ def main():
         configs.append((spec["name"], os.path.join(ROOT, "data/reference", spec["name"], "model"),
                         batches0 if stok is tok else mr.build_batches(stok, pairs)))
     for name, mdir, batches in configs:
+        if args.only and name not in args.only:
+            continue
         ans = torch.tensor(batches["answer_ids"])
         oth = torch.tensor(batches["other_ids"])
         model = mr.load_model(mdir)

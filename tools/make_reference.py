@@ -32,8 +32,7 @@ import sentencepiece as spm
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import Phi3Config, Phi3ForCausalLM
-from transformers.models.phi3 import modeling_phi3
+import families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_HOOKS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
@@ -47,6 +46,49 @@ MIN_LD_GAP = 0.5  # random configs: first seed (from the config's base seed) wit
 #   style "hf5": what transformers 5.x save_pretrained writes (rope_parameters {...}, dtype)
 # ----------------------------------------------------------------------------------------------
 RANDOM_CONFIGS = [
+    # ---- other families (model/arch/): the features that differ from Phi-3 switched on
+    {
+        "name": "rand-qwen2-bias-swa",
+        "family": "qwen2",
+        "covers": ["Qwen2ForCausalLM: separate q/k/v projections with non-zero biases, o_proj without",
+                   "separate gate_proj / up_proj", "GQA (4 q heads, 2 kv heads)", "rope_theta 1e6",
+                   "use_sliding_window with max_window_layers 1: layer 0 full attention, layers 1-2 a "
+                   "sliding window of 8 < T", "tie_word_embeddings true", "bf16 storage", "3 layers",
+                   "config.json as transformers 5.x writes it"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=256,
+                    use_sliding_window=True, sliding_window=8, max_window_layers=1, tie_word_embeddings=True,
+                    rms_norm_eps=1e-6),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 6000,
+    },
+    {
+        "name": "rand-llama3-rope-bias",
+        "family": "llama",
+        "covers": ["LlamaForCausalLM: separate q/k/v and gate/up projections",
+                   "rope_scaling llama3 (factor 8, low 1, high 4, original_max_position_embeddings 64): "
+                   "with head_dim 16 and theta 10000 one frequency kept, two on the smooth ramp, five divided",
+                   "attention_bias true (q, k, v and o biases), mlp_bias true (gate, up, down biases)",
+                   "GQA (4 q heads, 2 kv heads)", "untied lm_head", "f32, sharded: 2 shards + index",
+                   "2 layers", "config.json in the Llama 3.1 hub layout (rope_scaling, torch_dtype)"],
+        "cfg": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=256,
+                    rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 64, "rope_type": "llama3"},
+                    attention_bias=True, mlp_bias=True, tie_word_embeddings=False, rms_norm_eps=1e-5,
+                    pretraining_tp=1),
+        "std": 0.3, "dtype": "float32", "shard": "2", "style": "hub", "seed": 7000,
+    },
+    {
+        "name": "rand-mistral-swa-hd",
+        "family": "mistral",
+        "covers": ["MistralForCausalLM", "head_dim 16 given in config.json, not hidden_size / heads = 12",
+                   "sliding_window 8 < T on every layer", "MQA (4 q heads, 1 kv head)", "untied lm_head",
+                   "bf16 storage", "3 layers", "config.json hub style"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=1, head_dim=16, rope_theta=10000.0, max_position_embeddings=256,
+                    sliding_window=8, tie_word_embeddings=False, rms_norm_eps=1e-5),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hub", "seed": 8000,
+    },
     {
         "name": "rand-gqa-partial-longrope-sharded",
         "covers": ["GQA (4 q heads, 2 kv heads)", "partial_rotary_factor 0.5 (rotary dim 6 of head_dim 12)",
@@ -214,31 +256,33 @@ def build_batches(tok, pairs):
 # ----------------------------------------------------------------------------------------------
 # Hooked HF model
 # ----------------------------------------------------------------------------------------------
-_ORIG_EAGER = modeling_phi3.eager_attention_forward
 _ACTIVE = None  # the Hooked instance whose attention capture is on
-
-
 _RUNNING = None  # the Hooked instance running a forward (pattern patches)
 
 
-def _eager_wrapper(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    out, weights = _ORIG_EAGER(module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
-    if _RUNNING is not None and _RUNNING._patching("pattern", module.layer_idx):
-        # TL hook_pattern patch: the head's pattern row(s) replaced, z recomputed from them
-        # (attn_output = weights @ repeat_kv(value), as HF eager does after the softmax).
-        pt = _RUNNING.patch
-        weights = weights.clone()
-        src = pt.src["pattern"][pt.layer]
-        ps = slice(None) if pt.pos is None else slice(pt.pos, pt.pos + 1)
-        weights[:, pt.head, ps, :] = src[:, pt.head, ps, :].to(weights.dtype)
-        vs = modeling_phi3.repeat_kv(value, module.num_key_value_groups)
-        out = torch.matmul(weights.to(value.dtype), vs).transpose(1, 2).contiguous()
-    if _ACTIVE is not None:
-        _ACTIVE._on_attention(module.layer_idx, query, key, weights)
-    return out, weights
+def _make_eager_wrapper(mod):
+    orig = mod.eager_attention_forward
+
+    def wrapper(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        out, weights = orig(module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+        if _RUNNING is not None and _RUNNING._patching("pattern", module.layer_idx):
+            # TL hook_pattern patch: the head's pattern row(s) replaced, z recomputed from them
+            # (attn_output = weights @ repeat_kv(value), as HF eager does after the softmax).
+            pt = _RUNNING.patch
+            weights = weights.clone()
+            src = pt.src["pattern"][pt.layer]
+            ps = slice(None) if pt.pos is None else slice(pt.pos, pt.pos + 1)
+            weights[:, pt.head, ps, :] = src[:, pt.head, ps, :].to(weights.dtype)
+            vs = mod.repeat_kv(value, module.num_key_value_groups)
+            out = torch.matmul(weights.to(value.dtype), vs).transpose(1, 2).contiguous()
+        if _ACTIVE is not None:
+            _ACTIVE._on_attention(module.layer_idx, query, key, weights)
+        return out, weights
+    return wrapper
 
 
-modeling_phi3.eager_attention_forward = _eager_wrapper
+for _mod in families.all_modeling():  # every family's eager attention reports to the hooks
+    _mod.eager_attention_forward = _make_eager_wrapper(_mod)
 
 
 class Patch:
@@ -289,11 +333,16 @@ class Hooked:
         for l, layer in enumerate(model.model.layers):
             layer.register_forward_pre_hook(self._mk_resid_pre(l), with_kwargs=True)
             layer.self_attn.register_forward_hook(self._mk_attn_out_cap(l))
-            layer.resid_attn_dropout.register_forward_hook(self._mk_attn_out_patch(l))
+            families.attn_residual_module(layer).register_forward_hook(self._mk_attn_out_patch(l))
             layer.post_attention_layernorm.register_forward_pre_hook(self._mk_resid_mid(l))
             layer.mlp.register_forward_hook(self._mk_out_hook(l, "mlp_out"))
             layer.register_forward_hook(self._mk_out_hook(l, "resid_post"))
-            layer.self_attn.qkv_proj.register_forward_hook(self._mk_qkv(l))
+            if families.fused_qkv(layer):
+                layer.self_attn.qkv_proj.register_forward_hook(self._mk_qkv(l))
+            else:
+                for name, mod, heads in (("q", layer.self_attn.q_proj, self.H), ("k", layer.self_attn.k_proj, self.KVH),
+                                         ("v", layer.self_attn.v_proj, self.KVH)):
+                    mod.register_forward_hook(self._mk_proj(l, name, heads))
             layer.self_attn.o_proj.register_forward_pre_hook(self._mk_z(l))
             layer.mlp.down_proj.register_forward_pre_hook(self._mk_mlp_post(l))
 
@@ -331,14 +380,16 @@ class Hooked:
         return hook
 
     def _mk_attn_out_patch(self, l):
-        # resid_attn_dropout (Dropout, p=0, eval: identity) output is what is added to the residual
+        # What the layer adds to the residual after attention (families.attn_residual_module):
+        # Phi-3's resid_attn_dropout (Dropout, p=0, eval: identity), else self_attn's output[0]
         def hook(mod, inp, out):
-            if self.drop_layer == l and out.requires_grad:
-                out.register_hook(torch.zeros_like)
+            t = out[0] if isinstance(out, tuple) else out
+            if self.drop_layer == l and t.requires_grad:
+                t.register_hook(torch.zeros_like)
             if self._patching("attn_out", l):
-                out = out.clone()
-                self.patch.apply_(out)
-                return out
+                t = t.clone()
+                self.patch.apply_(t)
+                return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
         return hook
 
     def _mk_resid_mid(self, l):
@@ -374,6 +425,16 @@ class Hooked:
                     out = out.clone()
                     self.patch.apply_(out, HD, off)
             self._store("qkv", l, out)
+            return out
+        return hook
+
+    def _mk_proj(self, l, name, heads):
+        # separate q_proj / k_proj / v_proj (Qwen2, Llama, Mistral): TL hook_q/k/v are their outputs
+        def hook(mod, inp, out):
+            if self._patching(name, l):
+                out = out.clone()
+                self.patch.apply_(out, self.HD, (0, heads))
+            self._store(name + "_proj", l, out)
             return out
         return hook
 
@@ -414,7 +475,8 @@ class Hooked:
         self.qmask = batch["mask"]
         if capture:
             self.cache = {k: [None] * self.L for k in
-                          BLOCK_HOOKS + ["qkv", "z", "rot_q", "rot_k", "pattern", "mlp_post"]}
+                          BLOCK_HOOKS + ["qkv", "q_proj", "k_proj", "v_proj", "z", "rot_q", "rot_k", "pattern",
+                                         "mlp_post"]}
         _ACTIVE = self if capture else None
         _RUNNING = self
         try:
@@ -434,7 +496,12 @@ class Hooked:
         for name in BLOCK_HOOKS:
             res["hook_" + name] = [get(t).detach().clone() for t in cache[name]]
         res["attn.hook_q"], res["attn.hook_k"], res["attn.hook_v"] = [], [], []
-        for t in cache["qkv"]:
+        if cache["qkv"][0] is None:  # separate projections
+            for name, heads in (("q", H), ("k", KVH), ("v", KVH)):
+                for t in cache[name + "_proj"]:
+                    g = get(t).detach()
+                    res["attn.hook_" + name].append(g.reshape(g.shape[0], g.shape[1], heads, HD).clone())
+        for t in ([] if cache["qkv"][0] is None else cache["qkv"]):
             g = get(t).detach()
             B, T = g.shape[:2]
             res["attn.hook_q"].append(g[..., :H * HD].reshape(B, T, H, HD).clone())
@@ -454,13 +521,13 @@ class Hooked:
 def qk_fix_reference(hk, batch, acts, grads, src, L, H, KVH, HD, T):
     """AtP* QK-fix estimates per batch row: {q: [B,L,T,H], q_all_pos: [B,L,H], k: [B,L,T,KVH],
     k_all_pos: [B,L,KVH]} (float64 tensors)."""
-    win = getattr(hk.model.config, "sliding_window", None) or 0
     pad = torch.tensor(batch["pad"])
     tq, tk = torch.arange(T)[None, :, None], torch.arange(T)[None, None, :]
-    vis = (tk <= tq) & (tk >= pad[:, None, None]) & (tq >= pad[:, None, None])
-    if win > 0:
-        vis = vis & (tq - tk < win)
-    vis = vis[:, None]  # [B,1,T,T]
+    vis_all = (tk <= tq) & (tk >= pad[:, None, None]) & (tq >= pad[:, None, None])
+
+    def visible(l):  # [B,1,T,T], with layer l's sliding window
+        win = families.layer_window(hk.model, l)
+        return (vis_all & (tq - tk < win) if win > 0 else vis_all)[:, None]
     scale = HD ** -0.5
     group = H // KVH
 
@@ -480,6 +547,7 @@ def qk_fix_reference(hk, batch, acts, grads, src, L, H, KVH, HD, T):
 
     out = {"q": [], "q_all_pos": [], "k": [], "k_all_pos": []}
     for l in range(L):
+        vis = visible(l)
         q = acts["attn.hook_rot_q"][l].double().transpose(1, 2)  # [B,H,T,HD]
         k = acts["attn.hook_rot_k"][l].double().transpose(1, 2).repeat_interleave(group, dim=1)
         A = acts["attn.hook_pattern"][l].double() * vis
@@ -570,6 +638,8 @@ def logit_diff(logits, ans, oth):
 # Random model creation
 # ----------------------------------------------------------------------------------------------
 def make_config(spec, tok):
+    if spec.get("family", "phi3") != "phi3":
+        return family_config(spec, tok)
     c = dict(spec["cfg"])
     rot_dim = int(c["hidden_size"] // c["num_attention_heads"] * c["partial_rotary_factor"])
     rope_scaling = None
@@ -615,11 +685,35 @@ def make_config(spec, tok):
     return hub
 
 
+def family_config(spec, tok):
+    """config.json of a non-Phi-3 random config: the family's classes, the common fields, and the
+    spec's cfg (literal config.json values: biases, head_dim, rope_scaling, windows)."""
+    fam = spec["family"]
+    _, model_cls = families.classes(fam)
+    hub = {
+        "architectures": [model_cls.__name__],
+        "model_type": fam,
+        "attention_dropout": 0.0,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.pad_id,
+        "pad_token_id": tok.pad_id,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "torch_dtype": spec["dtype"],
+        "use_cache": True,
+        "vocab_size": tok.vocab_size,
+    }
+    hub.update(copy.deepcopy(spec["cfg"]))
+    return hub
+
+
 def init_weights(model, seed, std):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if p.dim() == 1:  # RMSNorm weights: around 1
+            if name.endswith(".bias"):  # biases (Qwen2 q/k/v, Llama attention_bias / mlp_bias): non-zero
+                p.copy_(std * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:  # RMSNorm weights: around 1
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(std * torch.randn(p.shape, generator=g))
@@ -629,9 +723,10 @@ def save_random_model(spec, hub_cfg, model_dir, seed, tok):
     if os.path.isdir(model_dir):
         shutil.rmtree(model_dir)
     os.makedirs(model_dir)
-    cfg = Phi3Config(**{k: copy.deepcopy(v) for k, v in hub_cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
+    cfg_cls, model_cls = families.classes(hub_cfg["model_type"])
+    cfg = cfg_cls(**{k: copy.deepcopy(v) for k, v in hub_cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
     torch.manual_seed(seed)
-    model = Phi3ForCausalLM(cfg)
+    model = model_cls(cfg)
     init_weights(model, seed, spec["std"])
     if spec["dtype"] == "bfloat16":
         model = model.to(torch.bfloat16)
@@ -671,11 +766,7 @@ def save_random_model(spec, hub_cfg, model_dir, seed, tok):
 
 
 def load_model(model_dir):
-    model = Phi3ForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return families.load_model(model_dir, torch.float32, "eager")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -775,7 +866,7 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         for l in range(L):
             q = acts["attn.hook_q"][l].transpose(1, 2)
             k = acts["attn.hook_k"][l].transpose(1, 2)
-            rq, rk = modeling_phi3.apply_rotary_pos_emb(q, k, cos, sin)
+            rq, rk = families.modeling(families.family_of(model)).apply_rotary_pos_emb(q, k, cos, sin)
             er = max(er, float((rq.transpose(1, 2) - acts["attn.hook_rot_q"][l]).abs().max()),
                      float((rk.transpose(1, 2) - acts["attn.hook_rot_k"][l]).abs().max()))
         check(er == 0.0, f"{run}: captured rot_q/rot_k == apply_rotary_pos_emb(q, k, cos, sin)")
@@ -808,11 +899,12 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         log(f"  HF pad-query row pattern (row {b0}, head 0, q=0): {[round(float(x), 4) for x in row[:6]]}... "
             f"sum={float(row.sum()):.4f} finite={pad_rows_finite}")
     # sliding window rule, read off the eager pattern
-    sw = model.config.sliding_window
-    if sw is not None:
+    windows = [families.layer_window(model, l) for l in range(L)]
+    if any(windows):
         ok = True
         for run, acts, bb in (("clean", clean_acts, clean_b), ("corrupted", corr_acts, corr_b)):
             for l in range(L):
+                sw = windows[l] or 10 ** 9
                 P = acts["attn.hook_pattern"][l]
                 for b in range(B):
                     n = bb["pad"][b]
@@ -820,7 +912,8 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
                         for j in range(T):
                             visible = (j <= t) and (t - j < sw) and (j >= n)
                             ok &= bool(((P[b, :, t, j] > 0) if visible else (P[b, :, t, j] == 0)).all())
-        check(ok, f"sliding_window={sw}: key j visible to query t iff j <= t and t - j < {sw} (and j not pad)")
+        check(ok, f"sliding windows {windows} per layer: key j visible to query t iff j <= t and t - j < window "
+              "(and j not pad)")
 
     # ---- unpadded single-prompt runs vs the padded batch (TL position semantics)
     alone_err = 0.0
@@ -1008,7 +1101,10 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         "clean_logit_diff_per_prompt": [float(x) for x in ld_clean_pp],
         "corrupted_logit_diff_per_prompt": [float(x) for x in ld_corr_pp],
         "rope": rinfo,
-        "sliding_window": model.config.sliding_window,
+        "family": families.family_of(model),
+        "architecture": model.config.architectures[0] if model.config.architectures else None,
+        "sliding_window": getattr(model.config, "sliding_window", None),
+        "layer_windows": windows,
         "unpadded_vs_padded_max_abs_diff": alone_err,
         "hf_pad_query_rows": pad_note,
         "conventions": {
@@ -1016,7 +1112,8 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
                               "hook_pattern pad query rows are 0 too. Real rows are bitwise what HF eager gives.",
             "resid_mid_patch": "in-place write into the input of post_attention_layernorm, which is also the "
                                "residual of the MLP add (exact TL hook_resid_mid semantics)",
-            "attn_out_patch": "output of resid_attn_dropout (identity, p=0) replaced",
+            "attn_out_patch": "what the layer adds to the residual after attention replaced (Phi-3: "
+                              "resid_attn_dropout's output (identity, p=0); other families: self_attn's output)",
             "metric": "M = (LD - LD_corr) / (LD_clean - LD_corr); activation = M of the patched corrupted run",
             "grad": "grad.* = dM/d(activation) on the corrupted run (LD_clean, LD_corr constants)",
         },
@@ -1089,15 +1186,15 @@ def main():
         model_dir = os.path.join(out_dir, "model")
         stok = config_tok(spec, tok)
         sbatches, lens, dist = (batches, lens, dist) if stok is tok else batches_of(stok)
-        if spec["cfg"]["rope_scaling"] == "longrope-short-ones":
+        if spec["cfg"].get("rope_scaling") == "longrope-short-ones":
             assert max(lens) <= spec["cfg"]["original_max_position_embeddings"]
-        if spec["cfg"]["rope_scaling"] == "longrope":
+        if spec["cfg"].get("rope_scaling") == "longrope":
             omax = spec["cfg"]["original_max_position_embeddings"]
             if "LONG" in " ".join(spec["covers"]):
                 assert min(lens) > omax, f"{spec['name']}: every prompt must be longer than {omax} (long factor alone too)"
             else:
                 assert max(lens) <= omax
-        if spec["cfg"]["sliding_window"] is not None and spec["cfg"]["sliding_window"] < max(lens):
+        if spec["cfg"].get("sliding_window") is not None and spec["cfg"]["sliding_window"] < max(lens):
             # The last position must be able to see (through L layers of windows) the last token in
             # which a clean and a corrupted prompt differ, else LD_clean == LD_corr. Reach of L
             # layers: L * (W - 1). Widen the window only when the data requires it.

@@ -1,6 +1,7 @@
-// Linear layer without bias (CPU reference), through OpenBLAS sgemm.
-//   forward:  y = x W^T       x [N, in], W [out, in] (HF layout, row-major), y [N, out]
-//             accumulate ? y += x W^T (the residual add folded into the GEMM)
+// Linear layer (CPU reference), through OpenBLAS sgemm.
+//   forward:  y = x W^T (+ b)  x [N, in], W [out, in] (HF layout, row-major), y [N, out],
+//             b = W.bias [out] when present (added to every row after the GEMM)
+//             accumulate ? y += x W^T (+ b) (the residual add folded into the GEMM)
 //   backward: dx = dy W       dy [N, out], dx [N, in]; accumulate ? dx += dy W
 // Only activation gradients are needed, so nothing is saved (W is a weight). The CPU
 // backend stores weights in fp32: any other W dtype is an error.
@@ -33,6 +34,11 @@ void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, 
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x.f32, in,
               static_cast<const float*>(W.data), in, accumulate ? 1.0f : 0.0f, y, out);
+  if (W.bias)
+    parallel_for(N, double(N) * out, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int j = 0; j < out; ++j) y[r * out + j] += W.bias[j];
+    });
 }
 
 void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, int N,

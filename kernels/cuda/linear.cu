@@ -1,7 +1,9 @@
-// Linear layer through cuBLAS (no bias: Phi-3 has none).
+// Linear layer through cuBLAS, with an optional bias.
 //
-// forward:   y[N, out] (+)= x[N, in] W^T       W [out, in] row-major (HF layout); accumulate
-//            selects beta = 1: o_proj / down_proj add straight into the residual stream
+// forward:   y[N, out] (+)= x[N, in] W^T (+ b)  W [out, in] row-major (HF layout); accumulate
+//            selects beta = 1: o_proj / down_proj add straight into the residual stream;
+//            a bias (Weight::bias, fp32 [out]: Qwen2's q/k/v, Llama's attention_bias /
+//            mlp_bias) is added to every row by one more pass (bias_add_kernel)
 // backward:  dx[N, in] (+)= dy[N, out] W       (accumulate selects beta = 1)
 // Nothing is saved: backward needs only W (no weight gradients in this engine).
 //
@@ -66,6 +68,11 @@ void gemm(cudaStream_t s, cublasOperation_t opA, int m, int n, int k, const Weig
   }
 }
 
+__global__ void bias_add_kernel(float* y, const float* b, int64_t n, int out) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] += b[i % out];
+}
+
 }  // namespace
 
 void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, int N,
@@ -76,6 +83,11 @@ void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, 
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
   gemm(as_cuda(stream), CUBLAS_OP_T, out, N, in, W, in, x.f32, x.bf16, in,
        accumulate ? 1.0f : 0.0f, y, out);
+  if (W.bias) {
+    const int64_t n = int64_t(N) * out;
+    launch(bias_add_kernel, dim3(grid_for(n, 256)), dim3(256), 0, as_cuda(stream), y, W.bias, n, out);
+    PHI3_LAUNCH_CHECK();
+  }
 }
 
 void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const Weight& W, int N,

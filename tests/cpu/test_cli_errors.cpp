@@ -230,12 +230,24 @@ TEST_F(CliErrors, ConfigMissingField) {
   expect_error(run(), {"config.json", "num_hidden_layers", "missing"});
 }
 
-TEST_F(CliErrors, ConfigWrongArchitecture) {
+TEST_F(CliErrors, ConfigUnsupportedArchitecture) {
+  edit_config([](json& j) {
+    j["architectures"] = {"GPT2LMHeadModel"};
+    j["model_type"] = "gpt2";
+  });
+  expect_error(run(), {"config.json", "architectures", "GPT2LMHeadModel", "supported", "LlamaForCausalLM",
+                       "Qwen2ForCausalLM"});
+}
+
+// A Llama config over Phi-3 tensors, a Qwen2 config over tensors without q/k/v biases: the
+// tensor is named, and the layout the checkpoint does have.
+TEST_F(CliErrors, ConfigOfAnotherFamilyThanTheTensors) {
   edit_config([](json& j) {
     j["architectures"] = {"LlamaForCausalLM"};
     j["model_type"] = "llama";
   });
-  expect_error(run(), {"config.json", "architectures", "LlamaForCausalLM"});
+  expect_error(run(), {"tensor 'model.layers.0.self_attn.q_proj.weight' is missing", "LlamaForCausalLM",
+                       "'model.layers.0.self_attn.qkv_proj.weight', the layout of Phi3ForCausalLM"});
 }
 
 TEST_F(CliErrors, ConfigHeadsDoNotDivideHiddenSize) {

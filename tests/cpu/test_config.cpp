@@ -291,14 +291,17 @@ TEST(Config, BadConfigs) {
   cases.push_back({"null size", with("vocab_size", nullptr), "field 'vocab_size': expected an integer, got null"});
   cases.push_back({"negative size", with("intermediate_size", -5), "field 'intermediate_size': must be positive"});
   cases.push_back({"zero heads", with("num_attention_heads", 0), "field 'num_attention_heads': must be positive"});
-  cases.push_back({"other architecture", with("architectures", json::array({"LlamaForCausalLM"})),
-                   "field 'architectures': must contain 'Phi3ForCausalLM', got [\"LlamaForCausalLM\"]"});
+  cases.push_back({"unsupported architecture", with("architectures", json::array({"MambaForCausalLM"})),
+                   "field 'architectures': no supported architecture in [\"MambaForCausalLM\"] (supported: "
+                   "Phi3ForCausalLM (phi3), Qwen2ForCausalLM (qwen2), LlamaForCausalLM (llama), MistralForCausalLM (mistral))"});
+  cases.push_back({"architecture and model_type disagree", with("architectures", json::array({"LlamaForCausalLM"})),
+                   "field 'model_type': expected 'llama' for LlamaForCausalLM, got 'phi3'"});
   cases.push_back({"architectures not a list", with("architectures", "Phi3ForCausalLM"),
                    "field 'architectures': expected a list of strings, got string"});
   {
     json j = without("architectures");
-    j["model_type"] = "llama";
-    cases.push_back({"other model_type", j, "field 'model_type': expected 'phi3'"});
+    j["model_type"] = "gpt2";
+    cases.push_back({"other model_type", j, "field 'model_type': unsupported model_type 'gpt2' (supported: Phi3ForCausalLM"});
     j.erase("model_type");
     cases.push_back({"neither", j, "field 'architectures': missing"});
   }
@@ -333,7 +336,7 @@ TEST(Config, BadConfigs) {
     j = longrope_config();
     j["rope_scaling"]["type"] = "dynamic";
     cases.push_back({"unsupported rope", j,
-                     "field 'rope_scaling.type': unsupported rope type 'dynamic' (supported: longrope, su, or none)"});
+                     "field 'rope_scaling.type': unsupported rope type 'dynamic' for Phi3ForCausalLM (supported: longrope, or none)"});
   }
   for (const Case& c : cases) EXPECT_THAT(error_of(c.cfg), HasSubstr(c.message)) << c.what;
 

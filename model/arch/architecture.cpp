@@ -1,0 +1,120 @@
+#include "model/arch/architecture.h"
+
+#include "runtime/json_util.h"
+
+namespace phi3 {
+
+// Defined one per file in model/arch/.
+Architecture phi3_architecture();
+Architecture qwen2_architecture();
+Architecture llama_architecture();
+Architecture mistral_architecture();
+
+const std::vector<Architecture>& architectures() {
+  static const std::vector<Architecture> all = {phi3_architecture(), qwen2_architecture(), llama_architecture(),
+                                                mistral_architecture()};
+  return all;
+}
+
+namespace {
+std::string supported_list() {
+  std::string s;
+  for (const auto& a : architectures()) s += (s.empty() ? "" : ", ") + a.hf_class + " (" + a.model_type + ")";
+  return s;
+}
+}  // namespace
+
+const Architecture& architecture_for(const ConfigFields& f) {
+  if (f.present("architectures")) {
+    const nlohmann::json& list = f.at("architectures");
+    if (!list.is_array()) f.fail("architectures", "expected a list of strings, got " + describe(list));
+    const Architecture* found = nullptr;
+    for (const nlohmann::json& s : list) {
+      if (!s.is_string()) f.fail("architectures", "expected a list of strings, got an entry " + describe(s));
+      for (const auto& a : architectures())
+        if (!found && s.get<std::string>() == a.hf_class) found = &a;
+    }
+    if (!found) f.fail("architectures", "no supported architecture in " + json_brief(list) + " (supported: " + supported_list() + ")");
+    if (f.present("model_type") && f.string("model_type") != found->model_type)
+      f.fail("model_type", "expected '" + found->model_type + "' for " + found->hf_class + ", got '" +
+                               f.string("model_type") + "'");
+    return *found;
+  }
+  if (!f.present("model_type")) f.fail("architectures", "missing, and no model_type either (supported: " + supported_list() + ")");
+  const std::string mt = f.string("model_type");
+  for (const auto& a : architectures())
+    if (a.model_type == mt) return a;
+  f.fail("model_type", "unsupported model_type '" + mt + "' (supported: " + supported_list() + ")");
+}
+
+const Architecture& architecture_named(const std::string& model_type) {
+  for (const auto& a : architectures())
+    if (a.model_type == model_type) return a;
+  throw Error("unknown model family '" + model_type + "' (supported: " + supported_list() + ")");
+}
+
+void read_head_dim(const ConfigFields& f, ModelConfig& c, bool may_differ) {
+  const bool divides = c.hidden_size % c.num_attention_heads == 0;
+  if (f.present("head_dim")) {
+    const int hd = f.positive_int("head_dim");
+    if (!may_differ && (!divides || hd != c.hidden_size / c.num_attention_heads))
+      f.fail("head_dim", std::to_string(hd) + " differs from hidden_size / num_attention_heads = " +
+                             std::to_string(c.hidden_size / c.num_attention_heads) + " (this family has no other layout)");
+    c.head_dim = hd;
+    return;
+  }
+  if (!divides)
+    f.fail("num_attention_heads", std::to_string(c.num_attention_heads) + " does not divide hidden_size " +
+                                      std::to_string(c.hidden_size) + " (and no head_dim is given)");
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+}
+
+void window_all_layers(const ConfigFields& f, ModelConfig& c) {
+  int w = 0;
+  if (f.present("sliding_window")) {
+    const int64_t v = f.integer("sliding_window");
+    if (v < 0) f.fail("sliding_window", "must be positive or null, got " + std::to_string(v));
+    w = static_cast<int>(v);
+  }
+  c.sliding_window = w;
+  c.layer_window.assign(static_cast<size_t>(c.num_hidden_layers), w);
+}
+
+void full_rotary_only(const ConfigFields& f, const ConfigFields& rope) {
+  for (const ConfigFields* x : {&rope, &f})
+    if (x->present("partial_rotary_factor") && x->number("partial_rotary_factor") != 1.0)
+      x->fail("partial_rotary_factor", "must be 1 for this architecture (only Phi3ForCausalLM rotates part of a head)");
+}
+
+void read_rope_type(const ConfigFields& r, ModelConfig& c, const std::vector<std::string>& allowed) {
+  std::string type = "default";
+  const char* field = r.present("rope_type") ? "rope_type" : "type";
+  if (r.present(field)) type = r.string(field);
+  if (type == "su") type = "longrope";
+  bool ok = type == "default";
+  for (const auto& a : allowed) ok = ok || a == type;
+  if (!ok) {
+    std::string list;
+    for (const auto& a : allowed) list += a + ", ";
+    r.fail(field, "unsupported rope type '" + type + "' for " + c.architecture + " (supported: " + list + "or none)");
+  }
+  if (type == "default") return;
+  c.rope_scaling.type = type;
+  if (type == "linear" || type == "llama3") {
+    if (!r.present("factor")) r.fail("factor", "missing (required for " + type + ")");
+    c.rope_scaling.factor = static_cast<float>(r.positive_number("factor"));
+  }
+  if (type == "llama3") {
+    for (const char* k : {"low_freq_factor", "high_freq_factor"})
+      if (!r.present(k)) r.fail(k, "missing (required for llama3)");
+    c.rope_scaling.low_freq_factor = r.positive_number("low_freq_factor");
+    c.rope_scaling.high_freq_factor = r.positive_number("high_freq_factor");
+    if (!(c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor))
+      r.fail("high_freq_factor", "must be larger than low_freq_factor");
+    if (!r.present("original_max_position_embeddings"))
+      r.fail("original_max_position_embeddings", "missing (required for llama3)");
+    c.rope_scaling.original_max_position_embeddings = r.positive_int("original_max_position_embeddings");
+  }
+}
+
+}  // namespace phi3

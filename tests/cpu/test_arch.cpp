@@ -1,0 +1,221 @@
+// The decoder families (model/arch/, issue 23): each config.json layout parses into the
+// flags the engine runs on (biases, per-layer windows, head_dim, rope type), the expected
+// checkpoint tensors follow the family's layout, llama3 / linear rope frequencies equal
+// transformers', and what a family cannot be is refused naming the field.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "model/arch/architecture.h"
+#include "model/weights.h"
+#include "runtime/config.h"
+#include "test_util.h"
+
+namespace phi3 {
+namespace {
+
+using json = nlohmann::json;
+using test::error_of;
+using ::testing::HasSubstr;
+
+ModelConfig parse(const json& j) { return parse_config_json(j.dump(), "config.json"); }
+
+// Qwen2.5-3B's config.json (the seed's second model), as published.
+json qwen25_3b() {
+  return json::parse(R"({
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+    "intermediate_size": 11008, "max_position_embeddings": 32768, "max_window_layers": 36,
+    "model_type": "qwen2", "num_attention_heads": 16, "num_hidden_layers": 36, "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true,
+    "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": true,
+    "use_sliding_window": false, "vocab_size": 151936})");
+}
+
+// Llama-3.1-8B's config.json, as published.
+json llama31_8b() {
+  return json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
+    "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 131072,
+    "mlp_bias": false, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
+    "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "use_cache": true,
+    "vocab_size": 128256})");
+}
+
+// Mistral-Nemo's shape: head_dim 128 while hidden_size / heads = 160.
+json mistral_nemo() {
+  return json::parse(R"({
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 5120,
+    "head_dim": 128, "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 40,
+    "num_key_value_heads": 8, "max_position_embeddings": 1024000, "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0, "sliding_window": null, "tie_word_embeddings": false, "vocab_size": 131072})");
+}
+
+TEST(Arch, EveryFamilyIsListed) {
+  std::vector<std::string> names;
+  for (const auto& a : architectures()) names.push_back(a.hf_class);
+  EXPECT_THAT(names, ::testing::ElementsAre("Phi3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
+                                            "MistralForCausalLM"));
+}
+
+TEST(Arch, Qwen25ThreeB) {
+  const ModelConfig c = parse(qwen25_3b());
+  EXPECT_EQ(c.architecture, "Qwen2ForCausalLM");
+  EXPECT_EQ(c.family, "qwen2");
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.rotary_dim, 128);
+  EXPECT_TRUE(c.qkv_bias);
+  EXPECT_FALSE(c.o_bias);
+  EXPECT_FALSE(c.mlp_bias);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_FLOAT_EQ(c.rope_theta, 1e6f);
+  ASSERT_EQ(c.layer_window.size(), 36u);
+  for (int l = 0; l < 36; ++l) EXPECT_EQ(c.window(l), 0) << "use_sliding_window false: no window";
+  EXPECT_FALSE(c.pad_token_from_config);
+  const auto t = expected_tensors(c);
+  std::set<std::string> names;
+  for (const auto& e : t) names.insert(e.name);
+  for (const char* n : {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias",
+                        "model.layers.0.self_attn.k_proj.bias", "model.layers.35.self_attn.v_proj.bias",
+                        "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"})
+    EXPECT_TRUE(names.count(n)) << n;
+  for (const char* n : {"model.layers.0.self_attn.o_proj.bias", "lm_head.weight", "model.layers.0.self_attn.qkv_proj.weight"})
+    EXPECT_FALSE(names.count(n)) << n;
+  const LayerPlan p = layer_plan(c, 0);
+  ASSERT_EQ(p.qkv.size(), 3u);
+  EXPECT_EQ(p.qkv[0].shape, (std::vector<int64_t>{2048, 2048}));
+  EXPECT_EQ(p.qkv[1].shape, (std::vector<int64_t>{256, 2048}));
+  EXPECT_EQ(p.qkv_bias[2].shape, (std::vector<int64_t>{256}));
+  EXPECT_EQ(p.gate_up[1].shape, (std::vector<int64_t>{11008, 2048}));
+}
+
+TEST(Arch, Qwen2SlidingWindowsPerLayer) {
+  json j = qwen25_3b();
+  j["num_hidden_layers"] = 4;
+  j["use_sliding_window"] = true;
+  j["sliding_window"] = 16;
+  j["max_window_layers"] = 2;
+  ModelConfig c = parse(j);
+  EXPECT_EQ(c.layer_window, (std::vector<int>{0, 0, 16, 16}));
+  j["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention", "full_attention"};
+  c = parse(j);
+  EXPECT_EQ(c.layer_window, (std::vector<int>{16, 0, 16, 0})) << "layer_types wins, as in transformers";
+  j["layer_types"] = {"sliding_attention", "full"};
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("field 'layer_types': expected a list of 4 strings"));
+}
+
+TEST(Arch, Llama31Rope) {
+  const ModelConfig c = parse(llama31_8b());
+  EXPECT_EQ(c.family, "llama");
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_FALSE(c.qkv_bias || c.o_bias || c.mlp_bias);
+  EXPECT_EQ(c.rope_scaling.type, "llama3");
+  EXPECT_EQ(c.rope_attention_scale(), 1.0f);
+  // transformers 5.25 LlamaRotaryEmbedding(config).inv_freq for this config (float32).
+  const double hf[64] = {
+      1, 0.814617217, 0.663601279, 0.540580988, 0.440366626, 0.358730227, 0.292227834, 0.238053814, 0.193922758,
+      0.157972813, 0.128687382, 0.10483095, 0.0853971019, 0.0695659518, 0.0566696189, 0.0461640507, 0.0376060307,
+      0.0306345206, 0.0249554086, 0.0203291047, 0.0165604409, 0.0134904198, 0.0109895291, 0.00895225909,
+      0.00729266508, 0.00594073068, 0.00483942125, 0.00394227589, 0.00321144611, 0.00216657063, 0.00137189368,
+      0.00085675146, 0.000524846022, 0.00031269365, 0.000178507791, 9.55621217e-05, 7.78465546e-05,
+      6.34151438e-05, 5.16590699e-05, 4.20823671e-05, 3.42810235e-05, 2.79259093e-05, 2.2748929e-05,
+      1.85316694e-05, 1.50962178e-05, 1.22976389e-05, 1.00178686e-05, 8.1607277e-06, 6.64786967e-06,
+      5.41546933e-06, 4.41153452e-06, 3.59371188e-06, 2.92749974e-06, 2.38479174e-06, 1.94269251e-06,
+      1.58255079e-06, 1.28917316e-06, 1.05018262e-06, 8.55496921e-07, 6.96902532e-07, 5.6770881e-07,
+      4.6246538e-07, 3.7673226e-07, 3.06892588e-07};
+  const std::vector<float> f = c.inv_freq(31);
+  ASSERT_EQ(f.size(), 64u);
+  for (int i = 0; i < 64; ++i) EXPECT_NEAR(f[i], hf[i], 2e-7 * hf[i]) << "inv_freq[" << i << "]";
+  // The three regimes are all present: kept (i = 0), on the ramp (29..34), divided by 8 (35..).
+  const std::vector<float> plain = [&] {
+    json j = llama31_8b();
+    j["rope_scaling"] = nullptr;
+    return parse(j).inv_freq(31);
+  }();
+  EXPECT_EQ(f[0], plain[0]);
+  EXPECT_NEAR(f[63], plain[63] / 8, 1e-6 * plain[63]);
+  EXPECT_GT(f[31], plain[31] / 8);
+  EXPECT_LT(f[31], plain[31]);
+}
+
+TEST(Arch, LinearRopeAndBiases) {
+  json j = llama31_8b();
+  j["hidden_size"] = 64;
+  j["num_attention_heads"] = 4;
+  j["num_key_value_heads"] = 2;
+  j["rope_theta"] = 10000.0;
+  j["rope_scaling"] = {{"factor", 2.5}, {"rope_type", "linear"}};
+  j["attention_bias"] = true;
+  j["mlp_bias"] = true;
+  const ModelConfig c = parse(j);
+  EXPECT_TRUE(c.qkv_bias && c.o_bias && c.mlp_bias);
+  // transformers 5.25: LlamaRotaryEmbedding inv_freq of this config.
+  const float hf[8] = {0.4000000059604645f,   0.12649109959602356f,  0.03999999910593033f,   0.012649111449718475f,
+                       0.003999999724328518f, 0.0012649111449718475f, 0.0004000000189989805f, 0.0001264911115868017f};
+  const auto f = c.inv_freq(10);
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(f[i], hf[i], 1e-7 * hf[i]) << i;
+  const LayerPlan p = layer_plan(c, 1);
+  ASSERT_EQ(p.o_bias.size(), 1u);
+  EXPECT_EQ(p.o_bias[0].name, "model.layers.1.self_attn.o_proj.bias");
+  ASSERT_EQ(p.gate_up_bias.size(), 2u);
+  EXPECT_EQ(p.gate_up_bias[1].name, "model.layers.1.mlp.up_proj.bias");
+  ASSERT_EQ(p.down_bias.size(), 1u);
+}
+
+TEST(Arch, MistralHeadDimOfItsOwn) {
+  const ModelConfig c = parse(mistral_nemo());
+  EXPECT_EQ(c.family, "mistral");
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.rotary_dim, 128);
+  EXPECT_EQ(c.window(0), 0);
+  const LayerPlan p = layer_plan(c, 0);
+  EXPECT_EQ(p.qkv[0].shape, (std::vector<int64_t>{32 * 128, 5120}));
+  EXPECT_EQ(p.o[0].shape, (std::vector<int64_t>{5120, 32 * 128}));
+  json j = mistral_nemo();
+  j["sliding_window"] = 4096;
+  EXPECT_EQ(parse(j).layer_window, std::vector<int>(40, 4096));
+}
+
+TEST(Arch, RefusedNamingTheField) {
+  struct Case {
+    json cfg;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  json j = llama31_8b();
+  j["rope_scaling"]["rope_type"] = "dynamic";
+  cases.push_back({j, "field 'rope_scaling.rope_type': unsupported rope type 'dynamic' for LlamaForCausalLM "
+                      "(supported: llama3, linear, or none)"});
+  j = llama31_8b();
+  j["rope_scaling"].erase("low_freq_factor");
+  cases.push_back({j, "field 'rope_scaling.low_freq_factor': missing (required for llama3)"});
+  j = llama31_8b();
+  j["rope_scaling"]["high_freq_factor"] = 0.5;
+  cases.push_back({j, "field 'rope_scaling.high_freq_factor': must be larger than low_freq_factor"});
+  j = llama31_8b();
+  j["partial_rotary_factor"] = 0.5;
+  cases.push_back({j, "field 'partial_rotary_factor': must be 1 for this architecture"});
+  j = qwen25_3b();
+  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}};
+  cases.push_back({j, "field 'rope_scaling.type': unsupported rope type 'yarn' for Qwen2ForCausalLM"});
+  j = llama31_8b();
+  j["attention_bias"] = "no";
+  cases.push_back({j, "field 'attention_bias': expected true or false, got string"});
+  j = qwen25_3b();
+  j["model_type"] = "llama";
+  cases.push_back({j, "field 'model_type': expected 'qwen2' for Qwen2ForCausalLM, got 'llama'"});
+  j = mistral_nemo();
+  j.erase("head_dim");
+  j["num_attention_heads"] = 48;
+  cases.push_back({j, "field 'num_attention_heads': 48 does not divide hidden_size 5120 (and no head_dim is given)"});
+  for (const auto& c : cases) EXPECT_THAT(error_of([&] { parse(c.cfg); }), HasSubstr(c.message)) << c.cfg.dump();
+}
+
+}  // namespace
+}  // namespace phi3

@@ -1,0 +1,93 @@
+"""The decoder families the engine supports, as the Python tools see them: which transformers
+classes build and load each, where its hook points sit, and its layer weights in the engine's
+fused layout (q|k|v rows, gate|up rows, biases). make_reference.py, circuit_reference.py and the
+baselines go through these helpers instead of naming Phi-3 modules, so a new family is one entry
+here (the engine's side is one file in model/arch/).
+"""
+import importlib
+
+import torch
+
+# model_type -> (config class, model class, modeling module) names in transformers
+FAMILIES = {
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", "transformers.models.phi3.modeling_phi3"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "transformers.models.qwen2.modeling_qwen2"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", "transformers.models.llama.modeling_llama"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", "transformers.models.mistral.modeling_mistral"),
+}
+
+
+def family_of(model_or_config):
+    cfg = getattr(model_or_config, "config", model_or_config)
+    mt = cfg.model_type if hasattr(cfg, "model_type") else cfg["model_type"]
+    if mt not in FAMILIES:
+        raise ValueError(f"unsupported model_type {mt!r} (supported: {', '.join(FAMILIES)})")
+    return mt
+
+
+def classes(family):
+    import transformers
+    cfg_cls, model_cls, _ = FAMILIES[family]
+    return getattr(transformers, cfg_cls), getattr(transformers, model_cls)
+
+
+def modeling(family):
+    return importlib.import_module(FAMILIES[family][2])
+
+
+def all_modeling():
+    return [modeling(f) for f in FAMILIES]
+
+
+def load_model(model_dir, dtype=torch.float32, attn="eager"):
+    """Any supported family from a checkpoint directory (its config.json's model_type)."""
+    import json
+    import os
+    with open(os.path.join(model_dir, "config.json")) as f:
+        family = family_of(json.load(f))
+    _, model_cls = classes(family)
+    model = model_cls.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def fused_qkv(layer):
+    """True when the layer has one qkv_proj (Phi-3) instead of q_proj, k_proj, v_proj."""
+    return hasattr(layer.self_attn, "qkv_proj")
+
+
+def qkv_modules(layer):
+    at = layer.self_attn
+    return [at.qkv_proj] if fused_qkv(layer) else [at.q_proj, at.k_proj, at.v_proj]
+
+
+def qkv_weight_bias(layer):
+    """The q|k|v projection as the engine holds it: W [(H+2KVH)*HD, D] and bias (or None)."""
+    mods = qkv_modules(layer)
+    W = torch.cat([m.weight for m in mods], 0)
+    b = None if mods[0].bias is None else torch.cat([m.bias for m in mods], 0)
+    return W, b
+
+
+def attn_residual_module(layer):
+    """The module whose output is what the layer adds to the residual stream after attention:
+    Phi-3's resid_attn_dropout (identity in eval), else self_attn itself (output tuple [0])."""
+    return getattr(layer, "resid_attn_dropout", None) or layer.self_attn
+
+
+def gate_up(layer, x):
+    """(gate, up) pre-activations of the MLP for input x."""
+    mlp = layer.mlp
+    if hasattr(mlp, "gate_up_proj"):
+        return mlp.gate_up_proj(x).chunk(2, -1)
+    return mlp.gate_proj(x), mlp.up_proj(x)
+
+
+def layer_window(model, l):
+    """The sliding window of layer l (0 = none), as transformers applies it."""
+    at = model.model.layers[l].self_attn
+    if hasattr(at, "sliding_window"):  # Qwen2: per layer (layer_types)
+        return at.sliding_window or 0
+    return getattr(model.config, "sliding_window", None) or 0
