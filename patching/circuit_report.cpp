@@ -184,6 +184,8 @@ std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const 
   using nlohmann::json;
   json j;
   j["format_version"] = 1;
+  j["architecture"] = r.architecture;
+  j["family"] = r.family;
   j["method"] = r.method;
   j["direction"] = r.direction;
   j["selection"] = r.selection + ", pruned to the part connected from the input to the logits";

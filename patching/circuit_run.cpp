@@ -57,6 +57,8 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   r.direction = opt.noising ? "noise" : "denoise";
   r.selection = opt.greedy ? "greedy" : "top-k";
   r.pairs_file = opt.pairs_file;
+  r.architecture = m.cfg.architecture;
+  r.family = m.cfg.family;
   r.L = g.L();
   r.H = g.H();
   r.KVH = g.KVH();

@@ -41,6 +41,7 @@ struct CircuitPoint {
 
 struct CircuitRunResult {
   std::string method, direction, pairs_file;
+  std::string architecture, family;  // the checkpoint's (config.json; model/arch/)
   std::string selection = "top-k";
   std::vector<std::string> answers_cut;  // --answer-first-token  // "top-k" | "greedy" (then pruned either way)
   int L = 0, H = 0, KVH = 0, B = 0, T = 0;  // B: prompts over all batches

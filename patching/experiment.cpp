@@ -867,6 +867,10 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
 
   ExperimentResult R;
   R.model_dir = m.dir;
+  R.architecture = m.cfg.architecture;
+  R.family = m.cfg.family;
+  R.pad_token_id = m.cfg.pad_token_id;
+  R.pad_token_source = m.cfg.pad_token_source;
   R.device = be.name();
   R.pairs_file = opt.pairs_file;
   R.direction = opt.noising ? "noise" : "denoise";

@@ -121,6 +121,9 @@ struct PatternFigure {
 
 struct ExperimentResult {
   std::string model_dir, device, pairs_file, direction;
+  std::string architecture, family;  // the checkpoint's (config.json; model/arch/)
+  int pad_token_id = 0;
+  std::string pad_token_source;
   bool add_bos = true;
   std::vector<std::string> answers_cut;  // --answer-first-token: the answers that used their first piece
   int T = 0, n_prompts = 0;

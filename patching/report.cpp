@@ -168,6 +168,9 @@ std::string results_json(const ExperimentResult& R) {
   json j;
   j["format_version"] = 1;
   j["model"] = R.model_dir;
+  j["architecture"] = R.architecture;
+  j["family"] = R.family;
+  j["pad_token_id"] = {{"id", R.pad_token_id}, {"from", R.pad_token_source}};
   j["device"] = R.device;
   j["pairs_file"] = R.pairs_file;
   j["direction"] = R.direction;

@@ -69,9 +69,11 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   } else {
     c.eos_token_id = token_id("eos_token_id", 32000);
   }
-  c.pad_token_id = f.present("pad_token_id") ? token_id("pad_token_id", 32000)
-                   : j.contains("pad_token_id")  ? c.eos_token_id  // null: pad with eos
-                                                 : 32000;
+  // Absent or null: the tokenizer's pad token where it names one (load_model), else eos (or
+  // 32000, Phi-3's, when the config names no eos either).
+  c.pad_token_id = f.present("pad_token_id")   ? token_id("pad_token_id", 32000)
+                   : f.present("eos_token_id") ? c.eos_token_id
+                                               : 32000;
   c.pad_token_from_config = f.present("pad_token_id");
 
   // ---- rotary

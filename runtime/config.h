@@ -53,6 +53,7 @@ struct ModelConfig {
   int eos_token_id = 32000;
   int pad_token_id = 32000;
   bool pad_token_from_config = false;  // pad_token_id given in config.json (else eos / 32000, or the tokenizer's)
+  std::string pad_token_source = "config.json pad_token_id";  // where pad_token_id came from
 
   // inv_freq[i] = 1 / (ext[i] * theta^(2i/rot_dim)), ext = LongRoPE factor (short or long
   // by whether seq_len > original_max_position_embeddings), 1 without scaling. Computed in

@@ -179,17 +179,21 @@ void Tokenizer::load_tokenizer_config(const std::string& path) {
       throw Error(path + ": 'add_bos_token' must be true or false, got " + json_brief(j["add_bos_token"]));
     bos_default_ = j["add_bos_token"].get<bool>() ? 1 : 0;
   }
-  if (j.contains("bos_token") && !j["bos_token"].is_null()) {
-    const json& b = j["bos_token"];
+  // bos_token / pad_token: a string or {"content": ...} naming a token of the tokenizer.
+  auto special = [&](const char* key) {
+    if (!j.contains(key) || j[key].is_null()) return -1;
+    const json& b = j[key];
     std::string content;
     if (b.is_string()) content = b.get<std::string>();
     else if (b.is_object() && b.contains("content") && b["content"].is_string()) content = b["content"].get<std::string>();
-    else throw Error(path + ": 'bos_token' must be a string or {\"content\": ...}, got " + json_brief(b));
+    else throw Error(path + ": '" + key + "' must be a string or {\"content\": ...}, got " + json_brief(b));
     auto it = added_.find(content);
     const int id = it != added_.end() ? it->second : model_->piece_id(content);
-    if (id < 0) throw Error(path + ": bos_token '" + content + "' is not a token of the tokenizer");
-    bos_id_ = id;
-  }
+    if (id < 0) throw Error(path + ": " + key + " '" + content + "' is not a token of the tokenizer");
+    return id;
+  };
+  if (const int id = special("bos_token"); id >= 0) bos_id_ = id;
+  pad_id_ = special("pad_token");
 }
 
 std::vector<int> Tokenizer::encode(const std::string& text, bool add_bos) const {

@@ -45,6 +45,7 @@ class Tokenizer {
   int piece_count() const;                    // ids of the model (below the added tokens, usually)
   int vocab_size() const;                     // max id + 1 including added tokens
   int bos_id() const;                         // -1 when the tokenizer has none
+  int pad_id() const { return pad_id_; }      // tokenizer_config.json's pad_token; -1 when none
   bool bos_by_default() const;                // prompts start with BOS unless --no-bos
   std::string kind() const;                   // "SentencePiece", "byte-level BPE"
   // The single token an answer word becomes: the word as it follows a space in running text
@@ -73,6 +74,7 @@ class Tokenizer {
   std::map<int, AddedFlags> flags_;  // added id -> its flags
   int bos_id_ = -1;           // from tokenizer_config.json's bos_token; else the model's
   int bos_default_ = -1;      // add_bos_token of tokenizer_config.json (0/1); -1: the model's default
+  int pad_id_ = -1;           // pad_token of tokenizer_config.json
 };
 
 }  // namespace phi3

@@ -9,7 +9,7 @@ namespace phi3 {
 
 namespace {
 
-const char* kRunUsage = R"(phi3patch - activation and attribution patching for Phi-3 (Phi3ForCausalLM) models
+const char* kRunUsage = R"(phi3patch - activation and attribution patching for Phi-3, Qwen2, Llama and Mistral models
 
 usage: phi3patch [COMMAND] [OPTIONS]
 
@@ -31,9 +31,9 @@ Each command's options: phi3patch COMMAND --help. The options below are run's.
 
 options:
   --help            this text
-  --model DIR       Phi3ForCausalLM checkpoint directory (config.json, *.safetensors, and
-                    tokenizer.model (Phi-3) or tokenizer.json (Phi-4, Phi-4-mini))
-                    [data/models/tiny-temporal-phi3]
+  --model DIR       checkpoint directory: Phi3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM
+                    or MistralForCausalLM (config.json, *.safetensors, and tokenizer.model or
+                    tokenizer.json) [data/models/tiny-temporal-phi3]
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
 
@@ -144,7 +144,7 @@ corrupted run's value; faithfulness = (m(circuit) - m(empty)) / (m(full) - m(emp
 Under mpirun the grid's circuits are divided across the ranks.
 
   --help             this text
-  --model DIR        Phi3ForCausalLM checkpoint [data/models/tiny-temporal-phi3]
+  --model DIR        checkpoint directory (any supported family) [data/models/tiny-temporal-phi3]
   --device D         auto | cpu | cuda [auto]
   --fp32             on CUDA, keep weights in fp32 (bf16 otherwise)
   --pairs FILE       clean/corrupted pairs (as for run) [data/temporal_scope_for_attribution_patching.json]
@@ -186,7 +186,8 @@ usage: phi3patch bench [OPTIONS]
   --model DIR       checkpoint directory [data/models/tiny-temporal-phi3]; with --predict,
                     its config.json alone
   --like SHAPE      with --predict instead of --model: phi-3-mini | phi-3-medium | phi-4-mini
-                    | tiny [phi-3-mini]
+                    | tiny | qwen2.5-3b | qwen2.5-7b | llama-3.2-1b | llama-3.1-8b | mistral-7b
+                    [phi-3-mini]
   --predict GPU     h100 | h200: predict instead of measuring
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
@@ -211,7 +212,9 @@ usage: phi3patch make-random --out DIR [OPTIONS]
 
   --help            this text
   --out DIR         where to write the checkpoint [required]
-  --like SHAPE      phi-3-mini | phi-3-medium | phi-4-mini | tiny [phi-3-mini]
+  --like SHAPE      phi-3-mini | phi-3-medium | phi-4-mini | tiny | qwen2.5-3b | qwen2.5-7b |
+                    llama-3.2-1b | llama-3.1-8b | mistral-7b (published config.json of each)
+                    [phi-3-mini]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]
   --seed N          random seed [0]
   --dtype D         bf16 | f32 [bf16]

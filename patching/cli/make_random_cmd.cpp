@@ -17,6 +17,51 @@
 
 namespace phi3 {
 
+namespace {
+// The published config.json of other families' checkpoints (their shapes; the tokenizer ids
+// are the real ones, the embedded test tokenizer's ids all lie below every vocab_size).
+nlohmann::json other_family_shape(const std::string& like) {
+  using nlohmann::json;
+  const json common = {{"hidden_act", "silu"}, {"attention_dropout", 0.0}, {"initializer_range", 0.02},
+                       {"torch_dtype", "bfloat16"}, {"use_cache", true}};
+  json j;
+  if (like == "qwen2.5-3b" || like == "qwen2.5-7b") {
+    const bool small = like == "qwen2.5-3b";
+    j = {{"architectures", {"Qwen2ForCausalLM"}}, {"model_type", "qwen2"}, {"bos_token_id", 151643},
+         {"eos_token_id", 151643}, {"hidden_size", small ? 2048 : 3584}, {"intermediate_size", small ? 11008 : 18944},
+         {"num_hidden_layers", small ? 36 : 28}, {"num_attention_heads", small ? 16 : 28},
+         {"num_key_value_heads", small ? 2 : 4}, {"max_position_embeddings", small ? 32768 : 131072},
+         {"max_window_layers", small ? 36 : 28}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0},
+         {"sliding_window", small ? 32768 : 131072}, {"use_sliding_window", false},
+         {"tie_word_embeddings", small}, {"vocab_size", small ? 151936 : 152064}};
+  } else if (like == "llama-3.2-1b" || like == "llama-3.1-8b") {
+    const bool small = like == "llama-3.2-1b";
+    j = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"attention_bias", false},
+         {"mlp_bias", false}, {"bos_token_id", 128000}, {"eos_token_id", 128001},
+         {"hidden_size", small ? 2048 : 4096}, {"intermediate_size", small ? 8192 : 14336},
+         {"num_hidden_layers", small ? 16 : 32}, {"num_attention_heads", 32}, {"num_key_value_heads", 8},
+         {"head_dim", small ? 64 : 128}, {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-5},
+         {"rope_theta", 500000.0}, {"pretraining_tp", 1}, {"tie_word_embeddings", small}, {"vocab_size", 128256},
+         {"rope_scaling", {{"factor", small ? 32.0 : 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                           {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}}}};
+  } else if (like == "mistral-7b") {  // Mistral-7B-v0.1: the sliding-window one
+    j = {{"architectures", {"MistralForCausalLM"}}, {"model_type", "mistral"}, {"bos_token_id", 1},
+         {"eos_token_id", 2}, {"hidden_size", 4096}, {"intermediate_size", 14336}, {"num_hidden_layers", 32},
+         {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"max_position_embeddings", 32768},
+         {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"sliding_window", 4096}, {"tie_word_embeddings", false},
+         {"vocab_size", 32000}};
+  } else {
+    return json();
+  }
+  j.update(common);
+  return j;
+}
+}  // namespace
+
+std::string like_shapes() {
+  return "phi-3-mini, phi-3-medium, phi-4-mini, tiny, qwen2.5-3b, qwen2.5-7b, llama-3.2-1b, llama-3.1-8b, mistral-7b";
+}
+
 nlohmann::json config_like(const std::string& like, int layers_override) {
   nlohmann::json j = {{"architectures", {"Phi3ForCausalLM"}}, {"model_type", "phi3"}, {"hidden_act", "silu"},
                       {"bos_token_id", 1},   {"eos_token_id", 32000},  {"pad_token_id", 32000},
@@ -47,8 +92,10 @@ nlohmann::json config_like(const std::string& like, int layers_override) {
     j.update({{"hidden_size", 64}, {"intermediate_size", 128}, {"num_hidden_layers", 4}, {"num_attention_heads", 4},
               {"num_key_value_heads", 2}, {"vocab_size", 1032}, {"pad_token_id", 1024}, {"eos_token_id", 1024},
               {"max_position_embeddings", 512}, {"original_max_position_embeddings", 512}});
+  } else if (const auto other = other_family_shape(like); !other.is_null()) {
+    j = other;
   } else {
-    throw Error("--like: expected phi-3-mini, phi-3-medium, phi-4-mini or tiny, got '" + like + "'");
+    throw Error("--like: expected one of " + like_shapes() + ", got '" + like + "'");
   }
   if (layers_override > 0) j["num_hidden_layers"] = layers_override;
   return j;
@@ -128,7 +175,8 @@ int cmd_make_random(const Args& a) {
       const auto& t = tensors[i];
       int64_t n = 1;
       for (auto d : t.shape) n *= d;
-      auto vals = random_values(n, seed * 1000003ull + i, std, t.shape.size() == 1);
+      const bool is_bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+      auto vals = random_values(n, seed * 1000003ull + i, std, t.shape.size() == 1 && !is_bias);
       tw.push_back(dtype == "bf16" ? tensor_bf16(t.name, t.shape, vals) : tensor_f32(t.name, t.shape, vals));
       weight_map[t.name] = fname;
     }
