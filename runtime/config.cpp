@@ -37,6 +37,8 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   c.hidden_size = f.required_positive_int("hidden_size");
   c.intermediate_size = f.required_positive_int("intermediate_size");
   c.num_hidden_layers = f.required_positive_int("num_hidden_layers");
+  if (c.num_hidden_layers > 100000)  // per-layer tables are sized by it; real models have ~10-200
+    f.fail("num_hidden_layers", std::to_string(c.num_hidden_layers) + " is not a plausible layer count (at most 100000)");
   c.num_attention_heads = f.required_positive_int("num_attention_heads");
   c.vocab_size = f.required_positive_int("vocab_size");
   c.num_key_value_heads =

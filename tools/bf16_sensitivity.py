@@ -18,7 +18,8 @@ import os
 
 import torch
 import torch.nn.functional as F
-from transformers import Phi3ForCausalLM
+
+import families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ def measure(name):
     mdir = os.path.join(d, r["model"]) if not os.path.isabs(r["model"]) else r["model"]
     if not os.path.isdir(mdir):
         mdir = os.path.join(ROOT, "data", "models", "tiny-temporal-phi3")
-    model = Phi3ForCausalLM.from_pretrained(mdir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = families.load_model(mdir, torch.float32, "eager")
     T = r["T"]
     rows = r["clean_token_ids"]
     pad = [T - len(x) for x in rows]
@@ -52,7 +53,8 @@ def measure(name):
     ref = run()
     plain_linear = torch.nn.Linear.forward
     emb = model.model.embed_tokens.weight.data.clone()
-    torch.nn.Linear.forward = lambda self, x: F.linear(x.bfloat16().float(), self.weight.bfloat16().float())
+    torch.nn.Linear.forward = lambda self, x: F.linear(x.bfloat16().float(), self.weight.bfloat16().float(),
+                                                       None if self.bias is None else self.bias.float())
     model.model.embed_tokens.weight.data = emb.bfloat16().float()
     try:
         got = run()

@@ -19,6 +19,13 @@ namespace phi3 {
 namespace {
 
 namespace fs = std::filesystem;
+
+// A file's size, 0 when it is gone (temp files vanish at their rename).
+uintmax_t size_or_zero(const std::string& p) {
+  std::error_code ec;
+  const auto n = fs::file_size(p, ec);
+  return ec ? 0 : n;
+}
 using nlohmann::json;
 using test::error_of;
 using test::slurp;
@@ -150,13 +157,16 @@ TEST(OutDirCli, RunKilledInsideACheckpointWriteResumes) {
     ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
+  // Wait for the paused write (the temp files of other batches' writes come and go).
   std::vector<std::string> temps;
-  const auto t0 = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120)) {
+  auto paused = [&] {
     temps = stale_temp_files(out + "/checkpoints");
-    if (!temps.empty() && fs::file_size(temps[0]) > 0) break;
+    return temps.size() == 1 && fs::path(temps[0]).filename().string().rfind("batch-000001.json.tmp.", 0) == 0 &&
+           size_or_zero(temps[0]) > 0;
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!paused() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
   ::kill(pid, SIGKILL);
   int st = 0;
   ::waitpid(pid, &st, 0);
