@@ -77,6 +77,12 @@ std::string shared_reference_dir() {
   return (std::filesystem::path(PHI3_SOURCE_DIR) / ".." / "shared" / "phi3-reference").lexically_normal().string();
 }
 
+uintmax_t size_or_zero(const std::string& path) {
+  std::error_code ec;
+  const auto n = std::filesystem::file_size(path, ec);
+  return ec ? 0 : n;
+}
+
 std::string temp_dir(const std::string& tag) {
   auto base = std::filesystem::temp_directory_path() / ("phi3test-" + tag + "-" + std::to_string(::getpid()));
   std::filesystem::remove_all(base);

@@ -53,6 +53,11 @@ const Architecture& architecture_named(const std::string& model_type) {
   throw Error("unknown model family '" + model_type + "' (supported: " + supported_list() + ")");
 }
 
+void separate_projections(Architecture& a) {
+  a.qkv_parts = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+  a.gate_up_parts = {"mlp.gate_proj", "mlp.up_proj"};
+}
+
 void read_head_dim(const ConfigFields& f, ModelConfig& c, bool may_differ) {
   const bool divides = c.hidden_size % c.num_attention_heads == 0;
   if (f.present("head_dim")) {

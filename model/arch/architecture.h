@@ -31,6 +31,9 @@ struct Architecture {
   std::vector<std::string> gate_up_parts;
 };
 
+// The Llama layout of a layer's projections (Qwen2, Llama, Mistral): separate q/k/v, gate/up.
+void separate_projections(Architecture& a);
+
 // Every supported family, in the order the README lists them.
 const std::vector<Architecture>& architectures();
 // The family a config.json names (its architectures list, else model_type); throws naming the

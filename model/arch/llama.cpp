@@ -11,8 +11,7 @@ Architecture llama_architecture() {
   a.hf_class = "LlamaForCausalLM";
   a.model_type = "llama";
   a.examples = "Llama 3.1 / 3.2 / 3.3, DeepSeek-R1-Distill-Llama";
-  a.qkv_parts = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
-  a.gate_up_parts = {"mlp.gate_proj", "mlp.up_proj"};
+  separate_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);
     full_rotary_only(f, rope);

@@ -9,8 +9,7 @@ Architecture mistral_architecture() {
   a.hf_class = "MistralForCausalLM";
   a.model_type = "mistral";
   a.examples = "Mistral-7B v0.1-v0.3, Mistral-Nemo";
-  a.qkv_parts = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
-  a.gate_up_parts = {"mlp.gate_proj", "mlp.up_proj"};
+  separate_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);
     full_rotary_only(f, rope);

@@ -13,8 +13,7 @@ Architecture qwen2_architecture() {
   a.hf_class = "Qwen2ForCausalLM";
   a.model_type = "qwen2";
   a.examples = "Qwen2, Qwen2.5 0.5B-72B, DeepSeek-R1-Distill-Qwen";
-  a.qkv_parts = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
-  a.gate_up_parts = {"mlp.gate_proj", "mlp.up_proj"};
+  separate_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);
     full_rotary_only(f, rope);

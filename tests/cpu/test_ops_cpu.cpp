@@ -302,6 +302,36 @@ std::string lin_name(const testing::TestParamInfo<LinCase>& i) {
 }
 class LinearTest : public testing::TestWithParam<LinCase> {};
 
+// A bias (Weight::bias: Qwen2's q/k/v, Llama's attention_bias / mlp_bias) is added to every
+// output row, after the product and before or on top of the accumulated value; the backward
+// ignores it (no weight gradients). The reference adds it in double.
+TEST(Linear, BiasAddedToEveryRow) {
+  const int N = 5, in = 17, out = 33;
+  const auto x = random_vec(size_t(N) * in, 210), W = random_vec(size_t(out) * in, 211), b = random_vec(out, 212);
+  const auto base = random_vec(size_t(N) * out, 213);
+  Weight w{W.data(), DType::F32, out, in};
+  w.bias = b.data();
+  std::vector<float> y(size_t(N) * out, NAN), ya = base;
+  be().linear_forward(y.data(), x.data(), w, N, false);
+  be().linear_forward(ya.data(), x.data(), w, N, true);
+  std::vector<double> yref(y.size()), yaref(y.size());
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < out; ++o) {
+      double acc = b[o];
+      for (int i = 0; i < in; ++i) acc += double(x[n * in + i]) * W[size_t(o) * in + i];
+      yref[size_t(n) * out + o] = acc;
+      yaref[size_t(n) * out + o] = acc + base[size_t(n) * out + o];
+    }
+  expect_close(y, to_float(yref), 1e-6, "y = x W^T + b");
+  expect_close(ya, to_float(yaref), 1e-6, "y += x W^T + b");
+  const auto dy = random_vec(y.size(), 214);
+  std::vector<float> dx1(x.size()), dx2(x.size());
+  be().linear_backward(dx1.data(), dy.data(), w, N, false);
+  w.bias = nullptr;
+  be().linear_backward(dx2.data(), dy.data(), w, N, false);
+  EXPECT_EQ(dx1, dx2) << "the bias does not enter the activation gradient";
+}
+
 TEST_P(LinearTest, ForwardBackwardVsNaive) {
   const auto [N, in, out] = GetParam();
   SCOPED_TRACE("LINEAR(N=" + std::to_string(N) + ",in=" + std::to_string(in) +

@@ -19,13 +19,6 @@ namespace phi3 {
 namespace {
 
 namespace fs = std::filesystem;
-
-// A file's size, 0 when it is gone (temp files vanish at their rename).
-uintmax_t size_or_zero(const std::string& p) {
-  std::error_code ec;
-  const auto n = fs::file_size(p, ec);
-  return ec ? 0 : n;
-}
 using nlohmann::json;
 using test::error_of;
 using test::slurp;
@@ -162,7 +155,7 @@ TEST(OutDirCli, RunKilledInsideACheckpointWriteResumes) {
   auto paused = [&] {
     temps = stale_temp_files(out + "/checkpoints");
     return temps.size() == 1 && fs::path(temps[0]).filename().string().rfind("batch-000001.json.tmp.", 0) == 0 &&
-           size_or_zero(temps[0]) > 0;
+           test::size_or_zero(temps[0]) > 0;
   };
   const auto t0 = std::chrono::steady_clock::now();
   while (!paused() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))

@@ -253,6 +253,37 @@ TEST_P(LinearGpu, ForwardBackward) {
   expect_close(dxs.download(), dx_set, tol, "dx (overwrite)");
   expect_close(dxa.download(), dx_acc, tol, "dx (accumulate)");
 }
+// The bias pass (bias_add_kernel) against the CPU op, overwrite and accumulate, fp32 and bf16
+// weights, a row count that is not a multiple of anything.
+TEST(LinearGpuBias, MatchesCpu) {
+  REQUIRE_GPU();
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const int N = 7, in = 19, out = 45;
+    auto W = random_vec(size_t(out) * in, 41, -0.05f, 0.05f);
+    auto Wh = to_bf16(W);
+    if (dtype == DType::BF16) W = from_bf16(Wh);
+    const auto x = random_vec(size_t(N) * in, 42), b = random_vec(out, 43), base = random_vec(size_t(N) * out, 44);
+    Weight Wc{W.data(), DType::F32, out, in};
+    Wc.bias = b.data();
+    std::vector<float> y(size_t(N) * out), ya = base;
+    cpu::linear_forward(y.data(), x.data(), Wc, N, false, nullptr);
+    cpu::linear_forward(ya.data(), x.data(), Wc, N, true, nullptr);
+    DeviceArray<float> W32, bd = dev(b);
+    DeviceArray<uint16_t> W16;
+    if (dtype == DType::F32) W32 = dev(W); else W16 = dev(Wh);
+    Weight Wd{dtype == DType::F32 ? (const void*)W32.get() : (const void*)W16.get(), dtype, out, in};
+    Wd.bias = bd.get();
+    auto xd = dev(x), yad = dev(base);
+    DeviceArray<float> yd(gpu(), y.size());
+    gpu().linear_forward(yd.get(), xd.get(), Wd, N, false);
+    gpu().linear_forward(yad.get(), xd.get(), Wd, N, true);
+    const double tol = dtype == DType::F32 ? kTolGemmF32 : kTolGemmBf16;
+    expect_close(yd.download(), y, tol, "y");
+    expect_close(yad.download(), ya, tol, "y (accumulate)");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Linear, LinearGpu,
     ::testing::Values(LinParam{1, 1, 1, DType::F32}, LinParam{5, 17, 33, DType::F32},

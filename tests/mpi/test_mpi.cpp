@@ -23,13 +23,6 @@ namespace phi3 {
 namespace {
 
 namespace fs = std::filesystem;
-
-// A file's size, 0 when it is gone (temp files vanish at their rename).
-uintmax_t size_or_zero(const std::string& p) {
-  std::error_code ec;
-  const auto n = fs::file_size(p, ec);
-  return ec ? 0 : n;
-}
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
@@ -377,7 +370,7 @@ TEST_F(Mpi, ResumeAfterKillInsideAWrite) {
         temps = temp_files(out);  // the paused write (other batches' temp files come and go)
         return temps.size() == 1 &&
                fs::path(temps[0]).filename().string().rfind("batch-000003.json.tmp.", 0) == 0 &&
-               size_or_zero(temps[0]) > 0;
+               test::size_or_zero(temps[0]) > 0;
       },
       120))
       << slurp(dir_ + "/bg_err.txt");
