@@ -28,17 +28,6 @@ void require_unset(const json& obj, const char* key, const std::string& where, c
   throw Error(where + ": '" + key + "' = " + json_brief(v) + " is not supported (" + why + ")");
 }
 
-void check_normalizer(const json& j, const std::string& where) {
-  if (j.is_null()) return;
-  if (j.is_object() && j.value("type", "") == "Sequence" && j.contains("normalizers") && j["normalizers"].is_array()) {
-    for (size_t i = 0; i < j["normalizers"].size(); ++i)
-      check_normalizer(j["normalizers"][i], where + ".normalizers[" + std::to_string(i) + "]");
-    return;
-  }
-  throw Error(where + ": normalizer " + json_brief(j) +
-              " is not supported (the byte-level BPE tokenizers of Phi-4, Phi-4-mini and GPT-2 have none)");
-}
-
 void check_decoder(const json& j, const std::string& where) {
   if (j.is_object() && j.value("type", "") == "ByteLevel") return;
   if (j.is_object() && j.value("type", "") == "Sequence" && j.contains("decoders") && j["decoders"].is_array() &&
@@ -97,7 +86,7 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& j, const std::string& 
   require_unset(model, "continuing_subword_prefix", where, "not a byte-level BPE setting");
   require_unset(model, "end_of_word_suffix", where, "not a byte-level BPE setting");
   require_unset(model, "byte_fallback", where, "byte-level BPE covers every byte already");
-  check_normalizer(j.contains("normalizer") ? j["normalizer"] : json(), path + ": normalizer");
+  m->norm_ = Normalizer::from_json(j.contains("normalizer") ? j["normalizer"] : json(), path + ": normalizer");
   m->pre_ = PreTokenizer::from_json(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json(), path + ": pre_tokenizer");
   if (!m->pre_.has_byte_level())
     throw Error(path + ": pre_tokenizer has no ByteLevel step; only byte-level BPE is supported");
@@ -267,7 +256,11 @@ void BpeModel::encode_word(const std::string& word, std::vector<int>* out) const
 }
 
 void BpeModel::encode(std::string_view text, bool /*starts_input*/, std::vector<int>* out) const {
-  for (const std::string& word : pre_.apply(text)) encode_word(word, out);
+  if (norm_.identity()) {
+    for (const std::string& word : pre_.apply(text)) encode_word(word, out);
+  } else {
+    for (const std::string& word : pre_.apply(norm_.apply(text))) encode_word(word, out);
+  }
 }
 
 std::string BpeModel::decode(const std::vector<int>& ids, const std::map<int, std::string>& added) const {

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "runtime/normalizer.h"
 #include "runtime/pretokenizer.h"
 #include "runtime/tokenizer_model.h"
 
@@ -55,6 +56,7 @@ class BpeModel : public TokenizerModel {
   std::vector<bool> present_;
   std::unordered_map<uint64_t, std::pair<int, int>> merges_;  // (left id, right id) -> (rank, merged id)
   bool ignore_merges_ = false;
+  Normalizer norm_;  // tokenizer.json's normalizer (NFC for Qwen2), applied before pre_
   int unk_id_ = -1;
   bool fuse_unk_ = false;
   int template_bos_ = -1;

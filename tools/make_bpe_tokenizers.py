@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Small byte-level BPE test tokenizers in the layouts of Phi-4, Phi-4-mini and GPT-2, and the
+"""Small byte-level BPE test tokenizers in the layouts of Phi-4, Phi-4-mini, GPT-2, Qwen2 and Llama 3, and the
 ids Hugging Face `tokenizers` gives for a corpus of test strings.
 
     python3 tools/make_bpe_tokenizers.py [--out tests/data/bpe]     # needs: pip install tokenizers
@@ -19,6 +19,10 @@ mixed-script corpus, a few thousand merges, with the added tokens right after it
                (rstrip on most, 5 not special); add_bos_token false; merges as pairs ["a", "b"];
                ignore_merges (a word in the vocabulary is taken whole) to exercise that path
   gpt2         ByteLevel with GPT-2's own regex, no prefix space; merges "a b"
+  qwen2        NFC normalizer, Split(Qwen2's regex, Isolated) + ByteLevel without regex; 10 special
+               added tokens; bos_token null (no BOS); merges as pairs
+  llama3       Split(cl100k regex, Isolated) + ByteLevel; ignore_merges; BOS <|begin_of_text|> from a
+               TemplateProcessing (no add_bos_token); 8 special added tokens
   gpt2-prefix  the same with add_prefix_space (the prefix goes on every piece of text) and a
                TemplateProcessing post-processor that puts BOS first; merges as pairs
 
@@ -56,6 +60,18 @@ PHI4_MINI_ADDED = [("<|endoftext|>", True, False, False), ("<|endofprompt|>", Tr
                    ("<|tool_call|>", False, False, True), ("<|/tool_call|>", False, False, True),
                    ("<|tool_response|>", False, False, True), ("<|tag|>", True, False, True)]
 GPT2_ADDED = [("<|endoftext|>", True, False, False)]
+# Qwen2 / Qwen2.5: <|endoftext|> (151643 there), <|im_start|>, <|im_end|> and the vision / FIM
+# tokens, all special, no stripping.
+QWEN2_ADDED = [(c, True, False, False) for c in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                                                  "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|fim_prefix|>",
+                                                  "<|fim_middle|>", "<|fim_suffix|>")]
+# Llama 3: <|begin_of_text|> (128000 there), <|end_of_text|>, reserved tokens, the chat headers.
+LLAMA3_ADDED = [(c, True, False, False) for c in ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                                                   "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
+                                                   "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")]
+# Qwen2's split regex (its tokenizer.json: cl100k's with single digits), behavior Isolated.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 # Split "Removed" with invert: the regex's matches are the words (Phi-4-mini's tokenizer.json as
 # quoted in meta-pytorch/tokenizers PR #38; Phi-4's is taken to be the same conversion).
@@ -75,6 +91,19 @@ LAYOUTS = {
                  ignore_merges=False,
                  config=dict(add_prefix_space=False, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                              unk_token="<|endoftext|>", model_max_length=1024, tokenizer_class="GPT2Tokenizer")),
+    # Qwen2 / Qwen2.5: an NFC normalizer, Split(Isolated) with Qwen's regex, no BOS at all.
+    "qwen2": dict(split=QWEN2_SPLIT, behavior="isolated", normalizer="NFC", prefix=False, use_regex=False, vocab=4096,
+                  added=QWEN2_ADDED, merges="pairs", ignore_merges=False,
+                  config=dict(add_prefix_space=False, bos_token=None, eos_token="<|endoftext|>",
+                              pad_token="<|endoftext|>", unk_token=None, errors="replace", model_max_length=131072,
+                              split_special_tokens=False, clean_up_tokenization_spaces=False,
+                              tokenizer_class="Qwen2Tokenizer")),
+    # Llama 3: Split(Isolated) with cl100k's regex, ignore_merges, BOS <|begin_of_text|> from a
+    # TemplateProcessing (its tokenizer_config.json has no add_bos_token).
+    "llama3": dict(split=CL100K, behavior="isolated", prefix=False, use_regex=False, vocab=4096, added=LLAMA3_ADDED,
+                   merges="pairs", ignore_merges=True, template_bos=True,
+                   config=dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", model_max_length=131072,
+                               clean_up_tokenization_spaces=True, tokenizer_class="PreTrainedTokenizerFast")),
     # Not a real checkpoint: ByteLevel's add_prefix_space, and BOS from a TemplateProcessing.
     "gpt2-prefix": dict(split=None, prefix=True, use_regex=True, vocab=2048, added=GPT2_ADDED, merges="pairs",
                         ignore_merges=False, template_bos=True,
@@ -206,7 +235,13 @@ def test_corpus(root, specials, rng):
               "path/to/file.txt", "https://example.com/a?b=c&d=e", "email@example.com", "C++ & C#", "x = y + 1;",
               "def f(x):\n    return x * 2\n", "{\"key\": [1, 2, 3]}", "<html><body>hi</body></html>",
               "--flag=value", "...", "?!?!", "¿Qué?", "¡Hola!", "«quote»", "“curly” ‘quotes’", "—dash—", "a/b/c",
-              "1/2", "foo//bar", "\r", "\r\r\n", "a\rb"]
+              "1/2", "foo//bar", "\r", "\r\r\n", "a\rb",
+              # what NFC changes: decomposed accents (composed by NFC), compatibility-only forms
+              # (kept by NFC), singletons, Hangul jamo, several marks in canonical order
+              "Ame\u0301lie", "Am\u00e9lie", "cafe\u0301 creme\u0300", "\u212b", "\u2126hm", "A\u030a",
+              "\u1100\u1161\u11a8", "\u1112\u1161\u11ab\u1100\u116e\u11a8", "o\u0308\u0304", "q\u0307\u0323",
+              "\u1e9b\u0323", "\u0041\u0301\u0302", "\u00c5\u0301", "\ufb01 \u2460 \u00bd", "e\u0301 " * 5,
+              "n\u0303a\u0303o", "\u0915\u093c", "\u05d0\u05b7", "Zu\u0308rich Zu\u0308rich"]
     for sp in specials:
         texts += [sp, "a" + sp, sp + "b", "Hello " + sp + " world", "Hello" + sp + "world", sp + sp,
                   " " + sp + " ", "x\n" + sp + "\ny", sp[:-1], sp[1:], "<|" + sp + "|>"]
@@ -232,7 +267,10 @@ def build(spec, lines):
     tok = Tokenizer(models.BPE())
     steps = []
     if spec["split"]:
-        steps.append(pre_tokenizers.Split(Regex(spec["split"]), behavior="removed", invert=True))
+        if spec.get("behavior") == "isolated":
+            steps.append(pre_tokenizers.Split(Regex(spec["split"]), behavior="isolated", invert=False))
+        else:
+            steps.append(pre_tokenizers.Split(Regex(spec["split"]), behavior="removed", invert=True))
     steps.append(pre_tokenizers.ByteLevel(add_prefix_space=spec["prefix"], use_regex=spec["use_regex"]))
     tok.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
     tok.decoder = decoders.ByteLevel()
@@ -240,6 +278,8 @@ def build(spec, lines):
                                   show_progress=False, min_frequency=2)
     tok.train_from_iterator(lines, trainer=trainer)
     j = json.loads(tok.to_str())
+    if spec.get("normalizer") == "NFC":
+        j["normalizer"] = {"type": "NFC"}
     vocab = j["model"]["vocab"]
     added = []
     for content, special, lstrip, rstrip in spec["added"]:

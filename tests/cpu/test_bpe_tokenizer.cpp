@@ -74,7 +74,8 @@ TEST_P(BpeCorpus, EqualsHuggingFaceOnEveryText) {
   EXPECT_GT(tokens, 40000u);  // the corpus is not trivially short
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, BpeCorpus, ::testing::Values("phi-4", "phi-4-mini", "gpt2", "gpt2-prefix"),
+INSTANTIATE_TEST_SUITE_P(Layouts, BpeCorpus,
+                         ::testing::Values("phi-4", "phi-4-mini", "gpt2", "gpt2-prefix", "qwen2", "llama3"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n)
@@ -208,6 +209,27 @@ TEST(BpeTokenizer, LongWordsAreNotQuadratic) {
   EXPECT_LT(s, 20.0) << "encoding 1 MB took " << s << " s";
 }
 
+// Qwen2's NFC normalizer runs on the text between added tokens: a decomposed accent becomes
+// the composed one's ids; Llama 3 starts with <|begin_of_text|> from its template, Qwen2 with
+// nothing (its tokenizer_config.json has bos_token null).
+TEST(BpeTokenizer, QwenNormalizesAndLlamaStartsWithBos) {
+  Tokenizer qwen = Tokenizer::load_dir(bpe_dir("qwen2"));
+  EXPECT_EQ(qwen.encode("Ame\u0301lie caf\u0065\u0301", false), qwen.encode("Am\u00e9lie caf\u00e9", false));
+  EXPECT_EQ(qwen.encode("\u212b", false), qwen.encode("\u00c5", false)) << "the Angstrom sign is a singleton";
+  EXPECT_NE(qwen.encode("\ufb01", false), qwen.encode("fi", false)) << "NFC keeps compatibility forms";
+  EXPECT_EQ(qwen.decode(qwen.encode("Ame\u0301lie", false)), "Am\u00e9lie");
+  EXPECT_FALSE(qwen.bos_by_default());
+  EXPECT_LT(qwen.bos_id(), 0);
+  Tokenizer llama = Tokenizer::load_dir(bpe_dir("llama3"));
+  EXPECT_TRUE(llama.bos_by_default());
+  const auto ids = llama.encode("Hello", true);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(llama.piece(ids[0]), "<|begin_of_text|>");
+  EXPECT_EQ(ids, expected()["llama3"]["bos_ids"].get<std::vector<int>>());
+  // Tokens are not normalized inside added tokens, which are matched first.
+  EXPECT_EQ(qwen.encode("<|im_start|>e\u0301", false).front(), qwen.added_tokens().at("<|im_start|>"));
+}
+
 // ---- load errors ---------------------------------------------------------------------------
 
 std::string with_edit(const std::string& tag, const std::function<void(json&)>& edit) {
@@ -249,8 +271,12 @@ TEST(BpeTokenizer, LoadErrorsNameTheField) {
     const std::string dir = with_edit(tag, edit);
     return error_of([&] { Tokenizer::load_dir(dir); });
   };
-  EXPECT_THAT(err("nfc", [](json& j) { j["normalizer"] = {{"type", "NFC"}}; }),
-              HasSubstr("normalizer {\"type\":\"NFC\"} is not supported"));
+  EXPECT_THAT(err("lowercase", [](json& j) { j["normalizer"] = {{"type", "Lowercase"}}; }),
+              HasSubstr("normalizer {\"type\":\"Lowercase\"} is not supported (NFC, NFD, NFKC, NFKD"));
+  EXPECT_THAT(err("seq", [](json& j) {
+                j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Strip"}}}}};
+              }),
+              HasSubstr("normalizer.normalizers[1]: normalizer {\"type\":\"Strip\"} is not supported"));
   EXPECT_THAT(err("meta", [](json& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }),
               HasSubstr("pre-tokenizer type 'Metaspace' is not supported"));
   EXPECT_THAT(err("nobyte", [](json& j) { j["pre_tokenizer"] = nullptr; }),

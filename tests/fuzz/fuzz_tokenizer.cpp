@@ -5,7 +5,8 @@
 //   2: the rest is an added_tokens.json next to the embedded tokenizer.model (load_dir),
 //      then encode a text that holds the added tokens;
 //   3: encode the rest as text with the byte-level BPE test tokenizers of tests/data/bpe
-//      (Phi-4 and Phi-4-mini layouts: PCRE2 splits, added tokens with lstrip / rstrip);
+//      (Phi-4, Phi-4-mini and Qwen2 layouts: PCRE2 splits, added tokens with lstrip / rstrip,
+//      Qwen2's NFC normalizer);
 //   4: the rest is a tokenizer.json (load_dir of a directory holding only it), then encode
 //      a fixed text with special tokens and mixed scripts.
 // Only phi3::Error may come out; anything else is a crash.
@@ -43,6 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const Tokenizer embedded = Tokenizer::load_dir(kModelDir);
   static const Tokenizer phi4 = Tokenizer::load_dir(kBpeDir + "phi-4");
   static const Tokenizer phi4mini = Tokenizer::load_dir(kBpeDir + "phi-4-mini");
+  static const Tokenizer qwen2 = Tokenizer::load_dir(kBpeDir + "qwen2");  // NFC before the split
   if (size == 0) return 0;
   const uint8_t mode = data[0] % 5;
   const std::string rest(reinterpret_cast<const char*>(data + 1), size - 1);
@@ -57,6 +59,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } else if (mode == 3) {
       try {
         use(phi4, rest);
+      } catch (const Error&) {
+      }
+      try {
+        use(qwen2, rest);
       } catch (const Error&) {
       }
       use(phi4mini, rest);
