@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import circuit_reference  # noqa: E402
+import families  # noqa: E402
 from circuit_reference import NodeModel  # noqa: E402  (the model's shape and RMSNorm)
 
 
@@ -56,13 +57,17 @@ class TorchCircuit(NodeModel):
         self.W = []
         for layer in model.model.layers:
             at = layer.self_attn
-            Wqkv = at.qkv_proj.weight
+            Wqkv, bqkv = families.qkv_weight_bias(layer)  # q|k|v rows, any family's layout
             H, KVH, HD = self.H, self.KVH, self.HD
             self.W.append({
                 "q": Wqkv[:H * HD].view(H, HD, self.D),
                 "k": Wqkv[H * HD:(H + KVH) * HD].view(KVH, HD, self.D),
                 "v": Wqkv[(H + KVH) * HD:].view(KVH, HD, self.D),
                 "o": at.o_proj.weight.view(self.D, H, HD).permute(1, 2, 0),  # [H, HD, D]
+                "o_bias": at.o_proj.bias,
+                "b": None if bqkv is None else {"q": bqkv[:H * HD].view(H, 1, HD),
+                                                "k": bqkv[H * HD:(H + KVH) * HD].view(KVH, 1, HD),
+                                                "v": bqkv[(H + KVH) * HD:].view(KVH, 1, HD)},
             })
 
     def run(self, batch, emb=None, leaves=False, circuit=None):
@@ -76,9 +81,7 @@ class TorchCircuit(NodeModel):
         x = mdl.embed_tokens(tokens) if emb is None else emb
         cos, sin = mdl.rotary_emb(x, pos)
         t = torch.arange(T)
-        vis = (t[None, :, None] >= t[None, None, :]) & mask[:, None, :]
-        if self.window:
-            vis = vis & (t[None, :, None] - t[None, None, :] < self.window)
+        causal = (t[None, :, None] >= t[None, None, :]) & mask[:, None, :]
         ups = [x]
         lv = {}
         resid = x
@@ -100,6 +103,9 @@ class TorchCircuit(NodeModel):
             return xin
 
         for l, layer in enumerate(mdl.layers):
+            vis = causal
+            if self.windows[l]:  # this layer's sliding window
+                vis = vis & (t[None, :, None] - t[None, None, :] < self.windows[l])
             W = self.W[l]
             w1 = layer.input_layernorm.weight
             per = g.per
@@ -107,7 +113,9 @@ class TorchCircuit(NodeModel):
             q = torch.einsum("bthd,hed->bhte", xin[:, :, :H], W["q"])
             k = torch.einsum("bthd,hed->bhte", xin[:, :, H:H + KVH], W["k"])
             v = torch.einsum("bthd,hed->bhte", xin[:, :, H + KVH:], W["v"])
-            q, k = _rotary(q, k, cos, sin)
+            if W["b"] is not None:  # [heads, 1, HD] biases broadcast over [B, heads, T, HD]
+                q, k, v = q + W["b"]["q"], k + W["b"]["k"], v + W["b"]["v"]
+            q, k = self.rotary(q, k, cos, sin)
             k = k.repeat_interleave(grp, 1)
             v = v.repeat_interleave(grp, 1)
             s = (q @ k.transpose(-1, -2)) / math.sqrt(HD)
@@ -116,20 +124,17 @@ class TorchCircuit(NodeModel):
             heads = torch.einsum("bhte,hed->bthd", z, W["o"])  # [B, T, H, D]
             ups.extend(heads.unbind(2))
             resid = resid + heads.sum(2)
+            if W["o_bias"] is not None:  # not a node: the same in every run
+                resid = resid + W["o_bias"]
             xm = self.norm(inputs(l * per + per - 1, 1, g.up_limit(l) + H, resid)[:, :, 0],
                            layer.post_attention_layernorm.weight, self.eps)
-            gate, up = layer.mlp.gate_up_proj(xm).chunk(2, -1)
+            gate, up = families.gate_up(layer, xm)
             mo = layer.mlp.down_proj(torch.nn.functional.silu(gate) * up)
             ups.append(mo)
             resid = resid + mo
         xf = self.norm(inputs(g.Dn - 1, 1, g.U, resid)[:, :, 0], mdl.norm.weight, self.eps)
         logits = self.model.lm_head(xf[:, -1])
         return logits, torch.stack(ups, 2), lv
-
-
-def _rotary(q, k, cos, sin):
-    from transformers.models.phi3 import modeling_phi3
-    return modeling_phi3.apply_rotary_pos_emb(q, k, cos, sin)
 
 
 def logit_diff(last_logits, ans, oth):

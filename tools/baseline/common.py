@@ -30,6 +30,7 @@ BLOCK_HOOKS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 ALL_HOOKS = BLOCK_HOOKS + ["z", "z_all_pos"]
 
 sys.path.insert(0, TOOLS)
+import families  # noqa: E402
 try:
     import sentencepiece as spm  # noqa: F401
     HAVE_SP = True
@@ -103,15 +104,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def load_model(model_dir, device, dtype, attn_implementation):
-    from transformers import Phi3ForCausalLM
-    import transformers
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    kw = {"dtype": DTYPES[dtype]} if (major, minor) >= (4, 56) else {"torch_dtype": DTYPES[dtype]}
-    model = Phi3ForCausalLM.from_pretrained(model_dir, attn_implementation=attn_implementation, **kw)
-    model.eval().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    """Any supported family (tools/families.py), from its config.json."""
+    model = families.load_model(model_dir, DTYPES[dtype], attn_implementation)
+    return model.to(device)
 
 
 class _SpTok:
@@ -238,7 +233,7 @@ class HookPoints:
                 assert name != "resid_mid" or t is args[0], "resid_mid hooks must work in place"
                 return (t,) + tuple(args[1:])
             return mod.register_forward_pre_hook(pre1)
-        mod = {"attn_out": layer.resid_attn_dropout, "mlp_out": layer.mlp, "resid_post": layer}[name]
+        mod = {"attn_out": families.attn_residual_module(layer), "mlp_out": layer.mlp, "resid_post": layer}[name]
 
         def post(mod, inp, out):
             if isinstance(out, tuple):  # decoder layers of transformers 4.x return tuples
