@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/qk_norm.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -161,6 +162,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     be.rotary_backward(lg.qkv.get(), QKVW, lg.q_rot.get(), QW, s.pos.get(), N, H, HD, s.rope);
     be.rotary_backward(lg.qkv.get() + QW, QKVW, lg.k_rot.get(), KVW, s.pos.get(), N, KVH, HD, s.rope);
     be.copy_rows(lg.qkv.get() + QW + KVW, QKVW, nullptr, dv.get(), KVW, nullptr, N, KVW);
+    qk_norm_backward(be, m, l, lg.qkv.get(), a.qkv.get(), N);  // to the pre-norm q/k (hook_q/k)
     be.linear_backward(dln.get(), lg.qkv.get(), w.qkv, N, false);
     lg.resid_pre = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_pre.get(), lg.resid_mid.get(), size_t(N) * D * sizeof(float));

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/op_math.h"
+#include "model/qk_norm.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -327,7 +328,9 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     patch_here(Hook::Q, l, a.qkv.get(), QKVW, QW);
     patch_here(Hook::K, l, a.qkv.get() + QW, QKVW, KVW);
     patch_here(Hook::V, l, a.qkv.get() + QW + KVW, QKVW, KVW);
-    be.rotary_qkv_forward(a.q_rot.get(), a.k_rot.get(), a.v.get(), a.qkv.get(), s.pos.get(), N, H, KVH, HD, s.rope);
+    DeviceArray<float> qkn;  // q and k normalized per head (Qwen3), else unused
+    be.rotary_qkv_forward(a.q_rot.get(), a.k_rot.get(), a.v.get(), qk_norm_input(be, m, l, a.qkv.get(), N, qkn),
+                          s.pos.get(), N, H, KVH, HD, s.rope);
 
     if (a.pattern.size()) be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
     AttnParams ap = plain_attention_params(m, s, a, l, dsegs.get());

@@ -82,6 +82,10 @@ LayerPlan layer_plan(const ModelConfig& c, int l) {
     lp.qkv.push_back({p + arch.qkv_parts[i] + ".weight", {qkv_rows[i], D}});
     if (c.qkv_bias) lp.qkv_bias.push_back({p + arch.qkv_parts[i] + ".bias", {qkv_rows[i]}});
   }
+  if (c.qk_norm) {
+    lp.q_norm = {{p + "self_attn.q_norm.weight", {HD}}};
+    lp.k_norm = {{p + "self_attn.k_norm.weight", {HD}}};
+  }
   lp.o = {{p + "self_attn.o_proj.weight", {D, H * HD}}};
   if (c.o_bias) lp.o_bias = {{p + "self_attn.o_proj.bias", {D}}};
   const int64_t gu_rows = arch.gate_up_parts.size() == 1 ? 2 * F : F;
@@ -101,7 +105,7 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerPlan lp = layer_plan(c, l);
     t.push_back(lp.ln1);
-    for (const auto* group : {&lp.qkv, &lp.qkv_bias, &lp.o, &lp.o_bias})
+    for (const auto* group : {&lp.qkv, &lp.qkv_bias, &lp.q_norm, &lp.k_norm, &lp.o, &lp.o_bias})
       t.insert(t.end(), group->begin(), group->end());
     t.push_back(lp.ln2);
     for (const auto* group : {&lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias})
@@ -207,6 +211,10 @@ struct WeightLoader {
       LayerWeights lw;
       lw.ln1 = vec(p.ln1);
       lw.qkv = matrix(p.qkv, p.qkv_bias);
+      if (!p.q_norm.empty()) {
+        lw.q_norm = static_cast<const float*>(fused(p.q_norm, DType::F32));
+        lw.k_norm = static_cast<const float*>(fused(p.k_norm, DType::F32));
+      }
       lw.o = matrix(p.o, p.o_bias);
       lw.ln2 = vec(p.ln2);
       lw.gate_up = matrix(p.gate_up, p.gate_up_bias);

@@ -20,6 +20,8 @@ struct LayerWeights {
   Weight o;        // self_attn.o_proj.weight [D, H*HD]
   Weight gate_up;  // gate|up rows [2F, D] (gate_up_proj, or gate_proj, up_proj)
   Weight down;     // mlp.down_proj.weight [D, F]
+  const float* q_norm = nullptr;  // self_attn.q_norm.weight [HD] (qk_norm models), else null
+  const float* k_norm = nullptr;  // self_attn.k_norm.weight [HD]
 };
 
 class ModelWeights {
@@ -55,6 +57,7 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg);
 struct LayerPlan {
   ExpectedTensor ln1, ln2;
   std::vector<ExpectedTensor> qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
+  std::vector<ExpectedTensor> q_norm, k_norm;  // one each with qk_norm
 };
 LayerPlan layer_plan(const ModelConfig& cfg, int layer);
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/qk_norm.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -102,7 +103,9 @@ std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, c
     const LayerActs& a = base.layers[l];
     PHI3_CHECK(a.pattern.size() > 0, "qk fix: the base forward did not keep the pattern");
     // The source run's pre-rotary q and k, rotated at the base run's positions.
-    be.rotary_qkv_forward(qs.get(), ks.get(), vs.get(), source.layers[l].qkv.get(), base.pos.get(), N, H, KVH, HD,
+    DeviceArray<float> qkn;  // the source's q and k normalized per head (Qwen3)
+    be.rotary_qkv_forward(qs.get(), ks.get(), vs.get(), qk_norm_input(be, m, l, source.layers[l].qkv.get(), N, qkn),
+                          base.pos.get(), N, H, KVH, HD,
                           base.rope);
     QkFixParams p;
     p.q = a.q_rot.get();

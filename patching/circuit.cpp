@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "model/backward.h"
+#include "model/qk_norm.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -256,7 +257,9 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
         be.linear_forward(y.get(), ln.get(), row_slice(w.qkv, int64_t(i) * HD, HD), Rn, false);
         be.copy_rows(qkv.get() + size_t(i) * HD, QKVW, nullptr, y.get(), HD, nullptr, Rn, HD);
       }
-      be.rotary_qkv_forward(q.get(), k.get(), v.get(), qkv.get(), dpos.get(), Rn, H, KVH, HD, clean.rope);
+      DeviceArray<float> qkn;  // q and k normalized per head (Qwen3)
+      be.rotary_qkv_forward(q.get(), k.get(), v.get(), qk_norm_input(be, m, l, qkv.get(), Rn, qkn), dpos.get(), Rn, H,
+                            KVH, HD, clean.rope);
       AttnParams ap = attention_params(m, T, l);
       ap.q = q.get();
       ap.k = k.get();

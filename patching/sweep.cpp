@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "model/qk_norm.h"
 #include "runtime/arena.h"
 #include "runtime/error.h"
 
@@ -146,7 +147,8 @@ class FastSweep {
 
       be_.rmsnorm_forward(ln_, rstd_.get(), X_.get(), w.ln1, Rl, D_, c_.rms_norm_eps);
       be_.linear_forward(qkv_.get(), ln_, w.qkv, Rl, false);
-      be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_row_pos.get(), Rl, H_, KVH_, HD_, base_.rope);
+      be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qk_norm_input(be_, m_, l, qkv_.get(), Rl, qkn_),
+                             d_row_pos.get(), Rl, H_, KVH_, HD_, base_.rope);
 
       AttnParams ap = packed_attention(l, bl, nullptr, active * B_);
 
@@ -187,7 +189,7 @@ class FastSweep {
     std::vector<float> h_ld = d_ld.download();
     for (int r = 0; r < n; ++r)
       for (int b = 0; b < B_; ++b) ld[size_t(runs[r].target) * B_ + b] = h_ld[size_t(r) * B_ + b];
-    for (auto* buf : {&X_, &ln32_, &rstd_, &qkv_, &q_, &k_, &v_, &z_, &gu_, &act32_}) buf->reset();
+    for (auto* buf : {&X_, &ln32_, &rstd_, &qkv_, &q_, &k_, &v_, &z_, &gu_, &act32_, &qkn_}) buf->reset();
     for (auto* buf : {&ln16_, &z16_, &act16_}) buf->reset();
   }
 
@@ -350,8 +352,8 @@ class FastSweep {
     auto d_segs = to_device(be_, segs);
     be_.copy_rows(qkv_.get(), QKVW_, nullptr, bl.qkv.get(), QKVW_, d_src.get(), static_cast<int>(n), QKVW_);
     copy_head_slices(qkv_.get() + col0, src_.layers[lt].qkv.get() + col0, QKVW_, by_head);
-    be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qkv_.get(), d_pos.get(), static_cast<int>(n), H_, KVH_, HD_,
-                           base_.rope);
+    be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qk_norm_input(be_, m_, lt, qkv_.get(), static_cast<int>(n), qkn_),
+                           d_pos.get(), static_cast<int>(n), H_, KVH_, HD_, base_.rope);
     be_.attention_forward(packed_attention(lt, bl, d_segs.get(), static_cast<int>(segs.size())));
     if (!final) {  // resid_mid, then resid_post, straight into the runs' state rows
       float* post = dst_buf + row0 * D_;
@@ -457,6 +459,7 @@ class FastSweep {
   int B_, T_, L_, D_, F_, V_, H_, KVH_, HD_, QW_, KVW_, QKVW_;
   bool g16_ = false;  // GEMM inputs in bf16 (bf16 weights)
   DeviceArray<float> X_, ln32_, rstd_, qkv_, q_, k_, v_, z_, gu_, act32_;
+  DeviceArray<float> qkn_;  // q and k normalized per head (models with q/k norm only)
   DeviceArray<uint16_t> ln16_, z16_, act16_;
   GemmOut ln_, act_;  // ln32_/ln16_ and act32_/act16_, whichever is in use
 };

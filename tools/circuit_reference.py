@@ -192,6 +192,7 @@ class NodeModel:
             q = torch.stack(qs, 1)  # [B,H,T,HD]
             k = torch.stack(ks, 1)
             v = torch.stack(vs, 1)
+            q, k = families.qk_norm(layer, q, k)  # Qwen3: per head over head_dim, before rotary
             q, k = self.rotary(q, k, cos, sin)
             k = k.repeat_interleave(grp, 1)
             v = v.repeat_interleave(grp, 1)

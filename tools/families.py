@@ -14,6 +14,7 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "transformers.models.qwen2.modeling_qwen2"),
     "llama": ("LlamaConfig", "LlamaForCausalLM", "transformers.models.llama.modeling_llama"),
     "mistral": ("MistralConfig", "MistralForCausalLM", "transformers.models.mistral.modeling_mistral"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "transformers.models.qwen3.modeling_qwen3"),
 }
 
 
@@ -83,6 +84,15 @@ def gate_up(layer, x):
     if hasattr(mlp, "gate_up_proj"):
         return mlp.gate_up_proj(x).chunk(2, -1)
     return mlp.gate_proj(x), mlp.up_proj(x)
+
+
+def qk_norm(layer, q, k):
+    """Qwen3's per-head RMSNorm of q and k (over the last dim, head_dim) where the family has
+    it: what happens between the q/k projections (TL hook_q/k) and rotary."""
+    at = layer.self_attn
+    if hasattr(at, "q_norm"):
+        return at.q_norm(q), at.k_norm(k)
+    return q, k
 
 
 def layer_window(model, l):

@@ -79,6 +79,20 @@ RANDOM_CONFIGS = [
         "std": 0.3, "dtype": "float32", "shard": "2", "style": "hub", "seed": 7000,
     },
     {
+        "name": "rand-qwen3-qknorm",
+        "family": "qwen3",
+        "covers": ["Qwen3ForCausalLM: per-head q_norm / k_norm (RMSNorm over head_dim before rotary; "
+                   "weights 1 + 0.2 N(0,1), not 1)", "head_dim 16 given in config.json, not hidden_size / "
+                   "heads = 12", "attention_bias true (q, k, v and o biases)", "GQA (4 q heads, 2 kv heads)",
+                   "use_sliding_window with max_window_layers 2: layer 2 a window of 8 < T", "tied",
+                   "bf16 storage", "3 layers", "config.json as transformers 5.x writes it"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, rope_theta=1000000.0, max_position_embeddings=256,
+                    attention_bias=True, use_sliding_window=True, sliding_window=8, max_window_layers=2,
+                    tie_word_embeddings=True, rms_norm_eps=1e-6),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 9000, "min_gap": 1.5,
+    },
+    {
         "name": "rand-mistral-swa-hd",
         "family": "mistral",
         "covers": ["MistralForCausalLM", "head_dim 16 given in config.json, not hidden_size / heads = 12",
@@ -869,6 +883,7 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         for l in range(L):
             q = acts["attn.hook_q"][l].transpose(1, 2)
             k = acts["attn.hook_k"][l].transpose(1, 2)
+            q, k = families.qk_norm(model.model.layers[l], q, k)  # Qwen3: normalized before rotary
             rq, rk = families.modeling(families.family_of(model)).apply_rotary_pos_emb(q, k, cos, sin)
             er = max(er, float((rq.transpose(1, 2) - acts["attn.hook_rot_q"][l]).abs().max()),
                      float((rk.transpose(1, 2) - acts["attn.hook_rot_k"][l]).abs().max()))

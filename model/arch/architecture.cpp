@@ -1,5 +1,7 @@
 #include "model/arch/architecture.h"
 
+#include <algorithm>
+
 #include "runtime/json_util.h"
 
 namespace phi3 {
@@ -9,10 +11,11 @@ Architecture phi3_architecture();
 Architecture qwen2_architecture();
 Architecture llama_architecture();
 Architecture mistral_architecture();
+Architecture qwen3_architecture();
 
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> all = {phi3_architecture(), qwen2_architecture(), llama_architecture(),
-                                                mistral_architecture()};
+                                                mistral_architecture(), qwen3_architecture()};
   return all;
 }
 
@@ -89,6 +92,32 @@ void full_rotary_only(const ConfigFields& f, const ConfigFields& rope) {
   for (const ConfigFields* x : {&rope, &f})
     if (x->present("partial_rotary_factor") && x->number("partial_rotary_factor") != 1.0)
       x->fail("partial_rotary_factor", "must be 1 for this architecture (only Phi3ForCausalLM rotates part of a head)");
+}
+
+void read_qwen_windows(const ConfigFields& f, ModelConfig& c) {
+  const bool use = f.present("use_sliding_window") && f.boolean("use_sliding_window");
+  int w = 0;
+  if (use && f.present("sliding_window")) {
+    const int64_t v = f.integer("sliding_window");
+    if (v <= 0) f.fail("sliding_window", "must be positive or null, got " + std::to_string(v));
+    w = static_cast<int>(v);
+  }
+  c.sliding_window = w;
+  c.layer_window.assign(static_cast<size_t>(c.num_hidden_layers), 0);
+  if (f.present("layer_types")) {
+    const nlohmann::json& t = f.at("layer_types");
+    if (!t.is_array() || t.size() != static_cast<size_t>(c.num_hidden_layers))
+      f.fail("layer_types", "expected a list of " + std::to_string(c.num_hidden_layers) + " strings");
+    for (size_t l = 0; l < t.size(); ++l) {
+      const std::string s = t[l].is_string() ? t[l].get<std::string>() : "";
+      if (s == "sliding_attention") c.layer_window[l] = w;
+      else if (s != "full_attention")
+        f.fail("layer_types", "entry " + std::to_string(l) + " must be full_attention or sliding_attention");
+    }
+  } else if (w > 0) {
+    const int first = f.present("max_window_layers") ? static_cast<int>(f.integer("max_window_layers")) : 28;
+    for (int l = std::max(0, first); l < c.num_hidden_layers; ++l) c.layer_window[static_cast<size_t>(l)] = w;
+  }
 }
 
 void read_rope_type(const ConfigFields& r, ModelConfig& c, const std::vector<std::string>& allowed) {

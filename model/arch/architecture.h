@@ -49,6 +49,9 @@ void read_head_dim(const ConfigFields& f, ModelConfig& c, bool may_differ);
 void window_all_layers(const ConfigFields& f, ModelConfig& c);
 // Only Phi-3 rotates part of a head: a partial_rotary_factor other than 1 is refused.
 void full_rotary_only(const ConfigFields& f, const ConfigFields& rope);
+// Qwen2 / Qwen3 windows: none unless use_sliding_window; then layer_types where given, else
+// the layers from max_window_layers (default 28) on.
+void read_qwen_windows(const ConfigFields& f, ModelConfig& c);
 // rope_type among `allowed` (besides default); reads linear and llama3 parameters.
 void read_rope_type(const ConfigFields& rope, ModelConfig& c, const std::vector<std::string>& allowed);
 

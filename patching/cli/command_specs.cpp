@@ -9,7 +9,7 @@ namespace phi3 {
 
 namespace {
 
-const char* kRunUsage = R"(phi3patch - activation and attribution patching for Phi-3, Qwen2, Llama and Mistral models
+const char* kRunUsage = R"(phi3patch - activation and attribution patching for Phi-3, Qwen2, Qwen3, Llama and Mistral models
 
 usage: phi3patch [COMMAND] [OPTIONS]
 
@@ -31,9 +31,9 @@ Each command's options: phi3patch COMMAND --help. The options below are run's.
 
 options:
   --help            this text
-  --model DIR       checkpoint directory: Phi3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM
-                    or MistralForCausalLM (config.json, *.safetensors, and tokenizer.model or
-                    tokenizer.json) [data/models/tiny-temporal-phi3]
+  --model DIR       checkpoint directory: Phi3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM,
+                    MistralForCausalLM or Qwen3ForCausalLM (config.json, *.safetensors, and
+                    tokenizer.model or tokenizer.json) [data/models/tiny-temporal-phi3]
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
 
@@ -187,7 +187,7 @@ usage: phi3patch bench [OPTIONS]
                     its config.json alone
   --like SHAPE      with --predict instead of --model: phi-3-mini | phi-3-medium | phi-4-mini
                     | tiny | qwen2.5-3b | qwen2.5-7b | llama-3.2-1b | llama-3.1-8b | mistral-7b
-                    [phi-3-mini]
+                    | qwen3-8b [phi-3-mini]
   --predict GPU     h100 | h200: predict instead of measuring
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
@@ -213,7 +213,8 @@ usage: phi3patch make-random --out DIR [OPTIONS]
   --help            this text
   --out DIR         where to write the checkpoint [required]
   --like SHAPE      phi-3-mini | phi-3-medium | phi-4-mini | tiny | qwen2.5-3b | qwen2.5-7b |
-                    llama-3.2-1b | llama-3.1-8b | mistral-7b (published config.json of each)
+                    llama-3.2-1b | llama-3.1-8b | mistral-7b | qwen3-8b (published config.json
+                    of each)
                     [phi-3-mini]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]
   --seed N          random seed [0]

@@ -44,6 +44,13 @@ nlohmann::json other_family_shape(const std::string& like) {
          {"rope_theta", 500000.0}, {"pretraining_tp", 1}, {"tie_word_embeddings", small}, {"vocab_size", 128256},
          {"rope_scaling", {{"factor", small ? 32.0 : 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
                            {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}}}};
+  } else if (like == "qwen3-8b") {
+    j = {{"architectures", {"Qwen3ForCausalLM"}}, {"model_type", "qwen3"}, {"attention_bias", false},
+         {"bos_token_id", 151643}, {"eos_token_id", 151645}, {"head_dim", 128}, {"hidden_size", 4096},
+         {"intermediate_size", 12288}, {"num_hidden_layers", 36}, {"num_attention_heads", 32},
+         {"num_key_value_heads", 8}, {"max_position_embeddings", 40960}, {"max_window_layers", 36},
+         {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}, {"sliding_window", nullptr},
+         {"use_sliding_window", false}, {"tie_word_embeddings", false}, {"vocab_size", 151936}};
   } else if (like == "mistral-7b") {  // Mistral-7B-v0.1: the sliding-window one
     j = {{"architectures", {"MistralForCausalLM"}}, {"model_type", "mistral"}, {"bos_token_id", 1},
          {"eos_token_id", 2}, {"hidden_size", 4096}, {"intermediate_size", 14336}, {"num_hidden_layers", 32},
@@ -59,7 +66,8 @@ nlohmann::json other_family_shape(const std::string& like) {
 }  // namespace
 
 std::string like_shapes() {
-  return "phi-3-mini, phi-3-medium, phi-4-mini, tiny, qwen2.5-3b, qwen2.5-7b, llama-3.2-1b, llama-3.1-8b, mistral-7b";
+  return "phi-3-mini, phi-3-medium, phi-4-mini, tiny, qwen2.5-3b, qwen2.5-7b, llama-3.2-1b, llama-3.1-8b, mistral-7b, "
+         "qwen3-8b";
 }
 
 nlohmann::json config_like(const std::string& like, int layers_override) {

@@ -61,7 +61,41 @@ TEST(Arch, EveryFamilyIsListed) {
   std::vector<std::string> names;
   for (const auto& a : architectures()) names.push_back(a.hf_class);
   EXPECT_THAT(names, ::testing::ElementsAre("Phi3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
-                                            "MistralForCausalLM"));
+                                            "MistralForCausalLM", "Qwen3ForCausalLM"));
+}
+
+// Qwen3-0.6B's config.json, as published: head_dim 128 while hidden_size / heads = 64.
+json qwen3_06b() {
+  return json::parse(R"({
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
+    "hidden_size": 1024, "initializer_range": 0.02, "intermediate_size": 3072,
+    "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+    "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+    "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null, "tie_word_embeddings": true,
+    "torch_dtype": "bfloat16", "use_cache": true, "use_sliding_window": false, "vocab_size": 151936})");
+}
+
+TEST(Arch, Qwen3QkNorm) {
+  ModelConfig c = parse(qwen3_06b());
+  EXPECT_EQ(c.family, "qwen3");
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_FALSE(c.qkv_bias || c.o_bias || c.mlp_bias);
+  EXPECT_EQ(c.window(27), 0);
+  const LayerPlan p = layer_plan(c, 3);
+  ASSERT_EQ(p.q_norm.size(), 1u);
+  EXPECT_EQ(p.q_norm[0].name, "model.layers.3.self_attn.q_norm.weight");
+  EXPECT_EQ(p.k_norm[0].shape, (std::vector<int64_t>{128}));
+  EXPECT_EQ(p.qkv[0].shape, (std::vector<int64_t>{16 * 128, 1024}));
+  json j = qwen3_06b();
+  j.erase("head_dim");
+  EXPECT_EQ(parse(j).head_dim, 128) << "Qwen3Config's default head_dim, not 1024 / 16";
+  j["attention_bias"] = true;
+  c = parse(j);
+  EXPECT_TRUE(c.qkv_bias && c.o_bias);
+  // Other families have no q/k norm tensors.
+  EXPECT_TRUE(layer_plan(parse(qwen25_3b()), 0).q_norm.empty());
 }
 
 TEST(Arch, Qwen25ThreeB) {

@@ -115,6 +115,7 @@ class TorchCircuit(NodeModel):
             v = torch.einsum("bthd,hed->bhte", xin[:, :, H + KVH:], W["v"])
             if W["b"] is not None:  # [heads, 1, HD] biases broadcast over [B, heads, T, HD]
                 q, k, v = q + W["b"]["q"], k + W["b"]["k"], v + W["b"]["v"]
+            q, k = families.qk_norm(layer, q, k)  # Qwen3: per head, before rotary
             q, k = self.rotary(q, k, cos, sin)
             k = k.repeat_interleave(grp, 1)
             v = v.repeat_interleave(grp, 1)
