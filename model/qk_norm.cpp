@@ -17,16 +17,22 @@ const float* qk_norm_input(Backend& be, const Model& m, int l, const float* qkv,
   if (!c.qk_norm) return qkv;
   const LayerWeights& w = m.w.layers[static_cast<size_t>(l)];
   const int HD = c.head_dim, QKVW = m.qkv_width(), QW = m.q_width(), KVW = m.kv_width();
-  if (scratch.size() < size_t(N) * QKVW) scratch = DeviceArray<float>(be, size_t(N) * QKVW);
-  DeviceArray<float> x(be, size_t(N) * QW), y(be, size_t(N) * QW), rstd(be, size_t(N) * c.num_attention_heads);
+  // [N, QKVW] result, then one part's dense rows before and after the norm and their rstd: one
+  // allocation that the caller keeps (the sweeps call this per layer and chunk).
+  const size_t need = size_t(N) * (QKVW + 2 * QW + c.num_attention_heads);
+  if (scratch.size() < need) scratch = DeviceArray<float>(be, need);
+  float* out = scratch.get();
+  float* x = out + size_t(N) * QKVW;
+  float* y = x + size_t(N) * QW;
+  float* rstd = y + size_t(N) * QW;
   for (int part = 0; part < 2; ++part) {
     const int col = part == 0 ? 0 : QW, width = part == 0 ? QW : KVW, heads = width / HD;
-    gather(be, x.get(), qkv, QKVW, col, N, width);
-    be.rmsnorm_forward(y.get(), rstd.get(), x.get(), part == 0 ? w.q_norm : w.k_norm, N * heads, HD, c.rms_norm_eps);
-    be.copy_rows(scratch.get() + col, QKVW, nullptr, y.get(), width, nullptr, N, width);
+    gather(be, x, qkv, QKVW, col, N, width);
+    be.rmsnorm_forward(y, rstd, x, part == 0 ? w.q_norm : w.k_norm, N * heads, HD, c.rms_norm_eps);
+    be.copy_rows(out + col, QKVW, nullptr, y, width, nullptr, N, width);
   }
-  be.copy_rows(scratch.get() + QW + KVW, QKVW, nullptr, qkv + QW + KVW, QKVW, nullptr, N, KVW);  // v as is
-  return scratch.get();
+  be.copy_rows(out + QW + KVW, QKVW, nullptr, qkv + QW + KVW, QKVW, nullptr, N, KVW);  // v as is
+  return out;
 }
 
 void qk_norm_backward(Backend& be, const Model& m, int l, float* dqkv, const float* qkv, int N) {

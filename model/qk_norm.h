@@ -9,8 +9,9 @@
 
 namespace phi3 {
 
-// The rows rotary reads for layer `l`: `qkv` itself without q/k norm, else `scratch` (resized
-// to N * qkv_width) holding q and k normalized per head and v copied.
+// The rows rotary reads for layer `l`: `qkv` itself without q/k norm, else rows in `scratch`
+// (grown as needed and kept by the caller across layers) holding q and k normalized per head
+// and v copied.
 const float* qk_norm_input(Backend& be, const Model& m, int l, const float* qkv, int N, DeviceArray<float>& scratch);
 
 // dqkv's q and k columns hold the gradient with respect to the normalized q and k (as

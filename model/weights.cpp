@@ -4,6 +4,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -38,31 +39,39 @@ std::vector<uint8_t> encode(const std::vector<float>& values, DType dt) {
   }
   return out;
 }
+// The first family laid out otherwise than c's (its q|k|v tensors differ) for which `has`
+// holds, or null: what a checkpoint of the wrong layout is.
+const Architecture* other_layout(const ModelConfig& c, const std::function<bool(const Architecture&)>& has) {
+  const Architecture& mine = architecture_named(c.family);
+  for (const auto& a : architectures())
+    if (a.qkv_parts != mine.qkv_parts && has(a)) return &a;
+  return nullptr;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 // Why a tensor may be unexpected: another family's layout, or a bias the config turns off.
 std::string unexpected_hint(const std::string& name, const ModelConfig& c) {
-  auto ends = [&](const std::string& suffix) {
-    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  if (ends(".bias"))
+  if (ends_with(name, ".bias"))
     return "; its config.json turns this bias off (attention_bias / mlp_bias false, or a family without it)";
-  for (const auto& a : architectures())
-    for (const auto* parts : {&a.qkv_parts, &a.gate_up_parts})
+  const Architecture* a = other_layout(c, [&](const Architecture& o) {
+    for (const auto* parts : {&o.qkv_parts, &o.gate_up_parts})
       for (const auto& part : *parts)
-        if (a.model_type != c.family && ends(part + ".weight") &&
-            architecture_named(c.family).qkv_parts != a.qkv_parts)
-          return "; it is laid out as a " + a.hf_class + " checkpoint";
-  return "";
+        if (ends_with(name, part + ".weight")) return true;
+    return false;
+  });
+  return a ? "; it is laid out as a " + a->hf_class + " checkpoint" : "";
 }
 
 // When a checkpoint is laid out as another family (its layer-0 projections), says which.
 std::string other_layout_hint(const SafeTensors& st, const ModelConfig& c) {
-  const Architecture& mine = architecture_named(c.family);
-  for (const auto& a : architectures()) {
-    if (a.qkv_parts == mine.qkv_parts) continue;
-    const std::string name = "model.layers.0." + a.qkv_parts.front() + ".weight";
-    if (st.has(name)) return "; the checkpoint has '" + name + "', the layout of " + a.hf_class;
-  }
-  return "";
+  const Architecture* a = other_layout(c, [&](const Architecture& o) {
+    return st.has("model.layers.0." + o.qkv_parts.front() + ".weight");
+  });
+  return a ? "; the checkpoint has 'model.layers.0." + a->qkv_parts.front() + ".weight', the layout of " + a->hf_class
+           : "";
 }
 
 }  // namespace
@@ -173,10 +182,6 @@ struct WeightLoader {
   static ModelWeights build(Backend& be, const ModelConfig& c, GetFn get) {
     ModelWeights w;
     const DType dt = be.weight_dtype();
-    auto place = [&](const std::string& name, DType t, int64_t n) {
-      std::vector<uint8_t> v = get(name, t);
-      return v.empty() ? w.reserve(be, size_t(n) * dtype_size(t)) : w.keep(be, v);
-    };
     // One device tensor from checkpoint tensors whose rows are concatenated in order (the
     // fused q|k|v and gate|up layouts); vectors (norms, biases) are fp32.
     auto fused = [&](const std::vector<ExpectedTensor>& parts, DType t) -> const void* {

@@ -1,7 +1,8 @@
 #include "patching/out_dir.h"
 
 #include <cstdio>
-#include <filesystem>
+
+#include "patching/checkpoint.h"
 
 #include "runtime/error.h"
 #include "runtime/file_util.h"
@@ -9,17 +10,6 @@
 namespace phi3 {
 
 namespace {
-
-int count_checkpoints(const std::string& dir) {
-  if (!dir_exists(dir)) return 0;
-  int n = 0;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("batch-", 0) == 0 && e.path().extension() == ".json") ++n;
-  }
-  return n;
-}
 
 std::string list(const std::vector<std::string>& paths) {
   std::string s;
@@ -52,9 +42,9 @@ std::vector<std::string> prepare_out_dir(const OutDirRequest& req) {
     int finished = 0;
     std::string where;
     for (const auto& sub : req.checkpoint_dirs)
-      if (const int n = count_checkpoints(path_join(out, sub)); n > 0) {
-        finished += n;
-        if (where.empty()) where = path_join(out, sub);
+      if (const CheckpointDir ck(out, sub); ck.count() > 0) {
+        finished += ck.count();
+        if (where.empty()) where = ck.dir();
       }
     if (finished > 0)
       throw Error("output directory '" + out + "' holds " + std::to_string(finished) +

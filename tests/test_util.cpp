@@ -1,11 +1,13 @@
 #include "test_util.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sys/wait.h>
 #include <sstream>
+#include <thread>
 #include <unistd.h>
 
 namespace phi3::test {
@@ -81,6 +83,15 @@ uintmax_t size_or_zero(const std::string& path) {
   std::error_code ec;
   const auto n = std::filesystem::file_size(path, ec);
   return ec ? 0 : n;
+}
+
+bool wait_for(const std::function<bool()>& pred, double seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
 }
 
 std::string temp_dir(const std::string& tag) {

@@ -2,6 +2,7 @@
 // paths to the shared reference data.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -38,6 +39,8 @@ Diff compare(const std::vector<float>& a, const std::vector<float>& ref);
 
 std::string slurp(const std::string& path);  // a whole file ("" when unreadable)
 uintmax_t size_or_zero(const std::string& path);  // a file's size, 0 when it is gone
+// Polls `pred` every 10 ms until it holds (true) or `seconds` pass (false).
+bool wait_for(const std::function<bool()>& pred, double seconds);
 // Runs `binary args` through the shell with stdout and stderr in dir/stdout.txt and
 // dir/stderr.txt; returns the exit code (128 when it did not exit normally).
 int run_cli(const std::string& binary, const std::string& args, const std::string& dir);

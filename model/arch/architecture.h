@@ -19,7 +19,6 @@ namespace phi3 {
 struct Architecture {
   std::string hf_class;    // "Qwen2ForCausalLM"
   std::string model_type;  // "qwen2"
-  std::string examples;    // checkpoints it covers, for messages and the README
   // The family's own fields, read after the common ones (sizes, eps, token ids, rope theta
   // and type, tie_word_embeddings): head_dim, partial rotary, biases, sliding windows, which
   // rope types it takes. `f` is config.json's top level; `rope` its rope_scaling or

@@ -10,14 +10,12 @@ Architecture llama_architecture() {
   Architecture a;
   a.hf_class = "LlamaForCausalLM";
   a.model_type = "llama";
-  a.examples = "Llama 3.1 / 3.2 / 3.3, DeepSeek-R1-Distill-Llama";
   separate_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);
     full_rotary_only(f, rope);
     if (f.present("attention_bias")) c.qkv_bias = c.o_bias = f.boolean("attention_bias");
     if (f.present("mlp_bias")) c.mlp_bias = f.boolean("mlp_bias");
-    c.layer_window.assign(static_cast<size_t>(c.num_hidden_layers), 0);
     read_rope_type(rope, c, {"llama3", "linear"});
   };
   return a;

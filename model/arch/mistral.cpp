@@ -8,7 +8,6 @@ Architecture mistral_architecture() {
   Architecture a;
   a.hf_class = "MistralForCausalLM";
   a.model_type = "mistral";
-  a.examples = "Mistral-7B v0.1-v0.3, Mistral-Nemo";
   separate_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);

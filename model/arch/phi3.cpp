@@ -8,7 +8,6 @@ Architecture phi3_architecture() {
   Architecture a;
   a.hf_class = "Phi3ForCausalLM";
   a.model_type = "phi3";
-  a.examples = "Phi-3-mini/medium, Phi-3.5-mini, Phi-4, Phi-4-mini";
   a.qkv_parts = {"self_attn.qkv_proj"};
   a.gate_up_parts = {"mlp.gate_up_proj"};
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {

@@ -10,7 +10,6 @@ Architecture qwen2_architecture() {
   Architecture a;
   a.hf_class = "Qwen2ForCausalLM";
   a.model_type = "qwen2";
-  a.examples = "Qwen2, Qwen2.5 0.5B-72B, DeepSeek-R1-Distill-Qwen";
   separate_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);

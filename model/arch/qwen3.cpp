@@ -10,7 +10,6 @@ Architecture qwen3_architecture() {
   Architecture a;
   a.hf_class = "Qwen3ForCausalLM";
   a.model_type = "qwen3";
-  a.examples = "Qwen3 0.6B-32B (dense)";
   separate_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);

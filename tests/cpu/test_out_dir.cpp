@@ -58,12 +58,10 @@ TEST(AtomicWrite, KillInsideTheWriteKeepsTheOldFile) {
     ::_exit(0);
   }
   std::vector<std::string> temps;
-  const auto t0 = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30)) {
+  test::wait_for([&] {
     temps = stale_temp_files(dir);
-    if (!temps.empty() && fs::file_size(temps[0]) == content.size() / 2) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+    return !temps.empty() && test::size_or_zero(temps[0]) == content.size() / 2;
+  }, 30);
   ::kill(pid, SIGKILL);
   int st = 0;
   ::waitpid(pid, &st, 0);
@@ -157,9 +155,7 @@ TEST(OutDirCli, RunKilledInsideACheckpointWriteResumes) {
     return temps.size() == 1 && fs::path(temps[0]).filename().string().rfind("batch-000001.json.tmp.", 0) == 0 &&
            test::size_or_zero(temps[0]) > 0;
   };
-  const auto t0 = std::chrono::steady_clock::now();
-  while (!paused() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  test::wait_for(paused, 120);
   ::kill(pid, SIGKILL);
   int st = 0;
   ::waitpid(pid, &st, 0);

@@ -209,7 +209,7 @@ int checkpoints(const std::string& out) {
 // Temp files of killed writes in out/ and out/checkpoints/ (sorted paths).
 std::vector<std::string> temp_files(const std::string& out) {
   std::vector<std::string> t;
-  for (const std::string d : {out, out + "/checkpoints"}) {
+  for (const std::string& d : {out, out + "/checkpoints"}) {
     std::error_code ec;
     if (!fs::exists(d, ec)) continue;
     for (const auto& e : fs::directory_iterator(d, ec))
@@ -218,16 +218,7 @@ std::vector<std::string> temp_files(const std::string& out) {
   std::sort(t.begin(), t.end());
   return t;
 }
-// Waits until `pred` holds (true) or `seconds` pass (false).
-template <typename F>
-bool wait_for(F pred, double seconds) {
-  const auto t0 = Clock::now();
-  while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
+using test::wait_for;
 
 std::vector<pid_t> pids_with_env(const std::string& name, const std::string& value);
 
@@ -324,7 +315,9 @@ TEST_F(Mpi, ResumeAfterKillEqualsUninterruptedRun) {
   ASSERT_LT(finished, 24) << "the run finished before it was killed; nothing was resumed";
   EXPECT_FALSE(fs::exists(out + "/results.json"));
   for (const auto& e : fs::directory_iterator(out + "/checkpoints"))  // every checkpoint is whole
-    if (is_checkpoint(e.path())) EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+    if (is_checkpoint(e.path())) {
+      EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+    }
 
   // Without --resume: an error that says what to do.
   Result r = sh(command(0, "run --device cpu " + args + " --out " + quote(out)), dir_);
@@ -384,7 +377,9 @@ TEST_F(Mpi, ResumeAfterKillInsideAWrite) {
   EXPECT_FALSE(fs::exists(out + "/results.json"));
   const int finished = checkpoints(out);
   for (const auto& e : fs::directory_iterator(out + "/checkpoints"))
-    if (is_checkpoint(e.path())) EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+    if (is_checkpoint(e.path())) {
+      EXPECT_NO_THROW(json::parse(slurp(e.path().string()))) << e.path();
+    }
 
   Result r = sh(command(0, "run --device cpu " + args + " --out " + quote(out)), dir_);
   EXPECT_EQ(r.code, 2);
