@@ -2,33 +2,69 @@
 
 #include "model/backward.h"
 #include "patching/attribution.h"
+#include "patching/circuit.h"
+#include "runtime/error.h"
+
+#include <functional>
 
 namespace phi3 {
 
 std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, const PairBatch& pb,
-                                const std::vector<Hook>& hooks, const SweepOptions& sweep_opt) {
+                                const std::vector<Hook>& hooks, const SweepOptions& sweep_opt,
+                                const TracePhaseOptions& opt) {
   std::vector<Phase> out;
-  auto take = [&](const std::string& name) {
+  // Runs one phase: its ops tallied from a clean slate, its peak from what is held at its start.
+  auto phase = [&](const std::string& name, const std::function<void()>& work) {
     tb.synchronize();
-    out.push_back({name, trace});
+    trace.ops.clear();
+    tb.reset_peak();
+    Phase p{name, {}, tb.used_bytes(), 0, ""};
+    try {
+      work();
+    } catch (const OutOfMemory& e) {
+      if (!opt.oom_ends_phase) throw;
+      p.refused = e.what();
+    }
+    tb.synchronize();
+    p.trace = trace;
+    p.peak_bytes = tb.peak_bytes();
+    out.push_back(std::move(p));
     trace.ops.clear();
   };
-  trace.ops.clear();
-  ForwardOptions no_pattern;
-  no_pattern.keep_pattern = false;
-  { ForwardState s = forward(tb, m, pb.corrupted, no_pattern); }
-  take("forward");
-  {
+  phase("forward", [&] {
+    ForwardOptions no_pattern;
+    no_pattern.keep_pattern = false;
+    ForwardState s = forward(tb, m, pb.corrupted, no_pattern);
+  });
+  phase("attribution", [&] {
     PairForward p = forward_pair(tb, m, pb.clean, pb.corrupted);
     Gradients g = backward(tb, m, p.corrupted, pb.answer, pb.other, 1.0f);
     for (Hook h : hooks) attribution(tb, m, p.corrupted, p.clean, g, h);
-  }
-  take("attribution");
-  ForwardState clean = forward(tb, m, pb.clean), corrupted = forward(tb, m, pb.corrupted);
-  trace.ops.clear();
+  });
+  ForwardState clean, corrupted;  // made by the first sweep phase, held through every sweep
   for (Hook h : hooks) {
-    activation_sweep(tb, m, corrupted, clean, pb.answer, pb.other, h, sweep_opt);
-    take("sweep " + hook_name(h));
+    phase("sweep " + hook_name(h), [&] {
+      if (clean.B == 0) {
+        clean = forward(tb, m, pb.clean);
+        corrupted = forward(tb, m, pb.corrupted);
+        trace.ops.clear();  // only the sweep is tallied
+      }
+      activation_sweep(tb, m, corrupted, clean, pb.answer, pb.other, h, sweep_opt);
+    });
+  }
+  clean = ForwardState();
+  corrupted = ForwardState();
+  if (opt.eap_ig) {
+    phase("eap-ig scores", [&] {
+      const ModelConfig& c = m.cfg;
+      const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
+      const HeadOutputWeights ow(tb, m);
+      ForwardState clean = forward(tb, m, pb.clean), corrupted = forward(tb, m, pb.corrupted);
+      EdgeScoreOptions so;
+      so.ig = true;
+      so.ig_steps = opt.ig_steps;
+      edge_scores(tb, m, ow, g, pb, clean, corrupted, 1.0f, so);
+    });
   }
   return out;
 }

@@ -14,14 +14,25 @@
 namespace phi3 {
 
 struct Phase {
-  std::string name;  // "forward", "attribution", "sweep resid_pre", ...
+  std::string name;  // "forward", "attribution", "sweep resid_pre", "eap-ig scores", ...
   Trace trace;
+  size_t start_bytes = 0;  // device bytes held through the TraceBackend when the phase began
+  size_t peak_bytes = 0;   // the most held at once during the phase (start_bytes included)
+  std::string refused;    // with TracePhaseOptions::oom_ends_phase: why the phase did not fit
+};
+
+struct TracePhaseOptions {
+  bool eap_ig = false;         // add the EAP-IG edge scores (ig_steps steps) and their forwards
+  int ig_steps = 5;
+  bool oom_ends_phase = false; // an OutOfMemory ends that phase (Phase::refused) instead of the run
 };
 
 // forward (no pattern), attribution (clean and corrupted in one 2B-row forward, backward,
-// attribution of every hook),
-// then the exact sweep of each hook (the clean/corrupted forwards it starts from untallied).
+// attribution of every hook), then the exact sweep of each hook (the clean/corrupted forwards
+// it starts from untallied but held), then optionally EAP-IG's scores (the two forwards with
+// patterns, the per-head output weights and the scores).
 std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, const PairBatch& pb,
-                                const std::vector<Hook>& hooks, const SweepOptions& sweep_opt);
+                                const std::vector<Hook>& hooks, const SweepOptions& sweep_opt,
+                                const TracePhaseOptions& opt = {});
 
 }  // namespace phi3

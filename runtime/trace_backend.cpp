@@ -1,5 +1,6 @@
 #include "runtime/trace_backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <iterator>
 
@@ -47,27 +48,34 @@ TraceBackend::TraceBackend(Backend* inner, Trace& trace, DeviceKind kind, DType 
 TraceBackend::~TraceBackend() = default;
 
 void* TraceBackend::alloc(size_t bytes) {
-  if (inner_) return inner_->alloc(bytes);
-  if (bytes == 0) return nullptr;
-  if (memory_ && used_ + bytes > memory_)
-    throw OutOfMemory("predicted device memory exhausted: asked for " + std::to_string(bytes >> 20) + " MiB with " +
-                      std::to_string((memory_ - used_) >> 20) + " MiB free");
-  void* p = reinterpret_cast<void*>(next_);
-  next_ += (bytes + 255) / 256 * 256 + 256;
-  used_ += bytes;
-  sizes_[p] = bytes;
+  if (bytes == 0 && !inner_) return nullptr;
+  void* p = nullptr;
+  if (inner_) {
+    p = inner_->alloc(bytes);
+  } else {
+    if (memory_ && used_ + bytes > memory_)
+      throw OutOfMemory("predicted device memory exhausted: asked for " + std::to_string(bytes >> 20) + " MiB with " +
+                        std::to_string(free_memory() >> 20) + " MiB free");
+    p = reinterpret_cast<void*>(next_);
+    next_ += (bytes + 255) / 256 * 256 + 256;
+  }
+  if (p) {
+    used_ += bytes;
+    peak_ = std::max(peak_, used_);
+    sizes_[p] = bytes;
+  }
   return p;
 }
 
 void TraceBackend::free(void* p) {
   mirror_.erase(p);
   zero_regions_.erase(p);
-  if (inner_) return inner_->free(p);
   auto it = sizes_.find(p);
   if (it != sizes_.end()) {
     used_ -= it->second;
     sizes_.erase(it);
   }
+  if (inner_) inner_->free(p);
 }
 
 void TraceBackend::upload(void* dst, const void* src, size_t bytes) {
@@ -120,7 +128,11 @@ void TraceBackend::zero(void* dst, size_t bytes) {
 void TraceBackend::synchronize() {
   if (inner_) inner_->synchronize();
 }
-size_t TraceBackend::free_memory() const { return inner_ ? inner_->free_memory() : memory_ - used_; }
+size_t TraceBackend::free_memory() const {
+  if (inner_) return inner_->free_memory();
+  if (memory_ == 0) return size_t(1) << 50;  // unlimited
+  return memory_ > used_ ? memory_ - used_ : 0;
+}
 
 void TraceBackend::embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) {
   trace_.add("embedding", cost::embedding_forward(N, table.cols, table.dtype));

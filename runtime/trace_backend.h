@@ -58,6 +58,15 @@ class TraceBackend : public Backend {
   size_t free_memory() const override;
   int preferred_streams() const override { return inner_ ? inner_->preferred_streams() : 1; }
 
+  // Device bytes held through this backend now, and the most held at once since the last
+  // reset_peak() (with or without an inner backend): the memory a workload's exact
+  // allocation sequence needs.
+  size_t used_bytes() const { return used_; }
+  size_t peak_bytes() const { return peak_; }
+  void reset_peak() { peak_ = used_; }
+  // Without an inner backend: the device memory allocations may use (0: unlimited).
+  void set_memory(size_t bytes) { memory_ = bytes; }
+
   void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) override;
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps) override;
   void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b, const float* w, int N,
@@ -99,10 +108,10 @@ class TraceBackend : public Backend {
   Trace& trace_;
   DeviceKind kind_;
   DType dtype_;
-  size_t memory_, used_ = 0;
+  size_t memory_, used_ = 0, peak_ = 0;
   std::string name_;
   uintptr_t next_ = 1 << 20;                          // fake address space (no inner)
-  std::map<const void*, size_t> sizes_;               // fake allocations
+  std::map<const void*, size_t> sizes_;               // live allocations' sizes
   std::map<const void*, std::vector<uint8_t>> mirror_;  // small uploads, by device pointer
   std::map<const void*, size_t> zero_regions_;        // rows_equal masks (no inner): read back as 0
 };

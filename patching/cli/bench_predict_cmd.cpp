@@ -3,12 +3,16 @@
 // patching code run their exact CUDA op sequence through a TraceBackend that computes
 // nothing (placeholder weights, the device's memory for chunking, no patch skipped as a
 // no-op); each op's bytes and FLOPs (kernels/cuda/op_costs.h) at the device's documented
-// figures (printed) give the predicted time per phase.
+// figures (printed) give the predicted time per phase. The TraceBackend also counts the
+// device bytes the exact allocation sequence holds: each phase's peak, weights included, and
+// whether it fits the device (its memory less kReservedBytes for the CUDA context and cuBLAS);
+// `--like all` prints that for every published shape.
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <functional>
 
 #include "model/batch.h"
 #include "model/model.h"
@@ -46,17 +50,205 @@ nlohmann::json phase_json(const Phase& p, const cost::DeviceFigures& d) {
                  {"other_flops", o.cost.flops},
                  {"launches", o.cost.launches},
                  {"host_bytes", o.host_bytes}};
-  return {{"phase", p.name},
-          {"predicted_ms", p.trace.seconds(d) * 1e3},
-          {"bound", bound_of(p.trace, d)},
-          {"bytes", s.cost.bytes},
-          {"gemm_flops", s.cost.gemm_bf16_flops + s.cost.gemm_f32_flops},
-          {"other_flops", s.cost.flops},
-          {"launches", s.cost.launches},
-          {"host_bytes", s.host_bytes},
-          {"host_transfers", s.transfers},
-          {"ops", ops}};
+  nlohmann::json j = {{"phase", p.name},
+                      {"predicted_ms", p.trace.seconds(d) * 1e3},
+                      {"bound", bound_of(p.trace, d)},
+                      {"bytes", s.cost.bytes},
+                      {"gemm_flops", s.cost.gemm_bf16_flops + s.cost.gemm_f32_flops},
+                      {"other_flops", s.cost.flops},
+                      {"launches", s.cost.launches},
+                      {"host_bytes", s.host_bytes},
+                      {"host_transfers", s.transfers},
+                      {"start_bytes", p.start_bytes},
+                      {"peak_bytes", p.peak_bytes},
+                      {"fits", p.refused.empty()},
+                      {"ops", ops}};
+  if (!p.refused.empty()) {  // the tally stops where the allocation failed: no time for it
+    j["refused"] = p.refused;
+    j["predicted_ms"] = nullptr;
+  }
+  return j;
 }
+
+namespace {
+
+// Not counted by the allocation walk: the CUDA context, cuBLAS's workspace and the
+// allocator's slack, taken off the device's memory before anything is placed.
+constexpr size_t kReservedBytes = size_t(2) << 30;
+
+struct Prediction {
+  nlohmann::json json;
+  std::vector<Phase> phases;
+  ModelConfig cfg;
+  size_t weights_bytes = 0;
+  int B = 0, T = 0;
+};
+
+// One shape (like) or checkpoint config (model_dir) on device dev: the phases' tallies and peaks.
+Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string& like, const std::string& model_dir,
+                   const std::string& pairs_file, const std::vector<Hook>& hooks, const SweepOptions& so) {
+  // Declared before the model: its placeholder weights are freed through it.
+  Trace trace;
+  TraceBackend tb(nullptr, trace, DeviceKind::CUDA, fp32 ? DType::F32 : DType::BF16, 0,
+                  std::string("predicted ") + dev.name);
+  Model m;
+  if (!model_dir.empty()) {
+    m.dir = model_dir;
+    m.cfg = load_config(m.dir);
+    // The checkpoint's tokenizer (SentencePiece or BPE) where it has one: its BOS rule applies.
+    m.tok = Tokenizer::load_dir(Tokenizer::present_in(m.dir) ? m.dir : default_path("data/models/tiny-temporal-phi3"));
+  } else {
+    m.dir = "(" + like + " shape)";
+    m.cfg = parse_config_json(config_like(like).dump(), like + " config");
+    m.tok = Tokenizer::load_dir(default_path("data/models/tiny-temporal-phi3"));  // BOS id, piece labels
+  }
+  auto pairs = load_pairs(pairs_file);
+  const bool bos = m.tok.bos_by_default();
+  check_pairs(pairs, m.tok, m.cfg.max_position_embeddings, pairs_file, bos, m.cfg.vocab_size);
+  PairBatch pb = make_pair_batch(pairs, m.tok, m.cfg.pad_token_id, m.cfg.max_position_embeddings, 0, bos);
+  Prediction r;
+  r.cfg = m.cfg;
+  r.B = pb.clean.B;
+  r.T = pb.clean.T;
+  m.w = ModelWeights::placeholder(tb, m.cfg);  // unlimited: the weights' size is known even where they do not fit
+  r.weights_bytes = tb.used_bytes();
+  const size_t memory = static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes;
+  TracePhaseOptions po;
+  po.eap_ig = true;
+  po.oom_ends_phase = true;
+  if (r.weights_bytes <= memory) {
+    tb.set_memory(memory);
+    r.phases = trace_phases(tb, trace, m, pb, hooks, so, po);
+  } else {  // nothing else can be placed: every phase refused, none traced
+    std::vector<std::string> names = {"forward", "attribution"};
+    for (Hook h : hooks) names.push_back("sweep " + hook_name(h));
+    names.push_back("eap-ig scores");
+    for (const std::string& n : names) {
+      Phase p;
+      p.name = n;
+      p.start_bytes = p.peak_bytes = r.weights_bytes;
+      p.refused = "the weights alone (" + std::to_string(r.weights_bytes >> 20) + " MiB) exceed the " +
+                  std::to_string(memory >> 20) + " MiB usable";
+      r.phases.push_back(std::move(p));
+    }
+  }
+  nlohmann::json jp = nlohmann::json::array();
+  double sweeps = 0;
+  bool sweeps_fit = true;
+  for (const auto& p : r.phases) {
+    if (p.name.rfind("sweep", 0) == 0) {
+      sweeps += p.trace.seconds(dev) * 1e3;
+      sweeps_fit = sweeps_fit && p.refused.empty();
+    }
+    jp.push_back(phase_json(p, dev));
+  }
+  r.json = {{"prediction", true},
+            {"note", "roofline prediction from op counts (kernels/cuda/op_costs.h) and the engine's allocation "
+                     "sequence; not a measurement"},
+            {"device", dev.name},
+            {"device_key", dev.key},
+            {"figures",
+             {{"hbm_GBps", dev.hbm_GBps},
+              {"bf16_tflops", dev.bf16_tflops},
+              {"f32_gemm_tflops", dev.f32_gemm_tflops},
+              {"f32_tflops", dev.f32_tflops},
+              {"host_GBps", dev.host_GBps},
+              {"transfer_us", dev.transfer_us},
+              {"launch_us", dev.launch_us},
+              {"memory_GB", dev.memory_GB},
+              {"source", dev.source}}},
+            {"usable_bytes", memory},
+            {"reserved_bytes", kReservedBytes},
+            {"weights_bytes", r.weights_bytes},
+            {"model", m.dir},
+            {"architecture", m.cfg.architecture},
+            {"layers", m.cfg.num_hidden_layers},
+            {"weights", fp32 ? "fp32" : "bf16"},
+            {"pairs", pairs_file},
+            {"B", r.B},
+            {"T", r.T},
+            {"phases", jp},
+            {"all_sweeps_ms", sweeps_fit ? nlohmann::json(sweeps) : nlohmann::json(nullptr)}};
+  return r;
+}
+
+std::string gb(size_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", bytes / 1e9);
+  return b;
+}
+
+// The most any phase whose name starts with prefix holds, and whether all of them fit.
+std::pair<size_t, bool> peak_of(const std::vector<Phase>& ps, const std::string& prefix) {
+  size_t peak = 0;
+  bool fits = true;
+  for (const Phase& p : ps)
+    if (p.name.rfind(prefix, 0) == 0) {
+      peak = std::max(peak, p.peak_bytes);
+      fits = fits && p.refused.empty();
+    }
+  return {peak, fits};
+}
+
+double ms_of(const std::vector<Phase>& ps, const std::string& prefix, const cost::DeviceFigures& d) {
+  double ms = 0;
+  for (const Phase& p : ps)
+    if (p.name.rfind(prefix, 0) == 0) ms += p.trace.seconds(d) * 1e3;
+  return ms;
+}
+
+void print_header(const cost::DeviceFigures& dev, bool fp32, const std::string& pairs_file, int B, int T) {
+  std::printf("PREDICTION (roofline from op counts and the engine's allocations; nothing was run on a GPU)\n");
+  std::printf("device: %s, %s weights, %.1f GB usable (%.0f GB less %.1f GB for the CUDA context and cuBLAS)\n",
+              dev.name, fp32 ? "fp32" : "bf16", (dev.memory_GB * 1e9 - kReservedBytes) / 1e9, dev.memory_GB,
+              kReservedBytes / 1e9);
+  std::printf("batch B=%d, T=%d (%s)\n", B, T, pairs_file.c_str());
+  std::printf("figures: %.0f GB/s memory, %.0f TFLOP/s bf16 GEMM, %.0f TFLOP/s fp32 GEMM, %.0f TFLOP/s fp32 CUDA "
+              "cores, %.0f GB/s host link + %.0f us per transfer, %.1f us per launch\n  (%s)\n",
+              dev.hbm_GBps, dev.bf16_tflops, dev.f32_gemm_tflops, dev.f32_tflops, dev.host_GBps, dev.transfer_us,
+              dev.launch_us, dev.source);
+}
+
+// `--like all`: one line per published shape: weights, each phase group's peak and time.
+int predict_all(const cost::DeviceFigures& dev, bool fp32, const std::string& pairs_file,
+                const std::vector<Hook>& hooks, const SweepOptions& so, const Args& a) {
+  nlohmann::json shapes = nlohmann::json::object();
+  bool header = false;
+  for (const std::string& like : like_shape_names()) {
+    if (like == "tiny") continue;
+    std::fprintf(stderr, "predicting %s ...\n", like.c_str());
+    Prediction p = predict(dev, fp32, like, "", pairs_file, hooks, so);
+    if (!header) {
+      print_header(dev, fp32, pairs_file, p.B, p.T);
+      std::printf("%-17s %-18s %8s | %-13s %-13s %-13s | %10s %10s %10s\n", "shape", "architecture", "weights",
+                  "attribution", "sweeps", "eap-ig", "attr ms", "sweeps ms", "eap-ig ms");
+      std::printf("%-17s %-18s %8s | %-13s %-13s %-13s |\n", "", "", "GB", "peak GB", "peak GB", "peak GB");
+      header = true;
+    }
+    auto cell = [&](const std::string& prefix) {
+      const auto [peak, fits] = peak_of(p.phases, prefix);
+      return gb(peak) + (fits ? " fits" : " NO");
+    };
+    auto ms = [&](const std::string& prefix) {
+      if (!peak_of(p.phases, prefix).second) return std::string("-");
+      char b[32];
+      std::snprintf(b, sizeof b, "%.1f", ms_of(p.phases, prefix, dev));
+      return std::string(b);
+    };
+    std::printf("%-17s %-18s %8s | %-13s %-13s %-13s | %10s %10s %10s\n", like.c_str(), p.cfg.architecture.c_str(),
+                gb(p.weights_bytes).c_str(), cell("attribution").c_str(), cell("sweep").c_str(),
+                cell("eap-ig").c_str(), ms("attribution").c_str(), ms("sweep").c_str(), ms("eap-ig").c_str());
+    std::fflush(stdout);
+    shapes[like] = p.json;
+  }
+  std::printf("fits: every phase of the group within the usable memory at this batch (sweeps chunk to fit); "
+              "NO: an allocation failed (the peak shown is where it stopped)\n");
+  if (a.has("json"))
+    write_file_atomic(a.get("json", ""), nlohmann::json({{"prediction", true}, {"shapes", shapes}}).dump(1) + "\n");
+  return 0;
+}
+
+}  // namespace
 
 int cmd_bench_predict(const Args& a) {
   const std::string key = a.get("predict", "");
@@ -64,79 +256,37 @@ int cmd_bench_predict(const Args& a) {
   if (!dev) throw Error("--predict: expected h100 or h200, got '" + key + "'");
   if (a.has("model") && a.has("like")) throw Error("--predict: give --model DIR or --like SHAPE, not both");
   const bool fp32 = a.has("fp32");
-  // Declared before the model: its placeholder weights are freed through it.
-  Trace trace;
-  TraceBackend tb(nullptr, trace, DeviceKind::CUDA, fp32 ? DType::F32 : DType::BF16,
-                  static_cast<size_t>(dev->memory_GB * 1e9), std::string("predicted ") + dev->name);
-  Model m;
-  if (a.has("model")) {
-    m.dir = a.get("model", "");
-    m.cfg = load_config(m.dir);
-    // The checkpoint's tokenizer (SentencePiece or BPE) where it has one: its BOS rule applies.
-    m.tok = Tokenizer::load_dir(Tokenizer::present_in(m.dir) ? m.dir : default_path("data/models/tiny-temporal-phi3"));
-  } else {
-    const std::string like = a.get("like", "phi-3-mini");
-    m.dir = "(" + like + " shape)";
-    m.cfg = parse_config_json(config_like(like).dump(), like + " config");
-    m.tok = Tokenizer::load_dir(default_path("data/models/tiny-temporal-phi3"));  // BOS id, piece labels
-  }
   const std::string pairs_file = a.get("pairs", default_path("data/seed_phi3_ids.json"));
-  auto pairs = load_pairs(pairs_file);
-  const bool bos = m.tok.bos_by_default();
-  check_pairs(pairs, m.tok, m.cfg.max_position_embeddings, pairs_file, bos, m.cfg.vocab_size);
-  PairBatch pb = make_pair_batch(pairs, m.tok, m.cfg.pad_token_id, m.cfg.max_position_embeddings, 0, bos);
   const std::vector<Hook> hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
-  m.w = ModelWeights::placeholder(tb, m.cfg);
   SweepOptions so;
   so.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
-  std::vector<Phase> phases = trace_phases(tb, trace, m, pb, hooks, so);
+  const std::string like = a.has("model") ? "" : a.get("like", "phi-3-mini");
+  if (like == "all") return predict_all(*dev, fp32, pairs_file, hooks, so, a);
+  Prediction p = predict(*dev, fp32, like, a.get("model", ""), pairs_file, hooks, so);
 
-  const int B = pb.clean.B, T = pb.clean.T;
-  std::printf("PREDICTION (roofline from op counts; nothing was run on a GPU)\n");
-  std::printf("device: %s, %s weights\nmodel: %s, %d layers, d=%d; batch B=%d, T=%d (%s)\n", dev->name,
-              fp32 ? "fp32" : "bf16", m.dir.c_str(), m.cfg.num_hidden_layers, m.cfg.hidden_size, B, T,
-              pairs_file.c_str());
-  std::printf("figures: %.0f GB/s memory, %.0f TFLOP/s bf16 GEMM, %.0f TFLOP/s fp32 GEMM, %.0f TFLOP/s fp32 CUDA "
-              "cores, %.0f GB/s host link + %.0f us per transfer, %.1f us per launch\n  (%s)\n",
-              dev->hbm_GBps, dev->bf16_tflops, dev->f32_gemm_tflops, dev->f32_tflops, dev->host_GBps,
-              dev->transfer_us, dev->launch_us, dev->source);
-  std::printf("%-20s %10s %10s %12s %10s %10s %12s  %s\n", "phase", "launches", "GB moved", "GEMM TFLOP",
-              "host MB", "transfers", "predicted", "bound");
-  nlohmann::json jp = nlohmann::json::array();
-  double sweeps = 0;
-  for (const auto& p : phases) {
-    const OpTally s = p.trace.total();
-    const double ms = p.trace.seconds(*dev) * 1e3;
-    if (p.name.rfind("sweep", 0) == 0) sweeps += ms;
-    std::printf("%-20s %10.0f %10.3f %12.3f %10.1f %10lld %9.2f ms  %s\n", p.name.c_str(), s.cost.launches,
+  print_header(*dev, fp32, pairs_file, p.B, p.T);
+  std::printf("model: %s (%s), %d layers, d=%d; weights %s GB\n", p.json["model"].get<std::string>().c_str(),
+              p.cfg.architecture.c_str(), p.cfg.num_hidden_layers, p.cfg.hidden_size, gb(p.weights_bytes).c_str());
+  std::printf("%-20s %10s %10s %12s %10s %10s %9s %12s  %s\n", "phase", "launches", "GB moved", "GEMM TFLOP",
+              "host MB", "transfers", "peak GB", "predicted", "bound");
+  for (const auto& ph : p.phases) {
+    if (!ph.refused.empty()) {
+      std::printf("%-20s %10s %10s %12s %10s %10s %9s %12s  DOES NOT FIT\n", ph.name.c_str(), "-", "-", "-", "-", "-",
+                  gb(ph.peak_bytes).c_str(), "-");
+      continue;
+    }
+    const OpTally s = ph.trace.total();
+    const double ms = ph.trace.seconds(*dev) * 1e3;
+    std::printf("%-20s %10.0f %10.3f %12.3f %10.1f %10lld %9s %9.2f ms  %s\n", ph.name.c_str(), s.cost.launches,
                 s.cost.bytes / 1e9, (s.cost.gemm_bf16_flops + s.cost.gemm_f32_flops) / 1e12, s.host_bytes / 1e6,
-                (long long)s.transfers, ms, bound_of(p.trace, *dev).c_str());
-    jp.push_back(phase_json(p, *dev));
+                (long long)s.transfers, gb(ph.peak_bytes).c_str(), ms, bound_of(ph.trace, *dev).c_str());
   }
-  std::printf("%-20s %10s %10s %12s %10s %10s %9.2f ms\n", "all sweeps", "", "", "", "", "", sweeps);
-  nlohmann::json j = {{"prediction", true},
-                      {"note", "roofline prediction from op counts (kernels/cuda/op_costs.h); not a measurement"},
-                      {"device", dev->name},
-                      {"device_key", dev->key},
-                      {"figures",
-                       {{"hbm_GBps", dev->hbm_GBps},
-                        {"bf16_tflops", dev->bf16_tflops},
-                        {"f32_gemm_tflops", dev->f32_gemm_tflops},
-                        {"f32_tflops", dev->f32_tflops},
-                        {"host_GBps", dev->host_GBps},
-                        {"transfer_us", dev->transfer_us},
-                        {"launch_us", dev->launch_us},
-                        {"memory_GB", dev->memory_GB},
-                        {"source", dev->source}}},
-                      {"model", m.dir},
-                      {"layers", m.cfg.num_hidden_layers},
-                      {"weights", fp32 ? "fp32" : "bf16"},
-                      {"pairs", pairs_file},
-                      {"B", B},
-                      {"T", T},
-                      {"phases", jp},
-                      {"all_sweeps_ms", sweeps}};
-  if (a.has("json")) write_file_atomic(a.get("json", ""), j.dump(1) + "\n");
+  if (!p.json["all_sweeps_ms"].is_null())
+    std::printf("%-20s %10s %10s %12s %10s %10s %9s %9.2f ms\n", "all sweeps", "", "", "", "", "", "",
+                p.json["all_sweeps_ms"].get<double>());
+  for (const auto& ph : p.phases)
+    if (!ph.refused.empty()) std::printf("%s: %s\n", ph.name.c_str(), ph.refused.c_str());
+  if (a.has("json")) write_file_atomic(a.get("json", ""), p.json.dump(1) + "\n");
   return 0;
 }
 

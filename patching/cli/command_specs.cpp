@@ -185,9 +185,9 @@ usage: phi3patch bench [OPTIONS]
   --help            this text
   --model DIR       checkpoint directory [data/models/tiny-temporal-phi3]; with --predict,
                     its config.json alone
-  --like SHAPE      with --predict instead of --model: phi-3-mini | phi-3-medium | phi-4-mini
-                    | tiny | qwen2.5-3b | qwen2.5-7b | llama-3.2-1b | llama-3.1-8b | mistral-7b
-                    | qwen3-8b [phi-3-mini]
+  --like SHAPE      with --predict instead of --model: a published shape (as make-random
+                    --like) [phi-3-mini]; all: one line per shape (weights, peak memory and
+                    whether it fits per phase, predicted times)
   --predict GPU     h100 | h200: predict instead of measuring
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
@@ -212,10 +212,10 @@ usage: phi3patch make-random --out DIR [OPTIONS]
 
   --help            this text
   --out DIR         where to write the checkpoint [required]
-  --like SHAPE      phi-3-mini | phi-3-medium | phi-4-mini | tiny | qwen2.5-3b | qwen2.5-7b |
-                    llama-3.2-1b | llama-3.1-8b | mistral-7b | qwen3-8b (published config.json
-                    of each)
-                    [phi-3-mini]
+  --like SHAPE      the published config.json of: phi-3-mini | phi-3-medium | phi-4-mini |
+                    tiny | qwen2.5-{0.5b,1.5b,3b,7b,14b,32b,72b} | llama-3.2-{1b,3b} |
+                    llama-3.1-{8b,70b} | mistral-7b | mistral-nemo-12b |
+                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} [phi-3-mini]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]
   --seed N          random seed [0]
   --dtype D         bf16 | f32 [bf16]

@@ -1,6 +1,7 @@
 // Subcommands implemented in their own files.
 #pragma once
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -13,9 +14,10 @@ int cmd_bench(const Args& a);                           // bench_cmd.cpp
 class Comm;
 int cmd_bench_scaling(const Args& a, Comm& comm);       // bench_scaling_cmd.cpp (under mpirun)
 int cmd_make_random(const Args& a);                     // make_random_cmd.cpp
-// config.json of a real model shape (make_random_cmd.cpp): like_shapes() lists them.
+// config.json of a published model shape (model_shapes.cpp): like_shapes() lists them.
 nlohmann::json config_like(const std::string& like, int layers_override = 0);
 std::string like_shapes();
+std::vector<std::string> like_shape_names();
 int cmd_bench_predict(const Args& a);                   // bench_predict_cmd.cpp (bench --predict)
 std::string default_path(const std::string& rel);       // main.cpp: repo-relative default
 class Tokenizer;

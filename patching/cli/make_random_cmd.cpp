@@ -1,4 +1,4 @@
-// `phi3patch make-random --like phi-3-mini|phi-3-medium|phi-4-mini|tiny --out DIR`:
+// `phi3patch make-random --like SHAPE --out DIR` (SHAPE: model_shapes.cpp, e.g. phi-3-mini, qwen2.5-3b):
 // a Hugging Face layout checkpoint (config.json, bf16 safetensors shards + index, the
 // embedded tokenizer) with the real shapes and seeded random weights, so the same weights
 // load here and in `transformers` for benchmarks without a download.
@@ -16,98 +16,6 @@
 #include "runtime/safetensors.h"
 
 namespace phi3 {
-
-namespace {
-// The published config.json of other families' checkpoints (their shapes; the tokenizer ids
-// are the real ones, the embedded test tokenizer's ids all lie below every vocab_size).
-nlohmann::json other_family_shape(const std::string& like) {
-  using nlohmann::json;
-  const json common = {{"hidden_act", "silu"}, {"attention_dropout", 0.0}, {"initializer_range", 0.02},
-                       {"torch_dtype", "bfloat16"}, {"use_cache", true}};
-  json j;
-  if (like == "qwen2.5-3b" || like == "qwen2.5-7b") {
-    const bool small = like == "qwen2.5-3b";
-    j = {{"architectures", {"Qwen2ForCausalLM"}}, {"model_type", "qwen2"}, {"bos_token_id", 151643},
-         {"eos_token_id", 151643}, {"hidden_size", small ? 2048 : 3584}, {"intermediate_size", small ? 11008 : 18944},
-         {"num_hidden_layers", small ? 36 : 28}, {"num_attention_heads", small ? 16 : 28},
-         {"num_key_value_heads", small ? 2 : 4}, {"max_position_embeddings", small ? 32768 : 131072},
-         {"max_window_layers", small ? 36 : 28}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0},
-         {"sliding_window", small ? 32768 : 131072}, {"use_sliding_window", false},
-         {"tie_word_embeddings", small}, {"vocab_size", small ? 151936 : 152064}};
-  } else if (like == "llama-3.2-1b" || like == "llama-3.1-8b") {
-    const bool small = like == "llama-3.2-1b";
-    j = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"attention_bias", false},
-         {"mlp_bias", false}, {"bos_token_id", 128000}, {"eos_token_id", 128001},
-         {"hidden_size", small ? 2048 : 4096}, {"intermediate_size", small ? 8192 : 14336},
-         {"num_hidden_layers", small ? 16 : 32}, {"num_attention_heads", 32}, {"num_key_value_heads", 8},
-         {"head_dim", small ? 64 : 128}, {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-5},
-         {"rope_theta", 500000.0}, {"pretraining_tp", 1}, {"tie_word_embeddings", small}, {"vocab_size", 128256},
-         {"rope_scaling", {{"factor", small ? 32.0 : 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
-                           {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}}}};
-  } else if (like == "qwen3-8b") {
-    j = {{"architectures", {"Qwen3ForCausalLM"}}, {"model_type", "qwen3"}, {"attention_bias", false},
-         {"bos_token_id", 151643}, {"eos_token_id", 151645}, {"head_dim", 128}, {"hidden_size", 4096},
-         {"intermediate_size", 12288}, {"num_hidden_layers", 36}, {"num_attention_heads", 32},
-         {"num_key_value_heads", 8}, {"max_position_embeddings", 40960}, {"max_window_layers", 36},
-         {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}, {"sliding_window", nullptr},
-         {"use_sliding_window", false}, {"tie_word_embeddings", false}, {"vocab_size", 151936}};
-  } else if (like == "mistral-7b") {  // Mistral-7B-v0.1: the sliding-window one
-    j = {{"architectures", {"MistralForCausalLM"}}, {"model_type", "mistral"}, {"bos_token_id", 1},
-         {"eos_token_id", 2}, {"hidden_size", 4096}, {"intermediate_size", 14336}, {"num_hidden_layers", 32},
-         {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"max_position_embeddings", 32768},
-         {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"sliding_window", 4096}, {"tie_word_embeddings", false},
-         {"vocab_size", 32000}};
-  } else {
-    return json();
-  }
-  j.update(common);
-  return j;
-}
-}  // namespace
-
-std::string like_shapes() {
-  return "phi-3-mini, phi-3-medium, phi-4-mini, tiny, qwen2.5-3b, qwen2.5-7b, llama-3.2-1b, llama-3.1-8b, mistral-7b, "
-         "qwen3-8b";
-}
-
-nlohmann::json config_like(const std::string& like, int layers_override) {
-  nlohmann::json j = {{"architectures", {"Phi3ForCausalLM"}}, {"model_type", "phi3"}, {"hidden_act", "silu"},
-                      {"bos_token_id", 1},   {"eos_token_id", 32000},  {"pad_token_id", 32000},
-                      {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"rope_scaling", nullptr},
-                      {"attention_bias", false}, {"torch_dtype", "bfloat16"}, {"tie_word_embeddings", false},
-                      {"sliding_window", 2047}, {"max_position_embeddings", 4096},
-                      {"original_max_position_embeddings", 4096}, {"vocab_size", 32064}};
-  if (like == "phi-3-mini") {
-    j.update({{"hidden_size", 3072}, {"intermediate_size", 8192}, {"num_hidden_layers", 32},
-              {"num_attention_heads", 32}, {"num_key_value_heads", 32}});
-  } else if (like == "phi-3-medium") {
-    j.update({{"hidden_size", 5120}, {"intermediate_size", 17920}, {"num_hidden_layers", 40},
-              {"num_attention_heads", 40}, {"num_key_value_heads", 10}});
-  } else if (like == "phi-4-mini") {
-    j.update({{"hidden_size", 3072}, {"intermediate_size", 8192}, {"num_hidden_layers", 32},
-              {"num_attention_heads", 24}, {"num_key_value_heads", 8}, {"vocab_size", 200064},
-              {"partial_rotary_factor", 0.75}, {"tie_word_embeddings", true}, {"sliding_window", nullptr},
-              {"max_position_embeddings", 131072}, {"original_max_position_embeddings", 4096},
-              {"rope_theta", 10000.0}, {"bos_token_id", 199999}, {"eos_token_id", 199999},
-              {"pad_token_id", 199999}});
-    std::vector<double> sf(48), lf(48);
-    for (int i = 0; i < 48; ++i) {
-      sf[i] = 1.0 + 0.05 * i;
-      lf[i] = 1.0 + 0.5 * i;
-    }
-    j["rope_scaling"] = {{"type", "longrope"}, {"short_factor", sf}, {"long_factor", lf}};
-  } else if (like == "tiny") {
-    j.update({{"hidden_size", 64}, {"intermediate_size", 128}, {"num_hidden_layers", 4}, {"num_attention_heads", 4},
-              {"num_key_value_heads", 2}, {"vocab_size", 1032}, {"pad_token_id", 1024}, {"eos_token_id", 1024},
-              {"max_position_embeddings", 512}, {"original_max_position_embeddings", 512}});
-  } else if (const auto other = other_family_shape(like); !other.is_null()) {
-    j = other;
-  } else {
-    throw Error("--like: expected one of " + like_shapes() + ", got '" + like + "'");
-  }
-  if (layers_override > 0) j["num_hidden_layers"] = layers_override;
-  return j;
-}
 
 // Fast seeded normal-ish values (sum of uniforms), filled in parallel by blocks so the
 // result depends only on the seed and the tensor index.

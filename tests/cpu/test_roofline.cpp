@@ -12,6 +12,7 @@
 #include "kernels/cuda/op_costs.h"
 #include "model/batch.h"
 #include "patching/roofline.h"
+#include "runtime/error.h"
 #include "test_util.h"
 
 namespace phi3 {
@@ -98,6 +99,17 @@ TEST(Roofline, PredictionWalksTheRealOpSequence) {
       EXPECT_DOUBLE_EQ(o.cost.flops, q.cost.flops) << name;
     }
   }
+  // Memory: the prediction allocates exactly what the real run does beyond the weights.
+  for (int i = 0; i < 5; ++i) {
+    SCOPED_TRACE(rp[i].name);
+    EXPECT_GT(pp[i].peak_bytes, pp[i].start_bytes);
+    EXPECT_TRUE(rp[i].refused.empty() && pp[i].refused.empty());
+    if (i < 2) EXPECT_EQ(rp[i].peak_bytes - rp[i].start_bytes, pp[i].peak_bytes - pp[i].start_bytes);
+  }
+  // The forward holds at least its logits and every layer's residual stream in fp32.
+  const int64_t rows = int64_t(pb.corrupted.B) * pb.corrupted.T;
+  EXPECT_GE(pp[0].peak_bytes - pp[0].start_bytes,
+            size_t(rows) * (m->cfg.vocab_size + m->cfg.num_hidden_layers * m->cfg.hidden_size) * 4);
   // Forward GEMM FLOPs by hand: every layer's four GEMMs and the LM head over all B*T rows.
   const ModelConfig& c = m->cfg;
   const double N = double(pb.clean.B) * pb.clean.T, D = c.hidden_size, F = c.intermediate_size;
@@ -111,6 +123,40 @@ TEST(Roofline, PredictionWalksTheRealOpSequence) {
     EXPECT_GT(rp[i].trace.total().cost.gemm_f32_flops, 0);
     EXPECT_GT(pp[i].trace.seconds(*cost::find_device("h100")), 0);
   }
+}
+
+// A device too small for a phase: the phase is refused with the allocation that failed (or,
+// without oom_ends_phase, the OutOfMemory propagates), and the phases after it still run.
+TEST(Roofline, PredictionRefusesWhatDoesNotFit) {
+  auto cpu = make_cpu_backend();
+  const std::string dir = test::source_dir() + "/data/models/tiny-temporal-phi3";
+  auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
+  Trace pt;
+  TraceBackend pred(nullptr, pt, DeviceKind::CPU, DType::F32, 0, "predicted");
+  Model pm;
+  pm.cfg = load_config(dir);
+  pm.tok = Tokenizer::load_dir(dir);
+  pm.w = ModelWeights::placeholder(pred, pm.cfg);
+  PairBatch pb = make_pair_batch(pairs, pm.tok, pm.cfg.pad_token_id, pm.cfg.max_position_embeddings);
+  const std::vector<Hook> hooks = {Hook::ResidPre};
+  SweepOptions so;
+  TracePhaseOptions po;
+  po.eap_ig = true;
+  po.oom_ends_phase = true;
+  std::vector<Phase> all = trace_phases(pred, pt, pm, pb, hooks, so, po);
+  ASSERT_EQ(all.size(), 4u);  // forward, attribution, sweep resid_pre, eap-ig scores
+  EXPECT_EQ(all[3].name, "eap-ig scores");
+  for (const Phase& p : all) EXPECT_TRUE(p.refused.empty()) << p.name;
+  // Room for the weights and the forward's activations, not for the attribution's two runs.
+  pred.set_memory(all[0].peak_bytes + (all[1].peak_bytes - all[0].peak_bytes) / 2);
+  std::vector<Phase> small = trace_phases(pred, pt, pm, pb, hooks, so, po);
+  ASSERT_EQ(small.size(), 4u);
+  EXPECT_TRUE(small[0].refused.empty());
+  EXPECT_EQ(small[0].peak_bytes, all[0].peak_bytes);
+  EXPECT_NE(small[1].refused.find("predicted device memory exhausted"), std::string::npos) << small[1].refused;
+  EXPECT_EQ(pred.used_bytes(), all[0].start_bytes);  // what the refused phase held was freed
+  po.oom_ends_phase = false;
+  EXPECT_THROW(trace_phases(pred, pt, pm, pb, hooks, so, po), OutOfMemory);
 }
 
 // The CLI: `bench --predict h200 --like phi-3-mini` needs no weights and no GPU, and the
@@ -127,12 +173,44 @@ TEST(Roofline, PredictCommandPhi3Mini) {
   EXPECT_TRUE(j["prediction"].get<bool>());
   EXPECT_EQ(j["T"], 31);
   EXPECT_EQ(j["B"], 4);
-  ASSERT_EQ(j["phases"].size(), 5u);
+  ASSERT_EQ(j["phases"].size(), 6u);  // forward, attribution, three sweeps, EAP-IG
+  EXPECT_EQ(j["phases"][5]["phase"], "eap-ig scores");
+  // Weights: the bf16 GEMM matrices and embeddings, fp32 norms.
+  const double params = 32 * (3072.0 * 9216 + 3072.0 * 3072 + 3072.0 * 16384 + 8192.0 * 3072) + 2 * 32064.0 * 3072;
+  EXPECT_NEAR(j["weights_bytes"].get<double>(), 2 * params, 0.01 * 2 * params);
+  for (const auto& p : j["phases"]) {
+    EXPECT_TRUE(p["fits"].get<bool>()) << p["phase"];
+    EXPECT_GT(p["peak_bytes"].get<double>(), j["weights_bytes"].get<double>()) << p["phase"];
+    EXPECT_LE(p["peak_bytes"].get<double>(), j["usable_bytes"].get<double>()) << p["phase"];
+  }
   const double layer_gemm_params = 3072.0 * 9216 + 3072.0 * 3072 + 3072.0 * 16384 + 8192.0 * 3072;
   EXPECT_GT(j["phases"][0]["bytes"].get<double>(), 32 * layer_gemm_params * 2);
   EXPECT_DOUBLE_EQ(j["phases"][0]["gemm_flops"].get<double>(),
                    2.0 * 4 * 31 * (32 * layer_gemm_params + 3072.0 * 32064));
   for (const auto& p : j["phases"]) EXPECT_GT(p["predicted_ms"].get<double>(), 0);
+}
+
+// A shape whose weights exceed the device: every phase refused up front, with the weights'
+// size (Qwen2.5-72B: 72.7 B parameters, 145 GB of bf16, on an 80 GB H100), and no time.
+TEST(Roofline, PredictCommandRefusesWeightsThatDoNotFit) {
+  const std::string dir = test::temp_dir("predict72");
+  const std::string json = dir + "/p.json";
+  const std::string cmd = std::string("'") + PHI3_CLI +
+                          "' bench --predict h100 --like qwen2.5-72b --hooks resid_pre --json '" + json + "' > '" +
+                          dir + "/out.txt' 2>&1";
+  const int st = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  std::ifstream f(json);
+  nlohmann::json j = nlohmann::json::parse(f);
+  EXPECT_EQ(j["architecture"], "Qwen2ForCausalLM");
+  EXPECT_NEAR(j["weights_bytes"].get<double>(), 2 * 72.7e9, 0.01 * 2 * 72.7e9);
+  ASSERT_EQ(j["phases"].size(), 4u);
+  for (const auto& p : j["phases"]) {
+    EXPECT_FALSE(p["fits"].get<bool>());
+    EXPECT_TRUE(p["predicted_ms"].is_null());
+    EXPECT_NE(p["refused"].get<std::string>().find("the weights alone"), std::string::npos);
+  }
+  EXPECT_TRUE(j["all_sweeps_ms"].is_null());
 }
 
 }  // namespace

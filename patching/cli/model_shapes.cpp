@@ -1,0 +1,153 @@
+// The published shapes `make-random --like` and `bench --predict --like` build: each
+// checkpoint's config.json fields that decide its size and its op variants (the tokenizer ids
+// are the real ones; the embedded test tokenizer's ids all lie below every vocab_size).
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "patching/cli/commands.h"
+#include "runtime/error.h"
+
+namespace phi3 {
+
+namespace {
+
+using nlohmann::json;
+
+// One Llama-style checkpoint's size (architecture-specific fields come from its family).
+struct Shape {
+  const char* name;
+  const char* family;  // qwen2, llama3.1, llama3.2, mistral, mistral-nemo, qwen3
+  int hidden, inter, layers, heads, kv_heads, head_dim;  // head_dim 0: hidden / heads, not written
+  int vocab;
+  bool tied;
+  int max_pos;
+};
+
+// Sizes from each model's config.json on the Hugging Face hub.
+const std::vector<Shape>& shapes() {
+  static const std::vector<Shape> s = {
+      {"qwen2.5-0.5b", "qwen2", 896, 4864, 24, 14, 2, 0, 151936, true, 32768},
+      {"qwen2.5-1.5b", "qwen2", 1536, 8960, 28, 12, 2, 0, 151936, true, 32768},
+      {"qwen2.5-3b", "qwen2", 2048, 11008, 36, 16, 2, 0, 151936, true, 32768},
+      {"qwen2.5-7b", "qwen2", 3584, 18944, 28, 28, 4, 0, 152064, false, 131072},
+      {"qwen2.5-14b", "qwen2", 5120, 13824, 48, 40, 8, 0, 152064, false, 131072},
+      {"qwen2.5-32b", "qwen2", 5120, 27648, 64, 40, 8, 0, 152064, false, 131072},
+      {"qwen2.5-72b", "qwen2", 8192, 29568, 80, 64, 8, 0, 152064, false, 131072},
+      {"llama-3.2-1b", "llama3.2", 2048, 8192, 16, 32, 8, 64, 128256, true, 131072},
+      {"llama-3.2-3b", "llama3.2", 3072, 8192, 28, 24, 8, 128, 128256, true, 131072},
+      {"llama-3.1-8b", "llama3.1", 4096, 14336, 32, 32, 8, 128, 128256, false, 131072},
+      {"llama-3.1-70b", "llama3.1", 8192, 28672, 80, 64, 8, 128, 128256, false, 131072},
+      {"mistral-7b", "mistral", 4096, 14336, 32, 32, 8, 0, 32000, false, 32768},
+      {"mistral-nemo-12b", "mistral-nemo", 5120, 14336, 40, 32, 8, 128, 131072, false, 1024000},
+      {"qwen3-0.6b", "qwen3", 1024, 3072, 28, 16, 8, 128, 151936, true, 40960},
+      {"qwen3-1.7b", "qwen3", 2048, 6144, 28, 16, 8, 128, 151936, true, 40960},
+      {"qwen3-4b", "qwen3", 2560, 9728, 36, 32, 8, 128, 151936, true, 40960},
+      {"qwen3-8b", "qwen3", 4096, 12288, 36, 32, 8, 128, 151936, false, 40960},
+      {"qwen3-14b", "qwen3", 5120, 17408, 40, 40, 8, 128, 151936, false, 40960},
+      {"qwen3-32b", "qwen3", 5120, 25600, 64, 64, 8, 128, 151936, false, 40960},
+  };
+  return s;
+}
+
+json family_fields(const Shape& s) {
+  const std::string f = s.family;
+  if (f == "qwen2")
+    return {{"architectures", {"Qwen2ForCausalLM"}}, {"model_type", "qwen2"}, {"bos_token_id", 151643},
+            {"eos_token_id", 151643}, {"max_window_layers", s.layers}, {"rms_norm_eps", 1e-6},
+            {"rope_theta", 1000000.0}, {"sliding_window", s.max_pos}, {"use_sliding_window", false}};
+  if (f == "llama3.1" || f == "llama3.2")
+    return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"attention_bias", false},
+            {"mlp_bias", false}, {"bos_token_id", 128000}, {"eos_token_id", 128001}, {"rms_norm_eps", 1e-5},
+            {"rope_theta", 500000.0}, {"pretraining_tp", 1},
+            {"rope_scaling", {{"factor", f == "llama3.2" ? 32.0 : 8.0}, {"low_freq_factor", 1.0},
+                              {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192},
+                              {"rope_type", "llama3"}}}};
+  if (f == "mistral")  // Mistral-7B-v0.1: the sliding-window one
+    return {{"architectures", {"MistralForCausalLM"}}, {"model_type", "mistral"}, {"bos_token_id", 1},
+            {"eos_token_id", 2}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"sliding_window", 4096}};
+  if (f == "mistral-nemo")
+    return {{"architectures", {"MistralForCausalLM"}}, {"model_type", "mistral"}, {"bos_token_id", 1},
+            {"eos_token_id", 2}, {"rms_norm_eps", 1e-5}, {"rope_theta", 1000000.0}, {"sliding_window", nullptr}};
+  if (f == "qwen3")
+    return {{"architectures", {"Qwen3ForCausalLM"}}, {"model_type", "qwen3"}, {"attention_bias", false},
+            {"bos_token_id", 151643}, {"eos_token_id", 151645}, {"max_window_layers", s.layers},
+            {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}, {"sliding_window", nullptr},
+            {"use_sliding_window", false}};
+  throw Error(std::string("model_shapes: no family ") + s.family);  // not reached: the table names known ones
+}
+
+json shape_config(const Shape& s) {
+  json j = family_fields(s);
+  j.update({{"hidden_size", s.hidden}, {"intermediate_size", s.inter}, {"num_hidden_layers", s.layers},
+            {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv_heads}, {"vocab_size", s.vocab},
+            {"tie_word_embeddings", s.tied}, {"max_position_embeddings", s.max_pos}, {"hidden_act", "silu"},
+            {"attention_dropout", 0.0}, {"initializer_range", 0.02}, {"torch_dtype", "bfloat16"},
+            {"use_cache", true}});
+  if (s.head_dim > 0) j["head_dim"] = s.head_dim;
+  return j;
+}
+
+json phi3_config(const std::string& like) {
+  json j = {{"architectures", {"Phi3ForCausalLM"}}, {"model_type", "phi3"}, {"hidden_act", "silu"},
+            {"bos_token_id", 1},   {"eos_token_id", 32000},  {"pad_token_id", 32000},
+            {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"rope_scaling", nullptr},
+            {"attention_bias", false}, {"torch_dtype", "bfloat16"}, {"tie_word_embeddings", false},
+            {"sliding_window", 2047}, {"max_position_embeddings", 4096},
+            {"original_max_position_embeddings", 4096}, {"vocab_size", 32064}};
+  if (like == "phi-3-mini") {
+    j.update({{"hidden_size", 3072}, {"intermediate_size", 8192}, {"num_hidden_layers", 32},
+              {"num_attention_heads", 32}, {"num_key_value_heads", 32}});
+  } else if (like == "phi-3-medium") {
+    j.update({{"hidden_size", 5120}, {"intermediate_size", 17920}, {"num_hidden_layers", 40},
+              {"num_attention_heads", 40}, {"num_key_value_heads", 10}});
+  } else if (like == "phi-4-mini") {
+    j.update({{"hidden_size", 3072}, {"intermediate_size", 8192}, {"num_hidden_layers", 32},
+              {"num_attention_heads", 24}, {"num_key_value_heads", 8}, {"vocab_size", 200064},
+              {"partial_rotary_factor", 0.75}, {"tie_word_embeddings", true}, {"sliding_window", nullptr},
+              {"max_position_embeddings", 131072}, {"original_max_position_embeddings", 4096},
+              {"rope_theta", 10000.0}, {"bos_token_id", 199999}, {"eos_token_id", 199999},
+              {"pad_token_id", 199999}});
+    std::vector<double> sf(48), lf(48);
+    for (int i = 0; i < 48; ++i) {
+      sf[i] = 1.0 + 0.05 * i;
+      lf[i] = 1.0 + 0.5 * i;
+    }
+    j["rope_scaling"] = {{"type", "longrope"}, {"short_factor", sf}, {"long_factor", lf}};
+  } else if (like == "tiny") {
+    j.update({{"hidden_size", 64}, {"intermediate_size", 128}, {"num_hidden_layers", 4}, {"num_attention_heads", 4},
+              {"num_key_value_heads", 2}, {"vocab_size", 1032}, {"pad_token_id", 1024}, {"eos_token_id", 1024},
+              {"max_position_embeddings", 512}, {"original_max_position_embeddings", 512}});
+  } else {
+    return json();
+  }
+  return j;
+}
+
+const char* const kPhi3Shapes[] = {"phi-3-mini", "phi-3-medium", "phi-4-mini", "tiny"};
+
+}  // namespace
+
+std::vector<std::string> like_shape_names() {
+  std::vector<std::string> out(std::begin(kPhi3Shapes), std::end(kPhi3Shapes));
+  for (const Shape& s : shapes()) out.push_back(s.name);
+  return out;
+}
+
+std::string like_shapes() {
+  std::string out;
+  for (const std::string& n : like_shape_names()) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+nlohmann::json config_like(const std::string& like, int layers_override) {
+  json j = phi3_config(like);
+  if (j.is_null())
+    for (const Shape& s : shapes())
+      if (like == s.name) j = shape_config(s);
+  if (j.is_null()) throw Error("--like: expected one of " + like_shapes() + ", got '" + like + "'");
+  if (layers_override > 0) j["num_hidden_layers"] = layers_override;
+  return j;
+}
+
+}  // namespace phi3
