@@ -119,6 +119,12 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
   if (h == "attn.hook_rot_q") return make_view(be, a.q_rot.get(), {Bn, Tn, H, HD}, N, QW, QW);
   if (h == "attn.hook_rot_k") return make_view(be, a.k_rot.get(), {Bn, Tn, KVH, HD}, N, KVW, KVW);
   if (h == "attn.hook_z") return make_view(be, a.z.get(), {Bn, Tn, H, HD}, N, QW, QW);
+  if (h == "mlp.hook_post") {
+    const int64_t F = m.cfg.intermediate_size;
+    if (!a.act.size())
+      throw Error("activation '" + name + "': the fp32 MLP output was not kept by this forward pass (bf16 GEMM inputs)");
+    return make_view(be, a.act.get(), {Bn, Tn, F}, N, F, F);
+  }
   if (h == "attn.hook_pattern") {
     if (!a.pattern.size()) throw Error("activation '" + name + "': the pattern was not kept by this forward pass");
     return make_view(be, a.pattern.get(), {Bn, H, Tn, Tn}, Bn * H * Tn, Tn, Tn);

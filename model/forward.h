@@ -62,7 +62,8 @@ struct ForwardState {
   const float* hook_data(Hook h, int l) const;
   // Any cached activation by its TransformerLens name: "logits", "blocks.3.hook_resid_pre",
   // "blocks.0.attn.hook_q" ([B,T,H,HD]; k/v [B,T,KVH,HD]), "blocks.1.attn.hook_pattern"
-  // ([B,H,T,T], when kept). Throws naming an unknown or unavailable name.
+  // ([B,H,T,T], when kept), "blocks.2.mlp.hook_post" ([B,T,F], when its fp32 copy exists).
+  // Throws naming an unknown or unavailable name.
   TensorView activation(const Backend& be, const Model& m, const std::string& name) const;
   // Batch rows [b0, b0 + nb) of this state as a state of its own: every buffer borrowed at
   // an offset (the arena is shared; the device copies of tokens, positions and pads stay

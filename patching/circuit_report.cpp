@@ -161,26 +161,10 @@ std::string circuit_svg(const CircuitRunResult& r, const CircuitGraph& g) {
 
 }  // namespace
 
-std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const std::string& out) {
+std::string circuit_json(const CircuitRunResult& r) {
   const CircuitGraph g(r.L, r.H, r.KVH);
   const int Dn = g.n_downstream();
-  std::vector<std::string> files;
-  auto put = [&](const std::string& name, const std::string& text) {
-    const std::string p = path_join(out, name);
-    write_file_atomic(p, text);
-    files.push_back(p);
-  };
   const std::vector<int64_t> ranked = ranked_edges(g, r.scores);
-  {
-    std::ostringstream o;
-    o << "rank,upstream,downstream,score,in_circuit\n";
-    for (size_t i = 0; i < ranked.size(); ++i) {
-      const int u = int(ranked[i] / Dn), v = int(ranked[i] % Dn);
-      o << i + 1 << "," << g.upstream_name(u) << "," << g.downstream_name(v) << "," << num(r.scores[ranked[i]], 9)
-        << "," << (r.chosen_mask.size() && r.chosen_mask[ranked[i]] ? 1 : 0) << "\n";
-    }
-    put("edges.csv", o.str());
-  }
   using nlohmann::json;
   json j;
   j["format_version"] = 1;
@@ -224,7 +208,30 @@ std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const 
                  {"circuit_forwards", r.circuit_forwards}, {"world_size", r.world_size},
                  {"circuits_per_rank", r.circuits_per_rank},
                  {"circuit_forwards_per_second", r.eval_seconds > 0 ? r.circuit_forwards / r.eval_seconds : 0.0}};
-  put("circuit.json", j.dump(1) + "\n");
+  return j.dump(1) + "\n";
+}
+
+std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const std::string& out) {
+  const CircuitGraph g(r.L, r.H, r.KVH);
+  const int Dn = g.n_downstream();
+  std::vector<std::string> files;
+  auto put = [&](const std::string& name, const std::string& text) {
+    const std::string p = path_join(out, name);
+    write_file_atomic(p, text);
+    files.push_back(p);
+  };
+  const std::vector<int64_t> ranked = ranked_edges(g, r.scores);
+  {
+    std::ostringstream o;
+    o << "rank,upstream,downstream,score,in_circuit\n";
+    for (size_t i = 0; i < ranked.size(); ++i) {
+      const int u = int(ranked[i] / Dn), v = int(ranked[i] % Dn);
+      o << i + 1 << "," << g.upstream_name(u) << "," << g.downstream_name(v) << "," << num(r.scores[ranked[i]], 9)
+        << "," << (r.chosen_mask.size() && r.chosen_mask[ranked[i]] ? 1 : 0) << "\n";
+    }
+    put("edges.csv", o.str());
+  }
+  put("circuit.json", circuit_json(r));
   const std::string fsvg = faithfulness_svg(r), csvg = circuit_svg(r, g);
   put("faithfulness.svg", fsvg);
   put("circuit.svg", csvg);

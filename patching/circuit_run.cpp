@@ -79,7 +79,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   int per_batch = 0;
   auto t0 = std::chrono::steady_clock::now();  // scoring: from the first runs to the scores
   comm.agree_on([&] {
-    pairs = load_pairs(opt.pairs_file);
+    pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
     if (opt.answer_first_token) r.answers_cut = use_first_answer_tokens(pairs, m.tok);
     check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
     if (opt.batch_pairs < 0) throw Error("--batch: expected a positive number of pairs");

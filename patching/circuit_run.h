@@ -14,7 +14,8 @@
 namespace phi3 {
 
 struct CircuitOptions {
-  std::string pairs_file;
+  std::string pairs_file;   // read from this file, or, with pairs_text, only its name in messages
+  std::string pairs_text;   // the pairs file's JSON text given in memory (the Python binding)
   bool ig = true;       // EAP-IG (else EAP)
   int ig_steps = 5;
   bool noising = false;
@@ -72,5 +73,6 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
 // edges.csv, circuit.json, faithfulness.svg, circuit.svg, report.html (atomic writes); returns
 // the paths written.
 std::vector<std::string> write_circuit_outputs(const CircuitRunResult& r, const std::string& out_dir);
+std::string circuit_json(const CircuitRunResult& r);  // the text of circuit.json
 
 }  // namespace phi3

@@ -841,7 +841,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   // ---- the job, identical on every rank ----------------------------------------------------
   comm.agree(attempt(job, code, [&] {
     check_methods(opt);
-    job.pairs = load_pairs(opt.pairs_file);
+    job.pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
     if (opt.answer_first_token) job.answers_cut = use_first_answer_tokens(job.pairs, m.tok);
     check_pairs(job.pairs, m.tok, m.cfg.max_position_embeddings, opt.pairs_file, opt.add_bos, m.cfg.vocab_size);
     job.per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(job.pairs.size());

@@ -13,7 +13,8 @@
 namespace phi3 {
 
 struct ExperimentOptions {
-  std::string pairs_file;
+  std::string pairs_file;   // read from this file, or, with pairs_text, only its name in messages
+  std::string pairs_text;   // the pairs file's JSON text given in memory (the Python binding)
   std::vector<Hook> hooks = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
   bool attribution = true;   // AtP: one backward, gradient x (source - base)
   bool activation = true;    // exact activation patching of every node

@@ -1,0 +1,29 @@
+"""phi3patch: activation and attribution patching on Phi-3, Qwen2/2.5, Qwen3, Llama 3.x and
+Mistral checkpoints, with the C++/CUDA engine in-process.
+
+    import phi3patch
+    m = phi3patch.load("path/to/checkpoint")          # or phi3patch.load() for the embedded model
+    r = m.patch(pairs, hooks=["resid_pre", "attn_out"], methods=["attribution", "activation"])
+    r.frame("resid_pre", "attribution")               # a pandas DataFrame, layers x positions
+
+The model is loaded once and reused by every call. Results equal the command line's
+(`phi3patch run`) for the same options; `r.save(dir)` writes exactly its files.
+"""
+from ._core import Error, OutOfMemoryError
+from ._model import Model, load, embedded_model_dir, seed_pairs_file
+from ._result import PatchResult
+from ._circuit import CircuitResult
+from .seed import AttributionPatching
+
+__all__ = [
+    "load",
+    "Model",
+    "PatchResult",
+    "CircuitResult",
+    "AttributionPatching",
+    "Error",
+    "OutOfMemoryError",
+    "embedded_model_dir",
+    "seed_pairs_file",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""run_with_cache and logit_diff: activations under TransformerLens names, equal to
+transformers' (the Qwen2 reference's dumps), read-only views that stay valid, DLPack."""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import phi3patch
+from conftest import SOURCE
+
+REF = os.path.join(SOURCE, "data", "reference", "rand-qwen2-bias-swa")
+
+
+def read_safetensors(path, prefix):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        base = 8 + n
+        out = {}
+        for k, v in header.items():
+            if k.startswith(prefix) and v["dtype"] == "F32":
+                a, b = v["data_offsets"]
+                f.seek(base + a)
+                out[k[len(prefix):]] = np.frombuffer(f.read(b - a), dtype=np.float32).reshape(v["shape"])
+    return out
+
+
+def test_activations_equal_transformers_on_qwen2():
+    with open(os.path.join(REF, "reference.json"), encoding="utf-8") as f:
+        ref = json.load(f)
+    m = phi3patch.load(os.path.join(REF, "model"), device="cpu")
+    acts = read_safetensors(os.path.join(REF, "reference.safetensors"), "clean.")
+    names = sorted(acts)
+    logits, cache = m.run_with_cache(ref["clean_prompts"], names, bos=ref["bos"])
+    assert cache["pad"].tolist() == ref["clean_pad"]
+    assert [row[p:] for row, p in zip(cache["tokens"].tolist(), ref["clean_pad"])] == ref["clean_token_ids"]
+    checked = 0
+    for n in names:
+        a, b = cache[n], acts[n]
+        assert a.shape == b.shape, n
+        scale = max(1e-6, float(np.abs(b).max()))
+        assert float(np.abs(a - b).max()) <= 2e-5 * scale, (n, float(np.abs(a - b).max()), scale)
+        checked += 1
+    assert checked >= 30  # q, k, v, rot_q, rot_k, z, pattern and the block hooks of every layer
+    assert logits.shape == (4, ref["T"], ref["dims"]["V"])
+    # The logit differences at the last position equal transformers' (and Model.logit_diff's).
+    ld = logits[np.arange(4), -1, ref["answer_ids"]] - logits[np.arange(4), -1, ref["other_ids"]]
+    np.testing.assert_allclose(ld, ref["clean_logit_diff_per_prompt"], rtol=1e-5, atol=1e-5)
+
+
+def test_views_are_read_only_and_outlive_the_call(model):
+    logits, cache = model.run_with_cache(["The goal is to", "Water the plants"], ["blocks.1.attn.hook_k",
+                                                                                 "blocks.2.mlp.hook_post"])
+    k = cache["blocks.1.attn.hook_k"]
+    assert k.shape == (2, logits.shape[1], 4, 16) and k.dtype == np.float32
+    assert not k.flags.writeable and not logits.flags.writeable
+    with pytest.raises(ValueError):
+        k[0, 0, 0, 0] = 1.0
+    before = k.copy()
+    del logits, cache
+    model.patch(hooks="resid_pre", progress=False)  # other work on the model meanwhile
+    np.testing.assert_array_equal(k, before)  # the view keeps its forward pass alive
+    assert cache_free_mlp_post_is_fp32(model)
+
+
+def cache_free_mlp_post_is_fp32(model):
+    _, c = model.run_with_cache("The goal", "blocks.0.mlp.hook_post")
+    return c["blocks.0.mlp.hook_post"].shape[-1] == 128
+
+
+def test_dlpack_round_trip_without_copy(model):
+    _, cache = model.run_with_cache(["The goal is"], ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_q"])
+    for name in ("blocks.0.hook_resid_pre", "blocks.0.attn.hook_q"):
+        a = cache[name]
+        b = np.from_dlpack(a)
+        assert np.shares_memory(a, b) and b.strides == a.strides
+        np.testing.assert_array_equal(a, b)
+    torch = pytest.importorskip("torch", reason="torch not installed: the DLPack round trip to torch is not run")
+    t = torch.from_dlpack(cache["blocks.0.attn.hook_q"])
+    np.testing.assert_array_equal(t.numpy(), cache["blocks.0.attn.hook_q"])
+
+
+def test_logit_diff_matches_patch(model):
+    r = model.patch(hooks="resid_pre", methods="attribution", progress=False)
+    p = r.prompts
+    ld = model.logit_diff([x["clean"] for x in p], [x["answer"].lstrip("▁") for x in p],
+                          [x["other"].lstrip("▁") for x in p])
+    assert ld.dtype == np.float32 and ld.shape == (len(p),)
+    np.testing.assert_allclose(ld, [x["clean_logit_diff"] for x in p], rtol=0, atol=1e-5)
