@@ -137,6 +137,11 @@ class PatchResult:
         """A sentence per hook saying where the largest effects lie."""
         return list(self.to_dict()["summary"])
 
+    @property
+    def engine_seconds(self) -> float:
+        """Seconds the engine (C++) took for the whole call; the rest of a call's time is the binding's."""
+        return float(self._r.wall_seconds)
+
     def to_dict(self) -> Dict[str, Any]:
         """results.json as a dict (parsed once)."""
         if self._dict is None:

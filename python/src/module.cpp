@@ -429,6 +429,8 @@ NB_MODULE(_core, mod) {
           },
           "dir"_a, "Writes the command line's files (atomically); returns their paths.")
       .def_prop_ro("count", [](const ExperimentResult& R) { return R.results.size(); })
+      .def_prop_ro("wall_seconds", [](const ExperimentResult& R) { return R.wall_seconds; },
+                   "Seconds the engine's run took (run_experiment, in C++).")
       .def("hook", [](const ExperimentResult& R, size_t i) { return hook_name(result_at(R, i).hook); })
       .def("method", [](const ExperimentResult& R, size_t i) { return result_at(R, i).method; })
       .def("rows", [](const ExperimentResult& R, size_t i) { return result_at(R, i).rows; })

@@ -19,7 +19,7 @@ def test_gil_is_released_during_a_sweep(model):
     done = threading.Event()
 
     def work():
-        model.patch(hooks=["z", "resid_pre", "mlp_post"], methods="activation", naive=True, progress=False)
+        model.patch(hooks=["resid_pre", "attn_out"], methods="activation", naive=True, progress=False)
         done.set()
 
     t = threading.Thread(target=work)
