@@ -26,6 +26,22 @@ PHI3_HD float silu_grad(float g) {
   return s * (1.0f + g * (1.0f - s));
 }
 
+// ---- GeGLU (Gemma): out = gelu_tanh(g) * u, HF's gelu_pytorch_tanh ---------------------
+//   gelu_tanh(g) = g/2 (1 + tanh(k (g + 0.044715 g^3))),  k = sqrt(2/pi)
+PHI3_HD float gelu_tanh(float g) {
+  const float k = 0.7978845608028654f;
+  return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+// d gelu_tanh(g)/dg = (1 + t)/2 + g/2 (1 - t^2) k (1 + 3 * 0.044715 g^2),  t = tanh(k (g + 0.044715 g^3))
+PHI3_HD float gelu_tanh_grad(float g) {
+  const float k = 0.7978845608028654f;
+  const float t = tanhf(k * (g + 0.044715f * g * g * g));
+  return 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * g * g);
+}
+// The gated MLP's activation of the gate (MlpAct, kernels/ops.h: 0 SiLU, 1 tanh-GELU).
+PHI3_HD float mlp_act(float g, int act) { return act ? gelu_tanh(g) : silu(g); }
+PHI3_HD float mlp_act_grad(float g, int act) { return act ? gelu_tanh_grad(g) : silu_grad(g); }
+
 // ---- Rotary (rotate_half): for i < rot_dim/2, with a = x[i], b = x[i + rot_dim/2] -----
 //   a' = a cos - b sin,  b' = b cos + a sin,   cos/sin of pos * inv_freq[i], times scale.
 // Backward is the rotation by -theta (sin negated).

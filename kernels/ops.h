@@ -19,6 +19,10 @@ namespace phi3 {
 
 using Stream = void*;
 
+// The activation of the gated MLP's gate: SwiGLU (Phi-3, Llama, Qwen, Mistral) or GeGLU with
+// the tanh-approximated GELU (Gemma 2, HF gelu_pytorch_tanh).
+enum class MlpAct : int { Silu = 0, GeluTanh = 1 };
+
 // An activation that feeds a GEMM, as the op producing it writes it: fp32 values (f32) and/or
 // the same values rounded to bf16 (bf16, round-to-nearest-even: runtime/dtype.h's
 // float_to_bf16_bits, the rounding of the cast kernel), so a bf16 GEMM reads them without a
@@ -189,11 +193,12 @@ struct QkFixParams {
                           const RopeParams& rope, Stream stream);                         \
   void attention_forward(const AttnParams& p, Stream stream);                             \
   void attention_backward(const AttnBackwardParams& p, Stream stream);                    \
-  /* out = silu(gu[:, :F]) * gu[:, F:] */                                                 \
+  /* out = act(gu[:, :F]) * gu[:, F:], act = silu (SwiGLU) or tanh-GELU (GeGLU) */        \
   void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,    \
-                      Stream stream);                                                     \
+                      Stream stream, MlpAct act = MlpAct::Silu);                          \
   void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,                \
-                       const float* gu /*[N,2F]*/, int N, int F, Stream stream);          \
+                       const float* gu /*[N,2F]*/, int N, int F, Stream stream,           \
+                       MlpAct act = MlpAct::Silu);                                        \
   /* out = a + b (out may alias a or b) */                                                \
   void add(float* out, const float* a, const float* b, int64_t n, Stream stream);         \
   /* out = a - b (out may alias a or b) */                                                \

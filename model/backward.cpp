@@ -135,7 +135,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
       dact_l = lg.act.get();
     }
     be.linear_backward(dact_l, dpost, w.down, N, false);
-    be.swiglu_backward(dgu.get(), dact_l, a.gate_up.get(), N, F);
+    be.swiglu_backward(dgu.get(), dact_l, a.gate_up.get(), N, F, mlp_act(m.cfg));
     be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
     lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_mid.get(), dpost, size_t(N) * D * sizeof(float));

@@ -382,7 +382,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     }
 
     be.linear_forward(a.gate_up.get(), ln2[l], w.gate_up, N, false);
-    be.swiglu_forward(act[l], a.gate_up.get(), N, F);
+    be.swiglu_forward(act[l], a.gate_up.get(), N, F, mlp_act(c));
     GemmIn act_in(act[l]);
     if (patched_at(Hook::MlpPost, l)) {
       patch_here(Hook::MlpPost, l, a.act.get(), F, F);

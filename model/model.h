@@ -20,6 +20,9 @@ struct Model {
   int kv_width() const { return cfg.num_key_value_heads * cfg.head_dim; }
 };
 
+// The gated MLP's activation the config asks for (SwiGLU, or GeGLU for Gemma 2).
+inline MlpAct mlp_act(const ModelConfig& c) { return c.mlp_gelu_tanh ? MlpAct::GeluTanh : MlpAct::Silu; }
+
 // Loads config.json, the tokenizer and the weights of `dir` onto `be`. Checks that the
 // tokenizer and config agree (ids inside vocab_size).
 std::unique_ptr<Model> load_model(Backend& be, const std::string& dir);

@@ -92,7 +92,7 @@ void downstream_gradients(Backend& be, const Model& m, const ForwardState& s, co
   }
   DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * 2 * F);
   be.linear_backward(dact.get(), lg.resid_post.get(), w.down, N, false);
-  be.swiglu_backward(dgu.get(), dact.get(), a.gate_up.get(), N, F);
+  be.swiglu_backward(dgu.get(), dact.get(), a.gate_up.get(), N, F, mlp_act(m.cfg));
   be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
   float* gm = out + size_t(H + 2 * KVH) * ND;
   be.zero(gm, ND * sizeof(float));
@@ -279,7 +279,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
       assemble(g.mlp_in(l), 1, g.mlp_out(l), ca.resid_mid.get());  // X: [nc * N, D]
       be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), w.ln2, Rn, D, c.rms_norm_eps);
       be.linear_forward(gu.get(), ln.get(), w.gate_up, Rn, false);
-      be.swiglu_forward(act.get(), gu.get(), Rn, F);
+      be.swiglu_forward(act.get(), gu.get(), Rn, F, mlp_act(c));
       be.linear_forward(mo.get(), act.get(), w.down, Rn, false);
       for (int cc = 0; cc < nc; ++cc)
         be.sub(slot(cc, 1 + g.mlp_out(l)), mo.get() + size_t(cc) * ND, ca.mlp_out.get(), int64_t(ND));

@@ -233,7 +233,7 @@ class FastSweep {
   void mlp_block(const LayerWeights& w, float* x, int rows) {
     be_.rmsnorm_forward(ln_, rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
     be_.linear_forward(gu_.get(), ln_, w.gate_up, rows, false);
-    be_.swiglu_forward(act_, gu_.get(), rows, F_);
+    be_.swiglu_forward(act_, gu_.get(), rows, F_, mlp_act(c_));
     be_.linear_forward(x, act_, w.down, rows, true);
   }
 

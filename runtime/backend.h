@@ -63,8 +63,10 @@ class Backend {
                                   int N, int H, int KVH, int HD, const RopeParams& rope) = 0;
   virtual void attention_forward(const AttnParams& p) = 0;
   virtual void attention_backward(const AttnBackwardParams& p) = 0;
-  virtual void swiglu_forward(GemmOut out, const float* gu, int N, int F) = 0;
-  virtual void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) = 0;
+  // The gated MLP: out = act(gate) * up (SwiGLU; GeGLU with act = MlpAct::GeluTanh).
+  virtual void swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act = MlpAct::Silu) = 0;
+  virtual void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F,
+                               MlpAct act = MlpAct::Silu) = 0;
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void sub(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,

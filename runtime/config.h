@@ -44,6 +44,7 @@ struct ModelConfig {
   bool o_bias = false;    // o_proj carries a bias (Llama attention_bias)
   bool mlp_bias = false;  // gate/up/down carry biases (Llama mlp_bias)
   bool qk_norm = false;   // per-head RMSNorm of q and k over head_dim before rotary (Qwen3)
+  bool mlp_gelu_tanh = false;  // GeGLU: tanh-GELU of the gate instead of SiLU (Gemma 2)
   int max_position_embeddings = 0;
   // Absent from config.json: 4096, as transformers' Phi3Config does (its class default, which
   // it always copies into the rope parameters), not max_position_embeddings.

@@ -104,11 +104,12 @@ class CpuBackend final : public Backend {
   void attention_backward(const AttnBackwardParams& p) override {
     cpu::attention_backward(p, nullptr);
   }
-  void swiglu_forward(GemmOut out, const float* gu, int N, int F) override {
-    cpu::swiglu_forward(out, gu, N, F, nullptr);
+  void swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act = MlpAct::Silu) override {
+    cpu::swiglu_forward(out, gu, N, F, nullptr, act);
   }
-  void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) override {
-    cpu::swiglu_backward(dgu, dout, gu, N, F, nullptr);
+  void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F,
+                       MlpAct act = MlpAct::Silu) override {
+    cpu::swiglu_backward(dgu, dout, gu, N, F, nullptr, act);
   }
   void add(float* out, const float* a, const float* b, int64_t n) override {
     cpu::add(out, a, b, n, nullptr);

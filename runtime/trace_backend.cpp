@@ -223,13 +223,13 @@ void TraceBackend::attention_backward(const AttnBackwardParams& p) {
   trace_.add("attention_backward", cost::attention_backward(a));
   if (inner_) inner_->attention_backward(p);
 }
-void TraceBackend::swiglu_forward(GemmOut out, const float* gu, int N, int F) {
+void TraceBackend::swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act) {
   trace_.add("swiglu_forward", cost::swiglu_forward(N, F, out_bytes(out)));
-  if (inner_) inner_->swiglu_forward(out, gu, N, F);
+  if (inner_) inner_->swiglu_forward(out, gu, N, F, act);
 }
-void TraceBackend::swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) {
+void TraceBackend::swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F, MlpAct act) {
   trace_.add("swiglu_backward", cost::swiglu_backward(N, F));
-  if (inner_) inner_->swiglu_backward(dgu, dout, gu, N, F);
+  if (inner_) inner_->swiglu_backward(dgu, dout, gu, N, F, act);
 }
 void TraceBackend::add(float* out, const float* a, const float* b, int64_t n) {
   trace_.add("add (residual)", cost::add(n));

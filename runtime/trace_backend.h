@@ -83,8 +83,9 @@ class TraceBackend : public Backend {
                           int HD, const RopeParams& rope) override;
   void attention_forward(const AttnParams& p) override;
   void attention_backward(const AttnBackwardParams& p) override;
-  void swiglu_forward(GemmOut out, const float* gu, int N, int F) override;
-  void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) override;
+  void swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act = MlpAct::Silu) override;
+  void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F,
+                       MlpAct act = MlpAct::Silu) override;
   void add(float* out, const float* a, const float* b, int64_t n) override;
   void sub(float* out, const float* a, const float* b, int64_t n) override;
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, int64_t src_stride,

@@ -1,4 +1,5 @@
-// SwiGLU of Phi-3's fused gate_up projection (HF: gate, up = chunk(2); silu(gate) * up).
+// The gated MLP of the fused gate_up projection (HF: gate, up = chunk(2); act(gate) * up),
+// act = silu (SwiGLU) or tanh-GELU (GeGLU, Gemma 2): op_math.h's mlp_act, an int kernel argument.
 //
 // forward:   out[n, i] = silu(g) * u,   g = gu[n, i], u = gu[n, F + i]     gu [N, 2F], out [N, F]
 // backward:  dgu[n, i]     = dout[n, i] * u * silu'(g)
@@ -23,11 +24,11 @@ constexpr int kThreads = 256;
 
 // out: fp32 and/or bf16 (GemmOut; the bf16 down_proj input, rounded as the cast kernel does).
 __global__ void swiglu_forward_vec4(float4* __restrict__ out, uint2* __restrict__ out16,
-                                    const float4* __restrict__ gu, int N, int F4) {
+                                    const float4* __restrict__ gu, int N, int F4, int act) {
   PHI3_ROWS_COLS(F4) {
     const float4 g = gu[n * 2 * F4 + i], u = gu[n * 2 * F4 + F4 + i];
-    const float4 v =
-        make_float4(silu(g.x) * u.x, silu(g.y) * u.y, silu(g.z) * u.z, silu(g.w) * u.w);
+    const float4 v = make_float4(mlp_act(g.x, act) * u.x, mlp_act(g.y, act) * u.y, mlp_act(g.z, act) * u.z,
+                                 mlp_act(g.w, act) * u.w);
     if (out) out[n * F4 + i] = v;
     if (out16)
       out16[n * F4 + i] =
@@ -36,37 +37,37 @@ __global__ void swiglu_forward_vec4(float4* __restrict__ out, uint2* __restrict_
   }
 }
 __global__ void swiglu_forward_scalar(float* __restrict__ out, uint16_t* __restrict__ out16,
-                                      const float* __restrict__ gu, int N, int F) {
+                                      const float* __restrict__ gu, int N, int F, int act) {
   PHI3_ROWS_COLS(F) {
-    const float v = silu(gu[n * 2 * F + i]) * gu[n * 2 * F + F + i];
+    const float v = mlp_act(gu[n * 2 * F + i], act) * gu[n * 2 * F + F + i];
     if (out) out[n * F + i] = v;
     if (out16) out16[n * F + i] = float_to_bf16_bits(v);
   }
 }
 
-__device__ __forceinline__ void swiglu_grad(float g, float u, float d, float* dg, float* du) {
-  *dg = d * u * silu_grad(g);
-  *du = d * silu(g);
+__device__ __forceinline__ void swiglu_grad(float g, float u, float d, float* dg, float* du, int act) {
+  *dg = d * u * mlp_act_grad(g, act);
+  *du = d * mlp_act(g, act);
 }
 
 __global__ void swiglu_backward_vec4(float4* __restrict__ dgu, const float4* __restrict__ dout,
-                                     const float4* __restrict__ gu, int N, int F4) {
+                                     const float4* __restrict__ gu, int N, int F4, int act) {
   PHI3_ROWS_COLS(F4) {
     const float4 g = gu[n * 2 * F4 + i], u = gu[n * 2 * F4 + F4 + i], d = dout[n * F4 + i];
     float4 dg, du;
-    swiglu_grad(g.x, u.x, d.x, &dg.x, &du.x);
-    swiglu_grad(g.y, u.y, d.y, &dg.y, &du.y);
-    swiglu_grad(g.z, u.z, d.z, &dg.z, &du.z);
-    swiglu_grad(g.w, u.w, d.w, &dg.w, &du.w);
+    swiglu_grad(g.x, u.x, d.x, &dg.x, &du.x, act);
+    swiglu_grad(g.y, u.y, d.y, &dg.y, &du.y, act);
+    swiglu_grad(g.z, u.z, d.z, &dg.z, &du.z, act);
+    swiglu_grad(g.w, u.w, d.w, &dg.w, &du.w, act);
     dgu[n * 2 * F4 + i] = dg;
     dgu[n * 2 * F4 + F4 + i] = du;
   }
 }
 __global__ void swiglu_backward_scalar(float* __restrict__ dgu, const float* __restrict__ dout,
-                                       const float* __restrict__ gu, int N, int F) {
+                                       const float* __restrict__ gu, int N, int F, int act) {
   PHI3_ROWS_COLS(F) {
     swiglu_grad(gu[n * 2 * F + i], gu[n * 2 * F + F + i], dout[n * F + i], &dgu[n * 2 * F + i],
-                &dgu[n * 2 * F + F + i]);
+                &dgu[n * 2 * F + F + i], act);
   }
 }
 #undef PHI3_ROWS_COLS
@@ -78,7 +79,8 @@ dim3 rows_cols_grid(int N, int cols) {
 }  // namespace
 
 void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,
-                    Stream stream) {
+                    Stream stream, MlpAct act) {
+  const int a = static_cast<int>(act);
   PHI3_CHECK(N >= 0 && F > 0, "swiglu_forward: bad shape N=" + std::to_string(N) +
                                   " F=" + std::to_string(F));
   PHI3_CHECK(out.f32 || out.bf16, "swiglu_forward: no output");
@@ -88,15 +90,16 @@ void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, in
       (!out.bf16 || (reinterpret_cast<uintptr_t>(out.bf16) & 7u) == 0) && aligned16(gu)) {
     launch(swiglu_forward_vec4, rows_cols_grid(N, F / 4), kThreads, 0, s,
            reinterpret_cast<float4*>(out.f32), reinterpret_cast<uint2*>(out.bf16),
-           reinterpret_cast<const float4*>(gu), N, F / 4);
+           reinterpret_cast<const float4*>(gu), N, F / 4, a);
   } else {
-    launch(swiglu_forward_scalar, rows_cols_grid(N, F), kThreads, 0, s, out.f32, out.bf16, gu, N, F);
+    launch(swiglu_forward_scalar, rows_cols_grid(N, F), kThreads, 0, s, out.f32, out.bf16, gu, N, F, a);
   }
   PHI3_LAUNCH_CHECK();
 }
 
 void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,
-                     const float* gu /*[N,2F]*/, int N, int F, Stream stream) {
+                     const float* gu /*[N,2F]*/, int N, int F, Stream stream, MlpAct act) {
+  const int a = static_cast<int>(act);
   PHI3_CHECK(N >= 0 && F > 0, "swiglu_backward: bad shape N=" + std::to_string(N) +
                                   " F=" + std::to_string(F));
   if (N == 0) return;
@@ -104,9 +107,9 @@ void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,
   if (F % 4 == 0 && aligned16(dgu) && aligned16(dout) && aligned16(gu)) {
     launch(swiglu_backward_vec4, rows_cols_grid(N, F / 4), kThreads, 0, s,
            reinterpret_cast<float4*>(dgu), reinterpret_cast<const float4*>(dout),
-           reinterpret_cast<const float4*>(gu), N, F / 4);
+           reinterpret_cast<const float4*>(gu), N, F / 4, a);
   } else {
-    launch(swiglu_backward_scalar, rows_cols_grid(N, F), kThreads, 0, s, dgu, dout, gu, N, F);
+    launch(swiglu_backward_scalar, rows_cols_grid(N, F), kThreads, 0, s, dgu, dout, gu, N, F, a);
   }
   PHI3_LAUNCH_CHECK();
 }

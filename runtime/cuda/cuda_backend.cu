@@ -240,13 +240,14 @@ class CudaBackend final : public Backend {
     select();
     cuda::attention_backward(p, stream_);
   }
-  void swiglu_forward(GemmOut out, const float* gu, int N, int F) override {
+  void swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act = MlpAct::Silu) override {
     select();
-    cuda::swiglu_forward(out, gu, N, F, stream_);
+    cuda::swiglu_forward(out, gu, N, F, stream_, act);
   }
-  void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F) override {
+  void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F,
+                       MlpAct act = MlpAct::Silu) override {
     select();
-    cuda::swiglu_backward(dgu, dout, gu, N, F, stream_);
+    cuda::swiglu_backward(dgu, dout, gu, N, F, stream_, act);
   }
   void add(float* out, const float* a, const float* b, int64_t n) override {
     select();

@@ -919,6 +919,44 @@ INSTANTIATE_TEST_SUITE_P(Swiglu, SwigluTest,
                          testing::Values(GluCase{1, 1}, GluCase{5, 7}, GluCase{3, 8192}),
                          glu_name);
 
+// GeGLU (Gemma 2): out = gelu_tanh(g) * u, HF's gelu_pytorch_tanh in double as the reference.
+class GegluTest : public testing::TestWithParam<GluCase> {};
+
+TEST_P(GegluTest, ForwardAndBackward) {
+  const auto [N, F] = GetParam();
+  SCOPED_TRACE("GEGLU(N=" + std::to_string(N) + ",F=" + std::to_string(F) + ")");
+  auto gu = random_vec(size_t(N) * 2 * F, 510, -6.0f, 6.0f);
+  const auto R = random_vec(size_t(N) * F, 511);
+  std::vector<float> out(size_t(N) * F, NAN);
+  be().swiglu_forward(out.data(), gu.data(), N, F, MlpAct::GeluTanh);
+  std::vector<double> ref(out.size());
+  const double k = std::sqrt(2.0 / M_PI);
+  for (int n = 0; n < N; ++n)
+    for (int f = 0; f < F; ++f) {
+      const double g = gu[size_t(n) * 2 * F + f], u = gu[size_t(n) * 2 * F + F + f];
+      ref[size_t(n) * F + f] = 0.5 * g * (1 + std::tanh(k * (g + 0.044715 * g * g * g))) * u;
+    }
+  expect_close(out, to_float(ref), 2e-6, "out");
+  // The two activations differ (a GeGLU silently computing SiLU would pass nothing below).
+  std::vector<float> silu_out(out.size());
+  be().swiglu_forward(silu_out.data(), gu.data(), N, F, MlpAct::Silu);
+  double diff = 0;
+  for (size_t i = 0; i < out.size(); ++i) diff = std::max(diff, double(std::fabs(out[i] - silu_out[i])));
+  EXPECT_GT(diff, 1e-2);
+
+  std::vector<float> dgu(gu.size(), NAN);
+  be().swiglu_backward(dgu.data(), R.data(), gu.data(), N, F, MlpAct::GeluTanh);
+  const auto idx = sample(gu.size(), 400);
+  const auto num = fd_grad(gu, idx, 1e-2f, [&] {
+    be().swiglu_forward(out.data(), gu.data(), N, F, MlpAct::GeluTanh);
+    return loss(out, R);
+  });
+  expect_grad(dgu, idx, num, 1e-3, "dgu");
+}
+
+INSTANTIATE_TEST_SUITE_P(Geglu, GegluTest, testing::Values(GluCase{1, 1}, GluCase{5, 7}, GluCase{3, 9216}),
+                         glu_name);
+
 // ======================================================================================
 // Elementwise: add, copy_rows
 // ======================================================================================

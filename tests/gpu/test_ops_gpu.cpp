@@ -526,6 +526,25 @@ INSTANTIATE_TEST_SUITE_P(Swiglu, SwigluGpu,
                                   std::to_string(i.param.F) + (i.param.misaligned ? "_misaligned" : "");
                          });
 
+// GeGLU (Gemma 2's tanh-GELU gate): the CUDA kernels against the CPU op, aligned and not.
+TEST_P(SwigluGpu, GegluForwardBackward) {
+  REQUIRE_GPU();
+  const auto [N, F, mis] = GetParam();
+  const int off = mis ? 1 : 0;
+  auto gu = random_vec((size_t)N * 2 * F + off, 73, -6, 6), dout = random_vec((size_t)N * F + off, 74);
+  std::vector<float> out(dout.size(), 0.f), dgu(gu.size(), 0.f);
+  cpu::swiglu_forward(out.data() + off, gu.data() + off, N, F, nullptr, MlpAct::GeluTanh);
+  cpu::swiglu_backward(dgu.data() + off, dout.data() + off, gu.data() + off, N, F, nullptr, MlpAct::GeluTanh);
+  auto gud = dev(gu), doutd = dev(dout);
+  DeviceArray<float> outd(gpu(), out.size()), dgud(gpu(), dgu.size());
+  gpu().zero(outd.get(), out.size() * 4);
+  gpu().zero(dgud.get(), dgu.size() * 4);
+  gpu().swiglu_forward(outd.get() + off, gud.get() + off, N, F, MlpAct::GeluTanh);
+  gpu().swiglu_backward(dgud.get() + off, doutd.get() + off, gud.get() + off, N, F, MlpAct::GeluTanh);
+  expect_close(outd.download(), out, kTolElementwise, "geglu out");
+  expect_close(dgud.download(), dgu, kTolElementwise, "geglu dgu");
+}
+
 // ---- elementwise: add, copy_rows, casts -------------------------------------------------
 TEST(ElementwiseGpu, Add) {
   REQUIRE_GPU();
