@@ -74,6 +74,13 @@ PHI3_HD int attn_first_key(int t, int pad, int window) {
 
 // ---- Softmax backward per row: ds_j = p_j (dp_j - sum_k p_k dp_k) ----------------------
 PHI3_HD float softmax_grad(float p, float dp, float sum_p_dp) { return p * (dp - sum_p_dp); }
+// Gemma 2's soft-capping (attention scores, final logits): c tanh(s / c) (c = 0: s unchanged), and
+// its derivative written with the capped value: d capped / d s = 1 - (capped / c)^2.
+PHI3_HD float soft_cap(float s, float c) { return c > 0.0f ? c * tanhf(s / c) : s; }
+PHI3_HD float soft_cap_grad(float capped, float c) {
+  const float u = capped / c;
+  return 1.0f - u * u;
+}
 
 // ---- AtP* key fix for one attention row (QkFixParams, kernels/ops.h) --------------------
 // One key's score moves from s_old to s_new; m = the row's largest score, z_others =

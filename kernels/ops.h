@@ -104,6 +104,13 @@ struct AttnParams {
   int T = 0, H = 0, KVH = 0, HD = 0;
   int window = 0;  // sliding window (0 = none)
   float scale = 1.0f;  // 1/sqrt(HD)
+  // Gemma 2's soft-capping of the scaled scores, s -> softcap * tanh(s / softcap), before the
+  // mask and the softmax (0: none).
+  float softcap = 0.0f;
+  // Optional [B, H, T]: each query row's log-sum-exp of its (capped) scores (plain pass only;
+  // pad queries -inf). The CUDA backward of a soft-capped pass needs it (the capped score of
+  // a key is log P + lse).
+  float* lse = nullptr;
 };
 
 // Backward of a plain pass (fresh_start == q_start == 0 in every segment, pattern saved).
@@ -155,12 +162,18 @@ struct QkFixParams {
   int64_t q_stride = 0, kv_stride = 0;
   int B = 0, T = 0, H = 0, KVH = 0, HD = 0, window = 0;
   float scale = 1.0f;
+  float softcap = 0.0f;  // as AttnParams::softcap
 };
 
 #define PHI3_DECLARE_OPS                                                                  \
   /* out[i,:] = table[ids[i],:] */                                                        \
   void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,                \
-                         const Weight& table /*[V,D]*/, int N, Stream stream);            \
+                         const Weight& table /*[V,D]*/, int N, Stream stream,             \
+                         float scale = 1.0f); /* out *= scale (Gemma: sqrt(D)) */          \
+  /* x = c tanh(x / c) in place (Gemma 2's final-logit soft-capping), n elements */       \
+  void softcap_forward(float* x, int64_t n, float cap, Stream stream);                    \
+  /* dx *= 1 - (y / c)^2, y the capped values (the forward's output), in place */         \
+  void softcap_backward(float* dx, const float* y, int64_t n, float cap, Stream stream);  \
   /* out = x * rstd * w, rstd = 1/sqrt(mean(x^2)+eps); saves rstd [N] for backward */     \
   void rmsnorm_forward(GemmOut out /*[N,D]*/, float* rstd /*[N]*/, const float* x,        \
                        const float* w /*[D]*/, int N, int D, float eps, Stream stream);   \

@@ -43,7 +43,11 @@ class Backend {
   std::vector<Backend*> lanes(int n);
 
   // ---- ops (see kernels/ops.h for shapes and semantics) ----
-  virtual void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) = 0;
+  // out = table[ids] * scale (Gemma multiplies its embeddings by sqrt(D)).
+  virtual void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N, float scale = 1.0f) = 0;
+  // Soft-capping in place, x = c tanh(x / c), and its backward dx *= 1 - (y / c)^2 (y capped).
+  virtual void softcap_forward(float* x, int64_t n, float cap) = 0;
+  virtual void softcap_backward(float* dx, const float* y, int64_t n, float cap) = 0;
   virtual void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N,
                                int D, float eps) = 0;
   virtual void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a,

@@ -64,8 +64,12 @@ class CpuBackend final : public Backend {
   }
 
   // ---- ops ----
-  void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) override {
-    cpu::embedding_forward(out, ids, table, N, nullptr);
+  void softcap_forward(float* x, int64_t n, float cap) override { cpu::softcap_forward(x, n, cap, nullptr); }
+  void softcap_backward(float* dx, const float* y, int64_t n, float cap) override {
+    cpu::softcap_backward(dx, y, n, cap, nullptr);
+  }
+  void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N, float scale = 1.0f) override {
+    cpu::embedding_forward(out, ids, table, N, nullptr, scale);
   }
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D,
                        float eps) override {

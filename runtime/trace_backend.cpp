@@ -134,9 +134,17 @@ size_t TraceBackend::free_memory() const {
   return memory_ > used_ ? memory_ - used_ : 0;
 }
 
-void TraceBackend::embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) {
+void TraceBackend::softcap_forward(float* x, int64_t n, float cap) {
+  trace_.add("softcap_forward", cost::elementwise(n, 2, 20));
+  if (inner_) inner_->softcap_forward(x, n, cap);
+}
+void TraceBackend::softcap_backward(float* dx, const float* y, int64_t n, float cap) {
+  trace_.add("softcap_backward", cost::elementwise(n, 3, 4));
+  if (inner_) inner_->softcap_backward(dx, y, n, cap);
+}
+void TraceBackend::embedding_forward(float* out, const int32_t* ids, const Weight& table, int N, float scale) {
   trace_.add("embedding", cost::embedding_forward(N, table.cols, table.dtype));
-  if (inner_) inner_->embedding_forward(out, ids, table, N);
+  if (inner_) inner_->embedding_forward(out, ids, table, N, scale);
 }
 namespace {
 double out_bytes(const GemmOut& o) { return (o.f32 ? 4.0 : 0.0) + (o.bf16 ? 2.0 : 0.0); }

@@ -67,7 +67,9 @@ class TraceBackend : public Backend {
   // Without an inner backend: the device memory allocations may use (0: unlimited).
   void set_memory(size_t bytes) { memory_ = bytes; }
 
-  void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) override;
+  void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N, float scale = 1.0f) override;
+  void softcap_forward(float* x, int64_t n, float cap) override;
+  void softcap_backward(float* dx, const float* y, int64_t n, float cap) override;
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps) override;
   void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b, const float* w, int N,
                            int D, float eps) override;

@@ -5,7 +5,8 @@
 // t in [q_start, T) and every head h (kv head kh = h / (H/KVH)):
 //   keys j in [attn_first_key(t, pad, window), t]; key j's k/v row is cache row b*T + j when
 //   j < fresh_start, else packed row kv_row + (j - fresh_start);
-//   s_j = (q_t . k_j) * scale,   p = softmax(s) (max-subtracted),   z_t = sum_j p_j v_j
+//   s_j = (q_t . k_j) * scale (soft-capped: c tanh(s_j / c) when softcap = c > 0),
+//   p = softmax(s) (max-subtracted),   z_t = sum_j p_j v_j;  with `lse`, lse[b, h, t] = log sum exp s
 //   written to z row q_row + (t - q_start), dims [h*HD, (h+1)*HD).
 //   A pad query (t < pad) writes z = 0. With `pattern`, the whole row
 //   pattern[b, h, t, 0..T) is written: p_j on visible keys, 0 elsewhere.
@@ -15,6 +16,7 @@
 // backward (plain pass only: fresh_start == q_start == 0 in every segment, pattern saved),
 // overwriting dq, dk, dv:
 //   dp_j = dz_t . v_j,   ds_j = p_j (dp_j - sum_k p_k dp_k)            (softmax_grad)
+//   soft-capped: ds_j *= 1 - (s_j / c)^2, s_j the capped score (recomputed from q and k)
 //   dq_t += ds_j k_j scale,   dk_j += ds_j q_t scale,   dv_j += p_j dz_t
 //   GQA: dk/dv of kv head kh sum over the H/KVH query heads of its group.
 //
@@ -98,7 +100,9 @@ void attention_forward(const AttnParams& p, Stream) {
                                : nullptr;
         if (pat) std::memset(pat, 0, sizeof(float) * T);
         uint16_t* z16 = p.z16 ? p.z16 + row * p.z_stride + static_cast<int64_t>(h) * HD : nullptr;
+        float* lse = p.lse ? p.lse + (static_cast<int64_t>(b) * H + h) * T + t : nullptr;
         if (t < pad) {  // pad query: sees no key
+          if (lse) *lse = -std::numeric_limits<float>::infinity();
           std::memset(z, 0, sizeof(float) * HD);
           if (z16) std::memset(z16, 0, sizeof(uint16_t) * HD);
           continue;
@@ -107,7 +111,7 @@ void attention_forward(const AttnParams& p, Stream) {
         const int first = attn_first_key(t, pad, p.window);
         float mx = -std::numeric_limits<float>::infinity();
         for (int j = first; j <= t; ++j) {
-          const float sc = dot(q, kv.k(j), HD) * p.scale;
+          const float sc = soft_cap(dot(q, kv.k(j), HD) * p.scale, p.softcap);
           prob[j] = sc;
           mx = std::max(mx, sc);
         }
@@ -117,6 +121,7 @@ void attention_forward(const AttnParams& p, Stream) {
           sum += prob[j];
         }
         const float inv = 1.0f / sum;
+        if (lse) *lse = mx + logf(sum);
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int j = first; j <= t; ++j) {
           const float pj = prob[j] * inv;
@@ -179,8 +184,9 @@ void attention_backward(const AttnBackwardParams& bp, Stream) {
           for (int j = first; j <= t; ++j) {
             const int64_t kr = static_cast<int64_t>(s.kv_row + j) * p.kv_stride + kcol;
             const float pj = pat[j];
-            const float ds = softmax_grad(pj, dp[j], sum_p_dp) * p.scale;
             const float* k = p.k + kr;
+            float ds = softmax_grad(pj, dp[j], sum_p_dp) * p.scale;
+            if (p.softcap > 0.0f) ds *= soft_cap_grad(soft_cap(dot(q, k, HD) * p.scale, p.softcap), p.softcap);
             float* dk = bp.dk + kr;
             float* dv = bp.dv + kr;
             for (int d = 0; d < HD; ++d) {

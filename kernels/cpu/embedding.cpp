@@ -1,5 +1,6 @@
 // Token embedding lookup (CPU reference).
-//   forward:  out[i, :] = table[ids[i], :]        ids [N], table [V, D], out [N, D]
+//   forward:  out[i, :] = table[ids[i], :] * scale   ids [N], table [V, D], out [N, D]
+//             (scale: Gemma's sqrt(D); 1 elsewhere, then the rows are copied exactly)
 // No backward: the model needs gradients of activations only, never of the table (and the
 // ids are discrete). Table rows in BF16/F16 are widened to fp32; nothing is saved.
 #include <cstring>
@@ -11,7 +12,7 @@
 namespace phi3::cpu {
 
 void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,
-                       const Weight& table /*[V,D]*/, int N, Stream) {
+                       const Weight& table /*[V,D]*/, int N, Stream, float scale) {
   const int64_t V = table.rows, D = table.cols;
   for (int i = 0; i < N; ++i) {
     const int32_t id = ids[i];
@@ -36,6 +37,8 @@ void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,
       default:
         throw Error(std::string("embedding: unsupported table dtype ") + dtype_name(table.dtype));
     }
+    if (scale != 1.0f)
+      for (int64_t d = 0; d < D; ++d) o[d] *= scale;
   }
 }
 

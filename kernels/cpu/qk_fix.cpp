@@ -66,16 +66,16 @@ void attn_qk_fix(const QkFixParams& p, Stream) {
           double S = 0;
           for (int j = first; j <= t; ++j) S += double(A[j]) * G[j];
           // query fix
-          for (int j = first; j <= t; ++j) sc[j] = double(dot(p.q_src + rowq, krow(p.k, j), HD) * p.scale);
+          for (int j = first; j <= t; ++j) sc[j] = double(soft_cap(dot(p.q_src + rowq, krow(p.k, j), HD) * p.scale, p.softcap));
           p.q_est[(int64_t(b) * T + t) * H + h] = static_cast<float>(row_effect(sc, first, t, A, G));
           // every key of the head from the source run
-          for (int j = first; j <= t; ++j) sc[j] = double(dot(p.q + rowq, krow(p.k_src, j), HD) * p.scale);
+          for (int j = first; j <= t; ++j) sc[j] = double(soft_cap(dot(p.q + rowq, krow(p.k_src, j), HD) * p.scale, p.softcap));
           kall += row_effect(sc, first, t, A, G);
           // single keys: only column j moves. The row's base scores, its maximum (index
           // jm) and the sum without the maximum, for z_others without cancellation.
           int jm = first;
           for (int j = first; j <= t; ++j) {
-            sc[j] = double(dot(p.q + rowq, krow(p.k, j), HD) * p.scale);
+            sc[j] = double(soft_cap(dot(p.q + rowq, krow(p.k, j), HD) * p.scale, p.softcap));
             if (sc[j] > sc[jm]) jm = j;
           }
           const double m = sc[jm];
@@ -85,7 +85,7 @@ void attn_qk_fix(const QkFixParams& p, Stream) {
             if (j != jm) z_wo_max += std::exp(sc[j] - m);
           }
           for (int j = first; j <= t; ++j) {
-            const double s_new = double(dot(p.q + rowq, krow(p.k_src, j), HD) * p.scale);
+            const double s_new = double(soft_cap(dot(p.q + rowq, krow(p.k_src, j), HD) * p.scale, p.softcap));
             const double others = j == jm ? z_wo_max : z - std::exp(sc[j] - m);
             kest[j] += qk_key_row_effect(sc[j], s_new, m, others, G[j], S);
           }

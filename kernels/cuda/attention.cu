@@ -1,13 +1,15 @@
 // Causal softmax attention over packed segments (AttnParams, kernels/ops.h), fp32.
 //
 // forward, for each segment s (batch row b), head h (kv head h / (H/KVH)), query t >= q_start:
-//   S[t, j] = scale * q_t . k_j  for visible keys j (attn_visible: pad <= j <= t, window)
+//   S[t, j] = scale * q_t . k_j  for visible keys j (attn_visible: pad <= j <= t, window),
+//   soft-capped to c tanh(S / c) when softcap = c > 0 (Gemma 2); optional lse[b, h, t] = m + log l
 //   P[t, :] = softmax(S[t, :]);  z_t = sum_j P[t, j] v_j;  pad queries: z_t = 0, P[t, :] = 0
 //   k_j / v_j come from the packed rows when j >= fresh_start, from the cache otherwise.
 //   Optional output: pattern [B, H, T, T] = P (zeros off the visible set), saved for backward.
 // backward (plain passes: fresh_start = q_start = 0, pattern saved), with dP = dz v^T
 // (optionally written out, bp.dpattern: the gradient with respect to the pattern):
 //   D_t = sum_j P[t, j] dP[t, j];  dS = P (dP - D_t)            (softmax_grad, op_math.h)
+//   soft-capped: dS *= 1 - (S'/c)^2, the capped score S' = log P + lse[t] (the forward's lse)
 //   dq_t = scale sum_j dS[t, j] k_j;  dk_j = scale sum_{h in group} sum_t dS[t, j] q_t;
 //   dv_j = sum_{h in group} sum_t P[t, j] dz_t          (dq, dk, dv overwritten)
 // Shapes: q, z [rows, H*HD]; k, v [rows, KVH*HD]; caches [B*T, KVH*HD]; strides per AttnParams.
@@ -194,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int r = 0; r < kQPW; ++r) {
         const int t = wt_lo + r;
         const bool vis = t <= t_hi && attn_visible(t, j, pad, p.window);
-        const float sc = vis ? s[r] * p.scale : -INFINITY;
+        const float sc = vis ? soft_cap(s[r] * p.scale, p.softcap) : -INFINITY;
         const float m_new = fmaxf(m[r], warp_max(sc));
         float corr = 1.0f, pj = 0.0f;
         if (m_new != -INFINITY) {  // warp-uniform
@@ -219,6 +221,7 @@ __global__ void __launch_bounds__(kThreads)
       float* zr = p.z + zoff;
       uint16_t* zh = p.z16 ? p.z16 + zoff : nullptr;  // the o_proj input in bf16 (GemmOut)
       const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      if (p.lse && lane == 0) p.lse[((int64_t)sv.b * p.H + h) * T + t] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
 #pragma unroll
       for (int i = 0; i < DPL; ++i) {
         const int d = lane + 32 * i;
@@ -251,7 +254,7 @@ __global__ void __launch_bounds__(kThreads)
           const int t = wt_lo + r;
           if (t > t_hi || j >= T) continue;
           const bool vis = in_range && attn_visible(t, j, pad, p.window);
-          const float pj = vis ? expf(s[r] * p.scale - m[r]) / l[r] : 0.0f;
+          const float pj = vis ? expf(soft_cap(s[r] * p.scale, p.softcap) - m[r]) / l[r] : 0.0f;
           p.pattern[(((int64_t)sv.b * p.H + h) * T + t) * T + j] = pj;
         }
       }
@@ -279,6 +282,7 @@ __global__ void __launch_bounds__(kThreads)
   const int n_qb = (T - sv.q_start + kBQ - 1) / kBQ;
   const bool plain = sv.fresh == 0 && sv.q_start == 0;
   const float* P = p.pattern + ((int64_t)sv.b * p.H + h) * T * T;
+  const float* LSE = p.softcap > 0.0f ? p.lse + ((int64_t)sv.b * p.H + h) * T : nullptr;
 
   for (int qb = blockIdx.y; qb < n_qb; qb += gridDim.y) {
     const int t_hi = T - 1 - qb * kBQ;
@@ -341,6 +345,7 @@ __global__ void __launch_bounds__(kThreads)
             if (bp.dpattern && vis) bp.dpattern[(((int64_t)sv.b * p.H + h) * T + t) * T + j] = dp[r];
           }
           ds[r] = vis ? softmax_grad(pv, dp[r], Dsum[r]) : 0.0f;
+          if (LSE && pv > 0.0f) ds[r] *= soft_cap_grad(logf(pv) + LSE[t], p.softcap);
         }
         if (sweep == 1) {
           accumulate_rows(dq, ds, Ks, KS, min(kBK, t_hi - j0 + 1), HD);  // dq += dS k
@@ -424,6 +429,7 @@ __global__ void __launch_bounds__(kThreads)
       const int h = kvh * group + hh;
       const float* P = p.pattern + ((int64_t)sv.b * p.H + h) * T * T;
       const float* Dh = Dbuf + ((int64_t)seg * p.H + h) * T;
+      const float* LSE = p.softcap > 0.0f ? p.lse + ((int64_t)sv.b * p.H + h) * T : nullptr;
       for (int t0 = t_lo; t0 <= t_hi; t0 += kBK) {
         __syncthreads();
         load_rows(DZs, kBK, KS, HD, HD4, [&](int i) -> const float* {
@@ -448,12 +454,14 @@ __global__ void __launch_bounds__(kThreads)
         // dp[r] = dz_t . v_{j_r}: here the broadcast rows are the warp's keys' v rows
         dot_rows(dp, Vk + warp * kQPW * HD4, HD4, DZs + lane * KS);
         float pv[kQPW], ds[kQPW];
+        const float lse_t = LSE && t <= t_hi ? LSE[t] : 0.0f;
 #pragma unroll
         for (int r = 0; r < kQPW; ++r) {
           const int j = wj_lo + r;
           const bool vis = t <= t_hi && j <= j_hi && attn_visible(t, j, pad, p.window);
           pv[r] = vis ? P[(int64_t)t * T + j] : 0.0f;
           ds[r] = vis ? softmax_grad(pv[r], dp[r], Ds[lane]) : 0.0f;
+          if (LSE && pv[r] > 0.0f) ds[r] *= soft_cap_grad(logf(pv[r]) + lse_t, p.softcap);
         }
         const int n_q = min(kBK, t_hi - t0 + 1);
         for (int tt = 0; tt < n_q; ++tt) {
@@ -586,6 +594,8 @@ void attention_backward(const AttnBackwardParams& bp, Stream stream) {
   PHI3_CHECK(p.pattern != nullptr,
              "attention_backward: the forward's pattern (softmax probabilities) is required");
   PHI3_CHECK(bp.dz && bp.dq && bp.dk && bp.dv, "attention_backward: missing dz/dq/dk/dv");
+  PHI3_CHECK(p.softcap <= 0.0f || p.lse != nullptr,
+             "attention_backward: a soft-capped pass needs the forward's lse (AttnParams::lse)");
   if (p.n_segs == 0) return;
   cudaStream_t s = as_cuda(stream);
   auto* Dbuf = static_cast<float*>(

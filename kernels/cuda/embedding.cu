@@ -1,6 +1,7 @@
 // Token embedding lookup.
 //
-//   out[i, :] = table[ids[i], :]        out [N, D] fp32, ids [N] int32, table [V, D]
+//   out[i, :] = table[ids[i], :] * scale   out [N, D] fp32, ids [N] int32, table [V, D]
+//   (scale: Gemma's sqrt(D); 1 elsewhere, an exact copy)
 //
 // The table is F32 or BF16 (bf16 widened exactly to fp32); F16 tables are converted at
 // load time and rejected here. An id outside [0, V) cannot raise an error from the device:
@@ -13,9 +14,11 @@
 namespace phi3::cuda {
 namespace {
 
+__device__ __forceinline__ float4 scaled(float4 v, float s) { return make_float4(v.x * s, v.y * s, v.z * s, v.w * s); }
+
 template <bool VEC>
 __global__ void embedding_f32_kernel(float* __restrict__ out, const int32_t* __restrict__ ids,
-                                     const float* __restrict__ table, int N, int64_t V, int D) {
+                                     const float* __restrict__ table, int N, int64_t V, int D, float scale) {
   for (int i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t id = ids[i];
     const bool ok = id >= 0 && id < V;
@@ -24,9 +27,9 @@ __global__ void embedding_f32_kernel(float* __restrict__ out, const int32_t* __r
     if (VEC) {
       for (int c = threadIdx.x; c < D / 4; c += blockDim.x)
         reinterpret_cast<float4*>(o)[c] =
-            ok ? reinterpret_cast<const float4*>(t)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+            ok ? scaled(reinterpret_cast<const float4*>(t)[c], scale) : make_float4(0.f, 0.f, 0.f, 0.f);
     } else {
-      for (int c = threadIdx.x; c < D; c += blockDim.x) o[c] = ok ? t[c] : 0.0f;
+      for (int c = threadIdx.x; c < D; c += blockDim.x) o[c] = ok ? t[c] * scale : 0.0f;
     }
   }
 }
@@ -34,7 +37,7 @@ __global__ void embedding_f32_kernel(float* __restrict__ out, const int32_t* __r
 template <bool VEC>
 __global__ void embedding_bf16_kernel(float* __restrict__ out, const int32_t* __restrict__ ids,
                                       const uint16_t* __restrict__ table, int N, int64_t V,
-                                      int D) {
+                                      int D, float scale) {
   for (int i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t id = ids[i];
     const bool ok = id >= 0 && id < V;
@@ -50,10 +53,10 @@ __global__ void embedding_bf16_kernel(float* __restrict__ out, const int32_t* __
                           bf16_bits_to_float(uint16_t(h.y & 0xffffu)),
                           bf16_bits_to_float(uint16_t(h.y >> 16)));
         }
-        reinterpret_cast<float4*>(o)[c] = r;
+        reinterpret_cast<float4*>(o)[c] = scaled(r, scale);
       }
     } else {
-      for (int c = threadIdx.x; c < D; c += blockDim.x) o[c] = ok ? bf16_bits_to_float(t[c]) : 0.0f;
+      for (int c = threadIdx.x; c < D; c += blockDim.x) o[c] = ok ? bf16_bits_to_float(t[c]) * scale : 0.0f;
     }
   }
 }
@@ -61,7 +64,7 @@ __global__ void embedding_bf16_kernel(float* __restrict__ out, const int32_t* __
 }  // namespace
 
 void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,
-                       const Weight& table /*[V,D]*/, int N, Stream stream) {
+                       const Weight& table /*[V,D]*/, int N, Stream stream, float scale) {
   PHI3_CHECK(N >= 0, "embedding_forward: negative N");
   if (N == 0) return;
   PHI3_CHECK(table.data != nullptr, "embedding_forward: table has no data");
@@ -75,16 +78,16 @@ void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,
     const bool vec = D % 4 == 0 && aligned16(out) && (tab & 15u) == 0;
     const float* t = static_cast<const float*>(table.data);
     if (vec)
-      launch(embedding_f32_kernel<true>, blocks, threads, 0, s, out, ids, t, N, V, D);
+      launch(embedding_f32_kernel<true>, blocks, threads, 0, s, out, ids, t, N, V, D, scale);
     else
-      launch(embedding_f32_kernel<false>, blocks, threads, 0, s, out, ids, t, N, V, D);
+      launch(embedding_f32_kernel<false>, blocks, threads, 0, s, out, ids, t, N, V, D, scale);
   } else if (table.dtype == DType::BF16) {
     const bool vec = D % 4 == 0 && aligned16(out) && (tab & 7u) == 0;
     const uint16_t* t = static_cast<const uint16_t*>(table.data);
     if (vec)
-      launch(embedding_bf16_kernel<true>, blocks, threads, 0, s, out, ids, t, N, V, D);
+      launch(embedding_bf16_kernel<true>, blocks, threads, 0, s, out, ids, t, N, V, D, scale);
     else
-      launch(embedding_bf16_kernel<false>, blocks, threads, 0, s, out, ids, t, N, V, D);
+      launch(embedding_bf16_kernel<false>, blocks, threads, 0, s, out, ids, t, N, V, D, scale);
   } else {
     throw Error(std::string("embedding_forward (cuda): unsupported table dtype ") +
                 dtype_name(table.dtype) + " (convert F16 weights to BF16 or F32 at load)");

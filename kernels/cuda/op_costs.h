@@ -145,6 +145,9 @@ inline OpCost swiglu_forward(int N, int F, double out_bytes = 4) {
 }
 inline OpCost swiglu_backward(int N, int F) { return {5.0 * N * F * 4, 0, 0, 12.0 * N * F, 1}; }
 inline OpCost add(int64_t n) { return {3.0 * n * 4, 0, 0, double(n), 1}; }
+// A one-pass elementwise kernel over n fp32 elements touching `arrays` arrays (each read or
+// written once) with `flops` CUDA-core FLOPs per element (tanh counted as ~20).
+inline OpCost elementwise(int64_t n, int arrays, double flops) { return {arrays * 4.0 * n, 0, 0, flops * n, 1}; }
 inline OpCost copy_rows(int n, int width, bool dst_idx, bool src_idx) {
   return {2.0 * n * width * 4 + (dst_idx ? n * 4.0 : 0) + (src_idx ? n * 4.0 : 0), 0, 0, 0, 1};
 }

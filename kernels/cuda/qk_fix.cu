@@ -61,9 +61,9 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
   float mq = -INFINITY, mk = -INFINITY, m0 = -INFINITY;
   double S = 0.0;
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
-    mq = fmaxf(mq, dotf(qs, krow(p.k, j), HD) * p.scale);
-    mk = fmaxf(mk, dotf(q, krow(p.k_src, j), HD) * p.scale);
-    m0 = fmaxf(m0, dotf(q, krow(p.k, j), HD) * p.scale);
+    mq = fmaxf(mq, soft_cap(dotf(qs, krow(p.k, j), HD) * p.scale, p.softcap));
+    mk = fmaxf(mk, soft_cap(dotf(q, krow(p.k_src, j), HD) * p.scale, p.softcap));
+    m0 = fmaxf(m0, soft_cap(dotf(q, krow(p.k, j), HD) * p.scale, p.softcap));
     S += (double)A[j] * G[j];
   }
   mq = block_max(mq, red);
@@ -73,13 +73,13 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
   // The first key holding the base maximum (smallest index, as the CPU picks it).
   float jm = static_cast<float>(T);
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x)
-    if (dotf(q, krow(p.k, j), HD) * p.scale == m0) jm = fminf(jm, static_cast<float>(j));
+    if (soft_cap(dotf(q, krow(p.k, j), HD) * p.scale, p.softcap) == m0) jm = fminf(jm, static_cast<float>(j));
   jm = -block_max(-jm, red);
   double zq = 0.0, zk = 0.0, z0 = 0.0, z0_wo = 0.0;
   for (int j = first + threadIdx.x; j <= t; j += blockDim.x) {
-    zq += exp((double)(dotf(qs, krow(p.k, j), HD) * p.scale) - mq);
-    zk += exp((double)(dotf(q, krow(p.k_src, j), HD) * p.scale) - mk);
-    const double e0 = exp((double)(dotf(q, krow(p.k, j), HD) * p.scale) - m0);
+    zq += exp((double)(soft_cap(dotf(qs, krow(p.k, j), HD) * p.scale, p.softcap)) - mq);
+    zk += exp((double)(soft_cap(dotf(q, krow(p.k_src, j), HD) * p.scale, p.softcap)) - mk);
+    const double e0 = exp((double)(soft_cap(dotf(q, krow(p.k, j), HD) * p.scale, p.softcap)) - m0);
     z0 += e0;
     if (j != static_cast<int>(jm)) z0_wo += e0;
   }
@@ -93,9 +93,9 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
       kt[j] = 0.0f;
       continue;
     }
-    const float s_new = dotf(q, krow(p.k_src, j), HD) * p.scale;
-    const float s_old = dotf(q, krow(p.k, j), HD) * p.scale;
-    eq += (exp((double)(dotf(qs, krow(p.k, j), HD) * p.scale) - mq) / zq - A[j]) * G[j];
+    const float s_new = soft_cap(dotf(q, krow(p.k_src, j), HD) * p.scale, p.softcap);
+    const float s_old = soft_cap(dotf(q, krow(p.k, j), HD) * p.scale, p.softcap);
+    eq += (exp((double)(soft_cap(dotf(qs, krow(p.k, j), HD) * p.scale, p.softcap)) - mq) / zq - A[j]) * G[j];
     ek += (exp((double)s_new - mk) / zk - A[j]) * G[j];
     const double others = j == static_cast<int>(jm) ? z0_wo : z0 - exp((double)s_old - (double)m0);
     kt[j] = static_cast<float>(qk_key_row_effect(s_old, s_new, m0, others, G[j], S));

@@ -186,9 +186,17 @@ class CudaBackend final : public Backend {
   }
 
   // ---- ops ----
-  void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N) override {
+  void softcap_forward(float* x, int64_t n, float cap) override {
     select();
-    cuda::embedding_forward(out, ids, table, N, stream_);
+    cuda::softcap_forward(x, n, cap, stream_);
+  }
+  void softcap_backward(float* dx, const float* y, int64_t n, float cap) override {
+    select();
+    cuda::softcap_backward(dx, y, n, cap, stream_);
+  }
+  void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N, float scale = 1.0f) override {
+    select();
+    cuda::embedding_forward(out, ids, table, N, stream_, scale);
   }
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D,
                        float eps) override {

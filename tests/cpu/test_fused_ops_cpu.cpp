@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -200,6 +201,73 @@ TEST(QkFix, KeyRowEffectEqualsRecomputedSoftmax) {
   const double est = qk_key_row_effect(big, 0.0, big, std::exp(-big) + std::exp(-big), 1.0, 1.0);
   EXPECT_NEAR(est, 1.0 / 3.0 - 1.0, 1e-9);  // G = 1 on the moved key only: A' - A = 1/3 - 1
   EXPECT_TRUE(std::isfinite(qk_key_row_effect(0.0, 1e6, 0.0, 1.0, 1.0, 0.3)));  // clamped, finite
+}
+
+// AtP*'s QK fix with Gemma 2's soft-capped scores: the query and key estimates equal the
+// softmax of the capped scores recomputed with the source query / key (double, brute force).
+TEST(QkFix, SoftcappedEstimatesEqualRecomputedSoftmax) {
+  const int T = 7, H = 2, KVH = 1, HD = 8, pad = 1;
+  const float scale = 1.0f / std::sqrt(float(HD)), cap = 0.5f;
+  auto q = test::random_vec(size_t(T) * H * HD, 901, -1.5f, 1.5f), k = test::random_vec(size_t(T) * KVH * HD, 902, -1.5f, 1.5f);
+  auto qs = test::random_vec(q.size(), 903, -1.5f, 1.5f), ks = test::random_vec(k.size(), 904, -1.5f, 1.5f);
+  auto v = test::random_vec(k.size(), 905);
+  const std::vector<int32_t> pads = {pad};
+  const std::vector<AttnSegment> segs = {{0, 0, 0, 0, 0}};
+  std::vector<float> z(q.size()), pat(size_t(H) * T * T, 0.0f);
+  AttnParams ap;
+  ap.q = q.data(); ap.k = k.data(); ap.v = v.data(); ap.z = z.data(); ap.pattern = pat.data();
+  ap.pad = pads.data(); ap.segs = segs.data(); ap.n_segs = 1;
+  ap.q_stride = ap.z_stride = H * HD; ap.kv_stride = ap.cache_stride = KVH * HD;
+  ap.T = T; ap.H = H; ap.KVH = KVH; ap.HD = HD; ap.scale = scale; ap.softcap = cap;
+  be().attention_forward(ap);
+  const auto G = test::random_vec(pat.size(), 906);
+  std::vector<float> qe(size_t(T) * H), ke(size_t(T) * KVH), ka(KVH);
+  QkFixParams p;
+  p.q = q.data(); p.k = k.data(); p.q_src = qs.data(); p.k_src = ks.data(); p.pattern = pat.data();
+  p.dpattern = G.data(); p.pad = pads.data(); p.q_est = qe.data(); p.k_est = ke.data(); p.k_all_est = ka.data();
+  p.q_stride = H * HD; p.kv_stride = KVH * HD; p.B = 1; p.T = T; p.H = H; p.KVH = KVH; p.HD = HD;
+  p.scale = scale; p.softcap = cap;
+  be().attn_qk_fix(p);
+  // Row t of head h with query qv and keys key(j): softmax over pad..t of cap*tanh(scale q.k/cap).
+  auto row = [&](const float* qv, const std::function<const float*(int)>& key, int t) {
+    std::vector<double> a(T, 0.0);
+    double mx = -INFINITY, sum = 0;
+    for (int j = pad; j <= t; ++j) {
+      double d = 0;
+      for (int e = 0; e < HD; ++e) d += double(qv[e]) * key(j)[e];
+      a[j] = cap * std::tanh(d * scale / cap);
+      mx = std::max(mx, a[j]);
+    }
+    for (int j = pad; j <= t; ++j) sum += (a[j] = std::exp(a[j] - mx));
+    for (int j = pad; j <= t; ++j) a[j] /= sum;
+    return a;
+  };
+  auto base_key = [&](int j) { return k.data() + size_t(j) * HD; };
+  double moved = 0;
+  for (int h = 0; h < H; ++h)
+    for (int t = pad; t < T; ++t) {
+      const auto a0 = row(q.data() + (size_t(t) * H + h) * HD, base_key, t);
+      const auto a1 = row(qs.data() + (size_t(t) * H + h) * HD, base_key, t);
+      double want = 0;
+      for (int j = pad; j <= t; ++j) {
+        EXPECT_NEAR(pat[(size_t(h) * T + t) * T + j], a0[j], 1e-6);  // the capped pattern itself
+        want += (a1[j] - a0[j]) * G[(size_t(h) * T + t) * T + j];
+      }
+      EXPECT_NEAR(qe[size_t(t) * H + h], want, 1e-5 * (1 + std::fabs(want))) << "query t " << t << " h " << h;
+      moved = std::max(moved, std::fabs(want));
+    }
+  for (int pk = pad; pk < T; ++pk) {  // key pk of kv head 0, shared by both heads
+    auto key = [&](int j) { return j == pk ? ks.data() + size_t(j) * HD : k.data() + size_t(j) * HD; };
+    double want = 0;
+    for (int h = 0; h < H; ++h)
+      for (int t = pk; t < T; ++t) {
+        const auto a0 = row(q.data() + (size_t(t) * H + h) * HD, base_key, t);
+        const auto a1 = row(q.data() + (size_t(t) * H + h) * HD, key, t);
+        for (int j = pad; j <= t; ++j) want += (a1[j] - a0[j]) * G[(size_t(h) * T + t) * T + j];
+      }
+    EXPECT_NEAR(ke[pk], want, 1e-5 * (1 + std::fabs(want))) << "key " << pk;
+  }
+  EXPECT_GT(moved, 1e-3);
 }
 
 }  // namespace

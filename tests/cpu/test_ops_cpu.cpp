@@ -202,6 +202,39 @@ TEST(OpMath, SoftmaxGradMatchesFD) {
 // Embedding
 // ======================================================================================
 
+// Gemma: the looked-up rows times sqrt(D), in fp32 (bf16 rows widened first).
+TEST(Embedding, ScaledRows) {
+  const int V = 10, D = 6;
+  const std::vector<int32_t> ids = {3, 0, 9};
+  const auto table = random_vec(V * D, 33);
+  std::vector<uint16_t> bf(V * D);
+  for (int i = 0; i < V * D; ++i) bf[i] = float_to_bf16_bits(table[i]);
+  const float s = std::sqrt(2304.0f);
+  std::vector<float> out(3 * D, NAN);
+  be().embedding_forward(out.data(), ids.data(), Weight{bf.data(), DType::BF16, V, D}, 3, s);
+  for (int i = 0; i < 3; ++i)
+    for (int d = 0; d < D; ++d) EXPECT_EQ(out[i * D + d], bf16_bits_to_float(bf[ids[i] * D + d]) * s);
+}
+
+// Soft-capping (Gemma 2's final logits): c tanh(x / c) and its backward from the capped values.
+TEST(Softcap, ForwardAndBackward) {
+  const float c = 30.0f;
+  auto x = random_vec(257, 34, -120.0f, 120.0f);
+  std::vector<float> y = x;
+  be().softcap_forward(y.data(), int64_t(y.size()), c);
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_NEAR(y[i], c * std::tanh(double(x[i]) / c), 4e-6 * c) << i;
+    EXPECT_LT(std::fabs(y[i]), c + 1e-4f);
+  }
+  auto dy = random_vec(x.size(), 35);
+  std::vector<float> dx = dy;
+  be().softcap_backward(dx.data(), y.data(), int64_t(dx.size()), c);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double t = std::tanh(double(x[i]) / c);
+    EXPECT_NEAR(dx[i], dy[i] * (1 - t * t), 1e-5) << i;  // d/dx c tanh(x/c) = 1 - tanh^2
+  }
+}
+
 TEST(Embedding, F32Bf16F16Lookup) {
   const int V = 10, D = 6;
   const std::vector<int32_t> ids = {3, 0, 9, 3, 7};
@@ -491,12 +524,13 @@ INSTANTIATE_TEST_SUITE_P(Rotary, RotaryTest,
 struct AttnCase {
   int T, H, KVH, HD, window;
   std::vector<int32_t> pads;  // one per batch row
+  float softcap = 0.0f;       // Gemma 2's score soft-capping (0: none)
 };
 std::string attn_desc(const AttnCase& c) {
   std::ostringstream os;
   os << "ATTENTION(T=" << c.T << ",H=" << c.H << ",KVH=" << c.KVH << ",HD=" << c.HD << ",pad=[";
   for (size_t i = 0; i < c.pads.size(); ++i) os << (i ? "," : "") << c.pads[i];
-  os << "],window=" << c.window << ")";
+  os << "],window=" << c.window << ",softcap=" << c.softcap << ")";
   return os.str();
 }
 std::string attn_name(const testing::TestParamInfo<AttnCase>& i) {
@@ -504,7 +538,7 @@ std::string attn_name(const testing::TestParamInfo<AttnCase>& i) {
   std::string s = "T" + std::to_string(c.T) + "_H" + std::to_string(c.H) + "_KVH" +
                   std::to_string(c.KVH) + "_HD" + std::to_string(c.HD) + "_pad";
   for (size_t k = 0; k < c.pads.size(); ++k) s += (k ? "_" : "") + std::to_string(c.pads[k]);
-  return s + "_win" + std::to_string(c.window);
+  return s + "_win" + std::to_string(c.window) + (c.softcap > 0 ? "_cap" + std::to_string(int(c.softcap * 10)) : "");
 }
 
 // Naive attention of one sequence in double, straight from the semantics of DESIGN §2:
@@ -513,13 +547,15 @@ std::string attn_name(const testing::TestParamInfo<AttnCase>& i) {
 struct NaiveAttn {
   std::vector<double> z;    // [T, H*HD]
   std::vector<double> pat;  // [H, T, T]
+  std::vector<double> lse;  // [H, T] log-sum-exp of each query row's (capped) scores
 };
 NaiveAttn naive_attention(const std::function<const float*(int)>& q,
                           const std::function<const float*(int)>& k,
                           const std::function<const float*(int)>& v, const AttnCase& c, int pad,
                           double scale) {
   const int T = c.T, H = c.H, HD = c.HD, group = c.H / c.KVH;
-  NaiveAttn r{std::vector<double>(size_t(T) * H * HD, 0.0), std::vector<double>(size_t(H) * T * T, 0.0)};
+  NaiveAttn r{std::vector<double>(size_t(T) * H * HD, 0.0), std::vector<double>(size_t(H) * T * T, 0.0),
+              std::vector<double>(size_t(H) * T, -INFINITY)};
   for (int h = 0; h < H; ++h) {
     const int kh = h / group;
     for (int t = pad; t < T; ++t) {
@@ -529,11 +565,12 @@ NaiveAttn naive_attention(const std::function<const float*(int)>& q,
         if (!(j >= pad && j <= t && (c.window <= 0 || t - j < c.window))) continue;
         double d = 0;
         for (int e = 0; e < HD; ++e) d += double(q(t)[h * HD + e]) * k(j)[kh * HD + e];
-        s[j] = d * scale;
+        s[j] = c.softcap > 0 ? c.softcap * std::tanh(d * scale / c.softcap) : d * scale;
         mx = std::max(mx, s[j]);
       }
       double sum = 0;
       for (int j = 0; j < T; ++j) sum += (s[j] = std::exp(s[j] - mx));
+      r.lse[size_t(h) * T + t] = mx + std::log(sum);
       for (int j = 0; j < T; ++j) {
         const double p = s[j] / sum;
         r.pat[(size_t(h) * T + t) * T + j] = p;
@@ -576,6 +613,7 @@ struct AttnPlain {
     p.T = c.T; p.H = c.H; p.KVH = c.KVH; p.HD = c.HD;
     p.window = c.window;
     p.scale = scale;
+    p.softcap = c.softcap;
     return p;
   }
   size_t z_size() const { return size_t(B) * c.T * c.H * c.HD; }
@@ -593,7 +631,10 @@ TEST_P(AttnTest, ForwardVsNaive) {
   SCOPED_TRACE(attn_desc(c));
   const AttnPlain a(c, 400);
   std::vector<float> z(a.z_size(), NAN), pat(a.pattern_size(), 7.0f);  // sentinels: all written
-  be().attention_forward(a.params(z.data(), pat.data()));
+  std::vector<float> lse(size_t(a.B) * c.H * c.T, 7.0f);
+  AttnParams ap = a.params(z.data(), pat.data());
+  ap.lse = lse.data();
+  be().attention_forward(ap);
   const int HHD = c.H * c.HD;
   for (int b = 0; b < a.B; ++b) {
     auto q = [&](int t) { return a.row(b, t); };
@@ -607,6 +648,13 @@ TEST_P(AttnTest, ForwardVsNaive) {
                  to_float(ref.pat), kAttnTol, "pattern of batch row " + std::to_string(b));
     for (int t = 0; t < c.pads[b]; ++t)  // pad queries: exact zeros
       for (int e = 0; e < HHD; ++e) ASSERT_EQ(z[z0 + size_t(t) * HHD + e], 0.0f);
+    for (int h = 0; h < c.H; ++h)
+      for (int t = 0; t < c.T; ++t) {
+        const float got = lse[(size_t(b) * c.H + h) * c.T + t];
+        const double want = ref.lse[size_t(h) * c.T + t];
+        if (t < c.pads[b]) ASSERT_TRUE(std::isinf(got) && got < 0) << "pad query lse " << got;
+        else ASSERT_NEAR(got, want, 1e-5 * std::max(1.0, std::fabs(want))) << "lse b=" << b << " h=" << h << " t=" << t;
+      }
   }
 }
 
@@ -787,7 +835,9 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{13, 2, 1, 5, 4, {3}},              // MQA, odd HD, window 4
                     AttnCase{31, 8, 2, 16, 8, {1, 0}},          // GQA, window 8 < T
                     AttnCase{31, 32, 32, 96, 0, {0, 4, 9, 1}},  // Phi-3-mini heads (threaded)
-                    AttnCase{1, 2, 1, 4, 0, {0}}),              // a single token
+                    AttnCase{1, 2, 1, 4, 0, {0}},               // a single token
+                    AttnCase{13, 4, 2, 8, 0, {0, 5}, 0.5f},     // soft-capped scores (Gemma 2), biting
+                    AttnCase{31, 8, 4, 16, 8, {1, 0}, 1.0f}),   // soft-capped with a window
     attn_name);
 
 class AttnBackwardTest : public testing::TestWithParam<AttnCase> {};
@@ -844,7 +894,9 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{13, 6, 2, 8, 0, {0, 5, 12}},    // GQA 3:1, heavy padding
                     AttnCase{13, 4, 1, 6, 5, {3, 0}},        // MQA, window 5
                     AttnCase{31, 8, 2, 16, 8, {1, 0}},       // T=31, window 8 (sampled)
-                    AttnCase{29, 32, 32, 96, 0, {0, 3, 1, 0}}),  // the Phi-3-mini head shape (sampled)
+                    AttnCase{29, 32, 32, 96, 0, {0, 3, 1, 0}},   // the Phi-3-mini head shape (sampled)
+                    AttnCase{13, 4, 2, 8, 0, {0, 5}, 0.5f},      // soft-capped scores (Gemma 2)
+                    AttnCase{31, 8, 4, 16, 8, {1, 0}, 1.0f}),    // soft-capped with a window
     attn_name);
 
 // The threaded split must not change a single bit (static per-task ownership).

@@ -104,7 +104,9 @@ TEST(Roofline, PredictionWalksTheRealOpSequence) {
     SCOPED_TRACE(rp[i].name);
     EXPECT_GT(pp[i].peak_bytes, pp[i].start_bytes);
     EXPECT_TRUE(rp[i].refused.empty() && pp[i].refused.empty());
-    if (i < 2) EXPECT_EQ(rp[i].peak_bytes - rp[i].start_bytes, pp[i].peak_bytes - pp[i].start_bytes);
+    if (i < 2) {
+      EXPECT_EQ(rp[i].peak_bytes - rp[i].start_bytes, pp[i].peak_bytes - pp[i].start_bytes);
+    }
   }
   // The forward holds at least its logits and every layer's residual stream in fp32.
   const int64_t rows = int64_t(pb.corrupted.B) * pb.corrupted.T;

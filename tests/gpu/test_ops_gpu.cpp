@@ -158,6 +158,23 @@ TEST_P(EmbeddingGpu, Forward) {
   DeviceArray<float> out(gpu(), (size_t)N * D);
   gpu().embedding_forward(out.get(), ids_d.get(), w_dev, N);
   expect_equal(out.download(), ref, "embedding");  // exact: a copy / exact widening
+  // Gemma's sqrt(D) scale: one fp32 multiply, the same on both
+  cpu::embedding_forward(ref.data(), ids.data(), w_host, N, nullptr, 48.0f);
+  gpu().embedding_forward(out.get(), ids_d.get(), w_dev, N, 48.0f);
+  expect_equal(out.download(), ref, "embedding * 48");
+}
+
+TEST(ElementwiseGpu, Softcap) {
+  REQUIRE_GPU();
+  auto x = random_vec(4099, 91, -120.0f, 120.0f), dy = random_vec(4099, 92);
+  std::vector<float> y = x, dx = dy;
+  cpu::softcap_forward(y.data(), (int64_t)y.size(), 30.0f, nullptr);
+  cpu::softcap_backward(dx.data(), y.data(), (int64_t)dx.size(), 30.0f, nullptr);
+  auto yd = dev(x), dxd = dev(dy);
+  gpu().softcap_forward(yd.get(), (int64_t)x.size(), 30.0f);
+  gpu().softcap_backward(dxd.get(), yd.get(), (int64_t)dy.size(), 30.0f);
+  expect_close(yd.download(), y, kTolElementwise, "softcap");
+  expect_close(dxd.download(), dx, kTolElementwise, "softcap backward");
 }
 INSTANTIATE_TEST_SUITE_P(Embedding, EmbeddingGpu,
                          ::testing::Values(EmbParam{50, 7, 13, DType::F32},
@@ -358,6 +375,7 @@ struct AttnParam {
   std::string name;
   int T, H, KVH, HD, window;
   std::vector<int> pads;  // one per batch row
+  float softcap = 0.0f;   // Gemma 2's score soft-capping (0: none)
 };
 void PrintTo(const AttnParam& p, std::ostream* os) { *os << "ATTENTION(" << p.name << ")"; }
 class AttentionGpu : public ::testing::TestWithParam<AttnParam> {};
@@ -388,12 +406,15 @@ TEST_P(AttentionGpu, PlainForwardBackward) {
     p.T = T; p.H = H; p.KVH = KVH; p.HD = HD;
     p.window = c.window;
     p.scale = 1.0f / std::sqrt((float)HD);
+    p.softcap = c.softcap;
   };
   // CPU reference
   std::vector<float> z(rows * H * HD), pat((size_t)B * H * T * T), dqkv(rows * qkv_stride, 0.f);
+  std::vector<float> lse((size_t)B * H * T);
   std::vector<int32_t> pad(c.pads.begin(), c.pads.end());
   AttnParams pc;
   fill(pc, qkv.data(), z.data(), pat.data(), pad.data(), segs.data());
+  pc.lse = lse.data();
   cpu::attention_forward(pc, nullptr);
   AttnBackwardParams bc{pc, dz.data(), dqkv.data(), dqkv.data() + (int64_t)H * HD,
                         dqkv.data() + (int64_t)(H + KVH) * HD};
@@ -404,10 +425,12 @@ TEST_P(AttentionGpu, PlainForwardBackward) {
   auto padd = dev(pad);
   auto segd = dev(segs);
   DeviceArray<float> zd(gpu(), z.size()), patd(gpu(), pat.size()), dqkvd(gpu(), dqkv.size());
+  DeviceArray<float> lsed(gpu(), lse.size());
   gpu().zero(patd.get(), pat.size() * 4);
   gpu().zero(dqkvd.get(), dqkv.size() * 4);
   AttnParams pg;
   fill(pg, qkvd.get(), zd.get(), patd.get(), padd.get(), segd.get());
+  pg.lse = lsed.get();
   gpu().attention_forward(pg);
   AttnBackwardParams bg{pg, dzd.get(), dqkvd.get(), dqkvd.get() + (int64_t)H * HD,
                         dqkvd.get() + (int64_t)(H + KVH) * HD};
@@ -415,6 +438,14 @@ TEST_P(AttentionGpu, PlainForwardBackward) {
   expect_close(zd.download(), z, kTolAttnFwd, "z");
   expect_close(patd.download(), pat, kTolAttnFwd, "pattern");
   expect_close(dqkvd.download(), dqkv, kTolAttnBwd, "dq|dk|dv");
+  {  // the per-row log-sum-exp (pad queries -inf on both)
+    std::vector<float> got = lsed.download(), want = lse;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(std::isinf(got[i]), std::isinf(want[i])) << "lse " << i;
+      if (std::isinf(want[i])) got[i] = want[i] = 0.0f;
+    }
+    expect_close(got, want, kTolAttnFwd, "lse");
+  }
 
   // without a pattern the same z comes out (the pattern sweep is optional)
   DeviceArray<float> z2(gpu(), z.size());
@@ -463,6 +494,7 @@ TEST_P(AttentionGpu, PackedPrefixCache) {
     p.n_segs = n_segs; p.T = T; p.H = H; p.KVH = KVH; p.HD = HD;
     p.window = c.window;
     p.scale = 1.0f / std::sqrt((float)HD);
+    p.softcap = c.softcap;
   };
   std::vector<float> z((size_t)q_rows * qw);
   AttnParams pc;
@@ -488,7 +520,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnParam{"T200_H8_KVH2_HD128_pad3_0", 200, 8, 2, 128, 0, {3, 0}},
                       AttnParam{"T150_H4_KVH2_HD64_win40", 150, 4, 2, 64, 40, {0, 7}},
                       AttnParam{"T33_H2_KVH1_HD160", 33, 2, 1, 160, 0, {2}},
-                      AttnParam{"T1025_H4_HD96", 1025, 4, 4, 96, 0, {0}}),
+                      AttnParam{"T1025_H4_HD96", 1025, 4, 4, 96, 0, {0}},
+                      AttnParam{"T37_H4_KVH2_HD32_cap05", 37, 4, 2, 32, 0, {0, 5}, 0.5f},
+                      AttnParam{"T150_H8_KVH4_HD256_win40_cap1", 150, 8, 4, 256, 40, {0, 7}, 1.0f}),
     [](const auto& i) { return i.param.name; });
 
 // ---- SwiGLU -----------------------------------------------------------------------------
@@ -872,7 +906,9 @@ TEST(FusedGpu, RowsEqualMatchesCpu) {
 
 TEST(FusedGpu, QkFixMatchesCpu) {
   REQUIRE_GPU();
-  for (int window : {0, 5}) {
+  for (int window : {0, 5, -5}) {  // -5: window 5 with Gemma 2's soft-capped scores
+    const float softcap = window < 0 ? 0.5f : 0.0f;
+    window = window < 0 ? -window : window;
     const int B = 2, T = 11, H = 4, KVH = 2, HD = 32, QW = H * HD, KVW = KVH * HD;
     auto q = random_vec((size_t)B * T * QW, 191, -1.5f, 1.5f), k = random_vec((size_t)B * T * KVW, 192, -1.5f, 1.5f);
     auto qs = random_vec(q.size(), 193, -1.5f, 1.5f), ks = random_vec(k.size(), 194, -1.5f, 1.5f);
@@ -898,6 +934,7 @@ TEST(FusedGpu, QkFixMatchesCpu) {
     ap.HD = HD;
     ap.window = window;
     ap.scale = 1.0f / std::sqrt(float(HD));
+    ap.softcap = softcap;
     cpu::attention_forward(ap, nullptr);
     auto dpat = random_vec(pat.size(), 196);
     QkFixParams p;
@@ -910,6 +947,7 @@ TEST(FusedGpu, QkFixMatchesCpu) {
     p.HD = HD;
     p.window = window;
     p.scale = ap.scale;
+    p.softcap = softcap;
     std::vector<float> qe((size_t)B * T * H), ke((size_t)B * T * KVH), ka((size_t)B * KVH);
     QkFixParams pc = p;
     pc.q = q.data();
