@@ -74,6 +74,14 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   DeviceArray<int32_t> da = to_device(be, answer), dothr = to_device(be, other);
   DeviceArray<float> dlogits(be, size_t(B) * V);
   be.logit_diff_backward(dlogits.get(), V, da.get(), dothr.get(), scale / static_cast<float>(B), B, V);
+  if (c.final_softcap > 0) {  // through the final soft-cap: d capped / d raw from the capped logits
+    std::vector<int32_t> rows(B);
+    for (int b = 0; b < B; ++b) rows[b] = b * T + T - 1;
+    DeviceArray<int32_t> drows = to_device(be, rows);
+    DeviceArray<float> last(be, size_t(B) * V);
+    be.copy_rows(last.get(), V, nullptr, s.logits.get(), V, drows.get(), B, V);
+    be.softcap_backward(dlogits.get(), last.get(), int64_t(B) * V, c.final_softcap);
+  }
   DeviceArray<float> dln_last(be, size_t(B) * D);
   be.linear_backward(dln_last.get(), dlogits.get(), m.w.lm_head, B, false);
   std::vector<int32_t> last_rows(B);
@@ -93,6 +101,15 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
 
   DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * 2 * F), dln(be, size_t(N) * D);
   DeviceArray<float> dv(be, size_t(N) * KVW);
+  DeviceArray<float> draw;  // post_norms: d of o_proj's / down_proj's output (before its norm)
+  if (c.post_norms) draw = DeviceArray<float>(be, size_t(N) * D);
+  // d out -> d raw through a post-norm (Gemma 2), else d out itself.
+  auto through_post_norm = [&](const float* dout, const float* raw, const float* w, const float* rstd) -> const float* {
+    if (!c.post_norms) return dout;
+    be.zero(draw.get(), draw.size() * sizeof(float));
+    be.rmsnorm_backward(draw.get(), dout, raw, w, rstd, N, D);
+    return draw.get();
+  };
 
   Gradients g;
   g.layers.resize(L);
@@ -134,7 +151,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
       lg.act = DeviceArray<float>(be, size_t(N) * F);
       dact_l = lg.act.get();
     }
-    be.linear_backward(dact_l, dpost, w.down, N, false);
+    be.linear_backward(dact_l, through_post_norm(dpost, a.mlp_raw.get(), w.post_mlp, a.rstd_pm.get()), w.down, N, false);
     be.swiglu_backward(dgu.get(), dact_l, a.gate_up.get(), N, F, mlp_act(m.cfg));
     be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
     lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
@@ -143,7 +160,8 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
 
     // Attention: resid_mid = resid_pre + o(attn(rotary(qkv(rmsnorm(resid_pre)))))
     lg.z = DeviceArray<float>(be, size_t(N) * QW);
-    be.linear_backward(lg.z.get(), lg.resid_mid.get(), w.o, N, false);
+    be.linear_backward(lg.z.get(), through_post_norm(lg.resid_mid.get(), a.attn_raw.get(), w.post_attn, a.rstd_pa.get()),
+                       w.o, N, false);
     lg.q_rot = DeviceArray<float>(be, size_t(N) * QW);
     lg.k_rot = DeviceArray<float>(be, size_t(N) * KVW);
     AttnBackwardParams bp;

@@ -33,6 +33,8 @@ size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool
     gemm_in(N * F);                                                         // act
     if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
     p.add<float>(N * D);                                                    // mlp_out
+    if (c.post_norms) p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N);
+    if (c.attn_softcap > 0 && keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T);  // lse
   }
   p.add<float>(N * D);  // resid_final
   gemm_in(N * D);       // ln_f
@@ -67,7 +69,8 @@ AttnParams attention_params(const Model& m, int T, int layer) {
   ap.KVH = c.num_key_value_heads;
   ap.HD = c.head_dim;
   ap.window = c.window(layer);
-  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  ap.scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  ap.softcap = c.attn_softcap;
   return ap;
 }
 
@@ -79,6 +82,7 @@ AttnParams plain_attention_params(const Model& m, const ForwardState& s, const L
   ap.v = a.v.get();
   ap.z = a.z.get();
   ap.pattern = a.pattern.size() ? a.pattern.get() : nullptr;
+  ap.lse = a.lse.size() ? a.lse.get() : nullptr;
   ap.pad = s.pad.get();
   ap.segs = segs;
   ap.n_segs = s.B;
@@ -311,6 +315,13 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       act[l].f32 = a.act.get();
     }
     a.mlp_out = A.take<float>(size_t(N) * D);
+    if (c.post_norms) {
+      a.attn_raw = A.take<float>(size_t(N) * D);
+      a.mlp_raw = A.take<float>(size_t(N) * D);
+      a.rstd_pa = A.take<float>(N);
+      a.rstd_pm = A.take<float>(N);
+    }
+    if (c.attn_softcap > 0 && opt.keep_pattern) a.lse = A.take<float>(size_t(B) * H * T);
   }
   s.resid_final = A.take<float>(size_t(N) * D);
   const GemmOut ln_f = gemm_in(s.ln_f, s.ln_f16, size_t(N) * D);
@@ -320,7 +331,8 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   if (opt.input_embeddings)
     be.copy(s.layers[0].resid_pre.get(), opt.input_embeddings, size_t(N) * D * sizeof(float));
   else
-    be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N);
+    be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N,
+                         c.embed_scale > 0 ? c.embed_scale : 1.0f);
   bool ln1_done = false;  // layer l's ln1 already written by the previous layer's fused add
   for (int l = 0; l < L; ++l) {
     LayerActs& a = s.layers[l];
@@ -370,7 +382,12 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       z_in.bf16 = nullptr;
     }
 
-    be.linear_forward(a.attn_out.get(), z_in, w.o, N, false);
+    if (c.post_norms) {  // attn_out = RMSNorm(o_proj(z)) (Gemma 2's post_attention_layernorm)
+      be.linear_forward(a.attn_raw.get(), z_in, w.o, N, false);
+      be.rmsnorm_forward(a.attn_out.get(), a.rstd_pa.get(), a.attn_raw.get(), w.post_attn, N, D, c.rms_norm_eps);
+    } else {
+      be.linear_forward(a.attn_out.get(), z_in, w.o, N, false);
+    }
     patch_here(Hook::AttnOut, l, a.attn_out.get(), D, D);
     if (patched_at(Hook::ResidMid, l)) {
       be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
@@ -388,7 +405,12 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       patch_here(Hook::MlpPost, l, a.act.get(), F, F);
       act_in.bf16 = nullptr;  // the GEMM rounds the patched neurons itself
     }
-    be.linear_forward(a.mlp_out.get(), act_in, w.down, N, false);
+    if (c.post_norms) {  // mlp_out = RMSNorm(down(act)) (post_feedforward_layernorm)
+      be.linear_forward(a.mlp_raw.get(), act_in, w.down, N, false);
+      be.rmsnorm_forward(a.mlp_out.get(), a.rstd_pm.get(), a.mlp_raw.get(), w.post_mlp, N, D, c.rms_norm_eps);
+    } else {
+      be.linear_forward(a.mlp_out.get(), act_in, w.down, N, false);
+    }
     patch_here(Hook::MlpOut, l, a.mlp_out.get(), D, D);
 
     // resid_post, written straight into the next layer's resid_pre (or resid_final), and
@@ -410,6 +432,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     }
   }
   be.linear_forward(s.logits.get(), ln_f, m.w.lm_head, N, false);
+  if (c.final_softcap > 0) be.softcap_forward(s.logits.get(), int64_t(N) * V, c.final_softcap);
   return s;
 }
 

@@ -35,6 +35,11 @@ struct LayerActs {
   DeviceArray<float> act;        // [N,F] silu(gate)*up (fp32 weights, or ForwardOptions::keep_mlp_post)
   DeviceArray<uint16_t> act16;   // [N,F] (bf16 weights)
   DeviceArray<float> mlp_out;    // [N,D]
+  // post_norms (Gemma 2): o_proj's and down_proj's outputs before their RMSNorm, and its rstd;
+  // attn_out / mlp_out are the normed values (what the residual adds, TransformerLens' hooks).
+  DeviceArray<float> attn_raw, mlp_raw;  // [N,D]
+  DeviceArray<float> rstd_pa, rstd_pm;   // [N]
+  DeviceArray<float> lse;                // [B,H,T] soft-capped attention with the pattern kept
 };
 
 struct ForwardState {

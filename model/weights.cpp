@@ -84,6 +84,11 @@ LayerPlan layer_plan(const ModelConfig& c, int l) {
   LayerPlan lp;
   lp.ln1 = {p + "input_layernorm.weight", {D}};
   lp.ln2 = {p + "post_attention_layernorm.weight", {D}};
+  if (c.post_norms) {  // Gemma 2: post_attention_layernorm normalizes the attention's output
+    lp.ln2 = {p + "pre_feedforward_layernorm.weight", {D}};
+    lp.post_attn = {{p + "post_attention_layernorm.weight", {D}}};
+    lp.post_mlp = {{p + "post_feedforward_layernorm.weight", {D}}};
+  }
   // q|k|v rows: one fused tensor, or q, k and v (each with its bias when the config says).
   const std::vector<int64_t> qkv_rows = arch.qkv_parts.size() == 1 ? std::vector<int64_t>{(H + 2 * KVH) * HD}
                                                                    : std::vector<int64_t>{H * HD, KVH * HD, KVH * HD};
@@ -114,10 +119,10 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerPlan lp = layer_plan(c, l);
     t.push_back(lp.ln1);
-    for (const auto* group : {&lp.qkv, &lp.qkv_bias, &lp.q_norm, &lp.k_norm, &lp.o, &lp.o_bias})
+    for (const auto* group : {&lp.qkv, &lp.qkv_bias, &lp.q_norm, &lp.k_norm, &lp.o, &lp.o_bias, &lp.post_attn})
       t.insert(t.end(), group->begin(), group->end());
     t.push_back(lp.ln2);
-    for (const auto* group : {&lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias})
+    for (const auto* group : {&lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias, &lp.post_mlp})
       t.insert(t.end(), group->begin(), group->end());
   }
   t.push_back({"model.norm.weight", {D}});
@@ -209,24 +214,38 @@ struct WeightLoader {
       return m;
     };
     auto vec = [&](const ExpectedTensor& e) { return static_cast<const float*>(fused({e}, DType::F32)); };
+    // An RMSNorm weight: w, or 1 + w where the family scales by (1 + w) (Gemma), folded here
+    // in fp32 so the norm op stays y = x * rstd * w.
+    auto norm = [&](const ExpectedTensor& e) -> const float* {
+      if (!c.norm_offset) return vec(e);
+      std::vector<uint8_t> v = get(e.name, DType::F32);
+      if (v.empty()) return static_cast<const float*>(w.reserve(be, size_t(e.shape[0]) * sizeof(float)));
+      float* f = reinterpret_cast<float*>(v.data());
+      for (size_t i = 0; i < v.size() / sizeof(float); ++i) f[i] += 1.0f;
+      return static_cast<const float*>(w.keep(be, v));
+    };
     const int64_t D = c.hidden_size, V = c.vocab_size;
     w.embed = matrix({{"model.embed_tokens.weight", {V, D}}}, {});
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const LayerPlan p = layer_plan(c, l);
       LayerWeights lw;
-      lw.ln1 = vec(p.ln1);
+      lw.ln1 = norm(p.ln1);
       lw.qkv = matrix(p.qkv, p.qkv_bias);
       if (!p.q_norm.empty()) {
         lw.q_norm = static_cast<const float*>(fused(p.q_norm, DType::F32));
         lw.k_norm = static_cast<const float*>(fused(p.k_norm, DType::F32));
       }
       lw.o = matrix(p.o, p.o_bias);
-      lw.ln2 = vec(p.ln2);
+      if (!p.post_attn.empty()) {
+        lw.post_attn = norm(p.post_attn.front());
+        lw.post_mlp = norm(p.post_mlp.front());
+      }
+      lw.ln2 = norm(p.ln2);
       lw.gate_up = matrix(p.gate_up, p.gate_up_bias);
       lw.down = matrix(p.down, p.down_bias);
       w.layers.push_back(lw);
     }
-    w.final_norm = vec({"model.norm.weight", {D}});
+    w.final_norm = norm({"model.norm.weight", {D}});
     w.lm_head = c.tie_word_embeddings ? w.embed : matrix({{"lm_head.weight", {V, D}}}, {});
     return w;
   }

@@ -22,6 +22,8 @@ struct LayerWeights {
   Weight down;     // mlp.down_proj.weight [D, F]
   const float* q_norm = nullptr;  // self_attn.q_norm.weight [HD] (qk_norm models), else null
   const float* k_norm = nullptr;  // self_attn.k_norm.weight [HD]
+  const float* post_attn = nullptr;  // post_norms: post_attention_layernorm.weight [D] (Gemma 2)
+  const float* post_mlp = nullptr;   // post_norms: post_feedforward_layernorm.weight [D]
 };
 
 class ModelWeights {
@@ -58,6 +60,7 @@ struct LayerPlan {
   ExpectedTensor ln1, ln2;
   std::vector<ExpectedTensor> qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
   std::vector<ExpectedTensor> q_norm, k_norm;  // one each with qk_norm
+  std::vector<ExpectedTensor> post_attn, post_mlp;  // one each with post_norms
 };
 LayerPlan layer_plan(const ModelConfig& cfg, int layer);
 

@@ -125,8 +125,10 @@ std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, c
     p.H = H;
     p.KVH = KVH;
     p.HD = HD;
-    p.window = c.window(l);
-    p.scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    const AttnParams ap = attention_params(m, T, l);  // the model's score scale and soft-cap
+    p.window = ap.window;
+    p.scale = ap.scale;
+    p.softcap = ap.softcap;
     be.attn_qk_fix(p);
     if (hook == Hook::KAllPos) {
       const std::vector<float> all = k_all.download();  // [B, KVH]

@@ -29,7 +29,16 @@ Weight as_weight(const float* p, int64_t rows, int64_t cols) {
 
 }  // namespace
 
+void check_circuit_support(const ModelConfig& c) {
+  if (c.post_norms)
+    throw Error("circuits: " + c.architecture + " normalizes every attention and MLP output before the residual add "
+                "(post-norms), so a head's write to the stream is not the sum of its edges; EAP / EAP-IG scores and "
+                "exact circuits need additive writes and are not supported for it (activation and attribution "
+                "patching are)");
+}
+
 HeadOutputWeights::HeadOutputWeights(Backend& be, const Model& m) : HD_(m.cfg.head_dim) {
+  check_circuit_support(m.cfg);
   for (const LayerWeights& w : m.w.layers) {
     const size_t es = dtype_size(w.o.dtype), rows = size_t(w.o.rows), cols = size_t(w.o.cols);
     std::vector<uint8_t> src(rows * cols * es), dst(src.size());
@@ -288,6 +297,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
     be.copy_rows(xl.get(), D, nullptr, X.get(), D, dlast.get(), nc * B, D);
     be.rmsnorm_forward(lnl.get(), rstdl.get(), xl.get(), m.w.final_norm, nc * B, D, c.rms_norm_eps);
     be.linear_forward(logits.get(), lnl.get(), m.w.lm_head, nc * B, false);
+    if (c.final_softcap > 0) be.softcap_forward(logits.get(), int64_t(nc) * B * V, c.final_softcap);
     be.logit_diff_forward(ld.get(), logits.get(), V, dans.get(), doth.get(), nc * B);
     std::vector<float> h(size_t(nc) * B);
     be.download(h.data(), ld.get(), h.size() * sizeof(float));

@@ -31,6 +31,10 @@
 
 namespace phi3 {
 
+// Throws naming the architecture when the circuit graph's additive decomposition does not hold
+// (post-norm models: Gemma 2).
+void check_circuit_support(const ModelConfig& c);
+
 // Per-layer per-head output projections: o_proj transposed ([H*HD, D], the weights' dtype),
 // so head h's columns of o_proj are the contiguous rows [h*HD, (h+1)*HD).
 class HeadOutputWeights {

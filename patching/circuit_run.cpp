@@ -51,6 +51,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     if (opt.log && comm.root()) opt.log(s);
   };
   const ModelConfig& c = m.cfg;
+  check_circuit_support(c);
   const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
   CircuitRunResult r;
   r.method = opt.ig ? "eap-ig" : "eap";

@@ -155,7 +155,7 @@ class FastSweep {
       if (l < L_ - 1) {
         ap.segs = d_segs.get();
         be_.attention_forward(ap);
-        be_.linear_forward(X_.get(), GemmIn(z_.get(), z16_.get()), w.o, Rl, true);  // resid_mid
+        add_output(X_.get(), GemmIn(z_.get(), z16_.get()), w.o, w.post_attn, Rl);  // resid_mid
         mlp_block(w, X_.get(), Rl);                                                  // resid_post
       } else {
         // Last layer: only the final position of each run goes past attention.
@@ -166,7 +166,7 @@ class FastSweep {
         ap.segs = d_last_segs.get();
         be_.attention_forward(ap);  // z rows r*B+b
         be_.copy_rows(Xf.get(), D_, nullptr, X_.get(), D_, d_last_row.get(), Nf, D_);
-        be_.linear_forward(Xf.get(), GemmIn(z_.get(), z16_.get()), w.o, Nf, true);  // resid_mid at T-1
+        add_output(Xf.get(), GemmIn(z_.get(), z16_.get()), w.o, w.post_attn, Nf);  // resid_mid at T-1
         mlp_block(w, Xf.get(), Nf);
       }
     }
@@ -177,6 +177,7 @@ class FastSweep {
     DeviceArray<float> logits = arena.take<float>(size_t(NF) * V_);
     be_.rmsnorm_forward(lnf, rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
     be_.linear_forward(logits.get(), lnf, m_.w.lm_head, NF, false);
+    if (c_.final_softcap > 0) be_.softcap_forward(logits.get(), int64_t(NF) * V_, c_.final_softcap);
     std::vector<int32_t> ans(NF), oth(NF);
     for (int r = 0; r < n; ++r)
       for (int b = 0; b < B_; ++b) {
@@ -234,7 +235,24 @@ class FastSweep {
     be_.rmsnorm_forward(ln_, rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
     be_.linear_forward(gu_.get(), ln_, w.gate_up, rows, false);
     be_.swiglu_forward(act_, gu_.get(), rows, F_, mlp_act(c_));
-    be_.linear_forward(x, act_, w.down, rows, true);
+    add_output(x, act_, w.down, w.post_mlp, rows);
+  }
+
+  // x += a block's output: W's projection of `in`, accumulated by the GEMM itself, or through
+  // the block's post-norm (Gemma 2: RMSNorm(W in) added) where the model has one.
+  void add_output(float* x, GemmIn in, const Weight& W, const float* post_w, int rows) {
+    if (!c_.post_norms) {
+      be_.linear_forward(x, in, W, rows, true);
+      return;
+    }
+    if (post_raw_.size() < size_t(rows) * D_) {
+      post_raw_ = DeviceArray<float>(be_, size_t(rows) * D_);
+      post_out_ = DeviceArray<float>(be_, size_t(rows) * D_);
+      post_rstd_ = DeviceArray<float>(be_, size_t(rows));
+    }
+    be_.linear_forward(post_raw_.get(), in, W, rows, false);
+    be_.rmsnorm_forward(post_out_.get(), post_rstd_.get(), post_raw_.get(), post_w, rows, D_, c_.rms_norm_eps);
+    be_.add(x, x, post_out_.get(), int64_t(rows) * D_);
   }
 
   // Initialises the state rows of runs [r0, r1) (all with start == l).
@@ -358,7 +376,7 @@ class FastSweep {
     if (!final) {  // resid_mid, then resid_post, straight into the runs' state rows
       float* post = dst_buf + row0 * D_;
       be_.copy_rows(post, D_, nullptr, bl.resid_pre.get(), D_, d_src.get(), static_cast<int>(n), D_);
-      be_.linear_forward(post, GemmIn(z_.get(), z16_.get()), w.o, static_cast<int>(n), true);
+      add_output(post, GemmIn(z_.get(), z16_.get()), w.o, w.post_attn, static_cast<int>(n));
       mlp_block(w, post, static_cast<int>(n));
       return n;
     }
@@ -369,7 +387,7 @@ class FastSweep {
     be_.copy_rows(q_.get(), QW_, nullptr, z_.get(), QW_, d_fr.get(), nf, QW_);
     DeviceArray<float> post(be_, size_t(nf) * D_);
     be_.copy_rows(post.get(), D_, nullptr, bl.resid_pre.get(), D_, d_fs.get(), nf, D_);
-    be_.linear_forward(post.get(), q_.get(), w.o, nf, true);
+    add_output(post.get(), q_.get(), w.o, w.post_attn, nf);
     mlp_block(w, post.get(), nf);
     be_.copy_rows(dst_buf, D_, d_fd.get(), post.get(), D_, nullptr, nf, D_);
     return n;
@@ -406,7 +424,7 @@ class FastSweep {
       auto d_ed = to_device(be_, el_dst), d_es = to_device(be_, el_src);
       be_.copy_rows(act.get(), 1, d_ed.get(), sl.act.get(), 1, d_es.get(), n, 1);
       be_.copy_rows(post.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
-      be_.linear_forward(post.get(), act.get(), w.down, n, true);
+      add_output(post.get(), act.get(), w.down, w.post_mlp, n);
     } else if (hook_ == Hook::MlpOut) {
       DeviceArray<float> mid(be_, size_t(n) * D_), tmp(be_, size_t(n) * D_);
       be_.copy_rows(mid.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
@@ -432,7 +450,7 @@ class FastSweep {
             e.second.push_back(rows[i].src);
           }
           copy_head_slices(z.get(), zp_ ? zp_[lt] : sl.z.get(), QW_, by_head);
-          be_.linear_forward(post.get(), z.get(), w.o, n, true);  // the patched z, rounded by the GEMM
+          add_output(post.get(), z.get(), w.o, w.post_attn, n);  // the patched z, rounded by the GEMM
         }
       }
       // MLP of the patched rows in the chunk's work buffers (n <= the chunk's rows).
@@ -460,6 +478,7 @@ class FastSweep {
   bool g16_ = false;  // GEMM inputs in bf16 (bf16 weights)
   DeviceArray<float> X_, ln32_, rstd_, qkv_, q_, k_, v_, z_, gu_, act32_;
   DeviceArray<float> qkn_;  // q and k normalized per head (models with q/k norm only)
+  DeviceArray<float> post_raw_, post_out_, post_rstd_;  // add_output's work rows (post-norm models only)
   DeviceArray<uint16_t> ln16_, z16_, act16_;
   GemmOut ln_, act_;  // ln32_/ln16_ and act32_/act16_, whichever is in use
 };

@@ -45,6 +45,18 @@ struct ModelConfig {
   bool mlp_bias = false;  // gate/up/down carry biases (Llama mlp_bias)
   bool qk_norm = false;   // per-head RMSNorm of q and k over head_dim before rotary (Qwen3)
   bool mlp_gelu_tanh = false;  // GeGLU: tanh-GELU of the gate instead of SiLU (Gemma 2)
+  // Gemma 2: RMSNorms scale by (1 + w) (folded into the weights at load); the embeddings are
+  // multiplied by embed_scale (sqrt(hidden_size); 0: none); post_norms: an RMSNorm on the
+  // attention output and on the MLP output before each residual add (post_attention_ /
+  // post_feedforward_layernorm; the MLP's input norm is pre_feedforward_layernorm); attention
+  // scores and final logits soft-capped (c tanh(x / c); 0: none); attn_scale: the score scale
+  // (query_pre_attn_scalar^-1/2; 0: head_dim^-1/2).
+  bool norm_offset = false;
+  float embed_scale = 0.0f;
+  bool post_norms = false;
+  float attn_softcap = 0.0f;
+  float final_softcap = 0.0f;
+  float attn_scale = 0.0f;
   int max_position_embeddings = 0;
   // Absent from config.json: 4096, as transformers' Phi3Config does (its class default, which
   // it always copies into the rope parameters), not max_position_embeddings.

@@ -15,6 +15,7 @@ FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", "transformers.models.llama.modeling_llama"),
     "mistral": ("MistralConfig", "MistralForCausalLM", "transformers.models.mistral.modeling_mistral"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "transformers.models.qwen3.modeling_qwen3"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", "transformers.models.gemma2.modeling_gemma2"),
 }
 
 
@@ -72,10 +73,35 @@ def qkv_weight_bias(layer):
     return W, b
 
 
+def post_norms(layer):
+    """Gemma 2: an RMSNorm on each block's output before its residual add."""
+    return hasattr(layer, "post_feedforward_layernorm")
+
+
 def attn_residual_module(layer):
     """The module whose output is what the layer adds to the residual stream after attention:
-    Phi-3's resid_attn_dropout (identity in eval), else self_attn itself (output tuple [0])."""
+    Phi-3's resid_attn_dropout (identity in eval), Gemma 2's post_attention_layernorm, else
+    self_attn itself (output tuple [0])."""
+    if post_norms(layer):
+        return layer.post_attention_layernorm
     return getattr(layer, "resid_attn_dropout", None) or layer.self_attn
+
+
+def ln2_module(layer):
+    """The MLP's input norm (its input is the residual stream after attention, TL resid_mid)."""
+    return layer.pre_feedforward_layernorm if post_norms(layer) else layer.post_attention_layernorm
+
+
+def mlp_out_module(layer):
+    """The module whose output is what the layer adds after the MLP (TL mlp_out)."""
+    return layer.post_feedforward_layernorm if post_norms(layer) else layer.mlp
+
+
+def attn_scale_softcap(model):
+    """(score scale, soft-cap or None) of the model's attention (Gemma 2: query_pre_attn_scalar,
+    attn_logit_softcapping)."""
+    at = model.model.layers[0].self_attn
+    return at.scaling, getattr(model.config, "attn_logit_softcapping", None)
 
 
 def gate_up(layer, x):

@@ -93,6 +93,23 @@ RANDOM_CONFIGS = [
         "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 9000, "min_gap": 1.5,
     },
     {
+        "name": "rand-gemma2-softcap",
+        "family": "gemma2",
+        "covers": ["Gemma2ForCausalLM: RMSNorm by (1 + w) (weights 1 + 0.2 N(0,1)), embeddings times sqrt(48)",
+                   "post_attention_layernorm / pre_feedforward_layernorm / post_feedforward_layernorm",
+                   "GeGLU with gelu_pytorch_tanh", "query_pre_attn_scalar 24 (not head_dim 16)",
+                   "attn_logit_softcapping 1.5 and final_logit_softcapping 3.0, both biting at std 0.35",
+                   "sliding window 8 < T on layers 0 and 2 (layer_types), full attention on layer 1",
+                   "GQA (4 q heads, 2 kv heads)", "tied", "bf16 storage", "3 layers"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=256,
+                    hidden_activation="gelu_pytorch_tanh", hidden_act="gelu_pytorch_tanh",
+                    query_pre_attn_scalar=24, attn_logit_softcapping=1.5, final_logit_softcapping=3.0,
+                    sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                    attention_bias=False, tie_word_embeddings=True, rms_norm_eps=1e-6),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 9500, "min_gap": 1.5,
+    },
+    {
         "name": "rand-mistral-swa-hd",
         "family": "mistral",
         "covers": ["MistralForCausalLM", "head_dim 16 given in config.json, not hidden_size / heads = 12",
@@ -281,7 +298,7 @@ def _make_eager_wrapper(mod):
     orig = mod.eager_attention_forward
 
     def wrapper(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-        out, weights = orig(module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+        out, weights = orig(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if _RUNNING is not None and _RUNNING._patching("pattern", module.layer_idx):
             # TL hook_pattern patch: the head's pattern row(s) replaced, z recomputed from them
             # (attn_output = weights @ repeat_kv(value), as HF eager does after the softmax).
@@ -349,10 +366,11 @@ class Hooked:
         self.cache = None
         for l, layer in enumerate(model.model.layers):
             layer.register_forward_pre_hook(self._mk_resid_pre(l), with_kwargs=True)
-            layer.self_attn.register_forward_hook(self._mk_attn_out_cap(l))
+            if not families.post_norms(layer):  # Gemma 2: captured after its post-norm (the patch hook)
+                layer.self_attn.register_forward_hook(self._mk_attn_out_cap(l))
             families.attn_residual_module(layer).register_forward_hook(self._mk_attn_out_patch(l))
-            layer.post_attention_layernorm.register_forward_pre_hook(self._mk_resid_mid(l))
-            layer.mlp.register_forward_hook(self._mk_out_hook(l, "mlp_out"))
+            families.ln2_module(layer).register_forward_pre_hook(self._mk_resid_mid(l))
+            families.mlp_out_module(layer).register_forward_hook(self._mk_out_hook(l, "mlp_out"))
             layer.register_forward_hook(self._mk_out_hook(l, "resid_post"))
             if families.fused_qkv(layer):
                 layer.self_attn.qkv_proj.register_forward_hook(self._mk_qkv(l))
@@ -403,9 +421,13 @@ class Hooked:
             t = out[0] if isinstance(out, tuple) else out
             if self.drop_layer == l and t.requires_grad:
                 t.register_hook(torch.zeros_like)
-            if self._patching("attn_out", l):
+            patched = self._patching("attn_out", l)
+            if patched:
                 t = t.clone()
                 self.patch.apply_(t)
+            if families.post_norms(self.model.model.layers[l]):
+                self._store("attn_out", l, t)
+            if patched:
                 return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
         return hook
 
@@ -545,8 +567,12 @@ def qk_fix_reference(hk, batch, acts, grads, src, L, H, KVH, HD, T):
     def visible(l):  # [B,1,T,T], with layer l's sliding window
         win = families.layer_window(hk.model, l)
         return (vis_all & (tq - tk < win) if win > 0 else vis_all)[:, None]
-    scale = HD ** -0.5
+    scale, cap = families.attn_scale_softcap(hk.model)
     group = H // KVH
+
+    def scores(a, b):  # scaled (and soft-capped, Gemma 2) scores a b^T
+        s = a @ b.transpose(-1, -2) * scale
+        return cap * torch.tanh(s / cap) if cap else s
 
     def softmax_vis(s):
         p = torch.softmax(s.masked_fill(~vis, float("-inf")), dim=-1)
@@ -571,13 +597,13 @@ def qk_fix_reference(hk, batch, acts, grads, src, L, H, KVH, HD, T):
         G = grads["attn.hook_pattern"][l].double() * vis
         qn = source_rotated("q", l)
         kn = source_rotated("k", l).repeat_interleave(group, dim=1)
-        q_est = ((softmax_vis(qn @ k.transpose(-1, -2) * scale) - A) * G).sum(-1)  # [B,H,T]
-        k_all = ((softmax_vis(q @ kn.transpose(-1, -2) * scale) - A) * G).sum(-1).sum(-1)  # [B,H]
+        q_est = ((softmax_vis(scores(qn, k)) - A) * G).sum(-1)  # [B,H,T]
+        k_all = ((softmax_vis(scores(q, kn)) - A) * G).sum(-1).sum(-1)  # [B,H]
         S = (A * G).sum(-1, keepdim=True)
         # One key p moved in row t: weights e_j = exp(s_j - m) of the base scores, the other
         # keys' total summed directly (leave-one-out, no cancellation in saturated rows).
-        s_old = (q @ k.transpose(-1, -2) * scale).masked_fill(~vis, float("-inf"))
-        s_new = q @ kn.transpose(-1, -2) * scale
+        s_old = scores(q, k).masked_fill(~vis, float("-inf"))
+        s_new = scores(q, kn)
         m = s_old.amax(-1, keepdim=True).clamp(min=-1e30)  # rows without keys: finite
         e_old = torch.exp(s_old - m)
         e_new = torch.exp((s_new - m).clamp(max=700.0)) * vis

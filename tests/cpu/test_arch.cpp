@@ -61,7 +61,34 @@ TEST(Arch, EveryFamilyIsListed) {
   std::vector<std::string> names;
   for (const auto& a : architectures()) names.push_back(a.hf_class);
   EXPECT_THAT(names, ::testing::ElementsAre("Phi3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
-                                            "MistralForCausalLM", "Qwen3ForCausalLM"));
+                                            "MistralForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"));
+}
+
+// Gemma-2-2B's config.json, as published: every Gemma 2 flag from it.
+TEST(Arch, Gemma2FromThePublishedConfig) {
+  const ModelConfig c = parse_config_json(R"({
+    "architectures": ["Gemma2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+    "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "initializer_range": 0.02,
+    "intermediate_size": 9216, "max_position_embeddings": 8192, "model_type": "gemma2",
+    "num_attention_heads": 8, "num_hidden_layers": 26, "num_key_value_heads": 4, "pad_token_id": 0,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+    "torch_dtype": "float32", "transformers_version": "4.42.4", "use_cache": true, "vocab_size": 256000})");
+  EXPECT_EQ(c.family, "gemma2");
+  EXPECT_EQ(c.head_dim, 256);
+  EXPECT_TRUE(c.tie_word_embeddings);  // Gemma2Config's default, absent from the file
+  EXPECT_TRUE(c.mlp_gelu_tanh && c.post_norms && c.norm_offset);
+  EXPECT_FLOAT_EQ(c.embed_scale, 48.0f);   // sqrt(2304)
+  EXPECT_FLOAT_EQ(c.attn_scale, 0.0625f);  // 256^-1/2
+  EXPECT_FLOAT_EQ(c.attn_softcap, 50.0f);
+  EXPECT_FLOAT_EQ(c.final_softcap, 30.0f);
+  EXPECT_EQ(c.pad_token_id, 0);
+  ASSERT_EQ(c.layer_window.size(), 26u);
+  for (int l = 0; l < 26; ++l) EXPECT_EQ(c.window(l), l % 2 == 0 ? 4096 : 0) << l;  // sliding on even layers
+  EXPECT_THROW(parse_config_json(R"({"architectures": ["Gemma2ForCausalLM"], "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+    "hidden_activation": "silu"})"), Error);
 }
 
 // Qwen3-0.6B's config.json, as published: head_dim 128 while hidden_size / heads = 64.

@@ -6,8 +6,14 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
+#include "model/model.h"
+#include "patching/circuit_run.h"
+#include "runtime/config.h"
+#include "runtime/error.h"
 #include "patching/verify.h"
 #include "test_util.h"
 
@@ -44,9 +50,33 @@ TEST_P(ReferenceTest, MatchesTransformers) {
                       << c.err() << " > tol " << c.tol;
   std::set<std::string> kinds;
   for (const auto& c : r.checks) kinds.insert(c.kind);
-  for (const char* k : {"tokens", "logits", "activation", "gradient", "activation_patching", "attribution_patching",
-                        "edge_scores", "circuit_metric", "circuit_selection", "circuit_consistency"})
+  for (const char* k : {"tokens", "logits", "activation", "gradient", "activation_patching", "attribution_patching"})
     EXPECT_TRUE(kinds.count(k)) << "no check of kind " << k;
+  // Circuits: every reference but the post-norm families' (Gemma 2: no additive circuit graph,
+  // refused by the engine) has circuit.json and all its kinds are checked.
+  const std::string dir = test::source_dir() + "/data/reference/" + GetParam();
+  std::ifstream rj(dir + "/reference.json");
+  const ModelConfig cfg = load_config(dir + "/" + nlohmann::json::parse(rj)["model"].get<std::string>());
+  EXPECT_EQ(std::filesystem::exists(dir + "/circuit.json"), !cfg.post_norms) << GetParam();
+  if (!cfg.post_norms)
+    for (const char* k : {"edge_scores", "circuit_metric", "circuit_selection", "circuit_consistency"})
+      EXPECT_TRUE(kinds.count(k)) << "no check of kind " << k;
+}
+
+// Circuits on a post-norm model (Gemma 2) stop at once with the reason, before any work.
+TEST(Reference, CircuitsRefusedOnPostNormModels) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, test::source_dir() + "/data/reference/rand-gemma2-softcap/model");
+  ASSERT_TRUE(m->cfg.post_norms);
+  CircuitOptions opt;
+  opt.pairs_file = test::source_dir() + "/data/temporal_scope_for_attribution_patching.json";
+  try {
+    run_circuit(*be, *m, opt);
+    FAIL() << "circuits ran on a post-norm model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Gemma2ForCausalLM"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("post-norms"), std::string::npos) << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, ReferenceTest, ::testing::ValuesIn(reference_dirs()),
