@@ -215,7 +215,7 @@ usage: phi3patch make-random --out DIR [OPTIONS]
   --like SHAPE      the published config.json of: phi-3-mini | phi-3-medium | phi-4-mini |
                     tiny | qwen2.5-{0.5b,1.5b,3b,7b,14b,32b,72b} | llama-3.2-{1b,3b} |
                     llama-3.1-{8b,70b} | mistral-7b | mistral-nemo-12b |
-                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} [phi-3-mini]
+                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b} [phi-3-mini]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]
   --seed N          random seed [0]
   --dtype D         bf16 | f32 [bf16]

@@ -17,7 +17,7 @@ using nlohmann::json;
 // One Llama-style checkpoint's size (architecture-specific fields come from its family).
 struct Shape {
   const char* name;
-  const char* family;  // qwen2, llama3.1, llama3.2, mistral, mistral-nemo, qwen3
+  const char* family;  // qwen2, llama3.1, llama3.2, mistral, mistral-nemo, qwen3, gemma2
   int hidden, inter, layers, heads, kv_heads, head_dim;  // head_dim 0: hidden / heads, not written
   int vocab;
   bool tied;
@@ -46,6 +46,9 @@ const std::vector<Shape>& shapes() {
       {"qwen3-8b", "qwen3", 4096, 12288, 36, 32, 8, 128, 151936, false, 40960},
       {"qwen3-14b", "qwen3", 5120, 17408, 40, 40, 8, 128, 151936, false, 40960},
       {"qwen3-32b", "qwen3", 5120, 25600, 64, 64, 8, 128, 151936, false, 40960},
+      {"gemma-2-2b", "gemma2", 2304, 9216, 26, 8, 4, 256, 256000, true, 8192},
+      {"gemma-2-9b", "gemma2", 3584, 14336, 42, 16, 8, 256, 256000, true, 8192},
+      {"gemma-2-27b", "gemma2", 4608, 36864, 46, 32, 16, 128, 256000, true, 8192},
   };
   return s;
 }
@@ -74,16 +77,23 @@ json family_fields(const Shape& s) {
             {"bos_token_id", 151643}, {"eos_token_id", 151645}, {"max_window_layers", s.layers},
             {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}, {"sliding_window", nullptr},
             {"use_sliding_window", false}};
+  if (f == "gemma2")  // query_pre_attn_scalar: 256 on 2B / 9B, hidden / heads = 144 on 27B
+    return {{"architectures", {"Gemma2ForCausalLM"}}, {"model_type", "gemma2"}, {"bos_token_id", 2},
+            {"eos_token_id", 1}, {"pad_token_id", 0}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+            {"hidden_act", "gelu_pytorch_tanh"}, {"hidden_activation", "gelu_pytorch_tanh"},
+            {"query_pre_attn_scalar", s.head_dim == 256 ? 256 : s.hidden / s.heads},
+            {"attn_logit_softcapping", 50.0}, {"final_logit_softcapping", 30.0}, {"sliding_window", 4096},
+            {"attention_bias", false}};
   throw Error(std::string("model_shapes: no family ") + s.family);  // not reached: the table names known ones
 }
 
 json shape_config(const Shape& s) {
-  json j = family_fields(s);
-  j.update({{"hidden_size", s.hidden}, {"intermediate_size", s.inter}, {"num_hidden_layers", s.layers},
+  json j = {{"hidden_size", s.hidden}, {"intermediate_size", s.inter}, {"num_hidden_layers", s.layers},
             {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv_heads}, {"vocab_size", s.vocab},
             {"tie_word_embeddings", s.tied}, {"max_position_embeddings", s.max_pos}, {"hidden_act", "silu"},
             {"attention_dropout", 0.0}, {"initializer_range", 0.02}, {"torch_dtype", "bfloat16"},
-            {"use_cache", true}});
+            {"use_cache", true}};
+  j.update(family_fields(s));  // the family's own values win (Gemma's activation)
   if (s.head_dim > 0) j["head_dim"] = s.head_dim;
   return j;
 }

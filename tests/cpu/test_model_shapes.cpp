@@ -33,6 +33,8 @@ const std::map<std::string, Published> kPublished = {
     {"qwen3-0.6b", {"Qwen3ForCausalLM", 0.6e9}},    {"qwen3-1.7b", {"Qwen3ForCausalLM", 1.7e9}},
     {"qwen3-4b", {"Qwen3ForCausalLM", 4.0e9}},      {"qwen3-8b", {"Qwen3ForCausalLM", 8.2e9}},
     {"qwen3-14b", {"Qwen3ForCausalLM", 14.8e9}},    {"qwen3-32b", {"Qwen3ForCausalLM", 32.8e9}},
+    {"gemma-2-2b", {"Gemma2ForCausalLM", 2.61e9}},  {"gemma-2-9b", {"Gemma2ForCausalLM", 9.24e9}},
+    {"gemma-2-27b", {"Gemma2ForCausalLM", 27.2e9}},
 };
 
 TEST(ModelShapes, EveryShapeHasItsPublishedSize) {
