@@ -120,6 +120,9 @@ std::unique_ptr<SentencePieceModel> SentencePieceModel::load(const std::string& 
   t->sp_no_prefix_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   auto st2 = t->sp_no_prefix_->LoadFromSerializedProto(without_dummy_prefix(t->sp_->serialized_model_proto(), path));
   if (!st2.ok()) throw Error("tokenizer model '" + path + "': cannot build the no-prefix variant: " + st2.ToString());
+  std::vector<int> with, without;  // the two models encode alike when the model adds no prefix
+  if (t->sp_->Encode("a", &with).ok() && t->sp_no_prefix_->Encode("a", &without).ok())
+    t->dummy_prefix_ = with != without;
   return t;
 }
 
@@ -157,7 +160,7 @@ std::string SentencePieceModel::decode(const std::vector<int>& ids, const std::m
         out.push_back(static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
       } else {
         std::string p = sp_->IdToPiece(id);
-        if (first && p.compare(0, 3, kSpaceMark) == 0) strip_leading_space = true;  // the dummy prefix
+        if (first && dummy_prefix_ && p.compare(0, 3, kSpaceMark) == 0) strip_leading_space = true;  // the dummy prefix
         for (size_t k = 0; k < p.size();) {
           if (p.compare(k, 3, kSpaceMark) == 0) {
             out.push_back(' ');

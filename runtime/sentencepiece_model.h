@@ -37,6 +37,9 @@ class SentencePieceModel : public TokenizerModel {
   SentencePieceModel();
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_no_prefix_;  // add_dummy_prefix off
+  // The model's normalizer adds a dummy prefix (Llama, Phi-3; not Gemma): decode then drops the
+  // leading space it became, as SentencePiece does.
+  bool dummy_prefix_ = true;
 };
 
 }  // namespace phi3

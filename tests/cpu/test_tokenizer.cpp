@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/tokenizer.h"
@@ -270,6 +272,41 @@ TEST(Tokenizer, LoadErrors) {
 
   Tokenizer empty;
   EXPECT_THAT(error_of([&] { empty.encode("x", false); }), HasSubstr("no model loaded"));
+}
+
+// Gemma's layout (tools/make_sp_tokenizers.py: SentencePiece BPE with byte fallback, digits
+// split, no dummy prefix, white space kept, <bos> = 2 added by tokenizer_config.json): the ids
+// and text of every string of the 2,400-string corpus equal SentencePiece's, which are also
+// transformers' GemmaTokenizer's (the generator checked: hf_agrees).
+TEST(Tokenizer, GemmaLayoutEqualsSentencePieceAndTransformers) {
+  const std::string dir = test::source_dir() + "/tests/data/sp/gemma";
+  Tokenizer tok = Tokenizer::load_dir(dir);
+  EXPECT_EQ(tok.kind(), "SentencePiece");
+  const auto corpus =
+      nlohmann::json::parse(read_text_file(test::source_dir() + "/tests/data/bpe/corpus.json", "corpus"))["texts"];
+  const auto want =
+      nlohmann::json::parse(read_text_file(test::source_dir() + "/tests/data/sp/expected.json", "expected"))["gemma"];
+  ASSERT_TRUE(want["hf_agrees"].get<bool>());
+  ASSERT_EQ(want["ids"].size(), corpus.size());
+  int id_bad = 0, text_bad = 0;
+  size_t tokens = 0, byte_pieces = 0;
+  for (size_t i = 0; i < corpus.size(); ++i) {
+    const std::string text = corpus[i].get<std::string>();
+    const std::vector<int> ids = tok.encode(text, false), ref = want["ids"][i].get<std::vector<int>>();
+    tokens += ids.size();
+    for (int id : ids) byte_pieces += tok.piece(id).rfind("<0x", 0) == 0;
+    if (ids != ref && ++id_bad <= 5) ADD_FAILURE() << "text " << i << " '" << text << "': ids differ";
+    const std::string dec_ref = want["decoded"][i].is_null() ? text : want["decoded"][i].get<std::string>();
+    if (tok.decode(ref) != dec_ref && ++text_bad <= 5) ADD_FAILURE() << "text " << i << ": decoded '" << tok.decode(ref) << "'";
+  }
+  EXPECT_EQ(id_bad, 0);
+  EXPECT_EQ(text_bad, 0);
+  EXPECT_GT(tokens, 40000u);
+  EXPECT_GT(byte_pieces, 100u);  // the byte fallback is exercised (CJK, emoji outside the vocabulary)
+  EXPECT_TRUE(tok.bos_by_default());
+  EXPECT_EQ(tok.encode("Hello", true), want["bos_ids"].get<std::vector<int>>());  // [<bos> = 2, Hello]
+  EXPECT_EQ(tok.piece(tok.encode("short", false)[0]).rfind("\xE2\x96\x81", 0), std::string::npos)
+      << "no dummy prefix in Gemma's layout";
 }
 
 }  // namespace
