@@ -225,12 +225,18 @@ int predict_all(const cost::DeviceFigures& dev, bool fp32, const std::string& pa
       std::printf("%-17s %-18s %8s | %-13s %-13s %-13s |\n", "", "", "GB", "peak GB", "peak GB", "peak GB");
       header = true;
     }
+    auto has = [&](const std::string& prefix) {
+      for (const Phase& ph : p.phases)
+        if (ph.name.rfind(prefix, 0) == 0) return true;
+      return false;
+    };
     auto cell = [&](const std::string& prefix) {
+      if (!has(prefix)) return std::string("n/a");  // e.g. no circuits for post-norm models
       const auto [peak, fits] = peak_of(p.phases, prefix);
       return gb(peak) + (fits ? " fits" : " NO");
     };
     auto ms = [&](const std::string& prefix) {
-      if (!peak_of(p.phases, prefix).second) return std::string("-");
+      if (!has(prefix) || !peak_of(p.phases, prefix).second) return std::string("-");
       char b[32];
       std::snprintf(b, sizeof b, "%.1f", ms_of(p.phases, prefix, dev));
       return std::string(b);
