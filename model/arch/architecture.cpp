@@ -96,6 +96,20 @@ void full_rotary_only(const ConfigFields& f, const ConfigFields& rope) {
       x->fail("partial_rotary_factor", "must be 1 for this architecture (only Phi3ForCausalLM rotates part of a head)");
 }
 
+bool read_layer_types(const ConfigFields& f, ModelConfig& c, int window) {
+  if (!f.present("layer_types")) return false;
+  const nlohmann::json& t = f.at("layer_types");
+  if (!t.is_array() || t.size() != static_cast<size_t>(c.num_hidden_layers))
+    f.fail("layer_types", "expected a list of " + std::to_string(c.num_hidden_layers) + " strings");
+  for (size_t l = 0; l < t.size(); ++l) {
+    const std::string s = t[l].is_string() ? t[l].get<std::string>() : "";
+    if (s == "sliding_attention") c.layer_window[l] = window;
+    else if (s != "full_attention")
+      f.fail("layer_types", "entry " + std::to_string(l) + " must be full_attention or sliding_attention");
+  }
+  return true;
+}
+
 void read_qwen_windows(const ConfigFields& f, ModelConfig& c) {
   const bool use = f.present("use_sliding_window") && f.boolean("use_sliding_window");
   int w = 0;
@@ -106,17 +120,7 @@ void read_qwen_windows(const ConfigFields& f, ModelConfig& c) {
   }
   c.sliding_window = w;
   c.layer_window.assign(static_cast<size_t>(c.num_hidden_layers), 0);
-  if (f.present("layer_types")) {
-    const nlohmann::json& t = f.at("layer_types");
-    if (!t.is_array() || t.size() != static_cast<size_t>(c.num_hidden_layers))
-      f.fail("layer_types", "expected a list of " + std::to_string(c.num_hidden_layers) + " strings");
-    for (size_t l = 0; l < t.size(); ++l) {
-      const std::string s = t[l].is_string() ? t[l].get<std::string>() : "";
-      if (s == "sliding_attention") c.layer_window[l] = w;
-      else if (s != "full_attention")
-        f.fail("layer_types", "entry " + std::to_string(l) + " must be full_attention or sliding_attention");
-    }
-  } else if (w > 0) {
+  if (!read_layer_types(f, c, w) && w > 0) {
     const int first = f.present("max_window_layers") ? static_cast<int>(f.integer("max_window_layers")) : 28;
     for (int l = std::max(0, first); l < c.num_hidden_layers; ++l) c.layer_window[static_cast<size_t>(l)] = w;
   }

@@ -51,6 +51,9 @@ void full_rotary_only(const ConfigFields& f, const ConfigFields& rope);
 // Qwen2 / Qwen3 windows: none unless use_sliding_window; then layer_types where given, else
 // the layers from max_window_layers (default 28) on.
 void read_qwen_windows(const ConfigFields& f, ModelConfig& c);
+// layer_types (full_attention / sliding_attention per layer) into c.layer_window (sized to the
+// layers, zeros), `window` for the sliding ones; false when the config has none.
+bool read_layer_types(const ConfigFields& f, ModelConfig& c, int window);
 // rope_type among `allowed` (besides default); reads linear and llama3 parameters.
 void read_rope_type(const ConfigFields& rope, ModelConfig& c, const std::vector<std::string>& allowed);
 

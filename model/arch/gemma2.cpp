@@ -53,19 +53,8 @@ Architecture gemma2_architecture() {
     }
     c.sliding_window = w;
     c.layer_window.assign(static_cast<size_t>(c.num_hidden_layers), 0);
-    if (f.present("layer_types")) {
-      const nlohmann::json& t = f.at("layer_types");
-      if (!t.is_array() || t.size() != static_cast<size_t>(c.num_hidden_layers))
-        f.fail("layer_types", "expected a list of " + std::to_string(c.num_hidden_layers) + " strings");
-      for (size_t l = 0; l < t.size(); ++l) {
-        const std::string s = t[l].is_string() ? t[l].get<std::string>() : "";
-        if (s == "sliding_attention") c.layer_window[l] = w;
-        else if (s != "full_attention")
-          f.fail("layer_types", "entry " + std::to_string(l) + " must be full_attention or sliding_attention");
-      }
-    } else {
+    if (!read_layer_types(f, c, w))
       for (int l = 0; l < c.num_hidden_layers; l += 2) c.layer_window[static_cast<size_t>(l)] = w;
-    }
   };
   return a;
 }

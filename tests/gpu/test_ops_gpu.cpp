@@ -534,22 +534,25 @@ void PrintTo(const SwigluParam& p, std::ostream* os) {
   *os << "SWIGLU(N=" << p.N << ",F=" << p.F << (p.misaligned ? ",misaligned" : "") << ")";
 }
 class SwigluGpu : public ::testing::TestWithParam<SwigluParam> {};
-TEST_P(SwigluGpu, ForwardBackward) {
+TEST_P(SwigluGpu, ForwardBackward) {  // SwiGLU and GeGLU (Gemma 2's tanh-GELU gate)
   REQUIRE_GPU();
   const auto [N, F, mis] = GetParam();
   const int off = mis ? 1 : 0;
-  auto gu = random_vec((size_t)N * 2 * F + off, 71, -6, 6), dout = random_vec((size_t)N * F + off, 72);
-  std::vector<float> out(dout.size(), 0.f), dgu(gu.size(), 0.f);
-  cpu::swiglu_forward(out.data() + off, gu.data() + off, N, F, nullptr);
-  cpu::swiglu_backward(dgu.data() + off, dout.data() + off, gu.data() + off, N, F, nullptr);
-  auto gud = dev(gu), doutd = dev(dout);
-  DeviceArray<float> outd(gpu(), out.size()), dgud(gpu(), dgu.size());
-  gpu().zero(outd.get(), out.size() * 4);
-  gpu().zero(dgud.get(), dgu.size() * 4);
-  gpu().swiglu_forward(outd.get() + off, gud.get() + off, N, F);
-  gpu().swiglu_backward(dgud.get() + off, doutd.get() + off, gud.get() + off, N, F);
-  expect_close(outd.download(), out, kTolElementwise, "swiglu out");
-  expect_close(dgud.download(), dgu, kTolElementwise, "swiglu dgu");
+  for (MlpAct act : {MlpAct::Silu, MlpAct::GeluTanh}) {
+    const std::string what = act == MlpAct::Silu ? "swiglu" : "geglu";
+    auto gu = random_vec((size_t)N * 2 * F + off, 71, -6, 6), dout = random_vec((size_t)N * F + off, 72);
+    std::vector<float> out(dout.size(), 0.f), dgu(gu.size(), 0.f);
+    cpu::swiglu_forward(out.data() + off, gu.data() + off, N, F, nullptr, act);
+    cpu::swiglu_backward(dgu.data() + off, dout.data() + off, gu.data() + off, N, F, nullptr, act);
+    auto gud = dev(gu), doutd = dev(dout);
+    DeviceArray<float> outd(gpu(), out.size()), dgud(gpu(), dgu.size());
+    gpu().zero(outd.get(), out.size() * 4);
+    gpu().zero(dgud.get(), dgu.size() * 4);
+    gpu().swiglu_forward(outd.get() + off, gud.get() + off, N, F, act);
+    gpu().swiglu_backward(dgud.get() + off, doutd.get() + off, gud.get() + off, N, F, act);
+    expect_close(outd.download(), out, kTolElementwise, what + " out");
+    expect_close(dgud.download(), dgu, kTolElementwise, what + " dgu");
+  }
 }
 INSTANTIATE_TEST_SUITE_P(Swiglu, SwigluGpu,
                          ::testing::Values(SwigluParam{1, 1, false}, SwigluParam{3, 13, false},
@@ -559,25 +562,6 @@ INSTANTIATE_TEST_SUITE_P(Swiglu, SwigluGpu,
                            return "N" + std::to_string(i.param.N) + "_F" +
                                   std::to_string(i.param.F) + (i.param.misaligned ? "_misaligned" : "");
                          });
-
-// GeGLU (Gemma 2's tanh-GELU gate): the CUDA kernels against the CPU op, aligned and not.
-TEST_P(SwigluGpu, GegluForwardBackward) {
-  REQUIRE_GPU();
-  const auto [N, F, mis] = GetParam();
-  const int off = mis ? 1 : 0;
-  auto gu = random_vec((size_t)N * 2 * F + off, 73, -6, 6), dout = random_vec((size_t)N * F + off, 74);
-  std::vector<float> out(dout.size(), 0.f), dgu(gu.size(), 0.f);
-  cpu::swiglu_forward(out.data() + off, gu.data() + off, N, F, nullptr, MlpAct::GeluTanh);
-  cpu::swiglu_backward(dgu.data() + off, dout.data() + off, gu.data() + off, N, F, nullptr, MlpAct::GeluTanh);
-  auto gud = dev(gu), doutd = dev(dout);
-  DeviceArray<float> outd(gpu(), out.size()), dgud(gpu(), dgu.size());
-  gpu().zero(outd.get(), out.size() * 4);
-  gpu().zero(dgud.get(), dgu.size() * 4);
-  gpu().swiglu_forward(outd.get() + off, gud.get() + off, N, F, MlpAct::GeluTanh);
-  gpu().swiglu_backward(dgud.get() + off, doutd.get() + off, gud.get() + off, N, F, MlpAct::GeluTanh);
-  expect_close(outd.download(), out, kTolElementwise, "geglu out");
-  expect_close(dgud.download(), dgu, kTolElementwise, "geglu dgu");
-}
 
 // ---- elementwise: add, copy_rows, casts -------------------------------------------------
 TEST(ElementwiseGpu, Add) {
