@@ -29,8 +29,10 @@ Weight as_weight(const float* p, int64_t rows, int64_t cols) {
 
 }  // namespace
 
+bool circuits_supported(const ModelConfig& c) { return !c.post_norms; }
+
 void check_circuit_support(const ModelConfig& c) {
-  if (c.post_norms)
+  if (!circuits_supported(c))
     throw Error("circuits: " + c.architecture + " normalizes every attention and MLP output before the residual add "
                 "(post-norms), so a head's write to the stream is not the sum of its edges; EAP / EAP-IG scores and "
                 "exact circuits need additive writes and are not supported for it (activation and attribution "

@@ -31,8 +31,9 @@
 
 namespace phi3 {
 
-// Throws naming the architecture when the circuit graph's additive decomposition does not hold
-// (post-norm models: Gemma 2).
+// Whether the circuit graph's additive decomposition holds for a model (not for post-norm
+// models: Gemma 2); check_circuit_support throws naming the architecture and why when not.
+bool circuits_supported(const ModelConfig& c);
 void check_circuit_support(const ModelConfig& c);
 
 // Per-layer per-head output projections: o_proj transposed ([H*HD, D], the weights' dtype),

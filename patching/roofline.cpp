@@ -54,7 +54,7 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
   }
   clean = ForwardState();
   corrupted = ForwardState();
-  if (opt.eap_ig && !m.cfg.post_norms) {  // post-norm models have no circuit graph (check_circuit_support)
+  if (opt.eap_ig && circuits_supported(m.cfg)) {
     phase("eap-ig scores", [&] {
       const ModelConfig& c = m.cfg;
       const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);

@@ -41,14 +41,11 @@ PyObject* g_error = nullptr;  // phi3patch.Error
 PyObject* g_oom = nullptr;    // phi3patch.OutOfMemoryError
 
 // The backend and the model; shared by the Engine and every array viewing its memory.
+// Members are destroyed in reverse order: the model (its weights freed through the backend) first.
 struct Core {
   std::unique_ptr<Backend> be;
   std::unique_ptr<Model> m;
   std::mutex busy;  // one computation at a time on a model
-  ~Core() {
-    m.reset();  // weights are freed through the backend
-    be.reset();
-  }
 };
 
 // The Python side of one call: progress lines and Ctrl-C.
@@ -218,11 +215,11 @@ std::shared_ptr<CircuitRunResult> circuit(Engine& e, const std::string& pairs_te
   return R;
 }
 
-// One forward pass kept alive by the arrays that view it.
+// One forward pass kept alive by the arrays that view it; `s` is destroyed (freed through
+// core's backend) before `core` is released.
 struct Cache {
   std::shared_ptr<Core> core;
   ForwardState s;
-  ~Cache() { s = ForwardState(); }  // freed through core's backend, which outlives it here
 };
 
 Batch prompt_batch(const Model& m, const std::vector<std::string>& prompts, bool bos) {

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "model/model.h"
+#include "patching/circuit.h"
 #include "patching/circuit_run.h"
 #include "runtime/config.h"
 #include "runtime/error.h"
@@ -57,8 +58,8 @@ TEST_P(ReferenceTest, MatchesTransformers) {
   const std::string dir = test::source_dir() + "/data/reference/" + GetParam();
   std::ifstream rj(dir + "/reference.json");
   const ModelConfig cfg = load_config(dir + "/" + nlohmann::json::parse(rj)["model"].get<std::string>());
-  EXPECT_EQ(std::filesystem::exists(dir + "/circuit.json"), !cfg.post_norms) << GetParam();
-  if (!cfg.post_norms)
+  EXPECT_EQ(std::filesystem::exists(dir + "/circuit.json"), circuits_supported(cfg)) << GetParam();
+  if (circuits_supported(cfg))
     for (const char* k : {"edge_scores", "circuit_metric", "circuit_selection", "circuit_consistency"})
       EXPECT_TRUE(kinds.count(k)) << "no check of kind " << k;
 }
