@@ -244,6 +244,9 @@ def main():
         ans = torch.tensor(batches["answer_ids"])
         oth = torch.tensor(batches["other_ids"])
         model = mr.load_model(mdir)
+        if families.post_norms(model.model.layers[0]):  # Gemma 2: no additive circuit graph
+            print(f"{name}: skipped (post-norms; the engine refuses circuits on this architecture)")
+            continue
         nm = NodeModel(model)
         g = nm.g
         clean_b, corr_b = batches["clean"], batches["corrupted"]
