@@ -238,13 +238,14 @@ void BM_CastBF16ToF32(benchmark::State& st) {
 // FLOPs: QK^T and PV over the causal half, 2 FLOPs per multiply-add: 4 B H HD T(T+1)/2.
 struct AttnBufs {
   int B, T;
-  Buf qkv, z, pattern, pad, segs;
+  Buf qkv, z, pattern, stats, pad, segs;
   AttnParams p;
   AttnBufs(int B_, int T_, bool with_pattern)
       : B(B_), T(T_),
         qkv((size_t)B_ * T_ * 3 * kD * 4),
         z((size_t)B_ * T_ * kD * 4, 2, false),
         pattern(with_pattern ? (size_t)B_ * kH * T_ * T_ * 4 : 4, 3, false),
+        stats((size_t)B_ * kH * T_ * 2 * 4, 6, false),
         pad(B_ * 4, 4, false),
         segs(B_ * sizeof(AttnSegment), 5, false) {
     std::vector<AttnSegment> sg;
@@ -255,6 +256,7 @@ struct AttnBufs {
     p.v = qkv.f() + 2 * kD;
     p.z = z.f();
     p.pattern = with_pattern ? pattern.f() : nullptr;
+    p.stats = stats.f();
     p.pad = pad.i();
     p.segs = static_cast<const AttnSegment*>(segs.p);
     p.q_stride = p.kv_stride = 3 * kD;
@@ -287,12 +289,14 @@ void BM_AttentionForwardPattern(benchmark::State& st) {
 
 void BM_AttentionBackward(benchmark::State& st) {
   if (!have_gpu(st)) return;
-  AttnBufs a(static_cast<int>(st.range(1)), static_cast<int>(st.range(0)), true);
+  AttnBufs a(static_cast<int>(st.range(1)), static_cast<int>(st.range(0)), false);  // no pattern: recomputed
   Buf dz((size_t)a.B * a.T * kD * 4, 7), dqkv((size_t)a.B * a.T * 3 * kD * 4, 8, false);
   cuda::attention_forward(a.p, ctx().s);
   AttnBackwardParams bp{a.p, dz.f(), dqkv.f(), dqkv.f() + kD, dqkv.f() + 2 * kD};
   run_timed(st, [&](cudaStream_t s) { cuda::attention_backward(bp, s); });
-  set_flops(st, 2.5 * a.flops());  // dP twice (D_t, dq sweeps) + dq + dP, dk, dv on the key side
+  // 9 causal-half matmuls: query side S, dP (D_t sweep) and S, dP, dq;
+  // key side S, dP, dk, dv (each half of flops(), which counts QK^T and PV)
+  set_flops(st, 4.5 * a.flops());
 }
 
 // ---- linear, bf16 weights: [rows, in] x [out, in]^T ---------------------------------------

@@ -107,16 +107,20 @@ struct AttnParams {
   // Gemma 2's soft-capping of the scaled scores, s -> softcap * tanh(s / softcap), before the
   // mask and the softmax (0: none).
   float softcap = 0.0f;
-  // Optional [B, H, T]: each query row's log-sum-exp of its (capped) scores (plain pass only;
-  // pad queries -inf). The CUDA backward of a soft-capped pass needs it (the capped score of
-  // a key is log P + lse).
-  float* lse = nullptr;
+  // Optional [B, H, T, 2]: each query row's softmax statistics (m, l), m the largest visible
+  // (capped) score and l = sum_j exp(s_j - m) (plain pass only; pad queries (-inf, 0)), so that
+  // P[t, j] = exp(s_j - m) / l, bitwise the pattern the forward writes. The backward needs them:
+  // it recomputes P from q, k and these instead of reading a [B, H, T, T] pattern
+  // (FlashAttention-2's scheme); log-sum-exp = m + log l.
+  float* stats = nullptr;
 };
 
-// Backward of a plain pass (fresh_start == q_start == 0 in every segment, pattern saved).
+// Backward of a plain pass (fresh_start == q_start == 0 in every segment, the forward's
+// stats given). The probabilities are recomputed tile by tile from q, k and the stats; no
+// [T, T] buffer is read or needed (the pattern, if the forward kept one, is ignored).
 // dq, dk, dv are overwritten.
 struct AttnBackwardParams {
-  AttnParams fwd;               // the forward's inputs, pattern required
+  AttnParams fwd;               // the forward's inputs, stats required
   const float* dz = nullptr;    // [rows, H*HD], stride fwd.z_stride
   float* dq = nullptr;          // [rows, H*HD], stride fwd.q_stride
   float* dk = nullptr;          // [rows, KVH*HD], stride fwd.kv_stride

@@ -67,7 +67,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   const int H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
   const int QKVW = m.qkv_width(), QW = m.q_width(), KVW = m.kv_width();
   const int N = B * T;
-  PHI3_CHECK(!s.layers.empty() && s.layers[0].pattern.size() > 0, "backward: the forward pass must keep the attention pattern");
+  PHI3_CHECK(!s.layers.empty() && s.layers[0].stats.size() > 0, "backward: the forward pass must keep the attention stats");
   PHI3_CHECK(static_cast<int>(answer.size()) == B && static_cast<int>(other.size()) == B, "backward: one answer per row");
 
   // d logits at the last position only: +scale/B at answer, -scale/B at other.

@@ -34,7 +34,7 @@ size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool
     if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
     p.add<float>(N * D);                                                    // mlp_out
     if (c.post_norms) p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N);
-    if (c.attn_softcap > 0 && keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T);  // lse
+    p.add<float>(size_t(B) * c.num_attention_heads * T * 2);                // stats
   }
   p.add<float>(N * D);  // resid_final
   gemm_in(N * D);       // ln_f
@@ -82,7 +82,7 @@ AttnParams plain_attention_params(const Model& m, const ForwardState& s, const L
   ap.v = a.v.get();
   ap.z = a.z.get();
   ap.pattern = a.pattern.size() ? a.pattern.get() : nullptr;
-  ap.lse = a.lse.size() ? a.lse.get() : nullptr;
+  ap.stats = a.stats.size() ? a.stats.get() : nullptr;
   ap.pad = s.pad.get();
   ap.segs = segs;
   ap.n_segs = s.B;
@@ -321,7 +321,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       a.rstd_pa = A.take<float>(N);
       a.rstd_pm = A.take<float>(N);
     }
-    if (c.attn_softcap > 0 && opt.keep_pattern) a.lse = A.take<float>(size_t(B) * H * T);
+    a.stats = A.take<float>(size_t(B) * H * T * 2);
   }
   s.resid_final = A.take<float>(size_t(N) * D);
   const GemmOut ln_f = gemm_in(s.ln_f, s.ln_f16, size_t(N) * D);
@@ -516,6 +516,7 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
     x.z = slice(l.z);
     x.z16 = slice(l.z16);
     x.pattern = slice(l.pattern);
+    x.stats = slice(l.stats);
     x.attn_out = slice(l.attn_out);
     x.resid_mid = slice(l.resid_mid);
     x.ln2 = slice(l.ln2);
@@ -525,6 +526,10 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
     x.act = slice(l.act);
     x.act16 = slice(l.act16);
     x.mlp_out = slice(l.mlp_out);
+    x.attn_raw = slice(l.attn_raw);
+    x.mlp_raw = slice(l.mlp_raw);
+    x.rstd_pa = slice(l.rstd_pa);
+    x.rstd_pm = slice(l.rstd_pm);
     v.layers.push_back(std::move(x));
   }
   v.resid_final = slice(resid_final);

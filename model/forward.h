@@ -39,7 +39,7 @@ struct LayerActs {
   // attn_out / mlp_out are the normed values (what the residual adds, TransformerLens' hooks).
   DeviceArray<float> attn_raw, mlp_raw;  // [N,D]
   DeviceArray<float> rstd_pa, rstd_pm;   // [N]
-  DeviceArray<float> lse;                // [B,H,T] soft-capped attention with the pattern kept
+  DeviceArray<float> stats;              // [B,H,T,2] attention softmax (max, sum) per query row: the backward's P
 };
 
 struct ForwardState {
@@ -93,7 +93,10 @@ int hook_group_width(Hook h, const ModelConfig& c);
 void split_hook_name(const std::string& name, int n_layers, int& layer, std::string& hook);
 
 struct ForwardOptions {
-  bool keep_pattern = true;
+  // Keep every layer's [B,H,T,T] attention pattern (hook_pattern: patching or caching it, the
+  // AtP* QK fix). Off by default: the backward recomputes the probabilities from the per-row
+  // softmax stats, so a pass without patterns holds O(T) per layer, not O(T^2).
+  bool keep_pattern = false;
   // Keep the fp32 SwiGLU output (hook_mlp_post) also when the GEMM inputs are bf16 (else only
   // its bf16 rounding exists there); needed to patch or attribute mlp_post on such a backend.
   bool keep_mlp_post = false;

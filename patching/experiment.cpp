@@ -190,6 +190,14 @@ struct Job {
   bool neurons() const {
     return std::any_of(accs.begin(), accs.end(), [](const AccSpec& a) { return a.hook == Hook::MlpPost; });
   }
+  // The [B,H,T,T] patterns are kept only where they are used: a hook_pattern node (its values
+  // patched or attributed) or AtP*'s QK fix (q/k hooks).
+  bool needs_pattern() const {
+    return std::any_of(accs.begin(), accs.end(), [](const AccSpec& a) {
+      const Hook b = hook_base(a.hook);
+      return hook_is_pattern(a.hook) || (a.method == Method::AtpStar && (b == Hook::Q || b == Hook::K));
+    });
+  }
   // Token-layer evaluations of a batch's estimates: a backward costs about two forwards,
   // AtP* runs one per layer.
   int64_t estimate_cost(int B) const {
@@ -244,6 +252,7 @@ Forwards run_forwards(const Job& job, int bi, RankWork& rw) {
   const auto t0 = Clock::now();
   ForwardOptions fo;
   fo.keep_mlp_post = job.neurons();
+  fo.keep_pattern = job.needs_pattern();
   if (job.any_sweep()) {
     // Two passes: identical rows of the two runs then sit at the same place in their GEMMs
     // and come out bitwise equal, which is what lets the sweep skip no-op patches.
@@ -664,7 +673,9 @@ void pattern_figures(const Job& job, ExperimentResult& R) {
   }
   const std::vector<size_t> top = top_abs(score, 3);
   const PairBatch pb = job.batch(0);
-  const ForwardState clean = forward(job.be, job.m, pb.clean), corrupted = forward(job.be, job.m, pb.corrupted);
+  ForwardOptions fo;
+  fo.keep_pattern = true;
+  const ForwardState clean = forward(job.be, job.m, pb.clean, fo), corrupted = forward(job.be, job.m, pb.corrupted, fo);
   auto labels_of = [&](const Batch& b) {
     std::vector<std::string> out;
     for (int t = 0; t < T; ++t) out.push_back(std::to_string(t) + ":" + job.m.tok.label(b.tokens[t]));

@@ -292,6 +292,7 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
 
   ForwardOptions fo;
   fo.keep_mlp_post = true;  // mlp_post patching and attribution on a bf16-GEMM backend too
+  fo.keep_pattern = true;   // hook_pattern is checked, patched and attributed
   ForwardState clean = forward(be, *m, batches["clean"], fo);
   ForwardState corrupted = forward(be, *m, batches["corrupted"], fo);
   log("forward passes done");

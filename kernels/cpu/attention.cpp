@@ -6,17 +6,18 @@
 //   keys j in [attn_first_key(t, pad, window), t]; key j's k/v row is cache row b*T + j when
 //   j < fresh_start, else packed row kv_row + (j - fresh_start);
 //   s_j = (q_t . k_j) * scale (soft-capped: c tanh(s_j / c) when softcap = c > 0),
-//   p = softmax(s) (max-subtracted),   z_t = sum_j p_j v_j;  with `lse`, lse[b, h, t] = log sum exp s
-//   written to z row q_row + (t - q_start), dims [h*HD, (h+1)*HD).
+//   p = softmax(s) (max-subtracted: p_j = exp(s_j - m) / l),   z_t = sum_j p_j v_j;
+//   with `stats`, stats[b, h, t] = (m, l);  z written to row q_row + (t - q_start), dims [h*HD, (h+1)*HD).
 //   A pad query (t < pad) writes z = 0. With `pattern`, the whole row
 //   pattern[b, h, t, 0..T) is written: p_j on visible keys, 0 elsewhere.
 //   q, z: [rows, H*HD]; k, v: [rows, KVH*HD]; caches [B*T, KVH*HD]; pattern [B, H, T, T].
-//   Saved for backward: the pattern (q, k, v are kept by the caller).
+//   Saved for backward: the stats (q, k, v are kept by the caller), O(T) per head.
 //
-// backward (plain pass only: fresh_start == q_start == 0 in every segment, pattern saved),
-// overwriting dq, dk, dv:
+// backward (plain pass only: fresh_start == q_start == 0 in every segment, stats saved),
+// overwriting dq, dk, dv; each row's p is recomputed from q, k and (m, l) with the forward's
+// own expressions (score_row), so it is bitwise the pattern the forward would write:
 //   dp_j = dz_t . v_j,   ds_j = p_j (dp_j - sum_k p_k dp_k)            (softmax_grad)
-//   soft-capped: ds_j *= 1 - (s_j / c)^2, s_j the capped score (recomputed from q and k)
+//   soft-capped: ds_j *= 1 - (s_j / c)^2, s_j the recomputed capped score
 //   dq_t += ds_j k_j scale,   dk_j += ds_j q_t scale,   dv_j += p_j dz_t
 //   GQA: dk/dv of kv head kh sum over the H/KVH query heads of its group.
 //
@@ -80,6 +81,17 @@ inline float dot(const float* a, const float* b, int n) {
   return acc;
 }
 
+// The (capped) scores s[j] of query q against the keys first..t, and their maximum: the one
+// expression the forward and the backward share.
+float score_row(const AttnParams& p, const KeyRows& kv, const float* q, int first, int t, float* s) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int j = first; j <= t; ++j) {
+    s[j] = soft_cap(dot(q, kv.k(j), p.HD) * p.scale, p.softcap);
+    mx = std::max(mx, s[j]);
+  }
+  return mx;
+}
+
 }  // namespace
 
 void attention_forward(const AttnParams& p, Stream) {
@@ -100,28 +112,29 @@ void attention_forward(const AttnParams& p, Stream) {
                                : nullptr;
         if (pat) std::memset(pat, 0, sizeof(float) * T);
         uint16_t* z16 = p.z16 ? p.z16 + row * p.z_stride + static_cast<int64_t>(h) * HD : nullptr;
-        float* lse = p.lse ? p.lse + (static_cast<int64_t>(b) * H + h) * T + t : nullptr;
+        float* stats = p.stats ? p.stats + ((static_cast<int64_t>(b) * H + h) * T + t) * 2 : nullptr;
         if (t < pad) {  // pad query: sees no key
-          if (lse) *lse = -std::numeric_limits<float>::infinity();
+          if (stats) {
+            stats[0] = -std::numeric_limits<float>::infinity();
+            stats[1] = 0.0f;
+          }
           std::memset(z, 0, sizeof(float) * HD);
           if (z16) std::memset(z16, 0, sizeof(uint16_t) * HD);
           continue;
         }
         const float* q = p.q + row * p.q_stride + static_cast<int64_t>(h) * HD;
         const int first = attn_first_key(t, pad, p.window);
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int j = first; j <= t; ++j) {
-          const float sc = soft_cap(dot(q, kv.k(j), HD) * p.scale, p.softcap);
-          prob[j] = sc;
-          mx = std::max(mx, sc);
-        }
+        const float mx = score_row(p, kv, q, first, t, prob.data());
         float sum = 0.0f;
         for (int j = first; j <= t; ++j) {
           prob[j] = expf(prob[j] - mx);
           sum += prob[j];
         }
         const float inv = 1.0f / sum;
-        if (lse) *lse = mx + logf(sum);
+        if (stats) {
+          stats[0] = mx;
+          stats[1] = sum;
+        }
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int j = first; j <= t; ++j) {
           const float pj = prob[j] * inv;
@@ -140,7 +153,7 @@ void attention_forward(const AttnParams& p, Stream) {
 void attention_backward(const AttnBackwardParams& bp, Stream) {
   const AttnParams& p = bp.fwd;
   check_params(p);
-  PHI3_CHECK(p.pattern, "attention_backward: the forward's pattern is required");
+  PHI3_CHECK(p.n_segs == 0 || p.stats, "attention_backward: the forward's softmax stats (AttnParams::stats) are required");
   PHI3_CHECK(p.n_segs == 0 || (bp.dz && bp.dq && bp.dk && bp.dv),
              "attention_backward: null dz/dq/dk/dv pointer");
   for (int i = 0; i < p.n_segs; ++i)
@@ -150,12 +163,13 @@ void attention_backward(const AttnBackwardParams& bp, Stream) {
   const int T = p.T, H = p.H, KVH = p.KVH, HD = p.HD, group = H / KVH;
   const double work = 4.0 * p.n_segs * H * T * std::min(T, p.window > 0 ? p.window : T) * HD;
   parallel_for(static_cast<int64_t>(p.n_segs) * KVH, work, [&](int64_t i0, int64_t i1) {
-    std::vector<float> dp(static_cast<size_t>(T));
+    std::vector<float> dp(static_cast<size_t>(T)), pat(static_cast<size_t>(T)), sc(static_cast<size_t>(T));
     for (int64_t item = i0; item < i1; ++item) {
       const AttnSegment& s = p.segs[item / KVH];
       const int kh = static_cast<int>(item % KVH);
       const int b = s.batch, pad = p.pad[b];
       const int64_t kcol = static_cast<int64_t>(kh) * HD;
+      const KeyRows kv{p, s, kcol};
       // This task owns dk/dv rows of the segment in kv head kh and dq in the group's heads.
       for (int t = 0; t < T; ++t) {
         const int64_t kr = static_cast<int64_t>(s.kv_row + t) * p.kv_stride + kcol;
@@ -168,11 +182,15 @@ void attention_backward(const AttnBackwardParams& bp, Stream) {
       for (int h = kh * group; h < (kh + 1) * group; ++h) {
         const int64_t qcol = static_cast<int64_t>(h) * HD;
         for (int t = pad; t < T; ++t) {  // pad queries have no gradient
-          const float* pat = p.pattern + ((static_cast<int64_t>(b) * H + h) * T + t) * T;
           const float* q = p.q + static_cast<int64_t>(s.q_row + t) * p.q_stride + qcol;
+          const float* st = p.stats + ((static_cast<int64_t>(b) * H + h) * T + t) * 2;
           const float* dz = bp.dz + static_cast<int64_t>(s.q_row + t) * p.z_stride + qcol;
           float* dq = bp.dq + static_cast<int64_t>(s.q_row + t) * p.q_stride + qcol;
           const int first = attn_first_key(t, pad, p.window);
+          // The row's probabilities, as the forward computed them.
+          score_row(p, kv, q, first, t, sc.data());
+          const float inv = 1.0f / st[1];
+          for (int j = first; j <= t; ++j) pat[j] = expf(sc[j] - st[0]) * inv;
           float sum_p_dp = 0.0f;
           float* dpat = bp.dpattern ? bp.dpattern + ((static_cast<int64_t>(b) * H + h) * T + t) * T : nullptr;
           for (int j = first; j <= t; ++j) {
@@ -186,7 +204,7 @@ void attention_backward(const AttnBackwardParams& bp, Stream) {
             const float pj = pat[j];
             const float* k = p.k + kr;
             float ds = softmax_grad(pj, dp[j], sum_p_dp) * p.scale;
-            if (p.softcap > 0.0f) ds *= soft_cap_grad(soft_cap(dot(q, k, HD) * p.scale, p.softcap), p.softcap);
+            if (p.softcap > 0.0f) ds *= soft_cap_grad(sc[j], p.softcap);
             float* dk = bp.dk + kr;
             float* dv = bp.dv + kr;
             for (int d = 0; d < HD; ++d) {

@@ -2,14 +2,16 @@
 //
 // forward, for each segment s (batch row b), head h (kv head h / (H/KVH)), query t >= q_start:
 //   S[t, j] = scale * q_t . k_j  for visible keys j (attn_visible: pad <= j <= t, window),
-//   soft-capped to c tanh(S / c) when softcap = c > 0 (Gemma 2); optional lse[b, h, t] = m + log l
-//   P[t, :] = softmax(S[t, :]);  z_t = sum_j P[t, j] v_j;  pad queries: z_t = 0, P[t, :] = 0
+//   soft-capped to c tanh(S / c) when softcap = c > 0 (Gemma 2);
+//   P[t, :] = softmax(S[t, :]) = exp(S - m) / l;  optional stats[b, h, t] = (m, l);  z_t = sum_j P[t, j] v_j;  pad queries: z_t = 0, P[t, :] = 0
 //   k_j / v_j come from the packed rows when j >= fresh_start, from the cache otherwise.
-//   Optional output: pattern [B, H, T, T] = P (zeros off the visible set), saved for backward.
-// backward (plain passes: fresh_start = q_start = 0, pattern saved), with dP = dz v^T
+//   Optional output: pattern [B, H, T, T] = P (zeros off the visible set).
+// backward (plain passes: fresh_start = q_start = 0, stats saved): P recomputed tile by tile
+// from q, k and (m, l) with the forward's expressions (bitwise its pattern: scaled_score and
+// prob_of round every step explicitly, so no FMA contraction differs), with dP = dz v^T
 // (optionally written out, bp.dpattern: the gradient with respect to the pattern):
 //   D_t = sum_j P[t, j] dP[t, j];  dS = P (dP - D_t)            (softmax_grad, op_math.h)
-//   soft-capped: dS *= 1 - (S'/c)^2, the capped score S' = log P + lse[t] (the forward's lse)
+//   soft-capped: dS *= 1 - (S/c)^2, S the recomputed capped score
 //   dq_t = scale sum_j dS[t, j] k_j;  dk_j = scale sum_{h in group} sum_t dS[t, j] q_t;
 //   dv_j = sum_{h in group} sum_t P[t, j] dz_t          (dq, dk, dv overwritten)
 // Shapes: q, z [rows, H*HD]; k, v [rows, KVH*HD]; caches [B*T, KVH*HD]; strides per AttnParams.
@@ -27,7 +29,8 @@
 // Backward: kernel 1 (query side, same tiling) computes D_t in a first sweep and dq in a
 // second, storing D_t in a scratch buffer; kernel 2 (key side) gives each warp 4 keys of
 // one kv head, walks the queries that can see them in tiles of 32 (lane = query) for every
-// head of the GQA group, and accumulates dk and dv in registers.
+// head of the GQA group, and accumulates dk and dv in registers. Both recompute the scores
+// (one more dot product per visible pair) instead of reading a [T, T] pattern: memory O(T).
 // The host does not see the segments (device memory), so grid.y covers ceil(T/16) query
 // blocks at most, capped to keep about 8 blocks per SM in flight; each block loops over
 // its query blocks (grid-stride), and blocks past a segment's queries exit at once.
@@ -126,8 +129,18 @@ __device__ __forceinline__ void accumulate_rows(float (&acc)[kQPW][DPL], const f
 }
 
 size_t fwd_smem_floats(int HD4, int HD) { return (size_t)kBQ * HD4 + (size_t)kBK * (HD4 + 1) + (size_t)kBK * HD; }
-size_t dq_smem_floats(int HD4) { return (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1); }
-size_t dkv_smem_floats(int HD4) { return (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1) + kBK; }
+size_t dq_smem_floats(int HD4) { return 2 * (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1); }
+size_t dkv_smem_floats(int HD4) { return 2 * (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1) + 3 * kBK; }
+
+// The scaled (and soft-capped) score of a dot product q . k, and the probability exp(S - m) / l,
+// with explicitly rounded multiply, subtract and divide: the forward's pattern and the
+// backward's recomputation are then the same expression, bitwise, whatever nvcc contracts.
+__device__ __forceinline__ float scaled_score(float dot, const AttnParams& p) {
+  return soft_cap(__fmul_rn(dot, p.scale), p.softcap);
+}
+__device__ __forceinline__ float prob_of(float score, float m, float l) {
+  return __fdiv_rn(expf(__fsub_rn(score, m)), l);
+}
 
 // ---------------------------------------------------------------------------------------
 template <int DPL>
@@ -196,7 +209,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int r = 0; r < kQPW; ++r) {
         const int t = wt_lo + r;
         const bool vis = t <= t_hi && attn_visible(t, j, pad, p.window);
-        const float sc = vis ? soft_cap(s[r] * p.scale, p.softcap) : -INFINITY;
+        const float sc = vis ? scaled_score(s[r], p) : -INFINITY;
         const float m_new = fmaxf(m[r], warp_max(sc));
         float corr = 1.0f, pj = 0.0f;
         if (m_new != -INFINITY) {  // warp-uniform
@@ -221,7 +234,11 @@ __global__ void __launch_bounds__(kThreads)
       float* zr = p.z + zoff;
       uint16_t* zh = p.z16 ? p.z16 + zoff : nullptr;  // the o_proj input in bf16 (GemmOut)
       const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-      if (p.lse && lane == 0) p.lse[((int64_t)sv.b * p.H + h) * T + t] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+      if (p.stats && lane == 0) {
+        float* st = p.stats + (((int64_t)sv.b * p.H + h) * T + t) * 2;
+        st[0] = m[r];
+        st[1] = l[r];
+      }
 #pragma unroll
       for (int i = 0; i < DPL; ++i) {
         const int d = lane + 32 * i;
@@ -254,7 +271,7 @@ __global__ void __launch_bounds__(kThreads)
           const int t = wt_lo + r;
           if (t > t_hi || j >= T) continue;
           const bool vis = in_range && attn_visible(t, j, pad, p.window);
-          const float pj = vis ? expf(soft_cap(s[r] * p.scale, p.softcap) - m[r]) / l[r] : 0.0f;
+          const float pj = vis ? prob_of(scaled_score(s[r], p), m[r], l[r]) : 0.0f;
           p.pattern[(((int64_t)sv.b * p.H + h) * T + t) * T + j] = pj;
         }
       }
@@ -270,8 +287,9 @@ __global__ void __launch_bounds__(kThreads)
   const AttnParams& p = bp.fwd;
   PHI3_DYNAMIC_SHARED(float4, smem4);
   float* DZs = reinterpret_cast<float*>(smem4);  // [kBQ][HD4]
+  float* Qs = DZs + kBQ * HD4;                   // [kBQ][HD4]
   const int KS = HD4 + 1;
-  float* Ks = DZs + kBQ * HD4;                   // [kBK][KS]
+  float* Ks = Qs + kBQ * HD4;                    // [kBK][KS]
   float* Vs = Ks + kBK * KS;                     // [kBK][KS]
   const int HD = p.HD;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -281,8 +299,7 @@ __global__ void __launch_bounds__(kThreads)
   const int T = sv.T, pad = sv.pad;
   const int n_qb = (T - sv.q_start + kBQ - 1) / kBQ;
   const bool plain = sv.fresh == 0 && sv.q_start == 0;
-  const float* P = p.pattern + ((int64_t)sv.b * p.H + h) * T * T;
-  const float* LSE = p.softcap > 0.0f ? p.lse + ((int64_t)sv.b * p.H + h) * T : nullptr;
+  const float* ST = p.stats + ((int64_t)sv.b * p.H + h) * T * 2;
 
   for (int qb = blockIdx.y; qb < n_qb; qb += gridDim.y) {
     const int t_hi = T - 1 - qb * kBQ;
@@ -305,10 +322,17 @@ __global__ void __launch_bounds__(kThreads)
       const int t = t_lo + i;
       return t <= t_hi ? bp.dz + (int64_t)(sv.q_row + t) * p.z_stride + (int64_t)h * HD : nullptr;
     });
+    load_rows(Qs, kBQ, HD4, HD, HD4, [&](int i) -> const float* {
+      const int t = t_lo + i;
+      return t <= t_hi ? p.q + (int64_t)(sv.q_row + t) * p.q_stride + (int64_t)h * HD : nullptr;
+    });
 
-    float Dsum[kQPW], dq[kQPW][DPL];
+    float Dsum[kQPW], dq[kQPW][DPL], m[kQPW], l[kQPW];
 #pragma unroll
     for (int r = 0; r < kQPW; ++r) {
+      const int t = wt_lo + r;
+      m[r] = t <= t_hi ? ST[2 * t] : 0.0f;
+      l[r] = t <= t_hi ? ST[2 * t + 1] : 1.0f;
       Dsum[r] = 0.0f;
 #pragma unroll
       for (int i = 0; i < DPL; ++i) dq[r][i] = 0.0f;
@@ -321,31 +345,32 @@ __global__ void __launch_bounds__(kThreads)
           const int j = j0 + i;
           return j <= t_hi ? kv_ptr(p, sv, p.v, p.v_cache, j, kvh) : nullptr;
         });
-        if (sweep == 1)
-          load_rows(Ks, kBK, KS, HD, HD4, [&](int i) -> const float* {
-            const int j = j0 + i;
-            return j <= t_hi ? kv_ptr(p, sv, p.k, p.k_cache, j, kvh) : nullptr;
-          });
+        load_rows(Ks, kBK, KS, HD, HD4, [&](int i) -> const float* {
+          const int j = j0 + i;
+          return j <= t_hi ? kv_ptr(p, sv, p.k, p.k_cache, j, kvh) : nullptr;
+        });
         __syncthreads();
         if (!warp_active || j0 > wt_hi || j0 + kBK - 1 < wk_lo) continue;
 
         const int j = j0 + lane;
-        float dp[kQPW];
+        float dp[kQPW], sq[kQPW];
 #pragma unroll
-        for (int r = 0; r < kQPW; ++r) dp[r] = 0.0f;
+        for (int r = 0; r < kQPW; ++r) dp[r] = sq[r] = 0.0f;
         dot_rows(dp, DZs + warp * kQPW * HD4, HD4, Vs + lane * KS);
+        dot_rows(sq, Qs + warp * kQPW * HD4, HD4, Ks + lane * KS);  // the forward's scores
         float ds[kQPW];
 #pragma unroll
         for (int r = 0; r < kQPW; ++r) {
           const int t = wt_lo + r;
           const bool vis = t <= t_hi && attn_visible(t, j, pad, p.window);
-          const float pv = vis ? P[(int64_t)t * T + j] : 0.0f;
+          const float sc = vis ? scaled_score(sq[r], p) : 0.0f;
+          const float pv = vis ? prob_of(sc, m[r], l[r]) : 0.0f;
           if (sweep == 0) {
             Dsum[r] += pv * dp[r];
             if (bp.dpattern && vis) bp.dpattern[(((int64_t)sv.b * p.H + h) * T + t) * T + j] = dp[r];
           }
           ds[r] = vis ? softmax_grad(pv, dp[r], Dsum[r]) : 0.0f;
-          if (LSE && pv > 0.0f) ds[r] *= soft_cap_grad(logf(pv) + LSE[t], p.softcap);
+          if (p.softcap > 0.0f) ds[r] *= soft_cap_grad(sc, p.softcap);
         }
         if (sweep == 1) {
           accumulate_rows(dq, ds, Ks, KS, min(kBK, t_hi - j0 + 1), HD);  // dq += dS k
@@ -380,10 +405,13 @@ __global__ void __launch_bounds__(kThreads)
   const AttnParams& p = bp.fwd;
   PHI3_DYNAMIC_SHARED(float4, smem4);
   float* Vk = reinterpret_cast<float*>(smem4);  // [kBQ][HD4]: v rows of the block's keys
+  float* Kk = Vk + kBQ * HD4;                   // [kBQ][HD4]: k rows of the block's keys
   const int KS = HD4 + 1;
-  float* DZs = Vk + kBQ * HD4;                  // [kBK][KS]: dz rows of a query tile
+  float* DZs = Kk + kBQ * HD4;                  // [kBK][KS]: dz rows of a query tile
   float* Qs = DZs + kBK * KS;                   // [kBK][KS]: q rows of a query tile
   float* Ds = Qs + kBK * KS;                    // [kBK]: D_t of the query tile
+  float* Ms = Ds + kBK;                         // [kBK]: the tile's row maxima m
+  float* Ls = Ms + kBK;                         // [kBK]: the tile's row sums l
   const int HD = p.HD;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int seg = blockIdx.x / p.KVH, kvh = blockIdx.x - seg * p.KVH;
@@ -418,6 +446,10 @@ __global__ void __launch_bounds__(kThreads)
       const int j = j_lo + i;
       return j <= j_hi ? p.v + (int64_t)(sv.kv_row + j) * p.kv_stride + (int64_t)kvh * HD : nullptr;
     });
+    load_rows(Kk, kBQ, HD4, HD, HD4, [&](int i) -> const float* {
+      const int j = j_lo + i;
+      return j <= j_hi ? p.k + (int64_t)(sv.kv_row + j) * p.kv_stride + (int64_t)kvh * HD : nullptr;
+    });
 
     float dk[kQPW][DPL], dv[kQPW][DPL];
 #pragma unroll
@@ -427,9 +459,8 @@ __global__ void __launch_bounds__(kThreads)
 
     for (int hh = 0; hh < group && j_hi >= pad; ++hh) {
       const int h = kvh * group + hh;
-      const float* P = p.pattern + ((int64_t)sv.b * p.H + h) * T * T;
       const float* Dh = Dbuf + ((int64_t)seg * p.H + h) * T;
-      const float* LSE = p.softcap > 0.0f ? p.lse + ((int64_t)sv.b * p.H + h) * T : nullptr;
+      const float* ST = p.stats + ((int64_t)sv.b * p.H + h) * T * 2;
       for (int t0 = t_lo; t0 <= t_hi; t0 += kBK) {
         __syncthreads();
         load_rows(DZs, kBK, KS, HD, HD4, [&](int i) -> const float* {
@@ -442,26 +473,31 @@ __global__ void __launch_bounds__(kThreads)
         });
         if (threadIdx.x < kBK) {
           const int i = threadIdx.x;
-          Ds[i] = t0 + i <= t_hi ? Dh[t0 + i] : 0.0f;
+          const bool in = t0 + i <= t_hi;
+          Ds[i] = in ? Dh[t0 + i] : 0.0f;
+          Ms[i] = in ? ST[2 * (t0 + i)] : 0.0f;
+          Ls[i] = in ? ST[2 * (t0 + i) + 1] : 1.0f;
         }
         __syncthreads();
         if (!warp_active || t0 > wt_hi || t0 + kBK - 1 < wj_lo) continue;  // warp-uniform
 
         const int t = t0 + lane;
-        float dp[kQPW];
+        float dp[kQPW], sq[kQPW];
 #pragma unroll
-        for (int r = 0; r < kQPW; ++r) dp[r] = 0.0f;
-        // dp[r] = dz_t . v_{j_r}: here the broadcast rows are the warp's keys' v rows
+        for (int r = 0; r < kQPW; ++r) dp[r] = sq[r] = 0.0f;
+        // dp[r] = dz_t . v_{j_r} and the score q_t . k_{j_r}: here the broadcast rows are the
+        // warp's keys' v and k rows (fmaf is symmetric: the forward's dot products, bitwise)
         dot_rows(dp, Vk + warp * kQPW * HD4, HD4, DZs + lane * KS);
+        dot_rows(sq, Kk + warp * kQPW * HD4, HD4, Qs + lane * KS);
         float pv[kQPW], ds[kQPW];
-        const float lse_t = LSE && t <= t_hi ? LSE[t] : 0.0f;
 #pragma unroll
         for (int r = 0; r < kQPW; ++r) {
           const int j = wj_lo + r;
           const bool vis = t <= t_hi && j <= j_hi && attn_visible(t, j, pad, p.window);
-          pv[r] = vis ? P[(int64_t)t * T + j] : 0.0f;
+          const float sc = vis ? scaled_score(sq[r], p) : 0.0f;
+          pv[r] = vis ? prob_of(sc, Ms[lane], Ls[lane]) : 0.0f;
           ds[r] = vis ? softmax_grad(pv[r], dp[r], Ds[lane]) : 0.0f;
-          if (LSE && pv[r] > 0.0f) ds[r] *= soft_cap_grad(logf(pv[r]) + lse_t, p.softcap);
+          if (p.softcap > 0.0f) ds[r] *= soft_cap_grad(sc, p.softcap);
         }
         const int n_q = min(kBK, t_hi - t0 + 1);
         for (int tt = 0; tt < n_q; ++tt) {
@@ -591,11 +627,9 @@ void attention_forward(const AttnParams& p, Stream stream) {
 void attention_backward(const AttnBackwardParams& bp, Stream stream) {
   const AttnParams& p = bp.fwd;
   check_params(p, "attention_backward");
-  PHI3_CHECK(p.pattern != nullptr,
-             "attention_backward: the forward's pattern (softmax probabilities) is required");
+  PHI3_CHECK(p.stats != nullptr,
+             "attention_backward: the forward's softmax stats (AttnParams::stats) are required");
   PHI3_CHECK(bp.dz && bp.dq && bp.dk && bp.dv, "attention_backward: missing dz/dq/dk/dv");
-  PHI3_CHECK(p.softcap <= 0.0f || p.lse != nullptr,
-             "attention_backward: a soft-capped pass needs the forward's lse (AttnParams::lse)");
   if (p.n_segs == 0) return;
   cudaStream_t s = as_cuda(stream);
   auto* Dbuf = static_cast<float*>(

@@ -60,8 +60,10 @@ TEST(Model, PairForwardHalvesEqualSeparateForwards) {
   auto m = load_model(*be, tiny_dir());
   auto pairs = load_pairs(seed_pairs());
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
-  PairForward p = forward_pair(*be, *m, pb.clean, pb.corrupted);
-  ForwardState c = forward(*be, *m, pb.clean), r = forward(*be, *m, pb.corrupted);
+  ForwardOptions fo;
+  fo.keep_pattern = true;
+  PairForward p = forward_pair(*be, *m, pb.clean, pb.corrupted, fo);
+  ForwardState c = forward(*be, *m, pb.clean, fo), r = forward(*be, *m, pb.corrupted, fo);
   ASSERT_EQ(p.clean.B, c.B);
   EXPECT_EQ(p.corrupted.batch.tokens, pb.corrupted.tokens);
   EXPECT_EQ(p.corrupted.batch.pad, pb.corrupted.pad);
@@ -89,7 +91,9 @@ TEST(Model, HookAccessByName) {
   auto be = make_cpu_backend();
   auto m = load_model(*be, tiny_dir());
   Batch b = make_batch({{1, 5, 6, 7, 8}, {1, 9, 10}}, m->cfg.pad_token_id);
-  ForwardState s = forward(*be, *m, b);
+  ForwardOptions fo;
+  fo.keep_pattern = true;
+  ForwardState s = forward(*be, *m, b, fo);
   const int64_t H = m->cfg.num_attention_heads, HD = m->cfg.head_dim, D = m->cfg.hidden_size;
   TensorView q = s.activation(*be, *m, "blocks.2.attn.hook_q");
   EXPECT_EQ(q.shape, (std::vector<int64_t>{2, 5, H, HD}));
@@ -111,6 +115,38 @@ TEST(Model, HookAccessByName) {
   for (const char* bad : {"blocks.9.hook_resid_pre", "blocks.x.hook_z", "block.0.hook_resid_pre", "blocks.0.hook_nope"})
     EXPECT_THROW(s.activation(*be, *m, bad), Error) << bad;
   EXPECT_THROW(g.gradient(*be, *m, 2, 5, "blocks.0.attn.hook_pattern"), Error);
+  // A plain forward keeps no pattern (O(T) per layer): asking for it says so.
+  ForwardState np = forward(*be, *m, b);
+  EXPECT_EQ(np.layers[0].pattern.size(), 0u);
+  EXPECT_THROW(np.activation(*be, *m, "blocks.0.attn.hook_pattern"), Error);
+}
+
+// The backward recomputes the attention probabilities from the forward's per-row softmax stats:
+// without a kept pattern every gradient is bitwise the one of a pass that kept it, and the
+// activations of the pass hold no [B,H,T,T] buffer.
+TEST(Model, BackwardWithoutPatternIsBitwiseTheSame) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  auto pairs = load_pairs(seed_pairs());
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  ForwardOptions keep;
+  keep.keep_pattern = true;
+  ForwardState with = forward(*be, *m, pb.corrupted, keep), without = forward(*be, *m, pb.corrupted);
+  BackwardOptions bo;
+  bo.keep_dpattern = true;
+  Gradients gw = backward(*be, *m, with, pb.answer, pb.other, 0.5f, bo);
+  Gradients gn = backward(*be, *m, without, pb.answer, pb.other, 0.5f, bo);
+  const int B = pb.corrupted.B, T = pb.corrupted.T;
+  for (int l = 0; l < m->cfg.num_hidden_layers; ++l) {
+    for (const char* h : {"hook_resid_pre", "hook_resid_mid", "attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v"}) {
+      const std::string name = "blocks." + std::to_string(l) + "." + h;
+      EXPECT_EQ(gw.gradient(*be, *m, B, T, name).download(*be), gn.gradient(*be, *m, B, T, name).download(*be)) << name;
+    }
+    EXPECT_EQ(gw.dpattern[l].download(), gn.dpattern[l].download()) << "d pattern, layer " << l;
+  }
+  const size_t H = m->cfg.num_attention_heads, L = m->cfg.num_hidden_layers;
+  EXPECT_EQ(forward_arena_bytes(*m, B, T, true) - forward_arena_bytes(*m, B, T, false),
+            L * Arena::padded(B * H * T * T * sizeof(float)));
 }
 
 TEST(Model, HeldOutAccuracyAtLeast95Percent) {

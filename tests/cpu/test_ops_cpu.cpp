@@ -589,12 +589,14 @@ struct AttnPlain {
   float scale;
   std::vector<float> qkv;
   std::vector<AttnSegment> segs;
+  mutable std::vector<float> stats;  // [B, H, T, 2] softmax (max, sum): written by the forward, read by the backward
   explicit AttnPlain(const AttnCase& cs, uint32_t seed) : c(cs) {
     B = static_cast<int>(c.pads.size());
     S = (c.H + 2 * c.KVH) * c.HD;
     scale = 1.0f / std::sqrt(static_cast<float>(c.HD));
     qkv = random_vec(size_t(B) * c.T * S, seed, -1.5f, 1.5f);
     for (int i = 0; i < B; ++i) segs.push_back(AttnSegment{B - 1 - i, 0, i * c.T, 0, i * c.T});
+    stats.assign(size_t(B) * c.H * c.T * 2, 0.0f);
   }
   int seg_of(int b) const { return B - 1 - b; }
   const float* row(int b, int t) const { return qkv.data() + size_t(seg_of(b) * c.T + t) * S; }
@@ -614,6 +616,7 @@ struct AttnPlain {
     p.window = c.window;
     p.scale = scale;
     p.softcap = c.softcap;
+    p.stats = stats.data();
     return p;
   }
   size_t z_size() const { return size_t(B) * c.T * c.H * c.HD; }
@@ -631,9 +634,9 @@ TEST_P(AttnTest, ForwardVsNaive) {
   SCOPED_TRACE(attn_desc(c));
   const AttnPlain a(c, 400);
   std::vector<float> z(a.z_size(), NAN), pat(a.pattern_size(), 7.0f);  // sentinels: all written
-  std::vector<float> lse(size_t(a.B) * c.H * c.T, 7.0f);
+  std::vector<float> stats(size_t(a.B) * c.H * c.T * 2, 7.0f);
   AttnParams ap = a.params(z.data(), pat.data());
-  ap.lse = lse.data();
+  ap.stats = stats.data();
   be().attention_forward(ap);
   const int HHD = c.H * c.HD;
   for (int b = 0; b < a.B; ++b) {
@@ -650,10 +653,15 @@ TEST_P(AttnTest, ForwardVsNaive) {
       for (int e = 0; e < HHD; ++e) ASSERT_EQ(z[z0 + size_t(t) * HHD + e], 0.0f);
     for (int h = 0; h < c.H; ++h)
       for (int t = 0; t < c.T; ++t) {
-        const float got = lse[(size_t(b) * c.H + h) * c.T + t];
+        const float* st = &stats[((size_t(b) * c.H + h) * c.T + t) * 2];  // (m, l): lse = m + log l
         const double want = ref.lse[size_t(h) * c.T + t];
-        if (t < c.pads[b]) ASSERT_TRUE(std::isinf(got) && got < 0) << "pad query lse " << got;
-        else ASSERT_NEAR(got, want, 1e-5 * std::max(1.0, std::fabs(want))) << "lse b=" << b << " h=" << h << " t=" << t;
+        if (t < c.pads[b]) {
+          ASSERT_TRUE(std::isinf(st[0]) && st[0] < 0 && st[1] == 0.0f) << "pad query stats " << st[0] << " " << st[1];
+        } else {
+          ASSERT_GE(st[1], 1.0f) << "the row's maximum contributes exp(0) = 1";
+          ASSERT_NEAR(st[0] + std::log(double(st[1])), want, 1e-5 * std::max(1.0, std::fabs(want)))
+              << "lse b=" << b << " h=" << h << " t=" << t;
+        }
       }
   }
 }
@@ -873,6 +881,82 @@ TEST_P(AttnBackwardTest, MatchesFD) {
       for (int e = 0; e < a.S; ++e) ASSERT_EQ(dqkv[(size_t(a.seg_of(b)) * c.T + t) * a.S + e], 0.0f) << "b=" << b << " t=" << t;
 }
 
+// The backward as it was when the forward kept the pattern (the storing scheme): the same loop
+// order and float arithmetic over a stored [B,H,T,T] pattern. The recomputing backward must
+// give the same bits: it recomputes each row's probabilities with the forward's expressions.
+void backward_from_pattern(const AttnPlain& a, const float* pat, const float* dz, float* dq, float* dk, float* dv) {
+  const AttnCase& c = a.c;
+  const int T = c.T, H = c.H, HD = c.HD, group = c.H / c.KVH, S = a.S;
+  for (int i = 0; i < a.B; ++i) {
+    const AttnSegment& sg = a.segs[i];
+    const int b = sg.batch, pad = c.pads[b];
+    for (int kh = 0; kh < c.KVH; ++kh) {
+      const int64_t kcol = int64_t(kh) * HD;
+      for (int t = 0; t < T; ++t) {
+        std::fill_n(dk + int64_t(sg.kv_row + t) * S + kcol, HD, 0.0f);
+        std::fill_n(dv + int64_t(sg.kv_row + t) * S + kcol, HD, 0.0f);
+        std::fill_n(dq + int64_t(sg.q_row + t) * S + kcol * group, group * HD, 0.0f);
+      }
+      std::vector<float> dp(T);
+      for (int h = kh * group; h < (kh + 1) * group; ++h) {
+        const int64_t qcol = int64_t(h) * HD;
+        for (int t = pad; t < T; ++t) {
+          const float* prow = pat + ((int64_t(b) * H + h) * T + t) * T;
+          const float* q = a.qkv.data() + int64_t(sg.q_row + t) * S + qcol;
+          const float* dzr = dz + int64_t(sg.q_row + t) * (H * HD) + qcol;
+          float* dqr = dq + int64_t(sg.q_row + t) * S + qcol;
+          const int first = attn_first_key(t, pad, c.window);
+          float sum_p_dp = 0.0f;
+          for (int j = first; j <= t; ++j) {
+            const float* v = a.qkv.data() + int64_t(sg.kv_row + j) * S + (H + c.KVH) * HD + kcol;
+            float acc = 0.0f;
+            for (int d = 0; d < HD; ++d) acc += dzr[d] * v[d];
+            dp[j] = acc;
+            sum_p_dp += prow[j] * dp[j];
+          }
+          for (int j = first; j <= t; ++j) {
+            const float* k = a.qkv.data() + int64_t(sg.kv_row + j) * S + H * HD + kcol;
+            float ds = softmax_grad(prow[j], dp[j], sum_p_dp) * a.scale;
+            if (c.softcap > 0.0f) {
+              float acc = 0.0f;
+              for (int d = 0; d < HD; ++d) acc += q[d] * k[d];
+              ds *= soft_cap_grad(soft_cap(acc * a.scale, c.softcap), c.softcap);
+            }
+            float* dkr = dk + int64_t(sg.kv_row + j) * S + kcol;
+            float* dvr = dv + int64_t(sg.kv_row + j) * S + kcol;
+            for (int d = 0; d < HD; ++d) {
+              dqr[d] += ds * k[d];
+              dkr[d] += ds * q[d];
+              dvr[d] += prow[j] * dzr[d];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(AttnBackwardTest, RecomputingEqualsStoringBitwise) {
+  const AttnCase& c = GetParam();
+  SCOPED_TRACE(attn_desc(c));
+  AttnPlain a(c, 410);
+  const auto R = random_vec(a.z_size(), 411);
+  std::vector<float> z(a.z_size()), pat(a.pattern_size(), 0.0f);
+  be().attention_forward(a.params(z.data(), pat.data()));
+  std::vector<float> got(a.qkv.size(), 0.0f), want(a.qkv.size(), 0.0f);
+  AttnBackwardParams bp;
+  bp.fwd = a.params(z.data(), nullptr);  // no pattern: recomputed from the stats
+  bp.dz = R.data();
+  bp.dq = got.data();
+  bp.dk = got.data() + c.H * c.HD;
+  bp.dv = got.data() + (c.H + c.KVH) * c.HD;
+  be().attention_backward(bp);
+  backward_from_pattern(a, pat.data(), R.data(), want.data(), want.data() + c.H * c.HD,
+                        want.data() + (c.H + c.KVH) * c.HD);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+}
+
 TEST(AttnBackward, RejectsNonPlainPass) {
   AttnPlain a(AttnCase{5, 2, 1, 4, 0, {0}}, 1);
   std::vector<float> z(a.z_size()), pat(a.pattern_size()), d(a.qkv.size());
@@ -880,8 +964,9 @@ TEST(AttnBackward, RejectsNonPlainPass) {
   bp.fwd = a.params(z.data(), nullptr);
   bp.dz = z.data();
   bp.dq = bp.dk = bp.dv = d.data();
-  EXPECT_THROW(be().attention_backward(bp), Error);  // no pattern
-  bp.fwd.pattern = pat.data();
+  bp.fwd.stats = nullptr;
+  EXPECT_THROW(be().attention_backward(bp), Error);  // no softmax stats
+  bp.fwd.stats = a.stats.data();
   a.segs[0].q_start = a.segs[0].fresh_start = 2;
   bp.fwd.k_cache = bp.fwd.v_cache = a.qkv.data();
   EXPECT_THROW(be().attention_backward(bp), Error);  // a prefix segment

@@ -120,6 +120,12 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
 // Device-side integer min/max of the CUDA math library (host C++ has only std::).
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
+// The explicitly rounded float arithmetic intrinsics (IEEE round-to-nearest, never contracted
+// into an FMA); volatile keeps the host compiler from contracting them either.
+inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
+inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
 
 
 // The typed overload cuda_runtime.h offers to nvcc-compiled code only.

@@ -410,11 +410,11 @@ TEST_P(AttentionGpu, PlainForwardBackward) {
   };
   // CPU reference
   std::vector<float> z(rows * H * HD), pat((size_t)B * H * T * T), dqkv(rows * qkv_stride, 0.f);
-  std::vector<float> lse((size_t)B * H * T);
+  std::vector<float> stats((size_t)B * H * T * 2);
   std::vector<int32_t> pad(c.pads.begin(), c.pads.end());
   AttnParams pc;
   fill(pc, qkv.data(), z.data(), pat.data(), pad.data(), segs.data());
-  pc.lse = lse.data();
+  pc.stats = stats.data();
   cpu::attention_forward(pc, nullptr);
   AttnBackwardParams bc{pc, dz.data(), dqkv.data(), dqkv.data() + (int64_t)H * HD,
                         dqkv.data() + (int64_t)(H + KVH) * HD};
@@ -425,12 +425,12 @@ TEST_P(AttentionGpu, PlainForwardBackward) {
   auto padd = dev(pad);
   auto segd = dev(segs);
   DeviceArray<float> zd(gpu(), z.size()), patd(gpu(), pat.size()), dqkvd(gpu(), dqkv.size());
-  DeviceArray<float> lsed(gpu(), lse.size());
+  DeviceArray<float> statsd(gpu(), stats.size());
   gpu().zero(patd.get(), pat.size() * 4);
   gpu().zero(dqkvd.get(), dqkv.size() * 4);
   AttnParams pg;
   fill(pg, qkvd.get(), zd.get(), patd.get(), padd.get(), segd.get());
-  pg.lse = lsed.get();
+  pg.stats = statsd.get();
   gpu().attention_forward(pg);
   AttnBackwardParams bg{pg, dzd.get(), dqkvd.get(), dqkvd.get() + (int64_t)H * HD,
                         dqkvd.get() + (int64_t)(H + KVH) * HD};
@@ -438,13 +438,30 @@ TEST_P(AttentionGpu, PlainForwardBackward) {
   expect_close(zd.download(), z, kTolAttnFwd, "z");
   expect_close(patd.download(), pat, kTolAttnFwd, "pattern");
   expect_close(dqkvd.download(), dqkv, kTolAttnBwd, "dq|dk|dv");
-  {  // the per-row log-sum-exp (pad queries -inf on both)
-    std::vector<float> got = lsed.download(), want = lse;
-    for (size_t i = 0; i < got.size(); ++i) {
-      ASSERT_EQ(std::isinf(got[i]), std::isinf(want[i])) << "lse " << i;
-      if (std::isinf(want[i])) got[i] = want[i] = 0.0f;
+  {  // the per-row log-sum-exp m + log l of the stats (pad queries (-inf, 0) on both)
+    const std::vector<float> g = statsd.download();
+    std::vector<float> got, want;
+    for (size_t i = 0; i < g.size(); i += 2) {
+      ASSERT_EQ(std::isinf(g[i]), std::isinf(stats[i])) << "stats row " << i / 2;
+      if (std::isinf(stats[i])) {
+        ASSERT_EQ(g[i + 1], 0.0f);
+        continue;
+      }
+      got.push_back(g[i] + std::log(g[i + 1]));
+      want.push_back(stats[i] + std::log(stats[i + 1]));
     }
     expect_close(got, want, kTolAttnFwd, "lse");
+  }
+  {  // the backward recomputes P: a forward without a pattern gives the same gradients, bitwise
+    DeviceArray<float> z3(gpu(), z.size()), d3(gpu(), dqkv.size());
+    gpu().zero(d3.get(), dqkv.size() * 4);
+    AttnParams p3 = pg;
+    p3.z = z3.get();
+    p3.pattern = nullptr;
+    gpu().attention_forward(p3);
+    AttnBackwardParams b3{p3, dzd.get(), d3.get(), d3.get() + (int64_t)H * HD, d3.get() + (int64_t)(H + KVH) * HD};
+    gpu().attention_backward(b3);
+    expect_equal(d3.download(), dqkvd.download(), "dq|dk|dv without a kept pattern");
   }
 
   // without a pattern the same z comes out (the pattern sweep is optional)
