@@ -39,6 +39,7 @@ json job_fingerprint(const ExperimentOptions& opt, const Model& m, const Backend
           {"activation", opt.activation},
           {"atp_star", opt.atp_star},
           {"verify_top", opt.verify_top},
+          {"positions", opt.positions},
           {"direction", opt.noising ? "noise" : "denoise"},
           {"bos", opt.add_bos},
           {"batch_pairs", opt.batch_pairs},

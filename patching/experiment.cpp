@@ -1,4 +1,5 @@
 #include "patching/experiment.h"
+#include "patching/positions.h"
 
 #include <algorithm>
 #include <chrono>
@@ -166,8 +167,11 @@ const char* method_name(Method m) {
 struct AccSpec {
   Hook hook;
   Method method;
-  std::vector<int64_t> only;  // Verify: the chosen targets (sweep_targets indices, ascending)
+  // Verify: the chosen targets; Activation with --positions: the targets in the region
+  // (sweep_targets indices, ascending; empty: every target). Matrix cells outside are NaN.
+  std::vector<int64_t> only;
   bool sweep() const { return method == Method::Activation || method == Method::Verify; }
+  bool restricted() const { return method == Method::Verify || !only.empty(); }
 };
 
 // What every rank knows about the job (one phase of it: the estimates and full sweeps, then
@@ -206,7 +210,7 @@ struct Job {
   void set_targets() {
     n_targets.clear();
     for (const auto& a : accs)
-      n_targets.push_back(a.method == Method::Verify ? static_cast<int64_t>(a.only.size())
+      n_targets.push_back(a.restricted() ? static_cast<int64_t>(a.only.size())
                           : a.sweep() ? static_cast<int64_t>(sweep_targets(a.hook, L, T, hook_heads(a.hook, m.cfg)).size())
                                       : 0);
   }
@@ -349,7 +353,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
     so.naive = opt.naive;
     so.mem_budget = opt.mem_budget;
     std::vector<int64_t> chosen;  // Verify: this rank's slice of the chosen targets
-    if (a.method == Method::Verify) {
+    if (a.restricted()) {
       chosen.assign(a.only.begin() + r.begin, a.only.begin() + r.end);
       so.only = &chosen;
     } else {
@@ -367,7 +371,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
     const int64_t n = job.n_targets[ai];
     std::vector<float> vals(size_t(n) * B, NAN);
     for (int64_t i = r.begin; i < r.end; ++i) {
-      const int64_t t = a.method == Method::Verify ? a.only[i] : i;
+      const int64_t t = a.restricted() ? a.only[i] : i;
       for (int b = 0; b < B; ++b) {
         const float ld = sr.ld[size_t(t) * B + b];
         if (opt.check_finite && !std::isfinite(ld))
@@ -406,7 +410,7 @@ std::vector<int64_t> batch_units(const Job& job, const Forwards& f) {
   for (size_t a = 0; a < job.accs.size(); ++a) {
     if (!job.accs[a].sweep()) continue;
     std::vector<int64_t> c = sweep_target_costs(job.be, job.m, base, source, job.accs[a].hook, job.opt.naive);
-    if (job.accs[a].method == Method::Verify)
+    if (job.accs[a].restricted())
       for (int64_t t : job.accs[a].only) units.push_back(c[t]);
     else
       units.insert(units.end(), c.begin(), c.end());
@@ -497,7 +501,7 @@ void aggregate_results(const Job& job, const std::map<int, BatchResult>& done, E
       std::vector<PatchSpec> targets = sweep_targets(spec.hook, L, T, Hh);
       const size_t cells = targets.size();
       if (a.sum.empty()) {
-        a.sum.assign(cells, spec.method == Method::Verify ? NAN : 0.0);
+        a.sum.assign(cells, spec.restricted() ? NAN : 0.0);
         if (spec.sweep()) {
           a.per_prompt_ld.assign(cells, {});
           a.per_prompt.assign(cells, {});
@@ -510,7 +514,7 @@ void aggregate_results(const Job& job, const std::map<int, BatchResult>& done, E
       }
       const size_t n = static_cast<size_t>(job.n_targets[p.acc]);
       for (size_t i = 0; i < n; ++i) {
-        const size_t t = spec.method == Method::Verify ? static_cast<size_t>(spec.only[i]) : i;
+        const size_t t = spec.restricted() ? static_cast<size_t>(spec.only[i]) : i;
         const size_t k = matrix_index(spec.hook, targets[t], T, Hh);
         double mean = 0;
         for (int b = 0; b < B; ++b) {
@@ -559,29 +563,40 @@ std::vector<size_t> top_abs(const std::vector<double>& v, size_t k) {
   return idx;
 }
 
-// Attribution vs exact per hook, and how well each estimate ranks the nodes.
+// Attribution vs exact per hook, and how well each estimate ranks the nodes: over the nodes
+// the exact sweep patched (all of them, or those at --positions).
 void compare_estimates(const Job& job, ExperimentResult& R) {
   for (Hook h : job.opt.hooks) {
     const MatrixResult* ac = find_result(R, h, "activation");
     if (!ac) continue;
+    std::vector<size_t> cells;  // the swept nodes
+    for (size_t i = 0; i < ac->values.size(); ++i)
+      if (std::isfinite(ac->values[i])) cells.push_back(i);
+    auto pick = [&](const std::vector<double>& v) {
+      std::vector<double> out;
+      for (size_t i : cells) out.push_back(v[i]);
+      return out;
+    };
+    const std::vector<double> exact = pick(ac->values);
     const MatrixResult* at = find_result(R, h, "attribution");
-    if (at) R.comparisons.push_back({h, pearson(at->values, ac->values), spearman(at->values, ac->values)});
+    if (at) R.comparisons.push_back({h, pearson(pick(at->values), exact), spearman(pick(at->values), exact)});
     std::vector<double> exact_abs;
-    for (double v : ac->values) exact_abs.push_back(std::fabs(v));
-    const std::vector<size_t> top10 = top_abs(ac->values, 10);
+    for (double v : exact) exact_abs.push_back(std::fabs(v));
+    const std::vector<size_t> top10 = top_abs(exact, 10);
     for (const char* method : {"attribution", "atp-star"}) {
       const MatrixResult* e = find_result(R, h, method);
       if (!e) continue;
       EstimateQuality q;
       q.hook = h;
       q.method = method;
-      q.nodes = static_cast<int>(e->values.size());
+      const std::vector<double> est = pick(e->values);
+      q.nodes = static_cast<int>(est.size());
       std::vector<double> est_abs;
-      for (double v : e->values) est_abs.push_back(std::fabs(v));
+      for (double v : est) est_abs.push_back(std::fabs(v));
       q.pearson_abs = pearson(est_abs, exact_abs);
       q.spearman_abs = spearman(est_abs, exact_abs);
       if (q.nodes > 20) {
-        const std::vector<size_t> top20 = top_abs(e->values, 20);
+        const std::vector<size_t> top20 = top_abs(est, 20);
         int hit = 0;
         for (size_t i : top10) hit += std::count(top20.begin(), top20.end(), i) > 0;
         q.recall_10_in_20 = hit / 10.0;
@@ -842,6 +857,8 @@ void check_methods(const ExperimentOptions& opt) {
                 "choose --method atp-star or attribution to verify only the top nodes");
   if (opt.verify_top > 0 && !opt.attribution && !opt.atp_star)
     throw Error("--verify-top needs an estimate to rank the nodes by (--method atp-star or attribution)");
+  if (!opt.positions.empty() && !opt.activation)
+    throw Error("--positions restricts the exact sweep: it needs --method activation (or both / all)");
 }
 
 ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt, Comm& comm) {
@@ -869,10 +886,21 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     }
   }), code);
   job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
+  // --positions: the exact sweep of each hook only at those positions (all-position hooks:
+  // every target).
+  std::vector<int> region;
+  if (!opt.positions.empty()) comm.agree(attempt(job, code, [&] { region = parse_positions(opt.positions, job.T); }), code);
   for (Hook h : opt.hooks) {
     if (opt.attribution) job.accs.push_back({h, Method::Attribution, {}});
     if (opt.atp_star) job.accs.push_back({h, Method::AtpStar, {}});
-    if (opt.activation) job.accs.push_back({h, Method::Activation, {}});
+    if (opt.activation) {
+      AccSpec a{h, Method::Activation, {}};
+      const std::vector<PatchSpec> targets = sweep_targets(h, job.L, job.T, hook_heads(h, m.cfg));
+      for (size_t t = 0; !region.empty() && t < targets.size(); ++t)
+        if (targets[t].pos < 0 || std::binary_search(region.begin(), region.end(), targets[t].pos))
+          a.only.push_back(static_cast<int64_t>(t));
+      job.accs.push_back(std::move(a));
+    }
   }
   job.set_targets();
 
@@ -888,6 +916,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   R.add_bos = opt.add_bos;
   R.answers_cut = job.answers_cut;
   R.T = job.T;
+  R.exact_positions = region;
   R.world_size = N;
   if (N > 1)
     job.log(std::to_string(N) + " ranks: batches dealt to ranks, each round's patches split across them by cost");

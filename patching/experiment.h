@@ -28,6 +28,9 @@ struct ExperimentOptions {
   int batch_pairs = 0;      // pairs per batch (0: all pairs in one batch)
   bool naive = false;       // one full forward per patch
   size_t mem_budget = 0;    // bytes per sweep chunk (0: automatic)
+  // Exact sweeps (activation) only at these positions (patching/positions.h syntax: "1500:1600,7");
+  // empty: every position. The matrices hold NaN elsewhere; estimates still cover everything.
+  std::string positions;
   bool check_finite = true; // stop with the layer/hook of the first NaN/Inf (activations,
                             // gradients and patching results)
   // Polled between passes and after every sweep step; when it returns true the experiment
@@ -128,6 +131,7 @@ struct ExperimentResult {
   bool add_bos = true;
   std::vector<std::string> answers_cut;  // --answer-first-token: the answers that used their first piece
   int T = 0, n_prompts = 0;
+  std::vector<int> exact_positions;  // --positions: where the exact sweeps ran (empty: everywhere)
   std::vector<BatchSummary> batches;
   double clean_ld = 0, corrupted_ld = 0;  // averaged over batches (weighted by rows)
   std::vector<std::string> position_labels;

@@ -174,6 +174,8 @@ std::string results_json(const ExperimentResult& R) {
   j["device"] = R.device;
   j["pairs_file"] = R.pairs_file;
   j["direction"] = R.direction;
+  // The exact sweeps' positions (--positions; "all": every position). Cells elsewhere are NaN.
+  j["exact_positions"] = R.exact_positions.empty() ? nlohmann::json("all") : nlohmann::json(R.exact_positions);
   j["bos"] = R.add_bos;
   // --answer-first-token: which answers were more than one token (and used their first piece).
   j["answer_first_token"] = R.answers_cut;

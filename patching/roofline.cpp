@@ -42,7 +42,7 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
     for (Hook h : hooks) attribution(tb, m, p.corrupted, p.clean, g, h);
   });
   ForwardState clean, corrupted;  // made by the first sweep phase, held through every sweep
-  for (Hook h : hooks) {
+  for (Hook h : opt.sweeps ? hooks : std::vector<Hook>{}) {
     phase("sweep " + hook_name(h), [&] {
       if (clean.B == 0) {
         clean = forward(tb, m, pb.clean);

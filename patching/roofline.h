@@ -25,12 +25,13 @@ struct TracePhaseOptions {
   bool eap_ig = false;         // add the EAP-IG edge scores (ig_steps steps) and their forwards
   int ig_steps = 5;
   bool oom_ends_phase = false; // an OutOfMemory ends that phase (Phase::refused) instead of the run
+  bool sweeps = true;          // the exact sweep of each hook (quadratic in T: off for long-T fits)
 };
 
 // forward (no pattern), attribution (clean and corrupted in one 2B-row forward, backward,
 // attribution of every hook), then the exact sweep of each hook (the clean/corrupted forwards
-// it starts from untallied but held), then optionally EAP-IG's scores (the two forwards with
-// patterns, the per-head output weights and the scores).
+// it starts from untallied but held), then optionally EAP-IG's scores (the two forwards, the
+// per-head output weights and the scores). No forward keeps a [B,H,T,T] pattern.
 std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, const PairBatch& pb,
                                 const std::vector<Hook>& hooks, const SweepOptions& sweep_opt,
                                 const TracePhaseOptions& opt = {});

@@ -17,6 +17,7 @@
 #include "model/batch.h"
 #include "model/model.h"
 #include "patching/cli/args.h"
+#include "patching/circuit.h"
 #include "patching/cli/commands.h"
 #include "patching/roofline.h"
 #include "runtime/error.h"
@@ -172,6 +173,58 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
   return r;
 }
 
+// A batch of one pair of T-token prompts (token ids 1..; the answer tokens 2 and 3): what the
+// long-prompt fits are predicted for. Bypasses the context check: the fit is about memory, and
+// the shape's context length is reported beside it.
+PairBatch long_pair(const ModelConfig& c, int T) {
+  PairBatch pb;
+  for (Batch* b : {&pb.clean, &pb.corrupted}) {
+    b->B = 1;
+    b->T = T;
+    b->pad = {0};
+    for (int t = 0; t < T; ++t) {
+      b->tokens.push_back(1 + t % std::max(1, c.vocab_size - 1));
+      b->pos.push_back(t);
+    }
+  }
+  pb.answer = {std::min(2, c.vocab_size - 1)};
+  pb.other = {std::min(3, c.vocab_size - 1)};
+  return pb;
+}
+
+// Whether phase `name` ("forward", "attribution", "eap-ig scores") of one pair of T-token prompts
+// fits dev's usable memory.
+bool phase_fits(const cost::DeviceFigures& dev, bool fp32, const ModelConfig& cfg, const std::string& name, int T) {
+  Trace trace;
+  TraceBackend tb(nullptr, trace, DeviceKind::CUDA, fp32 ? DType::F32 : DType::BF16, 0, std::string("predicted ") + dev.name);
+  Model m;
+  m.cfg = cfg;
+  m.tok = Tokenizer::load_dir(default_path("data/models/tiny-temporal-phi3"));
+  m.w = ModelWeights::placeholder(tb, m.cfg);
+  const size_t memory = static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes;
+  if (tb.used_bytes() > memory) return false;
+  tb.set_memory(memory);
+  TracePhaseOptions po;
+  po.eap_ig = name == "eap-ig scores";
+  po.oom_ends_phase = true;
+  po.sweeps = false;
+  for (const Phase& p : trace_phases(tb, trace, m, long_pair(cfg, T), {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut}, {}, po))
+    if (p.name == name) return p.refused.empty();
+  return false;  // not traced (EAP-IG on a model without circuits)
+}
+
+// The longest T, a multiple of 256 up to 2^20, at which the phase fits (0: not even 256).
+// Peaks grow with T (monotone), so a bisection finds it.
+int longest_fit(const cost::DeviceFigures& dev, bool fp32, const ModelConfig& cfg, const std::string& name) {
+  int lo = 0, hi = (1 << 20) / 256 + 1;  // in units of 256: lo fits (or 0), hi does not
+  if (phase_fits(dev, fp32, cfg, name, (hi - 1) * 256)) return (hi - 1) * 256;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    (phase_fits(dev, fp32, cfg, name, mid * 256) ? lo : hi) = mid;
+  }
+  return lo * 256;
+}
+
 std::string gb(size_t bytes) {
   char b[32];
   std::snprintf(b, sizeof b, "%.1f", bytes / 1e9);
@@ -249,6 +302,32 @@ int predict_all(const cost::DeviceFigures& dev, bool fp32, const std::string& pa
   }
   std::printf("fits: every phase of the group within the usable memory at this batch (sweeps chunk to fit); "
               "NO: an allocation failed (the peak shown is where it stopped)\n");
+  if (a.has("longest")) {
+    std::printf("\nlongest prompt that fits, one pair (B = 1), memory only (context: the shape's own limit):\n");
+    std::printf("%-17s %9s | %9s %12s %9s\n", "shape", "context", "forward", "attribution", "eap-ig");
+    for (const std::string& like : like_shape_names()) {
+      if (like == "tiny") continue;
+      std::fprintf(stderr, "longest T for %s ...\n", like.c_str());
+      const ModelConfig cfg = parse_config_json(config_like(like).dump(), like + " config");
+      nlohmann::json lj = nlohmann::json::object();
+      std::string cells[3];
+      int k = 0;
+      for (const char* name : {"forward", "attribution", "eap-ig scores"}) {
+        if (std::string(name) == "eap-ig scores" && !circuits_supported(cfg)) {
+          cells[k++] = "n/a";
+          continue;
+        }
+        const int t = longest_fit(dev, fp32, cfg, name);
+        lj[name] = t;
+        cells[k++] = std::to_string(t);
+      }
+      shapes[like]["longest_T"] = lj;
+      shapes[like]["context_length"] = cfg.max_position_embeddings;
+      std::printf("%-17s %9d | %9s %12s %9s\n", like.c_str(), cfg.max_position_embeddings, cells[0].c_str(),
+                  cells[1].c_str(), cells[2].c_str());
+      std::fflush(stdout);
+    }
+  }
   if (a.has("json"))
     write_file_atomic(a.get("json", ""), nlohmann::json({{"prediction", true}, {"shapes", shapes}}).dump(1) + "\n");
   return 0;
@@ -292,6 +371,19 @@ int cmd_bench_predict(const Args& a) {
                 p.json["all_sweeps_ms"].get<double>());
   for (const auto& ph : p.phases)
     if (!ph.refused.empty()) std::printf("%s: %s\n", ph.name.c_str(), ph.refused.c_str());
+  if (a.has("longest")) {
+    std::printf("longest prompt that fits (one pair, B = 1; memory only, the context length is %d):\n",
+                p.cfg.max_position_embeddings);
+    nlohmann::json lj = nlohmann::json::object();
+    for (const char* name : {"forward", "attribution", "eap-ig scores"}) {
+      if (std::string(name) == "eap-ig scores" && !circuits_supported(p.cfg)) continue;
+      const int t = longest_fit(*dev, fp32, p.cfg, name);
+      lj[name] = t;
+      std::printf("  %-14s T = %d\n", name, t);
+    }
+    p.json["longest_T"] = lj;
+    p.json["context_length"] = p.cfg.max_position_embeddings;
+  }
   if (a.has("json")) write_file_atomic(a.get("json", ""), p.json.dump(1) + "\n");
   return 0;
 }

@@ -55,6 +55,9 @@ options:
   --verify-top K    with atp-star or attribution (and not activation): patch exactly the K
                     nodes of all hooks with the largest |AtP*| (|AtP| without atp-star);
                     verified.csv lists them with both values
+  --positions LIST  exact sweeps (activation) only at these positions: comma-separated
+                    positions and half-open ranges a:b, negatives from the end (1500:1600,
+                    -64:, 7); other cells are NaN. At long T: AtP/AtP* everywhere, exact here
   --direction D     denoise (clean values into the corrupted run) | noise [denoise]
   --batch N         pairs per batch for large pair files (0 = one batch) [0]
   --naive           activation patching with one full forward per patch (verification)
@@ -189,6 +192,8 @@ usage: phi3patch bench [OPTIONS]
                     --like) [phi-3-mini]; all: one line per shape (weights, peak memory and
                     whether it fits per phase, predicted times)
   --predict GPU     h100 | h200: predict instead of measuring
+  --longest         with --predict: also the longest prompt (one pair) whose forward,
+                    attribution and EAP-IG fit the device (memory only)
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
   --pairs FILE      clean/corrupted pairs [data/temporal_scope_for_attribution_patching.json;
@@ -226,7 +231,8 @@ usage: phi3patch make-random --out DIR [OPTIONS]
 const std::vector<CommandSpec>& table() {
   static const std::vector<CommandSpec> t = {
       {"run",
-       {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top"},
+       {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top",
+        "positions"},
        {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token"},
        kRunUsage},
       {"forward", {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token", "help"}, kForwardUsage},
@@ -241,7 +247,7 @@ const std::vector<CommandSpec>& table() {
       {"bench",
        {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch", "method", "predict",
         "like"},
-       {"fp32", "no-naive", "compare-fp32", "help"},
+       {"fp32", "no-naive", "compare-fp32", "longest", "help"},
        kBenchUsage},
       {"make-random", {"like", "out", "seed", "layers", "dtype", "shard-mb"}, {"force", "help"}, kMakeRandomUsage},
   };

@@ -93,6 +93,8 @@ int cmd_run(const Args& a) {
   opt.batch_pairs = a.get_int("batch", 0);
   opt.naive = a.has("naive");
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
+  opt.positions = a.get("positions", "");
+  if (a.has("positions") && opt.positions.empty()) throw Error("--positions: no position given");
   Comm& comm = Comm::world();
   opt.log = [&comm](const std::string& s) {
     if (g_interrupted) throw Error("interrupted (Ctrl-C); no results were written");
