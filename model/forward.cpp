@@ -12,33 +12,92 @@ namespace phi3 {
 
 std::vector<float> rope_inv_freq(const ModelConfig& cfg, int seq_len) { return cfg.inv_freq(seq_len); }
 
-size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16, bool keep_mlp_post) {
+namespace {
+
+// One layer's internals (everything but resid_pre) in the order forward_layer_buffers takes them.
+void plan_layer_internals(ArenaPlan& p, const Model& m, size_t N, int B, int T, bool keep_pattern, bool gemm16,
+                          bool keep_mlp_post) {
   const ModelConfig& c = m.cfg;
-  const size_t N = size_t(B) * T, D = c.hidden_size, F = c.intermediate_size;
-  ArenaPlan p;
+  const size_t D = c.hidden_size, F = c.intermediate_size;
   auto gemm_in = [&](size_t n) { p.add_gemm_in(gemm16, n); };
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    p.add<float>(N * D);                                                    // resid_pre
-    gemm_in(N * D);                                                         // ln1
-    p.add<float>(N);                                                        // rstd1
-    p.add<float>(N * m.qkv_width()).add<float>(N * m.q_width());            // qkv, q_rot
-    p.add<float>(N * m.kv_width()).add<float>(N * m.kv_width());            // k_rot, v
-    p.add<float>(N * m.q_width());                                          // z
-    if (gemm16) p.add<uint16_t>(N * m.q_width());                           // z16
-    if (keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T * T);
-    p.add<float>(N * D).add<float>(N * D);                                  // attn_out, resid_mid
-    gemm_in(N * D);                                                         // ln2
-    p.add<float>(N);                                                        // rstd2
-    p.add<float>(N * 2 * F);                                                // gate_up
-    gemm_in(N * F);                                                         // act
-    if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
-    p.add<float>(N * D);                                                    // mlp_out
-    if (c.post_norms) p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N);
-    p.add<float>(size_t(B) * c.num_attention_heads * T * 2);                // stats
+  gemm_in(N * D);                                                         // ln1
+  p.add<float>(N);                                                        // rstd1
+  p.add<float>(N * m.qkv_width()).add<float>(N * m.q_width());            // qkv, q_rot
+  p.add<float>(N * m.kv_width()).add<float>(N * m.kv_width());            // k_rot, v
+  p.add<float>(N * m.q_width());                                          // z
+  if (gemm16) p.add<uint16_t>(N * m.q_width());                           // z16
+  if (keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T * T);
+  p.add<float>(N * D).add<float>(N * D);                                  // attn_out, resid_mid
+  gemm_in(N * D);                                                         // ln2
+  p.add<float>(N);                                                        // rstd2
+  p.add<float>(N * 2 * F);                                                // gate_up
+  gemm_in(N * F);                                                         // act
+  if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
+  p.add<float>(N * D);                                                    // mlp_out
+  if (c.post_norms) p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N);
+  p.add<float>(size_t(B) * c.num_attention_heads * T * 2);                // stats
+}
+
+// Takes one layer's internals from the arena (plan_layer_internals' order) and returns the GEMM
+// inputs ln1, ln2, act as the producing ops write them.
+struct LayerGemmIns {
+  GemmOut ln1, ln2, act;
+};
+LayerGemmIns take_layer_internals(Arena& A, const Model& m, LayerActs& a, size_t N, int B, int T, bool keep_pattern,
+                                  bool g16, bool keep_act32) {
+  const ModelConfig& c = m.cfg;
+  const size_t D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads;
+  LayerGemmIns g;
+  g.ln1 = A.take_gemm_in(g16, a.ln1, a.ln1_16, N * D);
+  a.rstd1 = A.take<float>(N);
+  a.qkv = A.take<float>(N * m.qkv_width());
+  a.q_rot = A.take<float>(N * m.q_width());
+  a.k_rot = A.take<float>(N * m.kv_width());
+  a.v = A.take<float>(N * m.kv_width());
+  a.z = A.take<float>(N * m.q_width());
+  if (g16) a.z16 = A.take<uint16_t>(N * m.q_width());
+  if (keep_pattern) a.pattern = A.take<float>(size_t(B) * H * T * T);
+  a.attn_out = A.take<float>(N * D);
+  a.resid_mid = A.take<float>(N * D);
+  g.ln2 = A.take_gemm_in(g16, a.ln2, a.ln2_16, N * D);
+  a.rstd2 = A.take<float>(N);
+  a.gate_up = A.take<float>(N * 2 * F);
+  g.act = A.take_gemm_in(g16, a.act, a.act16, N * F);
+  if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
+    a.act = A.take<float>(N * F);
+    g.act.f32 = a.act.get();
   }
-  p.add<float>(N * D);  // resid_final
-  gemm_in(N * D);       // ln_f
+  a.mlp_out = A.take<float>(N * D);
+  if (c.post_norms) {
+    a.attn_raw = A.take<float>(N * D);
+    a.mlp_raw = A.take<float>(N * D);
+    a.rstd_pa = A.take<float>(N);
+    a.rstd_pm = A.take<float>(N);
+  }
+  a.stats = A.take<float>(size_t(B) * H * T * 2);
+  return g;
+}
+
+}  // namespace
+
+size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16, bool keep_mlp_post,
+                           bool checkpoint) {
+  const ModelConfig& c = m.cfg;
+  const size_t N = size_t(B) * T, D = c.hidden_size;
+  ArenaPlan p;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    p.add<float>(N * D);  // resid_pre
+    if (!checkpoint || l == 0) plan_layer_internals(p, m, N, B, T, keep_pattern, gemm16, keep_mlp_post);
+  }
+  p.add<float>(N * D);                 // resid_final
+  p.add_gemm_in(gemm16, N * D);        // ln_f
   p.add<float>(N).add<float>(N * size_t(c.vocab_size));  // rstd_f, logits
+  return p.bytes();
+}
+
+size_t layer_arena_bytes(const Model& m, int B, int T, bool gemm16, bool keep_mlp_post) {
+  ArenaPlan p;
+  plan_layer_internals(p, m, size_t(B) * T, B, T, false, gemm16, keep_mlp_post);
   return p.bytes();
 }
 
@@ -112,6 +171,8 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
   std::string h;
   split_hook_name(name, static_cast<int>(layers.size()), l, h);
   const LayerActs& a = layers[l];
+  if (checkpointed && h != "hook_resid_pre" && h != "hook_resid_post")
+    throw Error("activation '" + name + "': a checkpointed forward pass keeps only each layer's input");
   if (h == "hook_resid_pre") return make_view(be, a.resid_pre.get(), {Bn, Tn, D}, N, D, D);
   if (h == "hook_resid_mid") return make_view(be, a.resid_mid.get(), {Bn, Tn, D}, N, D, D);
   if (h == "hook_resid_post") return make_view(be, resid_post(l), {Bn, Tn, D}, N, D, D);
@@ -182,6 +243,9 @@ DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* patt
 
 const float* ForwardState::hook_data(Hook h, int l) const {
   const LayerActs& a = layers.at(l);
+  if (checkpointed && h != Hook::ResidPre && h != Hook::ResidPost)
+    throw Error(hook_name(h) + " of layer " + std::to_string(l) +
+                " is not kept by a checkpointed forward pass (recompute the layer: recompute_layer)");
   switch (h) {
     case Hook::Q:
     case Hook::QAllPos: return a.qkv.get();
@@ -232,117 +296,50 @@ void apply_patch(Backend& be, float* dst, const float* src, int64_t stride, int 
   }
 }
 
-}  // namespace
+// Where one layer's output goes: the next layer's input (resid_pre) and its norm (the next
+// layer's ln1, or the final norm's output), written by one fused add + norm.
+struct NextLayer {
+  float* resid;
+  GemmOut ln;
+  float* rstd;
+  const float* w;
+  bool last;  // the final norm
+};
 
-ForwardState forward(Backend& be, const Model& m, const Batch& batch, const ForwardOptions& opt) {
-  const ModelConfig& c = m.cfg;
-  const int B = batch.B, T = batch.T, L = c.num_hidden_layers;
-  const int D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-  const int H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
-  const int QKVW = m.qkv_width(), QW = m.q_width(), KVW = m.kv_width();
-  const int N = B * T;
-  for (int32_t t : batch.tokens)
-    if (t < 0 || t >= V) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(V) + ")");
-  for (int32_t p : batch.pos)
-    if (p < 0) throw Error("negative position " + std::to_string(p) + " in the batch");
-  if (opt.patch) {
-    PHI3_CHECK(opt.source && opt.source->B == B && opt.source->T == T, "forward: patch source has another batch shape");
-    PHI3_CHECK(opt.patch->layer >= 0 && opt.patch->layer < L, "forward: patch layer out of range");
-  }
-  const bool g16 = be.gemm_in_bf16();
+// One layer of the forward pass over s's batch, with the optional patch of ForwardOptions.
+struct LayerPass {
+  Backend& be;
+  const Model& m;
+  const ForwardState& s;
+  const ForwardOptions& opt;
+  const AttnSegment* segs;
 
-  ForwardState s;
-  const bool keep_act32 = g16 && (opt.keep_mlp_post || (opt.patch && opt.patch->hook == Hook::MlpPost));
-  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern, g16, keep_act32),
-                                    "forward pass of " + std::to_string(B) + " x " + std::to_string(T) + " tokens");
-  Arena& A = *s.arena;
-  s.B = B;
-  s.T = T;
-  s.batch = batch;
-  s.tokens = to_device(be, batch.tokens);
-  s.pos = to_device(be, batch.pos);
-  s.pad = to_device(be, batch.pad);
-  const std::vector<float> inv_freq = c.inv_freq(batch.max_seq_len());
-  s.inv_freq = to_device(be, inv_freq);
-  s.rope.inv_freq = s.inv_freq.get();
-  s.rope.rot_dim = c.rotary_dim;
-  s.rope.attn_scale = c.rope_attention_scale();
-  s.rope.n_pos = rope_table_positions(batch);
-  s.rope_table = to_device(be, rope_cos_sin_table(inv_freq, s.rope.attn_scale, s.rope.n_pos));
-  s.rope.cos_sin = s.rope_table.size() ? s.rope_table.get() : nullptr;
-
-  std::vector<AttnSegment> segs(B);
-  for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
-  DeviceArray<AttnSegment> dsegs = to_device(be, segs);
-
-  s.q_width = QW;
-  s.kv_width = KVW;
-  const PatchSpec* patch = opt.patch;
-  auto patched_at = [&](Hook h, int l) { return patch && patch->layer == l && hook_base(patch->hook) == h; };
+  bool patched_at(Hook h, int l) const { return opt.patch && opt.patch->layer == l && hook_base(opt.patch->hook) == h; }
   // dst: the hook's activation in this run (rows `stride` apart).
-  auto patch_here = [&](Hook h, int l, float* dst, int64_t stride, int width) {
-    if (patched_at(h, l)) {
-      PatchSpec p = *patch;
-      if (hook_all_pos(p.hook)) p.pos = -1;
-      apply_patch(be, dst, opt.source->hook_data(patch->hook, l), stride, width, p, s, HD);
-    }
-  };
-  auto gemm_in = [&](DeviceArray<float>& f, DeviceArray<uint16_t>& h, size_t n) { return A.take_gemm_in(g16, f, h, n); };
-
-  // Every buffer first (the fused residual add + norm writes the next layer's ln1).
-  s.layers.resize(L);
-  std::vector<GemmOut> ln1(L), ln2(L), act(L);
-  for (int l = 0; l < L; ++l) {
-    LayerActs& a = s.layers[l];
-    a.resid_pre = A.take<float>(size_t(N) * D);
-    ln1[l] = gemm_in(a.ln1, a.ln1_16, size_t(N) * D);
-    a.rstd1 = A.take<float>(N);
-    a.qkv = A.take<float>(size_t(N) * QKVW);
-    a.q_rot = A.take<float>(size_t(N) * QW);
-    a.k_rot = A.take<float>(size_t(N) * KVW);
-    a.v = A.take<float>(size_t(N) * KVW);
-    a.z = A.take<float>(size_t(N) * QW);
-    if (g16) a.z16 = A.take<uint16_t>(size_t(N) * QW);
-    if (opt.keep_pattern) a.pattern = A.take<float>(size_t(B) * H * T * T);
-    a.attn_out = A.take<float>(size_t(N) * D);
-    a.resid_mid = A.take<float>(size_t(N) * D);
-    ln2[l] = gemm_in(a.ln2, a.ln2_16, size_t(N) * D);
-    a.rstd2 = A.take<float>(N);
-    a.gate_up = A.take<float>(size_t(N) * 2 * F);
-    act[l] = gemm_in(a.act, a.act16, size_t(N) * F);
-    if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
-      a.act = A.take<float>(size_t(N) * F);
-      act[l].f32 = a.act.get();
-    }
-    a.mlp_out = A.take<float>(size_t(N) * D);
-    if (c.post_norms) {
-      a.attn_raw = A.take<float>(size_t(N) * D);
-      a.mlp_raw = A.take<float>(size_t(N) * D);
-      a.rstd_pa = A.take<float>(N);
-      a.rstd_pm = A.take<float>(N);
-    }
-    a.stats = A.take<float>(size_t(B) * H * T * 2);
+  void patch_here(Hook h, int l, float* dst, int64_t stride, int width) const {
+    if (!patched_at(h, l)) return;
+    PatchSpec p = *opt.patch;
+    if (hook_all_pos(p.hook)) p.pos = -1;
+    apply_patch(be, dst, opt.source->hook_data(opt.patch->hook, l), stride, width, p, s, m.cfg.head_dim);
   }
-  s.resid_final = A.take<float>(size_t(N) * D);
-  const GemmOut ln_f = gemm_in(s.ln_f, s.ln_f16, size_t(N) * D);
-  s.rstd_f = A.take<float>(N);
-  s.logits = A.take<float>(size_t(N) * V);
 
-  if (opt.input_embeddings)
-    be.copy(s.layers[0].resid_pre.get(), opt.input_embeddings, size_t(N) * D * sizeof(float));
-  else
-    be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N,
-                         c.embed_scale > 0 ? c.embed_scale : 1.0f);
-  bool ln1_done = false;  // layer l's ln1 already written by the previous layer's fused add
-  for (int l = 0; l < L; ++l) {
-    LayerActs& a = s.layers[l];
+  // From a.resid_pre (and, with ln1_done, its norm already in ln1) to a's internals; with
+  // `next`, the layer's output into next (returns whether next.ln was written), else the
+  // output is not formed (a recomputation: the next layer's input is kept already).
+  bool run(int l, LayerActs& a, GemmOut ln1, GemmOut ln2, GemmOut act, bool ln1_done, const NextLayer* next) const {
+    const ModelConfig& c = m.cfg;
     const LayerWeights& w = m.w.layers[l];
+    const int B = s.B, T = s.T, N = B * T;
+    const int D = c.hidden_size, F = c.intermediate_size;
+    const int H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
+    const int QKVW = m.qkv_width(), QW = m.q_width(), KVW = m.kv_width();
+    const PatchSpec* patch = opt.patch;
     if (patched_at(Hook::ResidPre, l)) {
       patch_here(Hook::ResidPre, l, a.resid_pre.get(), D, D);
       ln1_done = false;
     }
-    if (!ln1_done) be.rmsnorm_forward(ln1[l], a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
-    be.linear_forward(a.qkv.get(), ln1[l], w.qkv, N, false);
+    if (!ln1_done) be.rmsnorm_forward(ln1, a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
+    be.linear_forward(a.qkv.get(), ln1, w.qkv, N, false);
     patch_here(Hook::Q, l, a.qkv.get(), QKVW, QW);
     patch_here(Hook::K, l, a.qkv.get() + QW, QKVW, KVW);
     patch_here(Hook::V, l, a.qkv.get() + QW + KVW, QKVW, KVW);
@@ -351,7 +348,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
                           s.pos.get(), N, H, KVH, HD, s.rope);
 
     if (a.pattern.size()) be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
-    AttnParams ap = plain_attention_params(m, s, a, l, dsegs.get());
+    AttnParams ap = plain_attention_params(m, s, a, l, segs);
     ap.z16 = a.z16.get();
     DeviceArray<float> own_pattern;  // a patched pattern when the pass keeps none
     if (patched_at(Hook::Pattern, l) && !a.pattern.size()) {
@@ -392,15 +389,15 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     if (patched_at(Hook::ResidMid, l)) {
       be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
       patch_here(Hook::ResidMid, l, a.resid_mid.get(), D, D);
-      be.rmsnorm_forward(ln2[l], a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
+      be.rmsnorm_forward(ln2, a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
     } else {
-      be.add_rmsnorm_forward(a.resid_mid.get(), ln2[l], a.rstd2.get(), a.resid_pre.get(), a.attn_out.get(), w.ln2, N,
-                             D, c.rms_norm_eps);
+      be.add_rmsnorm_forward(a.resid_mid.get(), ln2, a.rstd2.get(), a.resid_pre.get(), a.attn_out.get(), w.ln2, N, D,
+                             c.rms_norm_eps);
     }
 
-    be.linear_forward(a.gate_up.get(), ln2[l], w.gate_up, N, false);
-    be.swiglu_forward(act[l], a.gate_up.get(), N, F, mlp_act(c));
-    GemmIn act_in(act[l]);
+    be.linear_forward(a.gate_up.get(), ln2, w.gate_up, N, false);
+    be.swiglu_forward(act, a.gate_up.get(), N, F, mlp_act(c));
+    GemmIn act_in(act);
     if (patched_at(Hook::MlpPost, l)) {
       patch_here(Hook::MlpPost, l, a.act.get(), F, F);
       act_in.bf16 = nullptr;  // the GEMM rounds the patched neurons itself
@@ -412,28 +409,126 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
       be.linear_forward(a.mlp_out.get(), act_in, w.down, N, false);
     }
     patch_here(Hook::MlpOut, l, a.mlp_out.get(), D, D);
+    if (!next) return false;
 
     // resid_post, written straight into the next layer's resid_pre (or resid_final), and
     // the next norm (ln1 of layer l+1, or the final norm) in the same kernel.
-    const bool last = l + 1 == L;
-    float* post = last ? s.resid_final.get() : s.layers[l + 1].resid_pre.get();
-    const GemmOut next_ln = last ? ln_f : ln1[l + 1];
-    float* next_rstd = last ? s.rstd_f.get() : s.layers[l + 1].rstd1.get();
-    const float* next_w = last ? m.w.final_norm : m.w.layers[l + 1].ln1;
     if (patched_at(Hook::ResidPost, l)) {
-      be.add(post, a.resid_mid.get(), a.mlp_out.get(), int64_t(N) * D);
-      patch_here(Hook::ResidPost, l, post, D, D);
-      ln1_done = false;
-      if (last) be.rmsnorm_forward(ln_f, s.rstd_f.get(), post, m.w.final_norm, N, D, c.rms_norm_eps);
-    } else {
-      be.add_rmsnorm_forward(post, next_ln, next_rstd, a.resid_mid.get(), a.mlp_out.get(), next_w, N, D,
-                             c.rms_norm_eps);
-      ln1_done = true;
+      be.add(next->resid, a.resid_mid.get(), a.mlp_out.get(), int64_t(N) * D);
+      patch_here(Hook::ResidPost, l, next->resid, D, D);
+      if (next->last) be.rmsnorm_forward(next->ln, next->rstd, next->resid, next->w, N, D, c.rms_norm_eps);
+      return false;
     }
+    be.add_rmsnorm_forward(next->resid, next->ln, next->rstd, a.resid_mid.get(), a.mlp_out.get(), next->w, N, D,
+                           c.rms_norm_eps);
+    return true;
+  }
+};
+
+std::vector<AttnSegment> plain_segments(int B, int T) {
+  std::vector<AttnSegment> segs(B);
+  for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
+  return segs;
+}
+
+}  // namespace
+
+ForwardState forward(Backend& be, const Model& m, const Batch& batch, const ForwardOptions& opt) {
+  const ModelConfig& c = m.cfg;
+  const int B = batch.B, T = batch.T, L = c.num_hidden_layers;
+  const int D = c.hidden_size, V = c.vocab_size;
+  const int N = B * T;
+  for (int32_t t : batch.tokens)
+    if (t < 0 || t >= V) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(V) + ")");
+  for (int32_t p : batch.pos)
+    if (p < 0) throw Error("negative position " + std::to_string(p) + " in the batch");
+  if (opt.patch) {
+    PHI3_CHECK(opt.source && opt.source->B == B && opt.source->T == T, "forward: patch source has another batch shape");
+    PHI3_CHECK(opt.patch->layer >= 0 && opt.patch->layer < L, "forward: patch layer out of range");
+  }
+  PHI3_CHECK(!opt.checkpoint || (!opt.patch && !opt.keep_pattern),
+             "forward: a checkpointed pass (layer inputs only) takes no patch and keeps no pattern");
+  const bool g16 = be.gemm_in_bf16();
+
+  ForwardState s;
+  const bool keep_act32 = g16 && (opt.keep_mlp_post || (opt.patch && opt.patch->hook == Hook::MlpPost));
+  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern, g16, keep_act32, opt.checkpoint),
+                                    "forward pass of " + std::to_string(B) + " x " + std::to_string(T) + " tokens");
+  Arena& A = *s.arena;
+  s.B = B;
+  s.T = T;
+  s.batch = batch;
+  s.checkpointed = opt.checkpoint;
+  s.keep_mlp_post = keep_act32;
+  s.tokens = to_device(be, batch.tokens);
+  s.pos = to_device(be, batch.pos);
+  s.pad = to_device(be, batch.pad);
+  const std::vector<float> inv_freq = c.inv_freq(batch.max_seq_len());
+  s.inv_freq = to_device(be, inv_freq);
+  s.rope.inv_freq = s.inv_freq.get();
+  s.rope.rot_dim = c.rotary_dim;
+  s.rope.attn_scale = c.rope_attention_scale();
+  s.rope.n_pos = rope_table_positions(batch);
+  s.rope_table = to_device(be, rope_cos_sin_table(inv_freq, s.rope.attn_scale, s.rope.n_pos));
+  s.rope.cos_sin = s.rope_table.size() ? s.rope_table.get() : nullptr;
+  DeviceArray<AttnSegment> dsegs = to_device(be, plain_segments(B, T));
+  s.q_width = m.q_width();
+  s.kv_width = m.kv_width();
+
+  // Every buffer first (the fused residual add + norm writes the next layer's ln1). A
+  // checkpointed pass keeps only each layer's input; its internals share one set of buffers.
+  s.layers.resize(L);
+  std::vector<LayerGemmIns> gi(L);
+  LayerActs scratch;
+  for (int l = 0; l < L; ++l) {
+    LayerActs& a = s.layers[l];
+    a.resid_pre = A.take<float>(size_t(N) * D);
+    if (!opt.checkpoint) gi[l] = take_layer_internals(A, m, a, N, B, T, opt.keep_pattern, g16, keep_act32);
+    else if (l == 0) gi[0] = take_layer_internals(A, m, scratch, N, B, T, false, g16, keep_act32);
+    else gi[l] = gi[0];
+  }
+  s.resid_final = A.take<float>(size_t(N) * D);
+  const GemmOut ln_f = A.take_gemm_in(g16, s.ln_f, s.ln_f16, size_t(N) * D);
+  s.rstd_f = A.take<float>(N);
+  s.logits = A.take<float>(size_t(N) * V);
+
+  if (opt.input_embeddings)
+    be.copy(s.layers[0].resid_pre.get(), opt.input_embeddings, size_t(N) * D * sizeof(float));
+  else
+    be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N,
+                         c.embed_scale > 0 ? c.embed_scale : 1.0f);
+  const LayerPass pass{be, m, s, opt, dsegs.get()};
+  bool ln1_done = false;  // layer l's ln1 already written by the previous layer's fused add
+  for (int l = 0; l < L; ++l) {
+    LayerActs& a = opt.checkpoint ? scratch : s.layers[l];
+    if (opt.checkpoint) a.resid_pre = DeviceArray<float>::borrowed(be, s.layers[l].resid_pre.get(), size_t(N) * D);
+    const bool last = l + 1 == L;
+    const NextLayer next{last ? s.resid_final.get() : s.layers[l + 1].resid_pre.get(), last ? ln_f : gi[l + 1].ln1,
+                         last ? s.rstd_f.get() : (opt.checkpoint ? scratch.rstd1.get() : s.layers[l + 1].rstd1.get()),
+                         last ? m.w.final_norm : m.w.layers[l + 1].ln1, last};
+    ln1_done = pass.run(l, a, gi[l].ln1, gi[l].ln2, gi[l].act, ln1_done, &next);
   }
   be.linear_forward(s.logits.get(), ln_f, m.w.lm_head, N, false);
   if (c.final_softcap > 0) be.softcap_forward(s.logits.get(), int64_t(N) * V, c.final_softcap);
   return s;
+}
+
+LayerActs recompute_layer(Backend& be, const Model& m, const ForwardState& s, int l, std::shared_ptr<Arena>& arena) {
+  PHI3_CHECK(l >= 0 && l < static_cast<int>(s.layers.size()), "recompute_layer: layer out of range");
+  const int B = s.B, T = s.T;
+  const size_t N = size_t(B) * T;
+  const bool g16 = be.gemm_in_bf16();
+  arena = std::make_shared<Arena>(be, layer_arena_bytes(m, B, T, g16, s.keep_mlp_post),
+                                  "layer " + std::to_string(l) + " recomputed for " + std::to_string(B) + " x " +
+                                      std::to_string(T) + " tokens");
+  LayerActs a;
+  a.resid_pre = DeviceArray<float>::borrowed(be, s.layers[l].resid_pre.get(), N * m.cfg.hidden_size);
+  const LayerGemmIns g = take_layer_internals(*arena, m, a, N, B, T, false, g16, s.keep_mlp_post);
+  DeviceArray<AttnSegment> dsegs = to_device(be, plain_segments(B, T));
+  const ForwardOptions none;
+  const LayerPass pass{be, m, s, none, dsegs.get()};
+  pass.run(l, a, g.ln1, g.ln2, g.act, false, nullptr);
+  return a;
 }
 
 std::vector<float> last_logits(Backend& be, const Model& m, const ForwardState& s) {
@@ -477,6 +572,7 @@ void check_finite(Backend& be, const Model& m, const ForwardState& s, const char
   for (int l = 0; l < static_cast<int>(s.layers.size()); ++l) {
     const LayerActs& a = s.layers[l];
     scan(a.resid_pre.get(), size_t(N) * D, l, "hook_resid_pre");
+    if (s.checkpointed) continue;  // the internals are not kept
     scan(a.z.get(), size_t(N) * m.q_width(), l, "attn.hook_z");
     scan(a.attn_out.get(), size_t(N) * D, l, "hook_attn_out");
     scan(a.mlp_out.get(), size_t(N) * D, l, "hook_mlp_out");
@@ -543,6 +639,8 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
   v.inv_freq = DeviceArray<float>::borrowed(be, inv_freq.get(), inv_freq.size());
   v.rope_table = DeviceArray<float>::borrowed(be, rope_table.get(), rope_table.size());
   v.rope = rope;
+  v.checkpointed = checkpointed;
+  v.keep_mlp_post = keep_mlp_post;
   v.q_width = q_width;
   v.kv_width = kv_width;
   return v;

@@ -57,6 +57,9 @@ struct ForwardState {
   DeviceArray<float> rope_table;   // [n_pos, rot_dim/2, 2] cos/sin of every position in the batch
   RopeParams rope;
   int q_width = 0, kv_width = 0;   // H*HD and KVH*HD: where k and v start in a qkv row
+  // ForwardOptions::checkpoint: each layer holds only resid_pre; recompute_layer gives the rest.
+  bool checkpointed = false;
+  bool keep_mlp_post = false;      // the fp32 copy of act exists beside the bf16 GEMM input
   int64_t N() const { return static_cast<int64_t>(B) * T; }
   // resid_post of layer l (= resid_pre of layer l+1).
   const float* resid_post(int l) const {
@@ -106,7 +109,16 @@ struct ForwardOptions {
   // Optional input embeddings [B*T, D] (device memory) used instead of the tokens' rows of the
   // embedding table (EAP-IG's interpolated inputs); tokens still give pads and positions.
   const float* input_embeddings = nullptr;
+  // Activation checkpointing for long prompts: keep only each layer's input (resid_pre, [N,D])
+  // and the final norm and logits; a layer's internals are recomputed from its input when
+  // needed (recompute_layer: the same ops on the same inputs, bitwise the values a full pass
+  // keeps). L x N x D instead of about L x N x (10 D + 3 F). No patch, no pattern.
+  bool checkpoint = false;
 };
+
+// Layer l's internals (every LayerActs buffer; resid_pre borrowed from s) recomputed from its
+// input, in a fresh arena returned through `arena` (hold it while the buffers are used).
+LayerActs recompute_layer(Backend& be, const Model& m, const ForwardState& s, int l, std::shared_ptr<Arena>& arena);
 
 // Attention parameters with the model's dimensions, mask rules and the unpacked row strides
 // (q/z rows H*HD wide, k/v rows KVH*HD wide); callers set pointers and segments.
@@ -134,7 +146,9 @@ PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const 
 // Bytes of activation buffers (the arena) of a forward pass over B x T tokens; gemm16: the
 // GEMM inputs are kept in bf16 (Backend::gemm_in_bf16).
 size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16 = false,
-                           bool keep_mlp_post = false);
+                           bool keep_mlp_post = false, bool checkpoint = false);
+// Bytes of one layer's recomputed internals (recompute_layer's arena).
+size_t layer_arena_bytes(const Model& m, int B, int T, bool gemm16 = false, bool keep_mlp_post = false);
 
 // The rotary cos/sin table of positions [0, n_pos) (RopeParams::cos_sin), filled on the
 // host with rope_angle, and the positions it must cover for a batch.
