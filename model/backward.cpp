@@ -67,7 +67,8 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   const int H = c.num_attention_heads, KVH = c.num_key_value_heads, HD = c.head_dim;
   const int QKVW = m.qkv_width(), QW = m.q_width(), KVW = m.kv_width();
   const int N = B * T;
-  PHI3_CHECK(!s.layers.empty() && s.layers[0].stats.size() > 0, "backward: the forward pass must keep the attention stats");
+  PHI3_CHECK(!s.layers.empty() && (s.checkpointed || s.layers[0].stats.size() > 0),
+             "backward: the forward pass must keep the attention stats");
   PHI3_CHECK(static_cast<int>(answer.size()) == B && static_cast<int>(other.size()) == B, "backward: one answer per row");
 
   // d logits at the last position only: +scale/B at answer, -scale/B at other.
@@ -122,8 +123,23 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     g.zeros = DeviceArray<float>(be, size_t(N) * std::max({D, QKVW, opt.keep_dmlp_post ? F : 0}));
     be.zero(g.zeros.get(), g.zeros.size() * sizeof(float));
   }
+  // Layer l is done: hand it to on_layer, then (keep_layers off) drop what layer l-1 no longer needs.
+  std::shared_ptr<Arena> layer_arena;  // a checkpointed pass's recomputed layer
+  auto layer_done = [&](int l, const LayerActs& a) {
+    if (opt.on_layer) opt.on_layer(l, a, g);
+    if (!opt.keep_layers) {
+      if (l + 1 < L) g.layers[l + 1] = LayerGrads();
+      g.layers[l].resid_post = DeviceArray<float>();
+      if (keep_dpattern && l + 1 < L) g.dpattern[l + 1] = DeviceArray<float>();
+    }
+  };
   for (int l = L - 1; l >= 0; --l) {
-    const LayerActs& a = s.layers[l];
+    LayerActs recomputed;
+    if (s.checkpointed) {
+      layer_arena.reset();  // the previous layer's first
+      recomputed = recompute_layer(be, m, s, l, layer_arena);
+    }
+    const LayerActs& a = s.checkpointed ? recomputed : s.layers[l];
     const LayerWeights& w = m.w.layers[l];
     LayerGrads& lg = g.layers[l];
     // d resid_post(l) is d resid_pre(l+1), already computed (the final norm's for the last
@@ -142,6 +158,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
         g.dpattern[l] = DeviceArray<float>(be, size_t(B) * H * T * T);
         be.zero(g.dpattern[l].get(), g.dpattern[l].size() * sizeof(float));
       }
+      layer_done(l, a);
       continue;  // z, q_rot, k_rot, qkv: see hook_grad (zeros)
     }
 
@@ -185,13 +202,13 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
     lg.resid_pre = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_pre.get(), lg.resid_mid.get(), size_t(N) * D * sizeof(float));
     be.rmsnorm_backward(lg.resid_pre.get(), dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D);
+    layer_done(l, a);
   }
   return g;
 }
 
-void check_finite(Backend& be, const Model& m, const Gradients& g, const char* run_name) {
-  const int L = static_cast<int>(g.layers.size());
-  auto scan = [&](const DeviceArray<float>& a, int width, int l, const char* hook) {
+void check_finite_layer(Backend& be, const Model& m, const Gradients& g, int l, const char* run_name) {
+  auto scan = [&](const DeviceArray<float>& a, int width, const char* hook) {
     if (a.size() == 0) return;
     std::vector<float> h(a.size());
     be.download(h.data(), a.get(), h.size() * sizeof(float));
@@ -203,13 +220,15 @@ void check_finite(Backend& be, const Model& m, const Gradients& g, const char* r
     }
   };
   const int D = m.cfg.hidden_size;
-  for (int l = L - 1; l >= 0; --l) {
-    const LayerGrads& lg = g.layers[l];
-    scan(lg.resid_post, D, l, "hook_resid_post");
-    scan(lg.resid_mid, D, l, "hook_resid_mid");
-    scan(lg.z, m.q_width(), l, "attn.hook_z");
-    scan(lg.resid_pre, D, l, "hook_resid_pre");
-  }
+  const LayerGrads& lg = g.layers.at(l);
+  scan(lg.resid_post, D, "hook_resid_post");
+  scan(lg.resid_mid, D, "hook_resid_mid");
+  scan(lg.z, m.q_width(), "attn.hook_z");
+  scan(lg.resid_pre, D, "hook_resid_pre");
+}
+
+void check_finite(Backend& be, const Model& m, const Gradients& g, const char* run_name) {
+  for (int l = static_cast<int>(g.layers.size()) - 1; l >= 0; --l) check_finite_layer(be, m, g, l, run_name);
 }
 
 }  // namespace phi3

@@ -1,6 +1,7 @@
 // Backward from the (normalized) logit-difference metric to every hook activation —
 // activation gradients only, never weight gradients (DESIGN §5).
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "model/forward.h"
@@ -42,6 +43,13 @@ struct BackwardOptions {
   // layer's own nodes (attn_out, mlp_out, z, q, k, v) get a zero gradient. -1: none.
   int drop_layer = -1;
   bool keep_dmlp_post = false;  // keep d metric / d hook_mlp_post of every layer (neurons)
+  // Called as the pass finishes each layer (last layer first) with that layer's activations (the
+  // forward's, or recomputed when it was checkpointed) and the gradients so far (layer l's
+  // complete; hook_grad(h, l) works). With keep_layers false the gradients of layer l+1 are
+  // dropped once layer l is done and the recomputed activations with them: the pass then
+  // holds about one layer's worth, whatever L (what attribution at long T needs).
+  std::function<void(int l, const LayerActs& a, const Gradients& g)> on_layer;
+  bool keep_layers = true;
 };
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
                    const std::vector<int32_t>& other, float scale, const BackwardOptions& opt = {});
@@ -50,5 +58,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
 // backward pass computes them (last layer first: hook_resid_post, hook_resid_mid,
 // attn.hook_z, hook_resid_pre).
 void check_finite(Backend& be, const Model& m, const Gradients& g, const char* run_name);
+// The same for layer l only (its gradients must still be kept).
+void check_finite_layer(Backend& be, const Model& m, const Gradients& g, int l, const char* run_name);
 
 }  // namespace phi3

@@ -241,11 +241,7 @@ DeviceArray<float> z_from_pattern(Backend& be, const Model& m, const float* patt
   return z;
 }
 
-const float* ForwardState::hook_data(Hook h, int l) const {
-  const LayerActs& a = layers.at(l);
-  if (checkpointed && h != Hook::ResidPre && h != Hook::ResidPost)
-    throw Error(hook_name(h) + " of layer " + std::to_string(l) +
-                " is not kept by a checkpointed forward pass (recompute the layer: recompute_layer)");
+const float* hook_data_of(const LayerActs& a, const float* resid_post, int q_width, int kv_width, Hook h) {
   switch (h) {
     case Hook::Q:
     case Hook::QAllPos: return a.qkv.get();
@@ -255,7 +251,7 @@ const float* ForwardState::hook_data(Hook h, int l) const {
     case Hook::VAllPos: return a.qkv.get() + q_width + kv_width;
     case Hook::ResidPre: return a.resid_pre.get();
     case Hook::ResidMid: return a.resid_mid.get();
-    case Hook::ResidPost: return resid_post(l);
+    case Hook::ResidPost: return resid_post;
     case Hook::AttnOut: return a.attn_out.get();
     case Hook::MlpOut: return a.mlp_out.get();
     case Hook::Z:
@@ -269,6 +265,14 @@ const float* ForwardState::hook_data(Hook h, int l) const {
       return a.act.get();
   }
   return nullptr;
+}
+
+const float* ForwardState::hook_data(Hook h, int l) const {
+  const LayerActs& a = layers.at(l);
+  if (checkpointed && h != Hook::ResidPre && h != Hook::ResidPost)
+    throw Error(hook_name(h) + " of layer " + std::to_string(l) +
+                " is not kept by a checkpointed forward pass (recompute the layer: recompute_layer)");
+  return hook_data_of(a, resid_post(l), q_width, kv_width, h);
 }
 
 namespace {

@@ -79,6 +79,10 @@ struct ForwardState {
   ForwardState rows(Backend& be, int b0, int nb) const;
 };
 
+// Device pointer of hook h's activation in one layer's buffers (resid_post: the layer's output,
+// the next layer's input); ForwardState::hook_data for a layer kept or recomputed.
+const float* hook_data_of(const LayerActs& a, const float* resid_post, int q_width, int kv_width, Hook h);
+
 // [B*T, H*HD] z of every head from a given [B,H,T,T] pattern (a run's hook_pattern) over
 // the values of `s`'s layer l (attn_apply_pattern; 0 on s's pad query rows): the z a
 // hook_pattern patch gives.

@@ -23,14 +23,44 @@ void append_layer(std::vector<float>& out, const float* v, int T, int G, bool al
   }
 }
 
-// The attribution of `hook` in one reduction (one launch, one download): summed over batch
-// rows ([1][cells]) or per row ([B][cells]), the (layer, row) pairs passed to the op as its
-// "layers" of one row each.
-std::vector<std::vector<float>> reduce_hook(Backend& be, const Model& m, const ForwardState& base,
-                                            const ForwardState& source, const Gradients& g, Hook hook, bool per_row) {
-  const int L = m.cfg.num_hidden_layers, T = base.T, B = base.B;
+// The source, base and gradient pointers of one layer of `hook` (a z-reduction for pattern hooks,
+// see reduce_hook).
+struct LayerPtrs {
+  const float *source, *base, *grad;
+};
+
+// One reduction (one launch, one download) of the layers given: summed over batch rows
+// ([1][cells]) or per row ([B][cells]), the (layer, row) pairs passed to the op as its "layers"
+// of one row each; cells in layer order, each layer in the result layout.
+std::vector<std::vector<float>> reduce_layers(Backend& be, const Model& m, Hook hook, bool per_row, int B, int T,
+                                              const std::vector<LayerPtrs>& layers) {
   const int G = hook_heads(hook, m.cfg), W = hook_group_width(hook, m.cfg);
   const int64_t stride = hook_stride(hook, m);
+  const int nl = static_cast<int>(layers.size());
+  const int R = per_row ? B : 1, n = nl * R;
+  std::vector<const float*> ptrs(size_t(3) * n);  // a | c | grad
+  for (int l = 0; l < nl; ++l)
+    for (int r = 0; r < R; ++r) {
+      const size_t i = size_t(l) * R + r, off = size_t(r) * T * stride;
+      ptrs[i] = layers[l].source + off;
+      ptrs[n + i] = layers[l].base + off;
+      ptrs[2 * n + i] = layers[l].grad + off;
+    }
+  DeviceArray<const float*> dptrs = to_device(be, ptrs);
+  DeviceArray<float> out(be, size_t(n) * T * G);
+  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + n, dptrs.get() + 2 * n, n, per_row ? 1 : B, T, G, W,
+                        stride);
+  const std::vector<float> all = out.download();  // [nl, R, T, G]
+  std::vector<std::vector<float>> res(R);
+  for (int r = 0; r < R; ++r)
+    for (int l = 0; l < nl; ++l) append_layer(res[r], all.data() + (size_t(l) * R + r) * T * G, T, G, hook_all_pos(hook));
+  return res;
+}
+
+// The attribution of `hook` in one reduction over every layer.
+std::vector<std::vector<float>> reduce_hook(Backend& be, const Model& m, const ForwardState& base,
+                                            const ForwardState& source, const Gradients& g, Hook hook, bool per_row) {
+  const int L = m.cfg.num_hidden_layers;
   // A pattern node acts on the metric through its head's z = A v only, so its estimate
   // sum_j dA[t,j] dM/dA[t,j] = dM/dz_t . (A_src v - A_base v)_t: a z-hook reduction over the z
   // of the two patterns (base values; the same op for both, so equal rows cancel exactly).
@@ -42,24 +72,11 @@ std::vector<std::vector<float>> reduce_hook(Backend& be, const Model& m, const F
     zs[l] = z_from_pattern(be, m, source.hook_data(hook, l), base, l);
     zb[l] = z_from_pattern(be, m, base.hook_data(hook, l), base, l);
   }
-  const int R = per_row ? B : 1, n = L * R;
-  std::vector<const float*> ptrs(size_t(3) * n);  // a | c | grad
+  std::vector<LayerPtrs> layers(L);
   for (int l = 0; l < L; ++l)
-    for (int r = 0; r < R; ++r) {
-      const size_t i = size_t(l) * R + r, off = size_t(r) * T * stride;
-      ptrs[i] = (pattern ? zs[l].get() : source.hook_data(hook, l)) + off;
-      ptrs[n + i] = (pattern ? zb[l].get() : base.hook_data(hook, l)) + off;
-      ptrs[2 * n + i] = g.hook_grad(pattern ? Hook::Z : hook, l) + off;
-    }
-  DeviceArray<const float*> dptrs = to_device(be, ptrs);
-  DeviceArray<float> out(be, size_t(n) * T * G);
-  be.attribution_reduce(out.get(), dptrs.get(), dptrs.get() + n, dptrs.get() + 2 * n, n, per_row ? 1 : B, T, G, W,
-                        stride);
-  const std::vector<float> all = out.download();  // [L, R, T, G]
-  std::vector<std::vector<float>> res(R);
-  for (int r = 0; r < R; ++r)
-    for (int l = 0; l < L; ++l) append_layer(res[r], all.data() + (size_t(l) * R + r) * T * G, T, G, hook_all_pos(hook));
-  return res;
+    layers[l] = {pattern ? zs[l].get() : source.hook_data(hook, l), pattern ? zb[l].get() : base.hook_data(hook, l),
+                 g.hook_grad(pattern ? Hook::Z : hook, l)};
+  return reduce_layers(be, m, hook, per_row, base.B, base.T, layers);
 }
 
 }  // namespace
@@ -142,6 +159,47 @@ std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, c
   return res;
 }
 
+std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, const Model& m, const ForwardState& base,
+                                                                 const ForwardState& source,
+                                                                 const std::vector<int32_t>& answer,
+                                                                 const std::vector<int32_t>& other, float scale,
+                                                                 const std::vector<Hook>& hooks, bool per_row,
+                                                                 BackwardOptions bo, const std::string& check_name) {
+  const int L = m.cfg.num_hidden_layers, B = base.B, T = base.T;
+  for (Hook h : hooks)
+    if (hook_is_pattern(h)) throw Error("attribution of " + hook_name(h) + " needs the attention patterns: not in a streamed pass");
+  bool internals = false;  // a hook inside the layer: the source layer is recomputed too
+  for (Hook h : hooks) internals = internals || (h != Hook::ResidPre && h != Hook::ResidPost);
+  const int R = per_row ? B : 1;
+  std::vector<std::vector<std::vector<float>>> layer_rows(hooks.size() * L);
+  bo.keep_layers = false;
+  bo.on_layer = [&](int l, const LayerActs& a, const Gradients& g) {
+    if (!check_name.empty()) check_finite_layer(be, m, g, l, check_name.c_str());
+    std::shared_ptr<Arena> arena;
+    LayerActs recomputed;
+    const LayerActs* src = &source.layers[l];
+    if (source.checkpointed && internals) {
+      recomputed = recompute_layer(be, m, source, l, arena);
+      src = &recomputed;
+    }
+    for (size_t k = 0; k < hooks.size(); ++k) {
+      const Hook h = hooks[k];
+      const LayerPtrs p{hook_data_of(*src, source.resid_post(l), source.q_width, source.kv_width, h),
+                        hook_data_of(a, base.resid_post(l), base.q_width, base.kv_width, h), g.hook_grad(h, l)};
+      layer_rows[k * L + l] = reduce_layers(be, m, h, per_row, B, T, {p});
+    }
+  };
+  backward(be, m, base, answer, other, scale, bo);
+  std::vector<std::vector<std::vector<float>>> out(hooks.size(), std::vector<std::vector<float>>(R));
+  for (size_t k = 0; k < hooks.size(); ++k)
+    for (int l = 0; l < L; ++l)
+      for (int r = 0; r < R; ++r) {
+        const std::vector<float>& v = layer_rows[k * L + l][r];
+        out[k][r].insert(out[k][r].end(), v.begin(), v.end());
+      }
+  return out;
+}
+
 std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
                                          const ForwardState& source, const std::vector<int32_t>& answer,
                                          const std::vector<int32_t>& other, float scale,
@@ -152,19 +210,29 @@ std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const Forw
   for (Hook h : hooks) qk = qk || hook_base(h) == Hook::Q || hook_base(h) == Hook::K;
   for (Hook h : hooks) neurons = neurons || h == Hook::MlpPost;
   std::vector<std::vector<double>> acc(hooks.size());
+  auto add_abs = [&](size_t k, const std::vector<std::vector<float>>& per) {
+    if (acc[k].empty()) acc[k].assign(per.empty() ? 0 : per[0].size(), 0.0);
+    for (const auto& v : per)
+      for (size_t i = 0; i < v.size(); ++i) acc[k][i] += std::fabs(double(v[i]));
+  };
+  if (base.checkpointed && qk)
+    throw Error("AtP*'s QK fix needs every layer's [B,H,T,T] attention pattern, which a checkpointed (long-prompt) "
+                "pass does not keep: use attribution for q and k there, or a shorter prompt");
   for (int drop = 0; drop < L; ++drop) {
     BackwardOptions bo;
     bo.keep_dpattern = qk;
     bo.drop_layer = drop;
     bo.keep_dmlp_post = neurons;
+    if (base.checkpointed) {  // one layer's gradients at a time, layers recomputed
+      const auto per = attribution_streamed(be, m, base, source, answer, other, scale, hooks, true, bo, "");
+      for (size_t k = 0; k < hooks.size(); ++k) add_abs(k, per[k]);
+      continue;
+    }
     const Gradients g = backward(be, m, base, answer, other, scale, bo);
     for (size_t k = 0; k < hooks.size(); ++k) {
       const Hook h = hooks[k];
-      const auto per = (hook_base(h) == Hook::Q || hook_base(h) == Hook::K) ? qk_fix_per_prompt(be, m, base, source, g, h)
-                                                                            : attribution_per_prompt(be, m, base, source, g, h);
-      if (acc[k].empty()) acc[k].assign(per.empty() ? 0 : per[0].size(), 0.0);
-      for (const auto& v : per)
-        for (size_t i = 0; i < v.size(); ++i) acc[k][i] += std::fabs(double(v[i]));
+      add_abs(k, (hook_base(h) == Hook::Q || hook_base(h) == Hook::K) ? qk_fix_per_prompt(be, m, base, source, g, h)
+                                                                      : attribution_per_prompt(be, m, base, source, g, h));
     }
   }
   std::vector<std::vector<float>> out(hooks.size());

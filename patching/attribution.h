@@ -2,6 +2,7 @@
 // ∂metric/∂act[b,l,p,d], the gradient taken on the base run — two forward passes and one
 // backward pass for every hook at once. Per-head variants sum over d_head of hook_z.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "model/backward.h"
@@ -27,6 +28,19 @@ std::vector<float> attribution_qk_fix(Backend& be, const Model& m, const Forward
                                       const ForwardState& source, const Gradients& base_grad, Hook hook);
 std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, const ForwardState& base,
                                                   const ForwardState& source, const Gradients& base_grad, Hook hook);
+
+// AtP of every hook in `hooks` (no pattern hooks) from one backward pass that computes each
+// layer's attribution as it reaches the layer and then drops that layer's gradients (and, for
+// checkpointed forwards, its recomputed activations): memory of about one layer at any T.
+// [hook][R][cells], R = B per row or 1 summed, cells in the layout of attribution() (bitwise
+// its values). `bo`: GradDrop and neurons as for backward(); check_name non-empty: stop at the
+// first non-finite gradient, naming the run.
+std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, const Model& m, const ForwardState& base,
+                                                                 const ForwardState& source,
+                                                                 const std::vector<int32_t>& answer,
+                                                                 const std::vector<int32_t>& other, float scale,
+                                                                 const std::vector<Hook>& hooks, bool per_row,
+                                                                 BackwardOptions bo, const std::string& check_name);
 
 // AtP* (Kramár et al. 2024): c(n) = sum_b 1/(L-1) sum_l |I_l(n, b)|, I_l the AtP estimate of
 // node n on batch row b (the QK-fixed one for q and k nodes) with GradDrop at layer l

@@ -1,4 +1,5 @@
 #include "patching/experiment.h"
+#include "patching/memory_plan.h"
 #include "patching/positions.h"
 
 #include <algorithm>
@@ -185,6 +186,7 @@ struct Job {
   std::vector<AccSpec> accs;
   std::vector<int64_t> n_targets;  // per acc: targets of a sweep (0 for an estimate)
   std::vector<std::string> answers_cut;  // --answer-first-token
+  bool checkpoint = false;  // the estimates' forwards keep layer inputs only (memory_plan.h)
 
   bool has(Method x) const {
     return std::any_of(accs.begin(), accs.end(), [x](const AccSpec& a) { return a.method == x; });
@@ -257,6 +259,8 @@ Forwards run_forwards(const Job& job, int bi, RankWork& rw) {
   ForwardOptions fo;
   fo.keep_mlp_post = job.neurons();
   fo.keep_pattern = job.needs_pattern();
+  fo.checkpoint = job.checkpoint && !job.any_sweep();  // the sweep reads every layer's caches
+  if (fo.checkpoint) fo.keep_pattern = false;
   if (job.any_sweep()) {
     // Two passes: identical rows of the two runs then sit at the same place in their GEMMs
     // and come out bitwise equal, which is what lets the sweep skip no-op patches.
@@ -298,14 +302,23 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
   const float scale = static_cast<float>(1.0 / den);
   const std::string run_name = opt.noising ? "clean" : "corrupted";
   Gradients grads;
+  std::vector<Hook> streamed_hooks;               // checkpointed forwards: AtP computed inside the backward
+  std::vector<std::vector<std::vector<float>>> streamed;
   double backward_s = 0;
   if (job.has(Method::Attribution) && share.estimates) {
     const auto t0 = Clock::now();
     BackwardOptions bo;
     bo.keep_dmlp_post = job.neurons();
-    grads = backward(job.be, job.m, base, pb.answer, pb.other, scale, bo);
-    if (opt.check_finite)
-      check_finite(job.be, job.m, grads, ("batch " + std::to_string(bi) + ", backward of the " + run_name + " run").c_str());
+    const std::string check = "batch " + std::to_string(bi) + ", backward of the " + run_name + " run";
+    if (base.checkpointed) {
+      for (const auto& a : job.accs)
+        if (a.method == Method::Attribution) streamed_hooks.push_back(a.hook);
+      streamed = attribution_streamed(job.be, job.m, base, source, pb.answer, pb.other, scale, streamed_hooks, false, bo,
+                                      opt.check_finite ? check : std::string());
+    } else {
+      grads = backward(job.be, job.m, base, pb.answer, pb.other, scale, bo);
+      if (opt.check_finite) check_finite(job.be, job.m, grads, check.c_str());
+    }
     job.stop_point();
     backward_s = since(t0);
     rw.token_layer_evals += 2 * int64_t(B) * T * job.L;
@@ -333,7 +346,15 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
     if (!a.sweep()) {
       if (!share.estimates) continue;
       const bool is_star = a.method == Method::AtpStar;
-      std::vector<float> v = is_star ? std::move(star[star_k++]) : attribution(job.be, job.m, base, source, grads, a.hook);
+      std::vector<float> v;
+      if (is_star) {
+        v = std::move(star[star_k++]);
+      } else if (base.checkpointed) {
+        const size_t k = std::find(streamed_hooks.begin(), streamed_hooks.end(), a.hook) - streamed_hooks.begin();
+        v = std::move(streamed.at(k).at(0));
+      } else {
+        v = attribution(job.be, job.m, base, source, grads, a.hook);
+      }
       if (opt.check_finite)
         for (size_t i = 0; i < targets.size() && i < v.size(); ++i)
           if (!std::isfinite(v[i]))
@@ -847,6 +868,49 @@ int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json&
   return resumed;
 }
 
+// Before any work: the estimates' peak memory (memory_plan.h) decides whether their forwards
+// are checkpointed, and a batch whose forwards cannot be held for the exact sweep stops the
+// run at once, with the sizes.
+void plan_memory(Job& job) {
+  const ExperimentOptions& opt = job.opt;
+  const size_t device_free = job.be.free_memory();
+  const PairBatch pb = job.batch(0);  // the largest batch
+  const std::vector<PromptPair> first(job.pairs.begin(), job.pairs.begin() + 1);
+  const PairBatch one = make_pair_batch(first, job.m.tok, job.m.cfg.pad_token_id, job.m.cfg.max_position_embeddings,
+                                        job.T, opt.add_bos);
+  if (job.any_estimate()) {
+    EstimatesWork w;
+    for (const auto& a : job.accs) {
+      if (a.method == Method::Attribution) w.attribution_hooks.push_back(a.hook);
+      if (a.method == Method::AtpStar) w.atp_star_hooks.push_back(a.hook);
+    }
+    w.neurons = job.neurons();
+    w.pattern = job.needs_pattern();
+    // Estimates alone can be checkpointed (and --mem-budget bounds them); beside an exact sweep
+    // the forwards keep every layer (the sweep reads them), so the full pass must fit.
+    const bool alone = !job.any_sweep();
+    if (!alone && opt.recompute == "on")
+      throw Error("--recompute on applies to estimates alone: the exact sweep (--method activation) reads every "
+                  "layer's activations");
+    const EstimatesPlan p = plan_estimates(job.be, job.m, pb, one, w, alone ? opt.recompute : "off",
+                                           alone && opt.mem_budget ? opt.mem_budget : device_free);
+    job.checkpoint = p.checkpoint;
+    if (p.checkpoint) job.log(p.note);
+  }
+  const size_t available = device_free;
+  if (job.any_sweep() || opt.verify_top > 0) {
+    const bool g16 = job.be.gemm_in_bf16();
+    const size_t fwd = 2 * forward_arena_bytes(job.m, pb.clean.B, pb.clean.T, job.needs_pattern(), g16, job.neurons());
+    if (fwd > available)
+      throw Error("exact patching holds both runs' activations of a batch of " + std::to_string(pb.clean.B) +
+                  " prompts of " + std::to_string(pb.clean.T) + " tokens: " + std::to_string(fwd >> 20) +
+                  " MiB, more than the " + std::to_string(available >> 20) + " MiB available (one pair: " +
+                  std::to_string((2 * forward_arena_bytes(job.m, one.clean.B, job.T, job.needs_pattern(), g16,
+                                                          job.neurons())) >> 20) +
+                  " MiB, --batch 1); nothing was computed");
+  }
+}
+
 }  // namespace
 
 void check_methods(const ExperimentOptions& opt) {
@@ -903,6 +967,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     }
   }
   job.set_targets();
+  comm.agree(attempt(job, code, [&] { plan_memory(job); }), code);
 
   ExperimentResult R;
   R.model_dir = m.dir;

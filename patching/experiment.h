@@ -31,6 +31,9 @@ struct ExperimentOptions {
   // Exact sweeps (activation) only at these positions (patching/positions.h syntax: "1500:1600,7");
   // empty: every position. The matrices hold NaN elsewhere; estimates still cover everything.
   std::string positions;
+  // Activation checkpointing of the estimates' forwards (memory_plan.h): "auto" (where the full
+  // pass would not fit the memory: --mem-budget, else the device's free memory), "on", "off".
+  std::string recompute = "auto";
   bool check_finite = true; // stop with the layer/hook of the first NaN/Inf (activations,
                             // gradients and patching results)
   // Polled between passes and after every sweep step; when it returns true the experiment

@@ -61,7 +61,11 @@ options:
   --direction D     denoise (clean values into the corrupted run) | noise [denoise]
   --batch N         pairs per batch for large pair files (0 = one batch) [0]
   --naive           activation patching with one full forward per patch (verification)
-  --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory) [0]
+  --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory), and for
+                    estimates alone the memory their batch may use [0]
+  --recompute R     auto | on | off: estimates alone (AtP, AtP*) keep only each layer's input
+                    and recompute the rest in the backward (long prompts); auto where the
+                    full pass would not fit the memory (predicted before any work) [auto]
   --out DIR         output directory [out]
   --force           overwrite results already in --out (and drop its checkpoints)
   --resume          continue an interrupted run in --out: finished batches are read from
@@ -232,7 +236,7 @@ const std::vector<CommandSpec>& table() {
   static const std::vector<CommandSpec> t = {
       {"run",
        {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top",
-        "positions"},
+        "positions", "recompute"},
        {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token"},
        kRunUsage},
       {"forward", {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token", "help"}, kForwardUsage},

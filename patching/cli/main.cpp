@@ -94,6 +94,9 @@ int cmd_run(const Args& a) {
   opt.naive = a.has("naive");
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
   opt.positions = a.get("positions", "");
+  opt.recompute = a.get("recompute", "auto");
+  if (opt.recompute != "auto" && opt.recompute != "on" && opt.recompute != "off")
+    throw Error("--recompute: expected auto, on or off, got '" + opt.recompute + "'");
   if (a.has("positions") && opt.positions.empty()) throw Error("--positions: no position given");
   Comm& comm = Comm::world();
   opt.log = [&comm](const std::string& s) {

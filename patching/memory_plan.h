@@ -1,0 +1,43 @@
+// The memory planner of the estimates (AtP, AtP*; issue 25): before any work, the peak device
+// memory of one batch's estimates is predicted by walking the engine's exact allocation
+// sequence through a TraceBackend that computes nothing (placeholder weights, no data), for
+// the full pass (every layer's activations and gradients kept) and the checkpointed one (each
+// layer's input kept, its internals recomputed and its gradients consumed one layer at a time).
+// The run then uses the full pass where it fits, the checkpointed one where only that fits,
+// and otherwise stops at once with the sizes needed and what would make it fit.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "model/batch.h"
+#include "model/hooks.h"
+#include "model/model.h"
+#include "runtime/backend.h"
+
+namespace phi3 {
+
+struct EstimatesWork {
+  std::vector<Hook> attribution_hooks;  // AtP
+  std::vector<Hook> atp_star_hooks;     // AtP*
+  bool neurons = false;                 // mlp_post among them (its fp32 copy kept)
+  bool pattern = false;                 // pattern hooks or the QK fix: every layer's pattern kept
+};
+
+// Peak bytes (weights excluded) of the estimates of `pb` on a backend like `be` (its kind and
+// weight dtype), with or without checkpointing; the forwards included.
+size_t estimates_peak_bytes(const Backend& be, const Model& m, const PairBatch& pb, const EstimatesWork& w, bool checkpoint);
+
+struct EstimatesPlan {
+  bool checkpoint = false;
+  size_t full_bytes = 0, checkpoint_bytes = 0, available = 0;
+  std::string note;  // what was chosen and why (a progress line)
+};
+
+// Chooses for the batch: recompute "auto" (full where it fits `available` bytes, else
+// checkpointed), "on" or "off"; throws Error naming the sizes, the one-pair figure and the
+// options that would help when the chosen pass does not fit. one_pair: the same work for a
+// batch of one pair (for the message).
+EstimatesPlan plan_estimates(const Backend& be, const Model& m, const PairBatch& pb, const PairBatch& one_pair,
+                             const EstimatesWork& w, const std::string& recompute, size_t available);
+
+}  // namespace phi3
