@@ -48,9 +48,9 @@ def pairs_file(d, repeats):
     return p
 
 
-def run(exe, model, pairs, out):
+def run(exe, model, pairs, out, extra):
     cmd = ["/usr/bin/time", "-v", exe, "run", "--model", model, "--pairs", pairs, "--method", "attribution",
-           "--out", out, "--force"]
+           "--out", out, "--force"] + extra
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return None, None, r.stderr.strip().splitlines()[-3:]
@@ -86,6 +86,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phi3patch", action="append", required=True, help="binary (repeat to compare)")
     ap.add_argument("--label", default="", help="comma-separated labels of the binaries")
+    ap.add_argument("--run-args", action="append", default=None,
+                    help="extra `run` arguments, one per --phi3patch (e.g. '--recompute on'; '' for none)")
     ap.add_argument("--T", default="512,1024,2048,4096,8192")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-rss-gb", type=float, default=20.0, help="skip a binary's larger T once it passed this")
@@ -102,12 +104,15 @@ def main():
                                                                    "num_key_value_heads", "num_hidden_layers",
                                                                    "intermediate_size", "vocab_size")},
            "binaries": {}}
-    for exe, label in zip(a.phi3patch, labels):
+    extras = [x.split() for x in a.run_args] if a.run_args else [[] for _ in a.phi3patch]
+    if len(extras) != len(a.phi3patch):
+        sys.exit("--run-args: give one per --phi3patch")
+    for exe, label, extra in zip(a.phi3patch, labels, extras):
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         rows = []
         for t in targets:
             reps = max(1, round((t - 5) / 23.2))
-            T, meas, err = run(exe, model, pairs_file(tmp, reps), os.path.join(tmp, f"out-{label}-{t}"))
+            T, meas, err = run(exe, model, pairs_file(tmp, reps), os.path.join(tmp, f"out-{label}-{t}"), extra)
             if err:
                 rows.append({"target_T": t, "error": err})
                 print(f"{label} T~{t}: failed: {err}", file=sys.stderr)
@@ -124,7 +129,7 @@ def main():
             c2 = lstsq(xs, ys, 2)
             fit = {"linear_bytes_per_token": c1[1], "linear_intercept_bytes": c1[0],
                    "quadratic_bytes_per_token2": c2[2], "quadratic_bytes_per_token": c2[1]}
-        res["binaries"][label] = {"path": exe, "repo_commit": commit, "runs": rows, "fit": fit}
+        res["binaries"][label] = {"path": exe, "run_args": extra, "repo_commit": commit, "runs": rows, "fit": fit}
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".tmp", "w") as f:
         json.dump(res, f, indent=2)
