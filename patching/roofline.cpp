@@ -44,9 +44,11 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
   ForwardState clean, corrupted;  // made by the first sweep phase, held through every sweep
   for (Hook h : opt.sweeps ? hooks : std::vector<Hook>{}) {
     phase("sweep " + hook_name(h), [&] {
-      if (clean.B == 0) {
-        clean = forward(tb, m, pb.clean);
-        corrupted = forward(tb, m, pb.corrupted);
+      if (clean.B == 0) {  // both or neither (an out-of-memory in the second leaves none held)
+        ForwardState c = forward(tb, m, pb.clean);
+        ForwardState r = forward(tb, m, pb.corrupted);
+        clean = std::move(c);
+        corrupted = std::move(r);
         trace.ops.clear();  // only the sweep is tallied
       }
       activation_sweep(tb, m, corrupted, clean, pb.answer, pb.other, h, sweep_opt);

@@ -18,6 +18,7 @@
 #include "model/model.h"
 #include "patching/cli/args.h"
 #include "patching/circuit.h"
+#include "patching/memory_plan.h"
 #include "patching/cli/commands.h"
 #include "patching/roofline.h"
 #include "runtime/error.h"
@@ -192,9 +193,14 @@ PairBatch long_pair(const ModelConfig& c, int T) {
   return pb;
 }
 
-// Whether phase `name` ("forward", "attribution", "eap-ig scores") of one pair of T-token prompts
-// fits dev's usable memory.
-bool phase_fits(const cost::DeviceFigures& dev, bool fp32, const ModelConfig& cfg, const std::string& name, int T) {
+// The long-prompt work whose fit --longest reports: the forward alone, the estimates (AtP of
+// the default hooks) as the run plans them (full pass, or checkpointed: memory_plan.h), and
+// EAP-IG's scores.
+const char* const kLongPhases[] = {"forward", "attribution (full)", "attribution (checkpointed)",
+                                   "atp-star (checkpointed)", "eap-ig scores"};
+
+// Whether `phase` (kLongPhases) of one pair of T-token prompts fits dev's usable memory.
+bool phase_fits(const cost::DeviceFigures& dev, bool fp32, const ModelConfig& cfg, const std::string& phase, int T) {
   Trace trace;
   TraceBackend tb(nullptr, trace, DeviceKind::CUDA, fp32 ? DType::F32 : DType::BF16, 0, std::string("predicted ") + dev.name);
   Model m;
@@ -202,14 +208,21 @@ bool phase_fits(const cost::DeviceFigures& dev, bool fp32, const ModelConfig& cf
   m.tok = Tokenizer::load_dir(default_path("data/models/tiny-temporal-phi3"));
   m.w = ModelWeights::placeholder(tb, m.cfg);
   const size_t memory = static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes;
-  if (tb.used_bytes() > memory) return false;
+  const size_t weights = tb.used_bytes();
+  if (weights > memory) return false;
+  const PairBatch pb = long_pair(cfg, T);
+  if (phase.rfind("attribution", 0) == 0 || phase.rfind("atp-star", 0) == 0) {
+    EstimatesWork w;
+    (phase.rfind("atp-star", 0) == 0 ? w.atp_star_hooks : w.attribution_hooks) = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
+    return weights + estimates_peak_bytes(tb, m, pb, w, phase.find("(checkpointed)") != std::string::npos) <= memory;
+  }
   tb.set_memory(memory);
   TracePhaseOptions po;
-  po.eap_ig = name == "eap-ig scores";
+  po.eap_ig = phase == "eap-ig scores";
   po.oom_ends_phase = true;
   po.sweeps = false;
-  for (const Phase& p : trace_phases(tb, trace, m, long_pair(cfg, T), {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut}, {}, po))
-    if (p.name == name) return p.refused.empty();
+  for (const Phase& p : trace_phases(tb, trace, m, pb, {Hook::ResidPre}, {}, po))
+    if (p.name == phase) return p.refused.empty();
   return false;  // not traced (EAP-IG on a model without circuits)
 }
 
@@ -304,15 +317,16 @@ int predict_all(const cost::DeviceFigures& dev, bool fp32, const std::string& pa
               "NO: an allocation failed (the peak shown is where it stopped)\n");
   if (a.has("longest")) {
     std::printf("\nlongest prompt that fits, one pair (B = 1), memory only (context: the shape's own limit):\n");
-    std::printf("%-17s %9s | %9s %12s %9s\n", "shape", "context", "forward", "attribution", "eap-ig");
+    std::printf("%-17s %9s | %9s %12s %12s %12s %9s\n", "shape", "context", "forward", "AtP full", "AtP ckpt",
+                "AtP* ckpt", "eap-ig");
     for (const std::string& like : like_shape_names()) {
       if (like == "tiny") continue;
       std::fprintf(stderr, "longest T for %s ...\n", like.c_str());
       const ModelConfig cfg = parse_config_json(config_like(like).dump(), like + " config");
       nlohmann::json lj = nlohmann::json::object();
-      std::string cells[3];
+      std::string cells[5];
       int k = 0;
-      for (const char* name : {"forward", "attribution", "eap-ig scores"}) {
+      for (const char* name : kLongPhases) {
         if (std::string(name) == "eap-ig scores" && !circuits_supported(cfg)) {
           cells[k++] = "n/a";
           continue;
@@ -323,8 +337,8 @@ int predict_all(const cost::DeviceFigures& dev, bool fp32, const std::string& pa
       }
       shapes[like]["longest_T"] = lj;
       shapes[like]["context_length"] = cfg.max_position_embeddings;
-      std::printf("%-17s %9d | %9s %12s %9s\n", like.c_str(), cfg.max_position_embeddings, cells[0].c_str(),
-                  cells[1].c_str(), cells[2].c_str());
+      std::printf("%-17s %9d | %9s %12s %12s %12s %9s\n", like.c_str(), cfg.max_position_embeddings,
+                  cells[0].c_str(), cells[1].c_str(), cells[2].c_str(), cells[3].c_str(), cells[4].c_str());
       std::fflush(stdout);
     }
   }
@@ -375,11 +389,11 @@ int cmd_bench_predict(const Args& a) {
     std::printf("longest prompt that fits (one pair, B = 1; memory only, the context length is %d):\n",
                 p.cfg.max_position_embeddings);
     nlohmann::json lj = nlohmann::json::object();
-    for (const char* name : {"forward", "attribution", "eap-ig scores"}) {
+    for (const char* name : kLongPhases) {
       if (std::string(name) == "eap-ig scores" && !circuits_supported(p.cfg)) continue;
       const int t = longest_fit(*dev, fp32, p.cfg, name);
       lj[name] = t;
-      std::printf("  %-14s T = %d\n", name, t);
+      std::printf("  %-27s T = %d\n", name, t);
     }
     p.json["longest_T"] = lj;
     p.json["context_length"] = p.cfg.max_position_embeddings;
