@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "model/batch.h"
+#include "patching/memory_plan.h"
 #include "patching/circuit.h"
 #include "runtime/error.h"
 
@@ -87,9 +88,30 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     per_batch = opt.batch_pairs > 0 ? std::min<int>(opt.batch_pairs, static_cast<int>(pairs.size()))
                                     : static_cast<int>(pairs.size());
     r.T = pair_batch_length(pairs, m.tok, opt.add_bos);
+    // The memory plan (memory_plan.h), before any work: the scores of a batch hold every upstream
+    // difference of its rows at once. Without --batch the largest batch that fits is taken
+    // (halving); a batch that cannot fit stops here with the sizes.
+    const size_t avail = be.free_memory();
+    auto peak = [&](int n) {
+      const PairBatch pb = make_pair_batch(std::vector<PromptPair>(pairs.begin(), pairs.begin() + n), m.tok,
+                                           c.pad_token_id, c.max_position_embeddings, r.T, opt.add_bos);
+      return circuit_scores_peak_bytes(be, m, pb, opt.ig, opt.ig_steps);
+    };
+    size_t need = peak(per_batch);
+    while (opt.batch_pairs == 0 && per_batch > 1 && need > avail) need = peak(per_batch = (per_batch + 1) / 2);
+    auto mib = [](size_t b) { return std::to_string(b >> 20) + " MiB"; };
+    if (need > avail)
+      throw Error(std::string(opt.ig ? "EAP-IG" : "EAP") + " scores of " + std::to_string(per_batch) + " pair(s) of " +
+                  std::to_string(r.T) + " tokens need " + mib(need) + " beyond the weights, more than the " +
+                  mib(avail) + " available" +
+                  (per_batch > 1 ? " (use --batch 1: " + mib(peak(1)) + ")" : std::string(" (shorter prompts)")) +
+                  "; nothing was computed");
+    if (opt.batch_pairs == 0 && per_batch < static_cast<int>(pairs.size()))
+      log("memory plan: " + std::to_string(per_batch) + " pairs per batch (" + mib(need) + " each; all " +
+          std::to_string(pairs.size()) + " at once would not fit the " + mib(avail) + " available)");
   });
   r.batches = (static_cast<int>(pairs.size()) + per_batch - 1) / per_batch;
-  // One batch's pairs, its two runs (patterns kept) and logit differences. With one batch the
+  // One batch's pairs, its two runs and logit differences. With one batch the
   // runs are made once and kept; with several each pass below runs them again (the memory of
   // one batch at a time).
   struct Runs {

@@ -4,6 +4,7 @@
 
 #include "model/backward.h"
 #include "patching/attribution.h"
+#include "patching/circuit.h"
 #include "runtime/error.h"
 #include "runtime/trace_backend.h"
 
@@ -46,6 +47,28 @@ size_t estimates_peak_bytes(const Backend& be, const Model& m, const PairBatch& 
     }
   }
   if (!w.atp_star_hooks.empty()) atp_star(tb, pm, p.corrupted, p.clean, pb.answer, pb.other, 1.0f, w.atp_star_hooks);
+  tb.synchronize();
+  return tb.peak_bytes() - weights;
+}
+
+size_t circuit_scores_peak_bytes(const Backend& be, const Model& m, const PairBatch& pb, bool ig, int ig_steps) {
+  Trace trace;
+  TraceBackend tb(nullptr, trace, be.kind(), be.weight_dtype(), 0, "memory plan");
+  Model pm;
+  pm.cfg = m.cfg;
+  pm.w = ModelWeights::placeholder(tb, m.cfg);
+  const size_t weights = tb.used_bytes();
+  tb.reset_peak();
+  {
+    const ModelConfig& c = m.cfg;
+    const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
+    const HeadOutputWeights ow(tb, pm);
+    const ForwardState clean = forward(tb, pm, pb.clean), corrupted = forward(tb, pm, pb.corrupted);
+    EdgeScoreOptions so;
+    so.ig = ig;
+    so.ig_steps = ig_steps;
+    edge_scores(tb, pm, ow, g, pb, clean, corrupted, 1.0f, so);
+  }
   tb.synchronize();
   return tb.peak_bytes() - weights;
 }

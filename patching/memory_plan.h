@@ -40,4 +40,9 @@ struct EstimatesPlan {
 EstimatesPlan plan_estimates(const Backend& be, const Model& m, const PairBatch& pb, const PairBatch& one_pair,
                              const EstimatesWork& w, const std::string& recompute, size_t available);
 
+// Peak bytes (weights excluded) of EAP / EAP-IG edge scores of `pb` on a backend like `be`: the
+// transposed output weights, both runs' forwards and the scores (every upstream difference of
+// the batch at once: U x B*T x D). The circuit command chooses its batch of pairs from it.
+size_t circuit_scores_peak_bytes(const Backend& be, const Model& m, const PairBatch& pb, bool ig, int ig_steps);
+
 }  // namespace phi3

@@ -9,6 +9,8 @@
 
 #include "model/backward.h"
 #include "patching/attribution.h"
+#include "patching/circuit.h"
+#include "patching/circuit_graph.h"
 #include "patching/cli/commands.h"
 #include "patching/experiment.h"
 #include "patching/memory_plan.h"
@@ -143,6 +145,35 @@ TEST(LongPrompt, PlannedPeakIsTheMeasuredPeak) {
       const size_t measured = real.peak_bytes() - start;
       EXPECT_NEAR(double(predicted), double(measured), 0.02 * measured) << predicted << " vs " << measured;
     }
+  }
+}
+
+// The circuit command sizes its batch from the EAP / EAP-IG scores' predicted peak: it is the
+// real run's allocation high-water mark.
+TEST(LongPrompt, CircuitScoresPlannedPeakIsTheMeasuredPeak) {
+  auto cpu = make_cpu_backend();
+  Trace rt;
+  TraceBackend real(cpu.get(), rt);
+  auto m = load_model(real, tiny_dir());
+  const PairBatch pb = seed_batch(*m);
+  for (bool ig : {false, true}) {
+    SCOPED_TRACE(ig ? "EAP-IG" : "EAP");
+    const size_t predicted = circuit_scores_peak_bytes(*cpu, *m, pb, ig, 3);
+    real.synchronize();
+    real.reset_peak();
+    const size_t start = real.used_bytes();
+    {
+      const ModelConfig& c = m->cfg;
+      const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
+      const HeadOutputWeights ow(real, *m);
+      const ForwardState clean = forward(real, *m, pb.clean), corrupted = forward(real, *m, pb.corrupted);
+      EdgeScoreOptions so;
+      so.ig = ig;
+      so.ig_steps = 3;
+      edge_scores(real, *m, ow, g, pb, clean, corrupted, 1.0f, so);
+    }
+    const size_t measured = real.peak_bytes() - start;
+    EXPECT_NEAR(double(predicted), double(measured), 0.02 * measured) << predicted << " vs " << measured;
   }
 }
 
