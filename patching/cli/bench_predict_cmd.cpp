@@ -84,6 +84,8 @@ struct Prediction {
   ModelConfig cfg;
   size_t weights_bytes = 0;
   int B = 0, T = 0;
+  int eap_ig_pairs = -1;        // the circuit command's batch plan: pairs per batch (0: not even one; -1 n/a)
+  size_t eap_ig_bytes = 0;      // its peak, weights included
 };
 
 // One shape (like) or checkpoint config (model_dir) on device dev: the phases' tallies and peaks.
@@ -134,6 +136,19 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
       r.phases.push_back(std::move(p));
     }
   }
+  // The circuit command's batch plan (circuit_run.cpp): the most pairs per batch whose EAP-IG
+  // scores fit, halving from all of them.
+  if (circuits_supported(m.cfg) && r.weights_bytes <= memory) {
+    int n = static_cast<int>(pairs.size());
+    for (;;) {
+      const PairBatch pbn = make_pair_batch(std::vector<PromptPair>(pairs.begin(), pairs.begin() + n), m.tok,
+                                            m.cfg.pad_token_id, m.cfg.max_position_embeddings, r.T, bos);
+      r.eap_ig_bytes = r.weights_bytes + circuit_scores_peak_bytes(tb, m, pbn, true, 5);
+      if (r.eap_ig_bytes <= memory || n == 1) break;
+      n = (n + 1) / 2;
+    }
+    r.eap_ig_pairs = r.eap_ig_bytes <= memory ? n : 0;
+  }
   nlohmann::json jp = nlohmann::json::array();
   double sweeps = 0;
   bool sweeps_fit = true;
@@ -170,6 +185,10 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
             {"B", r.B},
             {"T", r.T},
             {"phases", jp},
+            {"eap_ig_batch_plan", r.eap_ig_pairs < 0 ? nlohmann::json(nullptr)
+                                                     : nlohmann::json({{"pairs_per_batch", r.eap_ig_pairs},
+                                                                       {"of_pairs", pairs.size()},
+                                                                       {"peak_bytes", r.eap_ig_bytes}})},
             {"all_sweeps_ms", sweeps_fit ? nlohmann::json(sweeps) : nlohmann::json(nullptr)}};
   return r;
 }
@@ -385,6 +404,11 @@ int cmd_bench_predict(const Args& a) {
                 p.json["all_sweeps_ms"].get<double>());
   for (const auto& ph : p.phases)
     if (!ph.refused.empty()) std::printf("%s: %s\n", ph.name.c_str(), ph.refused.c_str());
+  if (p.eap_ig_pairs > 0)
+    std::printf("circuit (EAP-IG, 5 steps): %d of the %zu pairs per batch fit (peak %s GB); the command batches so\n",
+                p.eap_ig_pairs, size_t(p.json["eap_ig_batch_plan"]["of_pairs"]), gb(p.eap_ig_bytes).c_str());
+  else if (p.eap_ig_pairs == 0)
+    std::printf("circuit (EAP-IG): not even one pair fits (peak %s GB)\n", gb(p.eap_ig_bytes).c_str());
   if (a.has("longest")) {
     std::printf("longest prompt that fits (one pair, B = 1; memory only, the context length is %d):\n",
                 p.cfg.max_position_embeddings);
