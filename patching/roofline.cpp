@@ -5,6 +5,7 @@
 #include "patching/circuit.h"
 #include "runtime/error.h"
 
+#include <algorithm>
 #include <functional>
 
 namespace phi3 {
@@ -52,6 +53,26 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
         trace.ops.clear();  // only the sweep is tallied
       }
       activation_sweep(tb, m, corrupted, clean, pb.answer, pb.other, h, sweep_opt);
+    });
+  }
+  if (opt.verify_top > 0 && !hooks.empty()) {
+    phase("verify-top " + std::to_string(opt.verify_top), [&] {
+      if (clean.B == 0) {
+        ForwardState c = forward(tb, m, pb.clean);
+        ForwardState r = forward(tb, m, pb.corrupted);
+        clean = std::move(c);
+        corrupted = std::move(r);
+      }
+      const std::vector<int64_t> cost = sweep_target_costs(tb, m, corrupted, clean, hooks[0]);
+      std::vector<int64_t> order(cost.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+      order.resize(std::min<size_t>(order.size(), size_t(opt.verify_top)));
+      std::sort(order.begin(), order.end());
+      trace.ops.clear();  // only the exact runs are tallied
+      SweepOptions so = sweep_opt;
+      so.only = &order;
+      activation_sweep(tb, m, corrupted, clean, pb.answer, pb.other, hooks[0], so);
     });
   }
   clean = ForwardState();

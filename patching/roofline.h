@@ -26,6 +26,9 @@ struct TracePhaseOptions {
   int ig_steps = 5;
   bool oom_ends_phase = false; // an OutOfMemory ends that phase (Phase::refused) instead of the run
   bool sweeps = true;          // the exact sweep of each hook (quadratic in T: off for long-T fits)
+  // > 0: a phase "verify-top K" (`run --verify-top K`): the exact patching of K nodes of the
+  // first hook, the K whose patched runs cost the most (the prediction's worst case).
+  int verify_top = 0;
 };
 
 // forward (no pattern), attribution (clean and corrupted in one 2B-row forward, backward,

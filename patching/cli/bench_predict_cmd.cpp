@@ -90,7 +90,8 @@ struct Prediction {
 
 // One shape (like) or checkpoint config (model_dir) on device dev: the phases' tallies and peaks.
 Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string& like, const std::string& model_dir,
-                   const std::string& pairs_file, const std::vector<Hook>& hooks, const SweepOptions& so) {
+                   const std::string& pairs_file, const std::vector<Hook>& hooks, const SweepOptions& so,
+                   int verify_top = 0) {
   // Declared before the model: its placeholder weights are freed through it.
   Trace trace;
   TraceBackend tb(nullptr, trace, DeviceKind::CUDA, fp32 ? DType::F32 : DType::BF16, 0,
@@ -120,6 +121,8 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
   TracePhaseOptions po;
   po.eap_ig = true;
   po.oom_ends_phase = true;
+  po.verify_top = verify_top;
+  po.sweeps = verify_top == 0;  // with --verify-top: the long-prompt path, no full sweeps
   if (r.weights_bytes <= memory) {
     tb.set_memory(memory);
     r.phases = trace_phases(tb, trace, m, pb, hooks, so, po);
@@ -380,7 +383,7 @@ int cmd_bench_predict(const Args& a) {
   so.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
   const std::string like = a.has("model") ? "" : a.get("like", "phi-3-mini");
   if (like == "all") return predict_all(*dev, fp32, pairs_file, hooks, so, a);
-  Prediction p = predict(*dev, fp32, like, a.get("model", ""), pairs_file, hooks, so);
+  Prediction p = predict(*dev, fp32, like, a.get("model", ""), pairs_file, hooks, so, a.get_int("verify-top", 0));
 
   print_header(*dev, fp32, pairs_file, p.B, p.T);
   std::printf("model: %s (%s), %d layers, d=%d; weights %s GB\n", p.json["model"].get<std::string>().c_str(),
@@ -421,6 +424,27 @@ int cmd_bench_predict(const Args& a) {
     }
     p.json["longest_T"] = lj;
     p.json["context_length"] = p.cfg.max_position_embeddings;
+    // The estimates' peak (AtP of the default hooks, one pair, weights excluded) against T: with
+    // every layer's patterns kept (the scheme before the recomputing attention backward), the
+    // full pass, and the checkpointed one.
+    std::printf("AtP peak beyond the weights, one pair (GB): T | patterns kept (before) | full pass | checkpointed\n");
+    Trace tt;
+    TraceBackend kind(nullptr, tt, DeviceKind::CUDA, fp32 ? DType::F32 : DType::BF16, 0, "plan");
+    Model pm;
+    pm.cfg = p.cfg;
+    nlohmann::json rows = nlohmann::json::array();
+    for (int T : {1024, 2048, 4096, 8192, 16384, 32768}) {
+      const PairBatch pb = long_pair(p.cfg, T);
+      EstimatesWork w;
+      w.attribution_hooks = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
+      w.pattern = true;
+      const size_t before = estimates_peak_bytes(kind, pm, pb, w, false);
+      w.pattern = false;
+      const size_t full = estimates_peak_bytes(kind, pm, pb, w, false), ck = estimates_peak_bytes(kind, pm, pb, w, true);
+      std::printf("  %6d | %10s | %10s | %10s\n", T, gb(before).c_str(), gb(full).c_str(), gb(ck).c_str());
+      rows.push_back({{"T", T}, {"patterns_kept_bytes", before}, {"full_bytes", full}, {"checkpointed_bytes", ck}});
+    }
+    p.json["attribution_peak_by_T"] = rows;
   }
   if (a.has("json")) write_file_atomic(a.get("json", ""), p.json.dump(1) + "\n");
   return 0;

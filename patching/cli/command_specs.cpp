@@ -198,6 +198,8 @@ usage: phi3patch bench [OPTIONS]
   --predict GPU     h100 | h200: predict instead of measuring
   --longest         with --predict: also the longest prompt (one pair) whose forward,
                     attribution and EAP-IG fit the device (memory only)
+  --verify-top K    with --predict: the exact check of the K costliest nodes of the first
+                    hook instead of the full sweeps (the long-prompt path)
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
   --pairs FILE      clean/corrupted pairs [data/temporal_scope_for_attribution_patching.json;
@@ -250,7 +252,7 @@ const std::vector<CommandSpec>& table() {
       {"accuracy", {"model", "device", "dataset", "split"}, {"fp32", "help"}, kAccuracyUsage},
       {"bench",
        {"model", "device", "pairs", "hooks", "repeat", "json", "naive-hooks", "mem-budget", "batch", "method", "predict",
-        "like"},
+        "like", "verify-top"},
        {"fp32", "no-naive", "compare-fp32", "longest", "help"},
        kBenchUsage},
       {"make-random", {"like", "out", "seed", "layers", "dtype", "shard-mb"}, {"force", "help"}, kMakeRandomUsage},
