@@ -69,6 +69,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   const int N = B * T;
   PHI3_CHECK(!s.layers.empty() && (s.checkpointed || s.layers[0].stats.size() > 0),
              "backward: the forward pass must keep the attention stats");
+  PHI3_CHECK(!s.sweep_cache, "backward: a sweep-cache forward pass keeps no per-layer norms or MLP inputs");
   PHI3_CHECK(static_cast<int>(answer.size()) == B && static_cast<int>(other.size()) == B, "backward: one answer per row");
 
   // d logits at the last position only: +scale/B at answer, -scale/B at other.

@@ -38,6 +38,21 @@ void plan_layer_internals(ArenaPlan& p, const Model& m, size_t N, int B, int T, 
   p.add<float>(size_t(B) * c.num_attention_heads * T * 2);                // stats
 }
 
+// What a sweep cache keeps per layer (the buffers the exact sweep reads), in take_sweep_cache's order.
+void plan_sweep_cache(ArenaPlan& p, const Model& m, size_t N, int B, int T, bool keep_pattern, bool keep_act,
+                      const SweepCacheKeep& k) {
+  const ModelConfig& c = m.cfg;
+  const size_t D = c.hidden_size;
+  if (k.qkv) p.add<float>(N * m.qkv_width());
+  p.add<float>(N * m.kv_width()).add<float>(N * m.kv_width());  // k_rot, v
+  if (k.z) p.add<float>(N * m.q_width());
+  if (keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T * T);
+  if (k.attn_out) p.add<float>(N * D);
+  if (k.resid_mid) p.add<float>(N * D);
+  if (k.mlp_out) p.add<float>(N * D);
+  if (keep_act) p.add<float>(N * c.intermediate_size);  // act (fp32: mlp_post nodes)
+}
+
 // Takes one layer's internals from the arena (plan_layer_internals' order) and returns the GEMM
 // inputs ln1, ln2, act as the producing ops write them.
 struct LayerGemmIns {
@@ -78,16 +93,66 @@ LayerGemmIns take_layer_internals(Arena& A, const Model& m, LayerActs& a, size_t
   return g;
 }
 
+// A sweep-cache layer: the kept buffers from the arena, every other one borrowed from `scratch`
+// (one set shared by all layers: it holds the last layer's values once the pass is done).
+LayerGemmIns take_sweep_cache(Arena& A, const Model& m, LayerActs& a, const LayerActs& scratch,
+                              const LayerGemmIns& sg, size_t N, int B, int T, bool keep_pattern, bool keep_act,
+                              const SweepCacheKeep& k) {
+  Backend& be = A.backend();
+  auto share = [&](const auto& x) {
+    using Elem = std::remove_const_t<std::remove_pointer_t<decltype(x.get())>>;
+    return x.get() ? DeviceArray<Elem>::borrowed(be, const_cast<Elem*>(x.get()), x.size()) : DeviceArray<Elem>();
+  };
+  const ModelConfig& c = m.cfg;
+  const size_t D = c.hidden_size;
+  a.qkv = k.qkv ? A.take<float>(N * m.qkv_width()) : share(scratch.qkv);
+  a.k_rot = A.take<float>(N * m.kv_width());
+  a.v = A.take<float>(N * m.kv_width());
+  a.z = k.z ? A.take<float>(N * m.q_width()) : share(scratch.z);
+  if (keep_pattern) a.pattern = A.take<float>(size_t(B) * c.num_attention_heads * T * T);
+  a.attn_out = k.attn_out ? A.take<float>(N * D) : share(scratch.attn_out);
+  a.resid_mid = k.resid_mid ? A.take<float>(N * D) : share(scratch.resid_mid);
+  a.mlp_out = k.mlp_out ? A.take<float>(N * D) : share(scratch.mlp_out);
+  LayerGemmIns g = sg;
+  if (keep_act) {
+    a.act = A.take<float>(N * c.intermediate_size);
+    g.act.f32 = a.act.get();
+  } else {
+    a.act = share(scratch.act);
+  }
+  a.ln1 = share(scratch.ln1);
+  a.ln1_16 = share(scratch.ln1_16);
+  a.rstd1 = share(scratch.rstd1);
+  a.q_rot = share(scratch.q_rot);
+  a.z16 = share(scratch.z16);
+  a.ln2 = share(scratch.ln2);
+  a.ln2_16 = share(scratch.ln2_16);
+  a.rstd2 = share(scratch.rstd2);
+  a.gate_up = share(scratch.gate_up);
+  a.act16 = share(scratch.act16);
+  a.attn_raw = share(scratch.attn_raw);
+  a.mlp_raw = share(scratch.mlp_raw);
+  a.rstd_pa = share(scratch.rstd_pa);
+  a.rstd_pm = share(scratch.rstd_pm);
+  a.stats = share(scratch.stats);
+  return g;
+}
+
 }  // namespace
 
 size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16, bool keep_mlp_post,
-                           bool checkpoint) {
+                           bool checkpoint, bool sweep_cache, const SweepCacheKeep& cache_keep) {
   const ModelConfig& c = m.cfg;
   const size_t N = size_t(B) * T, D = c.hidden_size;
   ArenaPlan p;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     p.add<float>(N * D);  // resid_pre
-    if (!checkpoint || l == 0) plan_layer_internals(p, m, N, B, T, keep_pattern, gemm16, keep_mlp_post);
+    if (sweep_cache) {
+      if (l == 0) plan_layer_internals(p, m, N, B, T, false, gemm16, false);  // the shared scratch
+      plan_sweep_cache(p, m, N, B, T, keep_pattern, keep_mlp_post, cache_keep);
+    } else if (!checkpoint || l == 0) {
+      plan_layer_internals(p, m, N, B, T, keep_pattern, gemm16, keep_mlp_post);
+    }
   }
   p.add<float>(N * D);                 // resid_final
   p.add_gemm_in(gemm16, N * D);        // ln_f
@@ -173,6 +238,14 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
   const LayerActs& a = layers[l];
   if (checkpointed && h != "hook_resid_pre" && h != "hook_resid_post")
     throw Error("activation '" + name + "': a checkpointed forward pass keeps only each layer's input");
+  if (sweep_cache) {
+    const SweepCacheKeep& k = cache_keep;
+    const bool qkv = h == "attn.hook_q" || h == "attn.hook_k" || h == "attn.hook_v";
+    if (h == "attn.hook_rot_q" || (h == "mlp.hook_post" && !keep_mlp_post) || (qkv && !k.qkv) ||
+        (h == "attn.hook_z" && !k.z) || (h == "hook_attn_out" && !k.attn_out) ||
+        (h == "hook_resid_mid" && !k.resid_mid) || (h == "hook_mlp_out" && !k.mlp_out))
+      throw Error("activation '" + name + "': not kept by a sweep-cache forward pass");
+  }
   if (h == "hook_resid_pre") return make_view(be, a.resid_pre.get(), {Bn, Tn, D}, N, D, D);
   if (h == "hook_resid_mid") return make_view(be, a.resid_mid.get(), {Bn, Tn, D}, N, D, D);
   if (h == "hook_resid_post") return make_view(be, resid_post(l), {Bn, Tn, D}, N, D, D);
@@ -195,6 +268,20 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
     return make_view(be, a.pattern.get(), {Bn, H, Tn, Tn}, Bn * H * Tn, Tn, Tn);
   }
   throw Error("unknown activation name '" + name + "'");
+}
+
+SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks) {
+  SweepCacheKeep k;
+  k.qkv = k.z = k.attn_out = k.resid_mid = k.mlp_out = false;
+  for (Hook h : hooks) {
+    const Hook b = hook_base(h);
+    k.qkv = k.qkv || b == Hook::Q || b == Hook::K || b == Hook::V;
+    k.z = k.z || b == Hook::Z || hook_is_pattern(h);
+    k.attn_out = k.attn_out || h == Hook::AttnOut;
+    k.resid_mid = k.resid_mid || h == Hook::ResidMid || h == Hook::MlpOut || h == Hook::MlpPost;
+    k.mlp_out = k.mlp_out || h == Hook::MlpOut;
+  }
+  return k;
 }
 
 int64_t hook_stride(Hook h, const Model& m) {
@@ -272,6 +359,16 @@ const float* ForwardState::hook_data(Hook h, int l) const {
   if (checkpointed && h != Hook::ResidPre && h != Hook::ResidPost)
     throw Error(hook_name(h) + " of layer " + std::to_string(l) +
                 " is not kept by a checkpointed forward pass (recompute the layer: recompute_layer)");
+  if (sweep_cache) {
+    const SweepCacheKeep& k = cache_keep;
+    const Hook b = hook_base(h);
+    const bool kept = h == Hook::ResidPre || h == Hook::ResidPost ||
+                      ((b == Hook::Q || b == Hook::K || b == Hook::V) && k.qkv) || (b == Hook::Z && k.z) ||
+                      (hook_is_pattern(h) && layers.at(l).pattern.size()) || (h == Hook::AttnOut && k.attn_out) ||
+                      (h == Hook::ResidMid && k.resid_mid) || (h == Hook::MlpOut && k.mlp_out) ||
+                      (h == Hook::MlpPost && keep_mlp_post);
+    if (!kept) throw Error(hook_name(h) + " was not kept by this sweep-cache forward pass (ForwardOptions::cache_keep)");
+  }
   return hook_data_of(a, resid_post(l), q_width, kv_width, h);
 }
 
@@ -452,18 +549,26 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   }
   PHI3_CHECK(!opt.checkpoint || (!opt.patch && !opt.keep_pattern),
              "forward: a checkpointed pass (layer inputs only) takes no patch and keeps no pattern");
+  PHI3_CHECK(!(opt.checkpoint && opt.sweep_cache), "forward: checkpoint and sweep_cache exclude each other");
   const bool g16 = be.gemm_in_bf16();
 
   ForwardState s;
   const bool keep_act32 = g16 && (opt.keep_mlp_post || (opt.patch && opt.patch->hook == Hook::MlpPost));
-  s.arena = std::make_shared<Arena>(be, forward_arena_bytes(m, B, T, opt.keep_pattern, g16, keep_act32, opt.checkpoint),
+  // A sweep cache keeps the fp32 neurons per layer when they are patched or attributed.
+  const bool cache_act = opt.keep_mlp_post || (opt.patch && opt.patch->hook == Hook::MlpPost);
+  s.arena = std::make_shared<Arena>(be,
+                                    forward_arena_bytes(m, B, T, opt.keep_pattern, g16,
+                                                        opt.sweep_cache ? cache_act : keep_act32, opt.checkpoint,
+                                                        opt.sweep_cache, opt.cache_keep),
                                     "forward pass of " + std::to_string(B) + " x " + std::to_string(T) + " tokens");
   Arena& A = *s.arena;
   s.B = B;
   s.T = T;
   s.batch = batch;
   s.checkpointed = opt.checkpoint;
-  s.keep_mlp_post = keep_act32;
+  s.sweep_cache = opt.sweep_cache;
+  if (opt.sweep_cache) s.cache_keep = opt.cache_keep;
+  s.keep_mlp_post = opt.sweep_cache ? cache_act : keep_act32;
   s.tokens = to_device(be, batch.tokens);
   s.pos = to_device(be, batch.pos);
   s.pad = to_device(be, batch.pad);
@@ -483,13 +588,21 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   // checkpointed pass keeps only each layer's input; its internals share one set of buffers.
   s.layers.resize(L);
   std::vector<LayerGemmIns> gi(L);
-  LayerActs scratch;
+  LayerActs scratch;         // checkpoint / sweep cache: the internals every layer shares
+  LayerGemmIns scratch_in;   // (sweep cache) its GEMM inputs
   for (int l = 0; l < L; ++l) {
     LayerActs& a = s.layers[l];
     a.resid_pre = A.take<float>(size_t(N) * D);
-    if (!opt.checkpoint) gi[l] = take_layer_internals(A, m, a, N, B, T, opt.keep_pattern, g16, keep_act32);
-    else if (l == 0) gi[0] = take_layer_internals(A, m, scratch, N, B, T, false, g16, keep_act32);
-    else gi[l] = gi[0];
+    if (opt.sweep_cache) {
+      if (l == 0) scratch_in = take_layer_internals(A, m, scratch, N, B, T, false, g16, false);
+      gi[l] = take_sweep_cache(A, m, a, scratch, scratch_in, N, B, T, opt.keep_pattern, cache_act, opt.cache_keep);
+    } else if (!opt.checkpoint) {
+      gi[l] = take_layer_internals(A, m, a, N, B, T, opt.keep_pattern, g16, keep_act32);
+    } else if (l == 0) {
+      gi[0] = take_layer_internals(A, m, scratch, N, B, T, false, g16, keep_act32);
+    } else {
+      gi[l] = gi[0];
+    }
   }
   s.resid_final = A.take<float>(size_t(N) * D);
   const GemmOut ln_f = A.take_gemm_in(g16, s.ln_f, s.ln_f16, size_t(N) * D);
@@ -577,6 +690,12 @@ void check_finite(Backend& be, const Model& m, const ForwardState& s, const char
     const LayerActs& a = s.layers[l];
     scan(a.resid_pre.get(), size_t(N) * D, l, "hook_resid_pre");
     if (s.checkpointed) continue;  // the internals are not kept
+    if (s.sweep_cache) {  // only what this cache kept
+      if (s.cache_keep.z) scan(a.z.get(), size_t(N) * m.q_width(), l, "attn.hook_z");
+      if (s.cache_keep.attn_out) scan(a.attn_out.get(), size_t(N) * D, l, "hook_attn_out");
+      if (s.cache_keep.mlp_out) scan(a.mlp_out.get(), size_t(N) * D, l, "hook_mlp_out");
+      continue;
+    }
     scan(a.z.get(), size_t(N) * m.q_width(), l, "attn.hook_z");
     scan(a.attn_out.get(), size_t(N) * D, l, "hook_attn_out");
     scan(a.mlp_out.get(), size_t(N) * D, l, "hook_mlp_out");
@@ -644,6 +763,8 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
   v.rope_table = DeviceArray<float>::borrowed(be, rope_table.get(), rope_table.size());
   v.rope = rope;
   v.checkpointed = checkpointed;
+  v.sweep_cache = sweep_cache;
+  v.cache_keep = cache_keep;
   v.keep_mlp_post = keep_mlp_post;
   v.q_width = q_width;
   v.kv_width = kv_width;

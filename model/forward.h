@@ -12,6 +12,13 @@
 
 namespace phi3 {
 
+// Which of the buffers an exact sweep may read a sweep-cache forward keeps per layer (resid_pre,
+// k_rot and v always): those of the hooks swept (sweep_cache_keep).
+struct SweepCacheKeep {
+  bool qkv = true, z = true, attn_out = true, resid_mid = true, mlp_out = true;
+};
+SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks);
+
 struct LayerActs {
   DeviceArray<float> resid_pre;  // [N,D]
   // GEMM inputs (ln1, z, ln2, act) are fp32 on fp32 weights; on bf16 weights the producing
@@ -59,6 +66,9 @@ struct ForwardState {
   int q_width = 0, kv_width = 0;   // H*HD and KVH*HD: where k and v start in a qkv row
   // ForwardOptions::checkpoint: each layer holds only resid_pre; recompute_layer gives the rest.
   bool checkpointed = false;
+  // ForwardOptions::sweep_cache: only the buffers the exact sweep reads are this layer's own.
+  bool sweep_cache = false;
+  SweepCacheKeep cache_keep;       // (sweep_cache) the per-layer buffers kept
   bool keep_mlp_post = false;      // the fp32 copy of act exists beside the bf16 GEMM input
   int64_t N() const { return static_cast<int64_t>(B) * T; }
   // resid_post of layer l (= resid_pre of layer l+1).
@@ -118,6 +128,13 @@ struct ForwardOptions {
   // needed (recompute_layer: the same ops on the same inputs, bitwise the values a full pass
   // keeps). L x N x D instead of about L x N x (10 D + 3 F). No patch, no pattern.
   bool checkpoint = false;
+  // For the exact sweep alone: each layer keeps only what the sweep reads (resid_pre, k_rot, v,
+  // and of qkv, z, attn_out, resid_mid, mlp_out those cache_keep names; the fp32 neurons with
+  // keep_mlp_post; patterns with keep_pattern); norms, q_rot, gate_up, the softmax stats and the
+  // rest share one set of buffers, so the pass cannot be backpropagated. 3 D (resid hooks) to
+  // 10 D floats per token and layer instead of about 16 D + 2.5 F.
+  bool sweep_cache = false;
+  SweepCacheKeep cache_keep;
 };
 
 // Layer l's internals (every LayerActs buffer; resid_pre borrowed from s) recomputed from its
@@ -150,7 +167,8 @@ PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const 
 // Bytes of activation buffers (the arena) of a forward pass over B x T tokens; gemm16: the
 // GEMM inputs are kept in bf16 (Backend::gemm_in_bf16).
 size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16 = false,
-                           bool keep_mlp_post = false, bool checkpoint = false);
+                           bool keep_mlp_post = false, bool checkpoint = false, bool sweep_cache = false,
+                           const SweepCacheKeep& cache_keep = {});
 // Bytes of one layer's recomputed internals (recompute_layer's arena).
 size_t layer_arena_bytes(const Model& m, int B, int T, bool gemm16 = false, bool keep_mlp_post = false);
 

@@ -198,6 +198,13 @@ struct Job {
   }
   // The [B,H,T,T] patterns are kept only where they are used: a hook_pattern node (its values
   // patched or attributed) or AtP*'s QK fix (q/k hooks).
+  // What the sweeps' hooks read of a sweep-cache forward.
+  SweepCacheKeep cache_keep() const {
+    std::vector<Hook> hs;
+    for (const auto& a : accs)
+      if (a.sweep()) hs.push_back(a.hook);
+    return sweep_cache_keep(hs);
+  }
   bool needs_pattern() const {
     return std::any_of(accs.begin(), accs.end(), [](const AccSpec& a) {
       const Hook b = hook_base(a.hook);
@@ -261,6 +268,8 @@ Forwards run_forwards(const Job& job, int bi, RankWork& rw) {
   fo.keep_pattern = job.needs_pattern();
   fo.checkpoint = job.checkpoint && !job.any_sweep();  // the sweep reads every layer's caches
   if (fo.checkpoint) fo.keep_pattern = false;
+  fo.sweep_cache = job.any_sweep() && !job.any_estimate();  // no backward: what the sweep reads
+  fo.cache_keep = job.cache_keep();
   if (job.any_sweep()) {
     // Two passes: identical rows of the two runs then sit at the same place in their GEMMs
     // and come out bitwise equal, which is what lets the sweep skip no-op patches.
@@ -900,13 +909,19 @@ void plan_memory(Job& job) {
   const size_t available = device_free;
   if (job.any_sweep() || opt.verify_top > 0) {
     const bool g16 = job.be.gemm_in_bf16();
-    const size_t fwd = 2 * forward_arena_bytes(job.m, pb.clean.B, pb.clean.T, job.needs_pattern(), g16, job.neurons());
+    // As run_forwards: a sweep beside estimates reads full passes, the --verify-top pass (or a
+    // sweep alone) a sweep cache.
+    const bool cache = !(job.any_sweep() && job.any_estimate());
+    // The sweeps' hooks: this job's, or (--verify-top) every hook, any of which may be verified.
+    const SweepCacheKeep keep = job.any_sweep() ? job.cache_keep() : sweep_cache_keep(opt.hooks);
+    const size_t fwd = 2 * forward_arena_bytes(job.m, pb.clean.B, pb.clean.T, job.needs_pattern(), g16, job.neurons(),
+                                               false, cache, keep);
     if (fwd > available)
       throw Error("exact patching holds both runs' activations of a batch of " + std::to_string(pb.clean.B) +
                   " prompts of " + std::to_string(pb.clean.T) + " tokens: " + std::to_string(fwd >> 20) +
                   " MiB, more than the " + std::to_string(available >> 20) + " MiB available (one pair: " +
                   std::to_string((2 * forward_arena_bytes(job.m, one.clean.B, job.T, job.needs_pattern(), g16,
-                                                          job.neurons())) >> 20) +
+                                                          job.neurons(), false, cache, keep)) >> 20) +
                   " MiB, --batch 1); nothing was computed");
   }
 }

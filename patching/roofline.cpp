@@ -38,16 +38,25 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
     ForwardState s = forward(tb, m, pb.corrupted, no_pattern);
   });
   phase("attribution", [&] {
-    PairForward p = forward_pair(tb, m, pb.clean, pb.corrupted);
+    ForwardOptions fo;
+    fo.checkpoint = opt.checkpoint;
+    PairForward p = forward_pair(tb, m, pb.clean, pb.corrupted, fo);
+    if (opt.checkpoint) {
+      attribution_streamed(tb, m, p.corrupted, p.clean, pb.answer, pb.other, 1.0f, hooks, false, {}, "");
+      return;
+    }
     Gradients g = backward(tb, m, p.corrupted, pb.answer, pb.other, 1.0f);
     for (Hook h : hooks) attribution(tb, m, p.corrupted, p.clean, g, h);
   });
+  ForwardOptions cache;  // what `run` holds for an exact sweep alone (or --verify-top's)
+  cache.sweep_cache = true;
+  cache.cache_keep = sweep_cache_keep(hooks);
   ForwardState clean, corrupted;  // made by the first sweep phase, held through every sweep
   for (Hook h : opt.sweeps ? hooks : std::vector<Hook>{}) {
     phase("sweep " + hook_name(h), [&] {
       if (clean.B == 0) {  // both or neither (an out-of-memory in the second leaves none held)
-        ForwardState c = forward(tb, m, pb.clean);
-        ForwardState r = forward(tb, m, pb.corrupted);
+        ForwardState c = forward(tb, m, pb.clean, cache);
+        ForwardState r = forward(tb, m, pb.corrupted, cache);
         clean = std::move(c);
         corrupted = std::move(r);
         trace.ops.clear();  // only the sweep is tallied
@@ -58,8 +67,8 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
   if (opt.verify_top > 0 && !hooks.empty()) {
     phase("verify-top " + std::to_string(opt.verify_top), [&] {
       if (clean.B == 0) {
-        ForwardState c = forward(tb, m, pb.clean);
-        ForwardState r = forward(tb, m, pb.corrupted);
+        ForwardState c = forward(tb, m, pb.clean, cache);
+        ForwardState r = forward(tb, m, pb.corrupted, cache);
         clean = std::move(c);
         corrupted = std::move(r);
       }

@@ -29,11 +29,12 @@ struct TracePhaseOptions {
   // > 0: a phase "verify-top K" (`run --verify-top K`): the exact patching of K nodes of the
   // first hook, the K whose patched runs cost the most (the prediction's worst case).
   int verify_top = 0;
+  bool checkpoint = false;     // the attribution phase with checkpointed forwards (memory_plan.h)
 };
 
 // forward (no pattern), attribution (clean and corrupted in one 2B-row forward, backward,
-// attribution of every hook), then the exact sweep of each hook (the clean/corrupted forwards
-// it starts from untallied but held), then optionally EAP-IG's scores (the two forwards, the
+// attribution of every hook; checkpointed and streamed with opt.checkpoint), then the exact
+// sweep of each hook (the clean/corrupted sweep-cache forwards it starts from untallied but held), then optionally EAP-IG's scores (the two forwards, the
 // per-head output weights and the scores). No forward keeps a [B,H,T,T] pattern.
 std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, const PairBatch& pb,
                                 const std::vector<Hook>& hooks, const SweepOptions& sweep_opt,

@@ -122,6 +122,11 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
   po.eap_ig = true;
   po.oom_ends_phase = true;
   po.verify_top = verify_top;
+  {  // the attribution phase as the run's memory plan has it: checkpointed where the full pass would not fit
+    EstimatesWork w;
+    w.attribution_hooks = hooks;
+    po.checkpoint = r.weights_bytes + estimates_peak_bytes(tb, m, pb, w, false) > memory;
+  }
   po.sweeps = verify_top == 0;  // with --verify-top: the long-prompt path, no full sweeps
   if (r.weights_bytes <= memory) {
     tb.set_memory(memory);
@@ -188,6 +193,7 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
             {"B", r.B},
             {"T", r.T},
             {"phases", jp},
+            {"attribution_checkpointed", po.checkpoint},
             {"eap_ig_batch_plan", r.eap_ig_pairs < 0 ? nlohmann::json(nullptr)
                                                      : nlohmann::json({{"pairs_per_batch", r.eap_ig_pairs},
                                                                        {"of_pairs", pairs.size()},

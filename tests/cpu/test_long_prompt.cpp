@@ -177,6 +177,43 @@ TEST(LongPrompt, CircuitScoresPlannedPeakIsTheMeasuredPeak) {
   }
 }
 
+// An exact sweep alone reads sweep-cache forwards (only the buffers its hooks read): the same
+// values, bit for bit, as the sweep beside estimates (full forwards), in a fraction of the memory.
+TEST(LongPrompt, SweepCacheGivesTheFullPassSweep) {
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  ExperimentOptions opt;
+  opt.pairs_file = pairs_file();
+  opt.hooks = {Hook::ResidPre, Hook::AttnOut, Hook::Z, Hook::V, Hook::MlpPost, Hook::PatternAllPos};
+  const ExperimentResult both = run_experiment(*be, *m, opt);  // estimates too: full forwards
+  opt.attribution = false;
+  const ExperimentResult alone = run_experiment(*be, *m, opt);
+  for (const MatrixResult& r : alone.results) {
+    SCOPED_TRACE(hook_name(r.hook));
+    bool found = false;
+    for (const MatrixResult& f : both.results)
+      if (f.hook == r.hook && f.method == r.method) {
+        found = true;
+        EXPECT_TRUE(same_bits(std::vector<float>(r.values.begin(), r.values.end()),
+                              std::vector<float>(f.values.begin(), f.values.end())));
+      }
+    EXPECT_TRUE(found);
+  }
+  Model phi3;  // the Phi-3-mini shape: what a resid_pre sweep holds per forward, against a full pass
+  phi3.cfg = parse_config_json(config_like("phi-3-mini").dump(), "phi-3-mini");
+  const size_t full = forward_arena_bytes(phi3, 2, 4096, false, true);
+  const size_t resid = forward_arena_bytes(phi3, 2, 4096, false, true, false, false, true, sweep_cache_keep({Hook::ResidPre}));
+  EXPECT_LT(resid, full * 6 / 10) << resid << " vs " << full;
+  ForwardOptions fo;
+  fo.sweep_cache = true;
+  fo.cache_keep = sweep_cache_keep({Hook::ResidPre});
+  const PairBatch pb = seed_batch(*m);
+  const ForwardState s = forward(*be, *m, pb.clean, fo);
+  EXPECT_THROW(s.hook_data(Hook::Z, 1), Error) << "not kept for a resid_pre sweep";
+  EXPECT_THROW(backward(*be, *m, s, pb.answer, pb.other, 1.0f), Error);
+  EXPECT_EQ(s.logits.download(), forward(*be, *m, pb.clean).logits.download());
+}
+
 // A batch of one pair of T-token prompts on a model shape (no weights: the planner's walk).
 PairBatch long_batch(const ModelConfig& c, int T) {
   PairBatch pb;
