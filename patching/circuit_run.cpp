@@ -101,7 +101,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     while (opt.batch_pairs == 0 && per_batch > 1 && need > avail) need = peak(per_batch = (per_batch + 1) / 2);
     auto mib = [](size_t b) { return std::to_string(b >> 20) + " MiB"; };
     if (need > avail)
-      throw Error(std::string(opt.ig ? "EAP-IG" : "EAP") + " scores of " + std::to_string(per_batch) + " pair(s) of " +
+      throw OutOfMemory(std::string(opt.ig ? "EAP-IG" : "EAP") + " scores of " + std::to_string(per_batch) + " pair(s) of " +
                   std::to_string(r.T) + " tokens need " + mib(need) + " beyond the weights, more than the " +
                   mib(avail) + " available" +
                   (per_batch > 1 ? " (use --batch 1: " + mib(peak(1)) + ")" : std::string(" (shorter prompts)")) +

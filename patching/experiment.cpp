@@ -488,6 +488,14 @@ std::string attempt(const Job& job, int& code, Fn&& fn) {
   }
 }
 
+// attempt(fn), then every rank agrees on how it went (the error and its exit code: code is read
+// after fn ran, which comm.agree(attempt(...), code) did not guarantee).
+template <typename Fn>
+void agree_attempt(Comm& comm, const Job& job, int& code, Fn&& fn) {
+  const std::string err = attempt(job, code, std::forward<Fn>(fn));
+  comm.agree(err, code);
+}
+
 // The prompts, logit differences and position labels of the batches (in batch order).
 void aggregate_batches(const Job& job, const std::map<int, BatchResult>& done, ExperimentResult& R) {
   double clean_sum = 0, corr_sum = 0;
@@ -761,7 +769,7 @@ int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json&
   const int N = comm.size(), rank = comm.rank();
   // ---- finished batches (rank 0 reads the checkpoints, every rank learns which) -------------
   std::string finished;
-  comm.agree(attempt(job, code, [&] {
+  agree_attempt(comm, job, code, [&] {
     if (!comm.root() || !ckpt) return;
     if (opt.resume) done = ckpt->load(fp);
     else ckpt->clear();
@@ -771,7 +779,7 @@ int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json&
       list.push_back(bi);
     }
     finished = list.dump();
-  }), code);
+  });
   std::vector<char> is_done(job.n_batches, 0);
   if (ckpt) {
     for (const auto& v : nlohmann::json::parse(comm.bcast(comm.root() ? finished : std::string())))
@@ -832,10 +840,10 @@ int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json&
     Forwards own;  // this rank's dealt batch
     const int own_j = rank % k;
     std::string price;
-    comm.agree(attempt(job, code, [&] {
+    agree_attempt(comm, job, code, [&] {
       own = run_forwards(job, batches[own_j], rw);
       if (N > 1 && rank < k) price = nlohmann::json(batch_units(job, own)).dump();
-    }), code);
+    });
     // The round's units, batch by batch, and this rank's contiguous piece of them.
     std::vector<int64_t> units;
     std::vector<int64_t> start(k + 1, 0);
@@ -849,7 +857,7 @@ int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json&
     }
     const Range piece = N > 1 ? split_by_cost(units, N)[rank] : Range{0, 1};
     std::string payload;
-    comm.agree(attempt(job, code, [&] {
+    agree_attempt(comm, job, code, [&] {
       nlohmann::json out = nlohmann::json::array();
       for (int j = 0; j < k; ++j) {
         Share share;
@@ -870,7 +878,7 @@ int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json&
         out.push_back(to_json(r));
       }
       payload = out.dump();
-    }), code);
+    });
     own = Forwards{};
     finish_round(comm.gather(payload), batches);
   }
@@ -917,7 +925,7 @@ void plan_memory(Job& job) {
     const size_t fwd = 2 * forward_arena_bytes(job.m, pb.clean.B, pb.clean.T, job.needs_pattern(), g16, job.neurons(),
                                                false, cache, keep);
     if (fwd > available)
-      throw Error("exact patching holds both runs' activations of a batch of " + std::to_string(pb.clean.B) +
+      throw OutOfMemory("exact patching holds both runs' activations of a batch of " + std::to_string(pb.clean.B) +
                   " prompts of " + std::to_string(pb.clean.T) + " tokens: " + std::to_string(fwd >> 20) +
                   " MiB, more than the " + std::to_string(available >> 20) + " MiB available (one pair: " +
                   std::to_string((2 * forward_arena_bytes(job.m, one.clean.B, job.T, job.needs_pattern(), g16,
@@ -946,7 +954,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}, {}};
   int code = 2;
   // ---- the job, identical on every rank ----------------------------------------------------
-  comm.agree(attempt(job, code, [&] {
+  agree_attempt(comm, job, code, [&] {
     check_methods(opt);
     job.pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
     if (opt.answer_first_token) job.answers_cut = use_first_answer_tokens(job.pairs, m.tok);
@@ -963,12 +971,12 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
         throw Error("--verify-top " + std::to_string(opt.verify_top) + " is more than the " + std::to_string(nodes) +
                     " nodes of the chosen hooks at T = " + std::to_string(job.T));
     }
-  }), code);
+  });
   job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
   // --positions: the exact sweep of each hook only at those positions (all-position hooks:
   // every target).
   std::vector<int> region;
-  if (!opt.positions.empty()) comm.agree(attempt(job, code, [&] { region = parse_positions(opt.positions, job.T); }), code);
+  if (!opt.positions.empty()) agree_attempt(comm, job, code, [&] { region = parse_positions(opt.positions, job.T); });
   for (Hook h : opt.hooks) {
     if (opt.attribution) job.accs.push_back({h, Method::Attribution, {}});
     if (opt.atp_star) job.accs.push_back({h, Method::AtpStar, {}});
@@ -982,7 +990,7 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     }
   }
   job.set_targets();
-  comm.agree(attempt(job, code, [&] { plan_memory(job); }), code);
+  agree_attempt(comm, job, code, [&] { plan_memory(job); });
 
   ExperimentResult R;
   R.model_dir = m.dir;

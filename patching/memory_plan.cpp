@@ -12,9 +12,13 @@ namespace phi3 {
 
 namespace {
 
+// Bytes as GiB (2 decimals) from 1 GiB, else MiB (1 decimal).
 std::string gib(size_t bytes) {
   char b[32];
-  std::snprintf(b, sizeof b, "%.2f GiB", bytes / double(size_t(1) << 30));
+  if (bytes >= (size_t(1) << 30))
+    std::snprintf(b, sizeof b, "%.2f GiB", bytes / double(size_t(1) << 30));
+  else
+    std::snprintf(b, sizeof b, "%.1f MiB", bytes / double(size_t(1) << 20));
   return b;
 }
 
@@ -88,7 +92,7 @@ EstimatesPlan plan_estimates(const Backend& be, const Model& m, const PairBatch&
       throw Error("--recompute on: the pattern hooks and AtP*'s QK fix need every layer's [B,H,T,T] pattern, which "
                   "a checkpointed pass does not keep");
     if (p.full_bytes > available)
-      throw Error("the estimates of a batch of " + shape + " need " + gib(p.full_bytes) + " of " +
+      throw OutOfMemory("the estimates of a batch of " + shape + " need " + gib(p.full_bytes) + " of " +
                   (be.kind() == DeviceKind::CUDA ? "device" : "host") + " memory beyond the weights, more than the " +
                   gib(available) + " available" +
                   (can_checkpoint ? std::string(" (use --recompute auto or on: layers recomputed, ") +
@@ -102,7 +106,7 @@ EstimatesPlan plan_estimates(const Backend& be, const Model& m, const PairBatch&
   }
   p.checkpoint_bytes = estimates_peak_bytes(be, m, pb, w, true);
   if (p.checkpoint_bytes > available)
-    throw Error("the estimates of a batch of " + shape + " need " + gib(p.checkpoint_bytes) +
+    throw OutOfMemory("the estimates of a batch of " + shape + " need " + gib(p.checkpoint_bytes) +
                 " even with every layer recomputed" +
                 (p.full_bytes ? " (" + gib(p.full_bytes) + " without)" : std::string()) + ", more than the " +
                 gib(available) + " available; one pair needs " + gib(estimates_peak_bytes(be, m, one_pair, w, true)) +

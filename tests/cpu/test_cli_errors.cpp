@@ -574,6 +574,17 @@ TEST_F(CliErrors, BadOptionValues) {
   expect_error(run("--device tpu"), {"--device", "'tpu'"});
 }
 
+// Long prompts (issue 25): bad --positions / --recompute values, and a memory budget too small for
+// one pair's estimates, refused before any work (exit 3: out of memory, with the sizes).
+TEST_F(CliErrors, LongPromptOptions) {
+  expect_error(cli("run --positions 3:1 --out " + quote(out_)), {"--positions", "3:1", "empty"});
+  expect_error(cli("run --positions 99999 --out " + quote(out_)), {"--positions", "99999", "T = "});
+  expect_error(cli("run --positions 1 --method attribution --out " + quote(out_)), {"--positions", "activation"});
+  expect_error(cli("run --recompute maybe --out " + quote(out_)), {"--recompute", "'maybe'"});
+  expect_error(cli("run --recompute on --out " + quote(out_)), {"--recompute on", "exact sweep"});
+  expect_error(run("--mem-budget 0.001"), {"estimates", "MiB", "one pair needs", "nothing was computed"}, 3);
+}
+
 // --method lists and --verify-top: combinations that cannot run are refused before any work.
 TEST_F(CliErrors, MethodAndVerifyTopMisuse) {
   expect_error(cli("run --method atp-star,exact --out " + quote(out_)), {"--method", "'exact'"});
