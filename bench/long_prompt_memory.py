@@ -3,7 +3,8 @@
 
 Builds a random model of a few layers (`phi3patch make-random --like tiny`, full causal
 attention, max_position_embeddings raised), prompts of about each requested T tokens (one
-pair, run in both directions: B = 2), and runs `phi3patch run --method attribution` under
+pair, run in both directions: B = 2), and runs `phi3patch run --method attribution` (or
+--command: `circuit ...`, `run --method atp-star --verify-top K`, ...) under
 /usr/bin/time for each binary given, recording the peak resident set size. With an older
 binary beside the current one (e.g. built from the commit before the attention backward
 recomputed its probabilities) the two columns show the quadratic and the linear growth.
@@ -48,9 +49,9 @@ def pairs_file(d, repeats):
     return p
 
 
-def run(exe, model, pairs, out, extra):
-    cmd = ["/usr/bin/time", "-v", exe, "run", "--model", model, "--pairs", pairs, "--method", "attribution",
-           "--out", out, "--force"] + extra
+def run(exe, model, pairs, out, extra, command):
+    cmd = ["/usr/bin/time", "-v", exe] + command.split() + ["--model", model, "--pairs", pairs, "--out", out,
+                                                            "--force"] + extra
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return None, None, r.stderr.strip().splitlines()[-3:]
@@ -58,7 +59,8 @@ def run(exe, model, pairs, out, extra):
     secs = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", r.stderr).group(1)
     parts = [float(x) for x in secs.split(":")]
     wall = sum(p * 60 ** (len(parts) - 1 - i) for i, p in enumerate(parts))
-    with open(os.path.join(out, "results.json")) as f:
+    name = "circuit.json" if command.startswith("circuit") else "results.json"
+    with open(os.path.join(out, name)) as f:
         T = json.load(f)["T"]
     return T, (rss_kb * 1024, wall), None
 
@@ -89,6 +91,9 @@ def main():
     ap.add_argument("--run-args", action="append", default=None,
                     help="extra `run` arguments, one per --phi3patch (e.g. '--recompute on'; '' for none)")
     ap.add_argument("--T", default="512,1024,2048,4096,8192")
+    ap.add_argument("--command", default="run --method attribution",
+                    help="the phi3patch command measured (e.g. 'circuit --ig-steps 2', "
+                         "'run --method atp-star --verify-top 10')")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-rss-gb", type=float, default=20.0, help="skip a binary's larger T once it passed this")
     a = ap.parse_args()
@@ -97,8 +102,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="phi3-longT-")
     model = os.path.join(tmp, "model")
     cfg = make_model(a.phi3patch[0], model)
-    res = {"what": "peak RSS of `phi3patch run --method attribution` (default hooks resid_pre, attn_out, mlp_out; "
-                   "one pair in both directions: B = 2) against T, random tiny model with full causal attention",
+    res = {"what": f"peak RSS of `phi3patch {a.command}` (default hooks; one pair in both directions: B = 2) "
+                   "against T, random tiny model with full causal attention",
+           "command": a.command,
            "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "model": {k: cfg[k] for k in ("hidden_size", "num_attention_heads",
                                                                    "num_key_value_heads", "num_hidden_layers",
@@ -112,7 +118,8 @@ def main():
         rows = []
         for t in targets:
             reps = max(1, round((t - 5) / 23.2))
-            T, meas, err = run(exe, model, pairs_file(tmp, reps), os.path.join(tmp, f"out-{label}-{t}"), extra)
+            T, meas, err = run(exe, model, pairs_file(tmp, reps), os.path.join(tmp, f"out-{label}-{t}"), extra,
+                               a.command)
             if err:
                 rows.append({"target_T": t, "error": err})
                 print(f"{label} T~{t}: failed: {err}", file=sys.stderr)
