@@ -26,8 +26,10 @@ struct SweepSetup {
     auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
     int T = pair_batch_length(pairs, m->tok) + extra_pad;
     pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, T);
-    clean = forward(*be, *m, pb.clean);
-    corrupted = forward(*be, *m, pb.corrupted);
+    ForwardOptions fo;
+    fo.keep_pattern = true;  // the pattern hooks are swept too
+    clean = forward(*be, *m, pb.clean, fo);
+    corrupted = forward(*be, *m, pb.corrupted, fo);
   }
 };
 

@@ -97,8 +97,10 @@ TEST(GpuSweep, CudaEqualsCpuEveryHook) {
   auto mc = load_model(*cpu, dir), mg = load_model(*gpu, dir);
   auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
   PairBatch pb = make_pair_batch(pairs, mc->tok, mc->cfg.pad_token_id, mc->cfg.max_position_embeddings);
-  ForwardState cc = forward(*cpu, *mc, pb.clean), cr = forward(*cpu, *mc, pb.corrupted);
-  ForwardState gc = forward(*gpu, *mg, pb.clean), gr = forward(*gpu, *mg, pb.corrupted);
+  ForwardOptions fo;
+  fo.keep_pattern = true;  // the pattern hooks are swept too
+  ForwardState cc = forward(*cpu, *mc, pb.clean, fo), cr = forward(*cpu, *mc, pb.corrupted, fo);
+  ForwardState gc = forward(*gpu, *mg, pb.clean, fo), gr = forward(*gpu, *mg, pb.corrupted, fo);
   const bool emulator = gpu->name().find("emulator") != std::string::npos;
   for (Hook h : all_hooks()) {
     SweepOptions o;
