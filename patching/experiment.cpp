@@ -187,6 +187,7 @@ struct Job {
   std::vector<int64_t> n_targets;  // per acc: targets of a sweep (0 for an estimate)
   std::vector<std::string> answers_cut;  // --answer-first-token
   bool checkpoint = false;  // the estimates' forwards keep layer inputs only (memory_plan.h)
+  std::string plan_note;    // what the memory plan chose (a progress line)
 
   bool has(Method x) const {
     return std::any_of(accs.begin(), accs.end(), [x](const AccSpec& a) { return a.method == x; });
@@ -888,10 +889,14 @@ int run_batches(Job& job, Comm& comm, CheckpointDir* ckpt, const nlohmann::json&
 // Before any work: the estimates' peak memory (memory_plan.h) decides whether their forwards
 // are checkpointed, and a batch whose forwards cannot be held for the exact sweep stops the
 // run at once, with the sizes.
-void plan_memory(Job& job) {
+// Checks one batch size (pairs per batch) against the memory: the estimates' plan (checkpointed
+// or not) and the sweep's two forwards; throws OutOfMemory with the sizes when it does not fit.
+void plan_batch(Job& job, int per_batch) {
   const ExperimentOptions& opt = job.opt;
   const size_t device_free = job.be.free_memory();
-  const PairBatch pb = job.batch(0);  // the largest batch
+  const std::vector<PromptPair> sub(job.pairs.begin(), job.pairs.begin() + std::min<size_t>(job.pairs.size(), per_batch));
+  const PairBatch pb = make_pair_batch(sub, job.m.tok, job.m.cfg.pad_token_id, job.m.cfg.max_position_embeddings, job.T,
+                                       opt.add_bos);
   const std::vector<PromptPair> first(job.pairs.begin(), job.pairs.begin() + 1);
   const PairBatch one = make_pair_batch(first, job.m.tok, job.m.cfg.pad_token_id, job.m.cfg.max_position_embeddings,
                                         job.T, opt.add_bos);
@@ -912,9 +917,8 @@ void plan_memory(Job& job) {
     const EstimatesPlan p = plan_estimates(job.be, job.m, pb, one, w, alone ? opt.recompute : "off",
                                            alone && opt.mem_budget ? opt.mem_budget : device_free);
     job.checkpoint = p.checkpoint;
-    if (p.checkpoint) job.log(p.note);
+    job.plan_note = p.checkpoint ? p.note : std::string();
   }
-  const size_t available = device_free;
   if (job.any_sweep() || opt.verify_top > 0) {
     const bool g16 = job.be.gemm_in_bf16();
     // As run_forwards: a sweep beside estimates reads full passes, the --verify-top pass (or a
@@ -922,16 +926,33 @@ void plan_memory(Job& job) {
     const bool cache = !(job.any_sweep() && job.any_estimate());
     // The sweeps' hooks: this job's, or (--verify-top) every hook, any of which may be verified.
     const SweepCacheKeep keep = job.any_sweep() ? job.cache_keep() : sweep_cache_keep(opt.hooks);
-    const size_t fwd = 2 * forward_arena_bytes(job.m, pb.clean.B, pb.clean.T, job.needs_pattern(), g16, job.neurons(),
-                                               false, cache, keep);
-    if (fwd > available)
+    auto bytes = [&](const PairBatch& b) {
+      return 2 * forward_arena_bytes(job.m, b.clean.B, b.clean.T, job.needs_pattern(), g16, job.neurons(), false, cache,
+                                     keep);
+    };
+    if (bytes(pb) > device_free)
       throw OutOfMemory("exact patching holds both runs' activations of a batch of " + std::to_string(pb.clean.B) +
-                  " prompts of " + std::to_string(pb.clean.T) + " tokens: " + std::to_string(fwd >> 20) +
-                  " MiB, more than the " + std::to_string(available >> 20) + " MiB available (one pair: " +
-                  std::to_string((2 * forward_arena_bytes(job.m, one.clean.B, job.T, job.needs_pattern(), g16,
-                                                          job.neurons(), false, cache, keep)) >> 20) +
-                  " MiB, --batch 1); nothing was computed");
+                        " prompts of " + std::to_string(pb.clean.T) + " tokens: " + std::to_string(bytes(pb) >> 20) +
+                        " MiB, more than the " + std::to_string(device_free >> 20) + " MiB available (one pair: " +
+                        std::to_string(bytes(one) >> 20) + " MiB, --batch 1); nothing was computed");
   }
+}
+
+// Before any work: the memory plan of the largest batch (plan_batch). Without --batch, a batch
+// that does not fit is halved until one does (the run then has more batches; said so).
+void plan_memory(Job& job) {
+  for (;;) {
+    try {
+      plan_batch(job, job.per_batch);
+      break;
+    } catch (const OutOfMemory&) {
+      if (job.opt.batch_pairs > 0 || job.per_batch <= 1) throw;
+      job.per_batch = (job.per_batch + 1) / 2;
+      job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
+      job.log("memory plan: " + std::to_string(job.per_batch) + " pairs per batch (all of them at once would not fit)");
+    }
+  }
+  if (!job.plan_note.empty()) job.log(job.plan_note);
 }
 
 }  // namespace
@@ -991,6 +1012,10 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   }
   job.set_targets();
   agree_attempt(comm, job, code, [&] { plan_memory(job); });
+  // Every rank runs the same batches: rank 0's plan (free memory can differ between ranks; the
+  // checkpointing choice may differ, its results are the same bits).
+  job.per_batch = std::stoi(comm.bcast(std::to_string(job.per_batch)));
+  job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
 
   ExperimentResult R;
   R.model_dir = m.dir;

@@ -272,7 +272,7 @@ TEST(LongPrompt, BudgetTooSmallStopsBeforeAnyWork) {
     EXPECT_NE(msg.find("one pair needs"), std::string::npos) << msg;
     EXPECT_NE(msg.find("nothing was computed"), std::string::npos) << msg;
   }
-  for (const auto& l : logs) EXPECT_EQ(l.find("batch"), std::string::npos) << "no batch started: " << l;
+  for (const auto& l : logs) EXPECT_NE(l.rfind("batches ", 0), 0u) << "no batch started: " << l;
   // A budget between the two passes: checkpointed, said so, and the same results.
   ExperimentOptions full_opt = opt;
   full_opt.mem_budget = 0;
@@ -290,6 +290,24 @@ TEST(LongPrompt, BudgetTooSmallStopsBeforeAnyWork) {
   EXPECT_TRUE(said);
   ASSERT_EQ(ck.results.size(), full.results.size());
   for (size_t i = 0; i < ck.results.size(); ++i) EXPECT_EQ(ck.results[i].values, full.results[i].values);
+
+  // A budget one pair fits in (checkpointed) but not both: without --batch the plan halves the
+  // batch, and the run is the one --batch 1 gives.
+  const auto pairs = load_pairs(pairs_file());
+  ASSERT_EQ(pairs.size(), 2u);
+  const PairBatch one = make_pair_batch({pairs[0]}, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, pb.clean.T);
+  opt.mem_budget = (estimates_peak_bytes(*be, *m, one, w, true) + estimates_peak_bytes(*be, *m, pb, w, true)) / 2;
+  logs.clear();
+  const ExperimentResult halved = run_experiment(*be, *m, opt);
+  bool halving = false;
+  for (const auto& l : logs) halving = halving || l.find("1 pairs per batch") != std::string::npos;
+  EXPECT_TRUE(halving);
+  ExperimentOptions by_one = opt;
+  by_one.mem_budget = 0;
+  by_one.batch_pairs = 1;
+  const ExperimentResult want = run_experiment(*be, *m, by_one);
+  ASSERT_EQ(halved.results.size(), want.results.size());
+  for (size_t i = 0; i < want.results.size(); ++i) EXPECT_EQ(halved.results[i].values, want.results[i].values);
 }
 
 }  // namespace
