@@ -22,9 +22,10 @@ std::string gib(size_t bytes) {
   return b;
 }
 
-}  // namespace
-
-size_t estimates_peak_bytes(const Backend& be, const Model& m, const PairBatch& pb, const EstimatesWork& w, bool checkpoint) {
+// The peak bytes beyond the weights that work(backend, model) allocates, walked on a TraceBackend
+// like `be` (kind, weight dtype) with placeholder weights of m's shape: nothing is computed.
+template <typename Work>
+size_t walk_peak(const Backend& be, const Model& m, Work&& work) {
   Trace trace;
   TraceBackend tb(nullptr, trace, be.kind(), be.weight_dtype(), 0, "memory plan");
   Model pm;
@@ -32,6 +33,31 @@ size_t estimates_peak_bytes(const Backend& be, const Model& m, const PairBatch& 
   pm.w = ModelWeights::placeholder(tb, m.cfg);
   const size_t weights = tb.used_bytes();
   tb.reset_peak();
+  work(static_cast<Backend&>(tb), static_cast<const Model&>(pm));
+  tb.synchronize();
+  return tb.peak_bytes() - weights;
+}
+
+}  // namespace
+
+PairBatch synthetic_pair(const ModelConfig& c, int T) {
+  PairBatch pb;
+  for (Batch* b : {&pb.clean, &pb.corrupted}) {
+    b->B = 1;
+    b->T = T;
+    b->pad = {0};
+    for (int t = 0; t < T; ++t) {
+      b->tokens.push_back(1 + t % std::max(1, c.vocab_size - 1));
+      b->pos.push_back(t);
+    }
+  }
+  pb.answer = {std::min(2, c.vocab_size - 1)};
+  pb.other = {std::min(3, c.vocab_size - 1)};
+  return pb;
+}
+
+size_t estimates_peak_bytes(const Backend& be, const Model& m, const PairBatch& pb, const EstimatesWork& w, bool checkpoint) {
+  return walk_peak(be, m, [&](Backend& tb, const Model& pm) {
   ForwardOptions fo;
   fo.keep_mlp_post = w.neurons;
   fo.keep_pattern = w.pattern && !checkpoint;
@@ -51,19 +77,11 @@ size_t estimates_peak_bytes(const Backend& be, const Model& m, const PairBatch& 
     }
   }
   if (!w.atp_star_hooks.empty()) atp_star(tb, pm, p.corrupted, p.clean, pb.answer, pb.other, 1.0f, w.atp_star_hooks);
-  tb.synchronize();
-  return tb.peak_bytes() - weights;
+  });
 }
 
 size_t circuit_scores_peak_bytes(const Backend& be, const Model& m, const PairBatch& pb, bool ig, int ig_steps) {
-  Trace trace;
-  TraceBackend tb(nullptr, trace, be.kind(), be.weight_dtype(), 0, "memory plan");
-  Model pm;
-  pm.cfg = m.cfg;
-  pm.w = ModelWeights::placeholder(tb, m.cfg);
-  const size_t weights = tb.used_bytes();
-  tb.reset_peak();
-  {
+  return walk_peak(be, m, [&](Backend& tb, const Model& pm) {
     const ModelConfig& c = m.cfg;
     const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
     const HeadOutputWeights ow(tb, pm);
@@ -72,9 +90,7 @@ size_t circuit_scores_peak_bytes(const Backend& be, const Model& m, const PairBa
     so.ig = ig;
     so.ig_steps = ig_steps;
     edge_scores(tb, pm, ow, g, pb, clean, corrupted, 1.0f, so);
-  }
-  tb.synchronize();
-  return tb.peak_bytes() - weights;
+  });
 }
 
 EstimatesPlan plan_estimates(const Backend& be, const Model& m, const PairBatch& pb, const PairBatch& one_pair,

@@ -23,6 +23,11 @@ struct EstimatesWork {
   bool pattern = false;                 // pattern hooks or the QK fix: every layer's pattern kept
 };
 
+// One pair (B = 1 each way) of T-token prompts (token ids 1, 2, ...; answer tokens 2 and 3) for
+// a model shape: what long-prompt fits are predicted for. No context check (the fit is about
+// memory; callers report the shape's context length beside it).
+PairBatch synthetic_pair(const ModelConfig& c, int T);
+
 // Peak bytes (weights excluded) of the estimates of `pb` on a backend like `be` (its kind and
 // weight dtype), with or without checkpointing; the forwards included.
 size_t estimates_peak_bytes(const Backend& be, const Model& m, const PairBatch& pb, const EstimatesWork& w, bool checkpoint);

@@ -202,25 +202,6 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
   return r;
 }
 
-// A batch of one pair of T-token prompts (token ids 1..; the answer tokens 2 and 3): what the
-// long-prompt fits are predicted for. Bypasses the context check: the fit is about memory, and
-// the shape's context length is reported beside it.
-PairBatch long_pair(const ModelConfig& c, int T) {
-  PairBatch pb;
-  for (Batch* b : {&pb.clean, &pb.corrupted}) {
-    b->B = 1;
-    b->T = T;
-    b->pad = {0};
-    for (int t = 0; t < T; ++t) {
-      b->tokens.push_back(1 + t % std::max(1, c.vocab_size - 1));
-      b->pos.push_back(t);
-    }
-  }
-  pb.answer = {std::min(2, c.vocab_size - 1)};
-  pb.other = {std::min(3, c.vocab_size - 1)};
-  return pb;
-}
-
 // The long-prompt work whose fit --longest reports: the forward alone, the estimates (AtP of
 // the default hooks) as the run plans them (full pass, or checkpointed: memory_plan.h), and
 // EAP-IG's scores.
@@ -238,7 +219,7 @@ bool phase_fits(const cost::DeviceFigures& dev, bool fp32, const ModelConfig& cf
   const size_t memory = static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes;
   const size_t weights = tb.used_bytes();
   if (weights > memory) return false;
-  const PairBatch pb = long_pair(cfg, T);
+  const PairBatch pb = synthetic_pair(cfg, T);
   if (phase.rfind("attribution", 0) == 0 || phase.rfind("atp-star", 0) == 0) {
     EstimatesWork w;
     (phase.rfind("atp-star", 0) == 0 ? w.atp_star_hooks : w.attribution_hooks) = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
@@ -440,7 +421,7 @@ int cmd_bench_predict(const Args& a) {
     pm.cfg = p.cfg;
     nlohmann::json rows = nlohmann::json::array();
     for (int T : {1024, 2048, 4096, 8192, 16384, 32768}) {
-      const PairBatch pb = long_pair(p.cfg, T);
+      const PairBatch pb = synthetic_pair(p.cfg, T);
       EstimatesWork w;
       w.attribution_hooks = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
       w.pattern = true;

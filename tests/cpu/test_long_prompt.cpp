@@ -214,23 +214,6 @@ TEST(LongPrompt, SweepCacheGivesTheFullPassSweep) {
   EXPECT_EQ(s.logits.download(), forward(*be, *m, pb.clean).logits.download());
 }
 
-// A batch of one pair of T-token prompts on a model shape (no weights: the planner's walk).
-PairBatch long_batch(const ModelConfig& c, int T) {
-  PairBatch pb;
-  for (Batch* b : {&pb.clean, &pb.corrupted}) {
-    b->B = 1;
-    b->T = T;
-    b->pad = {0};
-    for (int t = 0; t < T; ++t) {
-      b->tokens.push_back(1 + t % 50);
-      b->pos.push_back(t);
-    }
-  }
-  pb.answer = {2};
-  pb.other = {3};
-  return pb;
-}
-
 // The checkpointed estimates' peak is linear in T (second differences vanish) on the Phi-3-mini
 // shape; keeping every layer's pattern (the scheme before this issue) is quadratic.
 TEST(LongPrompt, CheckpointedPeakIsLinearInT) {
@@ -241,7 +224,7 @@ TEST(LongPrompt, CheckpointedPeakIsLinearInT) {
   w.attribution_hooks = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
   auto peak = [&](int T, bool ck, bool pattern) {
     w.pattern = pattern;
-    return double(estimates_peak_bytes(*cpu, m, long_batch(m.cfg, T), w, ck));
+    return double(estimates_peak_bytes(*cpu, m, synthetic_pair(m.cfg, T), w, ck));
   };
   const double a = peak(1024, true, false), b = peak(2048, true, false), c = peak(3072, true, false);
   EXPECT_NEAR(c - 2 * b + a, 0.0, 0.01 * c) << a << " " << b << " " << c;
