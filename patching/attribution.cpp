@@ -146,6 +146,12 @@ std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const Forw
                                          const ForwardState& source, const std::vector<int32_t>& answer,
                                          const std::vector<int32_t>& other, float scale,
                                          const std::vector<Hook>& hooks) {
+  return atp_star(be, m, base, source, logit_diff_spec(answer, other), scale, hooks);
+}
+
+std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
+                                         const ForwardState& source, const MetricSpec& metric, float scale,
+                                         const std::vector<Hook>& hooks) {
   const int L = m.cfg.num_hidden_layers;
   bool qk = false;
   bool neurons = false;
@@ -157,7 +163,7 @@ std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const Forw
     bo.keep_dpattern = qk;
     bo.drop_layer = drop;
     bo.keep_dmlp_post = neurons;
-    const Gradients g = backward(be, m, base, answer, other, scale, bo);
+    const Gradients g = backward(be, m, base, metric, scale, bo);
     for (size_t k = 0; k < hooks.size(); ++k) {
       const Hook h = hooks[k];
       const auto per = (hook_base(h) == Hook::Q || hook_base(h) == Hook::K) ? qk_fix_per_prompt(be, m, base, source, g, h)

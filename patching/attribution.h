@@ -36,5 +36,9 @@ std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const Forw
                                          const ForwardState& source, const std::vector<int32_t>& answer,
                                          const std::vector<int32_t>& other, float scale,
                                          const std::vector<Hook>& hooks);
+// The same for any metric (model/metric.h).
+std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
+                                         const ForwardState& source, const MetricSpec& metric, float scale,
+                                         const std::vector<Hook>& hooks);
 
 }  // namespace phi3

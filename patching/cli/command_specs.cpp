@@ -56,6 +56,11 @@ options:
                     nodes of all hooks with the largest |AtP*| (|AtP| without atp-star);
                     verified.csv lists them with both values
   --direction D     denoise (clean values into the corrupted run) | noise [denoise]
+  --metric M        the metric at the last position, normalised (M - M_corrupted) /
+                    (M_clean - M_corrupted) for every method: logit-diff (logit[answer] -
+                    logit[other]) | prob-diff (p[answer] - p[other]) | logprob (log p[answer])
+                    | kl (KL(p_clean || p_run) over the vocabulary; 0 on the clean run)
+                    [logit-diff]
   --batch N         pairs per batch for large pair files (0 = one batch) [0]
   --naive           activation patching with one full forward per patch (verification)
   --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory) [0]
@@ -151,6 +156,8 @@ Under mpirun the grid's circuits are divided across the ranks.
   --method M         eap | eap-ig [eap-ig]
   --ig-steps N       EAP-IG: inputs interpolated between the corrupted and clean embeddings [5]
   --direction D      denoise (gradient on the corrupted run, clean - corrupted) | noise [denoise]
+  --metric M         logit-diff only: circuits use the mean logit difference (run's other
+                     metrics, prob-diff, logprob and kl, are refused here) [logit-diff]
   --edge-grid LIST   comma-separated numbers of top edges whose circuits are evaluated exactly
                      [1, 2, 5, 10, ... and all edges]
   --select S         top-k (the K edges of largest |score|) | greedy (from the logits, the
@@ -226,14 +233,15 @@ usage: phi3patch make-random --out DIR [OPTIONS]
 const std::vector<CommandSpec>& table() {
   static const std::vector<CommandSpec> t = {
       {"run",
-       {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top"},
+       {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top",
+        "metric"},
        {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token"},
        kRunUsage},
       {"forward", {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token", "help"}, kForwardUsage},
       {"tokenize", {"model"}, {"no-bos", "bos", "help"}, kTokenizeUsage},
       {"circuit",
        {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out", "select",
-        "mem-budget", "batch"},
+        "mem-budget", "batch", "metric"},
        {"fp32", "force", "no-bos", "bos", "help", "answer-first-token"},
        kCircuitUsage},
       {"verify", {"reference", "device"}, {"fp32", "naive", "no-patching", "verbose", "help"}, kVerifyUsage},
