@@ -75,7 +75,8 @@ json to_json(const BatchResult& r) {
                     {"clean_top", cl},                    {"corrupted_top", co},
                     {"clean_ld_rows", s.clean_ld_rows},   {"corrupted_ld_rows", s.corrupted_ld_rows},
                     {"clean_ld", s.clean_ld},             {"corrupted_ld", s.corrupted_ld}};
-    if (s.clean_m_rows != s.clean_ld_rows || s.corrupted_m_rows != s.corrupted_ld_rows) {  // --metric
+    if (!s.clean_m_rows.empty() &&
+        (s.clean_m_rows != s.clean_ld_rows || s.corrupted_m_rows != s.corrupted_ld_rows)) {  // --metric
       j["summary"]["clean_m_rows"] = s.clean_m_rows;
       j["summary"]["corrupted_m_rows"] = s.corrupted_m_rows;
       j["summary"]["clean_m"] = s.clean_m;
