@@ -14,6 +14,7 @@ from ._progress import ProgressArg, make_progress
 from ._result import PatchResult
 
 _METHODS = ("attribution", "atp-star", "activation")
+METRICS = ("logit-diff", "prob-diff", "logprob", "kl")  # patch(metric=...), `phi3patch run --metric`
 
 
 def embedded_model_dir() -> str:
@@ -118,7 +119,7 @@ class Model:
     # ---- patching ---------------------------------------------------------------------------
     def patch(self, pairs: Any = None, *, hooks: Union[str, Sequence[str]] = ("resid_pre", "attn_out", "mlp_out"),
               methods: Union[str, Sequence[str]] = ("attribution", "activation"), direction: str = "denoise",
-              batch: int = 0, mem_budget: float = 0, verify_top: int = 0, naive: bool = False,
+              metric: str = "logit-diff", batch: int = 0, mem_budget: float = 0, verify_top: int = 0, naive: bool = False,
               bos: Optional[bool] = None, answer_first_token: bool = False, out: Optional[str] = None,
               force: bool = False, resume: bool = False, check_finite: bool = True,
               progress: ProgressArg = True) -> PatchResult:
@@ -130,7 +131,10 @@ class Model:
             seed's pairs. Each pair is mixed both ways, as the seed does.
         hooks: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v, pattern (+ _all_pos),
             mlp_post. methods: attribution, atp-star, activation (or both / all).
-        direction: denoise (clean values into the corrupted run) or noise. batch: pairs per batch
+        direction: denoise (clean values into the corrupted run) or noise.
+        metric: at the last position, normalised (M - M_corrupted) / (M_clean - M_corrupted):
+            logit-diff (logit[answer] - logit[other]), prob-diff (p[answer] - p[other]), logprob
+            (log p[answer]) or kl (KL(p_clean || p_run) over the vocabulary; 0 on the clean run). batch: pairs per batch
             (0: all). mem_budget: MiB per sweep chunk (0: automatic). verify_top: patch the K nodes with
             the largest estimate exactly. naive: one forward per patch (the baseline).
         bos: prepend BOS (None: the tokenizer's default). out: also write the command line's files
@@ -145,6 +149,9 @@ class Model:
         if direction not in ("denoise", "noise"):
             raise ValueError(f"direction: expected 'denoise' or 'noise', got {direction!r}")
         o.noising = direction == "noise"
+        if metric not in METRICS:
+            raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+        o.metric = metric
         o.batch = _int("batch", batch)
         if isinstance(mem_budget, bool) or not isinstance(mem_budget, (int, float)) or mem_budget < 0:
             raise TypeError(f"mem_budget: expected a number of MiB >= 0, got {mem_budget!r}")

@@ -129,6 +129,7 @@ struct PatchOptions {
   bool attribution = true, activation = true, atp_star = false;
   int verify_top = 0;
   bool noising = false;
+  std::string metric = "logit-diff";  // --metric
   int add_bos = -1;  // -1: the tokenizer's default
   bool answer_first_token = false;
   int batch = 0;
@@ -160,6 +161,7 @@ std::shared_ptr<ExperimentResult> patch(Engine& e, const std::string& pairs_text
   opt.atp_star = po.atp_star;
   opt.verify_top = po.verify_top;
   opt.noising = po.noising;
+  opt.metric = parse_metric(po.metric);
   opt.answer_first_token = po.answer_first_token;
   opt.batch_pairs = po.batch;
   opt.naive = po.naive;
@@ -409,6 +411,7 @@ NB_MODULE(_core, mod) {
       .def_rw("atp_star", &PatchOptions::atp_star)
       .def_rw("verify_top", &PatchOptions::verify_top)
       .def_rw("noising", &PatchOptions::noising)
+      .def_rw("metric", &PatchOptions::metric)
       .def_rw("add_bos", &PatchOptions::add_bos)
       .def_rw("answer_first_token", &PatchOptions::answer_first_token)
       .def_rw("batch", &PatchOptions::batch)
