@@ -13,6 +13,8 @@ sliding window, sharded checkpoints and bf16 storage) it writes
     data/reference/<name>/reference.json          prompts, ids, metric values, TransformerLens-
                                                   style activation + attribution patching results
     data/reference/<name>/model/                  (random configs only) the checkpoint
+    data/reference/<name>/metrics.{json,safetensors}  (METRIC_CONFIGS) the same under --metric
+                                                  prob-diff, logprob, kl (--metrics-only: these alone)
 
 See data/reference/README.md for the format. Everything is computed in float32 on the CPU with
 attn_implementation="eager"; the script is deterministic (fixed seeds, single thread).

@@ -109,7 +109,7 @@ usage: phi3patch tokenize [OPTIONS] TEXT [TEXT ...]
 
 const char* kVerifyUsage = R"(phi3patch verify - compare this engine with a transformers reference dump
 (tools/make_reference.py): logits, every hook activation and its gradient, patching results,
-AtP*, circuits. Prints the worst error per kind and PASS/FAIL; exit 1 on any failure.
+AtP*, circuits, the other metrics of run (metrics.json). Prints the worst error per kind and PASS/FAIL; exit 1 on any failure.
 
 usage: phi3patch verify --reference DIR [OPTIONS]
 
