@@ -484,12 +484,18 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
         << "_clean.svg\" style=\"max-width:49%\"> <img src=\"" << stem << "_corrupted.svg\" style=\"max-width:49%\">\n";
     }
   }
-  h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th></tr>\n";
+  const bool other_metric = R.metric != MetricKind::LogitDiff;
+  h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th>";
+  if (other_metric) h << "<th>" << metric_name(R.metric) << " clean</th><th>" << metric_name(R.metric) << " corrupted</th>";
+  h << "</tr>\n";
   for (const auto& b : R.batches)
-    for (size_t i = 0; i < b.clean_prompts.size(); ++i)
+    for (size_t i = 0; i < b.clean_prompts.size(); ++i) {
       h << "<tr><td>" << xml_escape(b.clean_prompts[i]) << "</td><td>" << xml_escape(b.corrupted_prompts[i])
         << "</td><td>" << xml_escape(b.answer_piece[i]) << " vs " << xml_escape(b.other_piece[i]) << "</td><td>"
-        << fmt(b.clean_ld_rows[i]) << "</td><td>" << fmt(b.corrupted_ld_rows[i]) << "</td></tr>\n";
+        << fmt(b.clean_ld_rows[i]) << "</td><td>" << fmt(b.corrupted_ld_rows[i]) << "</td>";
+      if (other_metric) h << "<td>" << fmt(b.clean_m_rows[i]) << "</td><td>" << fmt(b.corrupted_m_rows[i]) << "</td>";
+      h << "</tr>\n";
+    }
   h << "</table>\n<h2>Figures</h2>\n";
   for (const auto& r : R.results) {
     h << "<h3>" << xml_escape(plot_title(r)) << "</h3>\n<img src=\"" << file_stem(r) << ".svg\" alt=\""
@@ -515,7 +521,7 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
   return written;
 }
 
-void print_batch_summary(std::ostream& os, const BatchSummary& s) {
+void print_batch_summary(std::ostream& os, const BatchSummary& s, MetricKind metric) {
   const size_t B = s.clean_prompts.size();
   os << "Clean prompts (left-padded):\n";
   for (size_t b = 0; b < B; ++b) os << "  [" << b << "] " << s.clean_padded[b] << "\n";
@@ -539,10 +545,10 @@ void print_batch_summary(std::ostream& os, const BatchSummary& s) {
   os << "\nCorrupted logit diff: " << fmt(s.corrupted_ld) << "   per prompt:";
   for (float v : s.corrupted_ld_rows) os << " " << fmt(v, 3);
   os << "\n";
-  if (s.clean_m_rows != s.clean_ld_rows || s.corrupted_m_rows != s.corrupted_ld_rows) {  // --metric
-    os << "Clean metric: " << fmt(s.clean_m) << "   per prompt:";
+  if (metric != MetricKind::LogitDiff && !s.clean_m_rows.empty()) {  // --metric
+    os << "Clean " << metric_name(metric) << ": " << fmt(s.clean_m) << "   per prompt:";
     for (float v : s.clean_m_rows) os << " " << fmt(v, 3);
-    os << "\nCorrupted metric: " << fmt(s.corrupted_m) << "   per prompt:";
+    os << "\nCorrupted " << metric_name(metric) << ": " << fmt(s.corrupted_m) << "   per prompt:";
     for (float v : s.corrupted_m_rows) os << " " << fmt(v, 3);
     os << "\n";
   }

@@ -146,7 +146,7 @@ int cmd_run(const Args& a) {
 
   std::cout << "model: " << model_dir << " (" << m->cfg.num_hidden_layers << " layers, d=" << m->cfg.hidden_size
             << ") on " << R.device << "\n";
-  if (!R.batches.empty()) print_batch_summary(std::cout, R.batches.front());
+  if (!R.batches.empty()) print_batch_summary(std::cout, R.batches.front(), R.metric);
   if (R.batches.size() > 1)
     std::cout << "(first of " << R.batches.size() << " batches shown; all prompts are in results.json)\n"
               << "Over " << R.n_prompts << " prompts: clean LD " << R.clean_ld << ", corrupted LD " << R.corrupted_ld
