@@ -97,4 +97,58 @@ PHI3_HD double qk_key_row_effect(double s_old, double s_new, double m, double z_
   return (e_old - e_new) / z_new * (S - A * G) + (e_new / z_new - A) * G;
 }
 
+// ---- Metrics of the last-position logits (MetricParams, kernels/ops.h) ------------------
+// With lse = log sum_v exp(x_v) of a row (computed with the row's max subtracted, in double),
+// p_v = exp(x_v - lse):
+//   logit-diff  x_a - x_o                     d/dx_v = [v=a] - [v=o]
+//   prob-diff   p_a - p_o                     d/dx_v = [v=a] p_a - [v=o] p_o - p_v (p_a - p_o)
+//   logprob     x_a - lse                     d/dx_v = [v=a] - p_v
+//   kl          sum_v q_v (log q_v - x_v + lse), q = the reference (clean) distribution,
+//               given as log-probabilities r_v = log q_v   d/dx_v = p_v - q_v
+// (kl's exact derivative is p_v sum q - q_v; sum q = 1 up to rounding). q_v = 0 (r_v = -inf)
+// contributes 0 (0 log 0 = 0). Kinds as MetricKind.
+PHI3_HD double metric_exp_term(float x, double max) { return exp(static_cast<double>(x) - max); }
+// A log-probability as stored (the reference rows): x - lse rounded to fp32.
+PHI3_HD float metric_log_prob(float x, double lse) { return static_cast<float>(static_cast<double>(x) - lse); }
+// kl's term of element v, log p_v rounded as metric_log_prob rounds the reference, so a row
+// against its own log-probabilities gives exactly 0.
+PHI3_HD double metric_kl_term(float ref_lp, float x, double lse) {
+  if (ref_lp == -INFINITY) return 0.0;
+  const double r = static_cast<double>(ref_lp);
+  return exp(r) * (r - static_cast<double>(metric_log_prob(x, lse)));
+}
+// Sequential log-sum-exp of a row (the CPU op, and the host's reference log-probabilities):
+// max subtracted, the sum in double.
+PHI3_HD double metric_row_lse(const float* x, int V) {
+  float mx = -INFINITY;
+  for (int v = 0; v < V; ++v) mx = x[v] > mx ? x[v] : mx;
+  double s = 0.0;
+  for (int v = 0; v < V; ++v) s += metric_exp_term(x[v], mx);
+  return static_cast<double>(mx) + log(s);
+}
+// The row's metric from its answer/other logits, lse and (kl) the sum of metric_kl_term.
+PHI3_HD float metric_value(int kind, float xa, float xo, double lse, double kl_sum) {
+  switch (kind) {
+    case 0: return xa - xo;
+    case 1: return static_cast<float>(exp(static_cast<double>(xa) - lse) - exp(static_cast<double>(xo) - lse));
+    case 2: return static_cast<float>(static_cast<double>(xa) - lse);
+    default: return static_cast<float>(kl_sum);
+  }
+}
+// d metric / d x_v of element v of a row (unscaled); pa, po = p_ans, p_other (prob-diff).
+PHI3_HD float metric_grad(int kind, int v, float x, double lse, int a, int o, double pa, double po, float ref_lp) {
+  switch (kind) {
+    case 0: return (v == a ? 1.0f : 0.0f) - (v == o ? 1.0f : 0.0f);
+    case 1: {
+      const double p = exp(static_cast<double>(x) - lse);
+      return static_cast<float>((v == a ? pa : 0.0) - (v == o ? po : 0.0) - p * (pa - po));
+    }
+    case 2: return static_cast<float>((v == a ? 1.0 : 0.0) - exp(static_cast<double>(x) - lse));
+    default: {
+      const double q = ref_lp == -INFINITY ? 0.0 : exp(static_cast<double>(ref_lp));
+      return static_cast<float>(exp(static_cast<double>(x) - lse) - q);
+    }
+  }
+}
+
 }  // namespace phi3

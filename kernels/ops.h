@@ -169,6 +169,21 @@ struct QkFixParams {
   float softcap = 0.0f;  // as AttnParams::softcap
 };
 
+// The metric of a logit row (DESIGN §3; formulas in kernels/op_math.h, metric_value and
+// metric_grad): logit-diff x_ans - x_other, prob-diff p_ans - p_other, logprob log p_ans,
+// kl KL(q || p) = sum_v q_v (log q_v - log p_v) with q a reference distribution (the clean
+// run's, as log-probabilities). p = softmax over the V logits of the row.
+enum class MetricKind : int { LogitDiff = 0, ProbDiff = 1, LogProb = 2, KL = 3 };
+struct MetricParams {
+  MetricKind kind = MetricKind::LogitDiff;
+  const int32_t* ans = nullptr;       // [B] (logit-diff, prob-diff, logprob)
+  const int32_t* other = nullptr;     // [B] (logit-diff, prob-diff)
+  const float* ref_logprobs = nullptr;  // kl: [R, V] reference log-probabilities, rows V apart
+  const int32_t* ref_row = nullptr;   // kl, optional [B]: row b's reference row (null: row b)
+  int64_t stride = 0;                 // elements between consecutive logit rows (>= V)
+  int B = 0, V = 0;
+};
+
 #define PHI3_DECLARE_OPS                                                                  \
   /* out[i,:] = table[ids[i],:] */                                                        \
   void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,                \
@@ -232,6 +247,13 @@ struct QkFixParams {
   void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t* ans,  \
                            const int32_t* other, float scale, int B, int V,               \
                            Stream stream);                                                \
+  /* out[b] = the metric of logit row b (MetricParams) */                                 \
+  void metric_forward(float* out /*[B]*/, const float* logits /*[B,V], p.stride*/,        \
+                      const MetricParams& p, Stream stream);                              \
+  /* dlogits[b, :V] = scale * d metric(row b) / d logits[b, :V] (overwritten; rows        \
+     dstride apart) */                                                                    \
+  void metric_backward(float* dlogits /*[B,V]*/, int64_t dstride, const float* logits,    \
+                       const MetricParams& p, float scale, Stream stream);                \
   /* for each layer l < L (a[l], c[l], grad[l]: device arrays of L pointers):           \
      out[(l*T+t)*G+g] = sum_b sum_{w<W} (a-c)[b,t,g*W+w] * grad[b,t,g*W+w]               \
      (row b*T+t of each at b*T+t times stride >= G*W) */                                  \

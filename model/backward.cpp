@@ -60,6 +60,11 @@ TensorView Gradients::gradient(const Backend& be, const Model& m, int B, int T, 
 
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
                    const std::vector<int32_t>& other, float scale, const BackwardOptions& opt) {
+  return backward(be, m, s, logit_diff_spec(answer, other), scale, opt);
+}
+
+Gradients backward(Backend& be, const Model& m, const ForwardState& s, const MetricSpec& metric, float scale,
+                   const BackwardOptions& opt) {
   const bool keep_dpattern = opt.keep_dpattern;
   const ModelConfig& c = m.cfg;
   const int B = s.B, T = s.T, L = c.num_hidden_layers;
@@ -70,12 +75,12 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std
   PHI3_CHECK(!s.layers.empty() && (s.checkpointed || s.layers[0].stats.size() > 0),
              "backward: the forward pass must keep the attention stats");
   PHI3_CHECK(!s.sweep_cache, "backward: a sweep-cache forward pass keeps no per-layer norms or MLP inputs");
-  PHI3_CHECK(static_cast<int>(answer.size()) == B && static_cast<int>(other.size()) == B, "backward: one answer per row");
+  PHI3_CHECK(metric.B() == B, "backward: one answer per row");
 
-  // d logits at the last position only: +scale/B at answer, -scale/B at other.
-  DeviceArray<int32_t> da = to_device(be, answer), dothr = to_device(be, other);
+  // d logits at the last position only: scale/B times d metric(row b) / d logits (logit
+  // difference: +scale/B at answer, -scale/B at other).
   DeviceArray<float> dlogits(be, size_t(B) * V);
-  be.logit_diff_backward(dlogits.get(), V, da.get(), dothr.get(), scale / static_cast<float>(B), B, V);
+  metric_dlogits(be, m, s, metric, scale / static_cast<float>(B), dlogits.get());
   if (c.final_softcap > 0) {  // through the final soft-cap: d capped / d raw from the capped logits
     std::vector<int32_t> rows(B);
     for (int b = 0; b < B; ++b) rows[b] = b * T + T - 1;

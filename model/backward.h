@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "model/forward.h"
+#include "model/metric.h"
 
 namespace phi3 {
 
@@ -33,8 +34,9 @@ struct Gradients {
   TensorView gradient(const Backend& be, const Model& m, int B, int T, const std::string& name) const;
 };
 
-// d metric / d activations where metric = mean_b LD(b) * scale (scale = 1/(LD_clean -
-// LD_corrupted) for the normalized metric).
+// d metric / d activations where metric = mean_b M(b) * scale (scale = 1/(M_clean -
+// M_corrupted) for the normalized metric); M the logit difference, or the metric of a
+// MetricSpec (model/metric.h).
 struct BackwardOptions {
   bool keep_dpattern = false;  // also keep d metric / d pattern of every layer (AtP* QK fix)
   // AtP* GradDrop (Kramár et al. 2024, section 3.2): the gradient of layer `drop_layer`'s
@@ -53,6 +55,8 @@ struct BackwardOptions {
 };
 Gradients backward(Backend& be, const Model& m, const ForwardState& s, const std::vector<int32_t>& answer,
                    const std::vector<int32_t>& other, float scale, const BackwardOptions& opt = {});
+Gradients backward(Backend& be, const Model& m, const ForwardState& s, const MetricSpec& metric, float scale,
+                   const BackwardOptions& opt = {});
 
 // Throws naming the layer and hook whose gradient first holds a NaN/Inf, in the order the
 // backward pass computes them (last layer first: hook_resid_post, hook_resid_mid,

@@ -165,6 +165,15 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
                                                                  const std::vector<int32_t>& other, float scale,
                                                                  const std::vector<Hook>& hooks, bool per_row,
                                                                  BackwardOptions bo, const std::string& check_name) {
+  return attribution_streamed(be, m, base, source, logit_diff_spec(answer, other), scale, hooks, per_row, std::move(bo),
+                              check_name);
+}
+
+std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, const Model& m, const ForwardState& base,
+                                                                 const ForwardState& source, const MetricSpec& metric,
+                                                                 float scale, const std::vector<Hook>& hooks,
+                                                                 bool per_row, BackwardOptions bo,
+                                                                 const std::string& check_name) {
   const int L = m.cfg.num_hidden_layers, B = base.B, T = base.T;
   for (Hook h : hooks)
     if (hook_is_pattern(h)) throw Error("attribution of " + hook_name(h) + " needs the attention patterns: not in a streamed pass");
@@ -189,7 +198,7 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
       layer_rows[k * L + l] = reduce_layers(be, m, h, per_row, B, T, {p});
     }
   };
-  backward(be, m, base, answer, other, scale, bo);
+  backward(be, m, base, metric, scale, bo);
   std::vector<std::vector<std::vector<float>>> out(hooks.size(), std::vector<std::vector<float>>(R));
   for (size_t k = 0; k < hooks.size(); ++k)
     for (int l = 0; l < L; ++l)
@@ -203,6 +212,12 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
 std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
                                          const ForwardState& source, const std::vector<int32_t>& answer,
                                          const std::vector<int32_t>& other, float scale,
+                                         const std::vector<Hook>& hooks) {
+  return atp_star(be, m, base, source, logit_diff_spec(answer, other), scale, hooks);
+}
+
+std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
+                                         const ForwardState& source, const MetricSpec& metric, float scale,
                                          const std::vector<Hook>& hooks) {
   const int L = m.cfg.num_hidden_layers;
   bool qk = false;
@@ -224,11 +239,11 @@ std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const Forw
     bo.drop_layer = drop;
     bo.keep_dmlp_post = neurons;
     if (base.checkpointed) {  // one layer's gradients at a time, layers recomputed
-      const auto per = attribution_streamed(be, m, base, source, answer, other, scale, hooks, true, bo, "");
+      const auto per = attribution_streamed(be, m, base, source, metric, scale, hooks, true, bo, "");
       for (size_t k = 0; k < hooks.size(); ++k) add_abs(k, per[k]);
       continue;
     }
-    const Gradients g = backward(be, m, base, answer, other, scale, bo);
+    const Gradients g = backward(be, m, base, metric, scale, bo);
     for (size_t k = 0; k < hooks.size(); ++k) {
       const Hook h = hooks[k];
       add_abs(k, (hook_base(h) == Hook::Q || hook_base(h) == Hook::K) ? qk_fix_per_prompt(be, m, base, source, g, h)

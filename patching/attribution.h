@@ -41,6 +41,11 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
                                                                  const std::vector<int32_t>& other, float scale,
                                                                  const std::vector<Hook>& hooks, bool per_row,
                                                                  BackwardOptions bo, const std::string& check_name);
+std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, const Model& m, const ForwardState& base,
+                                                                 const ForwardState& source, const MetricSpec& metric,
+                                                                 float scale, const std::vector<Hook>& hooks,
+                                                                 bool per_row, BackwardOptions bo,
+                                                                 const std::string& check_name);
 
 // AtP* (Kramár et al. 2024): c(n) = sum_b 1/(L-1) sum_l |I_l(n, b)|, I_l the AtP estimate of
 // node n on batch row b (the QK-fixed one for q and k nodes) with GradDrop at layer l
@@ -49,6 +54,10 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
 std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
                                          const ForwardState& source, const std::vector<int32_t>& answer,
                                          const std::vector<int32_t>& other, float scale,
+                                         const std::vector<Hook>& hooks);
+// The same for any metric (model/metric.h).
+std::vector<std::vector<float>> atp_star(Backend& be, const Model& m, const ForwardState& base,
+                                         const ForwardState& source, const MetricSpec& metric, float scale,
                                          const std::vector<Hook>& hooks);
 
 }  // namespace phi3

@@ -75,6 +75,13 @@ json to_json(const BatchResult& r) {
                     {"clean_top", cl},                    {"corrupted_top", co},
                     {"clean_ld_rows", s.clean_ld_rows},   {"corrupted_ld_rows", s.corrupted_ld_rows},
                     {"clean_ld", s.clean_ld},             {"corrupted_ld", s.corrupted_ld}};
+    if (!s.clean_m_rows.empty() &&
+        (s.clean_m_rows != s.clean_ld_rows || s.corrupted_m_rows != s.corrupted_ld_rows)) {  // --metric
+      j["summary"]["clean_m_rows"] = s.clean_m_rows;
+      j["summary"]["corrupted_m_rows"] = s.corrupted_m_rows;
+      j["summary"]["clean_m"] = s.clean_m;
+      j["summary"]["corrupted_m"] = s.corrupted_m;
+    }
   }
   json parts = json::array();
   for (const auto& p : r.parts)
@@ -112,8 +119,20 @@ BatchResult batch_result_from_json(const json& j) {
       s.at("corrupted_ld_rows").get_to(b.corrupted_ld_rows);
       b.clean_ld = s.at("clean_ld").get<double>();
       b.corrupted_ld = s.at("corrupted_ld").get<double>();
+      if (s.contains("clean_m_rows")) {  // another metric than the logit difference
+        s.at("clean_m_rows").get_to(b.clean_m_rows);
+        s.at("corrupted_m_rows").get_to(b.corrupted_m_rows);
+        b.clean_m = s.at("clean_m").get<double>();
+        b.corrupted_m = s.at("corrupted_m").get<double>();
+      } else {
+        b.clean_m_rows = b.clean_ld_rows;
+        b.corrupted_m_rows = b.corrupted_ld_rows;
+        b.clean_m = b.clean_ld;
+        b.corrupted_m = b.corrupted_ld;
+      }
       const size_t B = b.answer.size();
-      if (b.clean_ld_rows.size() != B || b.corrupted_ld_rows.size() != B || b.other.size() != B)
+      if (b.clean_ld_rows.size() != B || b.corrupted_ld_rows.size() != B || b.other.size() != B ||
+          b.clean_m_rows.size() != B || b.corrupted_m_rows.size() != B)
         throw Error("the summary's per-prompt lists differ in length");
     }
     for (const auto& p : j.at("parts")) {

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "model/metric.h"
 #include "model/model.h"
 #include "runtime/backend.h"
 #include "runtime/error.h"
@@ -31,7 +32,7 @@ json job_fingerprint(const ExperimentOptions& opt, const Model& m, const Backend
     cfg = read_text_file(path_join(m.dir, "config.json"), "config");
   } catch (const Error&) {
   }
-  return {{"model", fs::absolute(m.dir).lexically_normal().string()},
+  json fp = {{"model", fs::absolute(m.dir).lexically_normal().string()},
           {"config_fnv1a", fnv1a(cfg)},
           {"pairs_fnv1a", fnv1a(read_text_file(opt.pairs_file, "pairs file"))},
           {"hooks", hooks},
@@ -48,6 +49,9 @@ json job_fingerprint(const ExperimentOptions& opt, const Model& m, const Backend
           {"weights", dtype_name(be.weight_dtype())},
           {"T", T},
           {"batches", n_batches}};
+  // --metric (absent for the logit difference, so older checkpoints still match)
+  if (opt.metric != MetricKind::LogitDiff) fp["metric"] = metric_name(opt.metric);
+  return fp;
 }
 
 CheckpointDir::CheckpointDir(const std::string& out_dir, const std::string& name) : dir_(path_join(out_dir, name)) {}
@@ -102,6 +106,10 @@ std::map<int, BatchResult> CheckpointDir::load(const json& fp) const {
         throw Error("checkpoint " + path + " belongs to another run: its " + it.key() + " is " +
                     (have.contains(it.key()) ? have[it.key()].dump() : std::string("missing")) + ", this run's is " +
                     it.value().dump() + " (use the same options to resume, or --force to start over)");
+    if (have.value("metric", "logit-diff") != fp.value("metric", "logit-diff"))
+      throw Error("checkpoint " + path + " belongs to another run: its metric is " + have.value("metric", "logit-diff") +
+                  ", this run's is " + fp.value("metric", "logit-diff") +
+                  " (use the same options to resume, or --force to start over)");
     BatchResult r;
     try {
       r = batch_result_from_json(j["result"]);

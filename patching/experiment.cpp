@@ -124,7 +124,7 @@ double pearson(const std::vector<double>& a, const std::vector<double>& b) {
 double spearman(const std::vector<double>& a, const std::vector<double>& b) { return pearson(ranks(a), ranks(b)); }
 
 BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, const ForwardState& clean,
-                             const ForwardState& corrupted) {
+                             const ForwardState& corrupted, const MetricSpec* metric) {
   BatchSummary s;
   const int B = pb.clean.B, T = pb.clean.T, V = m.cfg.vocab_size;
   s.clean_prompts = pb.clean_prompts;
@@ -149,6 +149,18 @@ BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, c
   s.corrupted_ld = lr.mean;
   s.clean_ld_rows = lc.per_row;
   s.corrupted_ld_rows = lr.per_row;
+  if (metric && metric->kind != MetricKind::LogitDiff) {
+    const LogitDiff mc = metric_values(be, m, clean, *metric), mr = metric_values(be, m, corrupted, *metric);
+    s.clean_m = mc.mean;
+    s.corrupted_m = mr.mean;
+    s.clean_m_rows = mc.per_row;
+    s.corrupted_m_rows = mr.per_row;
+  } else {
+    s.clean_m = s.clean_ld;
+    s.corrupted_m = s.corrupted_ld;
+    s.clean_m_rows = s.clean_ld_rows;
+    s.corrupted_m_rows = s.corrupted_ld_rows;
+  }
   return s;
 }
 
@@ -298,12 +310,15 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
   BatchResult out;
   out.batch = bi;
   out.has_summary = true;
-  out.summary = summarize_batch(job.be, job.m, pb, f.clean(), f.corrupted());
+  const MetricSpec metric = make_metric_spec(job.be, job.m, opt.metric, pb.answer, pb.other, f.clean());
+  const std::string mname = metric_name(opt.metric);
+  out.summary = summarize_batch(job.be, job.m, pb, f.clean(), f.corrupted(), &metric);
   const BatchSummary& sum = out.summary;
-  const double den = sum.clean_ld - sum.corrupted_ld;
+  const double den = sum.clean_m - sum.corrupted_m;
   if (!(std::fabs(den) > 1e-6))
-    throw Error("batch " + std::to_string(bi) + ": clean and corrupted logit differences are equal (" +
-                std::to_string(sum.clean_ld) + "), so the normalized metric is undefined");
+    throw Error("batch " + std::to_string(bi) + ": clean and corrupted " +
+                (opt.metric == MetricKind::LogitDiff ? std::string("logit differences") : "values of --metric " + mname) +
+                " are equal (" + std::to_string(sum.clean_m) + "), so the normalized metric is undefined");
   std::vector<std::string> pos_labels;
   for (int t = 0; t < T; ++t) pos_labels.push_back(std::to_string(t) + ":" + job.m.tok.label(pb.clean.tokens[t]));
 
@@ -323,10 +338,10 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
     if (base.checkpointed) {
       for (const auto& a : job.accs)
         if (a.method == Method::Attribution) streamed_hooks.push_back(a.hook);
-      streamed = attribution_streamed(job.be, job.m, base, source, pb.answer, pb.other, scale, streamed_hooks, false, bo,
+      streamed = attribution_streamed(job.be, job.m, base, source, metric, scale, streamed_hooks, false, bo,
                                       opt.check_finite ? check : std::string());
     } else {
-      grads = backward(job.be, job.m, base, pb.answer, pb.other, scale, bo);
+      grads = backward(job.be, job.m, base, metric, scale, bo);
       if (opt.check_finite) check_finite(job.be, job.m, grads, check.c_str());
     }
     job.stop_point();
@@ -342,7 +357,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
   if (!star_hooks.empty() && share.estimates) {
     const auto t0 = Clock::now();
     job.log("  AtP*: " + std::to_string(job.L) + " backward passes (GradDrop at each layer)");
-    star = atp_star(job.be, job.m, base, source, pb.answer, pb.other, scale, star_hooks);
+    star = atp_star(job.be, job.m, base, source, metric, scale, star_hooks);
     job.stop_point();
     star_s = since(t0);
     rw.token_layer_evals += 2 * int64_t(B) * T * job.L * job.L;
@@ -397,7 +412,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
       if (opt.log && (done == total || done % std::max<int64_t>(1, total / 10) == 0))
         opt.log("  " + what + ": " + std::to_string(done) + "/" + std::to_string(total) + " runs");
     };
-    SweepResult sr = activation_sweep(job.be, job.m, base, source, pb.answer, pb.other, a.hook, so);
+    SweepResult sr = activation_sweep(job.be, job.m, base, source, metric, a.hook, so);
     // Targets in this acc's numbering (the chosen list for Verify) and their sweep index.
     const int64_t n = job.n_targets[ai];
     std::vector<float> vals(size_t(n) * B, NAN);
@@ -407,7 +422,7 @@ BatchResult compute_share(const Job& job, int bi, const Forwards& f, const Share
         const float ld = sr.ld[size_t(t) * B + b];
         if (opt.check_finite && !std::isfinite(ld))
           throw Error("activation patching, batch " + std::to_string(bi) + ": the patched run gave a non-finite " +
-                      "logit difference (" + std::to_string(ld) + ") for prompt " + std::to_string(b) +
+                      (opt.metric == MetricKind::LogitDiff ? std::string("logit difference") : "metric " + mname) + " (" + std::to_string(ld) + ") for prompt " + std::to_string(b) +
                       " when patching " + target_str(a.hook, targets[t], pos_labels) + "; no results were written");
         vals[size_t(i) * B + b] = ld;
       }
@@ -499,7 +514,7 @@ void agree_attempt(Comm& comm, const Job& job, int& code, Fn&& fn) {
 
 // The prompts, logit differences and position labels of the batches (in batch order).
 void aggregate_batches(const Job& job, const std::map<int, BatchResult>& done, ExperimentResult& R) {
-  double clean_sum = 0, corr_sum = 0;
+  double clean_sum = 0, corr_sum = 0, clean_m_sum = 0, corr_m_sum = 0;
   for (const auto& [bi, r] : done) {
     const BatchSummary& sum = r.summary;
     const int B = static_cast<int>(sum.answer.size());
@@ -508,11 +523,16 @@ void aggregate_batches(const Job& job, const std::map<int, BatchResult>& done, E
         R.position_labels.push_back(std::to_string(t) + ":" + job.m.tok.label(sum.clean_tokens[0][t]));
     clean_sum += sum.clean_ld * B;
     corr_sum += sum.corrupted_ld * B;
+    clean_m_sum += sum.clean_m * B;
+    corr_m_sum += sum.corrupted_m * B;
     R.n_prompts += B;
     R.batches.push_back(sum);
   }
   R.clean_ld = clean_sum / R.n_prompts;
   R.corrupted_ld = corr_sum / R.n_prompts;
+  R.metric = job.opt.metric;
+  R.clean_m = clean_m_sum / R.n_prompts;
+  R.corrupted_m = corr_m_sum / R.n_prompts;
 }
 
 // Averages the batches' parts into one matrix per acc, appended to R.results (in batch
@@ -531,7 +551,7 @@ void aggregate_results(const Job& job, const std::map<int, BatchResult>& done, E
   for (const auto& [bi, r] : done) {
     const BatchSummary& sum = r.summary;
     const int B = static_cast<int>(sum.answer.size());
-    const double den = sum.clean_ld - sum.corrupted_ld;
+    const double den = sum.clean_m - sum.corrupted_m;
     n_prompts += B;
     for (const ResultPart& p : r.parts) {
       const AccSpec& spec = job.accs[p.acc];
@@ -560,12 +580,12 @@ void aggregate_results(const Job& job, const std::map<int, BatchResult>& done, E
           const float ld = p.values[i * B + b];
           mean += ld;
           a.per_prompt_ld[k].push_back(ld);
-          const double d = sum.clean_ld_rows[b] - sum.corrupted_ld_rows[b];
-          a.per_prompt[k].push_back(static_cast<float>((ld - sum.corrupted_ld_rows[b]) / d));
+          const double d = sum.clean_m_rows[b] - sum.corrupted_m_rows[b];
+          a.per_prompt[k].push_back(static_cast<float>((ld - sum.corrupted_m_rows[b]) / d));
         }
         mean /= B;
         if (std::isnan(a.sum[k])) a.sum[k] = 0;
-        a.sum[k] += (mean - sum.corrupted_ld) / den * B;
+        a.sum[k] += (mean - sum.corrupted_m) / den * B;
       }
       a.work.fast = p.work.fast;
       a.work += p.work;

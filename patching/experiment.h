@@ -23,6 +23,9 @@ struct ExperimentOptions {
   // |AtP*| (|AtP| without atp_star) are patched exactly (fast sweep on those targets only).
   int verify_top = 0;
   bool noising = false;     // patch corrupted values into the clean run instead of the reverse
+  // The metric at the last position (--metric, model/metric.h), normalised
+  // (M - M_corrupted) / (M_clean - M_corrupted) like the logit difference.
+  MetricKind metric = MetricKind::LogitDiff;
   bool add_bos = true;      // prepend BOS to every prompt
   bool answer_first_token = false;  // a multi-token answer uses its first piece (else an error)
   int batch_pairs = 0;      // pairs per batch (0: all pairs in one batch)
@@ -72,8 +75,12 @@ struct BatchSummary {
   std::vector<int32_t> answer, other;
   std::vector<std::string> answer_piece, other_piece;
   std::vector<std::vector<TopToken>> clean_top, corrupted_top;  // top-3 at T-1 per row
-  std::vector<float> clean_ld_rows, corrupted_ld_rows;
+  std::vector<float> clean_ld_rows, corrupted_ld_rows;  // logit differences (whatever the metric)
   double clean_ld = 0, corrupted_ld = 0;
+  // The chosen metric's values (ExperimentOptions::metric; the logit differences again for
+  // logit-diff): what the results are normalised by.
+  std::vector<float> clean_m_rows, corrupted_m_rows;
+  double clean_m = 0, corrupted_m = 0;
 };
 
 struct MatrixResult {
@@ -83,7 +90,7 @@ struct MatrixResult {
   std::string method;
   std::vector<std::string> rows, cols;
   std::vector<double> values;                      // [rows*cols] normalized metric
-  std::vector<std::vector<float>> per_prompt_ld;   // exact: [rows*cols][prompts] raw logit diff
+  std::vector<std::vector<float>> per_prompt_ld;   // exact: [rows*cols][prompts] raw metric (logit diff by default)
   std::vector<std::vector<float>> per_prompt;      // exact: per-prompt normalized metric
   SweepWork work;                                  // exact: summed over batches
   double seconds = 0;
@@ -137,6 +144,8 @@ struct ExperimentResult {
   std::vector<int> exact_positions;  // --positions: where the exact sweeps ran (empty: everywhere)
   std::vector<BatchSummary> batches;
   double clean_ld = 0, corrupted_ld = 0;  // averaged over batches (weighted by rows)
+  MetricKind metric = MetricKind::LogitDiff;
+  double clean_m = 0, corrupted_m = 0;    // the metric's, averaged the same way
   std::vector<std::string> position_labels;
   std::vector<MatrixResult> results;
   std::vector<HookComparison> comparisons;
@@ -151,9 +160,10 @@ struct ExperimentResult {
   double wall_seconds = 0;
 };
 
-// Summarises one forward of a pair batch (tokens, top-3, logit differences).
+// Summarises one forward of a pair batch (tokens, top-3, logit differences, and the values of
+// `metric` when given: else the metric is the logit difference).
 BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, const ForwardState& clean,
-                             const ForwardState& corrupted);
+                             const ForwardState& corrupted, const MetricSpec* metric = nullptr);
 
 // Throws on a method combination that cannot run (no method; --verify-top with the
 // activation method or without an estimate to rank by).

@@ -179,10 +179,19 @@ std::string results_json(const ExperimentResult& R) {
   j["bos"] = R.add_bos;
   // --answer-first-token: which answers were more than one token (and used their first piece).
   j["answer_first_token"] = R.answers_cut;
-  j["metric"] = "normalized logit difference (LD - LD_corrupted) / (LD_clean - LD_corrupted)";
+  const bool ld_metric = R.metric == MetricKind::LogitDiff;
+  j["metric"] = {{"name", metric_name(R.metric)},
+                 {"position", "last"},
+                 {"definition", metric_definition(R.metric)},
+                 {"normalisation", "(M - M_corrupted) / (M_clean - M_corrupted)"},
+                 {"per_prompt_key", per_prompt_key(R.metric)}};
   j["T"] = R.T;
   j["clean_logit_diff"] = R.clean_ld;
   j["corrupted_logit_diff"] = R.corrupted_ld;
+  if (!ld_metric) {  // the chosen metric's raw values (the logit differences stay above)
+    j["clean_metric"] = R.clean_m;
+    j["corrupted_metric"] = R.corrupted_m;
+  }
   json prompts = json::array(), tokens = json::array();
   for (const auto& b : R.batches) {
     for (size_t i = 0; i < b.clean_prompts.size(); ++i) {
@@ -194,6 +203,10 @@ std::string results_json(const ExperimentResult& R) {
                          {"other_id", b.other[i]},
                          {"clean_logit_diff", b.clean_ld_rows[i]},
                          {"corrupted_logit_diff", b.corrupted_ld_rows[i]}});
+      if (!ld_metric) {
+        prompts.back()["clean_metric"] = b.clean_m_rows[i];
+        prompts.back()["corrupted_metric"] = b.corrupted_m_rows[i];
+      }
       tokens.push_back({{"clean", b.clean_tokens[i]}, {"corrupted", b.corrupted_tokens[i]}});
     }
   }
@@ -239,7 +252,7 @@ std::string results_json(const ExperimentResult& R) {
         sd.push_back(rs);
         ci.push_back(rc);
       }
-      e["per_prompt_logit_diff"] = pl;
+      e[per_prompt_key(R.metric)] = pl;  // raw metric of every patched run, per prompt
       e["per_prompt_metric"] = pn;
       e["per_prompt_std"] = sd;     // sample standard deviation of the per-prompt metric
       e["ci95_halfwidth"] = ci;     // 1.96 * std / sqrt(prompts) (normal approximation)
@@ -421,8 +434,14 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
   h << "<p>Model <code>" << xml_escape(R.model_dir) << "</code> on " << xml_escape(R.device) << ". Pairs <code>"
     << xml_escape(R.pairs_file) << "</code>, " << R.n_prompts << " prompts (every pair both ways), T = " << R.T
     << ", direction " << R.direction << (R.add_bos ? ", BOS prepended" : ", no BOS") << ".</p>\n";
-  h << "<p>Clean logit difference <b>" << fmt(R.clean_ld) << "</b>, corrupted <b>" << fmt(R.corrupted_ld)
-    << "</b>. Values are the normalized metric (1 = clean, 0 = corrupted).</p>\n";
+  if (R.metric == MetricKind::LogitDiff)
+    h << "<p>Clean logit difference <b>" << fmt(R.clean_ld) << "</b>, corrupted <b>" << fmt(R.corrupted_ld)
+      << "</b>. Values are the normalized metric (1 = clean, 0 = corrupted).</p>\n";
+  else
+    h << "<p>Metric <b>" << metric_name(R.metric) << "</b> (" << xml_escape(metric_definition(R.metric))
+      << ", at the last position): clean <b>" << fmt(R.clean_m) << "</b>, corrupted <b>" << fmt(R.corrupted_m)
+      << "</b>. Values are the normalized metric (M - M_corrupted) / (M_clean - M_corrupted) (1 = clean, 0 = "
+      << "corrupted). Clean logit difference " << fmt(R.clean_ld) << ", corrupted " << fmt(R.corrupted_ld) << ".</p>\n";
   h << "<h2>Where the effects lie</h2><ul>\n";
   for (const auto& s : describe_effects(R)) h << "<li>" << xml_escape(s) << "</li>\n";
   h << "</ul>\n";
@@ -467,12 +486,18 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
         << "_clean.svg\" style=\"max-width:49%\"> <img src=\"" << stem << "_corrupted.svg\" style=\"max-width:49%\">\n";
     }
   }
-  h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th></tr>\n";
+  const bool other_metric = R.metric != MetricKind::LogitDiff;
+  h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th>";
+  if (other_metric) h << "<th>" << metric_name(R.metric) << " clean</th><th>" << metric_name(R.metric) << " corrupted</th>";
+  h << "</tr>\n";
   for (const auto& b : R.batches)
-    for (size_t i = 0; i < b.clean_prompts.size(); ++i)
+    for (size_t i = 0; i < b.clean_prompts.size(); ++i) {
       h << "<tr><td>" << xml_escape(b.clean_prompts[i]) << "</td><td>" << xml_escape(b.corrupted_prompts[i])
         << "</td><td>" << xml_escape(b.answer_piece[i]) << " vs " << xml_escape(b.other_piece[i]) << "</td><td>"
-        << fmt(b.clean_ld_rows[i]) << "</td><td>" << fmt(b.corrupted_ld_rows[i]) << "</td></tr>\n";
+        << fmt(b.clean_ld_rows[i]) << "</td><td>" << fmt(b.corrupted_ld_rows[i]) << "</td>";
+      if (other_metric) h << "<td>" << fmt(b.clean_m_rows[i]) << "</td><td>" << fmt(b.corrupted_m_rows[i]) << "</td>";
+      h << "</tr>\n";
+    }
   h << "</table>\n<h2>Figures</h2>\n";
   for (const auto& r : R.results) {
     h << "<h3>" << xml_escape(plot_title(r)) << "</h3>\n<img src=\"" << file_stem(r) << ".svg\" alt=\""
@@ -498,7 +523,7 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
   return written;
 }
 
-void print_batch_summary(std::ostream& os, const BatchSummary& s) {
+void print_batch_summary(std::ostream& os, const BatchSummary& s, MetricKind metric) {
   const size_t B = s.clean_prompts.size();
   os << "Clean prompts (left-padded):\n";
   for (size_t b = 0; b < B; ++b) os << "  [" << b << "] " << s.clean_padded[b] << "\n";
@@ -522,6 +547,13 @@ void print_batch_summary(std::ostream& os, const BatchSummary& s) {
   os << "\nCorrupted logit diff: " << fmt(s.corrupted_ld) << "   per prompt:";
   for (float v : s.corrupted_ld_rows) os << " " << fmt(v, 3);
   os << "\n";
+  if (metric != MetricKind::LogitDiff && !s.clean_m_rows.empty()) {  // --metric
+    os << "Clean " << metric_name(metric) << ": " << fmt(s.clean_m) << "   per prompt:";
+    for (float v : s.clean_m_rows) os << " " << fmt(v, 3);
+    os << "\nCorrupted " << metric_name(metric) << ": " << fmt(s.corrupted_m) << "   per prompt:";
+    for (float v : s.corrupted_m_rows) os << " " << fmt(v, 3);
+    os << "\n";
+  }
 }
 
 }  // namespace phi3

@@ -32,6 +32,8 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
 std::string results_json(const ExperimentResult& R);  // the text of results.json
 
 // The seed-style summary: padded prompts, answer ids, top-3 tokens, logit differences.
-void print_batch_summary(std::ostream& os, const BatchSummary& s);
+// metric: the run's --metric, whose values (when not the logit difference) follow the logit
+// differences under its name.
+void print_batch_summary(std::ostream& os, const BatchSummary& s, MetricKind metric = MetricKind::LogitDiff);
 
 }  // namespace phi3

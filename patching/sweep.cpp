@@ -60,8 +60,9 @@ struct Run {
 class FastSweep {
  public:
   FastSweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
-            const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook)
-      : be_(be), m_(m), c_(m.cfg), base_(base), src_(source), answer_(answer), other_(other), hook_(hook) {
+            const MetricSpec& metric, Hook hook)
+      : be_(be), m_(m), c_(m.cfg), base_(base), src_(source), metric_(metric), answer_(metric.answer),
+        other_(metric.other), hook_(hook) {
     B_ = base.B;
     T_ = base.T;
     L_ = c_.num_hidden_layers;
@@ -84,7 +85,7 @@ class FastSweep {
     return chunk_plan(rows, B_).bytes() + size_t(rows) * 2 * sizeof(int32_t) + 2 * B_ * sizeof(AttnSegment);
   }
 
-  // Computes the per-row logit differences of `runs` (sorted by start layer) into ld.
+  // Computes the per-row metric of `runs` (sorted by start layer) into ld.
   void run_chunk(const std::vector<Run>& runs, std::vector<float>& ld, int64_t& token_layer_evals) {
     const int n = static_cast<int>(runs.size());
     if (n == 0) return;
@@ -178,15 +179,20 @@ class FastSweep {
     be_.rmsnorm_forward(lnf, rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
     be_.linear_forward(logits.get(), lnf, m_.w.lm_head, NF, false);
     if (c_.final_softcap > 0) be_.softcap_forward(logits.get(), int64_t(NF) * V_, c_.final_softcap);
-    std::vector<int32_t> ans(NF), oth(NF);
-    for (int r = 0; r < n; ++r)
-      for (int b = 0; b < B_; ++b) {
-        ans[r * B_ + b] = answer_[b];
-        oth[r * B_ + b] = other_[b];
-      }
-    auto d_ans = to_device(be_, ans), d_oth = to_device(be_, oth);
     DeviceArray<float> d_ld(be_, NF);
-    be_.logit_diff_forward(d_ld.get(), logits.get(), V_, d_ans.get(), d_oth.get(), NF);
+    if (metric_.kind == MetricKind::LogitDiff) {
+      std::vector<int32_t> ans(NF), oth(NF);
+      for (int r = 0; r < n; ++r)
+        for (int b = 0; b < B_; ++b) {
+          ans[r * B_ + b] = answer_[b];
+          oth[r * B_ + b] = other_[b];
+        }
+      auto d_ans = to_device(be_, ans), d_oth = to_device(be_, oth);
+      be_.logit_diff_forward(d_ld.get(), logits.get(), V_, d_ans.get(), d_oth.get(), NF);
+    } else {  // answer/other (kl: the reference row) of batch row b repeated for every run
+      const DeviceMetric dm = metric_to_device(be_, metric_, V_, n);
+      be_.metric_forward(d_ld.get(), logits.get(), dm.params);
+    }
     std::vector<float> h_ld = d_ld.download();
     for (int r = 0; r < n; ++r)
       for (int b = 0; b < B_; ++b) ld[size_t(runs[r].target) * B_ + b] = h_ld[size_t(r) * B_ + b];
@@ -471,6 +477,7 @@ class FastSweep {
   const ModelConfig& c_;
   const ForwardState& base_;
   const ForwardState& src_;
+  const MetricSpec& metric_;
   const std::vector<int32_t>& answer_;
   const std::vector<int32_t>& other_;
   Hook hook_;
@@ -584,6 +591,11 @@ std::vector<int64_t> sweep_target_costs(Backend& be, const Model& m, const Forwa
 SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                              const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook,
                              const SweepOptions& opt) {
+  return activation_sweep(be, m, base, source, logit_diff_spec(answer, other), hook, opt);
+}
+
+SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+                             const MetricSpec& metric, Hook hook, const SweepOptions& opt) {
   const auto t0 = Clock::now();
   const int B = base.B, T = base.T, L = m.cfg.num_hidden_layers, H = hook_heads(hook, m.cfg);
   PHI3_CHECK(source.B == B && source.T == T, "activation sweep: base and source batches differ in shape");
@@ -595,8 +607,9 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   res.work.fast = !opt.naive;
   res.work.naive_token_layer_evals = n_targets * int64_t(B) * T * L;
 
-  // Base run's own logit differences: the result of every skipped patch.
-  LogitDiff base_ld = logit_diff(be, m, base, answer, other);
+  PHI3_CHECK(metric.B() == B, "activation sweep: one answer per batch row");
+  // Base run's own metric: the result of every skipped patch.
+  LogitDiff base_ld = metric_values(be, m, base, metric);
   auto set_base = [&](int64_t i) {
     for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = base_ld.per_row[b];
   };
@@ -633,7 +646,7 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
       fo.patch = &res.targets[i];
       fo.source = &source;
       ForwardState s = forward(be, m, base.batch, fo);
-      LogitDiff ld = logit_diff(be, m, s, answer, other);
+      LogitDiff ld = metric_values(be, m, s, metric);
       for (int b = 0; b < B; ++b) res.ld[size_t(i) * B + b] = ld.per_row[b];
       res.work.token_layer_evals += int64_t(B) * T * L;
       if (opt.progress) opt.progress(++done, n_want);
@@ -670,7 +683,7 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   // Chunks: consecutive runs (sorted by start layer, so the active runs of a chunk are a
   // prefix at every layer) whose work buffers fit the budget; with several streams, at
   // least two chunks per stream so they overlap.
-  FastSweep sizer(be, m, base, source, answer, other, hook);
+  FastSweep sizer(be, m, base, source, metric, hook);
   size_t total_bytes = 0;
   for (const Run& r : runs) total_bytes += sizer.run_bytes(r);
   const int streams = std::max(1, opt.streams > 0 ? opt.streams : be.preferred_streams());
@@ -706,7 +719,7 @@ SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& ba
   std::vector<int64_t> evals(lanes.size(), 0);
   auto worker = [&](size_t lane) {
     try {
-      FastSweep fs(*lanes[lane], m, base, source, answer, other, hook);
+      FastSweep fs(*lanes[lane], m, base, source, metric, hook);
       fs.tspec_ = res.targets;
       fs.zp_ = zp_layers.empty() ? nullptr : zp_layers.data();
       for (size_t c; (c = next++) < chunks.size();) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "model/forward.h"
+#include "model/metric.h"
 
 namespace phi3 {
 
@@ -47,7 +48,7 @@ struct SweepWork {
 struct SweepResult {
   Hook hook = Hook::ResidPre;
   std::vector<PatchSpec> targets;  // in row-major order of the result matrix
-  std::vector<float> ld;           // [targets, B] per-row logit difference of each patched run
+  std::vector<float> ld;           // [targets, B] per-row metric (logit difference by default) of each patched run
   SweepWork work;
 };
 
@@ -77,5 +78,8 @@ std::vector<int64_t> sweep_target_costs(Backend& be, const Model& m, const Forwa
 SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
                              const std::vector<int32_t>& answer, const std::vector<int32_t>& other, Hook hook,
                              const SweepOptions& opt = {});
+// The same for any metric (model/metric.h); the spec's rows are the batch rows of base.
+SweepResult activation_sweep(Backend& be, const Model& m, const ForwardState& base, const ForwardState& source,
+                             const MetricSpec& metric, Hook hook, const SweepOptions& opt = {});
 
 }  // namespace phi3

@@ -9,6 +9,7 @@
 #include "patching/attribution.h"
 #include "patching/circuit.h"
 #include "patching/sweep.h"
+#include "patching/verify_metrics.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/safetensors.h"
@@ -34,13 +35,11 @@ std::vector<TensorCheck> VerifyResult::worst_by_kind() const {
   return out;
 }
 
-namespace {
-
 // Compares rows of [B,T,W] tensors (or [B,H,T,T] patterns) only where position t is a real
 // token (t >= pad[b]).
 TensorCheck compare_rows(const std::string& kind, const std::string& name, const std::vector<float>& ours,
                          const std::vector<float>& ref, int B, int T, int W, const std::vector<int32_t>& pad,
-                         double tol, int heads = 0) {
+                         double tol, int heads) {
   TensorCheck c;
   c.kind = kind;
   c.name = name;
@@ -86,6 +85,8 @@ std::vector<double> flatten(const nlohmann::json& j) {
   }
   return out;
 }
+
+namespace {
 
 const char* const kActivationHooks[] = {"hook_resid_pre",  "hook_resid_mid",  "hook_resid_post", "hook_attn_out",
                                          "hook_mlp_out",    "attn.hook_q",     "attn.hook_k",     "attn.hook_v",
@@ -441,6 +442,11 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
       for (size_t k = 0; k < star_hooks.size(); ++k)
         if (star_hooks[k] == h) estimate_check(hn + " AtP*", star[k], P[hn]["atp_star"]);
     }
+  }
+  const std::string metrics_path = path_join(ref_dir, "metrics.json");
+  if (opt.patching && file_exists(metrics_path)) {  // --metric prob-diff | logprob | kl
+    verify_metrics(be, *m, ref_dir, clean, corrupted, answer, other, opt, res);
+    log("other metrics compared");
   }
   const std::string circuit_path = path_join(ref_dir, "circuit.json");
   if (opt.patching && opt.circuits && file_exists(circuit_path)) {

@@ -14,7 +14,8 @@ namespace phi3 {
 
 struct TensorCheck {
   // tokens | logits | activation | gradient | activation_patching | attribution_patching |
-  // edge_scores | circuit_metric | circuit_selection | circuit_consistency
+  // metric_value (--metric's, metrics.json) | edge_scores | circuit_metric | circuit_selection |
+  // circuit_consistency
   std::string kind;
   std::string name;
   double max_abs = 0;  // worst |ours - reference|

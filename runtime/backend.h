@@ -79,6 +79,10 @@ class Backend {
                                   const int32_t* ans, const int32_t* other, int B) = 0;
   virtual void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans,
                                    const int32_t* other, float scale, int B, int V) = 0;
+  // Any metric of logit rows (MetricParams) and its gradient w.r.t. the logits, scaled.
+  virtual void metric_forward(float* out, const float* logits, const MetricParams& p) = 0;
+  virtual void metric_backward(float* dlogits, int64_t dstride, const float* logits, const MetricParams& p,
+                               float scale) = 0;
   virtual void attribution_reduce(float* out, const float* const* a, const float* const* c,
                                   const float* const* grad, int L, int B, int T, int G, int W,
                                   int64_t stride) = 0;

@@ -133,6 +133,13 @@ class CpuBackend final : public Backend {
                            const int32_t* other, float scale, int B, int V) override {
     cpu::logit_diff_backward(dlogits, stride, ans, other, scale, B, V, nullptr);
   }
+  void metric_forward(float* out, const float* logits, const MetricParams& p) override {
+    cpu::metric_forward(out, logits, p, nullptr);
+  }
+  void metric_backward(float* dlogits, int64_t dstride, const float* logits, const MetricParams& p,
+                       float scale) override {
+    cpu::metric_backward(dlogits, dstride, logits, p, scale, nullptr);
+  }
   void attribution_reduce(float* out, const float* const* a, const float* const* c,
                           const float* const* grad, int L, int B, int T, int G, int W,
                           int64_t stride) override {

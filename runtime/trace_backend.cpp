@@ -262,6 +262,15 @@ void TraceBackend::logit_diff_backward(float* dlogits, int64_t stride, const int
   trace_.add("logit_diff_backward", cost::logit_diff_backward(B, V));
   if (inner_) inner_->logit_diff_backward(dlogits, stride, ans, other, scale, B, V);
 }
+void TraceBackend::metric_forward(float* out, const float* logits, const MetricParams& p) {
+  trace_.add("metric_forward", cost::metric_forward(p.B, p.V, static_cast<int>(p.kind)));
+  if (inner_) inner_->metric_forward(out, logits, p);
+}
+void TraceBackend::metric_backward(float* dlogits, int64_t dstride, const float* logits, const MetricParams& p,
+                                   float scale) {
+  trace_.add("metric_backward", cost::metric_backward(p.B, p.V, static_cast<int>(p.kind)));
+  if (inner_) inner_->metric_backward(dlogits, dstride, logits, p, scale);
+}
 void TraceBackend::attribution_reduce(float* out, const float* const* a, const float* const* c,
                                       const float* const* grad, int L, int B, int T, int G, int W,
                                       int64_t stride) {

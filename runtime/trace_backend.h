@@ -96,6 +96,9 @@ class TraceBackend : public Backend {
                           int B) override;
   void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans, const int32_t* other, float scale,
                            int B, int V) override;
+  void metric_forward(float* out, const float* logits, const MetricParams& p) override;
+  void metric_backward(float* dlogits, int64_t dstride, const float* logits, const MetricParams& p,
+                       float scale) override;
   void attribution_reduce(float* out, const float* const* a, const float* const* c, const float* const* grad, int L,
                           int B, int T, int G, int W, int64_t stride) override;
   void rows_equal(uint8_t* eq, const float* a, const float* c, int B, int T, int G, int W, int64_t stride) override;

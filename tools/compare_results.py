@@ -54,6 +54,12 @@ def main():
            "imbalance_token_layer_evals_b": b.get("work", {}).get("imbalance_token_layer_evals"),
            "results": []}
     ok = rep["tokens_equal"] and len(a["results"]) == len(b["results"])
+    # --metric (results.json's "metric" object; older files: the logit difference)
+    ma, mb = (d["metric"].get("name") if isinstance(d.get("metric"), dict) else "logit-diff" for d in (a, b))
+    if ma != mb:
+        print(f"different metrics: {ma} vs {mb}")
+        ok = False
+    raw_key = a["metric"].get("per_prompt_key") if isinstance(a.get("metric"), dict) else None
     for ra, rb in zip(a["results"], b["results"]):
         e = {"hook": ra["hook"], "method": ra["method"]}
         if (ra["hook"], ra["method"]) != (rb["hook"], rb["method"]):
@@ -63,6 +69,8 @@ def main():
             e["max_abs_diff"] = max_abs(flat(ra["values"]), flat(rb["values"]))
             if "per_prompt_logit_diff" in ra:
                 e["max_abs_diff_logit_diff"] = max_abs(flat(ra["per_prompt_logit_diff"]), flat(rb["per_prompt_logit_diff"]))
+            elif raw_key and raw_key in ra and raw_key in rb:  # another metric's raw per-prompt values
+                e["max_abs_diff_raw_metric"] = max_abs(flat(ra[raw_key]), flat(rb[raw_key]))
             if e["max_abs_diff"] is None or e["max_abs_diff"] > o.tol:
                 ok = False
         rep["results"].append(e)

@@ -7,11 +7,11 @@ one pair of 2048-token prompts, computed with `transformers` (float32, eager att
     model/                       the checkpoint (config.json, model.safetensors) and the embedded
                                  model's SentencePiece tokenizer (the engine loads a tokenizer)
     pairs.json                   the pair, pre-tokenized (the engine's pairs format, no BOS)
-    reference.safetensors        last-position logits of both runs; d metric / d hook_resid_pre of
+    long_reference.safetensors   last-position logits of both runs; d metric / d hook_resid_pre of
                                  the corrupted run at every layer and position; AtP of resid_pre,
                                  attn_out, mlp_out ([L, T]) and z ([L, T, H]); exact patching of
                                  resid_pre at the checked positions ([L, P])
-    reference.json               the metric values, answer ids, the checked positions
+    long_reference.json          the metric values, answer ids, the checked positions
 
 The metric is the logit difference at the last position, normalised (LD - LD_corr) /
 (LD_clean - LD_corr); gradients are taken on the corrupted run (denoising: clean values patched
@@ -163,8 +163,8 @@ def main():
     with open(os.path.join(OUT, "pairs.json"), "w") as f:
         json.dump([{"clean": {"ids": clean[1:], "answer_id": ans},
                     "corrupted": {"ids": corrupted[1:], "answer_id": oth}}], f)
-    save_file(t, os.path.join(OUT, "reference.safetensors"))
-    with open(os.path.join(OUT, "reference.json"), "w") as f:
+    save_file(t, os.path.join(OUT, "long_reference.safetensors"))
+    with open(os.path.join(OUT, "long_reference.json"), "w") as f:
         json.dump({"T": T, "answer": ans, "other": oth, "ld_clean": ld_c, "ld_corrupted": ld_r,
                    "checked_positions": CHECKED, "changed_positions": list(CHANGED),
                    "transformers": transformers.__version__, "torch": torch.__version__}, f, indent=1)

@@ -13,6 +13,8 @@ sliding window, sharded checkpoints and bf16 storage) it writes
     data/reference/<name>/reference.json          prompts, ids, metric values, TransformerLens-
                                                   style activation + attribution patching results
     data/reference/<name>/model/                  (random configs only) the checkpoint
+    data/reference/<name>/metrics.{json,safetensors}  (METRIC_CONFIGS) the same under --metric
+                                                  prob-diff, logprob, kl (--metrics-only: these alone)
 
 See data/reference/README.md for the format. Everything is computed in float32 on the CPU with
 attn_implementation="eager"; the script is deterministic (fixed seeds, single thread).
@@ -678,6 +680,117 @@ def logit_diff(logits, ans, oth):
 
 
 # ----------------------------------------------------------------------------------------------
+# The other metrics of `phi3patch run --metric` (model/metric.h): metrics.json and
+# metrics.safetensors beside reference.json, for METRIC_CONFIGS. reference.json (the logit
+# difference) is untouched by them.
+# ----------------------------------------------------------------------------------------------
+METRIC_CONFIGS = ["tiny-temporal", "rand-gemma2-softcap"]  # a trained Phi-3; Gemma 2's final soft-cap
+OTHER_METRICS = ["prob-diff", "logprob", "kl"]
+METRIC_HOOKS = ["resid_pre", "attn_out", "mlp_out", "z"]  # activation + attribution patching
+METRIC_STAR_HOOKS = ["resid_pre", "z", "k"]  # AtP* (k: through the QK fix)
+METRIC_GRAD_HOOKS = ["hook_resid_pre", "hook_resid_mid", "attn.hook_z", "attn.hook_v"]
+
+
+def metric_values(kind, logits, ans, oth, ref_lp):
+    """[B] metric of the last position in float64 from the (float32) logits [B,T,V]; ref_lp:
+    the clean run's last-position log-softmax [B,V] (kl)."""
+    lp = torch.log_softmax(logits[:, -1, :].double(), dim=-1)
+    b = torch.arange(lp.shape[0])
+    if kind == "prob-diff":
+        return lp[b, ans].exp() - lp[b, oth].exp()
+    if kind == "logprob":
+        return lp[b, ans]
+    if kind == "kl":  # KL(p_clean || p_run), 0 log 0 = 0
+        q = ref_lp.exp()
+        r = torch.where(q > 0, ref_lp, torch.zeros_like(ref_lp))  # no -inf, so no NaN gradient
+        return (q * (r - lp)).sum(-1)
+    raise ValueError(kind)
+
+
+def metric_reference(name, model_dir, out_dir, batches):
+    """For every metric of OTHER_METRICS, with PyTorch autograd on the transformers model: the
+    clean / corrupted values per prompt, dM/d(activation) on the corrupted run (M the normalized
+    metric, (m - m_corr) / (m_clean - m_corr)), activation patching (one patched forward per
+    patch), attribution and AtP* of METRIC_HOOKS / METRIC_STAR_HOOKS."""
+    torch.manual_seed(0)
+    model = load_model(model_dir)
+    hk = Hooked(model)
+    L, H, KVH, HD = hk.L, hk.H, hk.KVH, hk.HD
+    T = batches["T"]
+    ans = torch.tensor(batches["answer_ids"])
+    oth = torch.tensor(batches["other_ids"])
+    clean_b, corr_b = batches["clean"], batches["corrupted"]
+    rope_info(model, clean_b)
+    with torch.no_grad():
+        clean_logits = hk.run(clean_b, capture=True)
+    clean_acts = hk.split_cache(hk.cache)
+    with torch.no_grad():
+        corr_logits = hk.run(corr_b, capture=True)
+    corr_acts = hk.split_cache(hk.cache)
+    ref_lp = torch.log_softmax(clean_logits[:, -1, :].double(), dim=-1)
+    src = {n: clean_acts["hook_" + n] for n in BLOCK_HOOKS}
+    for n in ("z", "q", "k", "v"):
+        src[n] = clean_acts["attn.hook_" + n]
+    out = {"format_version": 1, "generator": "tools/make_reference.py (metric_reference)", "name": name,
+           "position": "last", "normalisation": "(M - M_corrupted) / (M_clean - M_corrupted)",
+           "hooks": METRIC_HOOKS, "atp_star_hooks": METRIC_STAR_HOOKS, "gradient_hooks": METRIC_GRAD_HOOKS,
+           "metrics": {}}
+    tensors = {}
+    for kind in OTHER_METRICS:
+        mc_pp = metric_values(kind, clean_logits, ans, oth, ref_lp)
+        mr_pp = metric_values(kind, corr_logits, ans, oth, ref_lp)
+        mc, mr_ = mc_pp.mean(), mr_pp.mean()
+        gap = float(mc - mr_)
+        check(abs(gap) > 1e-6, f"[{name}] {kind}: clean and corrupted differ")
+        if kind == "kl":
+            check(float(mc_pp.abs().max()) < 1e-12, f"[{name}] kl of the clean run is 0")
+
+        def run_metric(lg):
+            return (metric_values(kind, lg, ans, oth, ref_lp).mean() - mr_) / (mc - mr_)
+
+        emb = model.model.embed_tokens
+        emb.weight.requires_grad_(True)
+        with torch.enable_grad():
+            run_metric(hk.run(corr_b, capture=True, grad=True)).backward()
+        emb.weight.requires_grad_(False)
+        grads = hk.split_cache(hk.cache, grads=True)
+        for key in METRIC_GRAD_HOOKS:
+            for l in range(L):
+                tensors[f"grad.{kind}.blocks.{l}.{key}"] = grads[key][l].float().contiguous()
+
+        def patched(hook, l, p, h=None):
+            with torch.no_grad():
+                lg = hk.run(corr_b, patch=Patch(hook, l, p, h, src))
+            return float(run_metric(lg))
+
+        res = {}
+        for hook in METRIC_HOOKS:
+            key = "hook_" + hook if hook in BLOCK_HOOKS else "attn.hook_" + hook
+            if hook == "z":
+                act = [[[patched("z", l, p, h) for h in range(H)] for p in range(T)] for l in range(L)]
+                attr = [((clean_acts[key][l] - corr_acts[key][l]) * grads[key][l]).sum(dim=(0, 3)).tolist()
+                        for l in range(L)]
+            else:
+                act = [[patched(hook, l, p) for p in range(T)] for l in range(L)]
+                attr = [((clean_acts[key][l] - corr_acts[key][l]) * grads[key][l]).sum(dim=(0, 2)).tolist()
+                        for l in range(L)]
+            res[hook] = {"activation": act, "attribution": attr}
+        star = atp_star_reference(hk, corr_b, run_metric, clean_acts, corr_acts, src, L, H, KVH, HD, T)
+        for hook in METRIC_STAR_HOOKS:
+            res.setdefault(hook, {})["atp_star"] = star[hook]
+        last = res["resid_pre"]["activation"][L - 1][T - 1]
+        log(f"[{name}] {kind}: clean {float(mc):.6f} corrupted {float(mr_):.6f}; resid_pre[L-1] at T-1 -> {last:.6f}")
+        out["metrics"][kind] = {"clean": float(mc), "corrupted": float(mr_),
+                                "clean_per_prompt": [float(x) for x in mc_pp],
+                                "corrupted_per_prompt": [float(x) for x in mr_pp], "patching": res}
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(tensors, os.path.join(out_dir, "metrics.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
+# ----------------------------------------------------------------------------------------------
 # Random model creation
 # ----------------------------------------------------------------------------------------------
 def make_config(spec, tok):
@@ -1176,6 +1289,9 @@ def main():
     ap.add_argument("--pairs", default=os.path.join(ROOT, "data/temporal_scope_for_attribution_patching.json"))
     ap.add_argument("--out", default=os.path.join(ROOT, "data/reference"))
     ap.add_argument("--only", action="append", help="only these config names (repeatable)")
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="only (re)write metrics.json / metrics.safetensors (the --metric references) of "
+                         "the configs in METRIC_CONFIGS (and --only), from their existing models")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -1209,6 +1325,16 @@ def main():
     def want(n):
         return not args.only or n in args.only
 
+    if args.metrics_only:
+        for name in METRIC_CONFIGS:
+            if not want(name):
+                continue
+            spec = next((c for c in RANDOM_CONFIGS if c["name"] == name), None)
+            stok = tok if spec is None else config_tok(spec, tok)
+            mdir = os.path.abspath(args.model_dir) if spec is None else os.path.join(args.out, name, "model")
+            metric_reference(name, mdir, os.path.join(args.out, name), batches if stok is tok else batches_of(stok)[0])
+        return 0
+
     if not args.only:  # full regeneration: drop fixture dirs of configs that no longer exist
         known = {"tiny-temporal"} | {s["name"] for s in RANDOM_CONFIGS}
         for d in sorted(os.listdir(args.out)):
@@ -1222,6 +1348,8 @@ def main():
         meta = process("tiny-temporal", os.path.abspath(args.model_dir), out_dir, batches, pairs_rel,
                        ["the embedded trained model data/models/tiny-temporal-phi3 (as configured there)"], {})
         summary.append(("tiny-temporal", meta))
+        if "tiny-temporal" in METRIC_CONFIGS:
+            metric_reference("tiny-temporal", os.path.abspath(args.model_dir), out_dir, batches)
 
     for spec in RANDOM_CONFIGS:
         if not want(spec["name"]):
@@ -1274,6 +1402,8 @@ def main():
                        {"seed": seed, "init_std": spec["std"], "storage_dtype": spec["dtype"],
                         "config_json_style": spec["style"], "model_files": files})
         summary.append((spec["name"], meta))
+        if spec["name"] in METRIC_CONFIGS:
+            metric_reference(spec["name"], model_dir, out_dir, sbatches)
 
     log("\nsummary:")
     for n, m in summary:

@@ -1,11 +1,19 @@
-// Logit-difference metric (CPU reference), DESIGN §3.
+// Metrics of the last-position logits (CPU reference), DESIGN §3.
+// The logit difference:
 //   forward:  ld[b] = logits[b, ans[b]] - logits[b, other[b]]     logits [B, V], row stride
 //   backward: dlogits[b, :V] = 0, then dlogits[b, ans[b]] += scale, dlogits[b, other[b]] -= scale
 //             (scale = d metric / d ld[b], e.g. 1/B for the batch mean; ans == other gives 0).
 //             Elements between V and the row stride are left untouched. Nothing is saved.
+// Every metric (MetricParams, kernels/ops.h; per-element math in kernels/op_math.h):
+//   metric_forward:  out[b] = metric of row b (max-subtracted log-sum-exp, sums in double)
+//   metric_backward: dlogits[b, :V] = scale * d metric / d logits[b, :V] (overwritten)
+#include <cmath>
 #include <cstring>
+#include <string>
 
+#include "kernels/op_math.h"
 #include "kernels/ops.h"
+#include "runtime/error.h"
 
 namespace phi3::cpu {
 
@@ -24,6 +32,59 @@ void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t
     std::memset(row, 0, sizeof(float) * V);
     row[ans[b]] += scale;
     row[other[b]] -= scale;
+  }
+}
+
+namespace {
+
+void check_metric(const MetricParams& p, const char* op) {
+  PHI3_CHECK(p.B >= 0 && p.V > 0 && p.stride >= p.V,
+             std::string(op) + ": bad shape B=" + std::to_string(p.B) + " V=" + std::to_string(p.V));
+  PHI3_CHECK(p.kind == MetricKind::KL ? p.ref_logprobs != nullptr : p.ans != nullptr,
+             std::string(op) + ": missing " + (p.kind == MetricKind::KL ? "reference log-probabilities" : "answer tokens"));
+  PHI3_CHECK(p.kind == MetricKind::LogProb || p.kind == MetricKind::KL || p.other != nullptr,
+             std::string(op) + ": missing other tokens");
+}
+
+const float* ref_of(const MetricParams& p, int b) {
+  return p.ref_logprobs + int64_t(p.ref_row ? p.ref_row[b] : b) * p.V;
+}
+
+}  // namespace
+
+void metric_forward(float* out /*[B]*/, const float* logits /*[B,V]*/, const MetricParams& p, Stream) {
+  check_metric(p, "metric_forward");
+  const int k = static_cast<int>(p.kind);
+  for (int b = 0; b < p.B; ++b) {
+    const float* x = logits + b * p.stride;
+    if (p.kind == MetricKind::LogitDiff) {
+      out[b] = metric_value(k, x[p.ans[b]], x[p.other[b]], 0.0, 0.0);
+      continue;
+    }
+    const double lse = metric_row_lse(x, p.V);
+    double kl = 0;
+    if (p.kind == MetricKind::KL) {
+      const float* r = ref_of(p, b);
+      for (int v = 0; v < p.V; ++v) kl += metric_kl_term(r[v], x[v], lse);
+    }
+    const float xa = p.ans ? x[p.ans[b]] : 0.0f, xo = p.other ? x[p.other[b]] : 0.0f;
+    out[b] = metric_value(k, xa, xo, lse, kl);
+  }
+}
+
+void metric_backward(float* dlogits /*[B,V]*/, int64_t dstride, const float* logits, const MetricParams& p,
+                     float scale, Stream) {
+  check_metric(p, "metric_backward");
+  PHI3_CHECK(dstride >= p.V, "metric_backward: dlogits rows closer than V");
+  const int k = static_cast<int>(p.kind);
+  for (int b = 0; b < p.B; ++b) {
+    const float* x = logits + b * p.stride;
+    float* d = dlogits + b * dstride;
+    const int a = p.ans ? p.ans[b] : -1, o = p.other ? p.other[b] : -1;
+    const double lse = p.kind == MetricKind::LogitDiff ? 0.0 : metric_row_lse(x, p.V);
+    const double pa = a >= 0 ? std::exp(double(x[a]) - lse) : 0.0, po = o >= 0 ? std::exp(double(x[o]) - lse) : 0.0;
+    const float* r = p.kind == MetricKind::KL ? ref_of(p, b) : nullptr;
+    for (int v = 0; v < p.V; ++v) d[v] = scale * metric_grad(k, v, x[v], lse, a, o, pa, po, r ? r[v] : 0.0f);
   }
 }
 

@@ -1,4 +1,5 @@
-// Logit-difference metric (DESIGN §3), per batch row.
+// Metrics of the last-position logits (DESIGN §3), per batch row.
+// The logit difference:
 //
 // forward:   ld[b] = logits[b, ans[b]] - logits[b, other[b]]      logits [B, V], row stride
 // backward:  dlogits[b, :V] = 0 except  dlogits[b, ans[b]] += scale,
@@ -7,7 +8,15 @@
 // cancel, as the derivative of l_a - l_a does. Nothing is saved.
 // Forward: one thread per row. Backward: a 2-D grid (rows x vocab), one pass that writes
 // every element, so there is no zero-then-scatter ordering to get wrong.
+//
+// Every metric (MetricParams, kernels/ops.h; per-element math shared with the CPU op in
+// kernels/op_math.h): one block per row (grid-stride over rows), the row's max by a block
+// max, sum exp(x - max) and kl's sum in double by block sums, then (backward) every element
+// of the row written once.
+#include <string>
+
 #include "kernels/cuda/common.cuh"
+#include "kernels/op_math.h"
 
 namespace phi3::cuda {
 namespace {
@@ -34,6 +43,84 @@ __global__ void logit_diff_backward_kernel(float* dlogits, int64_t stride, const
   }
 }
 
+constexpr int kMetricThreads = 256;
+
+__device__ __forceinline__ float block_max(float v, float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  float t = lane < n_warps ? smem[lane] : -INFINITY;
+  return warp_max(t);
+}
+
+// The row's lse (every thread) and, for kl, sum_v metric_kl_term (every thread).
+__device__ void metric_row_stats(const float* x, const float* ref, int V, bool kl, float* fsm, double* dsm,
+                                 double* lse_out, double* kl_out) {
+  float mx = -INFINITY;
+  for (int v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, x[v]);
+  mx = block_max(mx, fsm);
+  double s = 0.0;
+  for (int v = threadIdx.x; v < V; v += blockDim.x) s += metric_exp_term(x[v], mx);
+  s = block_sum(s, dsm);
+  const double lse = static_cast<double>(mx) + log(s);
+  double k = 0.0;
+  if (kl) {
+    for (int v = threadIdx.x; v < V; v += blockDim.x) k += metric_kl_term(ref[v], x[v], lse);
+    k = block_sum(k, dsm);
+  }
+  *lse_out = lse;
+  *kl_out = k;
+}
+
+__global__ void metric_forward_kernel(float* out, const float* logits, MetricParams p) {
+  __shared__ float fsm[32];
+  __shared__ double dsm[32];
+  const int kind = static_cast<int>(p.kind);
+  for (int b = blockIdx.x; b < p.B; b += gridDim.x) {
+    const float* x = logits + (int64_t)b * p.stride;
+    double lse = 0.0, kl = 0.0;
+    const float* ref = p.kind == MetricKind::KL ? p.ref_logprobs + (int64_t)(p.ref_row ? p.ref_row[b] : b) * p.V : nullptr;
+    if (p.kind != MetricKind::LogitDiff) metric_row_stats(x, ref, p.V, ref != nullptr, fsm, dsm, &lse, &kl);
+    if (threadIdx.x == 0) {
+      const float xa = p.ans ? x[p.ans[b]] : 0.0f, xo = p.other ? x[p.other[b]] : 0.0f;
+      out[b] = metric_value(kind, xa, xo, lse, kl);
+    }
+  }
+}
+
+__global__ void metric_backward_kernel(float* dlogits, int64_t dstride, const float* logits, MetricParams p,
+                                       float scale) {
+  __shared__ float fsm[32];
+  __shared__ double dsm[32];
+  const int kind = static_cast<int>(p.kind);
+  for (int b = blockIdx.x; b < p.B; b += gridDim.x) {
+    const float* x = logits + (int64_t)b * p.stride;
+    float* d = dlogits + (int64_t)b * dstride;
+    const float* ref = p.kind == MetricKind::KL ? p.ref_logprobs + (int64_t)(p.ref_row ? p.ref_row[b] : b) * p.V : nullptr;
+    double lse = 0.0, kl = 0.0;
+    if (p.kind != MetricKind::LogitDiff) metric_row_stats(x, ref, p.V, false, fsm, dsm, &lse, &kl);
+    const int a = p.ans ? p.ans[b] : -1, o = p.other ? p.other[b] : -1;
+    const double pa = a >= 0 ? exp(static_cast<double>(x[a]) - lse) : 0.0;
+    const double po = o >= 0 ? exp(static_cast<double>(x[o]) - lse) : 0.0;
+    for (int v = threadIdx.x; v < p.V; v += blockDim.x)
+      d[v] = scale * metric_grad(kind, v, x[v], lse, a, o, pa, po, ref ? ref[v] : 0.0f);
+  }
+}
+
+void check_metric(const MetricParams& p, const char* op) {
+  PHI3_CHECK(p.B >= 0 && p.V > 0 && p.stride >= p.V,
+             std::string(op) + ": bad shape B=" + std::to_string(p.B) + " V=" + std::to_string(p.V));
+  PHI3_CHECK(p.kind == MetricKind::KL ? p.ref_logprobs != nullptr : p.ans != nullptr,
+             std::string(op) + ": missing " + (p.kind == MetricKind::KL ? "reference log-probabilities" : "answer tokens"));
+  PHI3_CHECK(p.kind == MetricKind::LogProb || p.kind == MetricKind::KL || p.other != nullptr,
+             std::string(op) + ": missing other tokens");
+}
+
+unsigned metric_blocks(int B) { return static_cast<unsigned>(B < 65535 ? B : 65535); }
+
 }  // namespace
 
 void logit_diff_forward(float* ld /*[B]*/, const float* logits /*[B,V]*/, int64_t stride,
@@ -56,6 +143,23 @@ void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t
   const unsigned by = static_cast<unsigned>(B < 65535 ? B : 65535);
   launch(logit_diff_backward_kernel, dim3(bx, by), threads, 0, as_cuda(stream), dlogits, stride,
          ans, other, scale, B, V);
+  PHI3_LAUNCH_CHECK();
+}
+
+void metric_forward(float* out /*[B]*/, const float* logits /*[B,V]*/, const MetricParams& p, Stream stream) {
+  check_metric(p, "metric_forward");
+  if (p.B == 0) return;
+  launch(metric_forward_kernel, metric_blocks(p.B), kMetricThreads, 0, as_cuda(stream), out, logits, p);
+  PHI3_LAUNCH_CHECK();
+}
+
+void metric_backward(float* dlogits /*[B,V]*/, int64_t dstride, const float* logits, const MetricParams& p,
+                     float scale, Stream stream) {
+  check_metric(p, "metric_backward");
+  PHI3_CHECK(dstride >= p.V, "metric_backward: dlogits rows closer than V");
+  if (p.B == 0) return;
+  launch(metric_backward_kernel, metric_blocks(p.B), kMetricThreads, 0, as_cuda(stream), dlogits, dstride, logits,
+         p, scale);
   PHI3_LAUNCH_CHECK();
 }
 

@@ -153,6 +153,18 @@ inline OpCost copy_rows(int n, int width, bool dst_idx, bool src_idx) {
 }
 inline OpCost logit_diff_forward(int B) { return {B * (8.0 + 2 * 32 + 4), 0, 0, double(B), 1}; }
 inline OpCost logit_diff_backward(int B, int V) { return {double(B) * V * 4 + B * 8.0, 0, 0, 0, 1}; }
+// Softmax metrics (kind != 0, MetricKind): the row read twice (max, sum exp in double; kl
+// also reads the reference row), out one float per row; backward also writes the row.
+inline OpCost metric_forward(int B, int V, int kind) {
+  if (kind == 0) return logit_diff_forward(B);
+  const double reads = kind == 3 ? 4.0 : 2.0;
+  return {double(B) * V * 4 * reads + B * 4.0, 0, 0, double(B) * V * (kind == 3 ? 24.0 : 12.0), 1};
+}
+inline OpCost metric_backward(int B, int V, int kind) {
+  if (kind == 0) return logit_diff_backward(B, V);
+  const double rw = kind == 3 ? 5.0 : 4.0;
+  return {double(B) * V * 4 * rw, 0, 0, double(B) * V * 24.0, 1};
+}
 inline OpCost attribution_reduce(int L, int B, int T, int G, int W) {
   const double e = double(L) * B * T * G * W;
   return {3 * e * 4 + double(L) * T * G * 4 + L * 24.0, 0, 0, 3 * e, 1};

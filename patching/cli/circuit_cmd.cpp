@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "model/metric.h"
 #include "patching/circuit_run.h"
 #include "patching/out_dir.h"
 #include "patching/cli/args.h"
@@ -28,6 +29,10 @@ int cmd_circuit(const Args& a) {
   const std::string dir = a.get("direction", "denoise");
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
+  if (parse_metric(a.get("metric", "logit-diff")) != MetricKind::LogitDiff)
+    throw Error("--metric " + a.get("metric", "") + ": circuit discovery supports only --metric logit-diff (EAP / "
+                "EAP-IG scores and faithfulness use the mean logit difference); prob-diff, logprob and kl are "
+                "options of `phi3patch run`");
   check_bos_flags(a);
   opt.answer_first_token = a.has("answer-first-token");
   opt.target = a.get_double("target", 0.8);

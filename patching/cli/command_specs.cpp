@@ -59,6 +59,11 @@ options:
                     positions and half-open ranges a:b, negatives from the end (1500:1600,
                     -64:, 7); other cells are NaN. At long T: AtP/AtP* everywhere, exact here
   --direction D     denoise (clean values into the corrupted run) | noise [denoise]
+  --metric M        the metric at the last position, normalised (M - M_corrupted) /
+                    (M_clean - M_corrupted) for every method: logit-diff (logit[answer] -
+                    logit[other]) | prob-diff (p[answer] - p[other]) | logprob (log p[answer])
+                    | kl (KL(p_clean || p_run) over the vocabulary; 0 on the clean run)
+                    [logit-diff]
   --batch N         pairs per batch for large pair files (0 = one batch) [0]
   --naive           activation patching with one full forward per patch (verification)
   --mem-budget MB   memory per sweep chunk (0 = a quarter of free device memory), and for
@@ -111,7 +116,7 @@ usage: phi3patch tokenize [OPTIONS] TEXT [TEXT ...]
 
 const char* kVerifyUsage = R"(phi3patch verify - compare this engine with a transformers reference dump
 (tools/make_reference.py): logits, every hook activation and its gradient, patching results,
-AtP*, circuits. Prints the worst error per kind and PASS/FAIL; exit 1 on any failure.
+AtP*, circuits, the other metrics of run (metrics.json). Prints the worst error per kind and PASS/FAIL; exit 1 on any failure.
 
 usage: phi3patch verify --reference DIR [OPTIONS]
 
@@ -158,6 +163,8 @@ Under mpirun the grid's circuits are divided across the ranks.
   --method M         eap | eap-ig [eap-ig]
   --ig-steps N       EAP-IG: inputs interpolated between the corrupted and clean embeddings [5]
   --direction D      denoise (gradient on the corrupted run, clean - corrupted) | noise [denoise]
+  --metric M         logit-diff only: circuits use the mean logit difference (run's other
+                     metrics, prob-diff, logprob and kl, are refused here) [logit-diff]
   --edge-grid LIST   comma-separated numbers of top edges whose circuits are evaluated exactly
                      [1, 2, 5, 10, ... and all edges]
   --select S         top-k (the K edges of largest |score|) | greedy (from the logits, the
@@ -238,14 +245,14 @@ const std::vector<CommandSpec>& table() {
   static const std::vector<CommandSpec> t = {
       {"run",
        {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top",
-        "positions", "recompute"},
+        "positions", "recompute", "metric"},
        {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token"},
        kRunUsage},
       {"forward", {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token", "help"}, kForwardUsage},
       {"tokenize", {"model"}, {"no-bos", "bos", "help"}, kTokenizeUsage},
       {"circuit",
        {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out", "select",
-        "mem-budget", "batch"},
+        "mem-budget", "batch", "metric"},
        {"fp32", "force", "no-bos", "bos", "help", "answer-first-token"},
        kCircuitUsage},
       {"verify", {"reference", "device"}, {"fp32", "naive", "no-patching", "verbose", "help"}, kVerifyUsage},

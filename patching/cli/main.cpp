@@ -88,6 +88,7 @@ int cmd_run(const Args& a) {
   const std::string dir = a.get("direction", "denoise");
   if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
   opt.noising = dir == "noise";
+  opt.metric = parse_metric(a.get("metric", "logit-diff"));
   check_bos_flags(a);
   opt.answer_first_token = a.has("answer-first-token");
   opt.batch_pairs = a.get_int("batch", 0);
@@ -150,10 +151,14 @@ int cmd_run(const Args& a) {
 
   std::cout << "model: " << model_dir << " (" << m->cfg.num_hidden_layers << " layers, d=" << m->cfg.hidden_size
             << ") on " << R.device << "\n";
-  if (!R.batches.empty()) print_batch_summary(std::cout, R.batches.front());
+  if (!R.batches.empty()) print_batch_summary(std::cout, R.batches.front(), R.metric);
   if (R.batches.size() > 1)
     std::cout << "(first of " << R.batches.size() << " batches shown; all prompts are in results.json)\n"
               << "Over " << R.n_prompts << " prompts: clean LD " << R.clean_ld << ", corrupted LD " << R.corrupted_ld
+              << (R.metric == MetricKind::LogitDiff ? std::string()
+                                                    : std::string("; ") + metric_name(R.metric) + " clean " +
+                                                          std::to_string(R.clean_m) + ", corrupted " +
+                                                          std::to_string(R.corrupted_m))
               << "\n";
   for (const auto& r : R.results) {
     std::cout << hook_name(r.hook) << " " << r.method << ": " << r.seconds << " s";

@@ -14,6 +14,7 @@ from ._progress import ProgressArg, make_progress
 from ._result import PatchResult
 
 _METHODS = ("attribution", "atp-star", "activation")
+METRICS = ("logit-diff", "prob-diff", "logprob", "kl")  # patch(metric=...), `phi3patch run --metric`
 
 
 def embedded_model_dir() -> str:
@@ -118,7 +119,8 @@ class Model:
     # ---- patching ---------------------------------------------------------------------------
     def patch(self, pairs: Any = None, *, hooks: Union[str, Sequence[str]] = ("resid_pre", "attn_out", "mlp_out"),
               methods: Union[str, Sequence[str]] = ("attribution", "activation"), direction: str = "denoise",
-              batch: int = 0, mem_budget: float = 0, verify_top: int = 0, naive: bool = False,
+              metric: str = "logit-diff", batch: int = 0, mem_budget: float = 0, verify_top: int = 0, naive: bool = False,
+              positions: Union[None, str, Sequence[int]] = None, recompute: str = "auto",
               bos: Optional[bool] = None, answer_first_token: bool = False, out: Optional[str] = None,
               force: bool = False, resume: bool = False, check_finite: bool = True,
               progress: ProgressArg = True) -> PatchResult:
@@ -130,9 +132,17 @@ class Model:
             seed's pairs. Each pair is mixed both ways, as the seed does.
         hooks: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v, pattern (+ _all_pos),
             mlp_post. methods: attribution, atp-star, activation (or both / all).
-        direction: denoise (clean values into the corrupted run) or noise. batch: pairs per batch
-            (0: all). mem_budget: MiB per sweep chunk (0: automatic). verify_top: patch the K nodes with
-            the largest estimate exactly. naive: one forward per patch (the baseline).
+        direction: denoise (clean values into the corrupted run) or noise.
+        metric: at the last position, normalised (M - M_corrupted) / (M_clean - M_corrupted):
+            logit-diff (logit[answer] - logit[other]), prob-diff (p[answer] - p[other]), logprob
+            (log p[answer]) or kl (KL(p_clean || p_run) over the vocabulary; 0 on the clean run). batch: pairs per batch
+            (0: all). mem_budget: MiB per sweep chunk (0: automatic), and for estimates alone the
+            memory a batch may use. verify_top: patch the K nodes with the largest estimate exactly.
+            naive: one forward per patch (the baseline).
+        positions: the exact sweep only at these positions: "1500:1600,-1" (half-open ranges, negatives
+            from the end) or a list of ints; other cells are NaN (long prompts). recompute: "auto",
+            "on" or "off": estimates alone keep only each layer's input and recompute the rest in the
+            backward where the full pass would not fit (planned before any work).
         bos: prepend BOS (None: the tokenizer's default). out: also write the command line's files
             there (checkpoints of finished batches too; resume=True keeps those of an interrupted call;
             an existing results.json is kept unless force=True).
@@ -145,11 +155,25 @@ class Model:
         if direction not in ("denoise", "noise"):
             raise ValueError(f"direction: expected 'denoise' or 'noise', got {direction!r}")
         o.noising = direction == "noise"
+        if metric not in METRICS:
+            raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+        o.metric = metric
         o.batch = _int("batch", batch)
         if isinstance(mem_budget, bool) or not isinstance(mem_budget, (int, float)) or mem_budget < 0:
             raise TypeError(f"mem_budget: expected a number of MiB >= 0, got {mem_budget!r}")
         o.mem_budget_mb = float(mem_budget)
         o.verify_top = _int("verify_top", verify_top)
+        if positions is not None:
+            if isinstance(positions, str):
+                o.positions = positions
+            elif isinstance(positions, (list, tuple, range)) and all(
+                    isinstance(p, int) and not isinstance(p, bool) for p in positions):
+                o.positions = ",".join(str(p) for p in positions)
+            else:
+                raise TypeError(f"positions: expected a string like '1500:1600' or a list of ints, got {positions!r}")
+        if recompute not in ("auto", "on", "off"):
+            raise ValueError(f"recompute: expected 'auto', 'on' or 'off', got {recompute!r}")
+        o.recompute = recompute
         o.naive = bool(naive)
         o.add_bos = _bos(bos)
         o.answer_first_token = bool(answer_first_token)

@@ -67,8 +67,8 @@ class PatchResult:
         return pd.DataFrame(self._r.values(i), index=list(self._r.rows(i)), columns=list(self._r.cols(i)))
 
     def per_prompt(self, hook: str, method: str = "activation", raw: bool = False) -> np.ndarray:
-        """Exact methods: [rows, cols, prompts] normalized metric per prompt (raw=True: the logit
-        difference)."""
+        """Exact methods: [rows, cols, prompts] normalized metric per prompt (raw=True: the raw
+        metric of each patched run, the logit difference by default; see `metric`)."""
         return self._r.per_prompt(self._i(hook, method), raw)
 
     def seconds(self, hook: str, method: Optional[str] = None) -> float:
@@ -119,6 +119,23 @@ class PatchResult:
     def prompts(self) -> List[Dict[str, Any]]:
         """Per prompt row: texts, answers and their ids, clean / corrupted logit differences."""
         return list(self.to_dict()["prompts"])
+
+    @property
+    def metric(self) -> Dict[str, Any]:
+        """The metric: {'name': 'logit-diff' | 'prob-diff' | 'logprob' | 'kl', 'position': 'last',
+        'definition', 'normalisation', 'per_prompt_key'}."""
+        return dict(self.to_dict()["metric"])
+
+    @property
+    def clean_metric(self) -> float:
+        """The clean run's raw metric (mean over prompts; the logit difference for logit-diff)."""
+        d = self.to_dict()
+        return float(d.get("clean_metric", d["clean_logit_diff"]))
+
+    @property
+    def corrupted_metric(self) -> float:
+        d = self.to_dict()
+        return float(d.get("corrupted_metric", d["corrupted_logit_diff"]))
 
     @property
     def clean_logit_diff(self) -> float:

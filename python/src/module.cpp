@@ -129,12 +129,15 @@ struct PatchOptions {
   bool attribution = true, activation = true, atp_star = false;
   int verify_top = 0;
   bool noising = false;
+  std::string metric = "logit-diff";  // --metric
   int add_bos = -1;  // -1: the tokenizer's default
   bool answer_first_token = false;
   int batch = 0;
   bool naive = false;
   double mem_budget_mb = 0;
   bool check_finite = true;
+  std::string positions;              // --positions ("" : every position)
+  std::string recompute = "auto";     // --recompute
 };
 
 bool bos_choice(const Model& m, int add_bos) {
@@ -160,11 +163,14 @@ std::shared_ptr<ExperimentResult> patch(Engine& e, const std::string& pairs_text
   opt.atp_star = po.atp_star;
   opt.verify_top = po.verify_top;
   opt.noising = po.noising;
+  opt.metric = parse_metric(po.metric);
   opt.answer_first_token = po.answer_first_token;
   opt.batch_pairs = po.batch;
   opt.naive = po.naive;
   opt.mem_budget = static_cast<size_t>(po.mem_budget_mb * 1024 * 1024);
   opt.check_finite = po.check_finite;
+  opt.positions = po.positions;
+  opt.recompute = po.recompute;
   opt.add_bos = bos_choice(*e.core->m, po.add_bos);
   opt.checkpoint_out = checkpoint_out;
   opt.resume = resume;
@@ -409,6 +415,9 @@ NB_MODULE(_core, mod) {
       .def_rw("atp_star", &PatchOptions::atp_star)
       .def_rw("verify_top", &PatchOptions::verify_top)
       .def_rw("noising", &PatchOptions::noising)
+      .def_rw("metric", &PatchOptions::metric)
+      .def_rw("positions", &PatchOptions::positions)
+      .def_rw("recompute", &PatchOptions::recompute)
       .def_rw("add_bos", &PatchOptions::add_bos)
       .def_rw("answer_first_token", &PatchOptions::answer_first_token)
       .def_rw("batch", &PatchOptions::batch)

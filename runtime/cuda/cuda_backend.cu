@@ -280,6 +280,15 @@ class CudaBackend final : public Backend {
     select();
     cuda::logit_diff_backward(dlogits, stride, ans, other, scale, B, V, stream_);
   }
+  void metric_forward(float* out, const float* logits, const MetricParams& p) override {
+    select();
+    cuda::metric_forward(out, logits, p, stream_);
+  }
+  void metric_backward(float* dlogits, int64_t dstride, const float* logits, const MetricParams& p,
+                       float scale) override {
+    select();
+    cuda::metric_backward(dlogits, dstride, logits, p, scale, stream_);
+  }
   void attribution_reduce(float* out, const float* const* a, const float* const* c,
                           const float* const* grad, int L, int B, int T, int G, int W,
                           int64_t stride) override {

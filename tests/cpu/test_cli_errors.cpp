@@ -570,6 +570,8 @@ TEST_F(CliErrors, BadOptionValues) {
   expect_error(cli("run --batch two --out " + quote(out_)), {"--batch", "'two'"});
   expect_error(cli("run --method exact --out " + quote(out_)), {"--method", "'exact'"});
   expect_error(cli("run --direction sideways --out " + quote(out_)), {"--direction", "'sideways'"});
+  expect_error(cli("run --metric kl-div --out " + quote(out_)),
+               {"--metric", "'kl-div'", "logit-diff|prob-diff|logprob|kl"});
   expect_error(cli("run --mem-budget -5 --out " + quote(out_)), {"--mem-budget", "'-5'"});
   expect_error(run("--device tpu"), {"--device", "'tpu'"});
 }
@@ -691,6 +693,8 @@ TEST_F(CliErrors, CircuitMisuse) {
   expect_error(cli(base + "--method eap --ig-steps 3"), {"--ig-steps", "eap-ig"});
   expect_error(cli(base + "--edges 0"), {"--edges", "positive"});
   expect_error(cli(base + "--select best"), {"--select", "top-k", "greedy", "best"});
+  expect_error(cli(base + "--metric kl"), {"--metric kl", "logit-diff", "phi3patch run"});
+  expect_error(cli(base + "--metric ratio"), {"--metric", "'ratio'"});
   for (const char* f : {"circuit.json", "edges.csv", "report.html"}) EXPECT_FALSE(fs::exists(out_ + "/" + f)) << f;
 }
 

@@ -44,7 +44,7 @@ struct LongReference : ::testing::Test {
     delete be_;
   }
   void SetUp() override {
-    info = nlohmann::json::parse(read_text_file(ref_dir() + "/reference.json", "reference.json"));
+    info = nlohmann::json::parse(read_text_file(ref_dir() + "/long_reference.json", "long_reference.json"));
     const auto pairs = nlohmann::json::parse(read_text_file(ref_dir() + "/pairs.json", "pairs.json"));
     clean = one_row(pairs[0]["clean"]["ids"].get<std::vector<int>>(), m_->cfg.bos_token_id);
     corrupted = one_row(pairs[0]["corrupted"]["ids"].get<std::vector<int>>(), m_->cfg.bos_token_id);
@@ -52,7 +52,7 @@ struct LongReference : ::testing::Test {
     other = {info["other"].get<int>()};
     scale = static_cast<float>(1.0 / (info["ld_clean"].get<double>() - info["ld_corrupted"].get<double>()));
   }
-  std::vector<float> ref(const std::string& name) const { return SafeTensors::open_file(ref_dir() + "/reference.safetensors").to_f32(name); }
+  std::vector<float> ref(const std::string& name) const { return SafeTensors::open_file(ref_dir() + "/long_reference.safetensors").to_f32(name); }
 
   static Backend* be_;
   static Model* m_;

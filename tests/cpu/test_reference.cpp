@@ -62,6 +62,28 @@ TEST_P(ReferenceTest, MatchesTransformers) {
   if (circuits_supported(cfg))
     for (const char* k : {"edge_scores", "circuit_metric", "circuit_selection", "circuit_consistency"})
       EXPECT_TRUE(kinds.count(k)) << "no check of kind " << k;
+  // --metric: where the dump has metrics.json (tools/make_reference.py METRIC_CONFIGS), every
+  // other metric's values, gradients, activation patching, attribution and AtP* are checked.
+  if (std::filesystem::exists(dir + "/metrics.json")) {
+    EXPECT_TRUE(kinds.count("metric_value"));
+    for (const char* metric : {"prob-diff", "logprob", "kl"})
+      for (const char* what : {": clean and corrupted", ": grad.blocks.0.hook_resid_pre", ": resid_pre activation patching",
+                               ": z attribution patching", ": k AtP*"}) {
+        const std::string want = std::string(metric) + what;
+        EXPECT_TRUE(std::any_of(r.checks.begin(), r.checks.end(),
+                                [&](const TensorCheck& c) { return c.name.rfind(want, 0) == 0; }))
+            << "no check named " << want << "...";
+      }
+  }
+}
+
+// The references of --metric exist where tools/make_reference.py's METRIC_CONFIGS says.
+TEST(Reference, MetricFixturesPresent) {
+  for (const char* name : {"tiny-temporal", "rand-gemma2-softcap"}) {
+    const std::string dir = test::source_dir() + "/data/reference/" + name;
+    EXPECT_TRUE(std::filesystem::exists(dir + "/metrics.json")) << name;
+    EXPECT_TRUE(std::filesystem::exists(dir + "/metrics.safetensors")) << name;
+  }
 }
 
 // Circuits on a post-norm model (Gemma 2) stop at once with the reason, before any work.

@@ -121,6 +121,20 @@ TEST(BatchResult, JsonRoundTripIsExact) {
   EXPECT_EQ(back.parts[0].values, r.parts[0].values);  // bit for bit
   EXPECT_EQ(back.parts[1].values, r.parts[1].values);
   EXPECT_EQ(back.parts[1].work.token_layer_evals, 50);
+  // The logit difference's values double as the metric's (none written, none needed).
+  EXPECT_EQ(back.summary.clean_m_rows, r.summary.clean_ld_rows);
+  EXPECT_EQ(back.summary.corrupted_m, r.summary.corrupted_ld);
+  // Another --metric's values travel beside the logit differences, bit for bit.
+  BatchResult k = sample(3, 0, 5, true);
+  k.summary.clean_m_rows = {0.0f, 0.0f};
+  k.summary.corrupted_m_rows = {1.0f / 7.0f, 2.25f};
+  k.summary.clean_m = 0;
+  k.summary.corrupted_m = 1.1964285714285714;
+  BatchResult kb = batch_result_from_json(nlohmann::json::parse(to_json(k).dump()));
+  EXPECT_EQ(kb.summary.clean_m_rows, k.summary.clean_m_rows);
+  EXPECT_EQ(kb.summary.corrupted_m_rows, k.summary.corrupted_m_rows);
+  EXPECT_EQ(kb.summary.corrupted_m, k.summary.corrupted_m);
+  EXPECT_EQ(kb.summary.clean_ld_rows, k.summary.clean_ld_rows);
   EXPECT_THROW(batch_result_from_json(nlohmann::json::parse(R"({"batch": 1})")), Error);
   EXPECT_THROW(batch_result_from_json(nlohmann::json::parse(R"({"batch": 1, "parts": [{"acc": 0}]})")), Error);
 }

@@ -702,6 +702,63 @@ TEST(MetricGpu, LogitDiffForwardBackward) {
   expect_equal(dld.download(), dl, "dlogits");
 }
 
+// Every metric kind (MetricParams) against the CPU op: strided logit rows, reference rows for
+// kl, a token of reference probability 0, ans == other, the Phi-3 vocabulary and more rows
+// than one grid pass. Sums over V run in double on both sides in another order.
+TEST(MetricGpu, AllKindsForwardBackward) {
+  REQUIRE_GPU();
+  for (const int V : {37, 32064}) {
+    const int B = V == 37 ? 70 : 5, R = 3;
+    const int64_t stride = V + 3;
+    auto logits = random_vec((size_t)B * stride, 121, -10, 10);
+    auto ans = random_ints(B, 0, V - 1, 122), other = random_ints(B, 0, V - 1, 123);
+    auto rows = random_ints(B, 0, R - 1, 124);
+    other[2] = ans[2];
+    std::vector<float> ref((size_t)R * V);
+    const auto src = random_vec((size_t)R * V, 125, -6, 6);
+    for (int r = 0; r < R; ++r) {
+      double mx = -1e30, s = 0;
+      for (int v = 0; v < V; ++v) mx = std::max(mx, double(src[(size_t)r * V + v]));
+      for (int v = 0; v < V; ++v) s += std::exp(double(src[(size_t)r * V + v]) - mx);
+      for (int v = 0; v < V; ++v) ref[(size_t)r * V + v] = float(double(src[(size_t)r * V + v]) - mx - std::log(s));
+    }
+    ref[5] = -std::numeric_limits<float>::infinity();
+    auto lgd = dev(logits), refd = dev(ref);
+    auto ad = dev(ans), od = dev(other), rd = dev(rows);
+    for (MetricKind k : {MetricKind::LogitDiff, MetricKind::ProbDiff, MetricKind::LogProb, MetricKind::KL}) {
+      const std::string what = "metric kind " + std::to_string(int(k)) + " V=" + std::to_string(V);
+      MetricParams hp;
+      hp.kind = k;
+      hp.ans = ans.data();
+      hp.other = other.data();
+      hp.ref_logprobs = ref.data();
+      hp.ref_row = rows.data();
+      hp.stride = stride;
+      hp.B = B;
+      hp.V = V;
+      MetricParams dp = hp;
+      dp.ans = ad.get();
+      dp.other = od.get();
+      dp.ref_logprobs = refd.get();
+      dp.ref_row = rd.get();
+      std::vector<float> out(B), dl((size_t)B * stride, 7.0f);
+      cpu::metric_forward(out.data(), logits.data(), hp, nullptr);
+      cpu::metric_backward(dl.data(), stride, logits.data(), hp, 0.2f, nullptr);
+      DeviceArray<float> outd(gpu(), B);
+      auto dld = dev(std::vector<float>(dl.size(), 7.0f));  // padding columns must stay untouched
+      gpu().metric_forward(outd.get(), lgd.get(), dp);
+      gpu().metric_backward(dld.get(), stride, lgd.get(), dp, 0.2f);
+      if (k == MetricKind::LogitDiff) {
+        expect_equal(outd.download(), out, what);
+        expect_equal(dld.download(), dl, what + " dlogits");
+      } else {
+        expect_close(outd.download(), out, kTolReduce, what);
+        expect_close(dld.download(), dl, kTolReduce, what + " dlogits");
+      }
+    }
+  }
+}
+
 // ---- attribution ------------------------------------------------------------------------
 struct AttrParam { int B, T, G, W; };
 void PrintTo(const AttrParam& p, std::ostream* os) {
