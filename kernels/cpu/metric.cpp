@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 
+#include "kernels/metric_check.h"
 #include "kernels/op_math.h"
 #include "kernels/ops.h"
 #include "runtime/error.h"
@@ -37,15 +38,6 @@ void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t
 
 namespace {
 
-void check_metric(const MetricParams& p, const char* op) {
-  PHI3_CHECK(p.B >= 0 && p.V > 0 && p.stride >= p.V,
-             std::string(op) + ": bad shape B=" + std::to_string(p.B) + " V=" + std::to_string(p.V));
-  PHI3_CHECK(p.kind == MetricKind::KL ? p.ref_logprobs != nullptr : p.ans != nullptr,
-             std::string(op) + ": missing " + (p.kind == MetricKind::KL ? "reference log-probabilities" : "answer tokens"));
-  PHI3_CHECK(p.kind == MetricKind::LogProb || p.kind == MetricKind::KL || p.other != nullptr,
-             std::string(op) + ": missing other tokens");
-}
-
 const float* ref_of(const MetricParams& p, int b) {
   return p.ref_logprobs + int64_t(p.ref_row ? p.ref_row[b] : b) * p.V;
 }
@@ -53,7 +45,7 @@ const float* ref_of(const MetricParams& p, int b) {
 }  // namespace
 
 void metric_forward(float* out /*[B]*/, const float* logits /*[B,V]*/, const MetricParams& p, Stream) {
-  check_metric(p, "metric_forward");
+  check_metric_params(p, "metric_forward");
   const int k = static_cast<int>(p.kind);
   for (int b = 0; b < p.B; ++b) {
     const float* x = logits + b * p.stride;
@@ -74,7 +66,7 @@ void metric_forward(float* out /*[B]*/, const float* logits /*[B,V]*/, const Met
 
 void metric_backward(float* dlogits /*[B,V]*/, int64_t dstride, const float* logits, const MetricParams& p,
                      float scale, Stream) {
-  check_metric(p, "metric_backward");
+  check_metric_params(p, "metric_backward");
   PHI3_CHECK(dstride >= p.V, "metric_backward: dlogits rows closer than V");
   const int k = static_cast<int>(p.kind);
   for (int b = 0; b < p.B; ++b) {

@@ -92,6 +92,16 @@ __device__ __forceinline__ double block_sum(double v, double* smem) {
   double t = lane < n_warps ? smem[lane] : 0.0;
   return warp_sum(t);
 }
+// The block's maximum in every thread (smem: one float per warp; blockDim.x a multiple of 32).
+__device__ __forceinline__ float block_max(float v, float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  float t = lane < n_warps ? smem[lane] : -INFINITY;
+  return warp_max(t);
+}
 
 // ---- per-thread, per-(device, stream) resources ---------------------------------------
 // The cuBLAS handle of the calling thread for (current device, stream), bound to `stream`.

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/metric_check.h"
 #include "kernels/op_math.h"
 
 namespace phi3::cuda {
@@ -44,17 +45,6 @@ __global__ void logit_diff_backward_kernel(float* dlogits, int64_t stride, const
 }
 
 constexpr int kMetricThreads = 256;
-
-__device__ __forceinline__ float block_max(float v, float* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int n_warps = blockDim.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  float t = lane < n_warps ? smem[lane] : -INFINITY;
-  return warp_max(t);
-}
 
 // The row's lse (every thread) and, for kl, sum_v metric_kl_term (every thread).
 __device__ void metric_row_stats(const float* x, const float* ref, int V, bool kl, float* fsm, double* dsm,
@@ -110,15 +100,6 @@ __global__ void metric_backward_kernel(float* dlogits, int64_t dstride, const fl
   }
 }
 
-void check_metric(const MetricParams& p, const char* op) {
-  PHI3_CHECK(p.B >= 0 && p.V > 0 && p.stride >= p.V,
-             std::string(op) + ": bad shape B=" + std::to_string(p.B) + " V=" + std::to_string(p.V));
-  PHI3_CHECK(p.kind == MetricKind::KL ? p.ref_logprobs != nullptr : p.ans != nullptr,
-             std::string(op) + ": missing " + (p.kind == MetricKind::KL ? "reference log-probabilities" : "answer tokens"));
-  PHI3_CHECK(p.kind == MetricKind::LogProb || p.kind == MetricKind::KL || p.other != nullptr,
-             std::string(op) + ": missing other tokens");
-}
-
 unsigned metric_blocks(int B) { return static_cast<unsigned>(B < 65535 ? B : 65535); }
 
 }  // namespace
@@ -147,7 +128,7 @@ void logit_diff_backward(float* dlogits /*[B,V]*/, int64_t stride, const int32_t
 }
 
 void metric_forward(float* out /*[B]*/, const float* logits /*[B,V]*/, const MetricParams& p, Stream stream) {
-  check_metric(p, "metric_forward");
+  check_metric_params(p, "metric_forward");
   if (p.B == 0) return;
   launch(metric_forward_kernel, metric_blocks(p.B), kMetricThreads, 0, as_cuda(stream), out, logits, p);
   PHI3_LAUNCH_CHECK();
@@ -155,7 +136,7 @@ void metric_forward(float* out /*[B]*/, const float* logits /*[B,V]*/, const Met
 
 void metric_backward(float* dlogits /*[B,V]*/, int64_t dstride, const float* logits, const MetricParams& p,
                      float scale, Stream stream) {
-  check_metric(p, "metric_backward");
+  check_metric_params(p, "metric_backward");
   PHI3_CHECK(dstride >= p.V, "metric_backward: dlogits rows closer than V");
   if (p.B == 0) return;
   launch(metric_backward_kernel, metric_blocks(p.B), kMetricThreads, 0, as_cuda(stream), dlogits, dstride, logits,

@@ -26,16 +26,6 @@ __device__ __forceinline__ float dotf(const float* __restrict__ a, const float* 
   return s;
 }
 
-__device__ __forceinline__ float block_max(float v, float* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  float t = lane < n_warps ? smem[lane] : -INFINITY;
-  return warp_max(t);
-}
-
 __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, float* kterm, float* kall_row) {
   __shared__ float red[32];
   const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
