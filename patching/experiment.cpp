@@ -992,7 +992,7 @@ void check_methods(const ExperimentOptions& opt) {
 ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt, Comm& comm) {
   const auto t_all = Clock::now();
   const int N = comm.size();
-  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}, {}};
+  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}, {}, false, {}};
   int code = 2;
   // ---- the job, identical on every rank ----------------------------------------------------
   agree_attempt(comm, job, code, [&] {
