@@ -50,11 +50,19 @@ def select(names_filter: Union[None, str, Sequence[str], Callable[[str], bool]],
         return every
     if callable(names_filter):
         return [n for n in every if names_filter(n)]
-    wanted = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    given = [names_filter] if isinstance(names_filter, str) else list(names_filter)
     known = set(every)
-    for n in wanted:
+    wanted = []
+    for n in given:
         if not isinstance(n, str):
             raise TypeError(f"names_filter: expected hook names (strings), got {type(n).__name__}")
+        inner = _SHORT.get(n, n)
+        if n not in known and inner in BLOCK_HOOKS:  # a block's hook without a layer: every layer's
+            wanted += [f"blocks.{l}.{inner}" for l in range(n_layers)]
+            continue
+        if n in ("embed", "normalized"):
+            n = act_name(n)
+        wanted.append(n)
         if n not in known:
             raise _core.Error(f"names_filter: unknown hook name '{n}'{did_you_mean(n, every)} "
                              f"(names as TransformerLens': 'blocks.3.hook_resid_pre', 'blocks.0.attn.hook_z', "

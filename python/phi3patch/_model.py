@@ -293,7 +293,8 @@ class Model:
         first token), as TransformerLens' run_with_cache: (logits [B, T, vocab], cache).
 
         names_filter: None caches every hook (as TransformerLens does), or a name, a list of names or
-            a predicate on names. Names are TransformerLens': 'hook_embed', 'blocks.3.hook_resid_pre'
+            a predicate on names; a block hook without a layer ("resid_pre", "attn.hook_z") means every layer's.
+            Names are TransformerLens': 'hook_embed', 'blocks.3.hook_resid_pre'
             (_mid, _post), 'blocks.3.hook_attn_out', 'blocks.3.hook_mlp_out', 'blocks.0.attn.hook_q'
             [B, T, H, d_head] (k, v [B, T, KVH, d_head]; rot_q, rot_k after rotary),
             'blocks.0.attn.hook_z', 'blocks.1.attn.hook_attn_scores' and 'blocks.1.attn.hook_pattern'

@@ -135,6 +135,9 @@ def test_every_hook_is_cached_and_scores_give_the_pattern(ref_name):
 def test_names_filter_forms_and_unknown_names(model):
     _, c = model.run_with_cache("The goal is", names_filter=lambda n: n.endswith("hook_z"))
     assert sorted(c) == [f"blocks.{l}.attn.hook_z" for l in range(model.n_layers)]
+    _, c = model.run_with_cache("The goal is", ["resid_pre", "attn.hook_z"])  # short names: every layer
+    assert sorted(c) == sorted([f"blocks.{l}.hook_resid_pre" for l in range(model.n_layers)] +
+                               [f"blocks.{l}.attn.hook_z" for l in range(model.n_layers)])
     _, c = model.run_with_cache("The goal is", "blocks.1.hook_resid_pre")
     assert list(c) == ["blocks.1.hook_resid_pre"]
     _, c = model.run_with_cache("The goal is", names=["hook_embed"])  # the old keyword still works
