@@ -3,6 +3,7 @@
 // checks that every help names exactly the options its command accepts).
 #include "patching/cli/command_specs.h"
 
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -233,7 +234,9 @@ usage: phi3patch make-random --out DIR [OPTIONS]
   --like SHAPE      the published config.json of: phi-3-mini | phi-3-medium | phi-4-mini |
                     tiny | qwen2.5-{0.5b,1.5b,3b,7b,14b,32b,72b} | llama-3.2-{1b,3b} |
                     llama-3.1-{8b,70b} | mistral-7b | mistral-nemo-12b |
-                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b} [phi-3-mini]
+                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b}; tiny is a 4-layer
+                    Phi-3 of width 64 (under 1 MiB), a real shape writes gigabytes
+                    (phi-3-mini: 7.6 GB) [tiny]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]
   --seed N          random seed [0]
   --dtype D         bf16 | f32 [bf16]
@@ -275,8 +278,12 @@ const CommandSpec& command_spec(const std::string& name) {
   for (const auto& c : table())
     if (c.name == name) return c;
   std::string names;
-  for (const auto& c : table()) names += (names.empty() ? "" : ", ") + c.name;
-  throw Error("unknown command '" + name + "' (commands: " + names + ")");
+  std::vector<std::string> all = {"help"};
+  for (const auto& c : table()) {
+    names += (names.empty() ? "" : ", ") + c.name;
+    all.push_back(c.name);
+  }
+  throw Error("unknown command '" + name + "'" + did_you_mean(name, all) + " (commands: " + names + ")");
 }
 
 }  // namespace phi3
