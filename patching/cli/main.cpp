@@ -232,6 +232,7 @@ int cmd_run(const Args& a) {
 
 int cmd_forward(const Args& a) {
   check_bos_flags(a);
+  std::unique_ptr<Backend> be;  // declared before the model: its weights are freed through it
   // The config, tokenizer and pairs are checked before any weight is read.
   auto m = load_model_meta(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
@@ -241,7 +242,7 @@ int cmd_forward(const Args& a) {
   const bool bos = bos_option(a, m->tok);
   check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos);
-  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const auto t_load = std::chrono::steady_clock::now();
   load_weights(*be, *m);
   std::cerr << "[phi3patch] loaded " << (m->w.bytes >> 20) << " MiB of weights in "
@@ -271,10 +272,11 @@ int cmd_tokenize(const Args& a) {
 }
 
 int cmd_accuracy(const Args& a) {
+  std::unique_ptr<Backend> be;  // declared before the model: its weights are freed through it
   auto m = load_model_meta(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   const std::string split = a.get("split", "heldout");
   const AccuracyItems items = accuracy_items(*m, a.get("dataset", default_path("data/raw/temporal_scope_caa.json")), split);
-  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  be = make_backend(a.get("device", "auto"), a.has("fp32"));
   load_weights(*be, *m);
   auto r = dataset_accuracy(*be, *m, items);
   std::cout << split << " accuracy: " << r.correct << "/" << r.items << " = " << r.accuracy() * 100 << "%\n";
