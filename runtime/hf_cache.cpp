@@ -7,6 +7,7 @@
 #include <regex>
 #include <vector>
 
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -56,6 +57,24 @@ std::vector<std::string> snapshot_names(const std::string& repo) {
     if (e.is_directory(ec)) v.push_back(e.path().filename().string());
   std::sort(v.begin(), v.end());
   return v;
+}
+
+// The model ids every cache root holds (models--org--name -> org/name), for suggestions.
+std::vector<std::string> cached_ids() {
+  std::vector<std::string> ids;
+  std::error_code ec;
+  for (const std::string& root : cache_roots()) {
+    if (!fs::is_directory(root, ec)) continue;
+    for (const auto& e : fs::directory_iterator(root, ec)) {
+      std::string n = e.path().filename().string();
+      if (n.compare(0, 8, "models--") != 0 || !e.is_directory(ec)) continue;
+      n = n.substr(8);
+      if (const size_t p = n.find("--"); p != std::string::npos) n.replace(p, 2, "/");
+      if (std::find(ids.begin(), ids.end(), n) == ids.end()) ids.push_back(n);
+    }
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
 }
 
 std::string join(const std::vector<std::string>& v, const std::string& sep = ", ") {
@@ -138,11 +157,26 @@ std::string resolve_model_dir(const std::string& value) {
     looked.push_back(repo);
     if (dir_exists(repo)) return snapshot_of(repo, base, base, rev);
   }
-  // A bare name (no org, no revision) that is in no cache: the loader names the missing directory.
-  if (base.find('/') == std::string::npos && rev.empty()) return value;
+  const std::vector<std::string> ids = cached_ids();
+  std::string guess = closest_name(base, ids);
+  const std::string at = rev.empty() ? std::string() : "@" + rev;
+  // A bare name (no org) that is in no cache: a missing directory for the loader to name, unless
+  // the cache holds a model of that name ("Phi-3-mini-4k-instruct": microsoft/Phi-3-mini-4k-instruct).
+  if (base.find('/') == std::string::npos) {
+    std::vector<std::string> names;
+    for (const auto& id : ids) names.push_back(id.substr(id.find('/') + 1));
+    const std::string name = closest_name(base, names);
+    if (name.empty()) {
+      if (rev.empty()) return value;
+    } else {
+      for (const auto& id : ids)
+        if (id.substr(id.find('/') + 1) == name) guess = id;
+    }
+  }
   throw Error("model " + value + ": no such directory, and not in the Hugging Face cache (looked in " +
               (looked.empty() ? std::string("no folder: HOME, HF_HOME and HF_HUB_CACHE are unset") : join(looked)) +
-              "); " + fetch_hint(base, rev));
+              ")" + (guess.empty() ? "; " : "; did you mean " + guess + at + " (in the cache)? Or ") +
+              fetch_hint(base, rev));
 }
 
 }  // namespace phi3

@@ -195,6 +195,17 @@ TEST_F(HfCache, MissingRevisionBrokenRefAndIncompleteSnapshot) {
                 (repo / "snapshots").string() +
                 " (an interrupted download?); fetch it with `huggingface-cli download org/tiny --revision broken` (or "
                 "`hf download org/tiny --revision broken`)");
+  // An id the cache holds in another spelling, or without its organisation: suggested.
+  const std::string looked = dir_ + "/hub/models--org--Tiny, " + dir_ + "/home/.cache/huggingface/hub/models--org--Tiny";
+  EXPECT_EQ(test::error_of([] { resolve_model_dir("org/Tiny"); }),
+            "model org/Tiny: no such directory, and not in the Hugging Face cache (looked in " + looked +
+                "); did you mean org/tiny (in the cache)? Or fetch it with `huggingface-cli download org/Tiny` (or "
+                "`hf download org/Tiny`)");
+  EXPECT_EQ(test::error_of([] { resolve_model_dir("tiny@other"); }),
+            "model tiny@other: no such directory, and not in the Hugging Face cache (looked in " + dir_ +
+                "/hub/models--tiny, " + dir_ +
+                "/home/.cache/huggingface/hub/models--tiny); did you mean org/tiny@other (in the cache)? Or fetch it "
+                "with `huggingface-cli download tiny --revision other` (or `hf download tiny --revision other`)");
   fs::remove(repo / "snapshots" / kOther / "config.json");
   EXPECT_EQ(test::error_of([] { resolve_model_dir("org/tiny@other"); }),
             "model org/tiny: snapshot " + (repo / "snapshots" / kOther).string() +
