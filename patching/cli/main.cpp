@@ -298,7 +298,23 @@ int run_command(const std::string& cmd, int argc, char** argv, int first) {
     return 0;
   }
   const CommandSpec& spec = command_spec(cmd);
-  Args a(argc, argv, first, spec.options, spec.flags);
+  // An option no name of this command is close to, that another command takes: say which.
+  auto parse = [&]() -> Args {
+    try {
+      return Args(argc, argv, first, spec.options, spec.flags);
+    } catch (const Error& e) {
+      const std::string msg = e.what(), pre = "unknown option '--";
+      if (msg.rfind(pre, 0) != 0 || msg.find("did you mean") != std::string::npos) throw;
+      const std::string name = msg.substr(pre.size(), msg.find('\'', pre.size()) - pre.size());
+      std::string others;
+      for (const CommandSpec& c : command_specs())
+        if (c.options.count(name) || c.flags.count(name)) others += (others.empty() ? "" : ", ") + c.name;
+      if (others.empty()) throw;
+      throw Error("unknown option '--" + name + "' for " + spec.name + " (an option of " + others + "; see phi3patch " +
+                  spec.name + " --help)");
+    }
+  };
+  Args a = parse();
   if (a.has("help")) {
     std::cout << spec.usage;
     return 0;

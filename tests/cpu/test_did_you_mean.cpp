@@ -121,6 +121,11 @@ TEST(DidYouMean, CliMessages) {
   EXPECT_EQ(cli_error("--hook resid_pre"), "unknown option '--hook'; did you mean --hooks? (see --help)");
   EXPECT_EQ(cli_error("circuit --edge-grids 1"), "unknown option '--edge-grids'; did you mean --edge-grid? (see --help)");
   EXPECT_EQ(cli_error("run --frobnicate 3"), "unknown option '--frobnicate' (see --help)");
+  EXPECT_EQ(cli_error("forward --hooks z"),
+            "unknown option '--hooks' for forward (an option of run, bench; see phi3patch forward --help)");
+  EXPECT_EQ(cli_error("tokenize --device cpu hi"),
+            "unknown option '--device' for tokenize (an option of run, forward, circuit, verify, accuracy, bench; see "
+            "phi3patch tokenize --help)");
   EXPECT_EQ(cli_error("run --hooks resid_pr"), "unknown hook 'resid_pr'; did you mean resid_pre?" + kKnown);
   EXPECT_EQ(cli_error("run --method atribution"),
             "--method: expected attribution, atp-star, activation, both or all (comma-separated), got 'atribution'; did "
