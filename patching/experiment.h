@@ -169,6 +169,19 @@ BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, c
 // activation method or without an estimate to rank by).
 void check_methods(const ExperimentOptions& opt);
 
+// The job's inputs checked against the model's config and tokenizer alone (no weight is read;
+// m may come from load_model_meta): the methods, the pairs file (read, every answer one token,
+// every prompt inside the context), --verify-top against the hooks' nodes and --positions.
+// run_experiment starts with it; the CLI calls it before the weights load
+// (patching/experiment_check.cpp).
+struct ExperimentInputs {
+  std::vector<PromptPair> pairs;
+  std::vector<std::string> answers_cut;  // --answer-first-token
+  int T = 0;                             // the longest prompt (with BOS)
+  std::vector<int> positions;            // --positions, parsed against T (empty: every position)
+};
+ExperimentInputs check_experiment_inputs(const Model& m, const ExperimentOptions& opt);
+
 // Every rank of comm calls it with the same options; batches are dealt to ranks (a round of
 // one whole batch per rank), and when fewer batches than ranks are left each is split across
 // all ranks by cost (split_by_cost over its patch targets). Only per-patch scalars and
