@@ -30,6 +30,7 @@
 #include "runtime/comm.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
+#include "runtime/hf_cache.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -361,6 +362,9 @@ NB_MODULE(_core, mod) {
     }
   });
 
+  mod.def("resolve_model_dir", &resolve_model_dir, "value"_a,
+          "The checkpoint directory of a directory, a hub id 'org/name[@revision]' or a cache repo folder, from the "
+          "local Hugging Face cache (as the command line's --model).");
   mod.def("source_dir", [] { return std::string(PHI3_SOURCE_DIR); }, "The source tree this module was built from.");
   mod.def("hook_names", [] {
     std::vector<std::string> out;

@@ -64,40 +64,38 @@ def test_revisions_hashes_and_repo_folders(cache):
     other = str(folder / "snapshots" / commits["other"])
     assert _hub.resolve(REPO + "@other").dir == other
     assert _hub.resolve(REPO + "@" + commits["other"]).dir == other
+    assert _hub.resolve(REPO + "@" + commits["other"][:8]).dir == other  # a hash prefix
     assert _hub.resolve(str(folder)).dir == str(folder / "snapshots" / commits["main"])
-    assert _hub.resolve(REPO.upper()).dir == str(folder / "snapshots" / commits["main"])  # ids ignore case
-    with pytest.raises(phi3patch.Error, match=r"no revision 'v2' \(refs: main, other\)"):
+    with pytest.raises(phi3patch.Error, match="revision 'v2'"):
         _hub.resolve(REPO + "@v2", download=False)
     # The snapshot of "other" lacks the tokenizer: loading it says so (the engine's message).
     with pytest.raises(phi3patch.Error, match="tokenizer"):
         phi3patch.load(REPO + "@other", device="cpu", verbose=False, download=False)
 
 
-def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
+def test_the_cache_comes_from_the_environment(tmp_path, monkeypatch):
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert _hub.cache_dirs() == [str(tmp_path / "home" / ".cache" / "huggingface" / "hub")]
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert _hub.cache_dirs() == [str(tmp_path / "xdg" / "huggingface" / "hub")]
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hfhome"))
     make_cache(tmp_path / "hfhome" / "hub")
-    assert _hub.cache_dirs() == [str(tmp_path / "hfhome" / "hub")]
     assert _hub.resolve(REPO).dir.startswith(str(tmp_path / "hfhome" / "hub"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
-    assert _hub.cache_dirs() == [str(tmp_path / "elsewhere")]
 
 
 def test_missing_model_names_the_id_the_folders_and_the_command(cache, monkeypatch):
     root, _, _ = cache
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)  # not installed
+    with pytest.raises(phi3patch.Error) as e:
+        phi3patch.load("microsoft/Phi-3-mini-4k-instruct", device="cpu")
+    msg = str(e.value)
+    assert msg.startswith("model microsoft/Phi-3-mini-4k-instruct: ")
+    assert str(root) in msg and "hf download microsoft/Phi-3-mini-4k-instruct" in msg
+    assert msg.endswith("huggingface_hub is not installed (pip install huggingface_hub), so nothing was downloaded")
     with pytest.raises(phi3patch.Error) as e:
         phi3patch.load("microsoft/Phi-3-mini-4k-instruct", device="cpu", download=False)
-    msg = str(e.value)
-    assert msg.startswith("model microsoft/Phi-3-mini-4k-instruct: not in the Hugging Face cache (looked in "
-                          f"{root} (no models--microsoft--Phi-3-mini-4k-instruct))")
-    assert "hf download microsoft/Phi-3-mini-4k-instruct" in msg
+    assert "huggingface_hub" not in str(e.value)
     # The seed's TransformerLens name resolves to the real checkpoint's id, not to something else.
-    with pytest.raises(phi3patch.Error, match=r"model 'phi-3' \(TransformerLens name\) -> microsoft/Phi-3-mini-4k-instruct"):
+    with pytest.raises(phi3patch.Error, match=r"'phi-3' \(TransformerLens name\) -> microsoft/Phi-3-mini-4k-instruct"):
         phi3patch.load("phi-3", device="cpu", download=False)
     with pytest.raises(phi3patch.Error, match="did you mean 'phi-3'"):
         phi3patch.load("phi3", device="cpu")
