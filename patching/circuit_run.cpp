@@ -82,8 +82,10 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   auto t0 = std::chrono::steady_clock::now();  // scoring: from the first runs to the scores
   comm.agree_on([&] {
     pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
+    check_tokenizable(pairs, m.tok, opt.pairs_file);
     if (opt.answer_first_token) r.answers_cut = use_first_answer_tokens(pairs, m.tok);
-    check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
+    check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size, opt.mix);
+    r.mix = opt.mix;
     if (opt.batch_pairs < 0) throw Error("--batch: expected a positive number of pairs");
     per_batch = opt.batch_pairs > 0 ? std::min<int>(opt.batch_pairs, static_cast<int>(pairs.size()))
                                     : static_cast<int>(pairs.size());
@@ -94,7 +96,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     const size_t avail = be.free_memory();
     auto peak = [&](int n) {
       const PairBatch pb = make_pair_batch(std::vector<PromptPair>(pairs.begin(), pairs.begin() + n), m.tok,
-                                           c.pad_token_id, c.max_position_embeddings, r.T, opt.add_bos);
+                                           c.pad_token_id, c.max_position_embeddings, r.T, opt.add_bos, opt.mix);
       return circuit_scores_peak_bytes(be, m, pb, opt.ig, opt.ig_steps);
     };
     size_t need = peak(per_batch);
@@ -122,7 +124,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     Runs x;
     const size_t lo = size_t(bi) * per_batch, hi = std::min(pairs.size(), lo + per_batch);
     x.pb = make_pair_batch(std::vector<PromptPair>(pairs.begin() + lo, pairs.begin() + hi), m.tok, c.pad_token_id,
-                           c.max_position_embeddings, r.T, opt.add_bos);
+                           c.max_position_embeddings, r.T, opt.add_bos, opt.mix);
     x.clean = forward(be, m, x.pb.clean);
     x.corr = forward(be, m, x.pb.corrupted);
     check_finite(be, m, x.clean, "clean");
