@@ -338,5 +338,39 @@ TEST_F(PairsOptions, PreTokenizedPairsWithoutTokenizerFiles) {
   EXPECT_NE(err.find("no tokenizer files (neither tokenizer.model nor tokenizer.json)"), std::string::npos) << err;
 }
 
+// The options as a user types them: --verify-top alone, --layers and --no-mix land in
+// results.json; bad values are one line naming the option.
+TEST(PairsCli, OptionsThroughTheBinary) {
+  const std::string dir = test::temp_dir("pairs_cli");
+  auto results = [&](const std::string& out) { return json::parse(test::slurp(dir + "/" + out + "/results.json")); };
+  auto methods = [](const json& r) {
+    std::vector<std::string> m;
+    for (const auto& e : r["results"]) m.push_back(e["method"].get<std::string>());
+    return m;
+  };
+  ASSERT_EQ(test::run_cli(PHI3_CLI, "run --device cpu --hooks z --verify-top 3 --out " + dir + "/a", dir), 0)
+      << test::slurp(dir + "/stderr.txt");
+  EXPECT_NE(test::slurp(dir + "/stderr.txt").find("--verify-top 3 without --method"), std::string::npos);
+  json r = results("a");
+  EXPECT_EQ(methods(r), (std::vector<std::string>{"attribution", "atp-star", "verified"}));
+  EXPECT_EQ(r["exact_layers"], "all");
+  EXPECT_EQ(r["mixed"], true);
+  ASSERT_EQ(test::run_cli(PHI3_CLI, "run --device cpu --hooks resid_pre --layers 1:3 --no-mix --out " + dir + "/b", dir), 0)
+      << test::slurp(dir + "/stderr.txt");
+  r = results("b");
+  EXPECT_EQ(r["exact_layers"], json({1, 2}));
+  EXPECT_EQ(r["mixed"], false);
+  EXPECT_EQ(methods(r), (std::vector<std::string>{"attribution", "activation"}));
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"--layers 4", "--layers: layer 4 is outside the model (it has 4 layers, 0..3)"},
+           {"--layers x", "--layers: 'x' is not a layer"},
+           {"--layers 3:1", "--layers: range 3:1 is empty"},
+           {"--verify-top 0", "--verify-top: expected a positive number"},
+           {"--verify-top 3 --method activation", "--verify-top with the activation method"}}) {
+    EXPECT_EQ(test::run_cli(PHI3_CLI, "run --device cpu " + args + " --out " + dir + "/bad", dir), 2) << args;
+    EXPECT_NE(test::slurp(dir + "/stderr.txt").find(want), std::string::npos) << args << ": " << test::slurp(dir + "/stderr.txt");
+  }
+}
+
 }  // namespace
 }  // namespace phi3
