@@ -5,6 +5,7 @@
 #include <tuple>
 #include <nlohmann/json.hpp>
 
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/tokenizer.h"
@@ -58,9 +59,22 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
     const std::string where = source + ": pair " + std::to_string(i);
     const auto& p = j[i];
     if (!p.is_object()) throw Error(where + ": expected an object with keys \"clean\" and \"corrupted\"");
+    // A missing key: where the object has a key close to it that is not one of `known`, name that
+    // key as written and suggest the missing one ("clean.answr": did you mean "clean.answer"?).
+    auto missing = [&](const nlohmann::json& obj, const std::string& prefix, const std::string& key,
+                       const std::vector<std::string>& known, const std::string& note) {
+      for (auto it = obj.begin(); it != obj.end(); ++it) {
+        if (std::find(known.begin(), known.end(), it.key()) != known.end()) continue;
+        if (!closest_name(it.key(), {key}).empty())
+          throw Error(where + ": unknown key \"" + prefix + it.key() + "\"; did you mean \"" + prefix + key + "\"?");
+      }
+      throw Error(where + ": missing key \"" + prefix + key + "\"" + note);
+    };
+    static const std::vector<std::string> kPairKeys = {"clean", "corrupted"};
+    static const std::vector<std::string> kSideKeys = {"question", "answer", "ids", "answer_id", "wrong", "wrong_id"};
     auto side = [&](const char* key, std::string& q, std::string& a, std::vector<int>& ids, int& aid, std::string& w,
                     int& wid) {
-      if (!p.contains(key)) throw Error(where + ": missing key \"" + key + "\"");
+      if (!p.contains(key)) missing(p, "", key, kPairKeys, "");
       const auto& s = p[key];
       if (!s.is_object())
         throw Error(where + ": \"" + key + "\" must be an object with \"question\" and \"answer\" (or \"ids\" and " +
@@ -72,9 +86,8 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
         return v.get<int>();
       };
       if (s.contains("ids") || s.contains("answer_id")) {  // pre-tokenized
-        if (!s.contains("ids")) throw Error(where + ": missing key \"" + key + ".ids\" (it has \"answer_id\")");
-        if (!s.contains("answer_id"))
-          throw Error(where + ": missing key \"" + key + ".answer_id\" (it has \"ids\")");
+        if (!s.contains("ids")) missing(s, std::string(key) + ".", "ids", kSideKeys, " (it has \"answer_id\")");
+        if (!s.contains("answer_id")) missing(s, std::string(key) + ".", "answer_id", kSideKeys, " (it has \"ids\")");
         if (!s["ids"].is_array() || s["ids"].empty())
           throw Error(where + ": \"" + key + ".ids\" must be a non-empty list of token ids");
         for (size_t k = 0; k < s["ids"].size(); ++k) {
@@ -100,7 +113,7 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
         return;
       }
       for (const char* f : {"question", "answer"}) {
-        if (!s.contains(f)) throw Error(where + ": missing key \"" + key + "." + f + "\"");
+        if (!s.contains(f)) missing(s, std::string(key) + ".", f, kSideKeys, "");
         if (!s[f].is_string()) throw Error(where + ": \"" + key + "." + f + "\" must be a string");
       }
       q = s["question"].get<std::string>();

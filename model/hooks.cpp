@@ -1,5 +1,8 @@
 #include "model/hooks.h"
 
+#include <cctype>
+
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -54,25 +57,77 @@ std::string hook_title(Hook h) {
   return "?";
 }
 
-Hook parse_hook(const std::string& name) {
-  for (Hook h : all_hooks())
-    if (hook_name(h) == name) return h;
-  std::string known;
-  for (Hook h : all_hooks()) known += (known.empty() ? "" : ", ") + hook_name(h);
-  throw Error("unknown hook '" + name + "' (known: " + known + ")");
+namespace {
+
+// Every name a hook answers to: its short name, "hook_" + short name, its TransformerLens name.
+std::vector<std::pair<std::string, Hook>> hook_aliases() {
+  std::vector<std::pair<std::string, Hook>> v;
+  for (Hook h : all_hooks()) v.push_back({hook_name(h), h});
+  for (Hook h : all_hooks()) v.push_back({hook_tl_name(h), h});  // first match wins: z before z_all_pos
+  for (Hook h : all_hooks()) v.push_back({"hook_" + hook_name(h), h});
+  return v;
 }
 
-std::vector<Hook> parse_hook_list(const std::string& list) {
-  std::vector<Hook> out;
+[[noreturn]] void unknown_hook(const std::string& name, const std::string& rest) {
+  std::vector<std::string> shorts, all;
+  for (Hook h : all_hooks()) shorts.push_back(hook_name(h));
+  for (const auto& a : hook_aliases()) all.push_back(a.first);
+  // Suggest in the form the user wrote: a TransformerLens name for one, a short name otherwise.
+  std::string guess = closest_name(rest, all);
+  if (!guess.empty() && rest != name) guess = name.substr(0, name.size() - rest.size()) + guess;
+  throw Error("unknown hook '" + name + "'" + (guess.empty() ? std::string() : "; did you mean " + guess + "?") +
+              " (known: " + [&] {
+                std::string k;
+                for (const auto& s : shorts) k += (k.empty() ? "" : ", ") + s;
+                return k;
+              }() + ", or their TransformerLens names such as hook_resid_pre, attn.hook_z, "
+                    "blocks.3.hook_resid_pre)");
+}
+
+}  // namespace
+
+HookSpec parse_hook_spec(const std::string& name) {
+  HookSpec spec;
+  std::string rest = name;
+  if (rest.compare(0, 7, "blocks.") == 0) {
+    rest = rest.substr(7);
+    size_t i = 0;
+    while (i < rest.size() && std::isdigit(static_cast<unsigned char>(rest[i]))) ++i;
+    if (i > 0) {
+      if (i >= rest.size() || rest[i] != '.' || i > 6) unknown_hook(name, rest);
+      spec.layer = std::stoi(rest.substr(0, i));
+      rest = rest.substr(i + 1);
+    }
+  }
+  for (const auto& a : hook_aliases())
+    if (a.first == rest) {
+      spec.hook = a.second;
+      return spec;
+    }
+  unknown_hook(name, rest);
+}
+
+Hook parse_hook(const std::string& name) { return parse_hook_spec(name).hook; }
+
+std::vector<HookSpec> parse_hook_spec_list(const std::string& list) {
+  std::vector<HookSpec> out;
   if (list == "none") return out;
   size_t start = 0;
   while (start <= list.size()) {
     size_t end = list.find(',', start);
     if (end == std::string::npos) end = list.size();
     std::string item = list.substr(start, end - start);
-    if (!item.empty()) out.push_back(parse_hook(item));
+    while (!item.empty() && item.front() == ' ') item.erase(0, 1);
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    if (!item.empty()) out.push_back(parse_hook_spec(item));
     start = end + 1;
   }
+  return out;
+}
+
+std::vector<Hook> parse_hook_list(const std::string& list) {
+  std::vector<Hook> out;
+  for (const HookSpec& s : parse_hook_spec_list(list)) out.push_back(s.hook);
   return out;
 }
 

@@ -28,8 +28,22 @@ enum class Hook {
 
 std::string hook_name(Hook h);                 // "resid_pre", ..., "z", "z_all_pos"
 std::string hook_title(Hook h);                // "Residual (pre)", "Attention output", ...
-Hook parse_hook(const std::string& name);      // throws naming the unknown hook
-// Comma-separated hook names ("resid_pre,attn_out"); "" and "none" give an empty list.
+// A hook by its short name ("resid_pre", "z") or its TransformerLens name ("hook_resid_pre",
+// "attn.hook_z", "mlp.hook_post", "blocks.attn.hook_z", "blocks.3.hook_resid_pre"; a layer in the
+// name is dropped here: parse_hook_spec keeps it). Throws naming the unknown hook and the
+// closest known name.
+Hook parse_hook(const std::string& name);
+// A hook name with the layer it names: "blocks.3.attn.hook_z" -> {Z, 3}; a name without a
+// layer ("z", "attn.hook_z", "blocks.attn.hook_z") -> layer -1. TransformerLens names map to
+// the per-position hooks (attn.hook_z -> z, attn.hook_pattern -> pattern).
+struct HookSpec {
+  Hook hook = Hook::ResidPre;
+  int layer = -1;  // -1: every layer
+};
+HookSpec parse_hook_spec(const std::string& name);
+std::vector<HookSpec> parse_hook_spec_list(const std::string& list);  // as parse_hook_list
+// Comma-separated hook names ("resid_pre,attn_out", TransformerLens names too; layers dropped:
+// parse_hook_spec_list keeps them); "" and "none" give an empty list.
 std::vector<Hook> parse_hook_list(const std::string& list);
 bool hook_is_per_head(Hook h);  // z, q, k, v, pattern (and their all-position forms), mlp_post
 bool hook_is_pattern(Hook h);   // pattern, pattern_all_pos (laid out [B,H,T,T], not by token row)

@@ -1,6 +1,7 @@
 #include "model/metric.h"
 
 #include "kernels/op_math.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -40,7 +41,11 @@ const char* metric_choices() { return "logit-diff|prob-diff|logprob|kl"; }
 MetricKind parse_metric(const std::string& name) {
   for (MetricKind k : {MetricKind::LogitDiff, MetricKind::ProbDiff, MetricKind::LogProb, MetricKind::KL})
     if (name == metric_name(k)) return k;
-  throw Error("unknown metric '" + name + "' (--metric): expected one of " + metric_choices());
+  // Without a suggestion the old text ("...: expected one of ..."), else "; did you mean X? (expected ...)".
+  const std::string guess = closest_name(name, {"logit-diff", "prob-diff", "logprob", "kl"});
+  if (guess.empty()) throw Error("unknown metric '" + name + "' (--metric): expected one of " + metric_choices());
+  throw Error("unknown metric '" + name + "' (--metric); did you mean " + guess + "? (expected one of " +
+              metric_choices() + ")");
 }
 
 MetricSpec logit_diff_spec(const std::vector<int32_t>& answer, const std::vector<int32_t>& other) {

@@ -7,7 +7,7 @@
 
 namespace phi3 {
 
-std::unique_ptr<Model> load_model(Backend& be, const std::string& dir) {
+std::unique_ptr<Model> load_model_meta(const std::string& dir) {
   if (!dir_exists(dir)) {
     if (file_exists(dir))
       throw Error("model directory '" + dir + "' is a file; --model takes the checkpoint directory (config.json, "
@@ -53,7 +53,14 @@ std::unique_ptr<Model> load_model(Backend& be, const std::string& dir) {
   if (m->cfg.pad_token_id < 0 || m->cfg.pad_token_id >= m->cfg.vocab_size)
     throw Error(dir + "/config.json: pad_token_id " + std::to_string(m->cfg.pad_token_id) +
                 " is outside the vocabulary");
-  m->w = ModelWeights::load(be, dir, m->cfg);
+  return m;
+}
+
+void load_weights(Backend& be, Model& m) { m.w = ModelWeights::load(be, m.dir, m.cfg); }
+
+std::unique_ptr<Model> load_model(Backend& be, const std::string& dir) {
+  auto m = load_model_meta(dir);
+  load_weights(be, *m);
   return m;
 }
 

@@ -24,7 +24,13 @@ struct Model {
 inline MlpAct mlp_act(const ModelConfig& c) { return c.mlp_gelu_tanh ? MlpAct::GeluTanh : MlpAct::Silu; }
 
 // Loads config.json, the tokenizer and the weights of `dir` onto `be`. Checks that the
-// tokenizer and config agree (ids inside vocab_size).
+// tokenizer and config agree (ids inside vocab_size). The same as load_model_meta, then
+// load_weights.
 std::unique_ptr<Model> load_model(Backend& be, const std::string& dir);
+// config.json and the tokenizer alone (no weight is read: m->w stays empty), with the same
+// checks: what the CLI validates a job against before the weights load.
+std::unique_ptr<Model> load_model_meta(const std::string& dir);
+// The weights of a load_model_meta model onto `be`.
+void load_weights(Backend& be, Model& m);
 
 }  // namespace phi3

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/forward.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -12,8 +13,10 @@ std::string temporal_prompt(const std::string& goal) {
   return "The goal is to " + goal + ". Is this a short-term or long-term goal? The answer is:";
 }
 
-AccuracyResult dataset_accuracy(Backend& be, const Model& m, const std::string& path, const std::string& split,
-                                int batch_size) {
+AccuracyItems accuracy_items(const Model& m, const std::string& path, const std::string& split) {
+  if (split != "train" && split != "heldout" && split != "all")
+    throw Error("--split: expected train, heldout or all, got '" + split + "'" +
+                did_you_mean(split, {"train", "heldout", "all"}));
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_text_file(path, "dataset"));
@@ -21,9 +24,11 @@ AccuracyResult dataset_accuracy(Backend& be, const Model& m, const std::string& 
     throw Error(path + ": not valid JSON: " + e.what());
   }
   if (!j.is_array()) throw Error(path + ": expected a list of items");
-  const int short_id = m.tok.answer_token("short"), long_id = m.tok.answer_token("long");
-  std::vector<std::vector<int>> rows;
-  std::vector<int> is_short;
+  AccuracyItems items;
+  items.short_id = m.tok.answer_token("short");
+  items.long_id = m.tok.answer_token("long");
+  std::vector<std::vector<int>>& rows = items.rows;
+  std::vector<int>& is_short = items.is_short;
   for (size_t i = 0; i < j.size(); ++i) {
     const auto& it = j[i];
     if (!it.is_object() || !it.contains("goal") || !it.contains("horizon") || !it["goal"].is_string() ||
@@ -33,6 +38,18 @@ AccuracyResult dataset_accuracy(Backend& be, const Model& m, const std::string& 
     rows.push_back(m.tok.encode(temporal_prompt(it["goal"].get<std::string>()), true));
     is_short.push_back(it["horizon"].get<std::string>() == "short");
   }
+  return items;
+}
+
+AccuracyResult dataset_accuracy(Backend& be, const Model& m, const std::string& path, const std::string& split,
+                                int batch_size) {
+  return dataset_accuracy(be, m, accuracy_items(m, path, split), batch_size);
+}
+
+AccuracyResult dataset_accuracy(Backend& be, const Model& m, const AccuracyItems& items, int batch_size) {
+  const std::vector<std::vector<int>>& rows = items.rows;
+  const std::vector<int>& is_short = items.is_short;
+  const int short_id = items.short_id, long_id = items.long_id;
   AccuracyResult r;
   for (size_t s = 0; s < rows.size(); s += batch_size) {
     std::vector<std::vector<int>> sub(rows.begin() + s, rows.begin() + std::min(rows.size(), s + batch_size));

@@ -3,6 +3,7 @@
 // the last-position logit difference.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 
@@ -16,6 +17,16 @@ struct AccuracyResult {
 
 // The template of the seed prompts.
 std::string temporal_prompt(const std::string& goal);
+
+// The dataset's items of `split` tokenized (the tokenizer alone: m may come from
+// load_model_meta); throws naming a bad file, item or split before any weight is needed.
+struct AccuracyItems {
+  std::vector<std::vector<int>> rows;  // prompt ids
+  std::vector<int> is_short;           // 1: the answer is " short"
+  int short_id = -1, long_id = -1;
+};
+AccuracyItems accuracy_items(const Model& m, const std::string& dataset_path, const std::string& split);
+AccuracyResult dataset_accuracy(Backend& be, const Model& m, const AccuracyItems& items, int batch_size = 64);
 
 // split: "train", "heldout" or "all".
 AccuracyResult dataset_accuracy(Backend& be, const Model& m, const std::string& dataset_path, const std::string& split,

@@ -47,12 +47,35 @@ std::vector<int64_t> parse_edge_grid(const std::string& list, int64_t n_edges) {
   return g;
 }
 
+CircuitInputs check_circuit_inputs(const Model& m, const CircuitOptions& opt) {
+  const ModelConfig& c = m.cfg;
+  check_circuit_support(c);
+  const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
+  const int64_t n_edges = g.n_edges();
+  if (opt.ig && opt.ig_steps < 1)
+    throw Error("--ig-steps: EAP-IG needs at least one step, got " + std::to_string(opt.ig_steps));
+  if (opt.edges > n_edges)
+    throw Error("--edges " + std::to_string(opt.edges) + " is more than the graph's " + std::to_string(n_edges) +
+                " edges (" + std::to_string(g.n_upstream()) + " upstream x " + std::to_string(g.n_downstream()) +
+                " downstream nodes)");
+  for (int64_t k : opt.grid)
+    if (k < 0 || k > n_edges)
+      throw Error("--edge-grid: " + std::to_string(k) + " is outside the graph's " + std::to_string(n_edges) + " edges");
+  if (opt.batch_pairs < 0) throw Error("--batch: expected a positive number of pairs");
+  CircuitInputs in;
+  in.pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
+  check_tokenizable(in.pairs, m.tok, opt.pairs_file);
+  if (opt.answer_first_token) in.answers_cut = use_first_answer_tokens(in.pairs, m.tok);
+  check_pairs(in.pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size, opt.mix);
+  in.T = pair_batch_length(in.pairs, m.tok, opt.add_bos);
+  return in;
+}
+
 CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& opt, Comm& comm) {
   auto log = [&](const std::string& s) {
     if (opt.log && comm.root()) opt.log(s);
   };
   const ModelConfig& c = m.cfg;
-  check_circuit_support(c);
   const CircuitGraph g(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads);
   CircuitRunResult r;
   r.method = opt.ig ? "eap-ig" : "eap";
@@ -65,31 +88,19 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
   r.H = g.H();
   r.KVH = g.KVH();
   r.n_edges = g.n_edges();
-  if (opt.ig && opt.ig_steps < 1)
-    throw Error("--ig-steps: EAP-IG needs at least one step, got " + std::to_string(opt.ig_steps));
-  if (opt.edges > r.n_edges)
-    throw Error("--edges " + std::to_string(opt.edges) + " is more than the graph's " + std::to_string(r.n_edges) +
-                " edges (" + std::to_string(g.n_upstream()) + " upstream x " + std::to_string(g.n_downstream()) +
-                " downstream nodes)");
-  for (int64_t k : opt.grid)
-    if (k < 0 || k > r.n_edges)
-      throw Error("--edge-grid: " + std::to_string(k) + " is outside the graph's " + std::to_string(r.n_edges) +
-                  " edges");
 
   // The pairs, in batches of opt.batch_pairs padded to one length (bad input: one agreed error).
   std::vector<PromptPair> pairs;
   int per_batch = 0;
   auto t0 = std::chrono::steady_clock::now();  // scoring: from the first runs to the scores
   comm.agree_on([&] {
-    pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
-    check_tokenizable(pairs, m.tok, opt.pairs_file);
-    if (opt.answer_first_token) r.answers_cut = use_first_answer_tokens(pairs, m.tok);
-    check_pairs(pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size, opt.mix);
+    CircuitInputs in = check_circuit_inputs(m, opt);
+    pairs = std::move(in.pairs);
+    r.answers_cut = std::move(in.answers_cut);
+    r.T = in.T;
     r.mix = opt.mix;
-    if (opt.batch_pairs < 0) throw Error("--batch: expected a positive number of pairs");
     per_batch = opt.batch_pairs > 0 ? std::min<int>(opt.batch_pairs, static_cast<int>(pairs.size()))
                                     : static_cast<int>(pairs.size());
-    r.T = pair_batch_length(pairs, m.tok, opt.add_bos);
     // The memory plan (memory_plan.h), before any work: the scores of a batch hold every upstream
     // difference of its rows at once. Without --batch the largest batch that fits is taken
     // (halving); a batch that cannot fit stops here with the sizes.

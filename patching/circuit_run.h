@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "model/batch.h"
 #include "model/model.h"
 #include "patching/circuit_graph.h"
 #include "runtime/comm.h"
@@ -66,6 +67,17 @@ struct CircuitRunResult {
 std::vector<int64_t> default_edge_grid(int64_t n_edges);
 // Parses "--edge-grid 10,100,1000"; throws naming a value that is not a count in [0, n_edges].
 std::vector<int64_t> parse_edge_grid(const std::string& list, int64_t n_edges);
+
+// The circuit job's inputs checked against the config and tokenizer alone (no weight is read; m
+// may come from load_model_meta): the architecture's support for circuits, --ig-steps, --edges
+// and --edge-grid against the graph, the pairs file (read, every answer one token, every prompt
+// inside the context). run_circuit starts with it; the CLI calls it before the weights load.
+struct CircuitInputs {
+  std::vector<PromptPair> pairs;
+  std::vector<std::string> answers_cut;  // --answer-first-token
+  int T = 0;                             // the longest prompt (with BOS)
+};
+CircuitInputs check_circuit_inputs(const Model& m, const CircuitOptions& opt);
 
 // Every rank of comm calls it with the same options: rank 0 scores the edges and broadcasts
 // the scores; the distinct circuits of the grid are dealt to the ranks (round robin: each is

@@ -1002,34 +1002,19 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}, {}, {}, false, {}};
   int code = 2;
   // ---- the job, identical on every rank ----------------------------------------------------
+  std::vector<int> region;  // --positions: the exact sweep of each hook only there (all-position hooks: every target)
   agree_attempt(comm, job, code, [&] {
-    check_methods(opt);
-    job.pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
-    check_tokenizable(job.pairs, m.tok, opt.pairs_file);
-    if (opt.answer_first_token) job.answers_cut = use_first_answer_tokens(job.pairs, m.tok);
-    check_pairs(job.pairs, m.tok, m.cfg.max_position_embeddings, opt.pairs_file, opt.add_bos, m.cfg.vocab_size,
-                opt.mix);
-    if (!opt.layers.empty()) job.layers = parse_layers(opt.layers, job.L);
+    ExperimentInputs in = check_experiment_inputs(m, opt);
+    job.pairs = std::move(in.pairs);
+    job.answers_cut = std::move(in.answers_cut);
+    job.T = in.T;
+    region = std::move(in.positions);
+    job.layers = std::move(in.layers);
     job.per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(job.pairs.size());
-    job.T = pair_batch_length(job.pairs, m.tok, opt.add_bos);
-    if (job.T > m.cfg.max_position_embeddings)
-      throw Error(opt.pairs_file + ": the longest prompt has " + std::to_string(job.T) +
-                  " tokens, more than the model's context of " + std::to_string(m.cfg.max_position_embeddings));
-    if (opt.verify_top > 0) {
-      int64_t nodes = 0;
-      for (Hook h : opt.hooks)
-        for (const PatchSpec& t : sweep_targets(h, job.L, job.T, hook_heads(h, m.cfg))) nodes += job.in_layers(t.layer);
-      if (opt.verify_top > nodes)
-        throw Error("--verify-top " + std::to_string(opt.verify_top) + " is more than the " + std::to_string(nodes) +
-                    " nodes of the chosen hooks at T = " + std::to_string(job.T) +
-                    (job.layers.empty() ? std::string() : " in the layers of --layers " + opt.layers));
-    }
   });
   job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
-  // --positions: the exact sweep of each hook only at those positions (all-position hooks:
-  // every target).
-  std::vector<int> region;
-  if (!opt.positions.empty()) agree_attempt(comm, job, code, [&] { region = parse_positions(opt.positions, job.T); });
+  // --positions and --layers: the exact sweep of each hook only there (all-position hooks:
+  // every target of the layers).
   auto build_accs = [&] {
     job.accs.clear();
     for (Hook h : opt.hooks) {

@@ -181,6 +181,21 @@ BatchSummary summarize_batch(Backend& be, const Model& m, const PairBatch& pb, c
 // activation method or without an estimate to rank by).
 void check_methods(const ExperimentOptions& opt);
 
+// The job's inputs checked against the model's config and tokenizer alone (no weight is read;
+// m may come from load_model_meta): the methods, the pairs file (read, every answer one token,
+// every prompt inside the context, text prompts only with a tokenizer, with --no-mix only the
+// rows it runs), --layers, --verify-top against the hooks' nodes (in --layers) and --positions.
+// run_experiment starts with it; the CLI calls it before the weights load
+// (patching/experiment_check.cpp).
+struct ExperimentInputs {
+  std::vector<PromptPair> pairs;
+  std::vector<std::string> answers_cut;  // --answer-first-token
+  int T = 0;                             // the longest prompt (with BOS)
+  std::vector<int> positions;            // --positions, parsed against T (empty: every position)
+  std::vector<int> layers;               // --layers, parsed against the model's layers (empty: all)
+};
+ExperimentInputs check_experiment_inputs(const Model& m, const ExperimentOptions& opt);
+
 // Every rank of comm calls it with the same options; batches are dealt to ranks (a round of
 // one whole batch per rank), and when fewer batches than ranks are left each is split across
 // all ranks by cost (split_by_cost over its patch targets). Only per-patch scalars and

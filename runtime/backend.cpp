@@ -3,6 +3,8 @@
 #include <string>
 
 #include "runtime/backend.h"
+
+#include "runtime/closest_name.h"
 #include "runtime/comm.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/error.h"
@@ -49,7 +51,8 @@ std::unique_ptr<Backend> make_backend(const std::string& device, bool fp32) {
 #endif
     return make_cpu_backend();
   }
-  throw Error("--device '" + device + "': unknown device (expected cpu, cuda or auto)");
+  throw Error("--device '" + device + "': unknown device" + did_you_mean(device, {"cpu", "cuda", "auto"}) +
+              " (expected cpu, cuda or auto)");
 }
 
 }  // namespace phi3

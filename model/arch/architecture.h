@@ -33,7 +33,7 @@ struct Architecture {
 // The Llama layout of a layer's projections (Qwen2, Llama, Mistral): separate q/k/v, gate/up.
 void separate_projections(Architecture& a);
 
-// Every supported family, in the order the README lists them.
+// Every supported family, in the order docs/families.md lists them.
 const std::vector<Architecture>& architectures();
 // The family a config.json names (its architectures list, else model_type); throws naming the
 // field and listing the supported architectures.

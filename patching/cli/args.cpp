@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -29,7 +30,9 @@ Args::Args(int argc, char** argv, int first, const std::set<std::string>& option
         }
         vals_[name] = value;
       } else {
-        throw Error("unknown option '--" + name + "' (see --help)");
+        std::vector<std::string> known(options.begin(), options.end());
+        known.insert(known.end(), flags.begin(), flags.end());
+        throw Error("unknown option '--" + name + "'" + did_you_mean(name, known, "--") + " (see --help)");
       }
     } else {
       pos_.push_back(a);

@@ -1,5 +1,5 @@
 // Minimal command-line parsing: `--name value`, `--flag`, positional arguments; unknown
-// options are errors naming the option.
+// options are errors naming the option and the closest one the command accepts.
 #pragma once
 #include <map>
 #include <set>
@@ -17,6 +17,7 @@ class Args {
   int get_int(const std::string& name, int def) const;
   double get_double(const std::string& name, double def) const;
   const std::vector<std::string>& positional() const { return pos_; }
+  void set(const std::string& name, const std::string& value) { vals_[name] = value; }  // --model resolved
 
  private:
   std::map<std::string, std::string> vals_;

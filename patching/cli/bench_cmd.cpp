@@ -127,20 +127,23 @@ nlohmann::json roofline_beside(Backend& be, const Model& m, const PairBatch& pb,
 int cmd_bench(const Args& a) {
   if (a.has("predict")) return cmd_bench_predict(a);
   if (Comm::world().distributed()) return cmd_bench_scaling(a, Comm::world());
-  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
+  // The options, config, tokenizer and pairs are checked before any weight is read.
+  const int repeat = std::max(1, a.get_int("repeat", 3));
+  std::vector<Hook> hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
+  std::vector<Hook> naive_hooks;
+  if (!a.has("no-naive")) naive_hooks = parse_hook_list(a.get("naive-hooks", "resid_pre"));
   auto t_load = Clock::now();
-  auto m = load_model(*be, model_dir);
-  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  std::unique_ptr<Backend> be;  // declared before the model: its weights are freed through it
+  auto m = load_model_meta(model_dir);
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
   check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, true, m->cfg.vocab_size);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0,
                                  m->tok.bos_by_default());
-  const int repeat = std::max(1, a.get_int("repeat", 3));
-  std::vector<Hook> hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
-  std::vector<Hook> naive_hooks;
-  if (!a.has("no-naive")) naive_hooks = parse_hook_list(a.get("naive-hooks", "resid_pre"));
+  be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  load_weights(*be, *m);
+  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   const int B = pb.clean.B, T = pb.clean.T, L = m->cfg.num_hidden_layers;
   std::cerr << "[bench] " << model_dir << " on " << be->name() << ": B=" << B << " T=" << T << ", repeat " << repeat
             << std::endl;

@@ -21,6 +21,7 @@
 #include "patching/memory_plan.h"
 #include "patching/cli/commands.h"
 #include "patching/roofline.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -361,7 +362,7 @@ int predict_all(const cost::DeviceFigures& dev, bool fp32, const std::string& pa
 int cmd_bench_predict(const Args& a) {
   const std::string key = a.get("predict", "");
   const cost::DeviceFigures* dev = cost::find_device(key);
-  if (!dev) throw Error("--predict: expected h100 or h200, got '" + key + "'");
+  if (!dev) throw Error("--predict: expected h100 or h200, got '" + key + "'" + did_you_mean(key, {"h100", "h200"}));
   if (a.has("model") && a.has("like")) throw Error("--predict: give --model DIR or --like SHAPE, not both");
   const bool fp32 = a.has("fp32");
   const std::string pairs_file = a.get("pairs", default_path("data/seed_phi3_ids.json"));

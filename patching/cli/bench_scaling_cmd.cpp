@@ -15,6 +15,7 @@
 #include "patching/experiment.h"
 #include "patching/batch_result.h"
 #include "runtime/comm.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -35,25 +36,27 @@ double max_diff(const ExperimentResult& a, const ExperimentResult& b) {
 int cmd_bench_scaling(const Args& a, Comm& comm) {
   const int N = comm.size();
   const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
-  std::unique_ptr<Backend> be;
-  std::unique_ptr<Model> m;
-  std::string err;
-  try {
-    be = make_backend(a.get("device", "auto"), a.has("fp32"));
-    m = load_model(*be, model_dir);
-  } catch (const Error& e) {
-    err = e.what();
-  }
-  comm.agree(err);
   ExperimentOptions opt;
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   opt.hooks = parse_hook_list(a.get("hooks", "resid_pre,attn_out,mlp_out"));
   opt.batch_pairs = a.get_int("batch", 0);
   const std::string method = a.get("method", "both");
   if (method != "both" && method != "attribution" && method != "activation")
-    throw Error("--method: expected attribution, activation or both, got '" + method + "'");
+    throw Error("--method: expected attribution, activation or both, got '" + method + "'" +
+                did_you_mean(method, {"attribution", "activation", "both"}));
   opt.attribution = method != "activation";
   opt.activation = method != "attribution";
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Model> m;
+  // The config, tokenizer and pairs are checked before any weight is read.
+  comm.agree_on([&] {
+    m = load_model_meta(model_dir);
+    check_experiment_inputs(*m, opt);
+  });
+  comm.agree_on([&] {
+    be = make_backend(a.get("device", "auto"), a.has("fp32"));
+    load_weights(*be, *m);
+  });
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
   const int repeat = std::max(1, a.get_int("repeat", 3));
   if (comm.root())

@@ -10,6 +10,8 @@
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
 #include "runtime/comm.h"
+#include "patching/circuit.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -21,13 +23,14 @@ int cmd_circuit(const Args& a) {
   CircuitOptions opt;
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   const std::string method = a.get("method", "eap-ig");
-  if (method != "eap" && method != "eap-ig") throw Error("--method: expected eap or eap-ig, got '" + method + "'");
+  if (method != "eap" && method != "eap-ig")
+    throw Error("--method: expected eap or eap-ig, got '" + method + "'" + did_you_mean(method, {"eap", "eap-ig"}));
   opt.ig = method == "eap-ig";
   opt.ig_steps = a.get_int("ig-steps", 5);
   if (a.has("ig-steps") && !opt.ig) throw Error("--ig-steps applies to --method eap-ig only");
   if (opt.ig_steps < 1) throw Error("--ig-steps: EAP-IG needs at least one step, got " + std::to_string(opt.ig_steps));
   const std::string dir = a.get("direction", "denoise");
-  if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
+  check_direction(dir);
   opt.noising = dir == "noise";
   if (parse_metric(a.get("metric", "logit-diff")) != MetricKind::LogitDiff)
     throw Error("--metric " + a.get("metric", "") + ": circuit discovery supports only --metric logit-diff (EAP / "
@@ -38,7 +41,8 @@ int cmd_circuit(const Args& a) {
   opt.mix = !a.has("no-mix");
   opt.target = a.get_double("target", 0.8);
   const std::string sel = a.get("select", "top-k");
-  if (sel != "top-k" && sel != "greedy") throw Error("--select: expected top-k or greedy, got '" + sel + "'");
+  if (sel != "top-k" && sel != "greedy")
+    throw Error("--select: expected top-k or greedy, got '" + sel + "'" + did_you_mean(sel, {"top-k", "greedy"}));
   opt.greedy = sel == "greedy";
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
   opt.batch_pairs = a.get_int("batch", 0);
@@ -50,27 +54,40 @@ int cmd_circuit(const Args& a) {
   }
   const std::string out = a.get("out", "out-circuit");
   Comm& comm = Comm::world();
+  opt.log = [](const std::string& s) { std::cerr << "[phi3patch] " << s << std::endl; };
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Model> m;
+  const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
+  // Everything that can be checked without the weights is, before any is read: the
+  // architecture's support for circuits, the grid against the graph, the pairs and their tokens.
+  comm.agree_on([&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    m = load_model_meta(model_dir);
+    opt.add_bos = bos_option(a, m->tok);
+    check_circuit_support(m->cfg);
+    if (a.has("edge-grid")) {
+      const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
+      opt.grid = parse_edge_grid(a.get("edge-grid", ""), g.n_edges());
+    }
+    const CircuitInputs in = check_circuit_inputs(*m, opt);
+    if (comm.root()) {
+      char took[160];
+      std::snprintf(took, sizeof took, "checked %zu pairs (longest prompt %d tokens) against config.json and the "
+                    "tokenizer in %.2f s", in.pairs.size(), in.T,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      opt.log(took);
+    }
+  });
   comm.agree_on([&] {  // --out is rank 0's alone; every rank learns whether it is usable
     if (!comm.root()) return;
     const auto removed = prepare_out_dir({out, "circuit.json", {}, a.has("force"), false});
     if (!removed.empty())
       std::cerr << "[phi3patch] removed " << removed.size() << " temp files of an interrupted write in " << out << std::endl;
   });
-
-  opt.log = [](const std::string& s) { std::cerr << "[phi3patch] " << s << std::endl; };
-  std::unique_ptr<Backend> be;
-  std::unique_ptr<Model> m;
-  const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
   comm.agree_on([&] {
     be = make_backend(a.get("device", "auto"), a.has("fp32"));
     if (comm.root()) opt.log("loading " + model_dir + " on " + be->name());
-    m = load_model(*be, model_dir);
-    opt.add_bos = bos_option(a, m->tok);
-    // The grid is checked against the model's graph before any work.
-    if (a.has("edge-grid")) {
-      const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
-      opt.grid = parse_edge_grid(a.get("edge-grid", ""), g.n_edges());
-    }
+    load_weights(*be, *m);
   });
   const CircuitRunResult r = run_circuit(*be, *m, opt, comm);
   if (!comm.root()) return 0;

@@ -3,6 +3,7 @@
 // checks that every help names exactly the options its command accepts).
 #include "patching/cli/command_specs.h"
 
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -33,7 +34,10 @@ options:
   --help            this text
   --model DIR       checkpoint directory: Phi3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM,
                     MistralForCausalLM or Qwen3ForCausalLM (config.json, *.safetensors, and
-                    tokenizer.model or tokenizer.json) [data/models/tiny-temporal-phi3]
+                    tokenizer.model or tokenizer.json) [data/models/tiny-temporal-phi3]; or a
+                    Hugging Face hub id org/name[@revision] already in the local cache
+                    ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub; no download),
+                    or a cache folder models--org--name
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
 
@@ -52,7 +56,8 @@ options:
                     probabilities of one head and query position; the head's output is
                     recomputed from the patched row), pattern_all_pos (every query row of a
                     head), mlp_post (one MLP neuron at one position: L*T*F nodes; for
-                    large models use --method atp-star --verify-top K)
+                    large models use --method atp-star --verify-top K); TransformerLens
+                    names too (hook_resid_pre, attn.hook_z, mlp.hook_post, blocks.3.hook_z)
                     [resid_pre,attn_out,mlp_out]
   --method M        comma-separated: attribution (AtP), atp-star (AtP*: QK fix + GradDrop,
                     L more backward passes, unsigned), activation (exact, every node);
@@ -102,7 +107,8 @@ top-3 tokens, clean and corrupted logit differences (no patching)
 usage: phi3patch forward [OPTIONS]
 
   --help            this text
-  --model DIR       checkpoint directory [data/models/tiny-temporal-phi3]
+  --model DIR       checkpoint directory, or a hub id org/name[@revision] in the Hugging Face
+                    cache [data/models/tiny-temporal-phi3]
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
   --pairs FILE      clean/corrupted pairs (as for run) [data/temporal_scope_for_attribution_patching.json]
@@ -117,7 +123,8 @@ const char* kTokenizeUsage = R"(phi3patch tokenize - token ids, pieces and decod
 usage: phi3patch tokenize [OPTIONS] TEXT [TEXT ...]
 
   --help            this text
-  --model DIR       checkpoint directory whose tokenizer.model or tokenizer.json is used
+  --model DIR       checkpoint directory (or hub id org/name[@revision] in the Hugging Face
+                    cache) whose tokenizer.model or tokenizer.json is used
                     [data/models/tiny-temporal-phi3]
   --no-bos          do not prepend BOS (by default: where the tokenizer asks for one)
   --bos             prepend the tokenizer's BOS token even where it asks for none
@@ -145,7 +152,8 @@ const char* kAccuracyUsage = R"(phi3patch accuracy - accuracy of the model on th
 usage: phi3patch accuracy [OPTIONS]
 
   --help            this text
-  --model DIR       checkpoint directory [data/models/tiny-temporal-phi3]
+  --model DIR       checkpoint directory, or a hub id org/name[@revision] in the Hugging Face
+                    cache [data/models/tiny-temporal-phi3]
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
   --dataset FILE    dataset [data/raw/temporal_scope_caa.json]
@@ -165,7 +173,8 @@ corrupted run's value; faithfulness = (m(circuit) - m(empty)) / (m(full) - m(emp
 Under mpirun the grid's circuits are divided across the ranks.
 
   --help             this text
-  --model DIR        checkpoint directory (any supported family) [data/models/tiny-temporal-phi3]
+  --model DIR        checkpoint directory (any supported family), or a hub id
+                     org/name[@revision] in the Hugging Face cache [data/models/tiny-temporal-phi3]
   --device D         auto | cpu | cuda [auto]
   --fp32             on CUDA, keep weights in fp32 (bf16 otherwise)
   --pairs FILE       clean/corrupted pairs (as for run) [data/temporal_scope_for_attribution_patching.json]
@@ -207,7 +216,8 @@ usage: phi3patch bench [OPTIONS]
                          (no weights, no GPU)
 
   --help            this text
-  --model DIR       checkpoint directory [data/models/tiny-temporal-phi3]; with --predict,
+  --model DIR       checkpoint directory or hub id in the Hugging Face cache
+                    [data/models/tiny-temporal-phi3]; with --predict,
                     its config.json alone
   --like SHAPE      with --predict instead of --model: a published shape (as make-random
                     --like) [phi-3-mini]; all: one line per shape (weights, peak memory and
@@ -243,7 +253,9 @@ usage: phi3patch make-random --out DIR [OPTIONS]
   --like SHAPE      the published config.json of: phi-3-mini | phi-3-medium | phi-4-mini |
                     tiny | qwen2.5-{0.5b,1.5b,3b,7b,14b,32b,72b} | llama-3.2-{1b,3b} |
                     llama-3.1-{8b,70b} | mistral-7b | mistral-nemo-12b |
-                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b} [phi-3-mini]
+                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b}; tiny is a 4-layer
+                    Phi-3 of width 64 (under 1 MiB), a real shape writes gigabytes
+                    (phi-3-mini: 7.6 GB) [tiny]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]
   --seed N          random seed [0]
   --dtype D         bf16 | f32 [bf16]
@@ -286,8 +298,12 @@ const CommandSpec& command_spec(const std::string& name) {
   for (const auto& c : table())
     if (c.name == name) return c;
   std::string names;
-  for (const auto& c : table()) names += (names.empty() ? "" : ", ") + c.name;
-  throw Error("unknown command '" + name + "' (commands: " + names + ")");
+  std::vector<std::string> all = {"help"};
+  for (const auto& c : table()) {
+    names += (names.empty() ? "" : ", ") + c.name;
+    all.push_back(c.name);
+  }
+  throw Error("unknown command '" + name + "'" + did_you_mean(name, all) + " (commands: " + names + ")");
 }
 
 }  // namespace phi3

@@ -25,5 +25,6 @@ class Tokenizer;
 // prepends one), --no-bos, else where the tokenizer asks for one. check_bos_flags refuses both
 // flags at once, before any loading.
 void check_bos_flags(const Args& a);
+void check_direction(const std::string& dir);  // denoise | noise, else an error with the closest
 bool bos_option(const Args& a, const Tokenizer& tok);
 }  // namespace phi3

@@ -21,8 +21,10 @@
 #include "patching/report.h"
 #include "kernels/cpu/parallel.h"
 #include "runtime/comm.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
+#include "runtime/hf_cache.h"
 
 namespace phi3 {
 
@@ -49,7 +51,21 @@ bool bos_option(const Args& a, const Tokenizer& tok) {
   return !a.has("no-bos") && tok.bos_by_default();
 }
 
+void check_direction(const std::string& dir) {
+  if (dir != "denoise" && dir != "noise")
+    throw Error("--direction: expected denoise or noise, got '" + dir + "'" + did_you_mean(dir, {"denoise", "noise"}));
+}
+
 namespace {
+
+// A layer named in --hooks (blocks.L.hook_*) must be one of the model's.
+void check_hook_layers(const std::vector<HookSpec>& specs, const ModelConfig& cfg) {
+  for (const HookSpec& h : specs)
+    if (h.layer >= cfg.num_hidden_layers)
+      throw Error("--hooks: blocks." + std::to_string(h.layer) + "." + hook_tl_name(h.hook) + ": layer " +
+                  std::to_string(h.layer) + " is outside the model's " + std::to_string(cfg.num_hidden_layers) +
+                  " layers (0-" + std::to_string(cfg.num_hidden_layers - 1) + ")");
+}
 
 // --method: a comma-separated list of attribution, atp-star, activation (or both, all).
 void parse_methods(const std::string& list, ExperimentOptions& opt) {
@@ -66,7 +82,7 @@ void parse_methods(const std::string& list, ExperimentOptions& opt) {
     else if (item == "all") opt.attribution = opt.activation = opt.atp_star = true;
     else
       throw Error("--method: expected attribution, atp-star, activation, both or all (comma-separated), got '" +
-                  item + "'");
+                  item + "'" + did_you_mean(item, {"attribution", "atp-star", "activation", "both", "all"}));
     any = true;
   }
   if (!any) throw Error("--method: no method given");
@@ -76,8 +92,14 @@ int cmd_run(const Args& a) {
   if (!a.positional().empty()) throw Error("unexpected argument '" + a.positional()[0] + "'");
   ExperimentOptions opt;
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
+  // TransformerLens names with a layer (blocks.3.hook_resid_pre) name that layer: checked against
+  // the config below (the sweep itself still covers every layer).
+  std::vector<HookSpec> hook_specs;
   if (a.has("hooks")) {
-    opt.hooks = parse_hook_list(a.get("hooks", ""));
+    hook_specs = parse_hook_spec_list(a.get("hooks", ""));
+    opt.hooks.clear();
+    for (const HookSpec& h : hook_specs)
+      if (std::find(opt.hooks.begin(), opt.hooks.end(), h.hook) == opt.hooks.end()) opt.hooks.push_back(h.hook);
     if (opt.hooks.empty()) throw Error("--hooks: no hook given");
   }
   parse_methods(a.get("method", "both"), opt);
@@ -91,7 +113,7 @@ int cmd_run(const Args& a) {
   }
   check_methods(opt);
   const std::string dir = a.get("direction", "denoise");
-  if (dir != "denoise" && dir != "noise") throw Error("--direction: expected denoise or noise, got '" + dir + "'");
+  check_direction(dir);
   opt.noising = dir == "noise";
   opt.metric = parse_metric(a.get("metric", "logit-diff"));
   check_bos_flags(a);
@@ -105,7 +127,8 @@ int cmd_run(const Args& a) {
   opt.mix = !a.has("no-mix");
   opt.recompute = a.get("recompute", "auto");
   if (opt.recompute != "auto" && opt.recompute != "on" && opt.recompute != "off")
-    throw Error("--recompute: expected auto, on or off, got '" + opt.recompute + "'");
+    throw Error("--recompute: expected auto, on or off, got '" + opt.recompute + "'" +
+                did_you_mean(opt.recompute, {"auto", "on", "off"}));
   if (a.has("positions") && opt.positions.empty()) throw Error("--positions: no position given");
   Comm& comm = Comm::world();
   opt.log = [&comm](const std::string& s) {
@@ -116,6 +139,29 @@ int cmd_run(const Args& a) {
   const std::string out = a.get("out", "out");
   opt.checkpoint_out = out;
   opt.resume = a.has("resume");
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Model> m;
+  const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
+  // Everything that can be checked without the weights is, before any is read: config.json's
+  // architecture, the tokenizer, the pairs file and every prompt and answer's tokens.
+  comm.agree_on([&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    m = load_model_meta(model_dir);
+    opt.add_bos = bos_option(a, m->tok);
+    check_hook_layers(hook_specs, m->cfg);
+    const ExperimentInputs in = check_experiment_inputs(*m, opt);
+    char took[160];
+    std::snprintf(took, sizeof took, "checked %zu pairs (longest prompt %d tokens) against config.json and the "
+                  "tokenizer in %.2f s", in.pairs.size(), in.T,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    opt.log(took);
+    for (const HookSpec& h : hook_specs)
+      if (h.layer >= 0) {
+        opt.log("--hooks blocks." + std::to_string(h.layer) + "." + hook_tl_name(h.hook) + ": every layer of " +
+                hook_name(h.hook) + " is patched (a layer in a hook name does not restrict the sweep)");
+        break;
+      }
+  });
   // The output directory is rank 0's alone; every rank learns whether it is usable.
   std::string err;
   if (comm.root()) {
@@ -128,17 +174,12 @@ int cmd_run(const Args& a) {
     }
   }
   comm.agree(err);
-  std::unique_ptr<Backend> be;
-  std::unique_ptr<Model> m;
-  const std::string model_dir = a.get("model", default_path("data/models/tiny-temporal-phi3"));
   int code = 2;
-  err.clear();
   try {
     be = make_backend(a.get("device", "auto"), a.has("fp32"));
     opt.log("loading " + model_dir + " on " + be->name());
     const auto t_load = std::chrono::steady_clock::now();
-    m = load_model(*be, model_dir);
-    opt.add_bos = bos_option(a, m->tok);
+    load_weights(*be, *m);
     char took[96];
     std::snprintf(took, sizeof took, "loaded %.0f MiB of weights in %.2f s", m->w.bytes / 1048576.0,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
@@ -199,11 +240,9 @@ int cmd_run(const Args& a) {
 
 int cmd_forward(const Args& a) {
   check_bos_flags(a);
-  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
-  const auto t_load = std::chrono::steady_clock::now();
-  auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
-  std::cerr << "[phi3patch] loaded " << (m->w.bytes >> 20) << " MiB of weights in "
-            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count() << " s" << std::endl;
+  std::unique_ptr<Backend> be;  // declared before the model: its weights are freed through it
+  // The config, tokenizer and pairs are checked before any weight is read.
+  auto m = load_model_meta(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
   check_tokenizable(pairs, m->tok, pairs_file);
@@ -213,6 +252,11 @@ int cmd_forward(const Args& a) {
   const bool mix = !a.has("no-mix");
   check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size, mix);
   PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos, mix);
+  be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  const auto t_load = std::chrono::steady_clock::now();
+  load_weights(*be, *m);
+  std::cerr << "[phi3patch] loaded " << (m->w.bytes >> 20) << " MiB of weights in "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count() << " s" << std::endl;
   ForwardOptions fo;
   fo.keep_pattern = false;
   ForwardState clean = forward(*be, *m, pb.clean, fo), corrupted = forward(*be, *m, pb.corrupted, fo);
@@ -238,10 +282,13 @@ int cmd_tokenize(const Args& a) {
 }
 
 int cmd_accuracy(const Args& a) {
-  auto be = make_backend(a.get("device", "auto"), a.has("fp32"));
-  auto m = load_model(*be, a.get("model", default_path("data/models/tiny-temporal-phi3")));
+  std::unique_ptr<Backend> be;  // declared before the model: its weights are freed through it
+  auto m = load_model_meta(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   const std::string split = a.get("split", "heldout");
-  auto r = dataset_accuracy(*be, *m, a.get("dataset", default_path("data/raw/temporal_scope_caa.json")), split);
+  const AccuracyItems items = accuracy_items(*m, a.get("dataset", default_path("data/raw/temporal_scope_caa.json")), split);
+  be = make_backend(a.get("device", "auto"), a.has("fp32"));
+  load_weights(*be, *m);
+  auto r = dataset_accuracy(*be, *m, items);
   std::cout << split << " accuracy: " << r.correct << "/" << r.items << " = " << r.accuracy() * 100 << "%\n";
   return 0;
 }
@@ -261,10 +308,36 @@ int run_command(const std::string& cmd, int argc, char** argv, int first) {
     return 0;
   }
   const CommandSpec& spec = command_spec(cmd);
-  const Args a(argc, argv, first, spec.options, spec.flags);
+  // An option no name of this command is close to, that another command takes: say which.
+  auto parse = [&]() -> Args {
+    try {
+      return Args(argc, argv, first, spec.options, spec.flags);
+    } catch (const Error& e) {
+      const std::string msg = e.what(), pre = "unknown option '--";
+      if (msg.rfind(pre, 0) != 0 || msg.find("did you mean") != std::string::npos) throw;
+      const std::string name = msg.substr(pre.size(), msg.find('\'', pre.size()) - pre.size());
+      std::string others;
+      for (const CommandSpec& c : command_specs())
+        if (c.options.count(name) || c.flags.count(name)) others += (others.empty() ? "" : ", ") + c.name;
+      if (others.empty()) throw;
+      throw Error("unknown option '--" + name + "' for " + spec.name + " (an option of " + others + "; see phi3patch " +
+                  spec.name + " --help)");
+    }
+  };
+  Args a = parse();
   if (a.has("help")) {
     std::cout << spec.usage;
     return 0;
+  }
+  // --model: a directory, a Hugging Face cache folder, or a hub id in the local cache
+  // (org/name[@revision]), resolved here for every command.
+  if (spec.options.count("model") && a.has("model")) {
+    const std::string given = a.get("model", "");
+    const std::string dir = resolve_model_dir(given);
+    if (dir != given) {
+      if (Comm::world().root()) std::cerr << "[phi3patch] model " << given << " \u2192 " << dir << std::endl;
+      a.set("model", dir);
+    }
   }
   return impl.at(spec.name)(a);
 }

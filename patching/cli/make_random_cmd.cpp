@@ -11,6 +11,7 @@
 #include "model/weights.h"
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/safetensors.h"
@@ -55,8 +56,11 @@ int cmd_make_random(const Args& a) {
   if (file_exists(path_join(out, "config.json")) && !a.has("force"))
     throw Error("make-random: '" + out + "' already holds a checkpoint; pass --force to overwrite");
   const std::string dtype = a.get("dtype", "bf16");
-  if (dtype != "bf16" && dtype != "f32") throw Error("--dtype: expected bf16 or f32, got '" + dtype + "'");
-  nlohmann::json cj = config_like(a.get("like", "phi-3-mini"), a.get_int("layers", 0));
+  if (dtype != "bf16" && dtype != "f32")
+    throw Error("--dtype: expected bf16 or f32, got '" + dtype + "'" + did_you_mean(dtype, {"bf16", "f32"}));
+  // The default is the smallest shape (tiny: 4 layers, d=64, under 1 MiB); a real model's shape
+  // writes gigabytes (phi-3-mini: 7.6 GB).
+  nlohmann::json cj = config_like(a.get("like", "tiny"), a.get_int("layers", 0));
   cj["torch_dtype"] = dtype == "bf16" ? "bfloat16" : "float32";
   ModelConfig cfg = parse_config_json(cj.dump(), "generated config");
   make_dirs(out);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "patching/cli/commands.h"
+#include "runtime/closest_name.h"
 #include "runtime/error.h"
 
 namespace phi3 {
@@ -155,7 +156,9 @@ nlohmann::json config_like(const std::string& like, int layers_override) {
   if (j.is_null())
     for (const Shape& s : shapes())
       if (like == s.name) j = shape_config(s);
-  if (j.is_null()) throw Error("--like: expected one of " + like_shapes() + ", got '" + like + "'");
+  if (j.is_null())
+    throw Error("--like: unknown shape '" + like + "'" + did_you_mean(like, like_shape_names()) + " (expected one of " +
+                like_shapes() + ")");
   if (layers_override > 0) j["num_hidden_layers"] = layers_override;
   return j;
 }

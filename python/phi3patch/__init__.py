@@ -1,8 +1,8 @@
-"""phi3patch: activation and attribution patching on Phi-3, Qwen2/2.5, Qwen3, Llama 3.x and
-Mistral checkpoints, with the C++/CUDA engine in-process.
+"""phi3patch: activation and attribution patching on Phi-3, Qwen2/2.5, Qwen3, Llama 3.x,
+Mistral and Gemma 2 checkpoints, with the C++/CUDA engine in-process.
 
     import phi3patch
-    m = phi3patch.load("path/to/checkpoint")          # or phi3patch.load() for the embedded model
+    m = phi3patch.load("microsoft/Phi-3-mini-4k-instruct")   # a hub id (HF cache), a directory, or None: the embedded model
     r = m.patch(pairs, hooks=["resid_pre", "attn_out"], methods=["attribution", "activation"])
     r.frame("resid_pre", "attribution")               # a pandas DataFrame, layers x positions
 
@@ -13,7 +13,8 @@ from ._core import Error, OutOfMemoryError
 from ._model import Model, load, embedded_model_dir, seed_pairs_file
 from ._result import PatchResult
 from ._circuit import CircuitResult
-from .seed import AttributionPatching
+from . import patching_algorithms
+from .patching_algorithms import ActivationPatching, AttributionPatching
 
 __all__ = [
     "load",
@@ -21,6 +22,8 @@ __all__ = [
     "PatchResult",
     "CircuitResult",
     "AttributionPatching",
+    "ActivationPatching",
+    "patching_algorithms",
     "Error",
     "OutOfMemoryError",
     "embedded_model_dir",

@@ -50,6 +50,27 @@ class CircuitResult:
         """The chosen circuit: k, edges after pruning, faithfulness, its nodes and edges."""
         return dict(self.to_dict()["circuit"])
 
+    def plot(self, kind: str = "faithfulness"):
+        """A plotly figure: 'faithfulness' (the curve over the number of edges kept, log x) or
+        'scores' (every edge's score, upstream x downstream, RdBu centred at 0)."""
+        from ._plot import heatmap, plotly_express
+        from ._names import did_you_mean
+        if kind == "faithfulness":
+            import pandas as pd  # type: ignore
+            px = plotly_express()
+            curve = pd.DataFrame(self.faithfulness)
+            d = self.to_dict()
+            return px.line(curve, x="edges_after_pruning", y="faithfulness", log_x=True, markers=True,
+                           title=f"faithfulness of the top-k circuits ({d['method']}, {d['graph']['edges']} edges)",
+                           labels={"edges_after_pruning": "edges kept (after pruning)",
+                                   "faithfulness": "faithfulness (1 = full model)"})
+        if kind == "scores":
+            s = np.where(self.edge_exists(), self.scores(), np.nan)
+            return heatmap(s, self.upstream, self.downstream, f"{self.to_dict()['method']} edge scores",
+                           "score", y_title="upstream", x_title="downstream")
+        raise ValueError(f"kind: expected 'faithfulness' or 'scores', got {kind!r}"
+                         f"{did_you_mean(kind, ('faithfulness', 'scores'))}")
+
     def to_dict(self) -> Dict[str, Any]:
         if self._dict is None:
             self._dict = json.loads(self._r.json())

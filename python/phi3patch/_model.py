@@ -2,12 +2,17 @@
 needed (the engine keeps the weights on its device between calls)."""
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
+from ._cache import ActivationCache
 from ._circuit import CircuitResult
+from ._hub import resolve as resolve_model
+from ._names import checked_kwargs, did_you_mean, parse_hook
+from ._names import did_you_mean as _did_you_mean
+from ._errors import python_words
 from ._pairs import pairs_text
 from ._paths import data_path
 from ._progress import ProgressArg, make_progress
@@ -59,8 +64,46 @@ def _methods(methods: Any) -> Tuple[bool, bool, bool]:
         elif s in _METHODS:
             out.add(s)
         else:
-            raise ValueError(f"methods: expected attribution, atp-star, activation, both or all, got '{s}'")
+            raise ValueError(f"methods: expected attribution, atp-star, activation, both or all, got '{s}'"
+                             f"{did_you_mean(s, _METHODS + ('both', 'all'))}")
     return "attribution" in out, "activation" in out, "atp-star" in out
+
+
+def _hooks(hooks: Any) -> Tuple[List[str], List[int]]:
+    """Short hook names (deduplicated, in order) and the layers named by TransformerLens names
+    ('blocks.3.hook_resid_pre' names layer 3)."""
+    known = list(_core.hook_names())
+    out: List[str] = []
+    layers: List[int] = []
+    for item in _str_list("hooks", hooks):
+        for name in [x.strip() for x in item.split(",") if x.strip()]:
+            short, layer = parse_hook(name, known)
+            if short not in out:
+                out.append(short)
+            if layer is not None and layer not in layers:
+                layers.append(layer)
+    if not out:
+        raise ValueError("hooks: no hook given")
+    return out, layers
+
+
+def _int_list(name: str, v: Any) -> str:
+    """A position or layer list as the command line takes it: "1500:1600,-1" or a list of ints."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (list, tuple, range)) and all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in v):
+        return ",".join(str(int(p)) for p in v)
+    raise TypeError(f"{name}: expected a string like '1:3,-1' (half-open ranges, negatives from the end) or a list "
+                    f"of ints, got {v!r}")
+
+
+def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: expected {', '.join(repr(a) for a in allowed)}, got {value!r}"
+                         f"{did_you_mean(value, allowed) if isinstance(value, str) else ''}")
+    return value
 
 
 def _int(name: str, v: Any, lo: int = 0) -> int:
@@ -93,6 +136,11 @@ class Model:
         return self._e.dir
 
     @property
+    def source(self) -> str:
+        """What the name given to load() resolved to (a hub id's cache snapshot, ...), or the directory."""
+        return getattr(self, "_source", self._e.dir)
+
+    @property
     def device(self) -> str:
         """The backend, e.g. 'cpu (openblas, 2 threads)' or the GPU's name."""
         return self._e.device
@@ -117,10 +165,12 @@ class Model:
         return {"ids": list(ids), "pieces": list(pieces), "text": decoded}
 
     # ---- patching ---------------------------------------------------------------------------
+    @checked_kwargs({"method": "methods", "hook": "hooks"})
     def patch(self, pairs: Any = None, *, hooks: Union[str, Sequence[str]] = ("resid_pre", "attn_out", "mlp_out"),
               methods: Union[str, Sequence[str]] = ("attribution", "activation"), direction: str = "denoise",
               metric: str = "logit-diff", batch: int = 0, mem_budget: float = 0, verify_top: int = 0, naive: bool = False,
-              positions: Union[None, str, Sequence[int]] = None, recompute: str = "auto",
+              positions: Union[None, str, Sequence[int]] = None, layers: Union[None, str, Sequence[int]] = None,
+              mix: bool = True, recompute: str = "auto",
               bos: Optional[bool] = None, answer_first_token: bool = False, out: Optional[str] = None,
               force: bool = False, resume: bool = False, check_finite: bool = True,
               progress: ProgressArg = True) -> PatchResult:
@@ -129,9 +179,10 @@ class Model:
         pairs: a pairs file (JSON, as `phi3patch run --pairs`), a list of
             {"clean": {"question", "answer"}, "corrupted": {...}} dicts, or the seed's four lists as a
             tuple (clean_prompts, clean_answers, corrupted_prompts, corrupted_answers); None: the
-            seed's pairs. Each pair is mixed both ways, as the seed does.
+            seed's pairs. Each pair is mixed both ways, as the seed does (mix=False: as given).
         hooks: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v, pattern (+ _all_pos),
-            mlp_post. methods: attribution, atp-star, activation (or both / all).
+            mlp_post, or TransformerLens' names (hook_resid_pre, attn.hook_z, blocks.3.hook_mlp_out, ...).
+            methods (or method): attribution, atp-star, activation (or both / all), a list or one string.
         direction: denoise (clean values into the corrupted run) or noise.
         metric: at the last position, normalised (M - M_corrupted) / (M_clean - M_corrupted):
             logit-diff (logit[answer] - logit[other]), prob-diff (p[answer] - p[other]), logprob
@@ -139,6 +190,9 @@ class Model:
             (0: all). mem_budget: MiB per sweep chunk (0: automatic), and for estimates alone the
             memory a batch may use. verify_top: patch the K nodes with the largest estimate exactly.
             naive: one forward per patch (the baseline).
+        layers: only these layers (a list of ints or "0,2:4,-1"; NaN elsewhere); a TransformerLens hook
+            name with a layer ('blocks.3.hook_resid_pre') selects that layer too.
+        mix: False uses each pair as given; True (default) adds each pair swapped, as the seed does.
         positions: the exact sweep only at these positions: "1500:1600,-1" (half-open ranges, negatives
             from the end) or a list of ints; other cells are NaN (long prompts). recompute: "auto",
             "on" or "off": estimates alone keep only each layer's input and recompute the rest in the
@@ -150,38 +204,29 @@ class Model:
         """
         text, name = pairs_text(seed_pairs_file() if pairs is None else pairs)
         o = _core.PatchOptions()
-        o.hooks = _str_list("hooks", hooks)
+        o.hooks, hook_layers = _hooks(hooks)
         o.attribution, o.activation, o.atp_star = _methods(methods)
-        if direction not in ("denoise", "noise"):
-            raise ValueError(f"direction: expected 'denoise' or 'noise', got {direction!r}")
-        o.noising = direction == "noise"
-        if metric not in METRICS:
-            raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
-        o.metric = metric
+        o.noising = _choice("direction", direction, ("denoise", "noise")) == "noise"
+        o.metric = _choice("metric", metric, METRICS)
         o.batch = _int("batch", batch)
         if isinstance(mem_budget, bool) or not isinstance(mem_budget, (int, float)) or mem_budget < 0:
             raise TypeError(f"mem_budget: expected a number of MiB >= 0, got {mem_budget!r}")
         o.mem_budget_mb = float(mem_budget)
         o.verify_top = _int("verify_top", verify_top)
         if positions is not None:
-            if isinstance(positions, str):
-                o.positions = positions
-            elif isinstance(positions, (list, tuple, range)) and all(
-                    isinstance(p, int) and not isinstance(p, bool) for p in positions):
-                o.positions = ",".join(str(p) for p in positions)
-            else:
-                raise TypeError(f"positions: expected a string like '1500:1600' or a list of ints, got {positions!r}")
-        if recompute not in ("auto", "on", "off"):
-            raise ValueError(f"recompute: expected 'auto', 'on' or 'off', got {recompute!r}")
-        o.recompute = recompute
+            o.positions = _int_list("positions", positions)
+        o.recompute = _choice("recompute", recompute, ("auto", "on", "off"))
+        if layers is not None and hook_layers:
+            raise ValueError("layers: give the layers either in layers= or in the hook names ('blocks.3.hook_resid_pre'), not both")
+        if hook_layers:
+            layers = hook_layers
+        if layers is not None:
+            o.layers = _int_list("layers", layers)
+        if not mix: o.mix = False  # TEMP until no-mix lands
         o.naive = bool(naive)
         o.add_bos = _bos(bos)
         o.answer_first_token = bool(answer_first_token)
         o.check_finite = bool(check_finite)
-        known = set(_core.hook_names())
-        for h in o.hooks:
-            if h not in known:
-                raise ValueError(f"hooks: unknown hook '{h}'; expected one of {', '.join(sorted(known))}")
         if resume and out is None:
             raise ValueError("resume=True needs out= (the directory whose checkpoints to resume)")
         if out is not None:
@@ -189,7 +234,8 @@ class Model:
             _core.prepare_out(out, bool(force), bool(resume))
         cb = make_progress(progress)
         try:
-            r = _core.patch(self._e, text, name, o, cb, out or "", bool(resume))
+            with python_words():
+                r = _core.patch(self._e, text, name, o, cb, out or "", bool(resume))
         finally:
             if hasattr(cb, "close"):
                 cb.close()
@@ -198,6 +244,7 @@ class Model:
             r.save(out)
         return result
 
+    @checked_kwargs({"methods": "method"})
     def circuit(self, pairs: Any = None, *, method: str = "eap-ig", ig_steps: int = 5, direction: str = "denoise",
                 edges: Optional[int] = None, edge_grid: Optional[Iterable[int]] = None, target: float = 0.8,
                 select: str = "top-k", mem_budget: float = 0, batch: int = 0, bos: Optional[bool] = None,
@@ -207,13 +254,9 @@ class Model:
         edges evaluated exactly over a grid of k, and the faithfulness curve (`phi3patch circuit`)."""
         text, name = pairs_text(seed_pairs_file() if pairs is None else pairs)
         o = _core.CircuitOptions()
-        if method not in ("eap", "eap-ig"):
-            raise ValueError(f"method: expected 'eap' or 'eap-ig', got {method!r}")
-        o.ig = method == "eap-ig"
+        o.ig = _choice("method", method, ("eap", "eap-ig")) == "eap-ig"
         o.ig_steps = _int("ig_steps", ig_steps, 1)
-        if direction not in ("denoise", "noise"):
-            raise ValueError(f"direction: expected 'denoise' or 'noise', got {direction!r}")
-        o.noising = direction == "noise"
+        o.noising = _choice("direction", direction, ("denoise", "noise")) == "noise"
         if edges is not None:
             o.edges = _int("edges", edges)
         if edge_grid is not None:
@@ -221,9 +264,7 @@ class Model:
         if isinstance(target, bool) or not isinstance(target, (int, float)):
             raise TypeError(f"target: expected a number, got {type(target).__name__}")
         o.target = float(target)
-        if select not in ("top-k", "greedy"):
-            raise ValueError(f"select: expected 'top-k' or 'greedy', got {select!r}")
-        o.greedy = select == "greedy"
+        o.greedy = _choice("select", select, ("top-k", "greedy")) == "greedy"
         o.mem_budget_mb = float(mem_budget)
         o.batch = _int("batch", batch)
         o.add_bos = _bos(bos)
@@ -233,7 +274,8 @@ class Model:
             _core.prepare_circuit_out(out, bool(force))
         cb = make_progress(progress)
         try:
-            r = _core.circuit(self._e, text, name, o, cb)
+            with python_words():
+                r = _core.circuit(self._e, text, name, o, cb)
         finally:
             if hasattr(cb, "close"):
                 cb.close()
@@ -243,22 +285,73 @@ class Model:
         return result
 
     # ---- activations and the metric ---------------------------------------------------------
-    def run_with_cache(self, prompts: Union[str, Sequence[str]], names: Union[str, Sequence[str]] = (),
-                       bos: Optional[bool] = None) -> Tuple[Any, Dict[str, Any]]:
+    @checked_kwargs({"names": "names_filter"})
+    def run_with_cache(self, prompts: Union[str, Sequence[str]],
+                       names_filter: Union[None, str, Sequence[str], Callable[[str], bool]] = None,
+                       bos: Optional[bool] = None) -> Tuple[Any, ActivationCache]:
         """One forward pass of `prompts` (left-padded to one length, positions starting at each row's
-        first token): (logits [B, T, vocab], {name: activation}) for TransformerLens hook names such as
-        'blocks.3.hook_resid_pre', 'blocks.0.attn.hook_z' [B, T, H, d_head], 'blocks.1.attn.hook_pattern'
-        [B, H, T, T], 'blocks.2.mlp.hook_post' [B, T, d_mlp]. On the CPU the arrays are read-only numpy
-        views of the engine's buffers; on CUDA torch tensors on the GPU through DLPack (no copy; numpy's
-        from_dlpack cannot read device memory). Either keeps the pass alive as long as it is used."""
+        first token), as TransformerLens' run_with_cache: (logits [B, T, vocab], cache).
+
+        names_filter: None caches every hook (as TransformerLens does), or a name, a list of names or
+            a predicate on names; a block hook without a layer ("resid_pre", "attn.hook_z") means every layer's.
+            Names are TransformerLens': 'hook_embed', 'blocks.3.hook_resid_pre'
+            (_mid, _post), 'blocks.3.hook_attn_out', 'blocks.3.hook_mlp_out', 'blocks.0.attn.hook_q'
+            [B, T, H, d_head] (k, v [B, T, KVH, d_head]; rot_q, rot_k after rotary),
+            'blocks.0.attn.hook_z', 'blocks.1.attn.hook_attn_scores' and 'blocks.1.attn.hook_pattern'
+            [B, H, T, T], 'blocks.2.mlp.hook_post' [B, T, d_mlp], 'ln_final.hook_normalized'.
+        The cache is a dict (cache['resid_pre', 3] works too) with cache.tokens [B, T], cache.pad [B]
+        (left-pad count) and cache.str_tokens beside it. On the CPU the engine's activations are
+        read-only numpy views of its buffers; on CUDA torch tensors on the GPU through DLPack (no copy).
+        Either keeps the pass alive as long as it is used. hook_embed is the embedding as the residual
+        stream receives it (blocks.0.hook_resid_pre); ln_final.hook_normalized (x / rms(x), before the
+        weight) and the attention scores are computed from the cached values."""
+        from . import _cache
         prompts = _str_list("prompts", prompts)
-        names = _str_list("names", names)
-        d = _core.run_with_cache(self._e, prompts, names, _bos(bos))
+        wanted = _cache.select(names_filter, self.n_layers)
+        need = set(n for n in wanted if not n.endswith(_cache.DERIVED))
+        last = f"blocks.{self.n_layers - 1}.hook_resid_post"
+        for n in wanted:
+            if n == "hook_embed":
+                need.add("blocks.0.hook_resid_pre")
+            elif n == "ln_final.hook_normalized":
+                need.add(last)
+            elif n.endswith("attn.hook_attn_scores"):
+                need.update({n.replace("hook_attn_scores", "hook_rot_q"), n.replace("hook_attn_scores", "hook_rot_k")})
+        with python_words():
+            d = _core.run_with_cache(self._e, prompts, sorted(need), _bos(bos))
         conv = self._from_device if self._e.on_cuda else (lambda a: a)
-        cache = {n: conv(d[n]) for n in names}
-        cache["pad"] = d["pad"]
-        cache["tokens"] = d["tokens"]
-        return conv(d["logits"]), cache
+        raw = {n: conv(d[n]) for n in need}
+        pad = d["pad"]
+        acts = {}
+        for n in wanted:
+            if n == "hook_embed":
+                acts[n] = raw["blocks.0.hook_resid_pre"]
+            elif n == "ln_final.hook_normalized":
+                acts[n] = _cache.normalized(raw[last], self._e.rms_norm_eps)
+            elif n.endswith("attn.hook_attn_scores"):
+                layer = int(n.split(".")[1])
+                scale, softcap, window = self._e.attn_params(layer)
+                acts[n] = _cache.attn_scores(raw[n.replace("hook_attn_scores", "hook_rot_q")],
+                                             raw[n.replace("hook_attn_scores", "hook_rot_k")], pad, scale, softcap, window)
+            else:
+                acts[n] = raw[n]
+        tokens = d["tokens"]
+        str_tokens = [[self._e.label(int(t)) for t in row] for row in tokens]
+        return conv(d["logits"]), _cache.ActivationCache(acts, tokens, pad, str_tokens)
+
+    def to_str_tokens(self, text: str, bos: Optional[bool] = None) -> List[str]:
+        """The tokens of `text` as strings (TransformerLens' to_str_tokens; BOS as the tokenizer adds it)."""
+        return self.tokenize(text, bos)["pieces"]
+
+    @property
+    def cfg(self) -> Any:
+        """TransformerLens-style config: n_layers, d_model, n_heads, n_key_value_heads, d_head, d_mlp,
+        d_vocab, n_ctx, architecture (attributes); config has config.json itself."""
+        from types import SimpleNamespace
+        e = self._e
+        return SimpleNamespace(n_layers=e.n_layers, d_model=e.d_model, n_heads=e.n_heads, n_key_value_heads=e.n_kv_heads,
+                               d_head=e.d_head, d_mlp=e.d_mlp, d_vocab=e.vocab_size, n_ctx=e.n_ctx,
+                               architecture=e.architecture, family=e.family, device=e.device)
 
     @staticmethod
     def _from_device(a: Any) -> Any:
@@ -276,18 +369,29 @@ class Model:
                                 _str_list("others", others), _bos(bos))
 
 
-def load(model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str = "auto", dtype: str = "bf16") -> Model:
-    """Loads a checkpoint directory (config.json, safetensors, tokenizer) once.
+def load(model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str = "auto", dtype: str = "bf16",
+         *, download: bool = True, verbose: bool = True) -> Model:
+    """Loads a checkpoint once.
 
-    model_dir: None for the embedded model. device: 'auto' (CUDA when a GPU is visible), 'cpu', 'cuda'.
+    model_dir: a checkpoint directory (config.json, safetensors, tokenizer); a Hugging Face hub id
+        'org/name' or 'org/name@revision', read from the local Hugging Face cache ($HF_HUB_CACHE,
+        $HF_HOME/hub or ~/.cache/huggingface/hub) or, where huggingface_hub is installed and
+        download=True, downloaded (only the files the engine reads); a cache repo folder
+        (.../models--org--name); a TransformerLens name such as 'phi-3'; None or 'embedded' for
+        the small model embedded in the project. What a name resolved to is printed (verbose=True)
+        and kept in Model.source.
+    device: 'auto' (CUDA when a GPU is visible), 'cpu', 'cuda'.
     dtype: the weights on CUDA, 'bf16' (default) or 'fp32'; the CPU always computes in fp32.
     """
-    if model_dir is None:
-        model_dir = embedded_model_dir()
-    if not isinstance(model_dir, (str, os.PathLike)):
-        raise TypeError(f"model_dir: expected a directory path, got {type(model_dir).__name__}")
+    if model_dir is not None and not isinstance(model_dir, (str, os.PathLike)):
+        raise TypeError(f"model_dir: expected a directory path or a hub id, got {type(model_dir).__name__}")
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}{_did_you_mean(device, ('auto', 'cpu', 'cuda'))}")
     if dtype not in ("bf16", "fp32"):
-        raise ValueError(f"dtype: expected 'bf16' or 'fp32', got {dtype!r}")
-    return Model(_core.load(os.fspath(model_dir), device, dtype == "fp32"))
+        raise ValueError(f"dtype: expected 'bf16' or 'fp32', got {dtype!r}{_did_you_mean(dtype, ('bf16', 'fp32'))}")
+    where = resolve_model(model_dir, download=download)
+    if where.how and verbose:
+        print(f"phi3patch: model {where.how}")
+    model = Model(_core.load(where.dir, device, dtype == "fp32"))
+    model._source = where.how or where.dir
+    return model

@@ -14,6 +14,11 @@ def _pandas():
     return pd
 
 
+def hook_positions(cols: List[str]) -> bool:
+    """Whether column labels are positions ('index:token'), not heads."""
+    return bool(cols) and all(":" in c for c in cols)
+
+
 class PatchResult:
     """What one Model.patch call computed. Matrices are normalized metrics (1 = clean, 0 =
     corrupted): rows are layers (or layer/head), columns positions (labelled 'index:token')."""
@@ -90,20 +95,67 @@ class PatchResult:
             raise ValueError(f"{hook} {e['method']}: no per-prompt values (only exact methods have them)")
         return np.array(e["per_prompt_std"], dtype=np.float64)
 
-    def top(self, hook: str, method: Optional[str] = None, k: int = 10) -> List[Dict[str, Any]]:
-        """The k components with the largest |value|: [{'row', 'col', 'value'}, ...]."""
-        m = self.matrix(hook, method)
-        rows, cols = self.rows(hook, method), self.cols(hook, method)
-        flat = np.where(np.isnan(m), -np.inf, np.abs(m)).ravel()
-        order = np.argsort(-flat, kind="stable")[:k]
-        return [{"row": rows[i // m.shape[1]], "col": cols[i % m.shape[1]], "value": float(m.flat[i])}
-                for i in order if np.isfinite(flat[i])]
+    def top(self, hook: Optional[str] = None, method: Optional[str] = None, k: int = 10):
+        """The k components with the largest |value| as a DataFrame (hook, method, row, col, value),
+        largest first: of one hook, or with hook=None of every hook (of `method`; default: the exact
+        method where it ran, else the only one)."""
+        pd = _pandas()
+        hooks = [hook] if hook is not None else self.hooks
+        if method is None and hook is None:
+            method = "activation" if "activation" in self.methods else None
+            if method is None and len(self.methods) > 1:
+                raise ValueError(f"method: the run has {self.methods}; name one")
+        rows = []
+        for h in hooks:
+            if hook is None and method is not None and (h, method) not in self._index:
+                continue
+            m = self.matrix(h, method)
+            mname = self.keys()[self._i(h, method)][1]
+            rl, cl = self.rows(h, method), self.cols(h, method)
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    if np.isfinite(m[i, j]):
+                        rows.append((h, mname, rl[i], cl[j], float(m[i, j])))
+        rows.sort(key=lambda r: -abs(r[4]))  # stable: ties keep the matrix order
+        return pd.DataFrame(rows[:k], columns=["hook", "method", "row", "col", "value"])
+
+    def plot(self, hook: Optional[str] = None, method: Optional[str] = None, *, share_scale: bool = True,
+             readable: bool = True):
+        """A plotly heatmap of one (hook, method) matrix as the seed draws it (RdBu, centred at 0):
+        rows layers (or layer.head), columns positions ("28 ':'"), labels HTML-escaped, the colour
+        bar naming the metric and direction. share_scale: one symmetric colour range for every
+        method of the hook (attribution and exact side by side read alike). hook None: the only
+        hook of the run."""
+        from ._plot import heatmap, readable_position
+        if hook is None:
+            if len(self.hooks) != 1:
+                raise ValueError(f"hook: the run has {self.hooks}; name one")
+            hook = self.hooks[0]
+        i = self._i(hook, method)
+        mname = self.keys()[i][1]
+        zmax = None
+        if share_scale:
+            mats = [self.matrix(hook, m) for h, m in self.keys() if h == hook]
+            zmax = max(float(np.nanmax(np.abs(x))) if np.isfinite(x).any() else 0.0 for x in mats)
+        cols = self.cols(hook, mname)
+        if readable and hook_positions(cols):
+            cols = [readable_position(c) for c in cols]
+        d = self.to_dict()
+        direction = d.get("direction", "denoise")
+        metric = d["metric"]["name"]
+        label = f"{metric}, normalised<br>(1 = clean, 0 = corrupted)<br>{direction}"
+        titles = {"attribution": "attribution patching (AtP)", "atp-star": "AtP*", "activation": "activation patching (exact)"}
+        rows = self.rows(hook, mname)
+        y_title = "layer.head" if rows and "." in str(rows[0]) else "layer"
+        return heatmap(self.matrix(hook, mname), rows, cols, f"{hook}: {titles.get(mname, mname)}", label, zmax,
+                       y_title=y_title, x_title="position" if hook_positions(self.cols(hook, mname)) else "head")
 
     # ---- the run as a whole -----------------------------------------------------------------
     @property
-    def correlations(self) -> List[Dict[str, Any]]:
-        """Pearson / Spearman of attribution vs activation per hook (both methods run)."""
-        return list(self.to_dict().get("attribution_vs_activation", []))
+    def correlations(self):
+        """Pearson / Spearman of attribution vs activation per hook (both methods run), a DataFrame
+        (one row per hook; to_dict()['attribution_vs_activation'] has the same as dicts)."""
+        return _pandas().DataFrame(self.to_dict().get("attribution_vs_activation", []))
 
     @property
     def estimate_quality(self) -> List[Dict[str, Any]]:

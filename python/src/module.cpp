@@ -391,6 +391,7 @@ NB_MODULE(_core, mod) {
       .def_prop_ro("vocab_size", [](const Engine& e) { return e.core->m->cfg.vocab_size; })
       .def_prop_ro("n_ctx", [](const Engine& e) { return e.core->m->cfg.max_position_embeddings; })
       .def_prop_ro("pad_token_id", [](const Engine& e) { return e.core->m->cfg.pad_token_id; })
+      .def_prop_ro("bos_id", [](const Engine& e) { return e.core->m->tok.bos_id(); })
       .def_prop_ro("bos_by_default", [](const Engine& e) { return e.core->m->tok.bos_by_default(); })
       .def_prop_ro("tokenizer_kind", [](const Engine& e) { return e.core->m->tok.kind(); })
       .def(
@@ -404,6 +405,21 @@ NB_MODULE(_core, mod) {
           },
           "text"_a, "add_bos"_a = -1)
       .def("label", [](const Engine& e, int id) { return e.core->m->tok.label(id); }, "id"_a)
+      .def(
+          "attn_params",
+          [](const Engine& e, int layer) {
+            const Model& m = *e.core->m;
+            if (layer < 0 || layer >= m.cfg.num_hidden_layers)
+              throw Error("layer " + std::to_string(layer) + ": the model has " +
+                          std::to_string(m.cfg.num_hidden_layers) + " layers");
+            const AttnParams ap = attention_params(m, 1, layer);
+            return std::make_tuple(ap.scale, ap.softcap, ap.window);
+          },
+          "layer"_a, "(score scale, soft-cap (0: none), sliding window (0: none)) of a layer's attention.")
+      .def_prop_ro("rms_norm_eps", [](const Engine& e) { return e.core->m->cfg.rms_norm_eps; })
+      .def(
+          "answer_token", [](const Engine& e, const std::string& word) { return e.core->m->tok.answer_token(word); },
+          "word"_a, "The token id an answer word is compared by (the word after a space); an error when it is not one token.")
       .def("decode", [](const Engine& e, const std::vector<int>& ids) { return e.core->m->tok.decode(ids); }, "ids"_a);
   mod.def("load", &load, "dir"_a, "device"_a = "auto", "fp32"_a = false);
 
@@ -437,6 +453,24 @@ NB_MODULE(_core, mod) {
       .def_prop_ro("count", [](const ExperimentResult& R) { return R.results.size(); })
       .def_prop_ro("wall_seconds", [](const ExperimentResult& R) { return R.wall_seconds; },
                    "Seconds the engine's run took (run_experiment, in C++).")
+      .def(
+          "batch_rows",
+          [](const ExperimentResult& R) {
+            // Per prompt row, over all batches: the padded clean / corrupted texts and the top-3
+            // tokens at the last position ((piece, id, logit) each), as the CLI prints them.
+            using Top = std::vector<std::tuple<std::string, int, float>>;
+            auto tops = [](const std::vector<TopToken>& t) {
+              Top out;
+              for (const auto& x : t) out.emplace_back(x.piece, x.id, x.logit);
+              return out;
+            };
+            std::vector<std::tuple<std::string, std::string, Top, Top>> rows;
+            for (const auto& b : R.batches)
+              for (size_t i = 0; i < b.clean_padded.size(); ++i)
+                rows.emplace_back(b.clean_padded[i], b.corrupted_padded[i], tops(b.clean_top[i]), tops(b.corrupted_top[i]));
+            return rows;
+          },
+          "(clean padded text, corrupted padded text, clean top-3, corrupted top-3) per prompt row.")
       .def("hook", [](const ExperimentResult& R, size_t i) { return hook_name(result_at(R, i).hook); })
       .def("method", [](const ExperimentResult& R, size_t i) { return result_at(R, i).method; })
       .def("rows", [](const ExperimentResult& R, size_t i) { return result_at(R, i).rows; })

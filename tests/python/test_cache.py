@@ -32,10 +32,10 @@ def test_activations_equal_transformers_on_qwen2():
         ref = json.load(f)
     m = phi3patch.load(os.path.join(REF, "model"), device="cpu")
     acts = read_safetensors(os.path.join(REF, "reference.safetensors"), "clean.")
-    names = sorted(acts)
+    names = sorted(n for n in acts if n != "logits")  # logits are run_with_cache's first value
     logits, cache = m.run_with_cache(ref["clean_prompts"], names, bos=ref["bos"])
-    assert cache["pad"].tolist() == ref["clean_pad"]
-    assert [row[p:] for row, p in zip(cache["tokens"].tolist(), ref["clean_pad"])] == ref["clean_token_ids"]
+    assert cache.pad.tolist() == ref["clean_pad"]
+    assert [row[p:] for row, p in zip(cache.tokens.tolist(), ref["clean_pad"])] == ref["clean_token_ids"]
     checked = 0
     for n in names:
         a, b = cache[n], acts[n]
@@ -89,3 +89,65 @@ def test_logit_diff_matches_patch(model):
                           [x["other"].lstrip("▁") for x in p])
     assert ld.dtype == np.float32 and ld.shape == (len(p),)
     np.testing.assert_allclose(ld, [x["clean_logit_diff"] for x in p], rtol=0, atol=1e-5)
+
+
+def softmax_rows(s):
+    m = np.max(s, axis=-1, keepdims=True)
+    e = np.exp(s - np.where(np.isfinite(m), m, 0))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("ref_name", ["rand-qwen2-bias-swa", "rand-gemma2-softcap"])
+def test_every_hook_is_cached_and_scores_give_the_pattern(ref_name):
+    """names_filter=None caches every hook, as TransformerLens does; the attention scores (sliding
+    windows, soft-capping, pad keys masked) give the engine's pattern through a softmax, the
+    normalized final residual has unit RMS, hook_embed is the first block's input."""
+    ref_dir = os.path.join(SOURCE, "data", "reference", ref_name)
+    with open(os.path.join(ref_dir, "reference.json"), encoding="utf-8") as f:
+        ref = json.load(f)
+    m = phi3patch.load(os.path.join(ref_dir, "model"), device="cpu")
+    logits, cache = m.run_with_cache(ref["clean_prompts"], bos=ref["bos"])
+    L = m.n_layers
+    assert len(cache) == 2 + 14 * L
+    assert "pad" not in cache and "tokens" not in cache
+    assert cache.pad.tolist() == ref["clean_pad"] and cache.tokens.shape == logits.shape[:2]
+    B, T = cache.tokens.shape
+    checked = 0
+    for l in range(L):
+        s, p = cache["attn_scores", l], cache[f"blocks.{l}.attn.hook_pattern"]
+        assert s.shape == p.shape == (B, m.n_heads, T, T)
+        for b in range(B):
+            real = slice(int(cache.pad[b]), T)  # pad query rows see no key
+            np.testing.assert_allclose(softmax_rows(s[b][:, real]), p[b][:, real], rtol=0, atol=2e-6)
+            assert np.all(np.isneginf(s[b][:, real][p[b][:, real] == 0]) | (p[b][:, real][p[b][:, real] == 0] == 0))
+            checked += 1
+        assert np.isneginf(s[:, :, 0, 1:]).all()  # no query sees a later key
+    assert checked == L * B
+    if any(m.config.get("layer_types", [])) or m.config.get("sliding_window"):
+        assert any(m._e.attn_params(l)[2] > 0 for l in range(L))  # a windowed layer was among them
+    x = cache["ln_final.hook_normalized"]
+    rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1))
+    np.testing.assert_allclose(rms, 1.0, rtol=0, atol=1e-3)  # eps is tiny against these residuals
+    np.testing.assert_array_equal(cache["hook_embed"], cache["blocks.0.hook_resid_pre"])
+    np.testing.assert_array_equal(cache["resid_post", L - 1], cache[f"blocks.{L - 1}.hook_resid_post"])
+
+
+def test_names_filter_forms_and_unknown_names(model):
+    _, c = model.run_with_cache("The goal is", names_filter=lambda n: n.endswith("hook_z"))
+    assert sorted(c) == [f"blocks.{l}.attn.hook_z" for l in range(model.n_layers)]
+    _, c = model.run_with_cache("The goal is", ["resid_pre", "attn.hook_z"])  # short names: every layer
+    assert sorted(c) == sorted([f"blocks.{l}.hook_resid_pre" for l in range(model.n_layers)] +
+                               [f"blocks.{l}.attn.hook_z" for l in range(model.n_layers)])
+    _, c = model.run_with_cache("The goal is", "blocks.1.hook_resid_pre")
+    assert list(c) == ["blocks.1.hook_resid_pre"]
+    _, c = model.run_with_cache("The goal is", names=["hook_embed"])  # the old keyword still works
+    assert list(c) == ["hook_embed"]
+    with pytest.raises(ValueError, match="did you mean 'blocks.1.hook_resid_pre'"):
+        model.run_with_cache("The goal is", ["blocks.1.hook_resid_pr"])
+    with pytest.raises(KeyError, match="did you mean 'blocks.1.hook_resid_pre'"):
+        c = model.run_with_cache("The goal is", ["blocks.1.hook_resid_pre"])[1]
+        c["blocks.1.hook_resid_pr"]
+    with pytest.raises(TypeError, match="did you mean 'names_filter'"):
+        model.run_with_cache("The goal is", name_filter=["hook_embed"])
+    assert c.str_tokens[0][0] == model.to_str_tokens("The goal is")[0] == "<s>"
+    assert model.cfg.n_layers == model.n_layers and model.cfg.d_head == model.config["head_dim"]

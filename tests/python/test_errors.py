@@ -26,8 +26,8 @@ def test_wrong_types_and_values_name_the_argument(model):
         model.patch([1, 2], progress=False)
     with pytest.raises(ValueError, match="one length"):
         model.patch((["a b"], ["x"], ["c d", "e"], ["y"]), progress=False)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'hook'"):
-        model.patch(hook="resid_pre")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hoks'; did you mean 'hooks'"):
+        model.patch(hoks="resid_pre")
     with pytest.raises(ValueError, match="unknown hook 'resid'"):
         model.patch(hooks="resid", progress=False)
     with pytest.raises(ValueError, match="methods"):
@@ -47,16 +47,17 @@ def test_wrong_types_and_values_name_the_argument(model):
 def test_engine_input_errors(model):
     with pytest.raises(phi3patch.Error, match="more than the model's context"):
         model.run_with_cache(["word " * 600])
-    with pytest.raises(phi3patch.Error, match="blocks.9"):
+    with pytest.raises(phi3patch.Error, match="unknown hook name 'blocks.9.hook_resid_pre'"):
         model.run_with_cache(["The goal"], ["blocks.9.hook_resid_pre"])
-    with pytest.raises(phi3patch.Error, match="unknown activation name"):
+    with pytest.raises(phi3patch.Error, match="unknown hook name 'blocks.0.hook_nothing'"):
         model.run_with_cache(["The goal"], ["blocks.0.hook_nothing"])
     bad = [{"clean": {"question": "The goal is", "answer": "short"},
             "corrupted": {"question": "The goal was", "answer": "short"}}]
     with pytest.raises(phi3patch.Error, match="both 'short'"):
         model.patch(bad, progress=False)
-    with pytest.raises(phi3patch.Error, match="verify-top"):
+    with pytest.raises(phi3patch.Error, match="verify_top=") as e:  # the keyword, not the CLI flag
         model.patch(methods="activation", verify_top=3, progress=False)
+    assert "--" not in str(e.value)
     with pytest.raises(ValueError, match="as many"):
         model.logit_diff(["a", "b"], ["short"], ["long"])
     # Still usable after every error.

@@ -28,7 +28,7 @@ def test_default_run_equals_cli_bitwise(model, tmp_path):
     assert r.clean_logit_diff == cli["clean_logit_diff"]
     assert r.corrupted_logit_diff == cli["corrupted_logit_diff"]
     assert r.position_labels == cli["position_labels"]
-    assert r.correlations == cli["attribution_vs_activation"]
+    assert r.correlations.to_dict("records") == cli["attribution_vs_activation"]
     for e in cli["results"]:
         if e["method"] == "activation":
             np.testing.assert_array_equal(r.ci95(e["hook"]), np.array(e["ci95_halfwidth"]))
@@ -36,7 +36,7 @@ def test_default_run_equals_cli_bitwise(model, tmp_path):
             assert pp.shape == (len(e["rows"]), len(e["cols"]), 4) and pp.dtype == np.float32
             np.testing.assert_array_equal(pp, np.array(e["per_prompt_metric"], dtype=np.float32))
             top = r.top(e["hook"], "activation", 10)
-            assert [(t["row"], t["col"]) for t in top] == [(t["row"], t["col"]) for t in e["top10"]]
+            assert list(zip(top["row"], top["col"])) == [(t["row"], t["col"]) for t in e["top10"]]
 
 
 def test_options_equal_cli_bitwise(model, tmp_path):

@@ -1,0 +1,56 @@
+"""Engine errors in Python's words: the engine's messages name command-line flags
+(--answer-first-token); a Python caller reads the keyword it would pass (answer_first_token=True)."""
+import contextlib
+import re
+from typing import Iterator
+
+from . import _core
+
+# Flag -> the keyword of Model.patch / Model.circuit / phi3patch.load that sets it.
+FLAG_KEYWORDS = {
+    "--answer-first-token": "answer_first_token=True",
+    "--mem-budget": "mem_budget=",
+    "--verify-top": "verify_top=",
+    "--method": "methods=",
+    "--hooks": "hooks=",
+    "--positions": "positions=",
+    "--layers": "layers=",
+    "--recompute": "recompute=",
+    "--metric": "metric=",
+    "--direction": "direction=",
+    "--no-bos": "bos=False",
+    "--bos": "bos=True",
+    "--no-mix": "mix=False",
+    "--fp32": "dtype='fp32'",
+    "--device": "device=",
+    "--pairs": "pairs=",
+    "--batch": "batch=",
+    "--out": "out=",
+    "--force": "force=True",
+    "--resume": "resume=True",
+    "--naive": "naive=True",
+    "--edges": "edges=",
+    "--edge-grid": "edge_grid=",
+    "--ig-steps": "ig_steps=",
+    "--select": "select=",
+    "--target": "target=",
+    "--model": "load(...)",
+}
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
+
+
+def pythonic(message: str) -> str:
+    """The message with every known flag replaced by its keyword."""
+    return _FLAG.sub(lambda m: FLAG_KEYWORDS.get(m.group(0), m.group(0)), message)
+
+
+@contextlib.contextmanager
+def python_words() -> Iterator[None]:
+    try:
+        yield
+    except _core.Error as e:
+        text = str(e)
+        new = pythonic(text)
+        if new == text:
+            raise
+        raise type(e)(new) from None
