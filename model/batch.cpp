@@ -71,13 +71,20 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
       throw Error(where + ": missing key \"" + prefix + key + "\"" + note);
     };
     static const std::vector<std::string> kPairKeys = {"clean", "corrupted"};
-    static const std::vector<std::string> kSideKeys = {"question", "answer", "ids", "answer_id"};
-    auto side = [&](const char* key, std::string& q, std::string& a, std::vector<int>& ids, int& aid) {
+    static const std::vector<std::string> kSideKeys = {"question", "answer", "ids", "answer_id", "wrong", "wrong_id"};
+    auto side = [&](const char* key, std::string& q, std::string& a, std::vector<int>& ids, int& aid, std::string& w,
+                    int& wid) {
       if (!p.contains(key)) missing(p, "", key, kPairKeys, "");
       const auto& s = p[key];
       if (!s.is_object())
         throw Error(where + ": \"" + key + "\" must be an object with \"question\" and \"answer\" (or \"ids\" and " +
                     "\"answer_id\")");
+      auto token_id = [&](const char* f) {
+        const auto& v = s[f];
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+          throw Error(where + ": \"" + key + "." + f + "\" is " + v.dump() + ", not a token id");
+        return v.get<int>();
+      };
       if (s.contains("ids") || s.contains("answer_id")) {  // pre-tokenized
         if (!s.contains("ids")) missing(s, std::string(key) + ".", "ids", kSideKeys, " (it has \"answer_id\")");
         if (!s.contains("answer_id")) missing(s, std::string(key) + ".", "answer_id", kSideKeys, " (it has \"ids\")");
@@ -90,15 +97,19 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
                         ", not a token id (a non-negative integer)");
           ids.push_back(v.get<int>());
         }
-        const auto& v = s["answer_id"];
-        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
-          throw Error(where + ": \"" + key + ".answer_id\" is " + v.dump() + ", not a token id");
-        aid = v.get<int>();
-        for (auto [f, dst] : {std::pair<const char*, std::string*>{"question", &q}, {"answer", &a}}) {
+        aid = token_id("answer_id");
+        if (s.contains("wrong_id")) wid = token_id("wrong_id");
+        for (auto [f, dst] : {std::pair<const char*, std::string*>{"question", &q}, {"answer", &a}, {"wrong", &w}}) {
           if (!s.contains(f)) continue;  // optional labels
           if (!s[f].is_string()) throw Error(where + ": \"" + key + "." + f + "\" must be a string");
           *dst = s[f].get<std::string>();
         }
+        if (s.contains("wrong") && wid < 0)
+          throw Error(where + ": \"" + key + ".wrong\" labels a pre-tokenized side's wrong answer: give its id as \"" +
+                      key + ".wrong_id\"");
+        if (wid >= 0 && wid == aid)
+          throw Error(where + ": \"" + key + ".wrong_id\" and \"" + key + ".answer_id\" are both " +
+                      std::to_string(aid) + " (the logit difference needs two different tokens)");
         return;
       }
       for (const char* f : {"question", "answer"}) {
@@ -109,16 +120,34 @@ std::vector<PromptPair> parse_pairs(const std::string& text, const std::string& 
       a = s["answer"].get<std::string>();
       if (q.empty()) throw Error(where + ": \"" + key + ".question\" is empty");
       if (a.empty()) throw Error(where + ": \"" + key + ".answer\" is empty");
+      if (s.contains("wrong_id"))
+        throw Error(where + ": \"" + key + ".wrong_id\" belongs to a pre-tokenized side (with \"ids\" and " +
+                    "\"answer_id\"); a text side names its wrong answer as a word, \"" + key + ".wrong\"");
+      if (s.contains("wrong")) {
+        if (!s["wrong"].is_string()) throw Error(where + ": \"" + key + ".wrong\" must be a string");
+        w = s["wrong"].get<std::string>();
+        if (w.empty()) throw Error(where + ": \"" + key + ".wrong\" is empty");
+        if (w == a)
+          throw Error(where + ": \"" + key + ".wrong\" and \"" + key + ".answer\" are both '" + a +
+                      "' (the logit difference needs two different answers)");
+      }
     };
     PromptPair pp;
-    side("clean", pp.clean, pp.clean_answer, pp.clean_ids, pp.clean_answer_id);
-    side("corrupted", pp.corrupted, pp.corrupted_answer, pp.corrupted_ids, pp.corrupted_answer_id);
-    if (pp.clean_answer_id >= 0 && pp.clean_answer_id == pp.corrupted_answer_id)
+    side("clean", pp.clean, pp.clean_answer, pp.clean_ids, pp.clean_answer_id, pp.clean_wrong, pp.clean_wrong_id);
+    side("corrupted", pp.corrupted, pp.corrupted_answer, pp.corrupted_ids, pp.corrupted_answer_id, pp.corrupted_wrong,
+         pp.corrupted_wrong_id);
+    // Without a "wrong" answer on either side each side's wrong answer is the other's answer.
+    const bool no_wrong = !pp.clean_has_wrong() && !pp.corrupted_has_wrong();
+    const char* give_wrong = pp.clean_ids.empty() ? "give each side a \"wrong\" answer (e.g. the other name of an IOI "
+                                                    "pair), the token the metric compares the answer with"
+                                                  : "give each side a \"wrong_id\", the token the metric compares the "
+                                                    "answer with";
+    if (no_wrong && pp.clean_answer_id >= 0 && pp.clean_answer_id == pp.corrupted_answer_id)
       throw Error(where + ": clean and corrupted answer ids are both " + std::to_string(pp.clean_answer_id) +
-                  " (the logit difference needs two different answers)");
-    if (pp.clean_answer_id < 0 && pp.corrupted_answer_id < 0 && pp.clean_answer == pp.corrupted_answer)
+                  " (the logit difference needs two different answers: " + give_wrong + ")");
+    if (no_wrong && pp.clean_answer_id < 0 && pp.corrupted_answer_id < 0 && pp.clean_answer == pp.corrupted_answer)
       throw Error(where + ": clean and corrupted answers are both '" + pp.clean_answer +
-                  "' (the logit difference needs two different answers)");
+                  "' (the logit difference needs two different answers: " + give_wrong + ")");
     out.push_back(pp);
   }
   return out;
@@ -136,14 +165,31 @@ std::vector<int> prompt_ids(const Tokenizer& tok, const std::string& text, const
   return out;
 }
 
+bool has_tokenizer(const Tokenizer& tok) { return tok.kind() != "none"; }
+
+void check_tokenizable(const std::vector<PromptPair>& pairs, const Tokenizer& tok, const std::string& source) {
+  if (has_tokenizer(tok)) return;
+  for (size_t i = 0; i < pairs.size(); ++i)
+    for (const auto& [side, ids] : {std::pair<const char*, const std::vector<int>*>{"clean", &pairs[i].clean_ids},
+                                    {"corrupted", &pairs[i].corrupted_ids}})
+      if (ids->empty())
+        throw Error(source + ": pair " + std::to_string(i) + ": \"" + side +
+                    ".question\" is text, but the checkpoint has no tokenizer files (neither tokenizer.model nor "
+                    "tokenizer.json) to tokenize it: give the pairs pre-tokenized ({\"ids\": [...], \"answer_id\": N}, "
+                    "ids without BOS) or copy the tokenizer files into the model directory");
+}
+
 std::vector<std::string> use_first_answer_tokens(std::vector<PromptPair>& pairs, const Tokenizer& tok) {
   std::vector<std::string> cut;
   for (size_t i = 0; i < pairs.size(); ++i) {
     PromptPair& p = pairs[i];
-    for (auto [side, word, id] : {std::tuple<const char*, const std::string*, int*>{"clean", &p.clean_answer, &p.clean_answer_id},
-                                  std::tuple<const char*, const std::string*, int*>{"corrupted", &p.corrupted_answer,
-                                                                                    &p.corrupted_answer_id}}) {
-      if (*id >= 0) continue;  // pre-tokenized
+    using Word = std::tuple<const char*, const std::string*, int*>;
+    for (auto [side, word, id] : {Word{"clean", &p.clean_answer, &p.clean_answer_id},
+                                  Word{"corrupted", &p.corrupted_answer, &p.corrupted_answer_id},
+                                  Word{"clean wrong", &p.clean_wrong, &p.clean_wrong_id},
+                                  Word{"corrupted wrong", &p.corrupted_wrong, &p.corrupted_wrong_id}}) {
+      if (*id >= 0 || word->empty()) continue;  // pre-tokenized, or no "wrong"
+      if (!has_tokenizer(tok)) continue;        // check_tokenizable names it
       const std::vector<int> ids = tok.answer_tokens(*word);
       if (ids.size() < 2) continue;
       std::string pieces;
@@ -168,29 +214,50 @@ int pair_batch_length(const std::vector<PromptPair>& pairs, const Tokenizer& tok
 }
 
 void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int max_positions,
-                 const std::string& source, bool add_bos, int vocab_size) {
+                 const std::string& source, bool add_bos, int vocab_size, bool mix) {
+  check_tokenizable(pairs, tok, source);
   const int V = vocab_size > 0 ? vocab_size : tok.vocab_size();
   for (size_t i = 0; i < pairs.size(); ++i) {
     const PromptPair& p = pairs[i];
     const std::string where = source + ": pair " + std::to_string(i);
-    auto answer = [&](const char* side, const std::string& a, int id) {
+    auto answer = [&](const std::string& key, const std::string& a, int id) {
       if (id >= 0) {
         if (id >= V)
-          throw Error(where + ": \"" + side + ".answer_id\" " + std::to_string(id) + " is outside the vocabulary (" +
+          throw Error(where + ": \"" + key + "_id\" " + std::to_string(id) + " is outside the vocabulary (" +
                       std::to_string(V) + " tokens)");
         return id;
       }
       try {
         return tok.answer_token(a);
       } catch (const Error& e) {
-        throw Error(where + ": \"" + side + ".answer\" " + e.what());
+        throw Error(where + ": \"" + key + "\" " + e.what());
       }
     };
-    const int a_clean = answer("clean", p.clean_answer, p.clean_answer_id);
-    const int a_corr = answer("corrupted", p.corrupted_answer, p.corrupted_answer_id);
-    if (a_clean == a_corr)
-      throw Error(where + ": clean answer '" + tok.label(a_clean) + "' and corrupted answer '" + tok.label(a_corr) +
-                  "' are the same token (the logit difference needs two different tokens)");
+    const int a_clean = answer("clean.answer", p.clean_answer, p.clean_answer_id);
+    const int a_corr = answer("corrupted.answer", p.corrupted_answer, p.corrupted_answer_id);
+    const int w_clean = p.clean_has_wrong() ? answer("clean.wrong", p.clean_wrong, p.clean_wrong_id) : -1;
+    const int w_corr = p.corrupted_has_wrong() ? answer("corrupted.wrong", p.corrupted_wrong, p.corrupted_wrong_id) : -1;
+    // The rows: clean side against its wrong answer (else the corrupted answer), and with mix the
+    // swapped row the same way.
+    auto row = [&](const char* side, const char* other_side, int a, int w, int a_other, bool other_pretok) {
+      if (w >= 0) {
+        if (w == a)
+          throw Error(where + ": " + side + " answer '" + tok.label(a) + "' and its wrong answer '" + tok.label(w) +
+                      "' are the same token (the logit difference needs two different tokens)");
+        return;
+      }
+      if (a != a_other) return;
+      const std::string key = std::string(side) + (other_pretok ? ".wrong_id" : ".wrong");
+      if (std::string(side) == "clean" || (!p.clean_has_wrong() && !p.corrupted_has_wrong()))
+        throw Error(where + ": clean answer '" + tok.label(a_clean) + "' and corrupted answer '" + tok.label(a_corr) +
+                    "' are the same token (the logit difference needs two different tokens: give \"" + key +
+                    "\", the token the " + side + " answer is compared with)");
+      throw Error(where + ": the " + std::string(side) + " side has no \"" + key + "\", and its answer '" + tok.label(a) +
+                  "' is the " + other_side + " answer too: the swapped pair (every pair is mixed both ways; --no-mix " +
+                  "uses only the pair as given) needs \"" + key + "\"");
+    };
+    row("clean", "corrupted", a_clean, w_clean, a_corr, !p.clean_ids.empty());
+    if (mix) row("corrupted", "clean", a_corr, w_corr, a_clean, !p.corrupted_ids.empty());
     for (const auto* ids : {&p.clean_ids, &p.corrupted_ids})
       for (size_t k = 0; k < ids->size(); ++k)
         if ((*ids)[k] >= V)
@@ -217,13 +284,16 @@ void check_pairs(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int
 }
 
 PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer& tok, int pad_id,
-                          int max_positions, int T, bool add_bos) {
+                          int max_positions, int T, bool add_bos, bool mix) {
   PairBatch pb;
   std::vector<std::vector<int>> clean_ids, corrupted_ids;
   for (size_t i = 0; i < pairs.size(); ++i) {
     const auto& p = pairs[i];
-    int a_clean = answer_id(tok, p.clean_answer, p.clean_answer_id);
-    int a_corr = answer_id(tok, p.corrupted_answer, p.corrupted_answer_id);
+    const int a_clean = answer_id(tok, p.clean_answer, p.clean_answer_id);
+    const int a_corr = answer_id(tok, p.corrupted_answer, p.corrupted_answer_id);
+    // The token each side's answer is compared with: its "wrong" answer, else the other side's.
+    const int w_clean = p.clean_has_wrong() ? answer_id(tok, p.clean_wrong, p.clean_wrong_id) : a_corr;
+    const int w_corr = p.corrupted_has_wrong() ? answer_id(tok, p.corrupted_wrong, p.corrupted_wrong_id) : a_clean;
     auto ic = prompt_ids(tok, p.clean, p.clean_ids, add_bos);
     auto ir = prompt_ids(tok, p.corrupted, p.corrupted_ids, add_bos);
     for (const auto* ids : {&ic, &ir}) {
@@ -231,15 +301,15 @@ PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer&
         throw Error("pair " + std::to_string(i) + ": prompt has " + std::to_string(ids->size()) +
                     " tokens, longer than the model's context of " + std::to_string(max_positions));
     }
-    // Both directions: (clean, corrupted) and the swapped pair.
+    // Both directions: (clean, corrupted) and the swapped pair (mix), else the first alone.
     auto add_row = [&](const std::string& c, const std::vector<int>& c_ids, int c_ans, const std::string& r,
-                       const std::vector<int>& r_ids, int r_ans) {
+                       const std::vector<int>& r_ids, int c_other) {
       pb.clean_prompts.push_back(c);
       pb.corrupted_prompts.push_back(r);
       clean_ids.push_back(c_ids);
       corrupted_ids.push_back(r_ids);
       pb.answer.push_back(c_ans);
-      pb.other.push_back(r_ans);
+      pb.other.push_back(c_other);
     };
     // A pre-tokenized prompt without a label shows as its pieces.
     auto text = [&](const std::string& t, const std::vector<int>& ids) {
@@ -249,8 +319,8 @@ PairBatch make_pair_batch(const std::vector<PromptPair>& pairs, const Tokenizer&
       return s;
     };
     const std::string tc = text(p.clean, p.clean_ids), tr = text(p.corrupted, p.corrupted_ids);
-    add_row(tc, ic, a_clean, tr, ir, a_corr);
-    add_row(tr, ir, a_corr, tc, ic, a_clean);
+    add_row(tc, ic, a_clean, tr, ir, w_clean);
+    if (mix) add_row(tr, ir, a_corr, tc, ic, w_corr);
   }
   int longest = 0;
   for (auto* rows : {&clean_ids, &corrupted_ids})

@@ -1,5 +1,7 @@
 #include "model/model.h"
 
+#include <nlohmann/json.hpp>
+
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
@@ -15,7 +17,26 @@ std::unique_ptr<Model> load_model_meta(const std::string& dir) {
   auto m = std::make_unique<Model>();
   m->dir = dir;
   m->cfg = load_config(dir);
-  m->tok = Tokenizer::load_dir(dir);
+  if (Tokenizer::present_in(dir) || dir_exists(path_join(dir, "tokenizer.model"))) {
+    m->tok = Tokenizer::load_dir(dir);
+  } else {
+    // No tokenizer files: pre-tokenized pairs only (batch.h check_tokenizable refuses text).
+    // BOS is config.json's bos_token_id, prepended unless tokenizer_config.json (where present)
+    // says add_bos_token false, as the SentencePiece default and TransformerLens do.
+    bool bos = true;
+    const std::string tc = path_join(dir, "tokenizer_config.json");
+    if (file_exists(tc)) {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(read_text_file(tc, "tokenizer_config.json"));
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(tc + ": not valid JSON: " + e.what());
+      }
+      if (j.is_object() && j.contains("add_bos_token") && j["add_bos_token"].is_boolean())
+        bos = j["add_bos_token"].get<bool>();
+    }
+    m->tok = Tokenizer::none(m->cfg.bos_token_id, bos);
+  }
   // config.json without pad_token_id (Qwen2, Llama 3, Mistral): the tokenizer's pad token, as
   // TransformerLens pads, else the config's eos token; results.json records which.
   if (!m->cfg.pad_token_from_config) {

@@ -51,6 +51,9 @@ json job_fingerprint(const ExperimentOptions& opt, const Model& m, const Backend
           {"batches", n_batches}};
   // --metric (absent for the logit difference, so older checkpoints still match)
   if (opt.metric != MetricKind::LogitDiff) fp["metric"] = metric_name(opt.metric);
+  // --no-mix and --layers (absent at their defaults, as --metric)
+  if (!opt.mix) fp["mix"] = false;
+  if (!opt.layers.empty()) fp["layers"] = opt.layers;
   return fp;
 }
 

@@ -175,6 +175,7 @@ std::string circuit_json(const CircuitRunResult& r) {
   j["selection"] = r.selection + ", pruned to the part connected from the input to the logits";
   j["pairs_file"] = r.pairs_file;
   j["answer_first_token"] = r.answers_cut;
+  j["mixed"] = r.mix;  // every pair both ways (--no-mix: false)
   j["graph"] = {{"layers", r.L}, {"heads", r.H}, {"kv_heads", r.KVH}, {"upstream", g.n_upstream()},
                 {"downstream", g.n_downstream()}, {"edges", r.n_edges}};
   j["prompts"] = r.B;

@@ -64,8 +64,9 @@ CircuitInputs check_circuit_inputs(const Model& m, const CircuitOptions& opt) {
   if (opt.batch_pairs < 0) throw Error("--batch: expected a positive number of pairs");
   CircuitInputs in;
   in.pairs = opt.pairs_text.empty() ? load_pairs(opt.pairs_file) : parse_pairs(opt.pairs_text, opt.pairs_file);
+  check_tokenizable(in.pairs, m.tok, opt.pairs_file);
   if (opt.answer_first_token) in.answers_cut = use_first_answer_tokens(in.pairs, m.tok);
-  check_pairs(in.pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size);
+  check_pairs(in.pairs, m.tok, c.max_position_embeddings, opt.pairs_file, opt.add_bos, c.vocab_size, opt.mix);
   in.T = pair_batch_length(in.pairs, m.tok, opt.add_bos);
   return in;
 }
@@ -97,6 +98,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     pairs = std::move(in.pairs);
     r.answers_cut = std::move(in.answers_cut);
     r.T = in.T;
+    r.mix = opt.mix;
     per_batch = opt.batch_pairs > 0 ? std::min<int>(opt.batch_pairs, static_cast<int>(pairs.size()))
                                     : static_cast<int>(pairs.size());
     // The memory plan (memory_plan.h), before any work: the scores of a batch hold every upstream
@@ -105,7 +107,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     const size_t avail = be.free_memory();
     auto peak = [&](int n) {
       const PairBatch pb = make_pair_batch(std::vector<PromptPair>(pairs.begin(), pairs.begin() + n), m.tok,
-                                           c.pad_token_id, c.max_position_embeddings, r.T, opt.add_bos);
+                                           c.pad_token_id, c.max_position_embeddings, r.T, opt.add_bos, opt.mix);
       return circuit_scores_peak_bytes(be, m, pb, opt.ig, opt.ig_steps);
     };
     size_t need = peak(per_batch);
@@ -133,7 +135,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     Runs x;
     const size_t lo = size_t(bi) * per_batch, hi = std::min(pairs.size(), lo + per_batch);
     x.pb = make_pair_batch(std::vector<PromptPair>(pairs.begin() + lo, pairs.begin() + hi), m.tok, c.pad_token_id,
-                           c.max_position_embeddings, r.T, opt.add_bos);
+                           c.max_position_embeddings, r.T, opt.add_bos, opt.mix);
     x.clean = forward(be, m, x.pb.clean);
     x.corr = forward(be, m, x.pb.corrupted);
     check_finite(be, m, x.clean, "clean");

@@ -21,6 +21,7 @@ struct CircuitOptions {
   int ig_steps = 5;
   bool noising = false;
   bool add_bos = true;
+  bool mix = true;      // every pair both ways (false, --no-mix: only as given)
   bool answer_first_token = false;  // a multi-token answer uses its first piece
   int64_t edges = -1;          // the circuit to report (-1: the smallest grid circuit reaching `target`)
   std::vector<int64_t> grid;   // k values (empty: 1, 2, 5, 10, 20, 50, ... and every edge)
@@ -48,6 +49,7 @@ struct CircuitRunResult {
   std::vector<std::string> answers_cut;  // --answer-first-token  // "top-k" | "greedy" (then pruned either way)
   int L = 0, H = 0, KVH = 0, B = 0, T = 0;  // B: prompts over all batches
   int batches = 1;
+  bool mix = true;  // every pair both ways (--no-mix: false)
   int64_t n_edges = 0;
   double ld_clean = 0, ld_corrupted = 0, ld_full = 0, ld_empty = 0;  // full / empty: the exact circuit forward
   std::vector<float> scores;        // [U, Dn] dense (CircuitGraph order)

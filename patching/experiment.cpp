@@ -198,6 +198,7 @@ struct Job {
   std::vector<AccSpec> accs;
   std::vector<int64_t> n_targets;  // per acc: targets of a sweep (0 for an estimate)
   std::vector<std::string> answers_cut;  // --answer-first-token
+  std::vector<int> layers;  // --layers (ascending; empty: every layer)
   bool checkpoint = false;  // the estimates' forwards keep layer inputs only (memory_plan.h)
   std::string plan_note;    // what the memory plan chose (a progress line)
 
@@ -237,13 +238,14 @@ struct Job {
                                       : 0);
   }
 
-  int rows(int bi) const {  // prompts of batch bi (every pair both ways)
-    return 2 * static_cast<int>(std::min<size_t>(pairs.size(), size_t(bi + 1) * per_batch) - size_t(bi) * per_batch);
+  bool in_layers(int l) const { return layers.empty() || std::binary_search(layers.begin(), layers.end(), l); }
+  int rows(int bi) const {  // prompts of batch bi (every pair both ways, or once with --no-mix)
+    return (opt.mix ? 2 : 1) * static_cast<int>(std::min<size_t>(pairs.size(), size_t(bi + 1) * per_batch) - size_t(bi) * per_batch);
   }
   PairBatch batch(int bi) const {
     std::vector<PromptPair> sub(pairs.begin() + size_t(bi) * per_batch,
                                 pairs.begin() + std::min<size_t>(pairs.size(), size_t(bi + 1) * per_batch));
-    return make_pair_batch(sub, m.tok, m.cfg.pad_token_id, m.cfg.max_position_embeddings, T, opt.add_bos);
+    return make_pair_batch(sub, m.tok, m.cfg.pad_token_id, m.cfg.max_position_embeddings, T, opt.add_bos, opt.mix);
   }
   void stop_point() const {
     if (opt.should_stop && opt.should_stop()) throw Error("interrupted (Ctrl-C); no results were written");
@@ -569,6 +571,9 @@ void aggregate_results(const Job& job, const std::map<int, BatchResult>& done, E
       a.seconds += p.seconds;
       if (!spec.sweep()) {
         for (size_t i = 0; i < cells; ++i) a.sum[matrix_index(spec.hook, targets[i], T, Hh)] += double(p.values[i]) * B;
+        if (!job.layers.empty())  // --layers: the other layers' rows are NaN, as a sweep's
+          for (size_t i = 0; i < cells; ++i)
+            if (!job.in_layers(targets[i].layer)) a.sum[matrix_index(spec.hook, targets[i], T, Hh)] = NAN;
         continue;
       }
       const size_t n = static_cast<size_t>(job.n_targets[p.acc]);
@@ -679,6 +684,7 @@ std::vector<AccSpec> choose_verify(const Job& job, const ExperimentResult& R, co
     const int Hh = hook_heads(h, job.m.cfg);
     const std::vector<PatchSpec> targets = sweep_targets(h, job.L, job.T, Hh);
     for (size_t t = 0; t < targets.size(); ++t) {
+      if (!job.in_layers(targets[t].layer)) continue;  // --layers
       const double v = e->values[matrix_index(h, targets[t], job.T, Hh)];
       nodes.push_back({std::isfinite(v) ? std::fabs(v) : -1.0, hi, t});
     }
@@ -916,10 +922,10 @@ void plan_batch(Job& job, int per_batch) {
   const size_t device_free = job.be.free_memory();
   const std::vector<PromptPair> sub(job.pairs.begin(), job.pairs.begin() + std::min<size_t>(job.pairs.size(), per_batch));
   const PairBatch pb = make_pair_batch(sub, job.m.tok, job.m.cfg.pad_token_id, job.m.cfg.max_position_embeddings, job.T,
-                                       opt.add_bos);
+                                       opt.add_bos, opt.mix);
   const std::vector<PromptPair> first(job.pairs.begin(), job.pairs.begin() + 1);
   const PairBatch one = make_pair_batch(first, job.m.tok, job.m.cfg.pad_token_id, job.m.cfg.max_position_embeddings,
-                                        job.T, opt.add_bos);
+                                        job.T, opt.add_bos, opt.mix);
   if (job.any_estimate()) {
     EstimatesWork w;
     for (const auto& a : job.accs) {
@@ -989,10 +995,11 @@ void check_methods(const ExperimentOptions& opt) {
     throw Error("--positions restricts the exact sweep: it needs --method activation (or both / all)");
 }
 
-ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& opt, Comm& comm) {
+ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOptions& options, Comm& comm) {
   const auto t_all = Clock::now();
+  ExperimentOptions opt = options;  // --verify-top's own choice of methods (auto_methods) may drop AtP*
   const int N = comm.size();
-  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}, {}, false, {}};
+  Job job{be, m, opt, {}, 0, 0, 0, m.cfg.num_hidden_layers, m.cfg.num_attention_heads, {}, {}, {}, {}, false, {}};
   int code = 2;
   // ---- the job, identical on every rank ----------------------------------------------------
   std::vector<int> region;  // --positions: the exact sweep of each hook only there (all-position hooks: every target)
@@ -1002,23 +1009,68 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
     job.answers_cut = std::move(in.answers_cut);
     job.T = in.T;
     region = std::move(in.positions);
+    job.layers = std::move(in.layers);
     job.per_batch = opt.batch_pairs > 0 ? opt.batch_pairs : static_cast<int>(job.pairs.size());
   });
   job.n_batches = (static_cast<int>(job.pairs.size()) + job.per_batch - 1) / job.per_batch;
-  for (Hook h : opt.hooks) {
-    if (opt.attribution) job.accs.push_back({h, Method::Attribution, {}});
-    if (opt.atp_star) job.accs.push_back({h, Method::AtpStar, {}});
-    if (opt.activation) {
-      AccSpec a{h, Method::Activation, {}};
-      const std::vector<PatchSpec> targets = sweep_targets(h, job.L, job.T, hook_heads(h, m.cfg));
-      for (size_t t = 0; !region.empty() && t < targets.size(); ++t)
-        if (targets[t].pos < 0 || std::binary_search(region.begin(), region.end(), targets[t].pos))
-          a.only.push_back(static_cast<int64_t>(t));
-      job.accs.push_back(std::move(a));
+  // --positions and --layers: the exact sweep of each hook only there (all-position hooks:
+  // every target of the layers).
+  auto build_accs = [&] {
+    job.accs.clear();
+    for (Hook h : opt.hooks) {
+      if (opt.attribution) job.accs.push_back({h, Method::Attribution, {}});
+      if (opt.atp_star) job.accs.push_back({h, Method::AtpStar, {}});
+      if (opt.activation) {
+        AccSpec a{h, Method::Activation, {}};
+        const std::vector<PatchSpec> targets = sweep_targets(h, job.L, job.T, hook_heads(h, m.cfg));
+        for (size_t t = 0; (!region.empty() || !job.layers.empty()) && t < targets.size(); ++t)
+          if ((region.empty() || targets[t].pos < 0 || std::binary_search(region.begin(), region.end(), targets[t].pos)) &&
+              job.in_layers(targets[t].layer))
+            a.only.push_back(static_cast<int64_t>(t));
+        job.accs.push_back(std::move(a));
+      }
     }
+    job.set_targets();
+  };
+  build_accs();
+  if (opt.auto_methods && opt.verify_top > 0)
+    job.log("--verify-top " + std::to_string(opt.verify_top) + " without --method: AtP* and AtP estimate every node" +
+            (job.layers.empty() ? std::string() : " of --layers " + opt.layers) + ", the top " +
+            std::to_string(opt.verify_top) + " by |AtP*| are patched exactly (no full sweep)");
+  // --verify-top's own choice: AtP* where it can run, else AtP alone (rank 0 decides).
+  auto drop_atp_star = [&] {
+    opt.atp_star = false;
+    build_accs();
+  };
+  bool star_dropped = false;
+  std::string star_why;
+  agree_attempt(comm, job, code, [&] {
+    if (opt.auto_methods && opt.atp_star && opt.attribution) {
+      const int per_batch = job.per_batch, n_batches = job.n_batches;
+      try {
+        plan_memory(job);
+        return;
+      } catch (const std::exception& e) {
+        star_why = e.what();
+        star_dropped = true;
+        job.per_batch = per_batch;
+        job.n_batches = n_batches;
+        drop_atp_star();
+      }
+    }
+    plan_memory(job);
+  });
+  if (opt.auto_methods && opt.verify_top > 0) {
+    const bool dropped = comm.bcast(comm.root() ? std::string(star_dropped ? "1" : "0") : std::string()) == "1";
+    if (dropped && !star_dropped) drop_atp_star();
+    agree_attempt(comm, job, code, [&] {
+      if (dropped || !star_dropped) return;
+      opt.atp_star = true;  // this rank alone could not plan AtP*: rank 0's methods, planned again
+      build_accs();
+      plan_memory(job);
+    });
+    if (dropped) job.log("AtP* cannot run here (" + star_why + "); AtP ranks the nodes instead");
   }
-  job.set_targets();
-  agree_attempt(comm, job, code, [&] { plan_memory(job); });
   // Every rank runs the same batches: rank 0's plan (free memory can differ between ranks; the
   // checkpointing choice may differ, its results are the same bits).
   job.per_batch = std::stoi(comm.bcast(std::to_string(job.per_batch)));
@@ -1037,6 +1089,8 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   R.answers_cut = job.answers_cut;
   R.T = job.T;
   R.exact_positions = region;
+  R.exact_layers = job.layers;
+  R.mix = opt.mix;
   R.world_size = N;
   if (N > 1)
     job.log(std::to_string(N) + " ranks: batches dealt to ranks, each round's patches split across them by cost");

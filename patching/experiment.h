@@ -22,11 +22,18 @@ struct ExperimentOptions {
   // With > 0: after the estimates of every batch, the K nodes of all hooks with the largest
   // |AtP*| (|AtP| without atp_star) are patched exactly (fast sweep on those targets only).
   int verify_top = 0;
+  // --verify-top without --method: the methods were not chosen by the user. Set with
+  // attribution and atp_star on and activation off; AtP* is dropped (AtP ranks alone) where it
+  // cannot run: q/k hooks on checkpointed (long-prompt) forwards.
+  bool auto_methods = false;
   bool noising = false;     // patch corrupted values into the clean run instead of the reverse
   // The metric at the last position (--metric, model/metric.h), normalised
   // (M - M_corrupted) / (M_clean - M_corrupted) like the logit difference.
   MetricKind metric = MetricKind::LogitDiff;
   bool add_bos = true;      // prepend BOS to every prompt
+  // Every pair both ways (the seed's mixing: the pair and its swap); false (--no-mix): only
+  // the pairs as given, clean -> corrupted.
+  bool mix = true;
   bool answer_first_token = false;  // a multi-token answer uses its first piece (else an error)
   int batch_pairs = 0;      // pairs per batch (0: all pairs in one batch)
   bool naive = false;       // one full forward per patch
@@ -34,6 +41,9 @@ struct ExperimentOptions {
   // Exact sweeps (activation) only at these positions (patching/positions.h syntax: "1500:1600,7");
   // empty: every position. The matrices hold NaN elsewhere; estimates still cover everything.
   std::string positions;
+  // Exact sweeps and every method's matrix only at these layers (the same syntax: "0,2", "1:3",
+  // "-1"); empty: every layer. Rows of other layers are NaN; --verify-top ranks only these.
+  std::string layers;
   // Activation checkpointing of the estimates' forwards (memory_plan.h): "auto" (where the full
   // pass would not fit the memory: --mem-budget, else the device's free memory), "on", "off".
   std::string recompute = "auto";
@@ -142,6 +152,8 @@ struct ExperimentResult {
   std::vector<std::string> answers_cut;  // --answer-first-token: the answers that used their first piece
   int T = 0, n_prompts = 0;
   std::vector<int> exact_positions;  // --positions: where the exact sweeps ran (empty: everywhere)
+  std::vector<int> exact_layers;     // --layers: the layers of every matrix (empty: all)
+  bool mix = true;                   // every pair both ways (--no-mix: false)
   std::vector<BatchSummary> batches;
   double clean_ld = 0, corrupted_ld = 0;  // averaged over batches (weighted by rows)
   MetricKind metric = MetricKind::LogitDiff;
@@ -171,7 +183,8 @@ void check_methods(const ExperimentOptions& opt);
 
 // The job's inputs checked against the model's config and tokenizer alone (no weight is read;
 // m may come from load_model_meta): the methods, the pairs file (read, every answer one token,
-// every prompt inside the context), --verify-top against the hooks' nodes and --positions.
+// every prompt inside the context, text prompts only with a tokenizer, with --no-mix only the
+// rows it runs), --layers, --verify-top against the hooks' nodes (in --layers) and --positions.
 // run_experiment starts with it; the CLI calls it before the weights load
 // (patching/experiment_check.cpp).
 struct ExperimentInputs {
@@ -179,6 +192,7 @@ struct ExperimentInputs {
   std::vector<std::string> answers_cut;  // --answer-first-token
   int T = 0;                             // the longest prompt (with BOS)
   std::vector<int> positions;            // --positions, parsed against T (empty: every position)
+  std::vector<int> layers;               // --layers, parsed against the model's layers (empty: all)
 };
 ExperimentInputs check_experiment_inputs(const Model& m, const ExperimentOptions& opt);
 

@@ -176,6 +176,9 @@ std::string results_json(const ExperimentResult& R) {
   j["direction"] = R.direction;
   // The exact sweeps' positions (--positions; "all": every position). Cells elsewhere are NaN.
   j["exact_positions"] = R.exact_positions.empty() ? nlohmann::json("all") : nlohmann::json(R.exact_positions);
+  // --layers: the layers of every matrix ("all"); rows of other layers are NaN. --no-mix: "mixed": false.
+  j["exact_layers"] = R.exact_layers.empty() ? nlohmann::json("all") : nlohmann::json(R.exact_layers);
+  j["mixed"] = R.mix;
   j["bos"] = R.add_bos;
   // --answer-first-token: which answers were more than one token (and used their first piece).
   j["answer_first_token"] = R.answers_cut;

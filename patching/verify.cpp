@@ -9,6 +9,7 @@
 #include "patching/attribution.h"
 #include "patching/circuit.h"
 #include "patching/sweep.h"
+#include "patching/verify_long.h"
 #include "patching/verify_metrics.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
@@ -243,9 +244,14 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
   auto log = [&](const std::string& s) {
     if (opt.log) opt.log(s);
   };
+  const std::string json_path = path_join(ref_dir, "reference.json");
+  if (!dir_exists(ref_dir)) throw Error("reference directory '" + ref_dir + "' does not exist");
+  if (!file_exists(json_path) && is_long_reference(ref_dir)) return verify_long_reference(be, ref_dir, opt);
+  if (!file_exists(json_path))
+    throw Error(ref_dir + " is not a reference directory: it has neither reference.json (tools/make_reference.py) "
+                "nor long_reference.json (tools/make_long_reference.py); the references are under data/reference/");
   VerifyResult res;
   res.reference_dir = ref_dir;
-  const std::string json_path = path_join(ref_dir, "reference.json");
   nlohmann::json meta;
   try {
     meta = nlohmann::json::parse(read_text_file(json_path, "reference"));

@@ -81,6 +81,13 @@ Tokenizer Tokenizer::load_tokenizer_json_file(const std::string& path) {
   return t;
 }
 
+Tokenizer Tokenizer::none(int bos_id, bool bos_by_default) {
+  Tokenizer t;
+  t.bos_id_ = bos_id;
+  t.bos_default_ = bos_by_default && bos_id >= 0 ? 1 : 0;
+  return t;
+}
+
 bool Tokenizer::present_in(const std::string& dir) {
   return file_exists(path_join(dir, "tokenizer.model")) || file_exists(path_join(dir, "tokenizer.json"));
 }

@@ -28,6 +28,10 @@ class Tokenizer {
   static bool present_in(const std::string& dir);  // dir holds tokenizer.model or tokenizer.json
   static Tokenizer load_model_file(const std::string& tokenizer_model_path);  // SentencePiece only
   static Tokenizer load_tokenizer_json_file(const std::string& tokenizer_json_path);  // BPE only
+  // A checkpoint without tokenizer files (pre-tokenized pairs only): no pieces (kind() "none",
+  // labels "<id N>", encode throws), BOS `bos_id` (config.json's; -1: none), prompts start
+  // with it when bos_by_default.
+  static Tokenizer none(int bos_id, bool bos_by_default);
   Tokenizer();
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;

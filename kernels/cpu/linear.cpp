@@ -7,7 +7,9 @@
 // backend stores weights in fp32: any other W dtype is an error.
 #include <cblas.h>
 
+#include <algorithm>
 #include <climits>
+#include <vector>
 #include <string>
 
 #include "kernels/cpu/parallel.h"
@@ -32,8 +34,21 @@ void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, 
   if (N <= 0) return;
   PHI3_CHECK(x.f32 != nullptr, "linear_forward: the CPU backend needs the fp32 input (fp32 weights)");
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x.f32, in,
-              static_cast<const float*>(W.data), in, accumulate ? 1.0f : 0.0f, y, out);
+  // OpenBLAS takes another kernel (other rounding) for small products: a row's result would
+  // depend on how many rows share its GEMM. Small ones are padded past that size.
+  constexpr int64_t kSmall = 4096;
+  if (int64_t(N) * out <= kSmall) {
+    const int Np = static_cast<int>(kSmall / out) + 1;
+    std::vector<float> xp(size_t(Np) * in, 0.0f), yp(size_t(Np) * out, 0.0f);
+    std::copy(x.f32, x.f32 + size_t(N) * in, xp.begin());
+    if (accumulate) std::copy(y, y + size_t(N) * out, yp.begin());
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Np, out, in, 1.0f, xp.data(), in,
+                static_cast<const float*>(W.data), in, accumulate ? 1.0f : 0.0f, yp.data(), out);
+    std::copy(yp.begin(), yp.begin() + size_t(N) * out, y);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x.f32, in,
+                static_cast<const float*>(W.data), in, accumulate ? 1.0f : 0.0f, y, out);
+  }
   if (W.bias)
     parallel_for(N, double(N) * out, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)

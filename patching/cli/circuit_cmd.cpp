@@ -38,6 +38,7 @@ int cmd_circuit(const Args& a) {
                 "options of `phi3patch run`");
   check_bos_flags(a);
   opt.answer_first_token = a.has("answer-first-token");
+  opt.mix = !a.has("no-mix");
   opt.target = a.get_double("target", 0.8);
   const std::string sel = a.get("select", "top-k");
   if (sel != "top-k" && sel != "greedy")

@@ -43,7 +43,12 @@ options:
 
   --pairs FILE      pairs file [data/temporal_scope_for_attribution_patching.json]: a JSON list
                     of {"clean": {"question", "answer"}, "corrupted": {...}}, or pre-tokenized
-                    {"clean": {"ids": [...], "answer_id": N}, ...} (ids without BOS)
+                    {"clean": {"ids": [...], "answer_id": N}, ...} (ids without BOS; no
+                    tokenizer files needed). A side may add "wrong" (pre-tokenized:
+                    "wrong_id"), the token its answer is compared with (else the other side's
+                    answer): IOI pairs whose two answers are the same name
+  --no-mix          only the pairs as given (clean -> corrupted); by default every pair is also
+                    run swapped, as the seed notebook does
   --hooks LIST      comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out,
                     z (per head and position), z_all_pos (per head), q, k, v (attention
                     inputs before rotary, per head and position; k and v per KV head),
@@ -59,10 +64,13 @@ options:
                     both = attribution,activation; all = all three [both]
   --verify-top K    with atp-star or attribution (and not activation): patch exactly the K
                     nodes of all hooks with the largest |AtP*| (|AtP| without atp-star);
-                    verified.csv lists them with both values
+                    verified.csv lists them with both values. Without --method it picks
+                    atp-star,attribution (attribution alone where AtP* cannot run)
   --positions LIST  exact sweeps (activation) only at these positions: comma-separated
                     positions and half-open ranges a:b, negatives from the end (1500:1600,
                     -64:, 7); other cells are NaN. At long T: AtP/AtP* everywhere, exact here
+  --layers LIST     every method only at these layers (same syntax: 0,2 or 1:3 or -1): exact
+                    sweeps patch only there, other rows are NaN, --verify-top ranks only these
   --direction D     denoise (clean values into the corrupted run) | noise [denoise]
   --metric M        the metric at the last position, normalised (M - M_corrupted) /
                     (M_clean - M_corrupted) for every method: logit-diff (logit[answer] -
@@ -104,6 +112,7 @@ usage: phi3patch forward [OPTIONS]
   --device D        auto | cpu | cuda [auto]
   --fp32            on CUDA, keep weights in fp32 (bf16 otherwise)
   --pairs FILE      clean/corrupted pairs (as for run) [data/temporal_scope_for_attribution_patching.json]
+  --no-mix          only the pairs as given (by default every pair is also run swapped)
   --no-bos          do not prepend BOS (by default: where the tokenizer asks for one)
   --bos             prepend the tokenizer's BOS token even where it asks for none
   --answer-first-token  an answer of more than one token uses its first piece
@@ -169,6 +178,7 @@ Under mpirun the grid's circuits are divided across the ranks.
   --device D         auto | cpu | cuda [auto]
   --fp32             on CUDA, keep weights in fp32 (bf16 otherwise)
   --pairs FILE       clean/corrupted pairs (as for run) [data/temporal_scope_for_attribution_patching.json]
+  --no-mix           only the pairs as given (by default every pair is also run swapped)
   --method M         eap | eap-ig [eap-ig]
   --ig-steps N       EAP-IG: inputs interpolated between the corrupted and clean embeddings [5]
   --direction D      denoise (gradient on the corrupted run, clean - corrupted) | noise [denoise]
@@ -257,15 +267,16 @@ const std::vector<CommandSpec>& table() {
   static const std::vector<CommandSpec> t = {
       {"run",
        {"model", "device", "pairs", "hooks", "method", "direction", "batch", "mem-budget", "out", "verify-top",
-        "positions", "recompute", "metric"},
-       {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token"},
+        "positions", "recompute", "metric", "layers"},
+       {"fp32", "naive", "force", "no-bos", "bos", "resume", "help", "answer-first-token", "no-mix"},
        kRunUsage},
-      {"forward", {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token", "help"}, kForwardUsage},
+      {"forward", {"model", "device", "pairs"}, {"fp32", "no-bos", "bos", "answer-first-token", "no-mix", "help"},
+       kForwardUsage},
       {"tokenize", {"model"}, {"no-bos", "bos", "help"}, kTokenizeUsage},
       {"circuit",
        {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out", "select",
         "mem-budget", "batch", "metric"},
-       {"fp32", "force", "no-bos", "bos", "help", "answer-first-token"},
+       {"fp32", "force", "no-bos", "bos", "help", "answer-first-token", "no-mix"},
        kCircuitUsage},
       {"verify", {"reference", "device"}, {"fp32", "naive", "no-patching", "verbose", "help"}, kVerifyUsage},
       {"accuracy", {"model", "device", "dataset", "split"}, {"fp32", "help"}, kAccuracyUsage},

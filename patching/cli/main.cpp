@@ -106,6 +106,11 @@ int cmd_run(const Args& a) {
   opt.verify_top = a.get_int("verify-top", 0);
   if (a.has("verify-top") && opt.verify_top < 1)
     throw Error("--verify-top: expected a positive number of nodes, got " + std::to_string(opt.verify_top));
+  if (a.has("verify-top") && !a.has("method")) {  // the estimates it ranks by, no full sweep
+    opt.attribution = opt.atp_star = true;
+    opt.activation = false;
+    opt.auto_methods = true;
+  }
   check_methods(opt);
   const std::string dir = a.get("direction", "denoise");
   check_direction(dir);
@@ -117,6 +122,9 @@ int cmd_run(const Args& a) {
   opt.naive = a.has("naive");
   opt.mem_budget = static_cast<size_t>(a.get_double("mem-budget", 0) * 1024 * 1024);
   opt.positions = a.get("positions", "");
+  opt.layers = a.get("layers", "");
+  if (a.has("layers") && opt.layers.empty()) throw Error("--layers: no layer given");
+  opt.mix = !a.has("no-mix");
   opt.recompute = a.get("recompute", "auto");
   if (opt.recompute != "auto" && opt.recompute != "on" && opt.recompute != "off")
     throw Error("--recompute: expected auto, on or off, got '" + opt.recompute + "'" +
@@ -237,11 +245,13 @@ int cmd_forward(const Args& a) {
   auto m = load_model_meta(a.get("model", default_path("data/models/tiny-temporal-phi3")));
   const std::string pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   auto pairs = load_pairs(pairs_file);
+  check_tokenizable(pairs, m->tok, pairs_file);
   if (a.has("answer-first-token"))
     for (const auto& line : use_first_answer_tokens(pairs, m->tok)) std::cerr << "[phi3patch] " << line << std::endl;
   const bool bos = bos_option(a, m->tok);
-  check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size);
-  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos);
+  const bool mix = !a.has("no-mix");
+  check_pairs(pairs, m->tok, m->cfg.max_position_embeddings, pairs_file, bos, m->cfg.vocab_size, mix);
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings, 0, bos, mix);
   be = make_backend(a.get("device", "auto"), a.has("fp32"));
   const auto t_load = std::chrono::steady_clock::now();
   load_weights(*be, *m);
