@@ -36,12 +36,22 @@ FLAG_KEYWORDS = {
     "--target": "target=",
     "--model": "load(...)",
 }
-_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*(?![a-z0-9-])(:?)")
+
+
+def _keyword(m: "re.Match") -> str:
+    flag, colon = m.group(0).rstrip(":"), m.group(1)
+    kw = FLAG_KEYWORDS.get(flag)
+    if kw is None:
+        return m.group(0)
+    if colon and kw.endswith("="):  # "--positions: bad" -> "positions: bad"
+        return kw[:-1] + ":"
+    return kw + colon
 
 
 def pythonic(message: str) -> str:
     """The message with every known flag replaced by its keyword."""
-    return _FLAG.sub(lambda m: FLAG_KEYWORDS.get(m.group(0), m.group(0)), message)
+    return _FLAG.sub(_keyword, message)
 
 
 @contextlib.contextmanager

@@ -167,7 +167,7 @@ class Model:
     # ---- patching ---------------------------------------------------------------------------
     @checked_kwargs({"method": "methods", "hook": "hooks"})
     def patch(self, pairs: Any = None, *, hooks: Union[str, Sequence[str]] = ("resid_pre", "attn_out", "mlp_out"),
-              methods: Union[str, Sequence[str]] = ("attribution", "activation"), direction: str = "denoise",
+              methods: Union[None, str, Sequence[str]] = None, direction: str = "denoise",
               metric: str = "logit-diff", batch: int = 0, mem_budget: float = 0, verify_top: int = 0, naive: bool = False,
               positions: Union[None, str, Sequence[int]] = None, layers: Union[None, str, Sequence[int]] = None,
               mix: bool = True, recompute: str = "auto",
@@ -182,7 +182,9 @@ class Model:
             seed's pairs. Each pair is mixed both ways, as the seed does (mix=False: as given).
         hooks: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v, pattern (+ _all_pos),
             mlp_post, or TransformerLens' names (hook_resid_pre, attn.hook_z, blocks.3.hook_mlp_out, ...).
-            methods (or method): attribution, atp-star, activation (or both / all), a list or one string.
+            methods (or method): attribution, atp-star, activation (or both / all), a list or one string;
+            default attribution and activation, or with verify_top alone AtP* to rank (AtP where AtP*
+            cannot run) and the exact check of the top nodes, without a full sweep.
         direction: denoise (clean values into the corrupted run) or noise.
         metric: at the last position, normalised (M - M_corrupted) / (M_clean - M_corrupted):
             logit-diff (logit[answer] - logit[other]), prob-diff (p[answer] - p[other]), logprob
@@ -205,7 +207,10 @@ class Model:
         text, name = pairs_text(seed_pairs_file() if pairs is None else pairs)
         o = _core.PatchOptions()
         o.hooks, hook_layers = _hooks(hooks)
-        o.attribution, o.activation, o.atp_star = _methods(methods)
+        if methods is None and verify_top:  # the engine picks AtP* (or AtP) to rank, and no full sweep
+            o.attribution, o.activation, o.atp_star, o.auto_methods = True, False, True, True
+        else:
+            o.attribution, o.activation, o.atp_star = _methods(("attribution", "activation") if methods is None else methods)
         o.noising = _choice("direction", direction, ("denoise", "noise")) == "noise"
         o.metric = _choice("metric", metric, METRICS)
         o.batch = _int("batch", batch)
@@ -222,7 +227,7 @@ class Model:
             layers = hook_layers
         if layers is not None:
             o.layers = _int_list("layers", layers)
-        if not mix: o.mix = False  # TEMP until no-mix lands
+        o.mix = bool(mix)
         o.naive = bool(naive)
         o.add_bos = _bos(bos)
         o.answer_first_token = bool(answer_first_token)
@@ -247,7 +252,8 @@ class Model:
     @checked_kwargs({"methods": "method"})
     def circuit(self, pairs: Any = None, *, method: str = "eap-ig", ig_steps: int = 5, direction: str = "denoise",
                 edges: Optional[int] = None, edge_grid: Optional[Iterable[int]] = None, target: float = 0.8,
-                select: str = "top-k", mem_budget: float = 0, batch: int = 0, bos: Optional[bool] = None,
+                select: str = "top-k", mem_budget: float = 0, batch: int = 0, mix: bool = True,
+                bos: Optional[bool] = None,
                 answer_first_token: bool = False, out: Optional[str] = None, force: bool = False,
                 progress: ProgressArg = True) -> CircuitResult:
         """Edge attribution (EAP or EAP-IG) of every edge of the circuit graph, circuits of the top-k
@@ -267,6 +273,7 @@ class Model:
         o.greedy = _choice("select", select, ("top-k", "greedy")) == "greedy"
         o.mem_budget_mb = float(mem_budget)
         o.batch = _int("batch", batch)
+        o.mix = bool(mix)
         o.add_bos = _bos(bos)
         o.answer_first_token = bool(answer_first_token)
         if out is not None:

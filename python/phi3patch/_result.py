@@ -1,6 +1,7 @@
 """The result of Model.patch: every (hook, method) matrix as numpy arrays and DataFrames, the
 per-prompt values, confidence intervals, correlations and top components of results.json."""
 import json
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -146,7 +147,7 @@ class PatchResult:
         label = f"{metric}, normalised<br>(1 = clean, 0 = corrupted)<br>{direction}"
         titles = {"attribution": "attribution patching (AtP)", "atp-star": "AtP*", "activation": "activation patching (exact)"}
         rows = self.rows(hook, mname)
-        y_title = "layer.head" if rows and "." in str(rows[0]) else "layer"
+        y_title = "layer, head" if rows and re.match(r"^L\d+H\d+", str(rows[0])) else "layer"
         return heatmap(self.matrix(hook, mname), rows, cols, f"{hook}: {titles.get(mname, mname)}", label, zmax,
                        y_title=y_title, x_title="position" if hook_positions(self.cols(hook, mname)) else "head")
 

@@ -139,6 +139,9 @@ struct PatchOptions {
   bool check_finite = true;
   std::string positions;              // --positions ("" : every position)
   std::string recompute = "auto";     // --recompute
+  std::string layers;                 // --layers ("" : every layer)
+  bool mix = true;                    // false: --no-mix
+  bool auto_methods = false;          // verify_top without methods: the engine picks AtP* / AtP
 };
 
 bool bos_choice(const Model& m, int add_bos) {
@@ -172,6 +175,9 @@ std::shared_ptr<ExperimentResult> patch(Engine& e, const std::string& pairs_text
   opt.check_finite = po.check_finite;
   opt.positions = po.positions;
   opt.recompute = po.recompute;
+  opt.layers = po.layers;
+  opt.mix = po.mix;
+  opt.auto_methods = po.auto_methods;
   opt.add_bos = bos_choice(*e.core->m, po.add_bos);
   opt.checkpoint_out = checkpoint_out;
   opt.resume = resume;
@@ -196,6 +202,7 @@ struct CircuitArgs {
   bool greedy = false;
   double mem_budget_mb = 0;
   int batch = 0;
+  bool mix = true;
 };
 
 std::shared_ptr<CircuitRunResult> circuit(Engine& e, const std::string& pairs_text, const std::string& pairs_name,
@@ -216,6 +223,7 @@ std::shared_ptr<CircuitRunResult> circuit(Engine& e, const std::string& pairs_te
   opt.greedy = a.greedy;
   opt.mem_budget = static_cast<size_t>(a.mem_budget_mb * 1024 * 1024);
   opt.batch_pairs = a.batch;
+  opt.mix = a.mix;
   opt.log = [&ctx](const std::string& s) { ctx.log(s); };
   auto R = std::make_shared<CircuitRunResult>();
   run_released(*e.core, ctx, [&] { *R = run_circuit(*e.core->be, *e.core->m, opt, Comm::self()); });
@@ -438,6 +446,9 @@ NB_MODULE(_core, mod) {
       .def_rw("metric", &PatchOptions::metric)
       .def_rw("positions", &PatchOptions::positions)
       .def_rw("recompute", &PatchOptions::recompute)
+      .def_rw("layers", &PatchOptions::layers)
+      .def_rw("mix", &PatchOptions::mix)
+      .def_rw("auto_methods", &PatchOptions::auto_methods)
       .def_rw("add_bos", &PatchOptions::add_bos)
       .def_rw("answer_first_token", &PatchOptions::answer_first_token)
       .def_rw("batch", &PatchOptions::batch)
@@ -509,7 +520,8 @@ NB_MODULE(_core, mod) {
       .def_rw("target", &CircuitArgs::target)
       .def_rw("greedy", &CircuitArgs::greedy)
       .def_rw("mem_budget_mb", &CircuitArgs::mem_budget_mb)
-      .def_rw("batch", &CircuitArgs::batch);
+      .def_rw("batch", &CircuitArgs::batch)
+      .def_rw("mix", &CircuitArgs::mix);
 
   nb::class_<CircuitRunResult>(mod, "CircuitResult")
       .def("json", [](const CircuitRunResult& r) { return circuit_json(r); }, "The text of circuit.json.")

@@ -42,5 +42,5 @@ def test_default_metric_is_logit_diff(model):
 
 
 def test_unknown_metric(model):
-    with pytest.raises(ValueError, match="metric: expected one of logit-diff, prob-diff, logprob, kl"):
+    with pytest.raises(ValueError, match="metric: expected 'logit-diff', 'prob-diff', 'logprob', 'kl', got 'logit_diff'; did you mean 'logit-diff'\?"):
         model.patch(metric="logit_diff", progress=False)

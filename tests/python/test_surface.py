@@ -1,6 +1,8 @@
 """The Python surface a notebook user expects: one method needs no method argument, method= and
 a single string work, TransformerLens hook names, "did you mean" for keywords and values,
 errors in Python's words, DataFrames for top() and correlations, plotly figures."""
+import re
+
 import numpy as np
 import pytest
 
@@ -62,6 +64,7 @@ def test_errors_name_python_keywords(model):
     assert "answer_first_token=True" in str(e.value) and "--answer-first-token" not in str(e.value)
     from phi3patch._errors import pythonic
     assert pythonic("lower --mem-budget or --batch; or --no-bos") == "lower mem_budget= or batch=; or bos=False"
+    assert pythonic("--positions: range 9:3 is empty; --no-such-flag") == "positions: range 9:3 is empty; --no-such-flag"
 
 
 def test_top_and_correlations_are_dataframes(both):
@@ -102,3 +105,20 @@ def test_circuit_plot(model):
     assert np.array(s.data[0].z).shape == c.scores().shape
     with pytest.raises(ValueError, match="did you mean 'scores'"):
         c.plot("score")
+
+
+def test_mix_layers_and_verify_top_alone_equal_the_cli(model, tmp_path):
+    from conftest import cli_results
+    r = model.patch(SEED_PAIRS, hooks=["blocks.0.hook_resid_pre", "blocks.3.attn.hook_z"], methods="activation",
+                    mix=False, progress=False)
+    cli, _ = cli_results(tmp_path, "--hooks", "resid_pre,z", "--method", "activation", "--layers", "0,3", "--no-mix")
+    assert cli["exact_layers"] == [0, 3] and cli["mixed"] is False and len(r.prompts) == 2
+    for e in cli["results"]:
+        m = r.matrix(e["hook"])
+        np.testing.assert_array_equal(m, np.array(e["values"], dtype=np.float64))
+        layer_of = [int(re.match(r"L(\d+)", x).group(1)) for x in r.rows(e["hook"])]
+        assert all(np.isnan(m[i]).all() == (layer_of[i] not in (0, 3)) for i in range(m.shape[0]))
+    with pytest.raises(ValueError, match="not both"):
+        model.patch(SEED_PAIRS, hooks="blocks.0.hook_resid_pre", layers=[1], progress=False)
+    v = model.patch(SEED_PAIRS, hooks="resid_pre", verify_top=3, progress=False)
+    assert v.methods == ["attribution", "atp-star", "verified"] and len(v.verified) == 3
