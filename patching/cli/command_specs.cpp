@@ -10,7 +10,8 @@ namespace phi3 {
 
 namespace {
 
-const char* kRunUsage = R"(phi3patch - activation and attribution patching for Phi-3, Qwen2, Qwen3, Llama and Mistral models
+const char* kRunUsage = R"(phi3patch - activation and attribution patching for Phi-3 / Phi-3.5 / Phi-4, Qwen2 / Qwen2.5,
+Qwen3, Llama 3.x, Mistral and Gemma 2 models
 
 usage: phi3patch [COMMAND] [OPTIONS]
 
@@ -27,13 +28,14 @@ commands:
              reference dump made by tools/make_reference.py
   accuracy   accuracy on the temporal dataset
   bench      time forward, attribution and the exact sweeps
-  make-random  write a checkpoint with real Phi-3 shapes and seeded random weights
+  make-random  write a checkpoint with a published model's shape (every family) and seeded
+             random weights
 Each command's options: phi3patch COMMAND --help. The options below are run's.
 
 options:
   --help            this text
-  --model DIR       checkpoint directory: Phi3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM,
-                    MistralForCausalLM or Qwen3ForCausalLM (config.json, *.safetensors, and
+  --model DIR       checkpoint directory: Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+                    LlamaForCausalLM, MistralForCausalLM or Gemma2ForCausalLM (config.json, *.safetensors, and
                     tokenizer.model or tokenizer.json) [data/models/tiny-temporal-phi3]; or a
                     Hugging Face hub id org/name[@revision] already in the local cache
                     ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub; no download),

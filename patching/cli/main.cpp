@@ -1,5 +1,5 @@
-// phi3patch: activation and attribution patching for Phi-3 models.
-// Subcommands: run (default), forward, tokenize, verify, accuracy. Errors print one line
+// phi3patch: activation and attribution patching for the decoder families of model/arch/.
+// Subcommands: run (default), forward, tokenize, circuit, verify, accuracy, bench, make-random. Errors print one line
 // ("phi3patch: error: ...") and exit non-zero; results go to files, progress to stderr.
 #include <atomic>
 #include <chrono>
