@@ -93,7 +93,7 @@ int cmd_run(const Args& a) {
   ExperimentOptions opt;
   opt.pairs_file = a.get("pairs", default_path("data/temporal_scope_for_attribution_patching.json"));
   // TransformerLens names with a layer (blocks.3.hook_resid_pre) name that layer: checked against
-  // the config below (the sweep itself still covers every layer).
+  // the config below; the layers named restrict every hook's rows as --layers does.
   std::vector<HookSpec> hook_specs;
   if (a.has("hooks")) {
     hook_specs = parse_hook_spec_list(a.get("hooks", ""));
@@ -124,6 +124,15 @@ int cmd_run(const Args& a) {
   opt.positions = a.get("positions", "");
   opt.layers = a.get("layers", "");
   if (a.has("layers") && opt.layers.empty()) throw Error("--layers: no layer given");
+  std::vector<int> named_layers;
+  for (const HookSpec& h : hook_specs)
+    if (h.layer >= 0 && std::find(named_layers.begin(), named_layers.end(), h.layer) == named_layers.end())
+      named_layers.push_back(h.layer);
+  if (!named_layers.empty()) {
+    if (a.has("layers"))
+      throw Error("--layers and a layer in --hooks (blocks.N.hook_...): give the layers in one of them");
+    for (int l : named_layers) opt.layers += (opt.layers.empty() ? "" : ",") + std::to_string(l);
+  }
   opt.mix = !a.has("no-mix");
   opt.recompute = a.get("recompute", "auto");
   if (opt.recompute != "auto" && opt.recompute != "on" && opt.recompute != "off")
@@ -155,12 +164,6 @@ int cmd_run(const Args& a) {
                   "tokenizer in %.2f s", in.pairs.size(), in.T,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     opt.log(took);
-    for (const HookSpec& h : hook_specs)
-      if (h.layer >= 0) {
-        opt.log("--hooks blocks." + std::to_string(h.layer) + "." + hook_tl_name(h.hook) + ": every layer of " +
-                hook_name(h.hook) + " is patched (a layer in a hook name does not restrict the sweep)");
-        break;
-      }
   });
   // The output directory is rank 0's alone; every rank learns whether it is usable.
   std::string err;

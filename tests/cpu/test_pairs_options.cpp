@@ -361,7 +361,16 @@ TEST(PairsCli, OptionsThroughTheBinary) {
   EXPECT_EQ(r["exact_layers"], json({1, 2}));
   EXPECT_EQ(r["mixed"], false);
   EXPECT_EQ(methods(r), (std::vector<std::string>{"attribution", "activation"}));
+  // A layer in a TransformerLens hook name selects it, as --layers does.
+  ASSERT_EQ(test::run_cli(PHI3_CLI, "run --device cpu --hooks blocks.3.hook_resid_pre,blocks.0.attn.hook_z "
+                          "--method activation --out " + dir + "/c", dir), 0)
+      << test::slurp(dir + "/stderr.txt");
+  r = results("c");
+  EXPECT_EQ(r["exact_layers"], json({0, 3}));
+  EXPECT_EQ(r["results"][0]["hook"], "resid_pre");
+  EXPECT_EQ(r["results"][1]["hook"], "z");
   for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"--hooks blocks.1.hook_resid_pre --layers 2", "--layers and a layer in --hooks"},
            {"--layers 4", "--layers: layer 4 is outside the model (it has 4 layers, 0..3)"},
            {"--layers x", "--layers: 'x' is not a layer"},
            {"--layers 3:1", "--layers: range 3:1 is empty"},
