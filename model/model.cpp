@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 
