@@ -25,6 +25,12 @@ std::string fmt(double v, int prec = 4) {
   return buf;
 }
 
+std::string sig(double v) {  // 3 significant digits: 0.000641, 0.971, 12.3
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g", v);
+  return buf;
+}
+
 nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
 }  // namespace
@@ -118,12 +124,32 @@ std::vector<std::string> colour_label(const ExperimentResult& R, const MatrixRes
           "(1 = clean, 0 = corrupted)", direction_words(R.direction)};
 }
 
-// One colour limit per hook: the largest |value| over all of the hook's heatmaps, so its
-// attribution and exact heatmaps read on the same scale.
-double hook_limit(const ExperimentResult& R, Hook h) {
-  double m = 0;
+// Heatmaps of one hook whose largest |values| differ by this factor or more get a colour
+// scale each (on a shared one the smaller would be blank); the page says so.
+constexpr double kOwnScaleRatio = 10;
+
+// The largest and smallest of the per-heatmap largest |values| of a hook.
+std::pair<double, double> hook_ranges(const ExperimentResult& R, Hook h) {
+  double lo = INFINITY, hi = 0;
   for (const auto& r : R.results)
-    if (r.hook == h) m = std::max(m, max_abs(r.values));
+    if (r.hook == h) {
+      const double m = max_abs(r.values);
+      lo = std::min(lo, m);
+      hi = std::max(hi, m);
+    }
+  return {lo, hi};
+}
+
+bool hook_shares_scale(const ExperimentResult& R, Hook h) {
+  const auto [lo, hi] = hook_ranges(R, h);
+  return !(lo > 0 && hi / lo >= kOwnScaleRatio);
+}
+
+// The colour limit of a heatmap: one per hook, the largest |value| over all of the hook's
+// heatmaps, so its attribution and exact heatmaps read on the same scale; its own largest
+// |value| when the hook's ranges differ kOwnScaleRatio-fold or more.
+double colour_limit(const ExperimentResult& R, const MatrixResult& r) {
+  const double m = hook_shares_scale(R, r.hook) ? hook_ranges(R, r.hook).second : max_abs(r.values);
   return m > 0 ? m : 1.0;
 }
 
@@ -393,7 +419,7 @@ std::string report_html(const ExperimentResult& R, const std::map<std::string, s
     << "<style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;max-width:1400px;color:#222}"
     << "td,th{padding:2px 8px;text-align:left}th{border-bottom:1px solid #ccc}code{background:#f4f4f4}"
     << ".fig{overflow-x:auto;margin:6px 0}.fig svg{border:1px solid #eee;max-width:100%;height:auto}"
-    << ".pair{display:flex;gap:12px;flex-wrap:wrap}.pair .fig{flex:1 1 45%}"
+    << ".pair{display:flex;gap:12px;flex-wrap:wrap}.pair .fig{flex:1 1 45%;min-width:0}"
     << ".scale{background:#f6f8fb;border-left:3px solid #2166ac;padding:6px 10px}"
     << ".files{color:#666;font-size:90%}.nw{white-space:nowrap}</style></head><body>\n";
   h << "<h1>phi3patch: attribution and activation patching</h1>\n";
@@ -446,26 +472,27 @@ std::string report_html(const ExperimentResult& R, const std::map<std::string, s
     for (const auto& r : R.results)
       if (r.hook == hk) rs.push_back(&r);
     h << "<h2 id=\"" << hook_name(hk) << "\">" << xml_escape(figure_title(hk)) << " <code>" << hook_name(hk) << "</code></h2>\n";
-    const double limit = hook_limit(R, hk);
+    const auto [lo, hi] = hook_ranges(R, hk);
     h << "<p class=\"scale\">";
     if (rs.size() == 1) {
-      h << "Colour scale &plusmn;" << fmt(limit, 3) << " (the largest |value|).";
+      h << "Colour scale &plusmn;" << sig(colour_limit(R, *rs[0])) << " (the largest |value|).";
     } else {
-      double lo = INFINITY, hi = 0;
-      h << "One colour scale for this hook's " << rs.size() << " heatmaps: &plusmn;" << fmt(limit, 3)
-        << ", the largest |value| over them (";
-      for (size_t i = 0; i < rs.size(); ++i) {
-        const double m = max_abs(rs[i]->values);
-        lo = std::min(lo, m);
-        hi = std::max(hi, m);
-        h << (i ? ", " : "") << method_words(rs[i]->method) << " " << fmt(m, 3);
+      std::ostringstream ranges;
+      for (size_t i = 0; i < rs.size(); ++i)
+        ranges << (i ? ", " : "") << method_words(rs[i]->method) << " " << sig(max_abs(rs[i]->values));
+      if (hook_shares_scale(R, hk)) {
+        h << "One colour scale for this hook's " << rs.size() << " heatmaps: &plusmn;" << sig(colour_limit(R, *rs[0]))
+          << ", the largest |value| over them (" << ranges.str() << "). The same colour is the same value in each.";
+        if (lo > 0 && hi / lo >= 3)
+          h << " <b>Their ranges differ " << (hi / lo < 100 ? sig(hi / lo) : fmt(hi / lo, 0)) << "&times;</b>: the heatmap of smaller values looks pale "
+            << "on the shared scale; hover its cells for their values, or compare ranks in the scatter below.";
+        else if (lo == 0 && hi > 0)
+          h << " <b>One heatmap is all zeros.</b>";
+      } else {
+        h << "<b>Different colour scales:</b> the largest |values| of this hook's heatmaps differ " << (hi / lo < 100 ? sig(hi / lo) : fmt(hi / lo, 0))
+          << "&times; (" << ranges.str() << "), so each heatmap has its own scale, &plusmn; its largest |value| "
+          << "(read its colour bar): the same colour is <b>not</b> the same value across them.";
       }
-      h << "). The same colour is the same value in each.";
-      if (lo > 0 && hi / lo >= 3)
-        h << " <b>Their ranges differ " << fmt(hi / lo, 1) << "&times;</b>: the heatmap of smaller values looks pale "
-          << "on the shared scale; hover its cells for their values, or compare ranks in the scatter below.";
-      else if (lo == 0 && hi > 0)
-        h << " <b>One heatmap is all zeros.</b>";
     }
     h << "</p>\n";
     for (const MatrixResult* r : rs) {
@@ -582,7 +609,7 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
     }
     const char* y_label = r.hook == Hook::MlpPost ? "Layer / neuron" : hook_is_per_head(r.hook) && !heads ? "Layer / head" : "Layer";
     HeatmapScale scale;
-    scale.limit = hook_limit(R, r.hook);
+    scale.limit = colour_limit(R, r);
     scale.label = colour_label(R, r);
     figures[file_stem(r)] = svg_heatmap(title, rows, r.cols, vals, heads ? "Head" : "Position", y_label, scale);
     put(file_stem(r) + ".svg", figures[file_stem(r)]);

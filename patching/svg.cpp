@@ -103,9 +103,14 @@ std::string svg_heatmap(const std::string& title, const std::vector<std::string>
     for (const auto& w : wrap(l, 30)) label.push_back(w);
   size_t longest_row = 0;
   for (const auto& r : rows) longest_row = std::max(longest_row, r.size());
-  const double left = std::max(80.0, 24.0 + 6.5 * longest_row), top = 50, bottom = 130;
+  size_t longest_col = 0;
+  for (const auto& c : cols) longest_col = std::max(longest_col, c.size());
+  // Column labels run down at 60 degrees: ~5.7 px of height per character.
+  const double left = std::max(80.0, 24.0 + 6.5 * longest_row), top = 50;
+  const double bottom = std::max(60.0, std::min(130.0, 45.0 + 5.7 * longest_col));
   const double right = label.empty() ? 110 : 300;
-  const double W = left + nc * cell_w + right, H = top + nr * cell_h + bottom;
+  // Wide enough for the title (16 px font: ~8.5 px per character).
+  const double W = std::max(left + nc * cell_w + right, 40.0 + 8.5 * title.size()), H = top + nr * cell_h + bottom;
   double vmax = scale.limit;
   if (!(vmax > 0)) {
     vmax = 0;
@@ -119,8 +124,9 @@ std::string svg_heatmap(const std::string& title, const std::vector<std::string>
     << "\" viewBox=\"0 0 " << fmt(W, 6) << " " << fmt(H, 6) << "\" data-colour-limit=\"" << fmt(vmax, 9)
     << "\" font-family=\"Helvetica,Arial,sans-serif\" font-size=\"11\">\n";
   s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"" << fmt(left + nc * cell_w / 2, 6) << "\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">"
-    << xml_escape(title) << "</text>\n";
+  const double title_x = std::max(left + nc * cell_w / 2, 20.0 + 4.25 * title.size());  // never cut on the left
+  s << "<text x=\"" << fmt(title_x, 6) << "\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">" << xml_escape(title)
+    << "</text>\n";
   for (int r = 0; r < nr; ++r) {
     for (int c = 0; c < nc; ++c) {
       double v = values[size_t(r) * nc + c];

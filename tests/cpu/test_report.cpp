@@ -231,7 +231,31 @@ TEST(Report, SelfContainedWithOneColourScalePerHook) {
     EXPECT_EQ(lim[0], lim[1]) << hook_name(h) << ": attribution and activation share their colour limit";
     EXPECT_NEAR(lim[0], want, 1e-6 * want) << hook_name(h);
   }
-  EXPECT_NE(html.find("One colour scale for this hook's 2 heatmaps"), std::string::npos);
+  EXPECT_EQ(count_of(html, "One colour scale for this hook's 2 heatmaps"), 2u);
+  EXPECT_EQ(html.find("Different colour scales"), std::string::npos);
+
+  // Ranges 10x apart or more: a scale each, said plainly on the page.
+  {
+    ExperimentResult S = R;
+    double att_max = 0, act_max = 0;
+    for (auto& r : S.results)
+      if (r.hook == Hook::ResidPre) {
+        if (r.method == "attribution")
+          for (double& v : r.values) v *= 1e-3;
+        for (double v : r.values)
+          if (std::isfinite(v)) (r.method == "attribution" ? att_max : act_max) = std::max(r.method == "attribution" ? att_max : act_max, std::fabs(v));
+      }
+    const std::string d = test::temp_dir("report-own-scales");
+    prepare_out_dir({d, "results.json", {"checkpoints"}, true, false});
+    write_report(S, d);
+    const std::string page = read_text_file(path_join(d, "report.html"), "html");
+    EXPECT_EQ(count_of(page, "Different colour scales"), 1u) << "resid_pre only";
+    EXPECT_NE(page.find("the same colour is <b>not</b> the same value"), std::string::npos);
+    const double la = colour_limits(read_text_file(path_join(d, "resid_pre_attribution.svg"), "svg")).at(0);
+    const double lb = colour_limits(read_text_file(path_join(d, "resid_pre_activation.svg"), "svg")).at(0);
+    EXPECT_NEAR(la, att_max, 1e-6 * att_max);
+    EXPECT_NEAR(lb, act_max, 1e-6 * act_max);
+  }
 
   // Sections only for what ran: the two hooks, the comparison, the prompts; no patterns, no
   // verify-top, no AtP* table; no heading without content after it.
