@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 

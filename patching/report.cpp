@@ -25,6 +25,12 @@ std::string fmt(double v, int prec = 4) {
   return buf;
 }
 
+std::string sig(double v) {  // 3 significant digits: 0.000641, 0.971, 12.3
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g", v);
+  return buf;
+}
+
 nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
 }  // namespace
@@ -47,9 +53,9 @@ namespace {
 
 std::string file_stem(const MatrixResult& r) { return hook_name(r.hook) + "_" + r.method; }
 
-std::string plot_title(const MatrixResult& r) {
+std::string figure_title(Hook h) {
   std::string base;
-  switch (r.hook) {
+  switch (h) {
     case Hook::ResidPre: base = "Residual"; break;
     case Hook::ResidMid: base = "Residual (mid)"; break;
     case Hook::ResidPost: base = "Residual (post)"; break;
@@ -67,6 +73,11 @@ std::string plot_title(const MatrixResult& r) {
     case Hook::PatternAllPos: base = "Attention Pattern (all queries)"; break;
     case Hook::MlpPost: base = "MLP Neurons by Position"; break;
   }
+  return base;
+}
+
+std::string plot_title(const MatrixResult& r) {
+  const std::string base = figure_title(r.hook);
   if (r.method == "attribution") return base + " Attribution Patching (AtP)";
   if (r.method == "atp-star") return base + " AtP* (|estimate|)";
   if (r.method == "verified") return base + " Exact Check of the Top Nodes";
@@ -83,6 +94,70 @@ std::vector<std::string> cell_labels(const MatrixResult& r) {
   std::vector<std::string> labels;
   for (size_t i = 0; i < r.values.size(); ++i) labels.push_back(r.rows[i / r.cols.size()] + ", " + r.cols[i % r.cols.size()]);
   return labels;
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v)
+    if (std::isfinite(x)) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+const char* metric_words(MetricKind k) {
+  switch (k) {
+    case MetricKind::LogitDiff: return "logit difference";
+    case MetricKind::ProbDiff: return "probability difference";
+    case MetricKind::LogProb: return "log-probability of the answer";
+    case MetricKind::KL: return "KL divergence from the clean run";
+  }
+  return "metric";
+}
+
+std::string direction_words(const std::string& direction) {
+  return direction == "noise" ? "noising: corrupted values patched into the clean run"
+                              : "denoising: clean values patched into the corrupted run";
+}
+
+// What a heatmap's colour means, beside its colour bar.
+std::vector<std::string> colour_label(const ExperimentResult& R, const MatrixResult& r) {
+  return {std::string(r.method == "atp-star" ? "|estimate| of the " : "") + "normalised " + metric_words(R.metric),
+          "(1 = clean, 0 = corrupted)", direction_words(R.direction)};
+}
+
+// Heatmaps of one hook whose largest |values| differ by this factor or more get a colour
+// scale each (on a shared one the smaller would be blank); the page says so.
+constexpr double kOwnScaleRatio = 10;
+
+// The largest and smallest of the per-heatmap largest |values| of a hook.
+std::pair<double, double> hook_ranges(const ExperimentResult& R, Hook h) {
+  double lo = INFINITY, hi = 0;
+  for (const auto& r : R.results)
+    if (r.hook == h) {
+      const double m = max_abs(r.values);
+      lo = std::min(lo, m);
+      hi = std::max(hi, m);
+    }
+  return {lo, hi};
+}
+
+bool hook_shares_scale(const ExperimentResult& R, Hook h) {
+  const auto [lo, hi] = hook_ranges(R, h);
+  return !(lo > 0 && hi / lo >= kOwnScaleRatio);
+}
+
+// The colour limit of a heatmap: one per hook, the largest |value| over all of the hook's
+// heatmaps, so its attribution and exact heatmaps read on the same scale; its own largest
+// |value| when the hook's ranges differ kOwnScaleRatio-fold or more.
+double colour_limit(const ExperimentResult& R, const MatrixResult& r) {
+  const double m = hook_shares_scale(R, r.hook) ? hook_ranges(R, r.hook).second : max_abs(r.values);
+  return m > 0 ? m : 1.0;
+}
+
+const char* method_words(const std::string& method) {
+  if (method == "attribution") return "attribution (AtP)";
+  if (method == "atp-star") return "AtP*";
+  if (method == "verified") return "exact check of the top nodes";
+  return "activation (exact)";
 }
 }  // namespace
 
@@ -332,6 +407,161 @@ std::string results_json(const ExperimentResult& R) {
   return j.dump(1) + "\n";
 }
 
+namespace {
+
+// The figure's SVG inline (the page needs no other file), in a scrolling box when wide.
+std::string inline_figure(const std::map<std::string, std::string>& figures, const std::string& stem) {
+  auto it = figures.find(stem);
+  if (it == figures.end()) return "";
+  return "<div class=\"fig\">" + it->second + "</div>\n";
+}
+
+std::string report_html(const ExperimentResult& R, const std::map<std::string, std::string>& figures) {
+  std::ostringstream h;
+  h << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>phi3patch report</title>\n"
+    << "<style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;max-width:1400px;color:#222}"
+    << "td,th{padding:2px 8px;text-align:left}th{border-bottom:1px solid #ccc}code{background:#f4f4f4}"
+    << ".fig{overflow-x:auto;margin:6px 0}.fig svg{border:1px solid #eee;max-width:100%;height:auto}"
+    << ".pair{display:flex;gap:12px;flex-wrap:wrap}.pair .fig{flex:1 1 45%;min-width:0}"
+    << ".scale{background:#f6f8fb;border-left:3px solid #2166ac;padding:6px 10px}"
+    << ".files{color:#666;font-size:90%}.nw{white-space:nowrap}</style></head><body>\n";
+  h << "<h1>phi3patch: attribution and activation patching</h1>\n";
+  h << "<p>Model <code>" << xml_escape(R.model_dir) << "</code> on " << xml_escape(R.device) << ". Pairs <code>"
+    << xml_escape(R.pairs_file) << "</code>, " << R.n_prompts << " prompts, T = " << R.T << ", "
+    << xml_escape(direction_words(R.direction)) << (R.add_bos ? ", BOS prepended" : ", no BOS") << ".</p>\n";
+  if (R.metric == MetricKind::LogitDiff)
+    h << "<p>Clean logit difference <b>" << fmt(R.clean_ld) << "</b>, corrupted <b>" << fmt(R.corrupted_ld)
+      << "</b>. Every value below is the normalised logit difference at the last position: 1 = the clean run's, "
+      << "0 = the corrupted run's. Hover a cell or point for its value.</p>\n";
+  else
+    h << "<p>Metric <b>" << metric_name(R.metric) << "</b> (" << xml_escape(metric_definition(R.metric))
+      << ", at the last position): clean <b>" << fmt(R.clean_m) << "</b>, corrupted <b>" << fmt(R.corrupted_m)
+      << "</b>. Every value below is the normalised metric (M - M_corrupted) / (M_clean - M_corrupted): 1 = the "
+      << "clean run's, 0 = the corrupted run's. Clean logit difference " << fmt(R.clean_ld) << ", corrupted "
+      << fmt(R.corrupted_ld) << ". Hover a cell or point for its value.</p>\n";
+  const std::vector<std::string> effects = describe_effects(R);
+  if (!effects.empty()) {
+    h << "<h2>Where the effects lie</h2><ul>\n";
+    for (const auto& line : effects) h << "<li>" << xml_escape(line) << "</li>\n";
+    h << "</ul>\n";
+  }
+  if (!R.comparisons.empty()) {
+    h << "<h2>Attribution vs activation patching</h2><table><tr><th>hook</th><th>Pearson</th><th>Spearman</th></tr>\n";
+    for (const auto& c : R.comparisons)
+      h << "<tr><td>" << hook_name(c.hook) << "</td><td>" << fmt(c.pearson, 3) << "</td><td>" << fmt(c.spearman, 3)
+        << "</td></tr>\n";
+    h << "</table>\n";
+  }
+  if (!R.quality.empty()) {
+    const bool star = std::any_of(R.quality.begin(), R.quality.end(), [](const EstimateQuality& q) { return q.method == "atp-star"; });
+    h << "<h2>" << (star ? "AtP vs AtP* against exact patching" : "How well AtP ranks the nodes (against exact patching)")
+      << "</h2>\n<p>Per hook, how each estimate ranks the nodes: "
+      << "Pearson and Spearman correlation of |estimate| with |exact effect|, and the share of the exact top-10 "
+      << "nodes (by |effect|) found in the estimate's top-20 (false negatives lower it; blank with 20 nodes or "
+      << "fewer).</p>\n<table><tr><th>hook</th><th>method</th><th>nodes</th><th>Pearson</th><th>Spearman</th>"
+      << "<th>recall@20 of exact top-10</th></tr>\n";
+    for (const auto& q : R.quality)
+      h << "<tr><td>" << hook_name(q.hook) << "</td><td>" << (q.method == "atp-star" ? "AtP*" : "AtP") << "</td><td>"
+        << q.nodes << "</td><td>" << fmt(q.pearson_abs, 3) << "</td><td>" << fmt(q.spearman_abs, 3) << "</td><td>"
+        << (std::isnan(q.recall_10_in_20) ? std::string() : fmt(q.recall_10_in_20, 2)) << "</td></tr>\n";
+    h << "</table>\n";
+  }
+  // One section per hook that ran: its heatmaps on one colour scale, its scatters.
+  std::vector<Hook> hooks;
+  for (const auto& r : R.results)
+    if (std::find(hooks.begin(), hooks.end(), r.hook) == hooks.end()) hooks.push_back(r.hook);
+  for (Hook hk : hooks) {
+    std::vector<const MatrixResult*> rs;
+    for (const auto& r : R.results)
+      if (r.hook == hk) rs.push_back(&r);
+    h << "<h2 id=\"" << hook_name(hk) << "\">" << xml_escape(figure_title(hk)) << " <code>" << hook_name(hk) << "</code></h2>\n";
+    const auto [lo, hi] = hook_ranges(R, hk);
+    h << "<p class=\"scale\">";
+    if (rs.size() == 1) {
+      h << "Colour scale &plusmn;" << sig(colour_limit(R, *rs[0])) << " (the largest |value|).";
+    } else {
+      std::ostringstream ranges;
+      for (size_t i = 0; i < rs.size(); ++i)
+        ranges << (i ? ", " : "") << method_words(rs[i]->method) << " " << sig(max_abs(rs[i]->values));
+      if (hook_shares_scale(R, hk)) {
+        h << "One colour scale for this hook's " << rs.size() << " heatmaps: &plusmn;" << sig(colour_limit(R, *rs[0]))
+          << ", the largest |value| over them (" << ranges.str() << "). The same colour is the same value in each.";
+        if (lo > 0 && hi / lo >= 3)
+          h << " <b>Their ranges differ " << (hi / lo < 100 ? sig(hi / lo) : fmt(hi / lo, 0)) << "&times;</b>: the heatmap of smaller values looks pale "
+            << "on the shared scale; hover its cells for their values, or compare ranks in the scatter below.";
+        else if (lo == 0 && hi > 0)
+          h << " <b>One heatmap is all zeros.</b>";
+      } else {
+        h << "<b>Different colour scales:</b> the largest |values| of this hook's heatmaps differ " << (hi / lo < 100 ? sig(hi / lo) : fmt(hi / lo, 0))
+          << "&times; (" << ranges.str() << "), so each heatmap has its own scale, &plusmn; its largest |value| "
+          << "(read its colour bar): the same colour is <b>not</b> the same value across them.";
+      }
+    }
+    h << "</p>\n";
+    for (const MatrixResult* r : rs) {
+      h << inline_figure(figures, file_stem(*r));
+      if (r->exact())
+        h << "<p>" << method_words(r->method) << ": " << r->work.patched_runs << " patched runs, "
+          << r->work.skipped_noop << " no-op patches skipped, " << r->work.token_layer_evals
+          << " token-layer evaluations (naive: " << r->work.naive_token_layer_evals << "), " << fmt(r->work.seconds, 3)
+          << " s</p>\n";
+    }
+    const bool scatter = figures.count(hook_name(hk) + "_scatter") > 0,
+               star = figures.count(hook_name(hk) + "_atp_star_scatter") > 0;
+    if (scatter || star) {
+      h << "<div class=\"pair\">" << (scatter ? inline_figure(figures, hook_name(hk) + "_scatter") : "")
+        << (star ? inline_figure(figures, hook_name(hk) + "_atp_star_scatter") : "") << "</div>\n";
+    }
+    h << "<p class=\"files\">Files: ";
+    for (size_t i = 0; i < rs.size(); ++i) h << (i ? ", " : "") << file_stem(*rs[i]) << ".csv, " << file_stem(*rs[i]) << ".svg";
+    if (scatter) h << ", " << hook_name(hk) << "_scatter.svg";
+    if (star) h << ", " << hook_name(hk) << "_atp_star_scatter.svg";
+    h << "</p>\n";
+  }
+  if (!R.verified.empty()) {
+    h << "<h2>Exact check of the top " << R.verified.size() << " nodes by |" << xml_escape(R.verify_ranked_by)
+      << "|</h2>\n" << inline_figure(figures, "verified_scatter") << "<table><tr><th>rank</th><th>hook</th><th>node</th>"
+      << "<th>AtP</th><th>AtP*</th><th>exact</th><th>95% CI</th></tr>\n";
+    for (const auto& v : R.verified)
+      h << "<tr><td>" << v.rank << "</td><td>" << hook_name(v.hook) << "</td><td>" << xml_escape(v.row + ", " + v.col)
+        << "</td><td>" << (std::isnan(v.attribution) ? std::string() : fmt(v.attribution, 4)) << "</td><td>"
+        << (std::isnan(v.atp_star) ? std::string() : fmt(v.atp_star, 4)) << "</td><td>" << fmt(v.exact, 4)
+        << "</td><td>&plusmn;" << fmt(v.ci95, 4) << "</td></tr>\n";
+    h << "</table>\n";
+  }
+  if (!R.pattern_figures.empty()) {
+    h << "<h2>Attention patterns of the top heads</h2>\n<p>The " << R.pattern_figures.size()
+      << " heads with the largest total |effect| in <code>" << hook_name(R.pattern_figures[0].hook) << "</code> ("
+      << xml_escape(R.pattern_figures[0].ranked_by) << "), on the first prompt: query position down, key "
+      << "position across, clean run left, corrupted run right; colour = attention probability (0 to 1).</p>\n";
+    for (const auto& f : R.pattern_figures) {
+      const std::string stem = "pattern_L" + std::to_string(f.layer) + "H" + std::to_string(f.head);
+      h << "<h3>Layer " << f.layer << ", head " << f.head << "</h3>\n<div class=\"pair\">"
+        << inline_figure(figures, stem + "_clean") << inline_figure(figures, stem + "_corrupted") << "</div>\n"
+        << "<p class=\"files\">Files: " << stem << "_clean.svg, " << stem << "_corrupted.svg</p>\n";
+    }
+  }
+  const bool other_metric = R.metric != MetricKind::LogitDiff;
+  h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th>";
+  if (other_metric) h << "<th>" << metric_name(R.metric) << " clean</th><th>" << metric_name(R.metric) << " corrupted</th>";
+  h << "</tr>\n";
+  for (const auto& b : R.batches)
+    for (size_t i = 0; i < b.clean_prompts.size(); ++i) {
+      h << "<tr><td>" << xml_escape(b.clean_prompts[i]) << "</td><td>" << xml_escape(b.corrupted_prompts[i])
+        << "</td><td class=\"nw\">" << xml_escape(b.answer_piece[i]) << " vs " << xml_escape(b.other_piece[i]) << "</td><td>"
+        << fmt(b.clean_ld_rows[i]) << "</td><td>" << fmt(b.corrupted_ld_rows[i]) << "</td>";
+      if (other_metric) h << "<td>" << fmt(b.clean_m_rows[i]) << "</td><td>" << fmt(b.corrupted_m_rows[i]) << "</td>";
+      h << "</tr>\n";
+    }
+  h << "</table>\n";
+  h << "<p class=\"files\">This page holds every figure; beside it, results.json (all values, per-prompt metrics, "
+    << "work counters), one CSV per heatmap and each figure as an SVG file.</p>\n";
+  h << "</body></html>\n";
+  return h.str();
+}
+
+}  // namespace
+
 std::vector<std::string> write_report(const ExperimentResult& R, const std::string& out_dir) {
   std::vector<std::string> written;
   // results.json marks a complete set of files from one run: an older one (only here with
@@ -344,6 +574,7 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
     write_file_atomic(p, text);
     written.push_back(p);
   };
+  std::map<std::string, std::string> figures;  // file stem -> SVG text, inlined in report.html
   for (const auto& r : R.results) {
     std::ostringstream csv;
     csv << "row";
@@ -380,12 +611,16 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
       title += " (the " + std::to_string(kShown) + " of " + std::to_string(r.rows.size()) + " rows with the largest |effect|)";
     }
     const char* y_label = r.hook == Hook::MlpPost ? "Layer / neuron" : hook_is_per_head(r.hook) && !heads ? "Layer / head" : "Layer";
-    put(file_stem(r) + ".svg", svg_heatmap(title, rows, r.cols, vals, heads ? "Head" : "Position", y_label));
+    HeatmapScale scale;
+    scale.limit = colour_limit(R, r);
+    scale.label = colour_label(R, r);
+    figures[file_stem(r)] = svg_heatmap(title, rows, r.cols, vals, heads ? "Head" : "Position", y_label, scale);
+    put(file_stem(r) + ".svg", figures[file_stem(r)]);
   }
   for (const auto& c : R.comparisons) {
     const MatrixResult *at = find(R, c.hook, "attribution"), *ac = find(R, c.hook, "activation");
     put(hook_name(c.hook) + "_scatter.svg",
-        svg_scatter(hook_name(c.hook) + ": attribution vs activation (r=" + fmt(c.pearson, 3) + ", rho=" +
+        figures[hook_name(c.hook) + "_scatter"] = svg_scatter(hook_name(c.hook) + ": attribution vs activation (r=" + fmt(c.pearson, 3) + ", rho=" +
                         fmt(c.spearman, 3) + ")",
                     at->values, ac->values, cell_labels(*at), "attribution patching", "activation patching"));
   }
@@ -395,7 +630,7 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
     std::vector<double> exact_abs;
     for (double v : ac->values) exact_abs.push_back(std::fabs(v));
     put(hook_name(q.hook) + "_atp_star_scatter.svg",
-        svg_scatter(hook_name(q.hook) + ": AtP* vs |activation| (r=" + fmt(q.pearson_abs, 3) + ")", st->values,
+        figures[hook_name(q.hook) + "_atp_star_scatter"] = svg_scatter(hook_name(q.hook) + ": AtP* vs |activation| (r=" + fmt(q.pearson_abs, 3) + ")", st->values,
                     exact_abs, cell_labels(*st), "AtP*", "|activation patching|"));
   }
   for (const auto& f : R.pattern_figures) {
@@ -404,10 +639,15 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
       const bool c = std::string(run) == "clean";
       const std::vector<float>& v = c ? f.clean : f.corrupted;
       const std::vector<std::string>& tok = c ? f.clean_tokens : f.corrupted_tokens;
+      HeatmapScale probs;
+      probs.limit = 1;
+      probs.sequential = true;
+      probs.label = {"attention probability"};
       put(stem + "_" + run + ".svg",
-          svg_heatmap("Attention pattern, layer " + std::to_string(f.layer) + " head " + std::to_string(f.head) + ", " +
-                          run + " prompt 0",
-                      tok, tok, std::vector<double>(v.begin(), v.end()), "Key position", "Query position"));
+          figures[stem + "_" + run] = svg_heatmap("Attention pattern, layer " + std::to_string(f.layer) + " head " +
+                                                      std::to_string(f.head) + ", " + run + " prompt 0",
+                                                  tok, tok, std::vector<double>(v.begin(), v.end()), "Key position",
+                                                  "Query position", probs));
     }
   }
   if (!R.verified.empty()) {
@@ -423,104 +663,12 @@ std::vector<std::string> write_report(const ExperimentResult& R, const std::stri
       lab.push_back(hook_name(v.hook) + " " + v.row + ", " + v.col);
     }
     put("verified.csv", csv.str());
-    put("verified_scatter.svg", svg_scatter("top " + std::to_string(R.verified.size()) + " by |" + R.verify_ranked_by +
+    put("verified_scatter.svg", figures["verified_scatter"] = svg_scatter("top " + std::to_string(R.verified.size()) + " by |" + R.verify_ranked_by +
                                                 "|: estimate vs exact",
                                             est, ex, lab, R.verify_ranked_by, "exact activation patching"));
   }
-  // report.html
-  std::ostringstream h;
-  h << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>phi3patch report</title>\n"
-    << "<style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;max-width:1400px}"
-    << "td,th{padding:2px 8px;text-align:left}code{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:6px 0}"
-    << "</style></head><body>\n";
-  h << "<h1>phi3patch: attribution and activation patching</h1>\n";
-  h << "<p>Model <code>" << xml_escape(R.model_dir) << "</code> on " << xml_escape(R.device) << ". Pairs <code>"
-    << xml_escape(R.pairs_file) << "</code>, " << R.n_prompts << " prompts (every pair both ways), T = " << R.T
-    << ", direction " << R.direction << (R.add_bos ? ", BOS prepended" : ", no BOS") << ".</p>\n";
-  if (R.metric == MetricKind::LogitDiff)
-    h << "<p>Clean logit difference <b>" << fmt(R.clean_ld) << "</b>, corrupted <b>" << fmt(R.corrupted_ld)
-      << "</b>. Values are the normalized metric (1 = clean, 0 = corrupted).</p>\n";
-  else
-    h << "<p>Metric <b>" << metric_name(R.metric) << "</b> (" << xml_escape(metric_definition(R.metric))
-      << ", at the last position): clean <b>" << fmt(R.clean_m) << "</b>, corrupted <b>" << fmt(R.corrupted_m)
-      << "</b>. Values are the normalized metric (M - M_corrupted) / (M_clean - M_corrupted) (1 = clean, 0 = "
-      << "corrupted). Clean logit difference " << fmt(R.clean_ld) << ", corrupted " << fmt(R.corrupted_ld) << ".</p>\n";
-  h << "<h2>Where the effects lie</h2><ul>\n";
-  for (const auto& s : describe_effects(R)) h << "<li>" << xml_escape(s) << "</li>\n";
-  h << "</ul>\n";
-  if (!R.comparisons.empty()) {
-    h << "<h2>Attribution vs activation patching</h2><table><tr><th>hook</th><th>Pearson</th><th>Spearman</th></tr>\n";
-    for (const auto& c : R.comparisons)
-      h << "<tr><td>" << hook_name(c.hook) << "</td><td>" << fmt(c.pearson, 3) << "</td><td>" << fmt(c.spearman, 3)
-        << "</td></tr>\n";
-    h << "</table>\n";
-  }
-  if (!R.quality.empty()) {
-    h << "<h2>AtP vs AtP* against exact patching</h2>\n<p>Per hook, how each estimate ranks the nodes: "
-      << "Pearson and Spearman correlation of |estimate| with |exact effect|, and the share of the exact top-10 "
-      << "nodes (by |effect|) found in the estimate's top-20 (false negatives lower it; blank with 20 nodes or "
-      << "fewer).</p>\n<table><tr><th>hook</th><th>method</th><th>nodes</th><th>Pearson</th><th>Spearman</th>"
-      << "<th>recall@20 of exact top-10</th></tr>\n";
-    for (const auto& q : R.quality)
-      h << "<tr><td>" << hook_name(q.hook) << "</td><td>" << (q.method == "atp-star" ? "AtP*" : "AtP") << "</td><td>"
-        << q.nodes << "</td><td>" << fmt(q.pearson_abs, 3) << "</td><td>" << fmt(q.spearman_abs, 3) << "</td><td>"
-        << (std::isnan(q.recall_10_in_20) ? std::string() : fmt(q.recall_10_in_20, 2)) << "</td></tr>\n";
-    h << "</table>\n";
-  }
-  if (!R.verified.empty()) {
-    h << "<h2>Exact check of the top " << R.verified.size() << " nodes by |" << xml_escape(R.verify_ranked_by)
-      << "|</h2>\n<img src=\"verified_scatter.svg\">\n<table><tr><th>rank</th><th>hook</th><th>node</th>"
-      << "<th>AtP</th><th>AtP*</th><th>exact</th><th>95% CI</th></tr>\n";
-    for (const auto& v : R.verified)
-      h << "<tr><td>" << v.rank << "</td><td>" << hook_name(v.hook) << "</td><td>" << xml_escape(v.row + ", " + v.col)
-        << "</td><td>" << (std::isnan(v.attribution) ? std::string() : fmt(v.attribution, 4)) << "</td><td>"
-        << (std::isnan(v.atp_star) ? std::string() : fmt(v.atp_star, 4)) << "</td><td>" << fmt(v.exact, 4)
-        << "</td><td>&plusmn;" << fmt(v.ci95, 4) << "</td></tr>\n";
-    h << "</table>\n";
-  }
-  if (!R.pattern_figures.empty()) {
-    h << "<h2>Attention patterns of the top heads</h2>\n<p>The " << R.pattern_figures.size()
-      << " heads with the largest total |effect| in <code>" << hook_name(R.pattern_figures[0].hook) << "</code> ("
-      << xml_escape(R.pattern_figures[0].ranked_by) << "), on the first prompt: query position down, key "
-      << "position across, clean run left, corrupted run right.</p>\n";
-    for (const auto& f : R.pattern_figures) {
-      const std::string stem = "pattern_L" + std::to_string(f.layer) + "H" + std::to_string(f.head);
-      h << "<h3>Layer " << f.layer << ", head " << f.head << "</h3>\n<img src=\"" << stem
-        << "_clean.svg\" style=\"max-width:49%\"> <img src=\"" << stem << "_corrupted.svg\" style=\"max-width:49%\">\n";
-    }
-  }
-  const bool other_metric = R.metric != MetricKind::LogitDiff;
-  h << "<h2>Prompts</h2><table><tr><th>clean</th><th>corrupted</th><th>answer</th><th>LD clean</th><th>LD corrupted</th>";
-  if (other_metric) h << "<th>" << metric_name(R.metric) << " clean</th><th>" << metric_name(R.metric) << " corrupted</th>";
-  h << "</tr>\n";
-  for (const auto& b : R.batches)
-    for (size_t i = 0; i < b.clean_prompts.size(); ++i) {
-      h << "<tr><td>" << xml_escape(b.clean_prompts[i]) << "</td><td>" << xml_escape(b.corrupted_prompts[i])
-        << "</td><td>" << xml_escape(b.answer_piece[i]) << " vs " << xml_escape(b.other_piece[i]) << "</td><td>"
-        << fmt(b.clean_ld_rows[i]) << "</td><td>" << fmt(b.corrupted_ld_rows[i]) << "</td>";
-      if (other_metric) h << "<td>" << fmt(b.clean_m_rows[i]) << "</td><td>" << fmt(b.corrupted_m_rows[i]) << "</td>";
-      h << "</tr>\n";
-    }
-  h << "</table>\n<h2>Figures</h2>\n";
-  for (const auto& r : R.results) {
-    h << "<h3>" << xml_escape(plot_title(r)) << "</h3>\n<img src=\"" << file_stem(r) << ".svg\" alt=\""
-      << xml_escape(plot_title(r)) << "\">\n";
-    if (r.exact()) {
-      h << "<p>work: " << r.work.patched_runs << " patched runs, " << r.work.skipped_noop << " no-op patches skipped, "
-        << r.work.token_layer_evals << " token-layer evaluations (naive: " << r.work.naive_token_layer_evals << "), "
-        << fmt(r.work.seconds, 3) << " s</p>\n";
-    }
-  }
-  for (const auto& c : R.comparisons)
-    h << "<h3>" << hook_name(c.hook) << ": attribution vs activation</h3>\n<img src=\"" << hook_name(c.hook)
-      << "_scatter.svg\">\n";
-  for (const auto& q : R.quality)
-    if (q.method == "atp-star")
-      h << "<h3>" << hook_name(q.hook) << ": AtP* vs |activation|</h3>\n<img src=\"" << hook_name(q.hook)
-        << "_atp_star_scatter.svg\">\n";
-  h << "<p>Files: results.json (all values, per-prompt metrics, work counters) and one CSV per figure.</p>\n";
-  h << "</body></html>\n";
-  put("report.html", h.str());
+  // report.html: one self-contained page, every figure inline (hover a cell for its value).
+  put("report.html", report_html(R, figures));
   // results.json last: its presence marks a complete run.
   put("results.json", results_json(R));
   return written;

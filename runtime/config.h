@@ -1,5 +1,6 @@
-// A decoder's config.json -> ModelConfig, validated (architecture, required fields, types,
-// consistent sizes); every error names config.json and the field.
+// What the engine needs of a decoder's config.json, whatever its family, and what is derived
+// from it (rotary frequencies). Reading config.json into it belongs to the family
+// descriptions: parse_config_json / load_config in model/arch/config_json.h.
 #pragma once
 #include <string>
 #include <vector>
@@ -79,9 +80,5 @@ struct ModelConfig {
   // given); 1 without scaling. It multiplies cos and sin.
   float rope_attention_scale() const;
 };
-
-// Any supported family (model/arch/); errors name the file and the field.
-ModelConfig parse_config_json(const std::string& text, const std::string& source = "config.json");
-ModelConfig load_config(const std::string& model_dir);  // reads model_dir/config.json
 
 }  // namespace phi3

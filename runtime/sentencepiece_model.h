@@ -29,7 +29,10 @@ class SentencePieceModel : public TokenizerModel {
   int piece_id(const std::string& piece) const override;
   void encode(std::string_view text, bool starts_input, std::vector<int>* out) const override;
   std::string decode(const std::vector<int>& ids, const std::map<int, std::string>& added) const override;
-  std::string answer_text(const std::string& word) const override { return word; }
+  // The word as it follows a space: the dummy prefix marks it where the model adds one (Llama,
+  // Phi-3: "short" -> ▁short); without one (Gemma) the space itself does (" short" -> ▁short,
+  // where "short" alone would be the word-internal piece).
+  std::string answer_text(const std::string& word) const override { return dummy_prefix_ ? word : " " + word; }
   int bos_id() const override;
   bool bos_by_default() const override { return true; }  // LlamaTokenizer's add_bos_token default
 

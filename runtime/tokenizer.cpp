@@ -295,6 +295,8 @@ std::vector<int> Tokenizer::answer_tokens(const std::string& answer) const {
   // " short" (TransformerLens / GPT-2 style) means the same word token as "short".
   const std::string word = !answer.empty() && answer[0] == ' ' ? answer.substr(1) : answer;
   if (word.empty()) throw Error("answer '" + answer + "' is empty");
+  // An added token ("<|end|>") is that token, with or without the space before it.
+  if (auto it = added_.find(word); it != added_.end()) return {it->second};
   return encode(model_->answer_text(word), false);
 }
 

@@ -53,9 +53,10 @@ class Tokenizer {
   bool bos_by_default() const;                // prompts start with BOS unless --no-bos
   std::string kind() const;                   // "SentencePiece", "byte-level BPE"
   // The single token an answer word becomes: the word as it follows a space in running text
-  // (SentencePiece "short" -> "▁short"; BPE "short" -> "Ġshort"). One leading space, as
-  // TransformerLens writes answers, is the same: " short". Throws naming the answer and the
-  // pieces when it is not exactly one token.
+  // (SentencePiece "short" -> "▁short", with or without a dummy prefix: Gemma's vocabulary
+  // also holds a word-internal "short"; BPE "short" -> "Ġshort"). One leading space, as
+  // TransformerLens writes answers, is the same: " short". An added token ("<|end|>") is
+  // itself. Throws naming the answer and the pieces when it is not exactly one token.
   int answer_token(const std::string& answer) const;
   // Every token an answer word becomes (the same encoding; throws on an empty answer).
   std::vector<int> answer_tokens(const std::string& answer) const;

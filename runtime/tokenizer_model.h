@@ -26,8 +26,8 @@ class TokenizerModel {
   // throws naming an id that is neither.
   virtual std::string decode(const std::vector<int>& ids, const std::map<int, std::string>& added) const = 0;
   // The text an answer word is encoded from, so that it becomes the word as it follows a space
-  // in running text: SentencePiece marks the word start itself (its dummy prefix), byte-level
-  // BPE needs the space.
+  // in running text: SentencePiece with a dummy prefix marks the word start itself; without one
+  // (Gemma) and byte-level BPE need the space.
   virtual std::string answer_text(const std::string& word) const = 0;
   virtual int bos_id() const = 0;                // -1 when the model names none
   virtual bool bos_by_default() const = 0;       // whether prompts start with BOS unless the config says

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "test_util.h"
 
 namespace phi3::test {

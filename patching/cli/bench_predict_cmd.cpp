@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "model/arch/config_json.h"
 #include "model/batch.h"
 #include "model/model.h"
 #include "patching/cli/args.h"

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "model/arch/config_json.h"
 #include "model/weights.h"
 #include "patching/cli/args.h"
 #include "patching/cli/commands.h"

@@ -10,7 +10,7 @@
 
 #include "model/arch/architecture.h"
 #include "model/weights.h"
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "test_util.h"
 
 namespace phi3 {

@@ -26,7 +26,7 @@
 #include "model/batch.h"
 #include "model/forward.h"
 #include "model/model.h"
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 #include "runtime/safetensors.h"
 #include "runtime/tokenizer.h"

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "test_util.h"

@@ -14,7 +14,7 @@
 #include "patching/cli/commands.h"
 #include "patching/experiment.h"
 #include "patching/memory_plan.h"
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 #include "runtime/trace_backend.h"
 #include "test_util.h"

@@ -8,7 +8,7 @@
 
 #include "model/model.h"
 #include "patching/cli/commands.h"
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 #include "runtime/trace_backend.h"
 

@@ -13,7 +13,7 @@
 #include "model/model.h"
 #include "patching/circuit.h"
 #include "patching/circuit_run.h"
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 #include "patching/verify.h"
 #include "test_util.h"

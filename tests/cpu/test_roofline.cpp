@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "model/arch/config_json.h"
 #include "kernels/cuda/op_costs.h"
 #include "model/batch.h"
 #include "patching/roofline.h"

@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -14,6 +15,7 @@
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/tokenizer.h"
+#include "runtime/tokenizer_model.h"
 #include "test_util.h"
 
 namespace phi3 {
@@ -307,6 +309,105 @@ TEST(Tokenizer, GemmaLayoutEqualsSentencePieceAndTransformers) {
   EXPECT_EQ(tok.encode("Hello", true), want["bos_ids"].get<std::vector<int>>());  // [<bos> = 2, Hello]
   EXPECT_EQ(tok.piece(tok.encode("short", false)[0]).rfind("\xE2\x96\x81", 0), std::string::npos)
       << "no dummy prefix in Gemma's layout";
+}
+
+// ---- a SentencePiece model written by hand (ModelProto wire format) ----
+void put_varint(std::string* s, uint64_t v) {
+  do {
+    uint8_t b = v & 0x7f;
+    v >>= 7;
+    s->push_back(static_cast<char>(v ? (b | 0x80) : b));
+  } while (v);
+}
+void put_bytes(std::string* s, int field, const std::string& bytes) {
+  put_varint(s, (uint64_t(field) << 3) | 2);
+  put_varint(s, bytes.size());
+  *s += bytes;
+}
+void put_int(std::string* s, int field, uint64_t v) {
+  put_varint(s, uint64_t(field) << 3);
+  put_varint(s, v);
+}
+
+// A unigram model over `pieces` (<unk>, <s>, </s> first) whose vocabulary holds both "short"
+// (word-internal) and "▁short" (word start), with SentencePiece's normalizer flags as given.
+std::string hand_sp_model(bool add_dummy_prefix) {
+  const std::string S = "\xE2\x96\x81";  // ▁
+  struct P {
+    std::string piece;
+    float score;
+    int type;  // 1 normal, 2 unknown, 3 control
+  };
+  const std::vector<P> pieces = {{"<unk>", 0, 2}, {"<s>", 0, 3},       {"</s>", 0, 3},       {S, -3, 1},
+                                 {"s", -8, 1},    {"h", -8, 1},        {"o", -8, 1},         {"r", -8, 1},
+                                 {"t", -8, 1},    {"l", -8, 1},        {"n", -8, 1},         {"g", -8, 1},
+                                 {"sh", -4, 1},   {"ort", -4, 1},      {"short", -2, 1},     {S + "short", -2, 1},
+                                 {"long", -2, 1}, {S + "long", -2, 1}, {"The", -2, 1},       {S + "answer", -2, 1}};
+  std::string model;
+  for (const P& p : pieces) {
+    std::string m;
+    put_bytes(&m, 1, p.piece);
+    uint32_t bits;
+    std::memcpy(&bits, &p.score, 4);
+    put_varint(&m, (2u << 3) | 5);
+    for (int k = 0; k < 4; ++k) m.push_back(static_cast<char>((bits >> (8 * k)) & 0xff));
+    put_int(&m, 3, static_cast<uint64_t>(p.type));
+    put_bytes(&model, 1, m);
+  }
+  std::string trainer;
+  put_int(&trainer, 3, 1);  // model_type UNIGRAM
+  put_bytes(&model, 2, trainer);
+  std::string norm;
+  put_bytes(&norm, 1, "identity");
+  put_int(&norm, 3, add_dummy_prefix);
+  put_int(&norm, 4, 0);  // remove_extra_whitespaces off (Gemma)
+  put_int(&norm, 5, 1);  // escape_whitespaces: " " -> ▁
+  put_bytes(&model, 3, norm);
+  return model;
+}
+
+// Issue 30 item 7: without a dummy prefix (Gemma's layout) "short" alone is the word-internal
+// piece, but an answer is the word after a space, whose token is ▁short — as with the prefix
+// (Llama, Phi-3) and in byte-level BPE (Ġshort).
+TEST(Tokenizer, AnswerIsTheWordAfterASpaceWithAndWithoutDummyPrefix) {
+  const std::string S = "\xE2\x96\x81";
+  for (bool prefix : {false, true}) {
+    SCOPED_TRACE(prefix ? "add_dummy_prefix on" : "add_dummy_prefix off (Gemma)");
+    const std::string dir = test::temp_dir(prefix ? "sp-prefix" : "sp-noprefix");
+    const std::string path = dir + "/tokenizer.model";
+    {
+      std::ofstream f(path, std::ios::binary);
+      f << hand_sp_model(prefix);
+    }
+    Tokenizer tok = Tokenizer::load_model_file(path);
+    const int word_start = tok.model().piece_id(S + "short"), inside = tok.model().piece_id("short");
+    ASSERT_GE(word_start, 0);
+    ASSERT_GE(inside, 0);
+    ASSERT_NE(word_start, inside);
+    // The vocabulary tells the two apart in running text.
+    if (prefix) {
+      EXPECT_EQ(tok.encode("short", false), std::vector<int>{word_start});
+    } else {
+      EXPECT_EQ(tok.encode("short", false), std::vector<int>{inside}) << "no dummy prefix: the bare word";
+      EXPECT_EQ(tok.encode(" short", false), std::vector<int>{word_start});
+    }
+    EXPECT_EQ(tok.answer_token("short"), word_start);
+    EXPECT_EQ(tok.answer_token(" short"), word_start);  // TransformerLens' leading space: the same
+    EXPECT_EQ(tok.answer_tokens("short"), std::vector<int>{word_start});
+    EXPECT_EQ(tok.answer_token("long"), tok.model().piece_id(S + "long"));
+    EXPECT_EQ(tok.piece(tok.answer_token("answer")), S + "answer");
+  }
+}
+
+// The committed Gemma-layout tokenizer (no dummy prefix): every answer id is a word-start piece.
+TEST(Tokenizer, GemmaLayoutAnswersStartWithTheSpaceMark) {
+  Tokenizer tok = Tokenizer::load_dir(test::source_dir() + "/tests/data/sp/gemma");
+  for (const char* w : {"short", "long", "the", "answer"}) {
+    const std::vector<int> ids = tok.answer_tokens(w);
+    ASSERT_FALSE(ids.empty());
+    EXPECT_EQ(tok.piece(ids[0]).rfind("\xE2\x96\x81", 0), 0u) << w << " -> " << tok.piece(ids[0]);
+    EXPECT_EQ(ids, tok.encode(std::string(" ") + w, false)) << w;
+  }
 }
 
 }  // namespace

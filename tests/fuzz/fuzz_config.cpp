@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "runtime/config.h"
+#include "model/arch/config_json.h"
 #include "runtime/error.h"
 
 using namespace phi3;
