@@ -85,7 +85,7 @@ void add_steps(const json& j, const std::string& where, std::vector<PreTokenizer
   } else {
     throw Error(where + ": pre-tokenizer type '" + type +
                 "' is not supported (supported: Split, ByteLevel, Sequence of them — the byte-level BPE "
-                "tokenizers of Phi-4, Phi-4-mini and GPT-2)");
+                "tokenizers of Phi-4, Qwen2/2.5, Qwen3, Llama 3.x and GPT-2)");
   }
   steps->push_back(std::move(s));
 }

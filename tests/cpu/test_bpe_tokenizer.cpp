@@ -313,7 +313,8 @@ TEST(BpeTokenizer, LoadErrorsNameTheField) {
 TEST(BpeTokenizer, ChoosesTheTokenizerFileOrSaysWhatIsMissing) {
   const std::string empty = test::temp_dir("bpe_none");
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(empty); }),
-              HasSubstr("has no tokenizer: expected tokenizer.model (SentencePiece, Phi-3) or tokenizer.json"));
+              HasSubstr("has no tokenizer: expected tokenizer.model (SentencePiece: Phi-3, Phi-3.5, Mistral, Gemma 2) or "
+                        "tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x)"));
   std::ofstream(empty + "/vocab.json") << "{}";
   std::ofstream(empty + "/merges.txt") << "";
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(empty); }), HasSubstr("it has vocab.json + merges.txt"));

@@ -262,7 +262,8 @@ TEST(Tokenizer, LoadErrors) {
   EXPECT_THAT(error_of([&] { Tokenizer::load_model_file(missing); }),
               HasSubstr("tokenizer model '" + missing + "' does not exist"));
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(dir); }),
-              HasSubstr("'" + dir + "' has no tokenizer: expected tokenizer.model (SentencePiece, Phi-3) or tokenizer.json"));
+              HasSubstr("'" + dir + "' has no tokenizer: expected tokenizer.model (SentencePiece: Phi-3, Phi-3.5, Mistral, Gemma 2) or "
+                        "tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x)"));
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(path_join(dir, "nope")); }),
               HasSubstr("tokenizer directory '" + path_join(dir, "nope") + "' does not exist"));
   write_file_atomic(missing, "this is not a protobuf at all, just some text\n");
