@@ -1,7 +1,5 @@
 // `phi3patch circuit`: EAP / EAP-IG edge scores, top-k circuits evaluated exactly, the
 // faithfulness curve (patching/circuit_run.h).
-#include <chrono>
-#include <cstdio>
 #include <iostream>
 
 #include "model/metric.h"
@@ -61,7 +59,7 @@ int cmd_circuit(const Args& a) {
   // Everything that can be checked without the weights is, before any is read: the
   // architecture's support for circuits, the grid against the graph, the pairs and their tokens.
   comm.agree_on([&] {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = now_seconds();
     m = load_model_meta(model_dir);
     opt.add_bos = bos_option(a, m->tok);
     check_circuit_support(m->cfg);
@@ -70,13 +68,7 @@ int cmd_circuit(const Args& a) {
       opt.grid = parse_edge_grid(a.get("edge-grid", ""), g.n_edges());
     }
     const CircuitInputs in = check_circuit_inputs(*m, opt);
-    if (comm.root()) {
-      char took[160];
-      std::snprintf(took, sizeof took, "checked %zu pairs (longest prompt %d tokens) against config.json and the "
-                    "tokenizer in %.2f s", in.pairs.size(), in.T,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      opt.log(took);
-    }
+    if (comm.root()) opt.log(checked_before_weights(in.pairs.size(), in.T, t0));
   });
   comm.agree_on([&] {  // --out is rank 0's alone; every rank learns whether it is usable
     if (!comm.root()) return;

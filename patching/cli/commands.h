@@ -27,4 +27,8 @@ class Tokenizer;
 void check_bos_flags(const Args& a);
 void check_direction(const std::string& dir);  // denoise | noise, else an error with the closest
 bool bos_option(const Args& a, const Tokenizer& tok);
+// main.cpp: the log line of the checks made before the weights load ("checked 2 pairs (longest
+// prompt 29 tokens) against config.json and the tokenizer in 0.01 s"), timed from t0.
+std::string checked_before_weights(size_t pairs, int longest, double t0_seconds);
+double now_seconds();  // steady clock, for checked_before_weights
 }  // namespace phi3

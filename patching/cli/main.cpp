@@ -41,6 +41,17 @@ void check_bos_flags(const Args& a) {
   if (a.has("bos") && a.has("no-bos")) throw Error("--bos and --no-bos: give one of them");
 }
 
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string checked_before_weights(size_t pairs, int longest, double t0_seconds) {
+  char took[160];
+  std::snprintf(took, sizeof took, "checked %zu pairs (longest prompt %d tokens) against config.json and the "
+                "tokenizer in %.2f s", pairs, longest, now_seconds() - t0_seconds);
+  return took;
+}
+
 bool bos_option(const Args& a, const Tokenizer& tok) {
   check_bos_flags(a);
   if (a.has("bos")) {
@@ -154,16 +165,12 @@ int cmd_run(const Args& a) {
   // Everything that can be checked without the weights is, before any is read: config.json's
   // architecture, the tokenizer, the pairs file and every prompt and answer's tokens.
   comm.agree_on([&] {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = now_seconds();
     m = load_model_meta(model_dir);
     opt.add_bos = bos_option(a, m->tok);
     check_hook_layers(hook_specs, m->cfg);
     const ExperimentInputs in = check_experiment_inputs(*m, opt);
-    char took[160];
-    std::snprintf(took, sizeof took, "checked %zu pairs (longest prompt %d tokens) against config.json and the "
-                  "tokenizer in %.2f s", in.pairs.size(), in.T,
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    opt.log(took);
+    opt.log(checked_before_weights(in.pairs.size(), in.T, t0));
   });
   // The output directory is rank 0's alone; every rank learns whether it is usable.
   std::string err;

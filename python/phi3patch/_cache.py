@@ -15,8 +15,6 @@ BLOCK_HOOKS = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "a
                "mlp.hook_post", "hook_mlp_out", "hook_resid_post"]
 MODEL_HOOKS_FIRST = ["hook_embed"]
 MODEL_HOOKS_LAST = ["ln_final.hook_normalized"]
-# Computed here from what the engine keeps (the rest are views of the engine's buffers).
-DERIVED = ("hook_embed", "ln_final.hook_normalized", "attn.hook_attn_scores")
 
 # transformer_lens.utils.get_act_name's short names.
 _SHORT = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
@@ -70,6 +68,28 @@ def select(names_filter: Union[None, str, Sequence[str], Callable[[str], bool]],
     return list(dict.fromkeys(wanted))
 
 
+def sources(name: str, n_layers: int) -> List[str]:
+    """The engine activations a cached name is made from: itself, or for the names computed here
+    (the rest are views of the engine's buffers) what they are computed from."""
+    if name == "hook_embed":
+        return ["blocks.0.hook_resid_pre"]
+    if name == "ln_final.hook_normalized":
+        return [f"blocks.{n_layers - 1}.hook_resid_post"]
+    if name.endswith("attn.hook_attn_scores"):
+        return [name.replace("hook_attn_scores", "hook_rot_q"), name.replace("hook_attn_scores", "hook_rot_k")]
+    return [name]
+
+
+def derive(name: str, src: List[Any], pad: Sequence[int], engine: Any) -> Any:
+    """The activation `name` from its sources' values (sources(name)); engine: the model's _core.Engine."""
+    if name == "ln_final.hook_normalized":
+        return normalized(src[0], engine.rms_norm_eps)
+    if name.endswith("attn.hook_attn_scores"):
+        scale, softcap, window = engine.attn_params(int(name.split(".")[1]))
+        return attn_scores(src[0], src[1], pad, scale, softcap, window)
+    return src[0]
+
+
 class ActivationCache(dict):
     """{TransformerLens name: activation} of one forward pass; cache['resid_pre', 3] also works.
     tokens [B, T] and pad [B] (left-pad count per row) are attributes, not entries."""
@@ -93,14 +113,6 @@ class ActivationCache(dict):
         return f"<phi3patch.ActivationCache {len(self)} activations, tokens {tuple(self.tokens.shape)}>"
 
 
-def _lib(a: Any):
-    """numpy for arrays, torch for torch tensors (CUDA caches)."""
-    if isinstance(a, np.ndarray):
-        return np
-    import torch  # type: ignore
-    return torch
-
-
 def normalized(resid: Any, eps: float) -> Any:
     """TransformerLens' ln_final.hook_normalized: x / sqrt(mean(x^2) + eps), before the weight."""
     if isinstance(resid, np.ndarray):
@@ -110,37 +122,33 @@ def normalized(resid: Any, eps: float) -> Any:
     return resid / torch.sqrt(torch.mean(resid * resid, dim=-1, keepdim=True) + eps)
 
 
+def hidden_keys(pad: Sequence[int], T: int, window: int) -> np.ndarray:
+    """[B, T, T] True where query t does not see key j: later keys, pad keys, keys beyond the window."""
+    t = np.arange(T)[:, None]
+    j = np.arange(T)[None, :]
+    hidden = (j > t)[None] | (j[None] < np.asarray(pad, dtype=np.int64)[:, None, None])
+    if window > 0:
+        hidden = hidden | (j < t - window + 1)[None]
+    return hidden
+
+
 def attn_scores(rot_q: Any, rot_k: Any, pad: Sequence[int], scale: float, softcap: float, window: int) -> Any:
     """TransformerLens' attn.hook_attn_scores [B, H, T, T]: the (soft-capped) scaled dot products of
-    the rotated queries and keys, -inf where a query does not see a key (later keys, pad keys,
-    keys beyond the sliding window)."""
+    the rotated queries and keys, -inf where a query does not see a key (hidden_keys)."""
     B, T, H, HD = rot_q.shape
-    KVH = rot_k.shape[2]
+    group = H // rot_k.shape[2]
+    hidden = hidden_keys(pad, T, window)[:, None]  # [B, 1, T, T]
     if isinstance(rot_q, np.ndarray):
         q = rot_q.astype(np.float32).transpose(0, 2, 1, 3)                       # B H T d
-        k = np.repeat(rot_k.astype(np.float32).transpose(0, 2, 1, 3), H // KVH, axis=1)
+        k = np.repeat(rot_k.astype(np.float32).transpose(0, 2, 1, 3), group, axis=1)
         s = np.matmul(q, k.transpose(0, 1, 3, 2)) * np.float32(scale)
         if softcap > 0:
             s = np.float32(softcap) * np.tanh(s / np.float32(softcap))
-        t = np.arange(T)[:, None]
-        j = np.arange(T)[None, :]
-        for b in range(B):
-            hidden = (j > t) | (j < int(pad[b]))
-            if window > 0:
-                hidden |= j < t - window + 1
-            s[b][:, hidden] = -np.inf
-        return s.astype(np.float32)
+        return np.where(hidden, np.float32(-np.inf), s).astype(np.float32)
     import torch  # type: ignore
     q = rot_q.float().permute(0, 2, 1, 3)
-    k = rot_k.float().permute(0, 2, 1, 3).repeat_interleave(H // KVH, dim=1)
+    k = rot_k.float().permute(0, 2, 1, 3).repeat_interleave(group, dim=1)
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
-    t = torch.arange(T, device=s.device)[:, None]
-    j = torch.arange(T, device=s.device)[None, :]
-    for b in range(B):
-        hidden = (j > t) | (j < int(pad[b]))
-        if window > 0:
-            hidden |= j < t - window + 1
-        s[b][:, hidden] = float("-inf")
-    return s
+    return s.masked_fill(torch.from_numpy(hidden).to(s.device), float("-inf"))

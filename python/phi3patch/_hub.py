@@ -71,26 +71,23 @@ def resolve(name, download: bool = True) -> Resolved:
         return Resolved(data_path("models", "tiny-temporal-phi3"), "")
     given = os.fspath(name)
     path = os.path.expanduser(given)
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-        return Resolved(path, "")
-    if path.lower() in EMBEDDED_NAMES:
+    if path.lower() in EMBEDDED_NAMES and not os.path.isdir(path):
         return Resolved(data_path("models", "tiny-temporal-phi3"), f"'{given}' -> the embedded model")
-    alias = TL_ALIASES.get(path.lower())
+    alias = None if os.path.isdir(path) else TL_ALIASES.get(path.lower())
     target = alias or path
     what = f"'{given}' (TransformerLens name) -> {target}" if alias else target
+    prefix = f"{what}: " if alias else ""
     try:
-        found = _core.resolve_model_dir(target)
+        found = _core.resolve_model_dir(target)  # a directory, a cache repo folder or a cached hub id
     except _core.Error as e:
-        if not (download and is_hub_id(target)):
-            raise type(e)(f"{str(e)}" if not alias else f"{what}: {e}") from None
-        snap, why = _download(*split_id(target))
-        if snap is None:
-            raise type(e)(f"{what + ': ' if alias else ''}{e}; {why}") from None
-        return Resolved(snap, f"{what} -> {snap} (downloaded)")
-    if os.path.isdir(found) and os.path.isfile(os.path.join(found, "config.json")):
+        why = ""
+        if download and is_hub_id(target):
+            snap, why = _download(*split_id(target))
+            if snap is not None:
+                return Resolved(snap, f"{what} -> {snap} (downloaded)")
+        raise type(e)(f"{prefix}{e}{'; ' + why if why else ''}") from None
+    if os.path.isdir(found):  # the loader names what a directory lacks
         return Resolved(found, "" if found == path else f"{what} -> {found}")
-    if os.path.isdir(found):
-        return Resolved(found, "")  # the loader names what the directory lacks
     near = difflib.get_close_matches(path.lower(), list(TL_ALIASES) + list(EMBEDDED_NAMES), n=1, cutoff=0.75)
     hint = f"; did you mean '{near[0]}'?" if near else ""
     raise _core.Error(f"model '{given}': no such directory, and not a Hugging Face hub id (org/name[@revision]) "

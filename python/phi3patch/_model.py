@@ -11,7 +11,6 @@ from ._cache import ActivationCache
 from ._circuit import CircuitResult
 from ._hub import resolve as resolve_model
 from ._names import checked_kwargs, did_you_mean, parse_hook
-from ._names import did_you_mean as _did_you_mean
 from ._errors import python_words
 from ._pairs import pairs_text
 from ._paths import data_path
@@ -315,33 +314,13 @@ class Model:
         from . import _cache
         prompts = _str_list("prompts", prompts)
         wanted = _cache.select(names_filter, self.n_layers)
-        need = set(n for n in wanted if not n.endswith(_cache.DERIVED))
-        last = f"blocks.{self.n_layers - 1}.hook_resid_post"
-        for n in wanted:
-            if n == "hook_embed":
-                need.add("blocks.0.hook_resid_pre")
-            elif n == "ln_final.hook_normalized":
-                need.add(last)
-            elif n.endswith("attn.hook_attn_scores"):
-                need.update({n.replace("hook_attn_scores", "hook_rot_q"), n.replace("hook_attn_scores", "hook_rot_k")})
+        need = {s for n in wanted for s in _cache.sources(n, self.n_layers)}
         with python_words():
             d = _core.run_with_cache(self._e, prompts, sorted(need), _bos(bos))
         conv = self._from_device if self._e.on_cuda else (lambda a: a)
         raw = {n: conv(d[n]) for n in need}
         pad = d["pad"]
-        acts = {}
-        for n in wanted:
-            if n == "hook_embed":
-                acts[n] = raw["blocks.0.hook_resid_pre"]
-            elif n == "ln_final.hook_normalized":
-                acts[n] = _cache.normalized(raw[last], self._e.rms_norm_eps)
-            elif n.endswith("attn.hook_attn_scores"):
-                layer = int(n.split(".")[1])
-                scale, softcap, window = self._e.attn_params(layer)
-                acts[n] = _cache.attn_scores(raw[n.replace("hook_attn_scores", "hook_rot_q")],
-                                             raw[n.replace("hook_attn_scores", "hook_rot_k")], pad, scale, softcap, window)
-            else:
-                acts[n] = raw[n]
+        acts = {n: _cache.derive(n, [raw[s] for s in _cache.sources(n, self.n_layers)], pad, self._e) for n in wanted}
         tokens = d["tokens"]
         str_tokens = [[self._e.label(int(t)) for t in row] for row in tokens]
         return conv(d["logits"]), _cache.ActivationCache(acts, tokens, pad, str_tokens)
@@ -392,10 +371,8 @@ def load(model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str
     """
     if model_dir is not None and not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError(f"model_dir: expected a directory path or a hub id, got {type(model_dir).__name__}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}{_did_you_mean(device, ('auto', 'cpu', 'cuda'))}")
-    if dtype not in ("bf16", "fp32"):
-        raise ValueError(f"dtype: expected 'bf16' or 'fp32', got {dtype!r}{_did_you_mean(dtype, ('bf16', 'fp32'))}")
+    _choice("device", device, ("auto", "cpu", "cuda"))
+    _choice("dtype", dtype, ("bf16", "fp32"))
     where = resolve_model(model_dir, download=download)
     if where.how and verbose:
         print(f"phi3patch: model {where.how}")

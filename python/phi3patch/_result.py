@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ._names import did_you_mean
+
 
 def _pandas():
     try:
@@ -44,9 +46,15 @@ class PatchResult:
     def methods(self) -> List[str]:
         return list(dict.fromkeys(m for _, m in self._index))
 
-    def _i(self, hook: str, method: Optional[str]) -> int:
+    def _i(self, hook: str, method: Optional[str], any_method: bool = False) -> int:
+        """The index of (hook, method); method None: the hook's only method (any_method: its first,
+        for what every method of a hook shares, the row and column labels)."""
         if method is None:
             ms = [m for h, m in self._index if h == hook]
+            if hook not in self.hooks:
+                raise KeyError(f"no result for hook '{hook}'; have {self.hooks}{did_you_mean(hook, self.hooks)}")
+            if any_method:
+                ms = ms[:1]
             if len(ms) != 1:
                 raise ValueError(f"method: hook '{hook}' has {ms or 'no results'}; name one")
             method = ms[0]
@@ -61,10 +69,12 @@ class PatchResult:
         return self._r.values(self._i(hook, method))
 
     def rows(self, hook: str, method: Optional[str] = None) -> List[str]:
-        return list(self._r.rows(self._i(hook, method)))
+        """Row labels ('L3', 'L3H1'): the same for every method of a hook."""
+        return list(self._r.rows(self._i(hook, method, any_method=True)))
 
     def cols(self, hook: str, method: Optional[str] = None) -> List[str]:
-        return list(self._r.cols(self._i(hook, method)))
+        """Column labels (positions 'index:token', or heads): the same for every method of a hook."""
+        return list(self._r.cols(self._i(hook, method, any_method=True)))
 
     def frame(self, hook: str, method: Optional[str] = None):
         """The matrix as a pandas DataFrame indexed by its row and column labels."""
@@ -112,12 +122,12 @@ class PatchResult:
                 continue
             m = self.matrix(h, method)
             mname = self.keys()[self._i(h, method)][1]
-            rl, cl = self.rows(h, method), self.cols(h, method)
-            for i in range(m.shape[0]):
-                for j in range(m.shape[1]):
-                    if np.isfinite(m[i, j]):
-                        rows.append((h, mname, rl[i], cl[j], float(m[i, j])))
-        rows.sort(key=lambda r: -abs(r[4]))  # stable: ties keep the matrix order
+            rl, cl = self.rows(h), self.cols(h)
+            flat = np.where(np.isfinite(m), np.abs(m), -np.inf).ravel()
+            for i in np.argsort(-flat, kind="stable")[:k]:  # each hook's k largest are enough
+                if np.isfinite(flat[i]):
+                    rows.append((h, mname, rl[i // m.shape[1]], cl[i % m.shape[1]], float(m.flat[i])))
+        rows.sort(key=lambda r: -abs(r[4]))  # stable: ties keep the hook and matrix order
         return pd.DataFrame(rows[:k], columns=["hook", "method", "row", "col", "value"])
 
     def plot(self, hook: Optional[str] = None, method: Optional[str] = None, *, share_scale: bool = True,

@@ -151,3 +151,20 @@ def test_names_filter_forms_and_unknown_names(model):
         model.run_with_cache("The goal is", name_filter=["hook_embed"])
     assert c.str_tokens[0][0] == model.to_str_tokens("The goal is")[0] == "<s>"
     assert model.cfg.n_layers == model.n_layers and model.cfg.d_head == model.config["head_dim"]
+
+
+def test_scores_and_normalized_agree_on_numpy_and_torch():
+    """CUDA caches are torch tensors: the torch path of the computed hooks equals the numpy one."""
+    torch = pytest.importorskip("torch", reason="torch not installed: the CUDA caches' torch path is not run")
+    from phi3patch import _cache
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 7, 4, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 7, 2, 8)).astype(np.float32)
+    for scale, cap, window in ((0.35, 0.0, 0), (0.35, 5.0, 3)):
+        a = _cache.attn_scores(q, k, [0, 2], scale, cap, window)
+        b = _cache.attn_scores(torch.from_numpy(q), torch.from_numpy(k), [0, 2], scale, cap, window).numpy()
+        np.testing.assert_array_equal(np.isneginf(a), np.isneginf(b))
+        np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], rtol=0, atol=1e-6)
+    x = rng.standard_normal((2, 7, 16)).astype(np.float32)
+    np.testing.assert_allclose(_cache.normalized(x, 1e-5), _cache.normalized(torch.from_numpy(x), 1e-5).numpy(),
+                               rtol=0, atol=1e-6)

@@ -25,6 +25,15 @@ def test_one_method_needs_no_method_argument(model):
         model.patch(method="attribution", methods="activation")
 
 
+def test_labels_need_no_method_and_unknown_hooks_are_named(both):
+    assert both.rows("resid_pre") == both.rows("resid_pre", "activation") == ["L0", "L1", "L2", "L3"]
+    assert both.cols("attn_out") == both.cols("attn_out", "attribution") == both.position_labels
+    with pytest.raises(ValueError, match="name one"):
+        both.matrix("resid_pre")  # two methods: the values differ, so the method must be named
+    with pytest.raises(KeyError, match="did you mean 'resid_pre'"):
+        both.rows("resid_pr")
+
+
 def test_transformerlens_hook_names(model):
     r = model.patch(SEED_PAIRS, hooks=["hook_resid_pre", "blocks.attn.hook_z", "hook_mlp_out"], methods="attribution",
                     progress=False)
