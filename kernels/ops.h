@@ -96,7 +96,8 @@ struct AttnParams {
   const float* v_cache = nullptr;  // [B*T, KVH*HD], stride cache_stride; may be null
   float* z = nullptr;              // [rows, H*HD] output, row stride z_stride
   uint16_t* z16 = nullptr;         // optional: the same z rounded to bf16 (GemmOut), stride z_stride
-  float* pattern = nullptr;        // optional [B, H, T, T] softmax probs (plain pass only)
+  float* pattern = nullptr;        // optional [B, H, T, T] softmax probs (plain pass only): every
+                                   // element of the queries' rows written, 0 off the visible set
   const int32_t* pad = nullptr;    // [B] left-pad count per batch row
   const AttnSegment* segs = nullptr;  // [n_segs], device memory
   int64_t q_stride = 0, kv_stride = 0, cache_stride = 0, z_stride = 0;
@@ -140,9 +141,10 @@ struct AttnBackwardParams {
 // changes whole rows, recomputed. Rotated queries/keys (the source ones rotated at the base
 // run's positions), rows b*T + t; pad query rows contribute nothing.
 // z from a given attention pattern (patching hook_pattern): for heads [h0, h0 + nh),
-// z[b*T + t, h*HD + d] = sum_j P[b, h, t, j] * v[b*T + j, (h / (H/KVH))*HD + d], summed over
-// j in order; 0 on pad query rows (t < pad[b]), the attention op's convention. Other heads'
-// columns of z are left as they are.
+// z[b*T + t, h*HD + d] = sum_{j <= t} P[b, h, t, j] * v[b*T + j, (h / (H/KVH))*HD + d], summed
+// over j in order (a pattern is causal: entries past the diagonal are not read); 0 on pad
+// query rows (t < pad[b]), the attention op's convention. Other heads' columns of z are left
+// as they are.
 struct ApplyPatternParams {
   const float* pattern = nullptr;  // [B, H, T, T]
   const float* v = nullptr;        // [B*T, KVH*HD], stride kv_stride

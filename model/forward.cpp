@@ -448,13 +448,12 @@ struct LayerPass {
     be.rotary_qkv_forward(a.q_rot.get(), a.k_rot.get(), a.v.get(), qk_norm_input(be, m, l, a.qkv.get(), N, qkn),
                           s.pos.get(), N, H, KVH, HD, s.rope);
 
-    if (a.pattern.size()) be.zero(a.pattern.get(), a.pattern.size() * sizeof(float));
+    // The attention op writes every element of the pattern (zeros off the visible set): no zeroing.
     AttnParams ap = plain_attention_params(m, s, a, l, segs);
     ap.z16 = a.z16.get();
     DeviceArray<float> own_pattern;  // a patched pattern when the pass keeps none
     if (patched_at(Hook::Pattern, l) && !a.pattern.size()) {
       own_pattern = DeviceArray<float>(be, size_t(B) * H * T * T);
-      be.zero(own_pattern.get(), own_pattern.size() * sizeof(float));
       ap.pattern = own_pattern.get();
     }
     be.attention_forward(ap);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "model/qk_norm.h"
+#include "patching/copy_slices.h"
 #include "runtime/arena.h"
 #include "runtime/error.h"
 
@@ -321,14 +322,11 @@ class FastSweep {
   };
 
   // Per head: the rows to patch (destination row, source row b*T+t).
-  using HeadRows = std::map<int, std::pair<std::vector<int32_t>, std::vector<int32_t>>>;
   // dst[row, h*HD .. (h+1)*HD) = src[source row, same] for every head's rows (rows `stride` apart).
-  void copy_head_slices(float* dst, const float* src, int64_t stride, const HeadRows& by_head) {
-    for (const auto& [h, idx] : by_head) {
-      auto d_i = to_device(be_, idx.first), d_s = to_device(be_, idx.second);
-      be_.copy_rows(dst + h * HD_, stride, d_i.get(), src + h * HD_, stride, d_s.get(),
-                    static_cast<int>(idx.first.size()), HD_);
-    }
+  void copy_head_slices(float* dst, const float* src, int64_t stride, const ColumnRows& by_head) {
+    ColumnRows by_col;
+    for (const auto& [h, idx] : by_head) by_col[h * int64_t(HD_)] = idx;
+    copy_column_slices(be_, dst, stride, src, stride, HD_, by_col);
   }
 
   // Layer lt for runs [r0, r1) of a q/k/v sweep, positions [p, T) of each: the base run's
@@ -347,7 +345,7 @@ class FastSweep {
     const int col0 = hb == Hook::Q ? 0 : hb == Hook::K ? QW_ : QW_ + KVW_;
     const int64_t row0 = off[r0], n = off[r1] - off[r0];
     std::vector<int32_t> src(n), pos(n), dst;
-    HeadRows by_head;  // rows patched per head
+    ColumnRows by_head;  // rows patched per head
     std::vector<AttnSegment> segs;
     std::vector<int32_t> final_row, final_src, final_dst;  // packed row, b*T+T-1, final row
     for (int r = r0; r < r1; ++r) {
@@ -417,18 +415,17 @@ class FastSweep {
     if (hook_ == Hook::ResidPost) {
       be_.copy_rows(post.get(), D_, nullptr, src_.resid_post(lt), D_, d_src.get(), n, D_);
     } else if (hook_ == Hook::MlpPost) {
-      // The base run's neurons of each row with one from the source (one element gather:
-      // width-1 rows of the flat arrays), then down_proj added onto the base resid_mid.
+      // The base run's neurons of each row with one from the source (a width-1 column slice),
+      // then down_proj added onto the base resid_mid.
       DeviceArray<float> act(be_, size_t(n) * F_);
       be_.copy_rows(act.get(), F_, nullptr, bl.act.get(), F_, d_src.get(), n, F_);
-      std::vector<int32_t> el_dst(n), el_src(n);
+      ColumnRows by_neuron;  // row i of `act` takes its run's neuron from source row rows[i].src
       for (int i = 0; i < n; ++i) {
-        const int neuron = tspec_[runs[rows[i].run].target].head;
-        el_dst[i] = i * F_ + neuron;
-        el_src[i] = rows[i].src * F_ + neuron;
+        auto& e = by_neuron[tspec_[runs[rows[i].run].target].head];
+        e.first.push_back(i);
+        e.second.push_back(rows[i].src);
       }
-      auto d_ed = to_device(be_, el_dst), d_es = to_device(be_, el_src);
-      be_.copy_rows(act.get(), 1, d_ed.get(), sl.act.get(), 1, d_es.get(), n, 1);
+      copy_column_slices(be_, act.get(), F_, sl.act.get(), F_, 1, by_neuron);
       be_.copy_rows(post.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
       add_output(post.get(), act.get(), w.down, w.post_mlp, n);
     } else if (hook_ == Hook::MlpOut) {
@@ -449,7 +446,7 @@ class FastSweep {
                   // pattern, z from the source pattern row(s): zp_), then o_proj
           DeviceArray<float> z(be_, size_t(n) * QW_);
           be_.copy_rows(z.get(), QW_, nullptr, bl.z.get(), QW_, d_src.get(), n, QW_);
-          HeadRows by_head;
+          ColumnRows by_head;
           for (int i = 0; i < n; ++i) {
             auto& e = by_head[tspec_[runs[rows[i].run].target].head];
             e.first.push_back(i);

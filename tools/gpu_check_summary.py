@@ -161,7 +161,7 @@ def collect():
     if e2e is not None:
         summary["e2e"] = e2e
     for key in ("e2e_p3m", "cmp_tiny", "cmp_p3m_batched", "cmp_p3m_tl", "cmp_p3m_tl_fp32", "cmp_mpi_fp32",
-                "cmp_mpi_bf16", "mpi_bench", "predicted", "python_cuda"):
+                "cmp_mpi_bf16", "mpi_bench", "predicted", "python_cuda", "long"):
         v = load(key + ".json")
         if v is not None:
             summary[key] = v

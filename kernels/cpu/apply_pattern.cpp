@@ -12,7 +12,7 @@ void attn_apply_pattern(const ApplyPatternParams& p, Stream) {
              "attn_apply_pattern: bad shape");
   PHI3_CHECK(p.pattern && p.v && p.pad && p.z, "attn_apply_pattern: null pointer");
   const int group = p.H / p.KVH;
-  // One (batch row, query, head) per item: z[d] = sum_j P[j] v[j, d], keys in order.
+  // One (batch row, query, head) per item: z[d] = sum_{j <= t} P[j] v[j, d], keys in order.
   auto one = [&](int64_t i) {
     const int hh = static_cast<int>(i % p.nh);
     const int t = static_cast<int>((i / p.nh) % p.T);
@@ -27,12 +27,12 @@ void attn_apply_pattern(const ApplyPatternParams& p, Stream) {
     const float* v = p.v + int64_t(b) * p.T * p.kv_stride + int64_t(h / group) * p.HD;
     for (int d = 0; d < p.HD; ++d) {
       float s = 0.0f;
-      for (int j = 0; j < p.T; ++j) s += P[j] * v[int64_t(j) * p.kv_stride + d];
+      for (int j = 0; j <= t; ++j) s += P[j] * v[int64_t(j) * p.kv_stride + d];
       z[d] = s;
     }
   };
   const int64_t n = int64_t(p.B) * p.T * p.nh;
-  parallel_for(n, double(n) * p.T * p.HD, [&](int64_t i0, int64_t i1) {
+  parallel_for(n, double(n) * p.T * p.HD / 2, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) one(i);
   });
 }

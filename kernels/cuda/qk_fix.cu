@@ -9,9 +9,12 @@
 // of the largest estimate in fp32);
 // (3) the query estimate, the all-keys estimate of the row, and each key's single-key term
 // qk_key_row_effect (op_math.h), written to a [B, H, T, T] scratch (0 where not visible).
-// Kernel 2, one block per key (b, p, kvh): the key's terms summed over the heads of its group
-// and the rows; block (b, 0, kvh) also sums the all-keys row estimates. No atomics: the sums
-// are in a fixed order, so results do not change from run to run.
+// Kernel 2, one block per tile of 32 keys of (b, kvh): lane l of each warp owns key j0 + l and
+// sums its terms over the heads of its group and a quarter of the rows (warp w: rows w mod 4),
+// so a warp reads 32 consecutive floats of a scratch row (coalesced; a block per key read one
+// float per row, T floats apart); the four warps' sums are added in a fixed order. Block
+// (0, kvh, b) also sums the all-keys row estimates. No atomics: results do not change from
+// run to run.
 #include "kernels/cuda/common.cuh"
 #include "kernels/op_math.h"
 
@@ -19,6 +22,8 @@ namespace phi3::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kKeyTile = 32;  // keys per block of the key pass (one per lane)
 
 __device__ __forceinline__ float dotf(const float* __restrict__ a, const float* __restrict__ b, int n) {
   float s = 0.0f;
@@ -100,24 +105,35 @@ __global__ void __launch_bounds__(kThreads) qk_rows_kernel(const QkFixParams p, 
 
 __global__ void __launch_bounds__(kThreads) qk_keys_kernel(const QkFixParams p, const float* kterm,
                                                             const float* kall_row) {
-  __shared__ double red[32];
-  const int j = blockIdx.x, kh = blockIdx.y, b = blockIdx.z;
+  __shared__ double part[kThreads];
+  const int j0 = blockIdx.x * kKeyTile, kh = blockIdx.y, b = blockIdx.z;
   const int T = p.T, group = p.H / p.KVH;
-  const int n = group * (T - j);  // (head of the group, row t >= j)
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int j = j0 + lane;
+  // Warp w sums rows t = j0 + w, j0 + w + kWarps, ... of every head of the group; lane l reads
+  // key j0 + l of the row: 32 consecutive floats per warp and row (coalesced).
   double s = 0.0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int h = kh * group + i / (T - j), t = j + i % (T - j);
-    s += kterm[(((int64_t)b * p.H + h) * T + t) * T + j];
+  if (j < T) {
+    for (int hh = 0; hh < group; ++hh) {
+      const float* rows = kterm + ((int64_t)b * p.H + kh * group + hh) * T * T;
+      for (int t = j0 + warp; t < T; t += kWarps)
+        if (t >= j) s += rows[(int64_t)t * T + j];
+    }
   }
-  s = block_sum(s, red);
-  if (threadIdx.x == 0) p.k_est[((int64_t)b * T + j) * p.KVH + kh] = static_cast<float>(s);
-  if (j == 0) {
+  part[threadIdx.x] = s;
+  __syncthreads();
+  if (warp == 0 && j < T) {
+    double k = 0.0;
+    for (int w = 0; w < kWarps; ++w) k += part[w * 32 + lane];  // fixed order: run to run identical
+    p.k_est[((int64_t)b * T + j) * p.KVH + kh] = static_cast<float>(k);
+  }
+  if (blockIdx.x == 0) {  // block_sum's first barrier orders its writes after the reads above
     double a = 0.0;
     for (int i = threadIdx.x; i < group * T; i += blockDim.x) {
       const int h = kh * group + i / T, t = i % T;
       a += kall_row[((int64_t)b * p.H + h) * T + t];
     }
-    a = block_sum(a, red);
+    a = block_sum(a, part);
     if (threadIdx.x == 0) p.k_all_est[(int64_t)b * p.KVH + kh] = static_cast<float>(a);
   }
 }
@@ -138,7 +154,7 @@ void attn_qk_fix(const QkFixParams& p, Stream stream) {
   float* kall_row = kterm + cells;
   launch(qk_rows_kernel, dim3(p.T, p.H, p.B), kThreads, 0, s, p, kterm, kall_row);
   PHI3_LAUNCH_CHECK();
-  launch(qk_keys_kernel, dim3(p.T, p.KVH, p.B), kThreads, 0, s, p, static_cast<const float*>(kterm),
+  launch(qk_keys_kernel, dim3((p.T + kKeyTile - 1) / kKeyTile, p.KVH, p.B), kThreads, 0, s, p, static_cast<const float*>(kterm),
          static_cast<const float*>(kall_row));
   PHI3_LAUNCH_CHECK();
 }

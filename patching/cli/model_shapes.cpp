@@ -109,6 +109,16 @@ json phi3_config(const std::string& like) {
   if (like == "phi-3-mini") {
     j.update({{"hidden_size", 3072}, {"intermediate_size", 8192}, {"num_hidden_layers", 32},
               {"num_attention_heads", 32}, {"num_key_value_heads", 32}});
+  } else if (like == "phi-3-mini-128k") {  // Phi-3-mini-128k / Phi-3.5-mini: LongRoPE to 131,072 positions
+    j.update({{"hidden_size", 3072}, {"intermediate_size", 8192}, {"num_hidden_layers", 32},
+              {"num_attention_heads", 32}, {"num_key_value_heads", 32}, {"sliding_window", 262144},
+              {"max_position_embeddings", 131072}, {"original_max_position_embeddings", 4096}});
+    std::vector<double> sf(48), lf(48);  // the published lists' length (head_dim / 2); values illustrative
+    for (int i = 0; i < 48; ++i) {
+      sf[i] = 1.0 + 0.02 * i;
+      lf[i] = 1.0 + 0.9 * i;
+    }
+    j["rope_scaling"] = {{"type", "longrope"}, {"short_factor", sf}, {"long_factor", lf}};
   } else if (like == "phi-3-medium") {
     j.update({{"hidden_size", 5120}, {"intermediate_size", 17920}, {"num_hidden_layers", 40},
               {"num_attention_heads", 40}, {"num_key_value_heads", 10}});
@@ -135,7 +145,7 @@ json phi3_config(const std::string& like) {
   return j;
 }
 
-const char* const kPhi3Shapes[] = {"phi-3-mini", "phi-3-medium", "phi-4-mini", "tiny"};
+const char* const kPhi3Shapes[] = {"phi-3-mini", "phi-3-mini-128k", "phi-3-medium", "phi-4-mini", "tiny"};
 
 }  // namespace
 

@@ -148,7 +148,7 @@ TEST(DidYouMean, CliMessages) {
             "--select: expected top-k or greedy, got 'greedyy'; did you mean greedy?");
   EXPECT_EQ(cli_error("circuit --direction nois"), "--direction: expected denoise or noise, got 'nois'; did you mean noise?");
   const std::string shapes =
-      " (expected one of phi-3-mini, phi-3-medium, phi-4-mini, tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, "
+      " (expected one of phi-3-mini, phi-3-mini-128k, phi-3-medium, phi-4-mini, tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, "
       "qwen2.5-7b, qwen2.5-14b, qwen2.5-32b, qwen2.5-72b, llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, llama-3.1-70b, "
       "mistral-7b, mistral-nemo-12b, qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen3-14b, qwen3-32b, gemma-2-2b, "
       "gemma-2-9b, gemma-2-27b)";

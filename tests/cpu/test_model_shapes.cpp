@@ -23,6 +23,7 @@ struct Published {
 // Parameter counts from the model cards (Qwen's, Meta's, Mistral's and Microsoft's pages).
 const std::map<std::string, Published> kPublished = {
     {"phi-3-mini", {"Phi3ForCausalLM", 3.82e9}},   {"phi-3-medium", {"Phi3ForCausalLM", 13.96e9}},
+    {"phi-3-mini-128k", {"Phi3ForCausalLM", 3.82e9}},
     {"phi-4-mini", {"Phi3ForCausalLM", 3.84e9}},   {"qwen2.5-0.5b", {"Qwen2ForCausalLM", 0.49e9}},
     {"qwen2.5-1.5b", {"Qwen2ForCausalLM", 1.54e9}}, {"qwen2.5-3b", {"Qwen2ForCausalLM", 3.09e9}},
     {"qwen2.5-7b", {"Qwen2ForCausalLM", 7.61e9}},   {"qwen2.5-14b", {"Qwen2ForCausalLM", 14.7e9}},

@@ -964,10 +964,12 @@ TEST(FusedGpu, RowsEqualMatchesCpu) {
 
 TEST(FusedGpu, QkFixMatchesCpu) {
   REQUIRE_GPU();
+  // T = 45: two tiles of 32 keys in the key pass.
+  for (int T : {11, 45})
   for (int window : {0, 5, -5}) {  // -5: window 5 with Gemma 2's soft-capped scores
     const float softcap = window < 0 ? 0.5f : 0.0f;
     window = window < 0 ? -window : window;
-    const int B = 2, T = 11, H = 4, KVH = 2, HD = 32, QW = H * HD, KVW = KVH * HD;
+    const int B = 2, H = 4, KVH = 2, HD = 32, QW = H * HD, KVW = KVH * HD;
     auto q = random_vec((size_t)B * T * QW, 191, -1.5f, 1.5f), k = random_vec((size_t)B * T * KVW, 192, -1.5f, 1.5f);
     auto qs = random_vec(q.size(), 193, -1.5f, 1.5f), ks = random_vec(k.size(), 194, -1.5f, 1.5f);
     auto v = random_vec(k.size(), 195);
@@ -1034,9 +1036,9 @@ TEST(FusedGpu, QkFixMatchesCpu) {
     pg.k_est = ked.get();
     pg.k_all_est = kad.get();
     gpu().attn_qk_fix(pg);
-    expect_close(qed.download(), qe, 1e-4, "query estimates, window " + std::to_string(window));
-    expect_close(ked.download(), ke, 1e-4, "key estimates, window " + std::to_string(window));
-    expect_close(kad.download(), ka, 1e-4, "all-key estimates, window " + std::to_string(window));
+    expect_close(qed.download(), qe, 1e-4, "query estimates, T " + std::to_string(T) + ", window " + std::to_string(window));
+    expect_close(ked.download(), ke, 1e-4, "key estimates, T " + std::to_string(T) + ", window " + std::to_string(window));
+    expect_close(kad.download(), ka, 1e-4, "all-key estimates, T " + std::to_string(T) + ", window " + std::to_string(window));
     double mag = 0;
     for (float x : qe) mag = std::max(mag, double(std::fabs(x)));
     EXPECT_GT(mag, 1e-3) << "the case moves the pattern";
@@ -1045,11 +1047,14 @@ TEST(FusedGpu, QkFixMatchesCpu) {
 
 TEST(FusedGpu, ApplyPatternMatchesCpu) {
   REQUIRE_GPU();
-  const int B = 3, T = 13, H = 6, KVH = 2, HD = 40, QW = H * HD, S = 3 * KVH * HD;  // v in a wider row
-  auto pat = random_vec((size_t)B * H * T * T, 301, 0.0f, 1.0f);
-  auto vrow = random_vec((size_t)B * T * S, 302);
-  std::vector<int32_t> pad = {0, 4, 12};
+  // T = 45: three tiles of query rows, two of keys. The random pattern is not causal: entries
+  // past the diagonal must not be read (both sides stop at j = t).
+  for (int T : {13, 45})
   for (int h0 : {0, 2}) {
+    const int B = 3, H = 6, KVH = 2, HD = 40, QW = H * HD, S = 3 * KVH * HD;  // v in a wider row
+    auto pat = random_vec((size_t)B * H * T * T, 301, 0.0f, 1.0f);
+    auto vrow = random_vec((size_t)B * T * S, 302);
+    std::vector<int32_t> pad = {0, 4, 12};
     const int nh = h0 == 0 ? H : 3;
     ApplyPatternParams p;
     p.kv_stride = S;
@@ -1076,7 +1081,7 @@ TEST(FusedGpu, ApplyPatternMatchesCpu) {
     pg.pad = padd.get();
     pg.z = zd.get();
     gpu().attn_apply_pattern(pg);
-    expect_close(zd.download(), zc, 1e-5, "z from the pattern, heads from " + std::to_string(h0));
+    expect_close(zd.download(), zc, 1e-5, "z from the pattern, T " + std::to_string(T) + ", heads from " + std::to_string(h0));
   }
 }
 
