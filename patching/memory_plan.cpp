@@ -41,7 +41,7 @@ size_t walk_peak(const Backend& be, const Model& m, Work&& work) {
 }  // namespace
 
 size_t plannable_bytes(size_t free_bytes) {
-  const size_t margin = free_bytes / 100 * kPlanMarginPercent + (kPlanMarginMiB << 20);
+  const size_t margin = free_bytes * kPlanMarginPercent / 100 + (kPlanMarginMiB << 20);
   return free_bytes > margin ? free_bytes - margin : 0;
 }
 
