@@ -104,7 +104,7 @@ CircuitRunResult run_circuit(Backend& be, const Model& m, const CircuitOptions& 
     // The memory plan (memory_plan.h), before any work: the scores of a batch hold every upstream
     // difference of its rows at once. Without --batch the largest batch that fits is taken
     // (halving); a batch that cannot fit stops here with the sizes.
-    const size_t avail = be.free_memory();
+    const size_t avail = plannable_bytes(be.free_memory());  // less the plan's margin (memory_plan.h)
     auto peak = [&](int n) {
       const PairBatch pb = make_pair_batch(std::vector<PromptPair>(pairs.begin(), pairs.begin() + n), m.tok,
                                            c.pad_token_id, c.max_position_embeddings, r.T, opt.add_bos, opt.mix);

@@ -16,7 +16,7 @@ namespace {
 // or not) and the sweep's two forwards; throws OutOfMemory with the sizes when it does not fit.
 void plan_batch(Job& job, int per_batch) {
   const ExperimentOptions& opt = job.opt;
-  const size_t device_free = job.be.free_memory();
+  const size_t device_free = plannable_bytes(job.be.free_memory());
   const std::vector<PromptPair> sub(job.pairs.begin(), job.pairs.begin() + std::min<size_t>(job.pairs.size(), per_batch));
   const PairBatch pb = make_pair_batch(sub, job.m.tok, job.m.cfg.pad_token_id, job.m.cfg.max_position_embeddings, job.T,
                                        opt.add_bos, opt.mix);
@@ -65,6 +65,10 @@ void plan_batch(Job& job, int per_batch) {
 // Before any work: the memory plan of the largest batch (plan_batch). Without --batch, a batch
 // that does not fit is halved until one does (the run then has more batches; said so).
 void plan_memory(Job& job) {
+  // The sweep's lanes (own streams, cuBLAS handles and workspaces, allocated outside the pool)
+  // exist before free memory is read and before any large pass.
+  if (job.any_sweep() || job.opt.verify_top > 0) job.be.lanes(job.be.preferred_streams());
+  if (!(job.opt.mem_budget && !job.any_sweep())) job.log(plan_memory_line(job.be.free_memory()));
   for (;;) {
     try {
       plan_batch(job, job.per_batch);

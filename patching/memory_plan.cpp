@@ -40,6 +40,17 @@ size_t walk_peak(const Backend& be, const Model& m, Work&& work) {
 
 }  // namespace
 
+size_t plannable_bytes(size_t free_bytes) {
+  const size_t margin = free_bytes * kPlanMarginPercent / 100 + (kPlanMarginMiB << 20);
+  return free_bytes > margin ? free_bytes - margin : 0;
+}
+
+std::string plan_memory_line(size_t free_bytes) {
+  return "memory plan: " + gib(free_bytes) + " free, planned against " + gib(plannable_bytes(free_bytes)) +
+         " (margin: " + std::to_string(kPlanMarginPercent) + "% + " + std::to_string(kPlanMarginMiB) +
+         " MiB for the CUDA context, cuBLAS workspaces and allocator fragments)";
+}
+
 PairBatch synthetic_pair(const ModelConfig& c, int T) {
   PairBatch pb;
   for (Batch* b : {&pb.clean, &pb.corrupted}) {

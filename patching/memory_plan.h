@@ -16,6 +16,18 @@
 
 namespace phi3 {
 
+// What a plan may use of the memory a device reports free (Backend::free_memory): that less a
+// margin of kPlanMarginPercent of it plus kPlanMarginMiB, for what no plan walks: the CUDA
+// context's and cuBLAS's own allocations made later (a lane's handle and workspace), and the
+// stream-ordered pool's rounding and fragments. The plan itself counts every byte the engine
+// allocates, the kernels' scratch included (runtime/trace_backend.h). A --mem-budget is used
+// as given (no margin: the caller chose it).
+constexpr size_t kPlanMarginPercent = 5;
+constexpr size_t kPlanMarginMiB = 256;
+size_t plannable_bytes(size_t free_bytes);
+// "memory plan: X free, Y planned against (margin: 5% + 256 MiB)" for the progress log.
+std::string plan_memory_line(size_t free_bytes);
+
 struct EstimatesWork {
   std::vector<Hook> attribution_hooks;  // AtP
   std::vector<Hook> atp_star_hooks;     // AtP*

@@ -67,6 +67,25 @@ void* TraceBackend::alloc(size_t bytes) {
   return p;
 }
 
+void TraceBackend::take_scratch(ScratchSlot slot, size_t bytes) {
+  if (kind() != DeviceKind::CUDA || bytes <= scratch_cap_[slot]) return;
+  const size_t want = scratch_capacity(bytes);
+  used_ -= scratch_cap_[slot];  // the old block is freed before the new one is allocated
+  scratch_cap_[slot] = 0;
+  if (!inner_ && memory_ && used_ + want > memory_)
+    throw OutOfMemory("predicted device memory exhausted: kernel scratch of " + std::to_string(want >> 20) +
+                      " MiB with " + std::to_string(free_memory() >> 20) + " MiB free");
+  scratch_cap_[slot] = want;
+  used_ += want;
+  peak_ = std::max(peak_, used_);
+}
+
+size_t TraceBackend::scratch_bytes() const {
+  size_t n = 0;
+  for (size_t c : scratch_cap_) n += c;
+  return n;
+}
+
 void TraceBackend::free(void* p) {
   mirror_.erase(p);
   zero_regions_.erase(p);
@@ -169,10 +188,12 @@ void TraceBackend::linear_forward(float* y, GemmIn x, const Weight& W, int N, bo
   trace_.add(W.dtype == DType::F32 ? "linear_forward (GEMM)" : pre ? "linear_forward (GEMM, bf16 input)"
                                                                      : "linear_forward (cast + GEMM)",
              cost::linear_forward(N, W.cols, W.rows, W.dtype, pre, accumulate));
+  take_scratch(kScratchCastA, linear_forward_scratch(W, N, x.bf16 != nullptr));
   if (inner_) inner_->linear_forward(y, x, W, N, accumulate);
 }
 void TraceBackend::linear_backward(float* dx, const float* dy, const Weight& W, int N, bool accumulate) {
   trace_.add("linear_backward (cast + GEMM)", cost::linear_backward(N, W.cols, W.rows, W.dtype, accumulate));
+  take_scratch(kScratchCastA, linear_backward_scratch(W, N));
   if (inner_) inner_->linear_backward(dx, dy, W, N, accumulate);
 }
 void TraceBackend::rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride,
@@ -229,6 +250,7 @@ void TraceBackend::attention_forward(const AttnParams& p) {
 void TraceBackend::attention_backward(const AttnBackwardParams& p) {
   cost::AttnShape a = attn_shape(p.fwd);
   trace_.add("attention_backward", cost::attention_backward(a));
+  take_scratch(kScratchAttn, attention_backward_scratch(p.fwd.n_segs, p.fwd.H, p.fwd.T));
   if (inner_) inner_->attention_backward(p);
 }
 void TraceBackend::swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act) {
@@ -280,6 +302,7 @@ void TraceBackend::attribution_reduce(float* out, const float* const* a, const f
 
 void TraceBackend::attn_qk_fix(const QkFixParams& p) {
   trace_.add("attn_qk_fix (AtP* QK fix)", cost::attn_qk_fix(p.B, p.T, p.H, p.KVH, p.HD));
+  take_scratch(kScratchQkFix, qk_fix_scratch(p.B, p.H, p.T));
   if (inner_) inner_->attn_qk_fix(p);
 }
 

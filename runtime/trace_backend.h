@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cuda/op_costs.h"
+#include "kernels/scratch.h"
 #include "runtime/backend.h"
 
 namespace phi3 {
@@ -60,10 +61,14 @@ class TraceBackend : public Backend {
 
   // Device bytes held through this backend now, and the most held at once since the last
   // reset_peak() (with or without an inner backend): the memory a workload's exact
-  // allocation sequence needs.
+  // allocation sequence needs. On a CUDA backend that includes the scratch the kernels take
+  // for themselves (kernels/scratch.h: the bf16 casts of bf16-weight GEMM inputs, attention
+  // backward's row terms, the QK fix's key terms), grown per slot by the rule the kernels'
+  // cache follows (one stream: this backend's) and held from first use on.
   size_t used_bytes() const { return used_; }
   size_t peak_bytes() const { return peak_; }
   void reset_peak() { peak_ = used_; }
+  size_t scratch_bytes() const;  // the scratch held now (included in used_bytes())
   // Without an inner backend: the device memory allocations may use (0: unlimited).
   void set_memory(size_t bytes) { memory_ = bytes; }
 
@@ -109,12 +114,15 @@ class TraceBackend : public Backend {
   cost::AttnShape attn_shape(const AttnParams& p) const;
   template <typename T>
   std::vector<T> host_copy(const void* p, size_t count) const;
+  // An op's scratch need: grows the slot as kernels/cuda/context.cu does (CUDA only).
+  void take_scratch(ScratchSlot slot, size_t bytes);
 
   Backend* inner_;
   Trace& trace_;
   DeviceKind kind_;
   DType dtype_;
   size_t memory_, used_ = 0, peak_ = 0;
+  size_t scratch_cap_[kScratchSlots] = {};
   std::string name_;
   uintptr_t next_ = 1 << 20;                          // fake address space (no inner)
   std::map<const void*, size_t> sizes_;               // live allocations' sizes

@@ -7,9 +7,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/ops.h"
+#include "kernels/scratch.h"
 
 namespace phi3::cuda {
 
@@ -109,10 +111,21 @@ __device__ __forceinline__ float block_max(float v, float* smem) {
 // that reconfigure them concurrently, hence one per thread.
 cublasHandle_t blas_handle(cudaStream_t stream);
 // A device scratch buffer of >= bytes for (current device, stream, slot) of the calling
-// thread, grown on demand (growing waits for the stream, so earlier work using the old
-// buffer has finished). Valid until the next call with the same key and a larger size.
+// thread, grown on demand to scratch_capacity(bytes) (kernels/scratch.h, which the memory
+// plan evaluates too), stream-ordered after earlier work using the old buffer. Valid until
+// the next call with the same key and a larger size.
 void* scratch(cudaStream_t stream, size_t bytes, int slot);
-enum ScratchSlot { kScratchCastA = 0, kScratchAttn = 1, kScratchQkFix = 2, kScratchSlots = 3 };
+// cudaMallocAsync from the current device's default pool; when the device is full, waits
+// for the device (frees queued on other streams reach the pool), gives the pool's unused
+// blocks back (cudaMemPoolTrimTo 0: fragments it keeps cannot serve a larger request) and
+// tries once more. Returns cudaErrorMemoryAllocation (error state cleared) when that fails
+// too; other errors as they come.
+cudaError_t malloc_async_or_trim(void** p, size_t bytes, cudaStream_t stream);
+// Gives the current device's pool's unused blocks back after waiting for the device: what
+// cudaMemGetInfo then reports free can really be allocated.
+void trim_pool();
+// "X MiB free of Y MiB" of the current device (cudaMemGetInfo), for out-of-memory messages.
+std::string device_memory_note();
 // Drops the calling thread's handle and scratch for `stream` (the backend calls it before
 // destroying its stream, so a later stream at the same address starts clean).
 void release_stream_resources(cudaStream_t stream);

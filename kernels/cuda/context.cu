@@ -7,7 +7,9 @@
 // last-hit entry answers the repeated lookups of one stream's ops, checked against a
 // generation counter that release_stream_resources bumps.
 // Scratch grows stream-ordered (cudaFreeAsync of the old block, cudaMallocAsync of the new
-// one on the same stream): no device synchronisation and no cudaFree in the hot path.
+// one on the same stream): no device synchronisation and no cudaFree in the hot path. A
+// growth the device has no room for trims the pool and retries once (malloc_async_or_trim),
+// then throws OutOfMemory naming the scratch and the sizes.
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -112,11 +114,47 @@ void* scratch(cudaStream_t stream, size_t bytes, int slot) {
     r.buf[slot] = nullptr;
     r.cap[slot] = 0;
   }
-  size_t want = bytes + bytes / 4;  // grow by 25% headroom to avoid regrowing every call
-  want = (want + 255) & ~size_t(255);
-  CUDA_CHECK(cudaMallocAsync(&r.buf[slot], want, stream));
+  // 25% head-room against regrowing every call; the memory plan counts the same capacity.
+  const size_t want = scratch_capacity(bytes);
+  const cudaError_t e = malloc_async_or_trim(&r.buf[slot], want, stream);
+  if (e == cudaErrorMemoryAllocation) {
+    static const char* const names[kScratchSlots] = {"the bf16 cast of a GEMM input", "attention backward's row terms",
+                                                     "the QK fix's key terms"};
+    throw OutOfMemory("CUDA out of memory: kernel scratch for " + std::string(names[slot]) + " of " +
+                      std::to_string(want >> 20) + " MiB with " + device_memory_note() +
+                      " (after trimming the pool); lower --mem-budget or --batch");
+  }
+  CUDA_CHECK(e);
   r.cap[slot] = want;
   return r.buf[slot];
+}
+
+cudaError_t malloc_async_or_trim(void** p, size_t bytes, cudaStream_t stream) {
+  cudaError_t e = cudaMallocAsync(p, bytes, stream);
+  if (e != cudaErrorMemoryAllocation) return e;
+  (void)cudaGetLastError();
+  trim_pool();
+  e = cudaMallocAsync(p, bytes, stream);
+  if (e == cudaErrorMemoryAllocation) (void)cudaGetLastError();
+  return e;
+}
+
+void trim_pool() {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceSynchronize());  // frees queued on any stream have returned to the pool
+  cudaMemPool_t pool;
+  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+  CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+}
+
+std::string device_memory_note() {
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "unknown free memory";
+  }
+  return std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB";
 }
 
 void release_stream_resources(cudaStream_t stream) {

@@ -23,7 +23,7 @@
 //   The cast costs one extra pass over x (N*in*6 bytes) and a launch; the ops that produce
 //   GEMM inputs (RMSNorm, SwiGLU, attention) can write the bf16 copy themselves (GemmOut),
 //   and linear_forward then reads it (GemmIn::bf16) with no cast at all.
-// Handles and scratch come from the calling thread's per-(device, stream) cache
+// The cast's scratch is kScratchCastA, sized by kernels/scratch.h. Handles and scratch come from the calling thread's per-(device, stream) cache
 // (kernels/cuda/context.cu).
 #include "kernels/cuda/cast.cuh"
 #include "kernels/cuda/common.cuh"
@@ -41,17 +41,19 @@ void check_weight(const Weight& W, const char* op) {
                  " (convert F16 weights to BF16 or F32 at load)");
 }
 
-// Rounds `n` floats of `src` to bf16 in the stream's scratch buffer.
-const uint16_t* to_bf16_scratch(const float* src, int64_t n, cudaStream_t s) {
-  auto* buf = static_cast<uint16_t*>(scratch(s, static_cast<size_t>(n) * 2, kScratchCastA));
-  cast_f32_to_bf16(buf, src, n, s);
+// Rounds `bytes / 2` floats of `src` to bf16 in the stream's scratch buffer (bytes: what
+// kernels/scratch.h gives for the op, so the memory plan counts the same buffer).
+const uint16_t* to_bf16_scratch(const float* src, size_t bytes, cudaStream_t s) {
+  auto* buf = static_cast<uint16_t*>(scratch(s, bytes, kScratchCastA));
+  cast_f32_to_bf16(buf, src, static_cast<int64_t>(bytes / 2), s);
   return buf;
 }
 
 // C[m, n] (col-major, ldc) = alpha op(A) op(B) + beta C with A = W. B16: B already in bf16
-// (GemmIn::bf16), used instead of casting B when W is bf16.
+// (GemmIn::bf16), used instead of casting B when W is bf16; cast_bytes: the bf16 copy of B
+// (ldb * n elements) otherwise.
 void gemm(cudaStream_t s, cublasOperation_t opA, int m, int n, int k, const Weight& W, int lda,
-          const float* B, const uint16_t* B16, int ldb, float beta, float* C, int ldc) {
+          const float* B, const uint16_t* B16, int ldb, float beta, float* C, int ldc, size_t cast_bytes) {
   cublasHandle_t h = blas_handle(s);
   const float alpha = 1.0f;
   if (W.dtype == DType::F32) {
@@ -61,7 +63,8 @@ void gemm(cudaStream_t s, cublasOperation_t opA, int m, int n, int k, const Weig
                               CUBLAS_GEMM_DEFAULT));
   } else {
     PHI3_CHECK(B || B16, "linear (cuda): no input");
-    const uint16_t* Bh = B16 ? B16 : to_bf16_scratch(B, static_cast<int64_t>(ldb) * n, s);
+    PHI3_CHECK(B16 || cast_bytes == size_t(ldb) * size_t(n) * 2, "linear (cuda): cast size mismatch");
+    const uint16_t* Bh = B16 ? B16 : to_bf16_scratch(B, cast_bytes, s);
     CUBLAS_CHECK(cublasGemmEx(h, opA, CUBLAS_OP_N, m, n, k, &alpha, W.data, CUDA_R_16BF, lda,
                               Bh, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -82,7 +85,7 @@ void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, 
   if (N == 0) return;
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
   gemm(as_cuda(stream), CUBLAS_OP_T, out, N, in, W, in, x.f32, x.bf16, in,
-       accumulate ? 1.0f : 0.0f, y, out);
+       accumulate ? 1.0f : 0.0f, y, out, linear_forward_scratch(W, N, x.bf16 != nullptr));
   if (W.bias) {
     const int64_t n = int64_t(N) * out;
     launch(bias_add_kernel, dim3(grid_for(n, 256)), dim3(256), 0, as_cuda(stream), y, W.bias, n, out);
@@ -97,7 +100,7 @@ void linear_backward(float* dx /*[N,in]*/, const float* dy /*[N,out]*/, const We
   if (N == 0) return;
   const int out = static_cast<int>(W.rows), in = static_cast<int>(W.cols);
   gemm(as_cuda(stream), CUBLAS_OP_N, in, N, out, W, in, dy, nullptr, out,
-       accumulate ? 1.0f : 0.0f, dx, in);
+       accumulate ? 1.0f : 0.0f, dx, in, linear_backward_scratch(W, N));
 }
 
 }  // namespace phi3::cuda

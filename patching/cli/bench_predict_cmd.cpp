@@ -5,7 +5,8 @@
 // no-op); each op's bytes and FLOPs (kernels/cuda/op_costs.h) at the device's documented
 // figures (printed) give the predicted time per phase. The TraceBackend also counts the
 // device bytes the exact allocation sequence holds: each phase's peak, weights included, and
-// whether it fits the device (its memory less kReservedBytes for the CUDA context and cuBLAS);
+// whether it fits the device (its memory less kReservedBytes for the CUDA context, the rest
+// less the run's plan margin: usable_bytes);
 // `--like all` prints that for every published shape.
 #include <cstdio>
 #include <iostream>
@@ -80,6 +81,14 @@ namespace {
 // allocator's slack, taken off the device's memory before anything is placed.
 constexpr size_t kReservedBytes = size_t(2) << 30;
 
+// The bytes a run may plan with, weights included: the device's memory less kReservedBytes
+// holds the weights, and the plan takes what is left less its margin (plannable_bytes of
+// patching/memory_plan.h), as a run does with the free memory it finds after loading.
+size_t usable_bytes(const cost::DeviceFigures& dev, size_t weights) {
+  const size_t memory = static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes;
+  return weights > memory ? memory : weights + plannable_bytes(memory - weights);
+}
+
 struct Prediction {
   nlohmann::json json;
   std::vector<Phase> phases;
@@ -119,7 +128,7 @@ Prediction predict(const cost::DeviceFigures& dev, bool fp32, const std::string&
   r.T = pb.clean.T;
   m.w = ModelWeights::placeholder(tb, m.cfg);  // unlimited: the weights' size is known even where they do not fit
   r.weights_bytes = tb.used_bytes();
-  const size_t memory = static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes;
+  const size_t memory = usable_bytes(dev, r.weights_bytes);
   TracePhaseOptions po;
   po.eap_ig = true;
   po.oom_ends_phase = true;
@@ -218,9 +227,9 @@ bool phase_fits(const cost::DeviceFigures& dev, bool fp32, const ModelConfig& cf
   m.cfg = cfg;
   m.tok = Tokenizer::load_dir(default_path("data/models/tiny-temporal-phi3"));
   m.w = ModelWeights::placeholder(tb, m.cfg);
-  const size_t memory = static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes;
   const size_t weights = tb.used_bytes();
-  if (weights > memory) return false;
+  if (weights > static_cast<size_t>(dev.memory_GB * 1e9) - kReservedBytes) return false;
+  const size_t memory = usable_bytes(dev, weights);
   const PairBatch pb = synthetic_pair(cfg, T);
   if (phase.rfind("attribution", 0) == 0 || phase.rfind("atp-star", 0) == 0) {
     EstimatesWork w;

@@ -91,7 +91,9 @@ class CudaBackend final : public Backend {
     device_name_ = prop.name;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cuda::blas_handle(stream_);  // create the handle now: fail early, not in the first GEMM
-    // Keep freed blocks in the pool instead of returning them at every synchronisation.
+    // Keep freed blocks in the pool instead of returning them at every synchronisation; when
+    // an allocation finds the device full, the pool is trimmed and the request retried
+    // (cuda::malloc_async_or_trim).
     cudaMemPool_t pool;
     CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
     uint64_t threshold = UINT64_MAX;
@@ -123,17 +125,12 @@ class CudaBackend final : public Backend {
     if (bytes == 0) return nullptr;
     select();
     void* p = nullptr;
-    // Stream-ordered: no device-wide synchronisation, so forks on other streams overlap.
-    cudaError_t e = cudaMallocAsync(&p, bytes, stream_);
-    if (e == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      (void)cudaGetLastError();
-      throw OutOfMemory("CUDA out of memory: asked for " + mib(bytes) + " MiB with " +
-                        mib(free_b) + " MiB free on " + device_name_ +
-                        "; lower --mem-budget or --batch");
-    }
+    // Stream-ordered: no device-wide synchronisation, so forks on other streams overlap. When
+    // the device is full the pool's kept blocks are given back and the request tried again.
+    const cudaError_t e = cuda::malloc_async_or_trim(&p, bytes, stream_);
+    if (e == cudaErrorMemoryAllocation)
+      throw OutOfMemory("CUDA out of memory: asked for " + mib(bytes) + " MiB with " + cuda::device_memory_note() +
+                        " on " + device_name_ + " (after trimming the pool); lower --mem-budget or --batch");
     CUDA_CHECK(e);
     return p;
   }
@@ -170,18 +167,15 @@ class CudaBackend final : public Backend {
     select();
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
+  // What the device can really give: the pool's unused blocks are given back first (after
+  // waiting for the device), so that none is counted as free while it could be a fragment
+  // too small for the request; then cudaMemGetInfo's free bytes. Called before a plan or a
+  // sweep, not per op: the wait and the pool's refill are cheap there.
   size_t free_memory() const override {
     select();
+    cuda::trim_pool();
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    // Blocks the stream-ordered pool holds but nobody uses are free for us too.
-    cudaMemPool_t pool;
-    uint64_t reserved = 0, used = 0;
-    if (cudaDeviceGetDefaultMemPool(&pool, device_) == cudaSuccess &&
-        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess &&
-        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess && reserved > used)
-      free_b += static_cast<size_t>(reserved - used);
-    (void)cudaGetLastError();
     return free_b;
   }
 

@@ -148,6 +148,75 @@ TEST(LongPrompt, PlannedPeakIsTheMeasuredPeak) {
   }
 }
 
+// On a CUDA backend the trace counts the kernels' own scratch (kernels/scratch.h) as
+// context.cu grows it: per slot, the request plus 25% head-room, the old block freed before the
+// new one, kept from then on; bf16 weights' GEMMs cast their fp32 input, fp32 weights' do not.
+// (tests/gpu/test_memory_gpu.cpp checks the whole plan against the emulated device.)
+TEST(LongPrompt, TraceCountsKernelScratchOnCuda) {
+  Trace t;
+  TraceBackend tb(nullptr, t, DeviceKind::CUDA, DType::BF16, 0, "plan");
+  Weight W;
+  W.data = tb.alloc(64 * 32 * 2);
+  W.dtype = DType::BF16;
+  W.rows = 64;
+  W.cols = 32;
+  const size_t weights = tb.used_bytes();
+  float* x = static_cast<float*>(tb.alloc(1000 * 64 * 4));
+  tb.reset_peak();
+  const size_t before = tb.used_bytes();
+  tb.linear_backward(x, x, W, 1000, false);  // dy [1000, 64] cast to bf16: 128,000 bytes
+  EXPECT_EQ(tb.scratch_bytes(), 160000u);     // + 25 %, a multiple of 256
+  EXPECT_EQ(tb.used_bytes(), before + 160000);
+  tb.linear_backward(x, x, W, 1200, false);  // 153,600 bytes fit the slot: no growth
+  EXPECT_EQ(tb.scratch_bytes(), 160000u);
+  tb.linear_backward(x, x, W, 1300, false);  // 166,400: regrown to 208,128, the old block freed first
+  EXPECT_EQ(tb.scratch_bytes(), 208128u);
+  EXPECT_EQ(tb.peak_bytes(), before + 208128);
+  tb.linear_forward(x, GemmIn(x, reinterpret_cast<const uint16_t*>(x)), W, 5000, false);  // bf16 input given
+  EXPECT_EQ(tb.scratch_bytes(), 208128u);
+  QkFixParams q{};
+  q.B = 2;
+  q.H = 4;
+  q.T = 16;
+  q.KVH = 2;
+  q.HD = 8;
+  tb.attn_qk_fix(q);  // [2, 4, 16, 16] + [2, 4, 16] floats in their own slot
+  EXPECT_EQ(tb.scratch_bytes(), 208128u + scratch_capacity((2 * 4 * 16 * 16 + 2 * 4 * 16) * 4));
+  EXPECT_GT(tb.used_bytes(), weights);
+
+  Trace t32;  // fp32 weights: no cast; a CPU backend: no scratch at all
+  TraceBackend f32(nullptr, t32, DeviceKind::CUDA, DType::F32, 0, "plan");
+  Weight W32 = W;
+  W32.dtype = DType::F32;
+  f32.linear_backward(x, x, W32, 1000, false);
+  EXPECT_EQ(f32.scratch_bytes(), 0u);
+  Trace tc;
+  TraceBackend cpu(nullptr, tc, DeviceKind::CPU, DType::BF16, 0, "plan");
+  cpu.linear_backward(x, x, W, 1000, false);
+  cpu.attn_qk_fix(q);
+  EXPECT_EQ(cpu.scratch_bytes(), 0u);
+}
+
+// Plans use the free memory less the stated margin (5 % + 256 MiB), and say so.
+TEST(LongPrompt, PlanLeavesTheStatedMargin) {
+  const size_t MiB = size_t(1) << 20;
+  EXPECT_EQ(plannable_bytes(10240 * MiB), 10240 * MiB - 512 * MiB - 256 * MiB);
+  EXPECT_EQ(plannable_bytes(200 * MiB), 0u);
+  const std::string line = plan_memory_line(10240 * MiB);
+  EXPECT_NE(line.find("10.00 GiB free, planned against 9.25 GiB (margin: 5% + 256 MiB"), std::string::npos) << line;
+  auto be = make_cpu_backend();
+  auto m = load_model(*be, tiny_dir());
+  ExperimentOptions opt;
+  opt.pairs_file = pairs_file();
+  opt.hooks = {Hook::ResidPre};
+  std::vector<std::string> logs;
+  opt.log = [&](const std::string& l) { logs.push_back(l); };
+  run_experiment(*be, *m, opt);
+  bool said = false;
+  for (const auto& l : logs) said = said || l.rfind("memory plan: ", 0) == 0;
+  EXPECT_TRUE(said);
+}
+
 // The circuit command sizes its batch from the EAP / EAP-IG scores' predicted peak: it is the
 // real run's allocation high-water mark.
 TEST(LongPrompt, CircuitScoresPlannedPeakIsTheMeasuredPeak) {

@@ -1,6 +1,7 @@
 // The part of the CUDA runtime API the project calls, for the CPU CUDA emulator
 // (tests/emu/cuda_emu.h): devices, errors, streams, device memory (in host memory),
-// copies, memsets, the stream-ordered pool, events (host time). Device memory is checked:
+// copies, memsets, the stream-ordered pool (reserved blocks held until trimmed; see
+// "device memory" below and emu_memory.h), events (host time). Device memory is checked:
 // copies whose device side is not inside one live allocation, frees of unknown pointers and
 // use of a destroyed stream fail as on a GPU, fresh allocations are filled with 0xFF bytes
 // (NaN as floats) so reads of uninitialised memory show up, and PHI3_EMU_MEM_MIB (default
@@ -19,6 +20,7 @@
 
 #define PHI3_EMU_NO_LANGUAGE  // the emulator itself: plain C++
 #include "cuda_emu.h"
+#include "emu_memory.h"
 #include "emu_state.h"
 
 namespace phi3emu {
@@ -60,24 +62,58 @@ bool stream_live(cudaStream_t s) {
 }
 
 // ---- device memory ---------------------------------------------------------------------
+// cudaMalloc blocks are the device's until cudaFree. cudaMallocAsync blocks come from the
+// default pool: a freed one (cudaFreeAsync, or cudaFree) stays reserved by the pool, whole,
+// and serves a later cudaMallocAsync of at most its size (the smallest that fits); the pool
+// gives reserved blocks back to the device at cudaMemPoolTrimTo, and at a synchronisation
+// down to its release threshold (cudaMemPoolAttrReleaseThreshold, default 0). A reserved
+// block holds no host memory (only its size is counted); a reused one is filled with 0xFF
+// again. An allocation the reserved blocks cannot serve fails when the device is full: the
+// pool is not trimmed for it (that is the caller's move, as on a GPU whose pool holds
+// fragments).
 namespace {
+
+struct Block {
+  size_t bytes;  // requested (what copies may touch)
+  size_t cap;    // counted against the device (a reused pool block: the block's size)
+  bool pool;
+};
 
 struct Memory {
   std::mutex mu;
-  std::map<uintptr_t, size_t> allocs;  // start -> bytes
-  size_t used = 0;
-  size_t total() const { return static_cast<size_t>(env_long("PHI3_EMU_MEM_MIB", 16384)) << 20; }
+  std::map<uintptr_t, Block> allocs;           // live: start -> block
+  std::multimap<size_t, int> pool_free;        // reserved, unused pool blocks: size -> (none)
+  size_t live = 0, peak = 0;                   // requested bytes of the live blocks
+  size_t occupied = 0;                         // live caps + reserved unused pool blocks
+  size_t pool_reserved = 0;                    // live pool caps + reserved unused pool blocks
+  size_t pool_used = 0;                        // requested bytes of live pool blocks
+  size_t limit = 0;                            // 0: PHI3_EMU_MEM_MIB
+  uint64_t release_threshold = 0;
+  size_t total() const {
+    return limit ? limit : static_cast<size_t>(env_long("PHI3_EMU_MEM_MIB", 16384)) << 20;
+  }
 
-  cudaError_t alloc(void** p, size_t bytes) {
+  cudaError_t alloc(void** p, size_t bytes, bool pool) {
     if (!p) return cudaErrorInvalidValue;
     std::lock_guard<std::mutex> lk(mu);
-    if (bytes > total() - std::min(used, total())) return cudaErrorMemoryAllocation;
+    size_t cap = bytes;
+    auto reuse = pool ? pool_free.lower_bound(bytes) : pool_free.end();
+    if (reuse != pool_free.end()) {
+      cap = reuse->first;
+      pool_free.erase(reuse);  // already counted in occupied and pool_reserved
+    } else {
+      if (bytes > total() - std::min(occupied, total())) return cudaErrorMemoryAllocation;
+      occupied += cap;
+      if (pool) pool_reserved += cap;
+    }
     const size_t rounded = (std::max<size_t>(bytes, 1) + 255) & ~size_t(255);
     void* m = std::aligned_alloc(256, rounded);
     if (!m) return cudaErrorMemoryAllocation;
     std::memset(m, 0xFF, rounded);  // uninitialised device memory reads as NaN
-    allocs[reinterpret_cast<uintptr_t>(m)] = bytes;
-    used += bytes;
+    allocs[reinterpret_cast<uintptr_t>(m)] = Block{bytes, cap, pool};
+    live += bytes;
+    peak = std::max(peak, live);
+    if (pool) pool_used += bytes;
     *p = m;
     return cudaSuccess;
   }
@@ -86,10 +122,27 @@ struct Memory {
     std::lock_guard<std::mutex> lk(mu);
     auto it = allocs.find(reinterpret_cast<uintptr_t>(p));
     if (it == allocs.end()) return cudaErrorInvalidValue;
-    used -= it->second;
+    const Block b = it->second;
+    live -= b.bytes;
+    if (b.pool) {
+      pool_used -= b.bytes;
+      pool_free.emplace(b.cap, 0);  // stays reserved
+    } else {
+      occupied -= b.cap;
+    }
     allocs.erase(it);
     std::free(p);
     return cudaSuccess;
+  }
+  // Gives unused reserved blocks back until the pool holds at most `keep` bytes.
+  void trim(size_t keep) {
+    std::lock_guard<std::mutex> lk(mu);
+    while (pool_reserved > keep && !pool_free.empty()) {
+      auto it = std::prev(pool_free.end());  // largest first
+      pool_reserved -= it->first;
+      occupied -= it->first;
+      pool_free.erase(it);
+    }
   }
   // Whether [p, p + bytes) lies inside one live allocation.
   bool is_device(const void* p, size_t bytes) {
@@ -98,12 +151,23 @@ struct Memory {
     auto it = allocs.upper_bound(a);
     if (it == allocs.begin()) return false;
     --it;
-    return a >= it->first && a + bytes <= it->first + it->second;
+    return a >= it->first && a + bytes <= it->first + it->second.bytes;
   }
 };
 Memory& memory() {
   static Memory* m = new Memory;  // never destroyed: frees may run during static teardown
   return *m;
+}
+
+// A synchronisation: the pool keeps at most its release threshold of reserved bytes.
+void on_synchronize() {
+  Memory& m = memory();
+  uint64_t t;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    t = m.release_threshold;
+  }
+  m.trim(static_cast<size_t>(std::min<uint64_t>(t, SIZE_MAX)));
 }
 
 cudaError_t ret(cudaError_t e) {
@@ -134,6 +198,31 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) 
 }  // namespace
 
 bool is_device_range(const void* p, size_t bytes) { return memory().is_device(p, bytes); }
+
+size_t device_live_bytes() {
+  std::lock_guard<std::mutex> lk(memory().mu);
+  return memory().live;
+}
+size_t device_peak_bytes() {
+  std::lock_guard<std::mutex> lk(memory().mu);
+  return memory().peak;
+}
+void reset_device_peak() {
+  std::lock_guard<std::mutex> lk(memory().mu);
+  memory().peak = memory().live;
+}
+size_t pool_reserved_bytes() {
+  std::lock_guard<std::mutex> lk(memory().mu);
+  return memory().pool_reserved;
+}
+size_t device_occupied_bytes() {
+  std::lock_guard<std::mutex> lk(memory().mu);
+  return memory().occupied;
+}
+void set_device_memory(size_t bytes) {
+  std::lock_guard<std::mutex> lk(memory().mu);
+  memory().limit = bytes;
+}
 
 }  // namespace phi3emu
 
@@ -236,13 +325,21 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   delete[] reinterpret_cast<char*>(s);
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) { return ret(phi3emu::check_stream(s)); }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (cudaError_t e = phi3emu::check_stream(s)) return ret(e);
+  phi3emu::on_synchronize();
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  phi3emu::on_synchronize();
+  return cudaSuccess;
+}
 
-cudaError_t cudaMalloc(void** p, size_t bytes) { return ret(phi3emu::memory().alloc(p, bytes)); }
+cudaError_t cudaMalloc(void** p, size_t bytes) { return ret(phi3emu::memory().alloc(p, bytes, false)); }
 cudaError_t cudaFree(void* p) { return ret(phi3emu::memory().release(p)); }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t s) {
   if (cudaError_t e = phi3emu::check_stream(s)) return ret(e);
-  return ret(phi3emu::memory().alloc(p, bytes));
+  return ret(phi3emu::memory().alloc(p, bytes, true));
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
   if (cudaError_t e = phi3emu::check_stream(s)) return ret(e);
@@ -262,7 +359,7 @@ cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
   phi3emu::Memory& m = phi3emu::memory();
   std::lock_guard<std::mutex> lk(m.mu);
   if (total_b) *total_b = m.total();
-  if (free_b) *free_b = m.total() - std::min(m.used, m.total());
+  if (free_b) *free_b = m.total() - std::min(m.occupied, m.total());
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int d) {
@@ -272,17 +369,29 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int d) {
   *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
   return cudaSuccess;
 }
-cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
-cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr attr, void* v) {
-  if (!v) return ret(cudaErrorInvalidValue);
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* v) {
+  if (!pool || !v) return ret(cudaErrorInvalidValue);
+  if (attr != cudaMemPoolAttrReleaseThreshold) return ret(cudaErrorInvalidValue);
   phi3emu::Memory& m = phi3emu::memory();
   std::lock_guard<std::mutex> lk(m.mu);
-  // No pooling: every freed block goes back at once, so reserved == used.
-  if (attr == cudaMemPoolAttrReservedMemCurrent || attr == cudaMemPoolAttrUsedMemCurrent) {
-    *static_cast<uint64_t*>(v) = m.used;
-    return cudaSuccess;
+  m.release_threshold = *static_cast<uint64_t*>(v);
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* v) {
+  if (!pool || !v) return ret(cudaErrorInvalidValue);
+  phi3emu::Memory& m = phi3emu::memory();
+  std::lock_guard<std::mutex> lk(m.mu);
+  switch (attr) {
+    case cudaMemPoolAttrReleaseThreshold: *static_cast<uint64_t*>(v) = m.release_threshold; return cudaSuccess;
+    case cudaMemPoolAttrReservedMemCurrent: *static_cast<uint64_t*>(v) = m.pool_reserved; return cudaSuccess;
+    case cudaMemPoolAttrUsedMemCurrent: *static_cast<uint64_t*>(v) = m.pool_used; return cudaSuccess;
+    default: return ret(cudaErrorInvalidValue);
   }
-  return ret(cudaErrorInvalidValue);
+}
+cudaError_t cudaMemPoolTrimTo(cudaMemPool_t pool, size_t keep) {
+  if (!pool) return ret(cudaErrorInvalidValue);
+  phi3emu::memory().trim(keep);
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
@@ -323,7 +432,10 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete reinterpret_cast<double*>(e);
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  phi3emu::on_synchronize();
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   if (!ms || !a || !b) return ret(cudaErrorInvalidValue);
   *ms = static_cast<float>(*reinterpret_cast<double*>(b) - *reinterpret_cast<double*>(a));
