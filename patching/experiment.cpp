@@ -135,7 +135,17 @@ ExperimentResult run_experiment(Backend& be, const Model& m, const ExperimentOpt
   }
   RankWork rw;
   rw.rank = comm.rank();
+  R.memory = job.memory;
+  be.synchronize();
+  const size_t allocated_before = be.allocated_bytes();
+  be.reset_peak_allocated();
   R.resumed_batches = run_batches(job, comm, ckpt.get(), fp, done, rw, code);
+  if (be.tracks_allocations()) {
+    be.synchronize();
+    const size_t peak = be.peak_allocated_bytes();
+    R.memory.measured = true;
+    R.memory.measured_peak_bytes = peak > allocated_before ? peak - allocated_before : 0;
+  }
   if (comm.root()) {
     aggregate_batches(job, done, R);
     aggregate_results(job, done, R);

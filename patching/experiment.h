@@ -143,6 +143,21 @@ struct PatternFigure {
   std::vector<float> clean, corrupted;                      // [T, T] query x key
 };
 
+// The memory plan against the run (results.json "memory"): the device's free bytes when the
+// plan was made, what the plan may use (less its margin, memory_plan.h), the predicted peak of
+// the largest batch's estimates pass (0 without estimates; beyond the weights and what was
+// allocated before it) and of the exact sweep's two forwards, and the device's measured
+// high-water mark over the batches beyond what was allocated when they started (where the
+// backend tracks it: CUDA).
+struct MemoryReport {
+  size_t free_bytes = 0, plannable_bytes = 0;
+  size_t planned_estimates_bytes = 0;  // the pass the plan chose (checkpointed or full)
+  bool checkpointed = false;
+  size_t planned_sweep_forwards_bytes = 0;
+  bool measured = false;
+  size_t measured_peak_bytes = 0;
+};
+
 struct ExperimentResult {
   std::string model_dir, device, pairs_file, direction;
   std::string architecture, family;  // the checkpoint's (config.json; model/arch/)
@@ -170,6 +185,7 @@ struct ExperimentResult {
   int resumed_batches = 0;    // batches taken from checkpoints
   std::vector<RankWork> ranks;
   double wall_seconds = 0;
+  MemoryReport memory;
 };
 
 // Summarises one forward of a pair batch (tokens, top-3, logit differences, and the values of

@@ -62,6 +62,7 @@ struct Job {
   std::vector<int> layers;  // --layers (ascending; empty: every layer)
   bool checkpoint = false;  // the estimates' forwards keep layer inputs only (memory_plan.h)
   std::string plan_note;    // what the memory plan chose (a progress line)
+  MemoryReport memory;      // the plan's figures (results.json "memory"; measured ones added after the run)
 
   bool has(Method x) const {
     return std::any_of(accs.begin(), accs.end(), [x](const AccSpec& a) { return a.method == x; });

@@ -16,7 +16,11 @@ namespace {
 // or not) and the sweep's two forwards; throws OutOfMemory with the sizes when it does not fit.
 void plan_batch(Job& job, int per_batch) {
   const ExperimentOptions& opt = job.opt;
-  const size_t device_free = plannable_bytes(job.be.free_memory());
+  const size_t free_now = job.be.free_memory();
+  const size_t device_free = plannable_bytes(free_now);
+  job.memory = MemoryReport{};
+  job.memory.free_bytes = free_now;
+  job.memory.plannable_bytes = device_free;
   const std::vector<PromptPair> sub(job.pairs.begin(), job.pairs.begin() + std::min<size_t>(job.pairs.size(), per_batch));
   const PairBatch pb = make_pair_batch(sub, job.m.tok, job.m.cfg.pad_token_id, job.m.cfg.max_position_embeddings, job.T,
                                        opt.add_bos, opt.mix);
@@ -40,6 +44,8 @@ void plan_batch(Job& job, int per_batch) {
     const EstimatesPlan p = plan_estimates(job.be, job.m, pb, one, w, alone ? opt.recompute : "off",
                                            alone && opt.mem_budget ? opt.mem_budget : device_free);
     job.checkpoint = p.checkpoint;
+    job.memory.checkpointed = p.checkpoint;
+    job.memory.planned_estimates_bytes = p.checkpoint ? p.checkpoint_bytes : p.full_bytes;
     job.plan_note = p.checkpoint ? p.note : std::string();
   }
   if (job.any_sweep() || opt.verify_top > 0) {
@@ -53,6 +59,7 @@ void plan_batch(Job& job, int per_batch) {
       return 2 * forward_arena_bytes(job.m, b.clean.B, b.clean.T, job.needs_pattern(), g16, job.neurons(), false, cache,
                                      keep);
     };
+    job.memory.planned_sweep_forwards_bytes = bytes(pb);
     if (bytes(pb) > device_free)
       throw OutOfMemory("exact patching holds both runs' activations of a batch of " + std::to_string(pb.clean.B) +
                         " prompts of " + std::to_string(pb.clean.T) + " tokens: " + std::to_string(bytes(pb) >> 20) +

@@ -355,6 +355,20 @@ std::string results_json(const ExperimentResult& R) {
   work["resumed_batches"] = R.resumed_batches;
   work["wall_seconds"] = R.wall_seconds;
   j["work"] = work;
+  {
+    const MemoryReport& mr = R.memory;
+    json mem = {{"free_bytes", mr.free_bytes},
+                {"plannable_bytes", mr.plannable_bytes},
+                {"planned_peak_bytes", mr.planned_estimates_bytes ? json(mr.planned_estimates_bytes) : json(nullptr)},
+                {"checkpointed", mr.checkpointed},
+                {"planned_sweep_forwards_bytes",
+                 mr.planned_sweep_forwards_bytes ? json(mr.planned_sweep_forwards_bytes) : json(nullptr)},
+                {"measured_peak_bytes", mr.measured ? json(mr.measured_peak_bytes) : json(nullptr)},
+                {"note", "planned_peak_bytes: the estimates pass of the largest batch as planned (beyond the weights); "
+                         "measured_peak_bytes: the device's allocation high-water mark over the batches beyond what "
+                         "was allocated before them (null where the backend does not track it, e.g. the CPU)"}};
+    j["memory"] = mem;
+  }
   json cmp = json::array();
   for (const auto& c : R.comparisons)
     cmp.push_back({{"hook", hook_name(c.hook)}, {"pearson", num(c.pearson)}, {"spearman", num(c.spearman)}});

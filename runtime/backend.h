@@ -31,6 +31,13 @@ class Backend {
   virtual void zero(void* dst, size_t bytes) = 0;
   virtual void synchronize() = 0;
   virtual size_t free_memory() const = 0;      // bytes the device can still give
+  // Device bytes this process has in use through the backend now, and the most in use since
+  // reset_peak_allocated() (CUDA: the stream-ordered pool's counters, the kernels' scratch
+  // included; 0 where the backend does not track them: tracks_allocations() is false).
+  virtual bool tracks_allocations() const { return false; }
+  virtual size_t allocated_bytes() const { return 0; }
+  virtual size_t peak_allocated_bytes() const { return 0; }
+  virtual void reset_peak_allocated() {}
   // Another backend on the same device with its own stream, sharing device memory (so
   // pointers from this one stay valid there), for overlapping independent work; nullptr
   // when the device gains nothing from it (the CPU: its ops are already threaded).

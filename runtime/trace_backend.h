@@ -57,6 +57,12 @@ class TraceBackend : public Backend {
   void zero(void* dst, size_t bytes) override;
   void synchronize() override;
   size_t free_memory() const override;
+  bool tracks_allocations() const override { return inner_ && inner_->tracks_allocations(); }
+  size_t allocated_bytes() const override { return inner_ ? inner_->allocated_bytes() : 0; }
+  size_t peak_allocated_bytes() const override { return inner_ ? inner_->peak_allocated_bytes() : 0; }
+  void reset_peak_allocated() override {
+    if (inner_) inner_->reset_peak_allocated();
+  }
   int preferred_streams() const override { return inner_ ? inner_->preferred_streams() : 1; }
 
   // Device bytes held through this backend now, and the most held at once since the last

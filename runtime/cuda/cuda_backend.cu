@@ -171,6 +171,16 @@ class CudaBackend final : public Backend {
   // waiting for the device), so that none is counted as free while it could be a fragment
   // too small for the request; then cudaMemGetInfo's free bytes. Called before a plan or a
   // sweep, not per op: the wait and the pool's refill are cheap there.
+  bool tracks_allocations() const override { return true; }
+  size_t allocated_bytes() const override { return pool_attribute(cudaMemPoolAttrUsedMemCurrent); }
+  size_t peak_allocated_bytes() const override { return pool_attribute(cudaMemPoolAttrUsedMemHigh); }
+  void reset_peak_allocated() override {
+    select();
+    cudaMemPool_t pool;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+    uint64_t zero = 0;  // the high-water mark can only be reset to zero; it then follows the use
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
+  }
   size_t free_memory() const override {
     select();
     cuda::trim_pool();
@@ -305,6 +315,15 @@ class CudaBackend final : public Backend {
 
  private:
   // Ops may be issued from a thread whose current device differs.
+  // A counter of the device's default pool (every alloc and the kernels' scratch).
+  size_t pool_attribute(cudaMemPoolAttr attr) const {
+    select();
+    cudaMemPool_t pool;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+    uint64_t v = 0;
+    CUDA_CHECK(cudaMemPoolGetAttribute(pool, attr, &v));
+    return static_cast<size_t>(v);
+  }
   void select() const {
     if (t_device != device_) {
       CUDA_CHECK(cudaSetDevice(device_));

@@ -87,6 +87,7 @@ struct Memory {
   size_t occupied = 0;                         // live caps + reserved unused pool blocks
   size_t pool_reserved = 0;                    // live pool caps + reserved unused pool blocks
   size_t pool_used = 0;                        // requested bytes of live pool blocks
+  size_t pool_used_high = 0;                   // their most since the last reset (UsedMemHigh)
   size_t limit = 0;                            // 0: PHI3_EMU_MEM_MIB
   uint64_t release_threshold = 0;
   size_t total() const {
@@ -113,7 +114,10 @@ struct Memory {
     allocs[reinterpret_cast<uintptr_t>(m)] = Block{bytes, cap, pool};
     live += bytes;
     peak = std::max(peak, live);
-    if (pool) pool_used += bytes;
+    if (pool) {
+      pool_used += bytes;
+      pool_used_high = std::max(pool_used_high, pool_used);
+    }
     *p = m;
     return cudaSuccess;
   }
@@ -371,9 +375,14 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int d) {
 }
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* v) {
   if (!pool || !v) return ret(cudaErrorInvalidValue);
-  if (attr != cudaMemPoolAttrReleaseThreshold) return ret(cudaErrorInvalidValue);
   phi3emu::Memory& m = phi3emu::memory();
   std::lock_guard<std::mutex> lk(m.mu);
+  if (attr == cudaMemPoolAttrUsedMemHigh) {  // CUDA: may only be reset to zero
+    if (*static_cast<uint64_t*>(v) != 0) return ret(cudaErrorInvalidValue);
+    m.pool_used_high = m.pool_used;
+    return cudaSuccess;
+  }
+  if (attr != cudaMemPoolAttrReleaseThreshold) return ret(cudaErrorInvalidValue);
   m.release_threshold = *static_cast<uint64_t*>(v);
   return cudaSuccess;
 }
@@ -385,6 +394,7 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
     case cudaMemPoolAttrReleaseThreshold: *static_cast<uint64_t*>(v) = m.release_threshold; return cudaSuccess;
     case cudaMemPoolAttrReservedMemCurrent: *static_cast<uint64_t*>(v) = m.pool_reserved; return cudaSuccess;
     case cudaMemPoolAttrUsedMemCurrent: *static_cast<uint64_t*>(v) = m.pool_used; return cudaSuccess;
+    case cudaMemPoolAttrUsedMemHigh: *static_cast<uint64_t*>(v) = m.pool_used_high; return cudaSuccess;
     default: return ret(cudaErrorInvalidValue);
   }
 }

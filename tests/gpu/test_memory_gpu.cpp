@@ -13,7 +13,9 @@
 
 #include "model/backward.h"
 #include "patching/attribution.h"
+#include "patching/experiment.h"
 #include "patching/memory_plan.h"
+#include "patching/report.h"
 #include "model/batch.h"
 #include "runtime/error.h"
 #include "runtime/trace_backend.h"
@@ -175,6 +177,39 @@ TEST(GpuMemory, FullDeviceTrimsThePoolAndRetries) {
     EXPECT_TRUE(contains(msg, "kernel scratch for the bf16 cast of a GEMM input of 2 MiB")) << msg;
   }
   for (void* p : {x, w, y, fill}) gpu->free(p);
+#endif
+}
+
+// `run` reports its plan and the device's measured high-water mark (results.json "memory"): an
+// AtP run's measured peak over its batch is the planned estimates pass, plus only the few small
+// buffers the batch keeps beside it (ids, answers, the logit differences, the check flags).
+TEST(GpuMemory, RunReportsThePlannedAndTheMeasuredPeak) {
+#if !defined(PHI3_CUDA_EMU)
+  GTEST_SKIP() << "the device's exact live bytes are measured on the CPU emulator of CUDA (scripts/emu-check)";
+#else
+  for (bool fp32 : {true, false}) {
+    SCOPED_TRACE(fp32 ? "fp32" : "bf16");
+    auto gpu = make_backend("cuda", fp32);
+    auto m = load_model(*gpu, tiny_dir());
+    ExperimentOptions opt;
+    opt.pairs_file = test::source_dir() + "/data/temporal_scope_for_attribution_patching.json";
+    opt.hooks = {Hook::ResidPre, Hook::AttnOut, Hook::MlpOut};
+    opt.activation = false;
+    const ExperimentResult R = run_experiment(*gpu, *m, opt);
+    const MemoryReport& mr = R.memory;
+    std::printf("  %s run: planned %zu bytes, measured %zu\n", fp32 ? "fp32" : "bf16", mr.planned_estimates_bytes,
+                mr.measured_peak_bytes);
+    ASSERT_TRUE(mr.measured);
+    EXPECT_GT(mr.free_bytes, mr.plannable_bytes);
+    EXPECT_EQ(mr.plannable_bytes, plannable_bytes(mr.free_bytes));
+    ASSERT_GT(mr.planned_estimates_bytes, 0u);
+    EXPECT_EQ(mr.planned_sweep_forwards_bytes, 0u) << "no exact sweep";
+    EXPECT_GE(mr.measured_peak_bytes, mr.planned_estimates_bytes);
+    EXPECT_LE(mr.measured_peak_bytes, mr.planned_estimates_bytes + 16 * 1024)
+        << "planned " << mr.planned_estimates_bytes << ", measured " << mr.measured_peak_bytes;
+    const std::string js = results_json(R);
+    EXPECT_NE(js.find("\"measured_peak_bytes\": " + std::to_string(mr.measured_peak_bytes)), std::string::npos);
+  }
 #endif
 }
 
