@@ -239,6 +239,9 @@ struct MetricParams {
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, \
                  int64_t src_stride, const int32_t* src_idx, int n, int width,            \
                  Stream stream);                                                          \
+  /* *flag = max(*flag, nonfinite_flag(i, x[i])) for the first i < n whose x[i] is NaN or  \
+     Inf (kernels/finite_flag.h); *flag untouched when all are finite. Zero it first. */   \
+  void flag_nonfinite(uint64_t* flag, const float* x /*[n]*/, int64_t n, Stream stream);   \
   /* ld[b] = logits[b, ans[b]] - logits[b, other[b]] (logits rows `stride` apart) */             \
   void logit_diff_forward(float* ld /*[B]*/, const float* logits /*[B,V]*/,               \
                           int64_t stride, const int32_t* ans, const int32_t* other,       \

@@ -151,6 +151,8 @@ inline OpCost elementwise(int64_t n, int arrays, double flops) { return {arrays 
 inline OpCost copy_rows(int n, int width, bool dst_idx, bool src_idx) {
   return {2.0 * n * width * 4 + (dst_idx ? n * 4.0 : 0) + (src_idx ? n * 4.0 : 0), 0, 0, 0, 1};
 }
+// The NaN/Inf scan: x read once; the flag written by at most one atomic per block.
+inline OpCost flag_nonfinite(int64_t n) { return {double(n) * 4 + 8, 0, 0, double(n), 1}; }
 inline OpCost logit_diff_forward(int B) { return {B * (8.0 + 2 * 32 + 4), 0, 0, double(B), 1}; }
 inline OpCost logit_diff_backward(int B, int V) { return {double(B) * V * 4 + B * 8.0, 0, 0, 0, 1}; }
 // Softmax metrics (kind != 0, MetricKind): the row read twice (max, sum exp in double; kl

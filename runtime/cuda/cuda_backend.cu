@@ -270,6 +270,10 @@ class CudaBackend final : public Backend {
     select();
     cuda::copy_rows(dst, dst_stride, dst_idx, src, src_stride, src_idx, n, width, stream_);
   }
+  void flag_nonfinite(uint64_t* flag, const float* x, int64_t n) override {
+    select();
+    cuda::flag_nonfinite(flag, x, n, stream_);
+  }
   void logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans,
                           const int32_t* other, int B) override {
     select();

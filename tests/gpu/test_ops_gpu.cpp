@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/finite_flag.h"
 #include "kernels/ops.h"
 #include "model/forward.h"
 #include "runtime/backend.h"
@@ -176,6 +177,47 @@ TEST(ElementwiseGpu, Softcap) {
   expect_close(yd.download(), y, kTolElementwise, "softcap");
   expect_close(dxd.download(), dx, kTolElementwise, "softcap backward");
 }
+// flag_nonfinite: the CUDA flag equals the CPU flag (first bad index and value) for NaN/Inf
+// at the first, a middle and the last element, on the 16-byte and the scalar path (x offset
+// by one float), with later bad values present, a flag already raised, and none at all.
+TEST(ElementwiseGpu, FlagNonfinite) {
+  REQUIRE_GPU();
+  const float inf = std::numeric_limits<float>::infinity();
+  DeviceArray<uint64_t> flag(gpu(), 1);
+  auto run = [&](const std::vector<float>& x, size_t off, uint64_t start) {
+    const std::vector<float> tail(x.begin() + off, x.end());
+    uint64_t ref = start;
+    cpu::flag_nonfinite(&ref, tail.data(), int64_t(tail.size()), nullptr);
+    auto xd = dev(x);
+    flag.upload({start});
+    gpu().flag_nonfinite(flag.get(), xd.get() + off, int64_t(tail.size()));
+    const uint64_t got = flag.download()[0];
+    EXPECT_EQ(got, ref) << "n " << tail.size() << " offset " << off << " start " << start;
+    return got;
+  };
+  for (size_t n : {size_t(1), size_t(7), size_t(4096), size_t(100003)}) {
+    const std::vector<float> base = random_vec(n + 1, uint32_t(n), -1e30f, 1e30f);
+    for (size_t off : {size_t(0), size_t(1)}) {
+      EXPECT_EQ(run(base, off, 0), 0u) << "finite, n " << n;
+      for (size_t at : {size_t(0), n / 2, n - 1})
+        for (float v : {NAN, inf, -inf}) {
+          std::vector<float> x = base;
+          x[off + at] = v;
+          if (at + 1 < n) x[off + n - 1] = -NAN;  // later bad values are not the first
+          if (at + 3 < n) x[off + at + 3] = inf;
+          const uint64_t f = run(x, off, 0);
+          EXPECT_EQ(f, nonfinite_flag(int64_t(at), v)) << "n " << n << " at " << at << " v " << v;
+          run(x, off, f + 1);                           // a larger flag already there stays
+          run(x, off, nonfinite_flag(int64_t(n), NAN));  // a smaller one is raised
+        }
+    }
+  }
+  DeviceArray<float> empty;
+  flag.upload({5});
+  gpu().flag_nonfinite(flag.get(), empty.get(), 0);
+  EXPECT_EQ(flag.download()[0], 5u) << "empty: untouched";
+}
+
 INSTANTIATE_TEST_SUITE_P(Embedding, EmbeddingGpu,
                          ::testing::Values(EmbParam{50, 7, 13, DType::F32},
                                            EmbParam{50, 7, 13, DType::BF16},
