@@ -46,7 +46,9 @@ TEST(FlagNonfinite, FirstBadIndexAndValue) {
     EXPECT_EQ(f, nonfinite_flag(int64_t(c.at), c.v));
     EXPECT_EQ(nonfinite_index(f), int64_t(c.at));
     EXPECT_EQ(std::to_string(nonfinite_value(f)), c.text);
-    EXPECT_EQ(cpu_flag(x, f + 1), f + 1) << "a raised flag (an earlier tensor element) is kept: max";
+    if (f != ~uint64_t(0)) {
+      EXPECT_EQ(cpu_flag(x, f + 1), f + 1) << "a larger flag already there is kept: max";
+    }
     EXPECT_EQ(cpu_flag(x, nonfinite_flag(int64_t(c.at) + 1, NAN)), f) << "a later element's flag is lowered to this";
   }
   // Indices beyond 2^32 (an [N, V] logits tensor of 8.6e9 floats) round-trip.
