@@ -14,11 +14,21 @@ void FiniteCheck::check(const float* x, int64_t n, int64_t width, Message msg) {
   PHI3_CHECK(slots_.size() < flags_.size(), "FiniteCheck: more checks than the " + std::to_string(flags_.size()) +
                                                 " it was made for");
   PHI3_CHECK(width > 0, "FiniteCheck: row width must be positive");
-  be_.flag_nonfinite(flags_.get() + slots_.size(), x, n);
+  const int k = pending_.count++;
+  pending_.x[k] = x;
+  pending_.n[k] = n;
+  pending_.flag[k] = flags_.get() + slots_.size();
   slots_.push_back({width, std::move(msg)});
+  if (pending_.count == NonfiniteBatch::kMax) flush();
 }
 
-void FiniteCheck::throw_first() const {
+void FiniteCheck::flush() {
+  if (pending_.count) be_.flag_nonfinite(pending_);
+  pending_.count = 0;
+}
+
+void FiniteCheck::throw_first() {
+  flush();
   if (slots_.empty()) return;
   std::vector<uint64_t> f(slots_.size());
   be_.download(f.data(), flags_.get(), f.size() * sizeof(uint64_t));

@@ -1,9 +1,10 @@
-// The NaN/Inf checks of one pass, reduced on the device (issue 31): check() queues the
-// flag_nonfinite op of a tensor into its own 8-byte slot of one small device buffer, with no
-// host synchronisation; throw_first() downloads the buffer once and, when a slot is raised,
-// throws the message of the first such tensor in check order, naming its first bad value and
-// row from the flag alone (kernels/finite_flag.h). No tensor is read back on the host, so a
-// checked tensor may be freed before throw_first().
+// The NaN/Inf checks of one pass, reduced on the device (issue 31): check() gives a tensor its
+// own 8-byte flag in one small device buffer and queues it for flag_nonfinite, which scans up
+// to NonfiniteBatch::kMax tensors a launch (flush() launches what is queued; no host
+// synchronisation). throw_first() downloads the buffer once and, when a flag is raised, throws
+// the message of the first such tensor in check order, naming its first bad value and row from
+// the flag alone (kernels/finite_flag.h). No tensor is read back on the host, so a tensor may
+// be freed once flush() has queued its scan.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -22,8 +23,10 @@ class FiniteCheck {
   FiniteCheck(Backend& be, size_t capacity);
   // Queues the scan of x[0, n), rows of `width` values. n == 0: nothing to check.
   void check(const float* x, int64_t n, int64_t width, Message msg);
-  // Reads every queued flag (one download) and throws Error for the first raised one.
-  void throw_first() const;
+  // Launches the queued scans (on the backend's stream).
+  void flush();
+  // Flushes, reads every flag (one download) and throws Error for the first raised one.
+  void throw_first();
   size_t size() const { return slots_.size(); }
 
  private:
@@ -34,6 +37,7 @@ class FiniteCheck {
   Backend& be_;
   DeviceArray<uint64_t> flags_;
   std::vector<Slot> slots_;
+  NonfiniteBatch pending_;
 };
 
 }  // namespace phi3

@@ -186,7 +186,10 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
   // The gradient checks: one flag a tensor, read once after the pass.
   FiniteCheck fc(be, check_name.empty() ? 0 : kFiniteChecksPerLayer * L);
   bo.on_layer = [&](int l, const LayerActs& a, const Gradients& g) {
-    if (!check_name.empty()) check_finite_layer(fc, m, g, l, check_name.c_str());
+    if (!check_name.empty()) {
+      check_finite_layer(fc, m, g, l, check_name.c_str());
+      fc.flush();  // launched before this layer's gradients are freed
+    }
     std::shared_ptr<Arena> arena;
     LayerActs recomputed;
     const LayerActs* src = &source.layers[l];

@@ -296,10 +296,11 @@ void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B
   read_back_zero(eq, size_t(T) * G);
 }
 
-void TraceBackend::flag_nonfinite(uint64_t* flag, const float* x, int64_t n) {
-  trace_.add("flag_nonfinite (NaN/Inf check)", cost::flag_nonfinite(n));
-  if (inner_) return inner_->flag_nonfinite(flag, x, n);
-  read_back_zero(flag, sizeof(uint64_t));  // nothing computed: every value counts as finite
+void TraceBackend::flag_nonfinite(const NonfiniteBatch& b) {
+  trace_.add("flag_nonfinite (NaN/Inf check)", cost::flag_nonfinite(b));
+  if (inner_) return inner_->flag_nonfinite(b);
+  // Nothing computed: every value counts as finite.
+  for (int k = 0; k < b.count; ++k) read_back_zero(b.flag[k], sizeof(uint64_t));
 }
 
 // Adjacent regions (one mask per layer, one flag per tensor) merge into one.

@@ -92,7 +92,7 @@ class TraceBackend : public Backend {
   void sub(float* out, const float* a, const float* b, int64_t n) override;
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, int64_t src_stride,
                  const int32_t* src_idx, int n, int width) override;
-  void flag_nonfinite(uint64_t* flag, const float* x, int64_t n) override;
+  void flag_nonfinite(const NonfiniteBatch& b) override;
   void logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans, const int32_t* other,
                           int B) override;
   void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans, const int32_t* other, float scale,

@@ -22,7 +22,12 @@ namespace {
 
 uint64_t cpu_flag(const std::vector<float>& x, uint64_t start = 0) {
   uint64_t f = start;
-  cpu::flag_nonfinite(&f, x.data(), int64_t(x.size()), nullptr);
+  NonfiniteBatch b;
+  b.count = 1;
+  b.x[0] = x.data();
+  b.n[0] = int64_t(x.size());
+  b.flag[0] = &f;
+  cpu::flag_nonfinite(b, nullptr);
   return f;
 }
 
@@ -51,6 +56,22 @@ TEST(FlagNonfinite, FirstBadIndexAndValue) {
     }
     EXPECT_EQ(cpu_flag(x, nonfinite_flag(int64_t(c.at) + 1, NAN)), f) << "a later element's flag is lowered to this";
   }
+  // Several tensors in one call: each its own flag.
+  std::vector<float> x = base, y = base, z = base;
+  y[10] = NAN;
+  z[999] = -inf;
+  uint64_t f[3] = {0, 0, 0};
+  NonfiniteBatch b;
+  b.count = 3;
+  for (int k = 0; k < 3; ++k) {
+    b.x[k] = (k == 0 ? x : k == 1 ? y : z).data();
+    b.n[k] = 1000;  // z's -inf at 999 is inside, base's 1001st value not read
+    b.flag[k] = &f[k];
+  }
+  cpu::flag_nonfinite(b, nullptr);
+  EXPECT_EQ(f[0], 0u);
+  EXPECT_EQ(f[1], nonfinite_flag(10, NAN));
+  EXPECT_EQ(f[2], nonfinite_flag(999, -inf));
   // Indices beyond 2^32 (an [N, V] logits tensor of 8.6e9 floats) round-trip.
   const int64_t big = (int64_t(1) << 33) + 5;
   EXPECT_EQ(nonfinite_index(nonfinite_flag(big, -inf)), big);
@@ -84,22 +105,30 @@ TEST(FiniteCheck, OneDownloadFirstTensorInCheckOrder) {
     EXPECT_EQ(after.calls - before.calls, 1);
     EXPECT_EQ(after.host_bytes - before.host_bytes, 3 * 8.0) << "the flags only";
   }
-  EXPECT_EQ(trace.ops["flag_nonfinite (NaN/Inf check)"].calls, 3);
-  // Priced as one read of each tensor and its flag.
-  EXPECT_DOUBLE_EQ(trace.ops["flag_nonfinite (NaN/Inf check)"].cost.bytes, 3 * 4 * W * 4.0 + 3 * 8.0);
-  EXPECT_EQ(trace.ops["flag_nonfinite (NaN/Inf check)"].host_bytes, 0.0);
+  // Two launches (a alone at the first throw_first, then b and c together), priced as one
+  // read of each tensor and a write of its flag, with no host bytes.
+  const OpTally& t = trace.ops["flag_nonfinite (NaN/Inf check)"];
+  EXPECT_EQ(t.calls, 2);
+  EXPECT_EQ(t.cost.launches, 2.0);
+  EXPECT_DOUBLE_EQ(t.cost.bytes, 3 * 4 * W * 4.0 + 3 * 8.0);
+  EXPECT_EQ(t.host_bytes, 0.0);
 }
 
-// bench --predict: nothing is computed, so nothing is flagged; the scan is priced.
+// bench --predict: nothing is computed, so nothing is flagged; the scans are priced, up to
+// NonfiniteBatch::kMax tensors a launch.
 TEST(FiniteCheck, TraceWithoutInnerPasses) {
   Trace trace;
   TraceBackend be(nullptr, trace);
   DeviceArray<float> x(be, 1 << 20), y(be, 1000);
-  FiniteCheck fc(be, 2);
-  fc.check(x.get(), 1 << 20, 1024, [](const std::string&, int64_t) { return std::string("x"); });
-  fc.check(y.get(), 1000, 10, [](const std::string&, int64_t) { return std::string("y"); });
+  const int checks = 2 * NonfiniteBatch::kMax + 2;
+  FiniteCheck fc(be, checks);
+  for (int k = 0; k < checks; ++k)
+    fc.check(k % 2 ? y.get() : x.get(), k % 2 ? 1000 : 1 << 20, 10, [](const std::string&, int64_t) { return "x"; });
   EXPECT_NO_THROW(fc.throw_first());
-  EXPECT_DOUBLE_EQ(trace.ops["flag_nonfinite (NaN/Inf check)"].cost.bytes, ((1 << 20) + 1000) * 4.0 + 16);
+  const OpTally& t = trace.ops["flag_nonfinite (NaN/Inf check)"];
+  EXPECT_EQ(t.calls, 3);
+  EXPECT_DOUBLE_EQ(t.cost.bytes, (checks / 2) * ((1 << 20) + 1000) * 4.0 + checks * 8.0);
+  EXPECT_EQ(trace.ops["download (device to host)"].host_bytes, checks * 8.0);
 }
 
 }  // namespace
