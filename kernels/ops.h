@@ -186,6 +186,16 @@ struct MetricParams {
   int B = 0, V = 0;
 };
 
+// The tensors of one flag_nonfinite call, passed to the kernel by value (no upload): flag[k]
+// (device) is raised for the first NaN/Inf of x[k][0, n[k]), k < count (kernels/finite_flag.h).
+struct NonfiniteBatch {
+  static constexpr int kMax = 64;
+  int count = 0;
+  const float* x[kMax] = {};
+  int64_t n[kMax] = {};
+  uint64_t* flag[kMax] = {};
+};
+
 #define PHI3_DECLARE_OPS                                                                  \
   /* out[i,:] = table[ids[i],:] */                                                        \
   void embedding_forward(float* out /*[N,D]*/, const int32_t* ids /*[N]*/,                \
@@ -241,6 +251,10 @@ struct MetricParams {
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, \
                  int64_t src_stride, const int32_t* src_idx, int n, int width,            \
                  Stream stream);                                                          \
+  /* for k < b.count: *b.flag[k] = max(itself, nonfinite_flag(i, x[i])) for the first i <  \
+     b.n[k] whose x[i] = b.x[k][i] is NaN/Inf (kernels/finite_flag.h); untouched when all  \
+     are finite. Zero the flags first. */                                                  \
+  void flag_nonfinite(const NonfiniteBatch& b, Stream stream);                             \
   /* ld[b] = logits[b, ans[b]] - logits[b, other[b]] (logits rows `stride` apart) */             \
   void logit_diff_forward(float* ld /*[B]*/, const float* logits /*[B,V]*/,               \
                           int64_t stride, const int32_t* ans, const int32_t* other,       \

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/finite_check.h"
 #include "model/qk_norm.h"
 #include "runtime/error.h"
 
@@ -213,17 +214,14 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
   return g;
 }
 
-void check_finite_layer(Backend& be, const Model& m, const Gradients& g, int l, const char* run_name) {
+void check_finite_layer(FiniteCheck& fc, const Model& m, const Gradients& g, int l, const char* run_name) {
+  const std::string run = run_name;
   auto scan = [&](const DeviceArray<float>& a, int width, const char* hook) {
-    if (a.size() == 0) return;
-    std::vector<float> h(a.size());
-    be.download(h.data(), a.get(), h.size() * sizeof(float));
-    for (size_t i = 0; i < h.size(); ++i) {
-      if (!std::isfinite(h[i]))
-        throw Error(std::string(run_name) + ": non-finite gradient (" + std::to_string(h[i]) + ") first appears at blocks." +
-                    std::to_string(l) + "." + hook + ", row " + std::to_string(i / static_cast<size_t>(width)) +
-                    "; no results were written");
-    }
+    const std::string where = "blocks." + std::to_string(l) + "." + hook;
+    fc.check(a.get(), int64_t(a.size()), width, [run, where](const std::string& v, int64_t row) {
+      return run + ": non-finite gradient (" + v + ") first appears at " + where + ", row " + std::to_string(row) +
+             "; no results were written";
+    });
   };
   const int D = m.cfg.hidden_size;
   const LayerGrads& lg = g.layers.at(l);
@@ -234,7 +232,9 @@ void check_finite_layer(Backend& be, const Model& m, const Gradients& g, int l, 
 }
 
 void check_finite(Backend& be, const Model& m, const Gradients& g, const char* run_name) {
-  for (int l = static_cast<int>(g.layers.size()) - 1; l >= 0; --l) check_finite_layer(be, m, g, l, run_name);
+  FiniteCheck fc(be, kFiniteChecksPerLayer * g.layers.size());
+  for (int l = static_cast<int>(g.layers.size()) - 1; l >= 0; --l) check_finite_layer(fc, m, g, l, run_name);
+  fc.throw_first();
 }
 
 }  // namespace phi3

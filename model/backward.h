@@ -9,6 +9,8 @@
 
 namespace phi3 {
 
+class FiniteCheck;  // model/finite_check.h
+
 struct LayerGrads {
   DeviceArray<float> resid_pre;   // [N,D]  d/d hook_resid_pre
   DeviceArray<float> resid_mid;   // [N,D]  d/d hook_resid_mid (= d/d hook_attn_out)
@@ -62,7 +64,9 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
 // backward pass computes them (last layer first: hook_resid_post, hook_resid_mid,
 // attn.hook_z, hook_resid_pre).
 void check_finite(Backend& be, const Model& m, const Gradients& g, const char* run_name);
-// The same for layer l only (its gradients must still be kept).
-void check_finite_layer(Backend& be, const Model& m, const Gradients& g, int l, const char* run_name);
+// The same for layer l only, queued into `fc` (kFiniteChecksPerLayer flags): fc.flush() before
+// the layer's gradients are freed, fc.throw_first() to report.
+constexpr size_t kFiniteChecksPerLayer = 4;
+void check_finite_layer(FiniteCheck& fc, const Model& m, const Gradients& g, int l, const char* run_name);
 
 }  // namespace phi3

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/op_math.h"
+#include "model/finite_check.h"
 #include "model/qk_norm.h"
 #include "runtime/error.h"
 
@@ -673,19 +674,18 @@ LogitDiff logit_diff(Backend& be, const Model& m, const ForwardState& s, const s
 }
 
 void check_finite(Backend& be, const Model& m, const ForwardState& s, const char* run_name) {
-  const int N = static_cast<int>(s.N());
+  const int64_t N = s.N();
+  const int L = static_cast<int>(s.layers.size());
+  FiniteCheck fc(be, 4 * size_t(L) + 2);  // one flag a tensor, one download at the end
   auto scan = [&](const float* p, size_t n, int l, const char* hook) {
-    std::vector<float> h(n);
-    be.download(h.data(), p, n * sizeof(float));
-    for (size_t i = 0; i < n; ++i) {
-      if (!std::isfinite(h[i]))
-        throw Error(std::string(run_name) + " run: non-finite value (" + std::to_string(h[i]) + ") first appears at " +
-                    (l >= 0 ? "blocks." + std::to_string(l) + "." : std::string()) + hook + ", row " +
-                    std::to_string(i / (n / N)));
-    }
+    const std::string where = (l >= 0 ? "blocks." + std::to_string(l) + "." : std::string()) + hook;
+    const std::string run = run_name;
+    fc.check(p, int64_t(n), int64_t(n) / std::max<int64_t>(N, 1), [run, where](const std::string& v, int64_t row) {
+      return run + " run: non-finite value (" + v + ") first appears at " + where + ", row " + std::to_string(row);
+    });
   };
   const int D = m.cfg.hidden_size;
-  for (int l = 0; l < static_cast<int>(s.layers.size()); ++l) {
+  for (int l = 0; l < L; ++l) {
     const LayerActs& a = s.layers[l];
     scan(a.resid_pre.get(), size_t(N) * D, l, "hook_resid_pre");
     if (s.checkpointed) continue;  // the internals are not kept
@@ -699,8 +699,9 @@ void check_finite(Backend& be, const Model& m, const ForwardState& s, const char
     scan(a.attn_out.get(), size_t(N) * D, l, "hook_attn_out");
     scan(a.mlp_out.get(), size_t(N) * D, l, "hook_mlp_out");
   }
-  scan(s.resid_final.get(), size_t(N) * D, static_cast<int>(s.layers.size()) - 1, "hook_resid_post");
+  scan(s.resid_final.get(), size_t(N) * D, L - 1, "hook_resid_post");
   scan(s.logits.get(), size_t(N) * m.cfg.vocab_size, -1, "logits");
+  fc.throw_first();
 }
 
 ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {

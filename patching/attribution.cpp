@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/finite_check.h"
 #include "model/qk_norm.h"
 #include "runtime/error.h"
 
@@ -182,8 +183,13 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
   const int R = per_row ? B : 1;
   std::vector<std::vector<std::vector<float>>> layer_rows(hooks.size() * L);
   bo.keep_layers = false;
+  // The gradient checks: one flag a tensor, read once after the pass.
+  FiniteCheck fc(be, check_name.empty() ? 0 : kFiniteChecksPerLayer * L);
   bo.on_layer = [&](int l, const LayerActs& a, const Gradients& g) {
-    if (!check_name.empty()) check_finite_layer(be, m, g, l, check_name.c_str());
+    if (!check_name.empty()) {
+      check_finite_layer(fc, m, g, l, check_name.c_str());
+      fc.flush();  // launched before this layer's gradients are freed
+    }
     std::shared_ptr<Arena> arena;
     LayerActs recomputed;
     const LayerActs* src = &source.layers[l];
@@ -199,6 +205,7 @@ std::vector<std::vector<std::vector<float>>> attribution_streamed(Backend& be, c
     }
   };
   backward(be, m, base, metric, scale, bo);
+  fc.throw_first();
   std::vector<std::vector<std::vector<float>>> out(hooks.size(), std::vector<std::vector<float>>(R));
   for (size_t k = 0; k < hooks.size(); ++k)
     for (int l = 0; l < L; ++l)

@@ -36,16 +36,20 @@ std::vector<Phase> trace_phases(TraceBackend& tb, Trace& trace, const Model& m, 
     ForwardOptions no_pattern;
     no_pattern.keep_pattern = false;
     ForwardState s = forward(tb, m, pb.corrupted, no_pattern);
+    check_finite(tb, m, s, "corrupted");  // on by default (`forward`, `run`): one flag a tensor
   });
   phase("attribution", [&] {
     ForwardOptions fo;
     fo.checkpoint = opt.checkpoint;
     PairForward p = forward_pair(tb, m, pb.clean, pb.corrupted, fo);
+    check_finite(tb, m, p.clean, "clean");  // as `run` does (ExperimentOptions::check_finite)
+    check_finite(tb, m, p.corrupted, "corrupted");
     if (opt.checkpoint) {
-      attribution_streamed(tb, m, p.corrupted, p.clean, pb.answer, pb.other, 1.0f, hooks, false, {}, "");
+      attribution_streamed(tb, m, p.corrupted, p.clean, pb.answer, pb.other, 1.0f, hooks, false, {}, "backward");
       return;
     }
     Gradients g = backward(tb, m, p.corrupted, pb.answer, pb.other, 1.0f);
+    check_finite(tb, m, g, "backward");
     for (Hook h : hooks) attribution(tb, m, p.corrupted, p.clean, g, h);
   });
   ForwardOptions cache;  // what `run` holds for an exact sweep alone (or --verify-top's)

@@ -82,6 +82,9 @@ class Backend {
   virtual void sub(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,
                          int64_t src_stride, const int32_t* src_idx, int n, int width) = 0;
+  // Raises each flag (device, zeroed first) whose tensor holds a NaN/Inf: the first one's index
+  // and value (kernels/finite_flag.h). No host synchronisation; see model/finite_check.h.
+  virtual void flag_nonfinite(const NonfiniteBatch& b) = 0;
   virtual void logit_diff_forward(float* ld, const float* logits, int64_t stride,
                                   const int32_t* ans, const int32_t* other, int B) = 0;
   virtual void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans,

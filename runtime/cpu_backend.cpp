@@ -125,6 +125,7 @@ class CpuBackend final : public Backend {
                  int64_t src_stride, const int32_t* src_idx, int n, int width) override {
     cpu::copy_rows(dst, dst_stride, dst_idx, src, src_stride, src_idx, n, width, nullptr);
   }
+  void flag_nonfinite(const NonfiniteBatch& b) override { cpu::flag_nonfinite(b, nullptr); }
   void logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans,
                           const int32_t* other, int B) override {
     cpu::logit_diff_forward(ld, logits, stride, ans, other, B, nullptr);

@@ -316,17 +316,27 @@ void TraceBackend::rows_equal(uint8_t* eq, const float* a, const float* c, int B
   trace_.add("rows_equal (no-op test)", cost::rows_equal(B, T, G, W));
   if (inner_) return inner_->rows_equal(eq, a, c, B, T, G, W, stride);
   // Nothing computed: the mask reads back as all zero, so no patch is a no-op.
-  // Adjacent masks (one per layer) merge into one region.
-  const size_t n = size_t(T) * G;
-  auto it = zero_regions_.lower_bound(eq);
+  read_back_zero(eq, size_t(T) * G);
+}
+
+void TraceBackend::flag_nonfinite(const NonfiniteBatch& b) {
+  trace_.add("flag_nonfinite (NaN/Inf check)", cost::flag_nonfinite(b));
+  if (inner_) return inner_->flag_nonfinite(b);
+  // Nothing computed: every value counts as finite.
+  for (int k = 0; k < b.count; ++k) read_back_zero(b.flag[k], sizeof(uint64_t));
+}
+
+// Adjacent regions (one mask per layer, one flag per tensor) merge into one.
+void TraceBackend::read_back_zero(const void* p, size_t n) {
+  auto it = zero_regions_.lower_bound(p);
   if (it != zero_regions_.begin()) {
     auto prev = std::prev(it);
-    if (static_cast<const uint8_t*>(prev->first) + prev->second == eq) {
+    if (static_cast<const uint8_t*>(prev->first) + prev->second == p) {
       prev->second += n;
       return;
     }
   }
-  zero_regions_[eq] = n;
+  zero_regions_[p] = n;
 }
 
 }  // namespace phi3

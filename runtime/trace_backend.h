@@ -103,6 +103,7 @@ class TraceBackend : public Backend {
   void sub(float* out, const float* a, const float* b, int64_t n) override;
   void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src, int64_t src_stride,
                  const int32_t* src_idx, int n, int width) override;
+  void flag_nonfinite(const NonfiniteBatch& b) override;
   void logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans, const int32_t* other,
                           int B) override;
   void logit_diff_backward(float* dlogits, int64_t stride, const int32_t* ans, const int32_t* other, float scale,
@@ -118,6 +119,8 @@ class TraceBackend : public Backend {
 
  private:
   cost::AttnShape attn_shape(const AttnParams& p) const;
+  // Downloads of [p, p + n) read back as zeros (no inner backend computed it).
+  void read_back_zero(const void* p, size_t n);
   template <typename T>
   std::vector<T> host_copy(const void* p, size_t count) const;
   // An op's scratch need: grows the slot as kernels/cuda/context.cu does (CUDA only).
@@ -133,7 +136,7 @@ class TraceBackend : public Backend {
   uintptr_t next_ = 1 << 20;                          // fake address space (no inner)
   std::map<const void*, size_t> sizes_;               // live allocations' sizes
   std::map<const void*, std::vector<uint8_t>> mirror_;  // small uploads, by device pointer
-  std::map<const void*, size_t> zero_regions_;        // rows_equal masks (no inner): read back as 0
+  std::map<const void*, size_t> zero_regions_;        // rows_equal masks, NaN flags (no inner): read back as 0
 };
 
 }  // namespace phi3

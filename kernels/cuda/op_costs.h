@@ -151,6 +151,13 @@ inline OpCost elementwise(int64_t n, int arrays, double flops) { return {arrays 
 inline OpCost copy_rows(int n, int width, bool dst_idx, bool src_idx) {
   return {2.0 * n * width * 4 + (dst_idx ? n * 4.0 : 0) + (src_idx ? n * 4.0 : 0), 0, 0, 0, 1};
 }
+// The NaN/Inf scan of up to 64 tensors in one launch: each read once, each flag written (at
+// most one atomic per block).
+inline OpCost flag_nonfinite(const NonfiniteBatch& b) {
+  double n = 0;
+  for (int k = 0; k < b.count; ++k) n += double(b.n[k]);
+  return {n * 4 + b.count * 8.0, 0, 0, n, 1};
+}
 inline OpCost logit_diff_forward(int B) { return {B * (8.0 + 2 * 32 + 4), 0, 0, double(B), 1}; }
 inline OpCost logit_diff_backward(int B, int V) { return {double(B) * V * 4 + B * 8.0, 0, 0, 0, 1}; }
 // Softmax metrics (kind != 0, MetricKind): the row read twice (max, sum exp in double; kl

@@ -274,6 +274,10 @@ class CudaBackend final : public Backend {
     select();
     cuda::copy_rows(dst, dst_stride, dst_idx, src, src_stride, src_idx, n, width, stream_);
   }
+  void flag_nonfinite(const NonfiniteBatch& b) override {
+    select();
+    cuda::flag_nonfinite(b, stream_);
+  }
   void logit_diff_forward(float* ld, const float* logits, int64_t stride, const int32_t* ans,
                           const int32_t* other, int B) override {
     select();

@@ -117,6 +117,15 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
   return ::phi3emu::shuffle(v, src >= 0 && src / width == lane / width ? src : lane);
 }
 
+// atomicMax of a 64-bit word (flag_nonfinite). Blocks of one launch run on one OS thread, but
+// other host threads may launch onto other streams, hence a real compare-and-swap.
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  unsigned long long old = __atomic_load_n(p, __ATOMIC_RELAXED);
+  while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+  return old;
+}
+
 // Device-side integer min/max of the CUDA math library (host C++ has only std::).
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

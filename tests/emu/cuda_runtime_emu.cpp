@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 
 #define PHI3_EMU_NO_LANGUAGE  // the emulator itself: plain C++
 #include "cuda_emu.h"
+#include "emu_counters.h"
 #include "emu_memory.h"
 #include "emu_state.h"
 
@@ -183,6 +185,8 @@ cudaError_t check_stream(cudaStream_t s) {
   return stream_live(s) ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 
+std::atomic<uint64_t> g_d2h_bytes{0};  // emu_counters.h
+
 cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (bytes == 0) return cudaSuccess;
   if (!dst || !src) return cudaErrorInvalidValue;
@@ -195,11 +199,15 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) 
              (!dst_dev && m.is_device(dst, 1)) || (!src_dev && m.is_device(src, 1))) {
     return cudaErrorInvalidValue;
   }
+  if (kind == cudaMemcpyDeviceToHost || (kind == cudaMemcpyDefault && m.is_device(src, 1) && !m.is_device(dst, 1)))
+    g_d2h_bytes += bytes;
   std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 
 }  // namespace
+
+uint64_t d2h_bytes() { return g_d2h_bytes.load(); }
 
 bool is_device_range(const void* p, size_t bytes) { return memory().is_device(p, bytes); }
 

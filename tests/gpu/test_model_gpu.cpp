@@ -8,11 +8,16 @@
 #include <cstdlib>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
+#include "model/backward.h"
 #include "patching/sweep.h"
 #include "patching/verify.h"
 #include "long_sweep_case.h"
 #include "test_util.h"
+#if defined(PHI3_CUDA_EMU)
+#include "tests/emu/emu_counters.h"
+#endif
 
 namespace phi3 {
 namespace {
@@ -87,6 +92,102 @@ INSTANTIATE_TEST_SUITE_P(Configs, GpuReference, ::testing::ValuesIn(reference_di
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
 });
+
+// check_finite reduces on the device (issue 31): a NaN/Inf stops the run with the same
+// message on CUDA as on the CPU, naming the layer, hook, row and value; a weight that makes
+// layer 1's MLP overflow is named as the CLI test names it on the CPU.
+std::string finite_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(GpuFiniteCheck, SameMessagesAsCpu) {
+  REQUIRE_GPU();
+  auto cpu = make_cpu_backend();
+  auto gpu = make_backend("cuda", /*fp32=*/true);
+  const std::string dir = test::source_dir() + "/data/models/tiny-temporal-phi3";
+  auto mc = load_model(*cpu, dir), mg = load_model(*gpu, dir);
+  auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
+  PairBatch pb = make_pair_batch(pairs, mc->tok, mc->cfg.pad_token_id, mc->cfg.max_position_embeddings);
+  const int L = mc->cfg.num_hidden_layers;
+  ASSERT_GE(L, 3);
+  // A value planted at (row, col) of one tensor on both backends: the same message.
+  auto plant = [](DeviceArray<float>& a, int64_t width, int64_t row, int64_t col, float v) {
+    std::vector<float> h = a.download();
+    h.at(size_t(row * width + col)) = v;
+    a.upload(h);
+  };
+  const int64_t D = mc->cfg.hidden_size, V = mc->cfg.vocab_size;
+  std::string msg[2];
+  for (int k = 0; k < 2; ++k) {
+    Backend& be = k ? *gpu : *cpu;
+    Model& m = k ? *mg : *mc;
+    ForwardState s = forward(be, m, pb.clean);
+    EXPECT_NO_THROW(check_finite(be, m, s, "clean"));
+    plant(s.layers[2].attn_out, D, 3, 5, -INFINITY);
+    plant(s.layers[1].mlp_out, D, 4, 0, -INFINITY);
+    plant(s.layers[1].mlp_out, D, 2, D - 1, NAN);  // earlier row of the same tensor: this one
+    msg[k] = finite_error([&] { check_finite(be, m, s, "clean"); });
+    ForwardState t = forward(be, m, pb.clean);
+    plant(t.logits, V, t.N() - 1, V - 1, INFINITY);  // the last value checked
+    msg[k] += " | " + finite_error([&] { check_finite(be, m, t, "corrupted"); });
+    Gradients g = backward(be, m, t, pb.answer, pb.other, 1.0f);
+    EXPECT_NO_THROW(check_finite(be, m, g, "backward"));
+    plant(g.layers[0].resid_pre, D, 0, 0, NAN);
+    plant(g.layers[2].z, m.q_width(), 1, 7, -INFINITY);  // layer 2 is computed first
+    msg[k] += " | " + finite_error([&] { check_finite(be, m, g, "backward"); });
+  }
+  EXPECT_EQ(msg[0], "clean run: non-finite value (nan) first appears at blocks.1.hook_mlp_out, row 2 | corrupted run: "
+                    "non-finite value (inf) first appears at logits, row " + std::to_string(pb.clean.B * pb.clean.T - 1) +
+                    " | backward: non-finite gradient (-inf) first appears at blocks.2.attn.hook_z, row 1; no results "
+                    "were written");
+  EXPECT_EQ(msg[1], msg[0]);
+  // A weight that overflows layer 1's MLP (as tests/cpu/test_cli_errors.cpp's CLI test).
+  std::vector<float> big(size_t(D), 3e38f);
+  gpu->upload(const_cast<float*>(mg->w.layers[1].ln2), big.data(), big.size() * sizeof(float));
+  ForwardState s = forward(*gpu, *mg, pb.clean);
+  const std::string e = finite_error([&] { check_finite(*gpu, *mg, s, "clean"); });
+  EXPECT_NE(e.find("non-finite"), std::string::npos) << e;
+  EXPECT_NE(e.find("blocks.1.hook_mlp_out"), std::string::npos) << e;
+}
+
+#if defined(PHI3_CUDA_EMU)
+// No per-tensor download (issue 31): a forward with check_finite downloads what the forward
+// alone does plus one flag (8 bytes) per checked tensor, and a backward's check 8 bytes per
+// gradient; the tensors checked hold far more than that.
+TEST(GpuFiniteCheck, DownloadsOnlyTheFlags) {
+  REQUIRE_GPU();
+  auto gpu = make_backend("cuda", /*fp32=*/true);
+  const std::string dir = test::source_dir() + "/data/models/tiny-temporal-phi3";
+  auto m = load_model(*gpu, dir);
+  auto pairs = load_pairs(test::source_dir() + "/data/temporal_scope_for_attribution_patching.json");
+  PairBatch pb = make_pair_batch(pairs, m->tok, m->cfg.pad_token_id, m->cfg.max_position_embeddings);
+  const int64_t L = m->cfg.num_hidden_layers, N = int64_t(pb.clean.B) * pb.clean.T;
+  uint64_t b0 = phi3emu::d2h_bytes();
+  ForwardState plain = forward(*gpu, *m, pb.clean);
+  const uint64_t unchecked = phi3emu::d2h_bytes() - b0;
+  b0 = phi3emu::d2h_bytes();
+  ForwardState s = forward(*gpu, *m, pb.clean);
+  check_finite(*gpu, *m, s, "clean");
+  const uint64_t checked = phi3emu::d2h_bytes() - b0;
+  const uint64_t flags = uint64_t(4 * L + 2) * 8;
+  EXPECT_LE(checked, unchecked + flags) << "unchecked forward " << unchecked << " B";
+  // What the host scan downloaded before: every checked tensor.
+  const uint64_t tensors = uint64_t(N) * 4 * (L * (3 * m->cfg.hidden_size + m->q_width()) + m->cfg.hidden_size +
+                                              m->cfg.vocab_size);
+  EXPECT_GT(tensors, 100 * flags);
+  b0 = phi3emu::d2h_bytes();
+  Gradients g = backward(*gpu, *m, s, pb.answer, pb.other, 1.0f);
+  const uint64_t bwd = phi3emu::d2h_bytes() - b0;
+  b0 = phi3emu::d2h_bytes();
+  check_finite(*gpu, *m, g, "backward");
+  EXPECT_EQ(phi3emu::d2h_bytes() - b0, uint64_t(4 * L) * 8) << "backward itself: " << bwd << " B";
+}
+#endif
 
 // The CUDA sweep (several streams) equals the CPU sweep on the embedded model.
 TEST(GpuSweep, CudaEqualsCpuEveryHook) {

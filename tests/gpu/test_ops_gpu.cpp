@@ -7,6 +7,7 @@
 // Cases are named by their parameters (e.g. RmsNorm/RmsNormGpu.ForwardBackward/N64_D3072).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/finite_flag.h"
 #include "kernels/ops.h"
 #include "model/forward.h"
 #include "runtime/backend.h"
@@ -176,6 +178,69 @@ TEST(ElementwiseGpu, Softcap) {
   expect_close(yd.download(), y, kTolElementwise, "softcap");
   expect_close(dxd.download(), dx, kTolElementwise, "softcap backward");
 }
+// flag_nonfinite: the CUDA flags equal the CPU flags (first bad index and value) for NaN/Inf
+// at the first, a middle and the last element, on the 16-byte and the scalar path (x offset
+// by one float), with later bad values present, flags already raised, none at all, and tensors
+// of different sizes in one launch.
+TEST(ElementwiseGpu, FlagNonfinite) {
+  REQUIRE_GPU();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (size_t n : {size_t(1), size_t(7), size_t(4096), size_t(100003)}) {
+    const std::vector<float> base = random_vec(n + 1, uint32_t(n), -1e30f, 1e30f);
+    for (size_t off : {size_t(0), size_t(1)}) {
+      // Tensor 0 finite, then one per (position, value), each with later bad values too.
+      std::vector<std::vector<float>> xs = {base};
+      std::vector<uint64_t> want = {0};
+      for (size_t at : {size_t(0), n / 2, n - 1})
+        for (float v : {NAN, inf, -inf}) {
+          std::vector<float> x = base;
+          x[off + at] = v;
+          if (at + 1 < n) x[off + n - 1] = -NAN;
+          if (at + 3 < n) x[off + at + 3] = inf;
+          xs.push_back(x);
+          want.push_back(nonfinite_flag(int64_t(at), v));
+        }
+      xs.push_back(std::vector<float>(1, 1.0f));  // small tensors beside large ones: a 1-float one
+      want.push_back(0);
+      const size_t K = xs.size();
+      // Flags already there: 0, or one larger (kept), or a later element's (lowered to this).
+      for (int start = 0; start < 3; ++start) {
+        std::vector<uint64_t> init(K);
+        for (size_t k = 0; k < K; ++k)
+          init[k] = start == 0 || !want[k] ? 0 : start == 1 ? (want[k] == ~uint64_t(0) ? want[k] : want[k] + 1)
+                                                               : nonfinite_flag(int64_t(n), NAN);
+        std::vector<uint64_t> ref = init;
+        std::vector<DeviceArray<float>> xd;
+        DeviceArray<uint64_t> flags = dev(init);
+        NonfiniteBatch cb, gb;
+        cb.count = gb.count = int(K);
+        for (size_t k = 0; k < K; ++k) {
+          xd.push_back(dev(xs[k]));
+          const size_t o = xs[k].size() > n ? off : 0;
+          cb.x[k] = xs[k].data() + o;
+          gb.x[k] = xd[k].get() + o;
+          cb.n[k] = gb.n[k] = int64_t(xs[k].size() > n ? n : xs[k].size());
+          cb.flag[k] = &ref[k];
+          gb.flag[k] = flags.get() + k;
+        }
+        cpu::flag_nonfinite(cb, nullptr);
+        gpu().flag_nonfinite(gb);
+        const std::vector<uint64_t> got = flags.download();
+        for (size_t k = 0; k < K; ++k) {
+          EXPECT_EQ(got[k], ref[k]) << "n " << n << " offset " << off << " tensor " << k << " start " << start;
+          EXPECT_EQ(ref[k], std::max(init[k], want[k])) << "n " << n << " tensor " << k << " start " << start;
+        }
+      }
+    }
+  }
+  DeviceArray<uint64_t> flag = dev(std::vector<uint64_t>{5});
+  NonfiniteBatch empty;
+  empty.count = 1;
+  empty.flag[0] = flag.get();
+  gpu().flag_nonfinite(empty);
+  EXPECT_EQ(flag.download()[0], 5u) << "empty: untouched";
+}
+
 INSTANTIATE_TEST_SUITE_P(Embedding, EmbeddingGpu,
                          ::testing::Values(EmbParam{50, 7, 13, DType::F32},
                                            EmbParam{50, 7, 13, DType::BF16},
