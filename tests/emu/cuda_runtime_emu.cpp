@@ -21,7 +21,6 @@
 
 #define PHI3_EMU_NO_LANGUAGE  // the emulator itself: plain C++
 #include "cuda_emu.h"
-#include "emu_counters.h"
 #include "emu_memory.h"
 #include "emu_state.h"
 
@@ -185,7 +184,7 @@ cudaError_t check_stream(cudaStream_t s) {
   return stream_live(s) ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 
-std::atomic<uint64_t> g_d2h_bytes{0};  // emu_counters.h
+std::atomic<uint64_t> g_d2h_bytes{0};  // emu_memory.h
 
 cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (bytes == 0) return cudaSuccess;

@@ -1,10 +1,11 @@
 // What tests may ask the CPU CUDA emulator's device memory (tests/emu/cuda_runtime_emu.cpp)
-// beyond the CUDA API: the live bytes and their high-water mark (every cudaMalloc and
+// beyond the CUDA API: the bytes downloaded to the host; the live bytes and their high-water mark (every cudaMalloc and
 // cudaMallocAsync, the kernels' own scratch included), the stream-ordered pool's reserved
 // bytes, and a device size set from the test. Plain C++: usable from any test built with
 // -DPHI3_CUDA=EMU (PHI3_CUDA_EMU defined).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace phi3emu {
 
@@ -21,5 +22,8 @@ size_t device_occupied_bytes();
 // The device size in bytes (0: PHI3_EMU_MEM_MIB, default 16384 MiB). An allocation fails
 // when the live non-pool blocks plus the pool's reserved bytes would exceed it.
 void set_device_memory(size_t bytes);
+
+// Bytes copied device to host (cudaMemcpy, cudaMemcpyAsync) by this process so far.
+uint64_t d2h_bytes();
 
 }  // namespace phi3emu

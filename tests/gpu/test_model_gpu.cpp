@@ -16,7 +16,7 @@
 #include "long_sweep_case.h"
 #include "test_util.h"
 #if defined(PHI3_CUDA_EMU)
-#include "tests/emu/emu_counters.h"
+#include "tests/emu/emu_memory.h"
 #endif
 
 namespace phi3 {
