@@ -1,7 +1,7 @@
 // What tests may ask the CPU CUDA emulator's device memory (tests/emu/cuda_runtime_emu.cpp)
-// beyond the CUDA API: the bytes downloaded to the host; the live bytes and their high-water mark (every cudaMalloc and
+// beyond the CUDA API: the live bytes and their high-water mark (every cudaMalloc and
 // cudaMallocAsync, the kernels' own scratch included), the stream-ordered pool's reserved
-// bytes, and a device size set from the test. Plain C++: usable from any test built with
+// bytes, a device size set from the test, and the bytes downloaded to the host. Plain C++: usable from any test built with
 // -DPHI3_CUDA=EMU (PHI3_CUDA_EMU defined).
 #pragma once
 #include <cstddef>
