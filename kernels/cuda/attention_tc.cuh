@@ -31,6 +31,12 @@ namespace phi3::cuda::attn_tc {
 
 constexpr int kMaxHD = 256;
 
+// The dynamic shared memory's element type: declares the 128-byte alignment the region
+// offsets (SmemPlan) assume.
+struct alignas(128) SmemChunk {
+  float x[32];
+};
+
 inline int hd_pad(int HD) { return (HD + 15) / 16 * 16; }
 inline int ld_bf16(int width) { return width + 8; }
 inline int ld_f32(int width) { return width + 4; }

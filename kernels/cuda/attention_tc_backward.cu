@@ -81,8 +81,8 @@ __global__ void __launch_bounds__(128)
     attn_tc_backward_dq_kernel(const AttnBackwardParams bp, float* Dbuf, const BwdLayout L) {
 #if PHI3_ATTN_TC_ARCH
   const AttnParams& p = bp.fwd;
-  PHI3_DYNAMIC_SHARED(float4, smem4);
-  char* base = reinterpret_cast<char*>(smem4);
+  PHI3_DYNAMIC_SHARED(SmemChunk, smem);
+  char* base = reinterpret_cast<char*>(smem);
   uint16_t* Qs = at<uint16_t>(base, L.a);
   uint16_t* DZs = at<uint16_t>(base, L.b);
   uint16_t* Ks = at<uint16_t>(base, L.ta);
@@ -198,8 +198,8 @@ __global__ void __launch_bounds__(128)
     attn_tc_backward_dkv_kernel(const AttnBackwardParams bp, const float* Dbuf, const BwdLayout L) {
 #if PHI3_ATTN_TC_ARCH
   const AttnParams& p = bp.fwd;
-  PHI3_DYNAMIC_SHARED(float4, smem4);
-  char* base = reinterpret_cast<char*>(smem4);
+  PHI3_DYNAMIC_SHARED(SmemChunk, smem);
+  char* base = reinterpret_cast<char*>(smem);
   uint16_t* Kk = at<uint16_t>(base, L.a);   // the block's keys: k rows
   uint16_t* Vk = at<uint16_t>(base, L.b);   // and v rows
   uint16_t* Qs = at<uint16_t>(base, L.ta);  // a query tile: q rows

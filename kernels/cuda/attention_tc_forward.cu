@@ -61,8 +61,8 @@ FwdLayout fwd_layout(int HD) {
 
 __global__ void __launch_bounds__(128) attn_tc_forward_kernel(const AttnParams p, const FwdLayout L) {
 #if PHI3_ATTN_TC_ARCH
-  PHI3_DYNAMIC_SHARED(float4, smem4);
-  char* base = reinterpret_cast<char*>(smem4);
+  PHI3_DYNAMIC_SHARED(SmemChunk, smem);
+  char* base = reinterpret_cast<char*>(smem);
   uint16_t* Qs = reinterpret_cast<uint16_t*>(base + L.q);
   uint16_t* Ks = reinterpret_cast<uint16_t*>(base + L.k);
   uint16_t* Vs = reinterpret_cast<uint16_t*>(base + L.v);

@@ -639,6 +639,24 @@ TEST_P(AttentionTcGpu, PlainForwardBackward) {
       }
     expect_close(got, want, kTolAttnTcBwd, std::string(part == 0 ? "dq" : part == 1 ? "dk" : "dv") + " (tensor cores)");
   }
+  // A pattern (forward) or dpattern (backward) keeps the call on the fp32 kernels, bitwise.
+  DeviceArray<float> pat(gpu(), (size_t)B * H * T * T), dpat(gpu(), pat.size());
+  auto run = [&](bool tc) {
+    gpu().zero(pat.get(), pat.size() * 4);
+    gpu().zero(dpat.get(), dpat.size() * 4);
+    gpu().zero(dqkvd.get(), dqkv.size() * 4);
+    AttnParams pp = pg;
+    pp.z16 = nullptr;
+    pp.pattern = pat.get();
+    pp.tensor_cores = tc;
+    gpu().attention_forward(pp);
+    AttnBackwardParams bb{pp, dzd.get(), dqkvd.get(), dqkvd.get() + (int64_t)H * HD,
+                          dqkvd.get() + (int64_t)(H + KVH) * HD, dpat.get()};
+    gpu().attention_backward(bb);
+    return std::vector<std::vector<float>>{zd.download(), statsd.download(), dqkvd.download(), dpat.download()};
+  };
+  const auto tc = run(true), f32 = run(false);
+  for (int i = 0; i < 4; ++i) expect_equal(tc[i], f32[i], "pattern / dpattern requested: the fp32 kernels");
 }
 
 // Packed segments with a prefix cache (the exact sweep's shape), incl. q_start = T-1.
