@@ -55,7 +55,9 @@ TEST_P(GpuReference, Bf16WithinMeasuredBounds) {
   auto be = make_backend("cuda", /*fp32=*/false);
   VerifyOptions o;
   if (be->name().find("emulator") != std::string::npos) o.max_patch_targets = 600;
-  if (GetParam() == "tiny-temporal") {  // measured: act 3.0e-3, grad 4.3e-3, patch 8e-4, attr 1.1e-3
+  // measured: act 3.0e-3, grad 4.3e-3, patch 8e-4, attr 1.1e-3; with attention on bf16 tensor
+  // cores (emulator, 2026-12-07) EAP-IG scores 6.6e-3 (1.2e-3 before), the rest as before
+  if (GetParam() == "tiny-temporal") {
     o.act_tol = 1e-2;
     o.grad_tol = 2e-2;
     o.patch_act_tol = 1e-2;
