@@ -114,6 +114,12 @@ struct AttnParams {
   // it recomputes P from q, k and these instead of reading a [B, H, T, T] pattern
   // (FlashAttention-2's scheme); log-sum-exp = m + log l.
   float* stats = nullptr;
+  // Run on bf16 tensor cores (CUDA backend; the CPU backend ignores it): q, k, v, the
+  // probabilities (and dz, dS in the backward) rounded to bf16 for the matrix products, fp32
+  // accumulation, softmax and stats. The model sets it when the backend keeps GEMM inputs in
+  // bf16 (Backend::gemm_in_bf16); the fp32 mode leaves it false (the exact kernels). Calls that
+  // ask for `pattern` (forward) or `dpattern` (backward) stay on the fp32 kernels.
+  bool tensor_cores = false;
 };
 
 // Backward of a plain pass (fresh_start == q_start == 0 in every segment, the forward's

@@ -190,6 +190,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     lg.k_rot = DeviceArray<float>(be, size_t(N) * KVW);
     AttnBackwardParams bp;
     bp.fwd = plain_attention_params(m, s, a, l, dsegs.get());
+    bp.fwd.tensor_cores = be.gemm_in_bf16();  // as the forward that made the stats
     bp.dz = lg.z.get();
     bp.dq = lg.q_rot.get();
     bp.dk = lg.k_rot.get();

@@ -452,6 +452,7 @@ struct LayerPass {
     // The attention op writes every element of the pattern (zeros off the visible set): no zeroing.
     AttnParams ap = plain_attention_params(m, s, a, l, segs);
     ap.z16 = a.z16.get();
+    ap.tensor_cores = be.gemm_in_bf16();  // bf16 mode: attention on tensor cores too
     DeviceArray<float> own_pattern;  // a patched pattern when the pass keeps none
     if (patched_at(Hook::Pattern, l) && !a.pattern.size()) {
       own_pattern = DeviceArray<float>(be, size_t(B) * H * T * T);

@@ -230,6 +230,7 @@ class FastSweep {
     ap.v_cache = bl.v.get();
     ap.z = z_.get();
     ap.z16 = z16_.get();
+    ap.tensor_cores = g16_;  // bf16 mode: attention on tensor cores
     ap.pad = base_.pad.get();
     ap.segs = segs;
     ap.n_segs = n_segs;

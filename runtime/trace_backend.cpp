@@ -225,6 +225,7 @@ cost::AttnShape TraceBackend::attn_shape(const AttnParams& p) const {
   a.window = p.window;
   a.pattern = p.pattern != nullptr;
   a.cache = p.k_cache != nullptr;
+  a.tensor_cores = p.tensor_cores && !p.pattern;  // as kernels/cuda/attention.cu dispatches
   a.segs = host_copy<AttnSegment>(p.segs, size_t(p.n_segs));
   int B = 0;
   for (const auto& s : a.segs) B = std::max(B, s.batch + 1);
@@ -244,13 +245,16 @@ void TraceBackend::rotary_qkv_forward(float* q, float* k, float* v, const float*
 void TraceBackend::attention_forward(const AttnParams& p) {
   cost::AttnShape a = attn_shape(p);
   a.z16 = p.z16 != nullptr;
-  trace_.add(p.pattern ? "attention_forward (pattern kept)" : "attention_forward", cost::attention_forward(a));
+  trace_.add(p.pattern ? "attention_forward (pattern kept)"
+                       : a.tensor_cores ? "attention_forward (tensor cores)" : "attention_forward",
+             cost::attention_forward(a));
   if (inner_) inner_->attention_forward(p);
 }
 void TraceBackend::attention_backward(const AttnBackwardParams& p) {
   cost::AttnShape a = attn_shape(p.fwd);
-  trace_.add("attention_backward", cost::attention_backward(a));
-  take_scratch(kScratchAttn, attention_backward_scratch(p.fwd.n_segs, p.fwd.H, p.fwd.T));
+  a.tensor_cores = p.fwd.tensor_cores && !p.dpattern;
+  trace_.add(a.tensor_cores ? "attention_backward (tensor cores)" : "attention_backward", cost::attention_backward(a));
+  take_scratch(kScratchAttn, attention_backward_scratch(p.fwd.n_segs, p.fwd.H, p.fwd.T));  // both paths: D_t
   if (inner_) inner_->attention_backward(p);
 }
 void TraceBackend::swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act) {

@@ -31,17 +31,21 @@
 // one kv head, walks the queries that can see them in tiles of 32 (lane = query) for every
 // head of the GQA group, and accumulates dk and dv in registers. Both recompute the scores
 // (one more dot product per visible pair) instead of reading a [T, T] pattern: memory O(T).
+// With AttnParams::tensor_cores (bf16 mode) calls without pattern / dpattern go to the bf16
+// tensor-core kernels instead (attention_tc_forward.cu, attention_tc_backward.cu).
 // The host does not see the segments (device memory), so grid.y covers ceil(T/16) query
 // blocks at most, capped to keep about 8 blocks per SM in flight; each block loops over
 // its query blocks (grid-stride), and blocks past a segment's queries exit at once.
 #include <cmath>
 
+#include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/op_math.h"
 #include "runtime/dtype.h"
 
 namespace phi3::cuda {
 namespace {
+using namespace attn;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -49,34 +53,6 @@ constexpr int kQPW = 4;                 // queries per warp (forward, dq) / keys
 constexpr int kBQ = kWarps * kQPW;      // queries (or keys) per block
 constexpr int kBK = 32;                 // keys (or queries) per shared-memory tile
 constexpr int kMaxHD = 256;
-
-struct SegView {
-  int b, pad, T, fresh, kv_row, q_start, q_row;
-};
-
-__device__ __forceinline__ SegView load_seg(const AttnParams& p, int s) {
-  const AttnSegment sg = p.segs[s];
-  SegView v;
-  v.b = sg.batch;
-  v.pad = p.pad[sg.batch];
-  v.T = p.T;
-  v.fresh = sg.fresh_start;
-  v.kv_row = sg.kv_row;
-  v.q_start = sg.q_start;
-  v.q_row = sg.q_row;
-  return v;
-}
-
-// Row of key/value position j of kv head `kvh` (packed rows or the prefix cache).
-__device__ __forceinline__ const float* kv_ptr(const AttnParams& p, const SegView& sv,
-                                               const float* fresh, const float* cache, int j,
-                                               int kvh) {
-  const float* base =
-      j >= sv.fresh
-          ? fresh + (int64_t)(sv.kv_row + j - sv.fresh) * p.kv_stride
-          : cache + ((int64_t)sv.b * sv.T + j) * p.cache_stride;
-  return base + (int64_t)kvh * p.HD;
-}
 
 // Loads `n` rows (rows[i] = src row pointer or null for a zero row) of HD floats into
 // dst[i * stride + d], zero-padding dims HD..width-1. Called by the whole block.
@@ -131,16 +107,6 @@ __device__ __forceinline__ void accumulate_rows(float (&acc)[kQPW][DPL], const f
 size_t fwd_smem_floats(int HD4, int HD) { return (size_t)kBQ * HD4 + (size_t)kBK * (HD4 + 1) + (size_t)kBK * HD; }
 size_t dq_smem_floats(int HD4) { return 2 * (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1); }
 size_t dkv_smem_floats(int HD4) { return 2 * (size_t)kBQ * HD4 + 2 * (size_t)kBK * (HD4 + 1) + 3 * kBK; }
-
-// The scaled (and soft-capped) score of a dot product q . k, and the probability exp(S - m) / l,
-// with explicitly rounded multiply, subtract and divide: the forward's pattern and the
-// backward's recomputation are then the same expression, bitwise, whatever nvcc contracts.
-__device__ __forceinline__ float scaled_score(float dot, const AttnParams& p) {
-  return soft_cap(__fmul_rn(dot, p.scale), p.softcap);
-}
-__device__ __forceinline__ float prob_of(float score, float m, float l) {
-  return __fdiv_rn(expf(__fsub_rn(score, m)), l);
-}
 
 // ---------------------------------------------------------------------------------------
 template <int DPL>
@@ -621,6 +587,7 @@ void attention_forward(const AttnParams& p, Stream stream) {
   PHI3_CHECK(p.z != nullptr, "attention_forward: no z output");
   if (p.n_segs == 0) return;
   PHI3_CHECK((int64_t)p.n_segs * p.H <= INT32_MAX, "attention_forward: too many segments");
+  if (p.tensor_cores && !p.pattern) return attention_forward_tc(p, as_cuda(stream));
   dispatch_dpl<LaunchForward>(p.HD, p, as_cuda(stream));
 }
 
@@ -634,6 +601,7 @@ void attention_backward(const AttnBackwardParams& bp, Stream stream) {
   cudaStream_t s = as_cuda(stream);
   auto* Dbuf = static_cast<float*>(
       scratch(s, (size_t)p.n_segs * p.H * p.T * sizeof(float), kScratchAttn));
+  if (p.tensor_cores && !bp.dpattern) return attention_backward_tc(bp, Dbuf, s);
   dispatch_dpl<LaunchBackward>(p.HD, bp, Dbuf, s);
 }
 

@@ -89,6 +89,7 @@ struct AttnShape {
   bool pattern = false;
   bool cache = false;  // prefix keys/values read from a cache (the sweep)
   bool z16 = false;    // z also written in bf16 (the o_proj input)
+  bool tensor_cores = false;  // the bf16 tensor-core kernels (AttnParams::tensor_cores, no pattern)
   std::vector<AttnSegment> segs;
   std::vector<int32_t> pad;  // [B]
 };
@@ -119,7 +120,12 @@ inline OpCost attention_forward(const AttnShape& a) {
   OpCost c;
   c.bytes = 2 * q_rows * qw + 2 * fresh_kv * kvw + (a.cache ? 2.0 * batch_rows * a.T * kvw : 0) + a.segs.size() * 20.0;
   if (a.z16) c.bytes += q_rows * qw / 2;  // z also written in bf16
-  c.flops = a.H * pairs * (4.0 * a.HD + 5);  // q.k and P v per visible pair, softmax
+  if (a.tensor_cores) {  // S = Q K^T and P V as bf16 tensor-core products, the softmax on CUDA cores
+    c.gemm_bf16_flops = a.H * pairs * 4.0 * a.HD;
+    c.flops = a.H * pairs * 5.0;
+  } else {
+    c.flops = a.H * pairs * (4.0 * a.HD + 5);  // q.k and P v per visible pair, softmax
+  }
   if (a.pattern) {
     c.bytes += double(a.pad.size()) * a.H * a.T * a.T * 4;  // [B, H, T, T] written
     c.flops += a.H * pairs * (2.0 * a.HD + 3);               // the scores again
@@ -136,6 +142,14 @@ inline OpCost attention_backward(const AttnShape& a) {  // plain pass, pattern s
   // reads q, k, v, dz, pattern; writes dq, dk, dv; D_t scratch written and read
   c.bytes = 3 * q_rows * qw + 4 * fresh_kv * kvw + double(a.pad.size()) * a.H * a.T * a.T * 4 + 2 * q_rows * a.H * 4;
   c.flops = a.H * pairs * (10.0 * a.HD + 6);  // dP = dz.v, dS, dq, dk (per head of the group), dv
+  if (a.tensor_cores) {
+    // attention_tc_backward.cu: 9 products of 2 HD FLOPs per visible pair and head (S and dP
+    // three times, dq, dk, dv) on bf16 tensor cores; P recomputed three times and dS twice on
+    // CUDA cores; no [T, T] buffer read (P is recomputed from the stats).
+    c.bytes -= double(a.pad.size()) * a.H * a.T * a.T * 4;
+    c.gemm_bf16_flops = a.H * pairs * 18.0 * a.HD;
+    c.flops = a.H * pairs * 24.0;
+  }
   c.launches = 2;
   return c;
 }

@@ -55,6 +55,26 @@ TEST(OpCosts, AttentionCountsVisiblePairs) {
   EXPECT_DOUBLE_EQ(c.bytes, 2 * 10 * 16 * 4.0 + 2 * 10 * 8 * 4.0 + 2 * 20.0);  // q, z; fresh k, v; segments
 }
 
+TEST(OpCosts, AttentionOnTensorCoresIsPricedAsBf16Products) {
+  cost::AttnShape a;
+  a.H = 2;
+  a.KVH = 1;
+  a.HD = 8;
+  a.T = 5;
+  a.pad = {0, 2};
+  a.segs = {{0, 0, 0, 0, 0}, {1, 0, 5, 0, 5}};  // 21 visible pairs
+  const cost::OpCost f32 = cost::attention_forward(a), b32 = cost::attention_backward(a);
+  a.tensor_cores = true;
+  const cost::OpCost f = cost::attention_forward(a), b = cost::attention_backward(a);
+  EXPECT_DOUBLE_EQ(f.gemm_bf16_flops, 2 * 21 * 4.0 * 8);  // Q K^T and P V
+  EXPECT_DOUBLE_EQ(f.flops, 2 * 21 * 5.0);                // the softmax
+  EXPECT_DOUBLE_EQ(f.bytes, f32.bytes);
+  EXPECT_DOUBLE_EQ(b.gemm_bf16_flops, 2 * 21 * 18.0 * 8);  // 9 products per pair
+  EXPECT_DOUBLE_EQ(b.flops, 2 * 21 * 24.0);
+  EXPECT_DOUBLE_EQ(b.bytes, b32.bytes - 2 * 2 * 5 * 5 * 4.0);  // no [B, H, T, T] read
+  EXPECT_EQ(f32.gemm_bf16_flops, 0.0);
+}
+
 TEST(OpCosts, RooflineTakesTheLargestBound) {
   const cost::DeviceFigures& h = *cost::find_device("h100");
   EXPECT_EQ(cost::find_device("a100"), nullptr);
@@ -188,7 +208,11 @@ TEST(Roofline, PredictCommandPhi3Mini) {
   }
   const double layer_gemm_params = 3072.0 * 9216 + 3072.0 * 3072 + 3072.0 * 16384 + 8192.0 * 3072;
   EXPECT_GT(j["phases"][0]["bytes"].get<double>(), 32 * layer_gemm_params * 2);
-  EXPECT_DOUBLE_EQ(j["phases"][0]["gemm_flops"].get<double>(),
+  // the linear layers' GEMMs, and in bf16 attention's products on tensor cores (Q K^T, P V)
+  const double attn_tc = j["phases"][0]["ops"]["attention_forward (tensor cores)"]["gemm_bf16_flops"].get<double>();
+  EXPECT_GT(attn_tc, 0.0);
+  EXPECT_LE(attn_tc, 32 * 4 * 32 * (31 * 32 / 2) * 4.0 * 96);  // layers x B x H x causal pairs x 4 HD
+  EXPECT_DOUBLE_EQ(j["phases"][0]["gemm_flops"].get<double>() - attn_tc,
                    2.0 * 4 * 31 * (32 * layer_gemm_params + 3072.0 * 32064));
   for (const auto& p : j["phases"]) EXPECT_GT(p["predicted_ms"].get<double>(), 0);
 }

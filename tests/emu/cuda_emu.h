@@ -16,6 +16,7 @@
 // call completes before it returns), and the hardware's warp-synchronous behaviour without
 // __syncwarp (code that relies on it is wrong anyway).
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -40,6 +41,10 @@ void sync_warp();
 // Publishes this lane's 8-byte value for the current warp exchange round, waits for the
 // warp, and returns the value of lane `src` (which must have taken part).
 uint64_t warp_exchange(uint64_t mine, int src);
+// A warp-collective operation (the WMMA fragment ops, tests/emu/wmma_emu.h): fails unless all
+// 32 lanes of the warp are live and call it, each passing the same `digest` (a hash of its
+// arguments and fragment contents).
+void warp_collective(const char* op, uint64_t digest);
 int lane_id();
 void* dynamic_shared();
 
@@ -142,5 +147,7 @@ template <typename R, typename... P>
 inline cudaError_t cudaFuncSetAttribute(R (*func)(P...), cudaFuncAttribute attr, int value) {
   return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
 }
+
+#include "wmma_emu.h"  // nvcuda::wmma (<mma.h>) on the emulator
 
 #endif  // !PHI3_EMU_NO_LANGUAGE

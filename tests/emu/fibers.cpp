@@ -309,6 +309,27 @@ void sync_warp() {
   wait_at(w.bar, w.live, "__syncwarp()");
 }
 
+void warp_collective(const char* op, uint64_t digest) {
+  if (!t_run || !t_run->cur) fail(std::string(op) + " outside a kernel");
+  BlockRun& r = *t_run;
+  Fiber& f = *r.cur;
+  Warp& w = r.warps[f.warp];
+  // One exchange round (as warp_exchange): every lane must have published this round.
+  const uint64_t round = ++f.round;
+  const int buf = static_cast<int>(round & 1);
+  w.value[buf][f.lane] = digest;
+  w.stamp[buf][f.lane] = round;
+  wait_at(w.bar, w.live, op);
+  for (int i = 0; i < 32; ++i)
+    if (w.stamp[buf][i] != round)
+      fail(std::string(op) + ": lane " + std::to_string(i) + " of warp " + std::to_string(f.warp) +
+           " did not call it (exited, or diverged); all 32 lanes of a full warp must");
+  if (w.value[buf][0] != digest)
+    fail(std::string(op) + ": lane " + std::to_string(f.lane) + " of warp " + std::to_string(f.warp) +
+         " passes different fragment contents or arguments than lane 0 (the element mapping of a "
+         "fragment is unspecified: only warp-uniform operations on x[] are portable)");
+}
+
 uint64_t warp_exchange(uint64_t mine, int src) {
   if (!t_run || !t_run->cur) fail("warp shuffle outside a kernel");
   BlockRun& r = *t_run;

@@ -60,7 +60,9 @@ TEST_P(GpuReference, Bf16WithinMeasuredBounds) {
   auto be = make_backend("cuda", /*fp32=*/false);
   VerifyOptions o;
   if (be->name().find("emulator") != std::string::npos) o.max_patch_targets = 600;
-  if (GetParam() == "tiny-temporal") {  // measured: act 3.0e-3, grad 4.3e-3, patch 8e-4, attr 1.1e-3
+  // measured: act 3.0e-3, grad 4.3e-3, patch 8e-4, attr 1.1e-3; with attention on bf16 tensor
+  // cores (emulator, 2026-12-07) EAP-IG scores 6.6e-3 (1.2e-3 before), the rest as before
+  if (GetParam() == "tiny-temporal") {
     o.act_tol = 1e-2;
     o.grad_tol = 2e-2;
     o.patch_act_tol = 1e-2;
@@ -73,7 +75,8 @@ TEST_P(GpuReference, Bf16WithinMeasuredBounds) {
     // Circuits (emulator, 2026-12-02; fp32 CUDA matches at 1e-3 / 1e-4 like the CPU): EAP-IG
     // scores moved by up to 0.515 of the largest score (rand-mqa: one KV head for four query
     // heads, near one-hot attention, gradients taken at interpolated inputs and rounded to
-    // bf16 at every GEMM of the backward), circuit metrics per row by up to 0.21 of the
+    // bf16 at every GEMM of the backward; 0.875 since attention runs on bf16 tensor cores,
+    // q, k, v and P rounded too, emulator 2026-12-07), circuit metrics per row by up to 0.21 of the
     // clean-corrupted gap (rand-tied-swa: a gap of 0.59 logit). The choice of edges then
     // follows the moved scores, so only the choice on the reference's scores is compared.
     o.edge_score_tol = 1.0;

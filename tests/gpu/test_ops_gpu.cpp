@@ -607,6 +607,188 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnParam{"T150_H8_KVH4_HD256_win40_cap1", 150, 8, 4, 256, 40, {0, 7}, 1.0f}),
     [](const auto& i) { return i.param.name; });
 
+// ---- attention on bf16 tensor cores (AttnParams::tensor_cores) --------------------------
+// The WMMA kernels against the CPU attention (fp32). Tolerances, relative to the largest
+// reference magnitude: q, k, v, P (and dz, dS) are rounded to bf16, 2^-9 = 0.2% relative each,
+// accumulation in fp32. A score S = scale q . k then moves by up to ~2 * 2^-9 * scale
+// sum |q_d k_d| (~0.02 here), P = exp(S - m) / l by that much relatively, and z = P v, a
+// weighted mean, by ~1% of max |z| at worst: kTolAttnTc = 1e-2 (seen on the emulator: at most
+// 0.46% for z, 0.15% for the log-sum-exp). The backward multiplies two more rounded factors
+// (dz, dS) into sums over up to T x group terms: kTolAttnTcBwd = 2e-2 (seen: at most 0.6%).
+// An error in masking, tiling or indexing moves values by O(max |ref|), far above these.
+constexpr double kTolAttnTc = 1e-2;
+constexpr double kTolAttnTcBwd = 2e-2;
+
+class AttentionTcGpu : public ::testing::TestWithParam<AttnParam> {};
+
+TEST_P(AttentionTcGpu, PlainForwardBackward) {
+  REQUIRE_GPU();
+  const AttnParam& c = GetParam();
+  const int B = (int)c.pads.size(), T = c.T, H = c.H, KVH = c.KVH, HD = c.HD;
+  const int64_t qkv_stride = (int64_t)(H + 2 * KVH) * HD;
+  const size_t rows = (size_t)B * T;
+  auto qkv = random_vec(rows * qkv_stride, 81, -1.5f, 1.5f);
+  auto dz = random_vec(rows * H * HD, 82);
+  std::vector<AttnSegment> segs;
+  for (int b = 0; b < B; ++b) segs.push_back(AttnSegment{b, 0, b * T, 0, b * T});
+  auto fill = [&](AttnParams& p, float* base, float* z, float* st, const int32_t* pad, const AttnSegment* sg) {
+    p.q = base;
+    p.k = base + (int64_t)H * HD;
+    p.v = base + (int64_t)(H + KVH) * HD;
+    p.z = z;
+    p.stats = st;
+    p.pad = pad;
+    p.segs = sg;
+    p.q_stride = p.kv_stride = qkv_stride;
+    p.z_stride = (int64_t)H * HD;
+    p.n_segs = B;
+    p.T = T; p.H = H; p.KVH = KVH; p.HD = HD;
+    p.window = c.window;
+    p.scale = 1.0f / std::sqrt((float)HD);
+    p.softcap = c.softcap;
+  };
+  std::vector<float> z(rows * H * HD), dqkv(rows * qkv_stride, 0.f), stats((size_t)B * H * T * 2);
+  std::vector<int32_t> pad(c.pads.begin(), c.pads.end());
+  AttnParams pc;
+  fill(pc, qkv.data(), z.data(), stats.data(), pad.data(), segs.data());
+  cpu::attention_forward(pc, nullptr);
+  AttnBackwardParams bc{pc, dz.data(), dqkv.data(), dqkv.data() + (int64_t)H * HD,
+                        dqkv.data() + (int64_t)(H + KVH) * HD};
+  cpu::attention_backward(bc, nullptr);
+
+  auto qkvd = dev(qkv), dzd = dev(dz);
+  auto padd = dev(pad);
+  auto segd = dev(segs);
+  DeviceArray<float> zd(gpu(), z.size()), dqkvd(gpu(), dqkv.size()), statsd(gpu(), stats.size());
+  DeviceArray<uint16_t> z16d(gpu(), z.size());
+  gpu().zero(dqkvd.get(), dqkv.size() * 4);
+  AttnParams pg;
+  fill(pg, qkvd.get(), zd.get(), statsd.get(), padd.get(), segd.get());
+  pg.z16 = z16d.get();
+  pg.tensor_cores = true;
+  gpu().attention_forward(pg);
+  const std::vector<float> zg = zd.download();
+  expect_close(zg, z, kTolAttnTc, "z (tensor cores)");
+  EXPECT_GT(compare(zg, z).max_abs, 0.0) << "bf16 rounding should show: the tensor-core kernel ran";
+  {
+    const std::vector<uint16_t> h = z16d.download();
+    for (size_t i = 0; i < h.size(); ++i)
+      ASSERT_EQ(h[i], float_to_bf16_bits(zg[i])) << "z16 is z rounded to bf16, at " << i;
+  }
+  {  // stats: pad queries (-inf, 0) exactly, the others' log-sum-exp m + log l
+    const std::vector<float> g = statsd.download();
+    std::vector<float> got, want;
+    for (size_t i = 0; i < g.size(); i += 2) {
+      ASSERT_EQ(std::isinf(g[i]), std::isinf(stats[i])) << "stats row " << i / 2;
+      if (std::isinf(stats[i])) {
+        ASSERT_EQ(g[i + 1], 0.0f);
+        continue;
+      }
+      got.push_back(g[i] + std::log(g[i + 1]));
+      want.push_back(stats[i] + std::log(stats[i + 1]));
+    }
+    expect_close(got, want, kTolAttnTc, "lse (tensor cores)");
+  }
+  AttnBackwardParams bg{pg, dzd.get(), dqkvd.get(), dqkvd.get() + (int64_t)H * HD,
+                        dqkvd.get() + (int64_t)(H + KVH) * HD};
+  gpu().attention_backward(bg);
+  const std::vector<float> dg = dqkvd.download();
+  for (int part = 0; part < 3; ++part) {  // dq, dk, dv separately (their scales differ)
+    const int64_t off = part == 0 ? 0 : part == 1 ? (int64_t)H * HD : (int64_t)(H + KVH) * HD;
+    const int64_t w = part == 0 ? (int64_t)H * HD : (int64_t)KVH * HD;
+    std::vector<float> got, want;
+    for (size_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < w; ++i) {
+        got.push_back(dg[r * qkv_stride + off + i]);
+        want.push_back(dqkv[r * qkv_stride + off + i]);
+      }
+    expect_close(got, want, kTolAttnTcBwd, std::string(part == 0 ? "dq" : part == 1 ? "dk" : "dv") + " (tensor cores)");
+  }
+  // A pattern (forward) or dpattern (backward) keeps the call on the fp32 kernels, bitwise.
+  DeviceArray<float> pat(gpu(), (size_t)B * H * T * T), dpat(gpu(), pat.size());
+  auto run = [&](bool tc) {
+    gpu().zero(pat.get(), pat.size() * 4);
+    gpu().zero(dpat.get(), dpat.size() * 4);
+    gpu().zero(dqkvd.get(), dqkv.size() * 4);
+    AttnParams pp = pg;
+    pp.z16 = nullptr;
+    pp.pattern = pat.get();
+    pp.tensor_cores = tc;
+    gpu().attention_forward(pp);
+    AttnBackwardParams bb{pp, dzd.get(), dqkvd.get(), dqkvd.get() + (int64_t)H * HD,
+                          dqkvd.get() + (int64_t)(H + KVH) * HD, dpat.get()};
+    gpu().attention_backward(bb);
+    return std::vector<std::vector<float>>{zd.download(), statsd.download(), dqkvd.download(), dpat.download()};
+  };
+  const auto tc = run(true), f32 = run(false);
+  for (int i = 0; i < 4; ++i) expect_equal(tc[i], f32[i], "pattern / dpattern requested: the fp32 kernels");
+}
+
+// Packed segments with a prefix cache (the exact sweep's shape), incl. q_start = T-1.
+TEST_P(AttentionTcGpu, PackedPrefixCache) {
+  REQUIRE_GPU();
+  const AttnParam& c = GetParam();
+  const int B = (int)c.pads.size(), T = c.T, H = c.H, KVH = c.KVH, HD = c.HD;
+  const int64_t kvw = (int64_t)KVH * HD, qw = (int64_t)H * HD;
+  std::vector<AttnSegment> segs;
+  int kv_rows = 0, q_rows = 0;
+  auto add = [&](int b, int fresh, int q) {
+    fresh = std::min(fresh, T - 1);
+    q = std::max(fresh, std::min(q, T - 1));
+    segs.push_back(AttnSegment{b, fresh, kv_rows, q, q_rows});
+    kv_rows += T - fresh;
+    q_rows += T - q;
+  };
+  for (int b = 0; b < B; ++b) {
+    add(b, T / 2, T - 1);
+    add(b, T / 3, T / 3 + 1);
+    add(b, c.pads[b], c.pads[b]);
+  }
+  const int n_segs = (int)segs.size();
+  auto kc = random_vec((size_t)B * T * kvw, 91), vc = random_vec((size_t)B * T * kvw, 92);
+  auto k = random_vec((size_t)kv_rows * kvw, 93), v = random_vec((size_t)kv_rows * kvw, 94);
+  auto q = random_vec((size_t)q_rows * qw, 95, -1.5f, 1.5f);
+  std::vector<int32_t> pad(c.pads.begin(), c.pads.end());
+  auto fill = [&](AttnParams& p, const float* qp, const float* kp, const float* vp, const float* kcp,
+                  const float* vcp, float* z, const int32_t* padp, const AttnSegment* sg) {
+    p.q = qp; p.k = kp; p.v = vp; p.k_cache = kcp; p.v_cache = vcp;
+    p.z = z; p.pad = padp; p.segs = sg;
+    p.q_stride = qw; p.kv_stride = kvw; p.cache_stride = kvw; p.z_stride = qw;
+    p.n_segs = n_segs; p.T = T; p.H = H; p.KVH = KVH; p.HD = HD;
+    p.window = c.window;
+    p.scale = 1.0f / std::sqrt((float)HD);
+    p.softcap = c.softcap;
+  };
+  std::vector<float> z((size_t)q_rows * qw);
+  AttnParams pc;
+  fill(pc, q.data(), k.data(), v.data(), kc.data(), vc.data(), z.data(), pad.data(), segs.data());
+  cpu::attention_forward(pc, nullptr);
+  auto qd = dev(q), kd = dev(k), vd = dev(v), kcd = dev(kc), vcd = dev(vc);
+  auto padd = dev(pad);
+  auto segd = dev(segs);
+  DeviceArray<float> zd(gpu(), z.size());
+  AttnParams pg;
+  fill(pg, qd.get(), kd.get(), vd.get(), kcd.get(), vcd.get(), zd.get(), padd.get(), segd.get());
+  pg.tensor_cores = true;
+  gpu().attention_forward(pg);
+  expect_close(zd.download(), z, kTolAttnTc, "z (tensor cores, packed, prefix cache)");
+}
+
+// HD not a multiple of 16 (8, 20, 80), T not a multiple of the 64-query / 64-key tiles, GQA,
+// pads, windows, soft-capping, HD up to 256 (32-key tiles, 2-warp backward blocks).
+INSTANTIATE_TEST_SUITE_P(
+    AttentionTc, AttentionTcGpu,
+    ::testing::Values(AttnParam{"T1_H2_KVH1_HD8", 1, 2, 1, 8, 0, {0}},
+                      AttnParam{"T37_H3_HD20_pad0_5", 37, 3, 3, 20, 0, {0, 5}},
+                      AttnParam{"T70_H2_KVH1_HD80_pad9", 70, 2, 1, 80, 0, {9}},
+                      AttnParam{"T97_H4_KVH2_HD96_pad0_13", 97, 4, 2, 96, 0, {0, 13}},
+                      AttnParam{"T130_H4_KVH2_HD128_pad3_0", 130, 4, 2, 128, 0, {3, 0}},
+                      AttnParam{"T150_H4_KVH2_HD64_win40", 150, 4, 2, 64, 40, {0, 7}},
+                      AttnParam{"T33_H2_KVH1_HD160", 33, 2, 1, 160, 0, {2}},
+                      AttnParam{"T37_H4_KVH2_HD32_cap05", 37, 4, 2, 32, 0, {0, 5}, 0.5f},
+                      AttnParam{"T90_H4_KVH2_HD256_win40_cap1", 90, 4, 2, 256, 40, {0, 7}, 1.0f}),
+    [](const auto& i) { return i.param.name; });
+
 // ---- SwiGLU -----------------------------------------------------------------------------
 struct SwigluParam {
   int N, F;
