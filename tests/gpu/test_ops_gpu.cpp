@@ -20,6 +20,7 @@
 #include "kernels/finite_flag.h"
 #include "kernels/ops.h"
 #include "model/forward.h"
+#include "patching/copy_slices.h"
 #include "runtime/backend.h"
 #include "runtime/dtype.h"
 #include "runtime/error.h"
@@ -1330,6 +1331,46 @@ TEST(FusedGpu, ApplyPatternMatchesCpu) {
     gpu().attn_apply_pattern(pg);
     expect_close(zd.download(), zc, 1e-5, "z from the pattern, T " + std::to_string(T) + ", heads from " + std::to_string(h0));
   }
+}
+
+// The sweeps' neuron gather (patching/copy_slices.h) on the device past 2^31 elements: 2^28 + 64
+// rows of F = 8 neurons (8 GiB of device addresses; the emulator takes only the pages written).
+// A flat int32 element index (row * F + neuron) wrapped there; row and column stay apart now.
+TEST(CopySlicesGpu, NeuronGatherPastTwoToThe31Elements) {
+  REQUIRE_GPU();
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "an 8 GiB allocation under AddressSanitizer (its shadow); the plain emulator build runs it";
+#else
+  Backend& be = gpu();
+  const int F = 8;
+  const int64_t R = (int64_t(1) << 28) + 64;
+  if (be.free_memory() < size_t(R) * F * sizeof(float) + (size_t(1) << 30))
+    GTEST_SKIP() << "needs 9 GiB of free device memory";
+  DeviceArray<float> act(be, size_t(R) * F);
+  struct Cell {
+    int32_t row;
+    int neuron;
+    float value;
+  };
+  const std::vector<Cell> cells = {{int32_t(R - 1), 7, 11.0f},
+                                   {int32_t((int64_t(1) << 28) + 3), 0, 22.0f},
+                                   {int32_t((int64_t(1) << 28) - 1), 5, 33.0f},
+                                   {int32_t(R - 2), 7, 44.0f}};
+  ColumnRows by_neuron;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    const Cell& c = cells[i];
+    be.upload(act.get() + int64_t(c.row) * F + c.neuron, &c.value, sizeof(float));
+    by_neuron[c.neuron].first.push_back(int32_t(i));
+    by_neuron[c.neuron].second.push_back(c.row);
+  }
+  DeviceArray<float> out = to_device(be, std::vector<float>(cells.size() * F, 0.0f));
+  copy_column_slices(be, out.get(), F, act.get(), F, 1, by_neuron);
+  std::vector<float> got(cells.size() * F);
+  be.download(got.data(), out.get(), got.size() * sizeof(float));
+  for (size_t i = 0; i < cells.size(); ++i)
+    for (int f = 0; f < F; ++f)
+      EXPECT_EQ(got[i * F + f], f == cells[i].neuron ? cells[i].value : 0.0f) << "cell " << i << " neuron " << f;
+#endif
 }
 
 #endif  // PHI3_WITH_CUDA
