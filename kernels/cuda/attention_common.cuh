@@ -49,6 +49,20 @@ __device__ __forceinline__ float prob_of(float score, float m, float l) {
   return __fdiv_rn(expf(__fsub_rn(score, m)), l);
 }
 
+// The backward of a segment that is not a plain pass (fresh_start or q_start > 0) is not
+// defined: the dk and dv rows of its keys j0..j1 (kv head kvh) read NaN, so a misuse shows.
+// Called by the 32 lanes of a warp (lane: d = lane, lane + 32, ...).
+__device__ __forceinline__ void poison_key_rows(const AttnBackwardParams& bp, const SegView& sv, int kvh, int j0,
+                                                int j1, int lane) {
+  const AttnParams& p = bp.fwd;
+  for (int j = j0; j <= j1; ++j)
+    for (int d = lane; d < p.HD; d += 32) {
+      const int64_t o = (int64_t)(sv.kv_row + j - sv.fresh) * p.kv_stride + (int64_t)kvh * p.HD + d;
+      bp.dk[o] = NAN;
+      bp.dv[o] = NAN;
+    }
+}
+
 }  // namespace attn
 
 // bf16 tensor-core kernels (attention_tc_forward.cu, attention_tc_backward.cu), chosen by

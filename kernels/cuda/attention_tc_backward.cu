@@ -230,12 +230,7 @@ __global__ void __launch_bounds__(128)
     const int wj_lo = j_lo + 16 * warp;
     const int wj_hi = min(j_hi, wj_lo + 15);
     if (!plain) {
-      for (int j = wj_lo; j <= wj_hi; ++j)
-        for (int d = lane; d < HD; d += 32) {
-          const int64_t o = (int64_t)(sv.kv_row + j - sv.fresh) * p.kv_stride + (int64_t)kvh * HD + d;
-          bp.dk[o] = NAN;
-          bp.dv[o] = NAN;
-        }
+      poison_key_rows(bp, sv, kvh, wj_lo, wj_hi, lane);
       continue;
     }
     // queries that can see keys j_lo..j_hi: t in [max(j_lo, pad), j_hi + window - 1]
