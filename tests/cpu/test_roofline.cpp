@@ -33,7 +33,8 @@ TEST(OpCosts, LinearByHand) {
   EXPECT_DOUBLE_EQ(d.bytes, 3072.0 * 9216 * 4 + 4 * 9216 * 4.0 + 4 * 3072 * 4.0 + 4 * 3072 * 4.0);
 }
 
-TEST(OpCosts, AttentionCountsVisiblePairs) {
+// Two plain rows of T = 5 (the second with 2 pads), H = 2 heads on one kv head of HD = 8.
+cost::AttnShape two_rows_of_five() {
   cost::AttnShape a;
   a.H = 2;
   a.KVH = 1;
@@ -41,6 +42,11 @@ TEST(OpCosts, AttentionCountsVisiblePairs) {
   a.T = 5;
   a.pad = {0, 2};
   a.segs = {{0, 0, 0, 0, 0}, {1, 0, 5, 0, 5}};
+  return a;
+}
+
+TEST(OpCosts, AttentionCountsVisiblePairs) {
+  cost::AttnShape a = two_rows_of_five();
   double pairs, q_rows, fresh;
   int rows;
   cost::attn_pairs(a, pairs, q_rows, fresh, rows);
@@ -56,13 +62,7 @@ TEST(OpCosts, AttentionCountsVisiblePairs) {
 }
 
 TEST(OpCosts, AttentionOnTensorCoresIsPricedAsBf16Products) {
-  cost::AttnShape a;
-  a.H = 2;
-  a.KVH = 1;
-  a.HD = 8;
-  a.T = 5;
-  a.pad = {0, 2};
-  a.segs = {{0, 0, 0, 0, 0}, {1, 0, 5, 0, 5}};  // 21 visible pairs
+  cost::AttnShape a = two_rows_of_five();  // 21 visible pairs
   const cost::OpCost f32 = cost::attention_forward(a), b32 = cost::attention_backward(a);
   a.tensor_cores = true;
   const cost::OpCost f = cost::attention_forward(a), b = cost::attention_backward(a);
