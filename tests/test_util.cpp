@@ -1,6 +1,8 @@
 #include "test_util.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +11,8 @@
 #include <sstream>
 #include <thread>
 #include <unistd.h>
+
+#include <gtest/gtest.h>
 
 namespace phi3::test {
 
@@ -94,10 +98,38 @@ bool wait_for(const std::function<bool()>& pred, double seconds) {
   return pred();
 }
 
+namespace {
+// The directories temp_dir made, removed when the test program ends with every test passed
+// (kept, and named on stderr, after a failure or with PHI3_KEEP_TEST_DIRS set). Only the
+// process that made them removes them: a forked child's exit leaves them to its parent.
+struct TempDirs {
+  std::vector<std::filesystem::path> dirs;
+  pid_t owner = ::getpid();
+  ~TempDirs() {
+    if (::getpid() != owner || dirs.empty()) return;
+    const bool keep = std::getenv("PHI3_KEEP_TEST_DIRS") != nullptr || !::testing::UnitTest::GetInstance()->Passed();
+    for (const auto& d : dirs) {
+      if (keep) {
+        std::fprintf(stderr, "test output kept: %s\n", d.string().c_str());
+      } else {
+        std::error_code ec;
+        std::filesystem::remove_all(d, ec);
+      }
+    }
+  }
+};
+TempDirs& temp_dirs() {
+  static TempDirs t;
+  return t;
+}
+}  // namespace
+
 std::string temp_dir(const std::string& tag) {
   auto base = std::filesystem::temp_directory_path() / ("phi3test-" + tag + "-" + std::to_string(::getpid()));
   std::filesystem::remove_all(base);
   std::filesystem::create_directories(base);
+  TempDirs& t = temp_dirs();
+  if (std::find(t.dirs.begin(), t.dirs.end(), base) == t.dirs.end()) t.dirs.push_back(base);
   return base.string();
 }
 

@@ -47,6 +47,8 @@ int run_cli(const std::string& binary, const std::string& args, const std::strin
 
 std::string source_dir();                 // repository root
 std::string shared_reference_dir();       // ../shared/phi3-reference (may not exist)
-std::string temp_dir(const std::string& tag);  // fresh empty directory under /tmp
+// A fresh empty directory under /tmp, removed when the test program ends with every test
+// passed (kept and named on stderr after a failure, or with PHI3_KEEP_TEST_DIRS set).
+std::string temp_dir(const std::string& tag);
 
 }  // namespace phi3::test
