@@ -101,6 +101,7 @@ struct BlockRun {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   std::vector<int> order;
+  int n = 0, pos = 0;  // threads in the block; where the next pick in `order` starts
   Barrier block_bar;
   int live = 0;
   void* sched_sp = nullptr;
@@ -163,9 +164,35 @@ void switch_to_fiber(BlockRun& r, Fiber& f) {
 #endif
 }
 
+// The next thread to run: the first in the block's shuffled order, from where the last pick
+// stopped, that has not finished and does not wait at an incomplete barrier; nullptr if none.
+Fiber* next_runnable(BlockRun& r) {
+  for (int tried = 0; tried < r.n; ++tried) {
+    Fiber& f = r.fibers[r.order[r.pos]];
+    r.pos = r.pos + 1 == r.n ? 0 : r.pos + 1;
+    if (!f.done && (!f.waiting || f.waiting->gen != f.wait_gen)) return &f;
+  }
+  return nullptr;
+}
+
+void start_fiber(Fiber& f);
+
+// A thread waits: the next runnable thread takes over. Straight from thread to thread (half
+// the switches of going through the scheduler), except under ASan, whose fiber annotations
+// go through the scheduler; the scheduler itself sees threads finish, and a deadlock (no
+// thread can run).
 void yield_to_scheduler() {
   BlockRun& r = *t_run;
-  switch_to_scheduler(r, *r.cur, false);
+  Fiber& f = *r.cur;
+#if !PHI3_EMU_ASAN
+  if (Fiber* next = next_runnable(r)) {
+    if (!next->started) start_fiber(*next);
+    r.cur = next;
+    phi3emu_switch(&f.sp, next->sp);
+    return;  // resumed: whoever switched here set r.cur = &f
+  }
+#endif
+  switch_to_scheduler(r, f, false);
 }
 
 void release_if_complete(Barrier& b, int expected) {
@@ -255,19 +282,16 @@ void run_block(BlockRun& r, int n) {
     f.round = 0;
     ++r.warps[f.warp].live;
   }
-  int remaining = n, pos = 0;
+  r.n = n;
+  r.pos = 0;
+  int remaining = n;
   while (remaining > 0) {
-    Fiber* next = nullptr;
-    for (int tried = 0; tried < n && !next; ++tried) {
-      Fiber& f = r.fibers[r.order[pos]];
-      pos = pos + 1 == n ? 0 : pos + 1;
-      if (!f.done && (!f.waiting || f.waiting->gen != f.wait_gen)) next = &f;
-    }
+    Fiber* next = next_runnable(r);
     if (!next) fail(deadlock_report(r));
     if (!next->started) start_fiber(*next);
     r.cur = next;
     switch_to_fiber(r, *next);
-    if (next->done) --remaining;
+    if (r.cur->done) --remaining;  // the thread that came back (threads hand over among themselves)
   }
   r.cur = nullptr;
 }
