@@ -1,4 +1,5 @@
-// Byte-level BPE: load from tokenizer.json, merge by rank, decode through the byte map.
+// BPE from tokenizer.json (byte-level, or SentencePiece-style with byte fallback): load, merge
+// by rank, decode through the byte map or the decoder chain.
 #include "runtime/bpe_model.h"
 
 #include <cstdio>
@@ -37,6 +38,134 @@ void check_decoder(const json& j, const std::string& where) {
     return;
   }
   throw Error(where + ": decoder " + json_brief(j) + " is not supported (byte-level BPE needs the ByteLevel decoder)");
+}
+
+std::string decoder_string(const json& j, const char* key, const std::string& where) {
+  if (!j.contains(key) || !j[key].is_string()) throw Error(where + ": '" + key + "' must be a string");
+  return j[key].get<std::string>();
+}
+
+// The decoder chain of a SentencePiece-style tokenizer.json (Replace, ByteFallback, Fuse,
+// Strip, Metaspace, or a Sequence of them).
+void add_decoder_steps(const json& j, const std::string& where, std::vector<BpeModel::DecodeStep>* out) {
+  const std::string type = j.is_object() ? j.value("type", "") : "";
+  if (type == "Sequence" && j.contains("decoders") && j["decoders"].is_array()) {
+    for (size_t i = 0; i < j["decoders"].size(); ++i)
+      add_decoder_steps(j["decoders"][i], where + ".decoders[" + std::to_string(i) + "]", out);
+    return;
+  }
+  BpeModel::DecodeStep d;
+  using K = BpeModel::DecodeStep::Kind;
+  if (type == "Replace") {
+    const json& p = j.contains("pattern") ? j["pattern"] : json();
+    if (!p.is_object() || !p.contains("String") || !p["String"].is_string() || p["String"].get<std::string>().empty())
+      throw Error(where + ": Replace decoder pattern " + json_brief(p) + " is not supported (a non-empty String)");
+    d.kind = K::kReplace;
+    d.a = p["String"].get<std::string>();
+    d.b = decoder_string(j, "content", where);
+  } else if (type == "ByteFallback") {
+    d.kind = K::kByteFallback;
+  } else if (type == "Fuse") {
+    d.kind = K::kFuse;
+  } else if (type == "Strip") {
+    d.kind = K::kStrip;
+    d.a = decoder_string(j, "content", where);
+    if (utf8_chars(d.a).size() != 1) throw Error(where + ": Strip 'content' must be one character");
+    for (const char* k : {"start", "stop"})
+      if (!j.contains(k) || !j[k].is_number_integer() || j[k].get<int64_t>() < 0)
+        throw Error(where + ": Strip needs a non-negative integer '" + k + "'");
+    d.start = static_cast<int>(j["start"].get<int64_t>());
+    d.stop = static_cast<int>(j["stop"].get<int64_t>());
+  } else if (type == "Metaspace") {
+    d.kind = K::kMetaspace;
+    d.a = j.contains("replacement") && j["replacement"].is_string() ? j["replacement"].get<std::string>() : "\u2581";
+    const std::string scheme = j.contains("prepend_scheme") && j["prepend_scheme"].is_string()
+                                   ? j["prepend_scheme"].get<std::string>()
+                                   : (j.value("add_prefix_space", true) ? "always" : "never");
+    d.start = scheme == "never" ? 0 : 1;
+  } else {
+    throw Error(where + ": decoder " + json_brief(j) +
+                " is not supported (ByteLevel for byte-level BPE; Replace, ByteFallback, Fuse, Strip, Metaspace "
+                "or a Sequence of them for SentencePiece-style BPE)");
+  }
+  out->push_back(d);
+}
+
+// <0xNN> -> NN; -1 for any other piece.
+int byte_piece(const std::string& t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
+  int v = 0;
+  for (int i = 3; i < 5; ++i) {
+    const char c = t[i];
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+std::string replace_all(const std::string& s, const std::string& pattern, const std::string& content) {
+  std::string out;
+  size_t at = 0;
+  for (size_t hit; (hit = s.find(pattern, at)) != std::string::npos; at = hit + pattern.size())
+    out.append(s, at, hit - at).append(content);
+  return out.append(s, at, std::string::npos);
+}
+
+// One decoder step over the tokens' texts, as Hugging Face's decode_chain of that decoder.
+std::vector<std::string> decode_step(const BpeModel::DecodeStep& d, std::vector<std::string> tokens) {
+  using K = BpeModel::DecodeStep::Kind;
+  switch (d.kind) {
+    case K::kReplace:
+      for (auto& t : tokens) t = replace_all(t, d.a, d.b);
+      return tokens;
+    case K::kFuse: {
+      std::string all;
+      for (const auto& t : tokens) all += t;
+      return {all};
+    }
+    case K::kStrip:  // up to `start` leading and `stop` trailing copies of the character, per token
+      for (auto& t : tokens) {
+        size_t b = 0, e = t.size();
+        for (int i = 0; i < d.start && t.compare(b, d.a.size(), d.a) == 0 && b < e; ++i) b += d.a.size();
+        for (int i = 0; i < d.stop && e >= b + d.a.size() && t.compare(e - d.a.size(), d.a.size(), d.a) == 0; ++i)
+          e -= d.a.size();
+        t = t.substr(b, e - b);
+      }
+      return tokens;
+    case K::kMetaspace:  // the replacement is a space, except in the first token where a prefix was added
+      for (size_t i = 0; i < tokens.size(); ++i)
+        tokens[i] = replace_all(tokens[i], d.a, i == 0 && d.start ? "" : " ");
+      return tokens;
+    case K::kByteFallback: {  // runs of <0xNN> become their bytes, or one U+FFFD per byte if not UTF-8
+      std::vector<std::string> out;
+      std::string bytes;
+      int n_bytes = 0;
+      auto flush = [&] {
+        if (!n_bytes) return;
+        if (utf8_lossy(bytes) == bytes) {
+          out.push_back(bytes);
+        } else {
+          for (int i = 0; i < n_bytes; ++i) out.push_back("\xEF\xBF\xBD");
+        }
+        bytes.clear();
+        n_bytes = 0;
+      };
+      for (auto& t : tokens) {
+        const int v = byte_piece(t);
+        if (v >= 0) {
+          bytes.push_back(static_cast<char>(v));
+          ++n_bytes;
+          continue;
+        }
+        flush();
+        out.push_back(std::move(t));
+      }
+      flush();
+      return out;
+    }
+  }
+  return tokens;
 }
 
 // BOS from a TemplateProcessing post-processor whose single-sequence template starts with a
@@ -85,12 +214,27 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& j, const std::string& 
   require_unset(model, "dropout", where, "BPE dropout makes encoding random");
   require_unset(model, "continuing_subword_prefix", where, "not a byte-level BPE setting");
   require_unset(model, "end_of_word_suffix", where, "not a byte-level BPE setting");
-  require_unset(model, "byte_fallback", where, "byte-level BPE covers every byte already");
   m->norm_ = Normalizer::from_json(j.contains("normalizer") ? j["normalizer"] : json(), path + ": normalizer");
   m->pre_ = PreTokenizer::from_json(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json(), path + ": pre_tokenizer");
-  if (!m->pre_.has_byte_level())
-    throw Error(path + ": pre_tokenizer has no ByteLevel step; only byte-level BPE is supported");
-  check_decoder(j.contains("decoder") ? j["decoder"] : json(), path + ": decoder");
+  m->byte_level_ = m->pre_.has_byte_level();
+  const json decoder = j.contains("decoder") ? j["decoder"] : json();
+  if (m->byte_level_) {
+    require_unset(model, "byte_fallback", where, "byte-level BPE covers every byte already");
+    check_decoder(decoder, path + ": decoder");
+  } else {
+    // SentencePiece-style BPE (Gemma, Llama 2, Mistral converted to tokenizer.json): pieces of
+    // characters with "▁" for spaces, unknown characters as <0xNN> byte pieces.
+    if (model.contains("byte_fallback") && !model["byte_fallback"].is_null()) {
+      if (!model["byte_fallback"].is_boolean()) throw Error(where + ": 'byte_fallback' must be true or false");
+      m->byte_fallback_ = model["byte_fallback"].get<bool>();
+    }
+    if (decoder.is_object() && decoder.value("type", "") == "ByteLevel")
+      throw Error(path + ": pre_tokenizer has no ByteLevel step, but the decoder is ByteLevel: byte-level BPE needs "
+                         "both (a SentencePiece-style BPE decodes with Replace/ByteFallback/Fuse or Metaspace)");
+    if (decoder.is_null())
+      throw Error(path + ": decoder is missing (a SentencePiece-style BPE needs Replace/ByteFallback/Fuse or Metaspace)");
+    add_decoder_steps(decoder, path + ": decoder", &m->decode_steps_);
+  }
   m->template_bos_ = template_bos(j.contains("post_processor") ? j["post_processor"] : json(), path + ": post_processor");
 
   if (!model.contains("vocab") || !model["vocab"].is_object() || model["vocab"].empty())
@@ -156,8 +300,18 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& j, const std::string& 
   return m;
 }
 
+std::string BpeModel::kind() const { return byte_level_ ? "byte-level BPE" : "SentencePiece-style BPE"; }
+
+std::string BpeModel::answer_text(const std::string& word) const {
+  // The word as it follows a space: where the tokenizer marks the start of the text itself
+  // (a Prepend normalizer, a Metaspace prefix), the word alone already is.
+  if (!byte_level_ && (norm_.prepends() || pre_.prepends_at_start())) return word;
+  return " " + word;
+}
+
 std::string BpeModel::label(int id) const {
   const std::string& p = pieces_.at(id);
+  if (!byte_level_) return p;
   std::string bytes;
   if (!from_byte_level(p, &bytes)) return p;
   if (utf8_lossy(bytes) == bytes) return bytes;
@@ -185,6 +339,22 @@ void BpeModel::merge_word(const std::string& word, std::vector<int>* out) const 
   bool pending_unk = false;
   for (std::string_view c : utf8_chars(word)) {
     auto it = vocab_.find(std::string(c));
+    if (it == vocab_.end() && byte_fallback_) {
+      // Hugging Face's byte fallback: the character's UTF-8 bytes as <0xNN> pieces when all exist.
+      std::vector<int> bytes;
+      for (unsigned char b : c) {
+        char name[8];
+        std::snprintf(name, sizeof name, "<0x%02X>", b);
+        auto bt = vocab_.find(name);
+        if (bt == vocab_.end()) break;
+        bytes.push_back(bt->second);
+      }
+      if (bytes.size() == c.size()) {
+        for (int b : bytes) syms.push_back({b, 0, 0, true});
+        pending_unk = false;
+        continue;
+      }
+    }
     if (it == vocab_.end()) {
       if (unk_id_ < 0)
         throw Error("tokenizer: the character '" + std::string(c) + "' of word '" + word +
@@ -255,22 +425,33 @@ void BpeModel::encode_word(const std::string& word, std::vector<int>* out) const
   if (cache_.size() < kCacheCapacity) cache_.emplace(word, std::move(ids));
 }
 
-void BpeModel::encode(std::string_view text, bool /*starts_input*/, std::vector<int>* out) const {
+void BpeModel::encode(std::string_view text, bool starts_input, std::vector<int>* out) const {
   if (norm_.identity()) {
-    for (const std::string& word : pre_.apply(text)) encode_word(word, out);
+    for (const std::string& word : pre_.apply(text, starts_input)) encode_word(word, out);
   } else {
-    for (const std::string& word : pre_.apply(norm_.apply(text))) encode_word(word, out);
+    for (const std::string& word : pre_.apply(norm_.apply(text), starts_input)) encode_word(word, out);
   }
 }
 
 std::string BpeModel::decode(const std::vector<int>& ids, const std::map<int, std::string>& added) const {
+  auto token_of = [&](int id) -> const std::string& {
+    auto a = added.find(id);
+    if (a != added.end()) return a->second;
+    if (has_piece(id)) return pieces_[id];
+    throw Error("tokenizer: cannot decode token id " + std::to_string(id) + " (not a piece or added token)");
+  };
+  if (!byte_level_) {  // the decoder chain over every token's text, added tokens included
+    std::vector<std::string> tokens;
+    tokens.reserve(ids.size());
+    for (int id : ids) tokens.push_back(token_of(id));
+    for (const DecodeStep& d : decode_steps_) tokens = decode_step(d, std::move(tokens));
+    std::string text;
+    for (const auto& t : tokens) text += t;
+    return utf8_lossy(text);
+  }
   std::string bytes;
   for (int id : ids) {
-    auto a = added.find(id);
-    const std::string* token = nullptr;
-    if (a != added.end()) token = &a->second;
-    else if (has_piece(id)) token = &pieces_[id];
-    else throw Error("tokenizer: cannot decode token id " + std::to_string(id) + " (not a piece or added token)");
+    const std::string* token = &token_of(id);
     // The ByteLevel decoder: a token whose characters are all byte-level stands for those
     // bytes; any other token (an added "<|im_start|>" is byte-level too) is taken as its text.
     if (!from_byte_level(*token, &bytes)) bytes += *token;

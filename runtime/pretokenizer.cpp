@@ -1,4 +1,4 @@
-// Pre-tokenizer steps of tokenizer.json (Split, ByteLevel, Sequence); see pretokenizer.h.
+// Pre-tokenizer steps of tokenizer.json (Split, ByteLevel, Metaspace, Sequence); see pretokenizer.h.
 #include "runtime/pretokenizer.h"
 
 #include <algorithm>
@@ -82,10 +82,29 @@ void add_steps(const json& j, const std::string& where, std::vector<PreTokenizer
     s.kind = PreTokenizerStep::Kind::kByteLevel;
     s.add_prefix_space = flag(j, "add_prefix_space", true, where);
     s.use_regex = flag(j, "use_regex", true, where);
+  } else if (type == "Metaspace") {
+    s.kind = PreTokenizerStep::Kind::kMetaspace;
+    s.replacement = "\u2581";
+    if (j.contains("replacement") && !j["replacement"].is_null()) {
+      if (!j["replacement"].is_string() || j["replacement"].get<std::string>().empty())
+        throw Error(where + ": Metaspace 'replacement' must be a one-character string, got " + json_brief(j["replacement"]));
+      s.replacement = j["replacement"].get<std::string>();
+    }
+    if (j.contains("prepend_scheme") && !j["prepend_scheme"].is_null()) {
+      const std::string p = j["prepend_scheme"].is_string() ? j["prepend_scheme"].get<std::string>() : "";
+      if (p == "always") s.prepend = PreTokenizerStep::Prepend::kAlways;
+      else if (p == "first") s.prepend = PreTokenizerStep::Prepend::kFirst;
+      else if (p == "never") s.prepend = PreTokenizerStep::Prepend::kNever;
+      else throw Error(where + ": Metaspace prepend_scheme " + json_brief(j["prepend_scheme"]) + " is not always, first or never");
+    } else {  // the older layout
+      s.prepend = flag(j, "add_prefix_space", true, where) ? PreTokenizerStep::Prepend::kAlways
+                                                            : PreTokenizerStep::Prepend::kNever;
+    }
+    s.split = flag(j, "split", true, where);
   } else {
     throw Error(where + ": pre-tokenizer type '" + type +
-                "' is not supported (supported: Split, ByteLevel, Sequence of them — the byte-level BPE "
-                "tokenizers of Phi-4, Qwen2/2.5, Qwen3, Llama 3.x and GPT-2)");
+                "' is not supported (supported: Split, ByteLevel, Metaspace, Sequence of them — the tokenizers "
+                "of Phi-4, Qwen2/2.5, Qwen3, Llama 3.x, GPT-2, Gemma and Mistral)");
   }
   steps->push_back(std::move(s));
 }
@@ -165,16 +184,58 @@ bool PreTokenizer::has_byte_level() const {
   return false;
 }
 
-std::vector<std::string> PreTokenizer::apply(std::string_view text) const {
+bool PreTokenizer::prepends_at_start() const {
+  for (const auto& s : steps_)
+    if (s.kind == PreTokenizerStep::Kind::kMetaspace && s.prepend != PreTokenizerStep::Prepend::kNever) return true;
+  return false;
+}
+
+namespace {
+
+// Metaspace on one piece (Hugging Face's Metaspace::pre_tokenize): spaces become the
+// replacement, which is prepended (always; first: only to the piece that begins the input)
+// unless the piece starts with it; with split, each replacement starts a new word.
+void metaspace(const PreTokenizerStep& s, std::string piece, bool at_input_start, std::vector<std::string>* out) {
+  std::string r;
+  for (size_t at = 0;;) {
+    const size_t hit = piece.find(' ', at);
+    r.append(piece, at, hit == std::string::npos ? std::string::npos : hit - at);
+    if (hit == std::string::npos) break;
+    r += s.replacement;
+    at = hit + 1;
+  }
+  const bool prepend = s.prepend == PreTokenizerStep::Prepend::kAlways ||
+                       (s.prepend == PreTokenizerStep::Prepend::kFirst && at_input_start);
+  if (prepend && r.compare(0, s.replacement.size(), s.replacement) != 0) r.insert(0, s.replacement);
+  if (!s.split) {
+    out->push_back(std::move(r));
+    return;
+  }
+  size_t begin = 0;  // MergedWithNext: each replacement opens a word
+  for (size_t hit = r.find(s.replacement, 1); hit != std::string::npos; hit = r.find(s.replacement, hit + 1)) {
+    if (hit > begin) out->push_back(r.substr(begin, hit - begin));
+    begin = hit;
+  }
+  if (begin < r.size()) out->push_back(r.substr(begin));
+}
+
+}  // namespace
+
+std::vector<std::string> PreTokenizer::apply(std::string_view text, bool starts_input) const {
   std::vector<std::string> pieces;
   if (text.empty()) return pieces;
   pieces.emplace_back(text);
   for (const auto& s : steps_) {
     std::vector<std::string> next;
     next.reserve(pieces.size());
-    for (auto& piece : pieces) {
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      std::string& piece = pieces[i];
       if (s.kind == PreTokenizerStep::Kind::kSplit) {
         for (auto& w : split_by_regex(piece, *s.regex, s.behavior, s.invert)) next.push_back(std::move(w));
+        continue;
+      }
+      if (s.kind == PreTokenizerStep::Kind::kMetaspace) {
+        metaspace(s, std::move(piece), starts_input && i == 0, &next);
         continue;
       }
       if (s.add_prefix_space && piece[0] != ' ') piece.insert(piece.begin(), ' ');

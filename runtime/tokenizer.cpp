@@ -110,7 +110,8 @@ Tokenizer Tokenizer::load_dir(const std::string& dir) {
       hint = " (it has vocab.json + merges.txt: save the tokenizer with a current Hugging Face tokenizers "
              "or transformers to get tokenizer.json, which also records the pre-tokenizer those files lack)";
     throw Error("'" + dir + "' has no tokenizer: expected tokenizer.model (SentencePiece: Phi-3, Phi-3.5, "
-                "Mistral, Gemma 2) or tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x)" + hint);
+                "Mistral, Gemma 2 and 3) or tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x, "
+                "GPT-2, OLMoE; SentencePiece-style BPE: Gemma 3, Mistral / Mixtral)" + hint);
   }
   const std::string config = path_join(dir, "tokenizer_config.json");
   if (file_exists(config)) t.load_tokenizer_config(config);

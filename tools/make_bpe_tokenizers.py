@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Small byte-level BPE test tokenizers in the layouts of Phi-4, Phi-4-mini, GPT-2, Qwen2 and Llama 3, and the
-ids Hugging Face `tokenizers` gives for a corpus of test strings.
+"""Small BPE test tokenizers (tokenizer.json) in the layouts of Phi-4, Phi-4-mini, GPT-2, Qwen2, Llama 3 and
+OLMoE (byte-level) and of Gemma 3, Mistral / Mixtral (SentencePiece-style: byte fallback, "▁" for spaces), and
+the ids Hugging Face `tokenizers` gives for a corpus of test strings.
 
-    python3 tools/make_bpe_tokenizers.py [--out tests/data/bpe]     # needs: pip install tokenizers
+    python3 tools/make_bpe_tokenizers.py [--out tests/data/bpe] [--only LAYOUT ...]   # needs: pip install tokenizers
 
 Writes, deterministically (fixed seeds, no network):
   <out>/<layout>/tokenizer.json, tokenizer_config.json   one directory per layout
@@ -25,6 +26,20 @@ mixed-script corpus, a few thousand merges, with the added tokens right after it
                TemplateProcessing (no add_bos_token); 8 special added tokens
   gpt2-prefix  the same with add_prefix_space (the prefix goes on every piece of text) and a
                TemplateProcessing post-processor that puts BOS first; merges as pairs
+  olmoe        GPT-NeoX's: NFC normalizer + ByteLevel with GPT-2's regex; <|endoftext|>, <|padding|>
+               and the PII tokens (|||EMAIL_ADDRESS||| ...) added; no BOS
+SentencePiece-style (transformers' GemmaConverter / LlamaConverter output; characters as symbols,
+a vocabulary with the 256 <0xNN> byte pieces, byte_fallback, unk <unk>, fuse_unk; characters past the
+trained alphabet of 300 fall back to bytes):
+  gemma3       Replace(" ", "▁") normalizer, Split(" ", MergedWithPrevious), decoder Replace +
+               ByteFallback + Fuse, BOS <bos> from a TemplateProcessing, no prefix
+  mistral      Mixtral-8x7B / Mistral v0.1 (legacy): Prepend("▁") + Replace(" ", "▁") normalizer, no
+               pre-tokenizer, decoder Replace + ByteFallback + Fuse + Strip(" ", 1, 0), BOS <s>
+  mistral-v3   the non-legacy conversion: no normalizer, Metaspace(prepend_scheme first, split false)
+  metaspace    not a real checkpoint: Metaspace(always, split true) and the Metaspace decoder, no byte
+               fallback (unknown characters become one fused <unk>)
+The new layouts' added tokens are not in the corpus (it stays the one the first six were made with):
+each of them has its own extra texts around its added tokens (expected.json "extra_texts").
 
 The C++ test tests/cpu/test_bpe_tokenizer.cpp loads each directory and asserts that the engine
 gives the same ids and decoded strings for every text of the corpus.
@@ -34,7 +49,7 @@ import json
 import os
 import random
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import AddedToken
 
 # The split regexes of the real tokenizer.json files (tiktoken's cl100k_base and o200k_base).
@@ -110,6 +125,36 @@ LAYOUTS = {
                         config=dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                     unk_token="<|endoftext|>", model_max_length=1024,
                                     tokenizer_class="GPT2TokenizerFast")),
+    # GPT-NeoX / OLMoE: NFC, ByteLevel with GPT-2's regex (no prefix space), no BOS.
+    "olmoe": dict(split=None, normalizer="NFC", prefix=False, use_regex=True, vocab=4096, merges="pairs",
+                  ignore_merges=False, new=True,
+                  added=[("<|endoftext|>", True, False, False), ("<|padding|>", True, False, False),
+                         ("|||EMAIL_ADDRESS|||", False, False, False), ("|||PHONE_NUMBER|||", False, False, False),
+                         ("|||IP_ADDRESS|||", False, False, False)],
+                  config=dict(add_bos_token=False, add_eos_token=False, bos_token=None, eos_token="<|endoftext|>",
+                              pad_token="<|padding|>", unk_token=None, model_max_length=4096,
+                              clean_up_tokenization_spaces=True, tokenizer_class="GPTNeoXTokenizer")),
+    "gemma3": dict(sp="gemma", vocab=3000, merges="pairs", new=True, template_bos=True,
+                   added=[("<pad>", True, False, False), ("<eos>", True, False, False), ("<bos>", True, False, False),
+                          ("<unk>", True, False, False), ("<start_of_turn>", True, False, False),
+                          ("<end_of_turn>", True, False, False), ("<start_of_image>", True, False, False)],
+                   config=dict(add_bos_token=True, add_eos_token=False, bos_token="<bos>", eos_token="<eos>",
+                               pad_token="<pad>", unk_token="<unk>", spaces_between_special_tokens=False,
+                               model_max_length=1000000000000000019884624838656, tokenizer_class="GemmaTokenizer")),
+    "mistral": dict(sp="legacy", vocab=3000, merges="strings", new=True, template_bos=True,
+                    added=[("<unk>", True, False, False), ("<s>", True, False, False), ("</s>", True, False, False)],
+                    config=dict(add_bos_token=True, add_eos_token=False, bos_token="<s>", eos_token="</s>",
+                                unk_token="<unk>", legacy=True, model_max_length=1000000000000000019884624838656,
+                                tokenizer_class="LlamaTokenizer")),
+    "mistral-v3": dict(sp="metaspace-first", vocab=3000, merges="pairs", new=True, template_bos=True,
+                       added=[("<unk>", True, False, False), ("<s>", True, False, False), ("</s>", True, False, False),
+                              ("[INST]", True, False, False), ("[/INST]", True, False, False)],
+                       config=dict(add_bos_token=True, add_eos_token=False, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", legacy=False, tokenizer_class="LlamaTokenizer")),
+    "metaspace": dict(sp="metaspace-split", vocab=3000, merges="pairs", new=True, no_byte_fallback=True,
+                      added=[("<unk>", True, False, False), ("<s>", True, False, False)],
+                      config=dict(add_bos_token=False, bos_token="<s>", unk_token="<unk>",
+                                  tokenizer_class="PreTrainedTokenizerFast")),
 }
 
 # ---- word pools for training text and test strings --------------------------------------
@@ -263,7 +308,67 @@ def test_corpus(root, specials, rng):
     return texts
 
 
+def build_sp(spec, lines):
+    """A SentencePiece-style BPE: trained on characters with "▁" for spaces, then the 256 byte pieces
+    and the added tokens appended to the vocabulary, as transformers' converters lay it out."""
+    fallback = not spec.get("no_byte_fallback")
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=fallback, fuse_unk=True))
+    kind = spec["sp"]
+    if kind == "gemma":
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+        dec = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    elif kind == "legacy":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        dec = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    elif kind == "metaspace-first":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        dec = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    else:  # metaspace-split
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+        dec = None
+    trainer = trainers.BpeTrainer(vocab_size=spec["vocab"], show_progress=False, min_frequency=2, limit_alphabet=300,
+                                  special_tokens=["<unk>"])
+    tok.train_from_iterator(lines, trainer=trainer)
+    j = json.loads(tok.to_str())
+    j["decoder"] = (json.loads(decoders.Sequence(dec).__getstate__()) if dec else
+                    {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True})
+    vocab = j["model"]["vocab"]
+    if fallback:
+        for b in range(256):
+            vocab[f"<0x{b:02X}>"] = len(vocab)
+    added = []
+    for content, special, lstrip, rstrip in spec["added"]:
+        if content not in vocab:
+            vocab[content] = len(vocab)
+        added.append(dict(id=vocab[content], content=content, single_word=False, lstrip=lstrip, rstrip=rstrip,
+                          normalized=False, special=special))
+    j["added_tokens"] = added
+    merges = [m.split(" ") if isinstance(m, str) else m for m in j["model"]["merges"]]
+    j["model"]["merges"] = merges if spec["merges"] == "pairs" else [" ".join(m) for m in merges]
+    if spec.get("template_bos"):
+        bos = spec["config"]["bos_token"]
+        j["post_processor"] = json.loads(processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]).__getstate__())
+    else:
+        j["post_processor"] = None
+    return j
+
+
+def extra_texts(spec, rng):
+    """Texts around a new layout's added tokens (the shared corpus holds only the first six layouts')."""
+    texts = []
+    for content, *_ in spec["added"]:
+        texts += [content, "a" + content, content + "b", "Hello " + content + " world", content + " Hello",
+                  " " + content, content + content, "x\n" + content + "\ny", content[:-1]]
+    for _ in range(40):
+        texts.append(sentence(rng, rng.randint(1, 12), [a[0] for a in spec["added"]]))
+    return texts
+
+
 def build(spec, lines):
+    if spec.get("sp"):
+        return build_sp(spec, lines)
     tok = Tokenizer(models.BPE())
     steps = []
     if spec["split"]:
@@ -302,14 +407,24 @@ def build(spec, lines):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="tests/data/bpe")
+    ap.add_argument("--only", nargs="+", help="(re)make only these layouts, keeping expected.json's others")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = os.path.join(root, args.out) if not os.path.isabs(args.out) else args.out
     lines = training_text(root, random.Random(1234))
-    all_specials = sorted({a[0] for spec in LAYOUTS.values() for a in spec["added"] if "dummy" not in a[0]})
+    all_specials = sorted({a[0] for spec in LAYOUTS.values() if not spec.get("new") for a in spec["added"]
+                           if "dummy" not in a[0]})
     texts = test_corpus(root, all_specials, random.Random(5678))
     expected = {}
+    if args.only:
+        unknown = [x for x in args.only if x not in LAYOUTS]
+        if unknown:
+            raise SystemExit(f"unknown layouts {unknown} (known: {', '.join(LAYOUTS)})")
+        with open(os.path.join(out, "expected.json"), encoding="utf-8") as f:
+            expected = json.load(f)
     for layout, spec in LAYOUTS.items():
+        if args.only and layout not in args.only:
+            continue
         j = build(spec, lines)
         d = os.path.join(out, layout)
         os.makedirs(d, exist_ok=True)
@@ -320,19 +435,23 @@ def main():
             json.dump(spec["config"], f, indent=2)
             f.write("\n")
         tok = Tokenizer.from_str(text)  # what the engine will read, reloaded
-        ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+        extra = extra_texts(spec, random.Random(91)) if spec.get("new") else []
+        ids = [tok.encode(t, add_special_tokens=False).ids for t in texts + extra]
         decoded = [tok.decode(i, skip_special_tokens=False) for i in ids]
         expected[layout] = {"vocab_size": tok.get_vocab_size(with_added_tokens=True),
                             "merges": len(j["model"]["merges"]), "ids": ids,
                             # null where the decoded text is the text itself
-                            "decoded": [d if d != t else None for d, t in zip(decoded, texts)],
+                            "decoded": [d if d != t else None for d, t in zip(decoded, texts + extra)],
                             "bos_ids": tok.encode("Hello", add_special_tokens=True).ids}
+        if extra:
+            expected[layout]["extra_texts"] = extra
         n_tok = sum(len(i) for i in ids)
         print(f"{layout}: vocab {expected[layout]['vocab_size']}, {expected[layout]['merges']} merges, "
               f"{n_tok} tokens over {len(texts)} texts")
-    with open(os.path.join(out, "corpus.json"), "w", encoding="utf-8") as f:
-        json.dump({"texts": texts}, f, ensure_ascii=False, indent=0)
-        f.write("\n")
+    if not args.only:
+        with open(os.path.join(out, "corpus.json"), "w", encoding="utf-8") as f:
+            json.dump({"texts": texts}, f, ensure_ascii=False, indent=0)
+            f.write("\n")
     with open(os.path.join(out, "expected.json"), "w", encoding="utf-8") as f:
         json.dump(expected, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")

@@ -1,6 +1,8 @@
-// Byte-level BPE tokenizers (tokenizer.json): the test tokenizers of tests/data/bpe in the
-// layouts of Phi-4, Phi-4-mini and GPT-2 (made by tools/make_bpe_tokenizers.py) against the ids
-// and decoded strings Hugging Face `tokenizers` gave for every text of the 2,400-string corpus;
+// BPE tokenizers (tokenizer.json): the test tokenizers of tests/data/bpe in the byte-level
+// layouts of Phi-4, Phi-4-mini, GPT-2, Qwen2, Llama 3 and OLMoE and the SentencePiece-style ones of
+// Gemma 3 and Mistral / Mixtral (made by tools/make_bpe_tokenizers.py) against the ids and decoded
+// strings Hugging Face `tokenizers` gave for every text of the 2,400-string corpus (and the new
+// layouts' texts around their added tokens);
 // BOS rules; the Split behaviors; UTF-8 errors; long words; load errors naming the field.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -48,10 +50,13 @@ class BpeCorpus : public ::testing::TestWithParam<std::string> {};
 TEST_P(BpeCorpus, EqualsHuggingFaceOnEveryText) {
   const std::string layout = GetParam();
   Tokenizer tok = Tokenizer::load_dir(bpe_dir(layout));
-  EXPECT_EQ(tok.kind(), "byte-level BPE");
-  const json& texts = corpus()["texts"];
+  const bool sp = layout == "gemma3" || layout.rfind("mistral", 0) == 0 || layout == "metaspace";
+  EXPECT_EQ(tok.kind(), sp ? "SentencePiece-style BPE" : "byte-level BPE");
   const json& want = expected()[layout];
+  json texts = corpus()["texts"];
   ASSERT_GE(texts.size(), 2000u);
+  if (want.contains("extra_texts"))
+    for (const json& t : want["extra_texts"]) texts.push_back(t);
   ASSERT_EQ(want["ids"].size(), texts.size());
   EXPECT_EQ(tok.vocab_size(), want["vocab_size"].get<int>());
   int id_mismatches = 0, text_mismatches = 0;
@@ -75,7 +80,8 @@ TEST_P(BpeCorpus, EqualsHuggingFaceOnEveryText) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, BpeCorpus,
-                         ::testing::Values("phi-4", "phi-4-mini", "gpt2", "gpt2-prefix", "qwen2", "llama3"),
+                         ::testing::Values("phi-4", "phi-4-mini", "gpt2", "gpt2-prefix", "qwen2", "llama3", "olmoe",
+                                           "gemma3", "mistral", "mistral-v3", "metaspace"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n)
@@ -103,6 +109,32 @@ TEST(BpeTokenizer, BosFollowsTheTokenizerConfig) {
   EXPECT_FALSE(bare.bos_by_default());
   EXPECT_EQ(bare.bos_id(), -1);
   EXPECT_THAT(error_of([&] { bare.encode("Hello", true); }), HasSubstr("has no BOS token (use --no-bos)"));
+}
+
+// SentencePiece-style tokenizer.json: the answer is the "▁word" pieces whichever way the file
+// marks a word start (Gemma's Replace only: from " word"; Mistral's Prepend normalizer and
+// v3's Metaspace prefix: from "word" itself), BOS from the TemplateProcessing, and a character
+// outside the vocabulary as its <0xNN> byte pieces.
+TEST(BpeTokenizer, SentencePieceStyleAnswersBosAndByteFallback) {
+  for (const char* layout : {"gemma3", "mistral", "mistral-v3"}) {
+    SCOPED_TRACE(layout);
+    Tokenizer tok = Tokenizer::load_dir(bpe_dir(layout));
+    const std::vector<int> ids = tok.answer_tokens("short");
+    ASSERT_FALSE(ids.empty());
+    EXPECT_EQ(tok.piece(ids[0]).rfind("\u2581", 0), 0u) << tok.piece(ids[0]);  // starts with "▁"
+    EXPECT_EQ(tok.answer_tokens(" short"), ids);
+    std::string joined;
+    for (int id : ids) joined += tok.piece(id);
+    EXPECT_EQ(joined, "\u2581short");
+    EXPECT_TRUE(tok.bos_by_default());
+    EXPECT_EQ(tok.encode("Hello", true), expected()[layout]["bos_ids"].get<std::vector<int>>());
+    // "ꙮ" is past the trained alphabet: its three UTF-8 bytes, and back.
+    const std::vector<int> odd = tok.encode("\xea\x99\xae", false);
+    std::string pieces;
+    for (int id : odd) pieces += tok.piece(id);
+    EXPECT_THAT(pieces, HasSubstr("<0xEA><0x99><0xAE>"));
+    EXPECT_THAT(tok.decode(odd), HasSubstr("\xea\x99\xae"));
+  }
 }
 
 TEST(BpeTokenizer, AnswersAreWordsAfterASpace) {
@@ -277,10 +309,23 @@ TEST(BpeTokenizer, LoadErrorsNameTheField) {
                 j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Strip"}}}}};
               }),
               HasSubstr("normalizer.normalizers[1]: normalizer {\"type\":\"Strip\"} is not supported"));
-  EXPECT_THAT(err("meta", [](json& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }),
-              HasSubstr("pre-tokenizer type 'Metaspace' is not supported"));
+  EXPECT_THAT(err("regexreplace", [](json& j) {
+                j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", " "}};
+              }),
+              HasSubstr("Replace pattern {\"Regex\":\" +\"} is not supported (a non-empty {\"String\": ...}"));
+  EXPECT_THAT(err("whitespace", [](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }),
+              HasSubstr("pre-tokenizer type 'Whitespace' is not supported"));
+  EXPECT_THAT(err("meta", [](json& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}, {"prepend_scheme", "sometimes"}}; }),
+              HasSubstr("Metaspace prepend_scheme \"sometimes\" is not always, first or never"));
   EXPECT_THAT(err("nobyte", [](json& j) { j["pre_tokenizer"] = nullptr; }),
-              HasSubstr("pre_tokenizer has no ByteLevel step"));
+              HasSubstr("pre_tokenizer has no ByteLevel step, but the decoder is ByteLevel"));
+  EXPECT_THAT(err("fallback", [](json& j) { j["model"]["byte_fallback"] = true; }),
+              HasSubstr("'byte_fallback' = true is not supported (byte-level BPE covers every byte already)"));
+  EXPECT_THAT(err("spdecoder", [](json& j) {
+                j["pre_tokenizer"] = {{"type", "Metaspace"}};
+                j["decoder"] = {{"type", "WordPiece"}};
+              }),
+              HasSubstr("decoder {\"type\":\"WordPiece\"} is not supported (ByteLevel for byte-level BPE; Replace"));
   EXPECT_THAT(err("regex", [](json& j) {
                 j["pre_tokenizer"] = {{"type", "Sequence"},
                                       {"pretokenizers",
