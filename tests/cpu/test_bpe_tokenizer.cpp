@@ -358,8 +358,9 @@ TEST(BpeTokenizer, LoadErrorsNameTheField) {
 TEST(BpeTokenizer, ChoosesTheTokenizerFileOrSaysWhatIsMissing) {
   const std::string empty = test::temp_dir("bpe_none");
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(empty); }),
-              HasSubstr("has no tokenizer: expected tokenizer.model (SentencePiece: Phi-3, Phi-3.5, Mistral, Gemma 2) or "
-                        "tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x)"));
+              HasSubstr("has no tokenizer: expected tokenizer.model (SentencePiece: Phi-3, Phi-3.5, Mistral, Gemma 2 and 3) or "
+                        "tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x, GPT-2, OLMoE; "
+                        "SentencePiece-style BPE: Gemma 3, Mistral / Mixtral)"));
   std::ofstream(empty + "/vocab.json") << "{}";
   std::ofstream(empty + "/merges.txt") << "";
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(empty); }), HasSubstr("it has vocab.json + merges.txt"));

@@ -262,8 +262,9 @@ TEST(Tokenizer, LoadErrors) {
   EXPECT_THAT(error_of([&] { Tokenizer::load_model_file(missing); }),
               HasSubstr("tokenizer model '" + missing + "' does not exist"));
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(dir); }),
-              HasSubstr("'" + dir + "' has no tokenizer: expected tokenizer.model (SentencePiece: Phi-3, Phi-3.5, Mistral, Gemma 2) or "
-                        "tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x)"));
+              HasSubstr("'" + dir + "' has no tokenizer: expected tokenizer.model (SentencePiece: Phi-3, Phi-3.5, Mistral, Gemma 2 and 3) or "
+                        "tokenizer.json (byte-level BPE: Phi-4, Qwen2/2.5, Qwen3, Llama 3.x, GPT-2, OLMoE; "
+                        "SentencePiece-style BPE: Gemma 3, Mistral / Mixtral)"));
   EXPECT_THAT(error_of([&] { Tokenizer::load_dir(path_join(dir, "nope")); }),
               HasSubstr("tokenizer directory '" + path_join(dir, "nope") + "' does not exist"));
   write_file_atomic(missing, "this is not a protobuf at all, just some text\n");
