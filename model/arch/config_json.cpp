@@ -40,7 +40,7 @@ json decoder_fields(const json& j, const ConfigFields& top, const Architecture& 
   }
   json out = json::object();
   for (auto it = src->begin(); it != src->end(); ++it) {
-    if (!shallow(it.value(), 8)) top.fail(it.key(), "nests too deeply");
+    if (!shallow(it.value(), 32)) top.fail(it.key(), "nests more than 32 levels deep");
     out[it.key()] = it.value();
   }
   if (!arch.text_config.empty())  // the multimodal config's own values, where the text config has none

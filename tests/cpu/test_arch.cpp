@@ -248,6 +248,12 @@ TEST(Arch, Gemma3Refusals) {
   j = gemma3_1b_it();
   j["sliding_window"] = 0;
   EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'sliding_window'"));
+  // The decoder's fields are copied (defaults added): a hostile nesting is refused, not recursed.
+  json deep = json::array();
+  for (int i = 0; i < 40; ++i) deep = json::array({deep});
+  j = gemma3_4b_it();
+  j["text_config"]["junk"] = deep;
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'junk': nests more than 32 levels deep"));
 }
 
 // Qwen3-0.6B's config.json, as published: head_dim 128 while hidden_size / heads = 64.
