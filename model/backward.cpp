@@ -202,8 +202,9 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     }
     be.attention_backward(bp);
     lg.qkv = DeviceArray<float>(be, size_t(N) * QKVW);
-    be.rotary_backward(lg.qkv.get(), QKVW, lg.q_rot.get(), QW, s.pos.get(), N, H, HD, s.rope);
-    be.rotary_backward(lg.qkv.get() + QW, QKVW, lg.k_rot.get(), KVW, s.pos.get(), N, KVH, HD, s.rope);
+    const RopeParams& rope = s.layer_rope(c, l);
+    be.rotary_backward(lg.qkv.get(), QKVW, lg.q_rot.get(), QW, s.pos.get(), N, H, HD, rope);
+    be.rotary_backward(lg.qkv.get() + QW, QKVW, lg.k_rot.get(), KVW, s.pos.get(), N, KVH, HD, rope);
     be.copy_rows(lg.qkv.get() + QW + KVW, QKVW, nullptr, dv.get(), KVW, nullptr, N, KVW);
     qk_norm_backward(be, m, l, lg.qkv.get(), a.qkv.get(), N);  // to the pre-norm q/k (hook_q/k)
     be.linear_backward(dln.get(), lg.qkv.get(), w.qkv, N, false);

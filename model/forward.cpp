@@ -447,7 +447,7 @@ struct LayerPass {
     patch_here(Hook::V, l, a.qkv.get() + QW + KVW, QKVW, KVW);
     DeviceArray<float> qkn;  // q and k normalized per head (Qwen3), else unused
     be.rotary_qkv_forward(a.q_rot.get(), a.k_rot.get(), a.v.get(), qk_norm_input(be, m, l, a.qkv.get(), N, qkn),
-                          s.pos.get(), N, H, KVH, HD, s.rope);
+                          s.pos.get(), N, H, KVH, HD, s.layer_rope(c, l));
 
     // The attention op writes every element of the pattern (zeros off the visible set): no zeroing.
     AttnParams ap = plain_attention_params(m, s, a, l, segs);
@@ -581,6 +581,16 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   s.rope.n_pos = rope_table_positions(batch);
   s.rope_table = to_device(be, rope_cos_sin_table(inv_freq, s.rope.attn_scale, s.rope.n_pos));
   s.rope.cos_sin = s.rope_table.size() ? s.rope_table.get() : nullptr;
+  if (c.rope_local_theta > 0) {  // the local base (Gemma 3's sliding layers): its own table
+    const std::vector<float> local = c.local_inv_freq();
+    s.inv_freq_local = to_device(be, local);
+    s.rope_local.inv_freq = s.inv_freq_local.get();
+    s.rope_local.rot_dim = c.rotary_dim;
+    s.rope_local.attn_scale = 1.0f;
+    s.rope_local.n_pos = s.rope.n_pos;
+    s.rope_table_local = to_device(be, rope_cos_sin_table(local, 1.0f, s.rope_local.n_pos));
+    s.rope_local.cos_sin = s.rope_table_local.size() ? s.rope_table_local.get() : nullptr;
+  }
   DeviceArray<AttnSegment> dsegs = to_device(be, plain_segments(B, T));
   s.q_width = m.q_width();
   s.kv_width = m.kv_width();
@@ -763,6 +773,9 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
   v.inv_freq = DeviceArray<float>::borrowed(be, inv_freq.get(), inv_freq.size());
   v.rope_table = DeviceArray<float>::borrowed(be, rope_table.get(), rope_table.size());
   v.rope = rope;
+  v.inv_freq_local = DeviceArray<float>::borrowed(be, inv_freq_local.get(), inv_freq_local.size());
+  v.rope_table_local = DeviceArray<float>::borrowed(be, rope_table_local.get(), rope_table_local.size());
+  v.rope_local = rope_local;
   v.checkpointed = checkpointed;
   v.sweep_cache = sweep_cache;
   v.cache_keep = cache_keep;

@@ -63,6 +63,12 @@ struct ForwardState {
   DeviceArray<float> inv_freq;     // [rot_dim/2]
   DeviceArray<float> rope_table;   // [n_pos, rot_dim/2, 2] cos/sin of every position in the batch
   RopeParams rope;
+  // ModelConfig::rope_local_theta: the local base's frequencies, table and parameters (the
+  // layers with ModelConfig::local_rope); empty otherwise.
+  DeviceArray<float> inv_freq_local, rope_table_local;
+  RopeParams rope_local;
+  // The rotary parameters layer l applies (and its backward and every recomputation un-applies).
+  const RopeParams& layer_rope(const ModelConfig& c, int l) const { return c.local_rope(l) ? rope_local : rope; }
   int q_width = 0, kv_width = 0;   // H*HD and KVH*HD: where k and v start in a qkv row
   // ForwardOptions::checkpoint: each layer holds only resid_pre; recompute_layer gives the rest.
   bool checkpointed = false;

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <climits>
+#include <cstdio>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -231,9 +232,9 @@ struct WeightLoader {
       LayerWeights lw;
       lw.ln1 = norm(p.ln1);
       lw.qkv = matrix(p.qkv, p.qkv_bias);
-      if (!p.q_norm.empty()) {
-        lw.q_norm = static_cast<const float*>(fused(p.q_norm, DType::F32));
-        lw.k_norm = static_cast<const float*>(fused(p.k_norm, DType::F32));
+      if (!p.q_norm.empty()) {  // (1 + w) too where the family's norms scale so (Gemma 3)
+        lw.q_norm = norm(p.q_norm.front());
+        lw.k_norm = norm(p.k_norm.front());
       }
       lw.o = matrix(p.o, p.o_bias);
       if (!p.post_attn.empty()) {
@@ -251,32 +252,68 @@ struct WeightLoader {
   }
 };
 
+namespace {
+
+// The checkpoint's layout of the decoder's tensors (Architecture::weight_layouts): the first
+// whose embed_tokens it holds, else the first.
+Architecture::WeightLayout layout_of(const SafeTensors& st, const Architecture& arch) {
+  for (const auto& l : arch.weight_layouts)
+    if (st.has(l.body + "embed_tokens.weight")) return l;
+  return arch.weight_layouts.front();
+}
+
+// A canonical tensor name (model.*, lm_head.weight: expected_tensors) as the checkpoint names it.
+std::string checkpoint_name(const std::string& name, const Architecture::WeightLayout& l) {
+  if (name == "lm_head.weight") return l.lm_head;
+  if (name.compare(0, 6, "model.") == 0) return l.body + name.substr(6);
+  return name;
+}
+
+bool starts_with_any(const std::string& name, const std::vector<std::string>& prefixes) {
+  for (const auto& p : prefixes)
+    if (name.compare(0, p.size(), p) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
 ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const ModelConfig& cfg) {
   SafeTensors st = SafeTensors::open_dir(model_dir);
+  const Architecture& arch = architecture_named(cfg.family);
+  const Architecture::WeightLayout layout = layout_of(st, arch);
   auto expected = expected_tensors(cfg);
   std::set<std::string> wanted;
   for (const auto& e : expected) {
-    wanted.insert(e.name);
-    if (!st.has(e.name))
-      throw Error(model_dir + ": tensor '" + e.name + "' is missing from the checkpoint (" + cfg.architecture +
+    const std::string name = checkpoint_name(e.name, layout);
+    wanted.insert(name);
+    if (!st.has(name))
+      throw Error(model_dir + ": tensor '" + name + "' is missing from the checkpoint (" + cfg.architecture +
                   " with this config.json has it" + other_layout_hint(st, cfg) + ")");
-    const TensorInfo& info = st.get(e.name);
+    const TensorInfo& info = st.get(name);
     if (info.dtype != DType::F32 && info.dtype != DType::BF16 && info.dtype != DType::F16)
-      throw Error(info.file + ": tensor '" + e.name + "' has dtype " + dtype_name(info.dtype) +
+      throw Error(info.file + ": tensor '" + name + "' has dtype " + dtype_name(info.dtype) +
                   "; weights must be F32, BF16 or F16");
     if (info.shape != e.shape)
-      throw Error(info.file + ": tensor '" + e.name + "' has shape " + shape_str(info.shape) +
+      throw Error(info.file + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
                   " but config.json implies " + shape_str(e.shape));
   }
+  size_t ignored = 0;
   for (const auto& name : st.names()) {
     if (wanted.count(name)) continue;
     // Tied checkpoints may still carry lm_head; old exports carry rotary buffers.
-    if (name == "lm_head.weight" && cfg.tie_word_embeddings) continue;
+    if (name == layout.lm_head && cfg.tie_word_embeddings) continue;
     if (name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0) continue;
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    if (starts_with_any(name, arch.ignored_prefixes)) {
+      ++ignored;
+      continue;
+    }
     throw Error(st.get(name).file + ": unexpected tensor '" + name + "' (not part of a " + cfg.architecture +
                 " with this config.json" + unexpected_hint(name, cfg) + ")");
   }
+  if (ignored > 0)
+    std::fprintf(stderr, "%s: %zu tensors of %s are ignored (only the text decoder is loaded)\n", model_dir.c_str(),
+                 ignored, arch.ignored_what.c_str());
   // Say up front when the weights cannot fit, with the sizes, instead of failing part-way.
   size_t need = 0;
   for (const auto& e : expected) {
@@ -293,7 +330,9 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
     throw OutOfMemory(model_dir + ": the weights need " + mib(need) + " MiB on " + be.name() + " but only " +
                       mib(avail) + " MiB are free; " + hint);
   }
-  return WeightLoader::build(be, cfg, [&](const std::string& name, DType dt) { return decode_tensor(st.get(name), dt); });
+  return WeightLoader::build(be, cfg, [&](const std::string& name, DType dt) {
+    return decode_tensor(st.get(checkpoint_name(name, layout)), dt);
+  });
 }
 
 ModelWeights ModelWeights::random(Backend& be, const ModelConfig& cfg, uint32_t seed, float std) {

@@ -124,7 +124,7 @@ std::vector<std::vector<float>> qk_fix_per_prompt(Backend& be, const Model& m, c
     DeviceArray<float> qkn;  // the source's q and k normalized per head (Qwen3)
     be.rotary_qkv_forward(qs.get(), ks.get(), vs.get(), qk_norm_input(be, m, l, source.layers[l].qkv.get(), N, qkn),
                           base.pos.get(), N, H, KVH, HD,
-                          base.rope);
+                          base.layer_rope(c, l));
     QkFixParams p;
     p.q = a.q_rot.get();
     p.k = a.k_rot.get();

@@ -270,7 +270,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
       }
       DeviceArray<float> qkn;  // q and k normalized per head (Qwen3)
       be.rotary_qkv_forward(q.get(), k.get(), v.get(), qk_norm_input(be, m, l, qkv.get(), Rn, qkn), dpos.get(), Rn, H,
-                            KVH, HD, clean.rope);
+                            KVH, HD, clean.layer_rope(c, l));
       AttnParams ap = attention_params(m, T, l);
       ap.q = q.get();
       ap.k = k.get();

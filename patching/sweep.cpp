@@ -150,7 +150,7 @@ class FastSweep {
       be_.rmsnorm_forward(ln_, rstd_.get(), X_.get(), w.ln1, Rl, D_, c_.rms_norm_eps);
       be_.linear_forward(qkv_.get(), ln_, w.qkv, Rl, false);
       be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qk_norm_input(be_, m_, l, qkv_.get(), Rl, qkn_),
-                             d_row_pos.get(), Rl, H_, KVH_, HD_, base_.rope);
+                             d_row_pos.get(), Rl, H_, KVH_, HD_, base_.layer_rope(c_, l));
 
       AttnParams ap = packed_attention(l, bl, nullptr, active * B_);
 
@@ -376,7 +376,7 @@ class FastSweep {
     be_.copy_rows(qkv_.get(), QKVW_, nullptr, bl.qkv.get(), QKVW_, d_src.get(), static_cast<int>(n), QKVW_);
     copy_head_slices(qkv_.get() + col0, src_.layers[lt].qkv.get() + col0, QKVW_, by_head);
     be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qk_norm_input(be_, m_, lt, qkv_.get(), static_cast<int>(n), qkn_),
-                           d_pos.get(), static_cast<int>(n), H_, KVH_, HD_, base_.rope);
+                           d_pos.get(), static_cast<int>(n), H_, KVH_, HD_, base_.layer_rope(c_, lt));
     be_.attention_forward(packed_attention(lt, bl, d_segs.get(), static_cast<int>(segs.size())));
     if (!final) {  // resid_mid, then resid_post, straight into the runs' state rows
       float* post = dst_buf + row0 * D_;

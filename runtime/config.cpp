@@ -49,6 +49,13 @@ std::vector<float> ModelConfig::inv_freq(int seq_len) const {
   return out;
 }
 
+std::vector<float> ModelConfig::local_inv_freq() const {
+  ModelConfig local;  // default rope: no scaling, no LongRoPE factors
+  local.rope_theta = rope_local_theta;
+  local.rotary_dim = rotary_dim;
+  return local.inv_freq(1);
+}
+
 float ModelConfig::rope_attention_scale() const {
   if (rope_scaling.type != "longrope") return 1.0f;
   if (rope_scaling.attention_factor >= 0) return rope_scaling.attention_factor;

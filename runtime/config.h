@@ -38,13 +38,21 @@ struct ModelConfig {
   float partial_rotary_factor = 1.0f;
   int rotary_dim = 0;  // int(head_dim * partial_rotary_factor)
   RopeScaling rope_scaling;
+  // A second rotary base for some layers (Gemma 3: the sliding-window layers rotate with
+  // rope_local_base_freq and no scaling, the others with rope_theta and rope_scaling); 0: one
+  // base for every layer. layer_local_rope [L]: 1 where a layer uses the local base.
+  float rope_local_theta = 0.0f;
+  std::vector<int> layer_local_rope;
+  bool local_rope(int layer) const {
+    return rope_local_theta > 0 && !layer_local_rope.empty() && layer_local_rope[static_cast<size_t>(layer)] != 0;
+  }
   int sliding_window = 0;  // config.json's window (0 = none); layer_window says where it applies
   std::vector<int> layer_window;  // [L]: each layer's sliding window, 0 = full causal attention
   int window(int layer) const { return layer_window.empty() ? sliding_window : layer_window[static_cast<size_t>(layer)]; }
   bool qkv_bias = false;  // q/k/v projections carry a bias (Qwen2; Llama attention_bias)
   bool o_bias = false;    // o_proj carries a bias (Llama attention_bias)
   bool mlp_bias = false;  // gate/up/down carry biases (Llama mlp_bias)
-  bool qk_norm = false;   // per-head RMSNorm of q and k over head_dim before rotary (Qwen3)
+  bool qk_norm = false;   // per-head RMSNorm of q and k over head_dim before rotary (Qwen3, Gemma 3)
   bool mlp_gelu_tanh = false;  // GeGLU: tanh-GELU of the gate instead of SiLU (Gemma 2)
   // Gemma 2: RMSNorms scale by (1 + w) (folded into the weights at load); the embeddings are
   // multiplied by embed_scale (sqrt(hidden_size); 0: none); post_norms: an RMSNorm on the
@@ -79,6 +87,9 @@ struct ModelConfig {
   // (rope_scaling.factor replaces max/orig and rope_scaling.attention_factor the result when
   // given); 1 without scaling. It multiplies cos and sin.
   float rope_attention_scale() const;
+  // The local base's frequencies (rope_local_theta, default rope: no scaling, attention scale 1),
+  // computed as inv_freq computes the unscaled ones.
+  std::vector<float> local_inv_freq() const;
 };
 
 }  // namespace phi3

@@ -32,6 +32,12 @@ class ConfigFields {
   bool present(const std::string& field) const { return obj_.contains(field) && !obj_[field].is_null(); }
   const nlohmann::json& at(const std::string& field) const { return obj_[field]; }
 
+  // The object at `field` (or `obj`, standing for it), its errors naming field.key.
+  ConfigFields sub(const std::string& field) const { return sub_of(obj_[field], field); }
+  ConfigFields sub_of(const nlohmann::json& obj, const std::string& field) const {
+    return ConfigFields(obj, source_, prefix_ + field + ".");
+  }
+
   int64_t integer(const std::string& field) const {
     const nlohmann::json& v = obj_[field];
     if (!(v.is_number_integer() || v.is_number_unsigned()))

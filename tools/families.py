@@ -16,6 +16,7 @@ FAMILIES = {
     "mistral": ("MistralConfig", "MistralForCausalLM", "transformers.models.mistral.modeling_mistral"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "transformers.models.qwen3.modeling_qwen3"),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", "transformers.models.gemma2.modeling_gemma2"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", "transformers.models.gemma3.modeling_gemma3"),
 }
 
 
@@ -127,3 +128,12 @@ def layer_window(model, l):
     if hasattr(at, "sliding_window"):  # Qwen2: per layer (layer_types)
         return at.sliding_window or 0
     return getattr(model.config, "sliding_window", None) or 0
+
+
+def rotary_cos_sin(model, x, pos, l):
+    """(cos, sin) that layer l's attention applies (Gemma 3: one table per layer type, the
+    sliding layers' local base and the full layers' scaled global base)."""
+    re = model.model.rotary_emb
+    if isinstance(getattr(re, "rope_type", None), dict):
+        return re(x, pos, model.config.layer_types[l])
+    return re(x, pos)

@@ -112,6 +112,28 @@ RANDOM_CONFIGS = [
         "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 9500, "min_gap": 1.5,
     },
     {
+        "name": "rand-gemma3-dualrope",
+        "family": "gemma3_text",
+        "covers": ["Gemma3ForCausalLM: Gemma 2's block (RMSNorm by (1 + w), post_attention / pre_feedforward / "
+                   "post_feedforward norms, GeGLU with gelu_pytorch_tanh, embeddings times sqrt(48))",
+                   "per-head q_norm / k_norm by (1 + w) before rotary (weights 1 + 0.2 N(0,1), not 1)",
+                   "two rotary bases: sliding layers rope_local_base_freq 10000 unscaled, full layers "
+                   "rope_theta 1e6 with linear scaling factor 8",
+                   "layer_types sliding, sliding, full, sliding: windows of 8 < T on layers 0, 1, 3",
+                   "query_pre_attn_scalar 24 (not head_dim 16)", "no soft-capping (null)",
+                   "GQA (4 q heads, 2 kv heads)", "tied", "bf16 storage", "4 layers",
+                   "config.json as transformers 5.x writes it (rope_parameters keyed by layer type)"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+                    rope_scaling={"rope_type": "linear", "factor": 8.0}, max_position_embeddings=256,
+                    hidden_activation="gelu_pytorch_tanh", hidden_act="gelu_pytorch_tanh",
+                    query_pre_attn_scalar=24, attn_logit_softcapping=None, final_logit_softcapping=None,
+                    sliding_window=8,
+                    layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+                    attention_bias=False, tie_word_embeddings=True, rms_norm_eps=1e-6),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 9700, "min_gap": 1.5,
+    },
+    {
         "name": "rand-mistral-swa-hd",
         "family": "mistral",
         "covers": ["MistralForCausalLM", "head_dim 16 given in config.json, not hidden_size / heads = 12",
@@ -931,6 +953,15 @@ def load_model(model_dir):
 def rope_info(model, batch):
     re = model.model.rotary_emb
     x = torch.zeros(1, dtype=torch.float32)
+    if isinstance(getattr(re, "rope_type", None), dict):  # Gemma 3: one rotary per layer type
+        info = {}
+        for lt in sorted(re.rope_type):
+            re(x, batch["pos"], lt)
+            info[lt] = {"rope_type": re.rope_type[lt],
+                        "attention_scaling": float(getattr(re, f"{lt}_attention_scaling")),
+                        "rope_theta": model.config.rope_parameters[lt]["rope_theta"],
+                        "inv_freq": [float(v) for v in getattr(re, f"{lt}_inv_freq")]}
+        return info
     re(x, batch["pos"])  # triggers the longrope long/short update exactly as the forward does
     info = {"rope_type": re.rope_type, "attention_scaling": float(re.attention_scaling),
             "inv_freq": [float(v) for v in re.inv_freq]}
@@ -1017,9 +1048,9 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         check(e3 == 0.0, f"{run}: resid_pre[l+1] == resid_post[l]")
         # rotary from HF's apply_rotary_pos_emb on the captured pre-rotary q/k
         bb = clean_b if run == "clean" else corr_b
-        cos, sin = model.model.rotary_emb(acts["hook_resid_pre"][0], bb["pos"])
         er = 0.0
         for l in range(L):
+            cos, sin = families.rotary_cos_sin(model, acts["hook_resid_pre"][0], bb["pos"], l)
             q = acts["attn.hook_q"][l].transpose(1, 2)
             k = acts["attn.hook_k"][l].transpose(1, 2)
             q, k = families.qk_norm(model.model.layers[l], q, k)  # Qwen3: normalized before rotary

@@ -28,6 +28,26 @@ struct Architecture {
   // the fused q|k|v projection and the fused gate|up projection (without ".weight").
   std::vector<std::string> qkv_parts;
   std::vector<std::string> gate_up_parts;
+  // Where the decoder's tensors sit in the checkpoint: the prefix that stands for "model." and
+  // the name of the untied lm_head, per layout; the first layout whose embed_tokens the
+  // checkpoint holds is read (Gemma3ForConditionalGeneration: the older hub layout
+  // language_model.model.* or transformers 5's model.language_model.*).
+  struct WeightLayout {
+    std::string body = "model.";
+    std::string lm_head = "lm_head.weight";
+  };
+  std::vector<WeightLayout> weight_layouts = {WeightLayout{}};
+  // Checkpoint tensors under these prefixes are not the decoder's (a vision tower, a projector):
+  // skipped, with one line on stderr naming `ignored_what`.
+  std::vector<std::string> ignored_prefixes;
+  std::string ignored_what;
+  // The config.json field that holds the decoder's config ("text_config" of a multimodal
+  // config), or "": the top level. Top-level tie_word_embeddings and token ids apply where the
+  // nested config has none.
+  std::string text_config;
+  // Values the family's config class defaults to, used where config.json has no such field
+  // (a sparse text_config names only what differs from them).
+  nlohmann::json config_defaults = nlohmann::json::object();
 };
 
 // The Llama layout of a layer's projections (Qwen2, Llama, Mistral): separate q/k/v, gate/up.

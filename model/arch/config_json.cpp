@@ -18,6 +18,41 @@ namespace phi3 {
 
 using json = nlohmann::json;
 
+namespace {
+
+// Whether v nests containers at most `depth` levels deep (copying a json value recurses: a
+// hostile file could nest deeply enough to overflow the stack).
+bool shallow(const json& v, int depth) {
+  if (!v.is_structured()) return true;
+  if (depth == 0) return false;
+  for (const json& x : v)
+    if (!shallow(x, depth - 1)) return false;
+  return true;
+}
+
+// The decoder's config fields (see parse_config_json).
+json decoder_fields(const json& j, const ConfigFields& top, const Architecture& arch) {
+  const json* src = &j;
+  if (!arch.text_config.empty()) {
+    if (!top.present(arch.text_config)) top.fail(arch.text_config, "missing (required for " + arch.hf_class + ")");
+    src = &top.at(arch.text_config);
+    if (!src->is_object()) top.fail(arch.text_config, "expected an object, got " + describe(*src));
+  }
+  json out = json::object();
+  for (auto it = src->begin(); it != src->end(); ++it) {
+    if (!shallow(it.value(), 32)) top.fail(it.key(), "nests more than 32 levels deep");
+    out[it.key()] = it.value();
+  }
+  if (!arch.text_config.empty())  // the multimodal config's own values, where the text config has none
+    for (const char* k : {"tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"})
+      if (!out.contains(k) && j.contains(k) && shallow(j[k], 2)) out[k] = j[k];
+  for (auto it = arch.config_defaults.begin(); it != arch.config_defaults.end(); ++it)
+    if (!out.contains(it.key())) out[it.key()] = it.value();
+  return out;
+}
+
+}  // namespace
+
 ModelConfig parse_config_json(const std::string& text, const std::string& source) {
   json j;
   try {
@@ -26,11 +61,16 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
     throw Error(source + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + std::string(j.type_name()));
-  ConfigFields f(j, source, "");
+  ConfigFields top(j, source, "");
   ModelConfig c;
 
   // ---- architecture: the family description (model/arch/) reads its own fields below
-  const Architecture& arch = architecture_for(f);
+  const Architecture& arch = architecture_for(top);
+  // The decoder's fields: the top level, or the nested config the family names (text_config),
+  // each completed by the family's class defaults where absent.
+  const bool own_fields = !arch.text_config.empty() || !arch.config_defaults.empty();
+  const json body = own_fields ? decoder_fields(j, top, arch) : json();
+  ConfigFields f(own_fields ? body : j, source, arch.text_config.empty() ? "" : arch.text_config + ".");
   c.architecture = arch.hf_class;
   c.family = arch.model_type;
 

@@ -18,7 +18,7 @@ using nlohmann::json;
 // One Llama-style checkpoint's size (architecture-specific fields come from its family).
 struct Shape {
   const char* name;
-  const char* family;  // qwen2, llama3.1, llama3.2, mistral, mistral-nemo, qwen3, gemma2
+  const char* family;  // qwen2, llama3.1, llama3.2, mistral, mistral-nemo, qwen3, gemma2, gemma3-1b, gemma3
   int hidden, inter, layers, heads, kv_heads, head_dim;  // head_dim 0: hidden / heads, not written
   int vocab;
   bool tied;
@@ -50,6 +50,12 @@ const std::vector<Shape>& shapes() {
       {"gemma-2-2b", "gemma2", 2304, 9216, 26, 8, 4, 256, 256000, true, 8192},
       {"gemma-2-9b", "gemma2", 3584, 14336, 42, 16, 8, 256, 256000, true, 8192},
       {"gemma-2-27b", "gemma2", 4608, 36864, 46, 32, 16, 128, 256000, true, 8192},
+      // Gemma 3: the text decoder (4B / 12B / 27B: text_config of Gemma3ForConditionalGeneration),
+      // written as a Gemma3ForCausalLM
+      {"gemma-3-1b", "gemma3-1b", 1152, 6912, 26, 4, 1, 256, 262144, true, 32768},
+      {"gemma-3-4b", "gemma3", 2560, 10240, 34, 8, 4, 256, 262208, true, 131072},
+      {"gemma-3-12b", "gemma3", 3840, 15360, 48, 16, 8, 256, 262208, true, 131072},
+      {"gemma-3-27b", "gemma3", 5376, 21504, 62, 32, 16, 128, 262208, true, 131072},
   };
   return s;
 }
@@ -85,6 +91,17 @@ json family_fields(const Shape& s) {
             {"query_pre_attn_scalar", s.head_dim == 256 ? 256 : s.hidden / s.heads},
             {"attn_logit_softcapping", 50.0}, {"final_logit_softcapping", 30.0}, {"sliding_window", 4096},
             {"attention_bias", false}};
+  if (f == "gemma3" || f == "gemma3-1b") {  // query_pre_attn_scalar: 256, hidden / heads = 168 on 27B
+    json j = {{"architectures", {"Gemma3ForCausalLM"}}, {"model_type", "gemma3_text"}, {"bos_token_id", 2},
+              {"eos_token_id", 1}, {"pad_token_id", 0}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0},
+              {"rope_local_base_freq", 10000.0}, {"sliding_window_pattern", 6},
+              {"hidden_act", "gelu_pytorch_tanh"}, {"hidden_activation", "gelu_pytorch_tanh"},
+              {"query_pre_attn_scalar", s.head_dim == 256 ? 256 : s.hidden / s.heads},
+              {"attn_logit_softcapping", nullptr}, {"final_logit_softcapping", nullptr},
+              {"sliding_window", f == "gemma3-1b" ? 512 : 1024}, {"attention_bias", false}, {"rope_scaling", nullptr}};
+    if (f == "gemma3") j["rope_scaling"] = {{"factor", 8.0}, {"rope_type", "linear"}};
+    return j;
+  }
   throw Error(std::string("model_shapes: no family ") + s.family);  // not reached: the table names known ones
 }
 

@@ -61,7 +61,8 @@ TEST(Arch, EveryFamilyIsListed) {
   std::vector<std::string> names;
   for (const auto& a : architectures()) names.push_back(a.hf_class);
   EXPECT_THAT(names, ::testing::ElementsAre("Phi3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
-                                            "MistralForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"));
+                                            "MistralForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM",
+                                            "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"));
 }
 
 // Gemma-2-2B's config.json, as published: every Gemma 2 flag from it.
@@ -89,6 +90,170 @@ TEST(Arch, Gemma2FromThePublishedConfig) {
   EXPECT_THROW(parse_config_json(R"({"architectures": ["Gemma2ForCausalLM"], "hidden_size": 64,
     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
     "hidden_activation": "silu"})"), Error);
+}
+
+// google/gemma-3-4b-it's config.json as published: a sparse text_config (what it omits comes
+// from Gemma3TextConfig's defaults: 8 heads, 4 kv heads, head_dim 256, query_pre_attn_scalar
+// 256, vocab 262208, rope_theta 1e6, rope_local_base_freq 10000, sliding_window_pattern 6).
+json gemma3_4b_it() {
+  return json::parse(R"({
+    "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
+    "eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02,
+    "mm_tokens_per_image": 256, "model_type": "gemma3",
+    "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                    "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024},
+    "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+    "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                      "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+                      "patch_size": 14, "vision_use_head": false}})");
+}
+
+// google/gemma-3-1b-it's config.json as published (Gemma3ForCausalLM, no rope scaling).
+json gemma3_1b_it() {
+  return json::parse(R"({
+    "architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "attn_logit_softcapping": null, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106],
+    "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 1152, "initializer_range": 0.02, "intermediate_size": 6912, "max_position_embeddings": 32768,
+    "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1,
+    "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+    "rope_scaling": null, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+    "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0", "use_cache": true, "vocab_size": 262144})");
+}
+
+// inv_freq[i] of base theta over head_dim 256, as torch computes it (float32 power).
+float gemma3_freq(double theta, int i) {
+  return 1.0f / static_cast<float>(std::pow(theta, static_cast<double>(static_cast<float>(2 * i) / 256.0f)));
+}
+
+TEST(Arch, Gemma3MultimodalFromThePublishedConfig) {
+  const ModelConfig c = parse(gemma3_4b_it());
+  EXPECT_EQ(c.family, "gemma3");
+  EXPECT_EQ(c.architecture, "Gemma3ForConditionalGeneration");
+  EXPECT_EQ(c.hidden_size, 2560);
+  EXPECT_EQ(c.intermediate_size, 10240);
+  EXPECT_EQ(c.num_hidden_layers, 34);
+  EXPECT_EQ(c.num_attention_heads, 8);
+  EXPECT_EQ(c.num_key_value_heads, 4);
+  EXPECT_EQ(c.head_dim, 256);
+  EXPECT_EQ(c.vocab_size, 262208);
+  EXPECT_EQ(c.eos_token_id, 1);  // the top level's [1, 106]
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_TRUE(c.qk_norm && c.norm_offset && c.post_norms && c.mlp_gelu_tanh);
+  EXPECT_FALSE(c.qkv_bias || c.o_bias || c.mlp_bias);
+  EXPECT_FLOAT_EQ(c.embed_scale, static_cast<float>(std::sqrt(2560.0)));
+  EXPECT_FLOAT_EQ(c.attn_scale, 0.0625f);  // query_pre_attn_scalar 256
+  EXPECT_EQ(c.attn_softcap, 0.0f);
+  EXPECT_EQ(c.final_softcap, 0.0f);
+  EXPECT_FLOAT_EQ(c.rms_norm_eps, 1e-6f);
+  ASSERT_EQ(c.layer_window.size(), 34u);
+  for (int l = 0; l < 34; ++l) {
+    const bool full = (l + 1) % 6 == 0;  // layers 5, 11, 17, 23, 29
+    EXPECT_EQ(c.window(l), full ? 0 : 1024) << l;
+    EXPECT_EQ(c.local_rope(l), !full) << l;
+  }
+  EXPECT_FLOAT_EQ(c.rope_theta, 1e6f);
+  EXPECT_FLOAT_EQ(c.rope_local_theta, 1e4f);
+  EXPECT_EQ(c.rope_scaling.type, "linear");
+  EXPECT_FLOAT_EQ(c.rope_scaling.factor, 8.0f);
+  const std::vector<float> global = c.inv_freq(100), local = c.local_inv_freq();
+  ASSERT_EQ(global.size(), 128u);
+  ASSERT_EQ(local.size(), 128u);
+  for (int i : {0, 1, 64, 127}) {
+    EXPECT_FLOAT_EQ(global[i], gemma3_freq(1e6, i) / 8.0f) << i;
+    EXPECT_FLOAT_EQ(local[i], gemma3_freq(1e4, i)) << i;
+  }
+  const LayerPlan p = layer_plan(c, 5);  // canonical names; the loader maps them (weight_layouts)
+  ASSERT_EQ(p.q_norm.size(), 1u);
+  EXPECT_EQ(p.q_norm[0].name, "model.layers.5.self_attn.q_norm.weight");
+  EXPECT_EQ(p.q_norm[0].shape, (std::vector<int64_t>{256}));
+  ASSERT_EQ(p.post_attn.size(), 1u);
+  EXPECT_EQ(p.ln2.name, "model.layers.5.pre_feedforward_layernorm.weight");
+  EXPECT_EQ(p.qkv[0].shape, (std::vector<int64_t>{8 * 256, 2560}));
+  const Architecture& a = architecture_named("gemma3");
+  ASSERT_EQ(a.weight_layouts.size(), 2u);
+  EXPECT_EQ(a.weight_layouts[0].body, "language_model.model.");
+  EXPECT_EQ(a.weight_layouts[1].body, "model.language_model.");
+}
+
+TEST(Arch, Gemma3TextFromThePublishedConfig) {
+  const ModelConfig c = parse(gemma3_1b_it());
+  EXPECT_EQ(c.family, "gemma3_text");
+  EXPECT_EQ(c.architecture, "Gemma3ForCausalLM");
+  EXPECT_EQ(c.hidden_size, 1152);
+  EXPECT_EQ(c.num_hidden_layers, 26);
+  EXPECT_EQ(c.num_attention_heads, 4);
+  EXPECT_EQ(c.num_key_value_heads, 1);
+  EXPECT_EQ(c.head_dim, 256);
+  EXPECT_EQ(c.intermediate_size, 6912);
+  EXPECT_EQ(c.vocab_size, 262144);
+  EXPECT_EQ(c.pad_token_id, 0);
+  EXPECT_TRUE(c.tie_word_embeddings);  // Gemma3TextConfig's default, absent from the file
+  EXPECT_EQ(c.rope_scaling.type, "");
+  EXPECT_FLOAT_EQ(c.rope_theta, 1e6f);
+  EXPECT_FLOAT_EQ(c.rope_local_theta, 1e4f);
+  EXPECT_EQ(c.attn_softcap, 0.0f);
+  EXPECT_EQ(c.final_softcap, 0.0f);
+  for (int l = 0; l < 26; ++l) EXPECT_EQ(c.window(l), (l + 1) % 6 == 0 ? 0 : 512) << l;
+  EXPECT_EQ(c.inv_freq(10)[3], gemma3_freq(1e6, 3));  // unscaled
+  // layer_types wins over sliding_window_pattern; soft-caps are honoured when set.
+  json j = gemma3_1b_it();
+  j["num_hidden_layers"] = 3;
+  j["layer_types"] = {"full_attention", "sliding_attention", "full_attention"};
+  j["attn_logit_softcapping"] = 50.0;
+  j["final_logit_softcapping"] = 30.0;
+  const ModelConfig t = parse(j);
+  EXPECT_EQ(t.window(0), 0);
+  EXPECT_EQ(t.window(1), 512);
+  EXPECT_FALSE(t.local_rope(0));
+  EXPECT_TRUE(t.local_rope(1));
+  EXPECT_FLOAT_EQ(t.attn_softcap, 50.0f);
+  EXPECT_FLOAT_EQ(t.final_softcap, 30.0f);
+}
+
+// transformers 5 saves the rotary parameters keyed by layer type.
+TEST(Arch, Gemma3RopeParametersByLayerType) {
+  json j = gemma3_1b_it();
+  j.erase("rope_scaling");
+  j.erase("rope_theta");
+  j.erase("rope_local_base_freq");
+  j["rope_parameters"] = {{"full_attention", {{"rope_type", "linear"}, {"factor", 8.0}, {"rope_theta", 500000.0}}},
+                          {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 20000.0}}}};
+  const ModelConfig c = parse(j);
+  EXPECT_FLOAT_EQ(c.rope_theta, 5e5f);
+  EXPECT_FLOAT_EQ(c.rope_local_theta, 2e4f);
+  EXPECT_EQ(c.rope_scaling.type, "linear");
+  EXPECT_FLOAT_EQ(c.rope_scaling.factor, 8.0f);
+  j["rope_parameters"]["sliding_attention"]["rope_type"] = "linear";
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'rope_parameters.sliding_attention.rope_type'"));
+  j["rope_parameters"]["sliding_attention"]["rope_type"] = "default";
+  j["rope_parameters"]["full_attention"]["rope_type"] = "yarn";
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'rope_parameters.full_attention.rope_type'"));
+}
+
+TEST(Arch, Gemma3Refusals) {
+  json j = gemma3_4b_it();
+  j.erase("text_config");
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'text_config': missing"));
+  j = gemma3_4b_it();
+  j["text_config"]["use_bidirectional_attention"] = true;
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'text_config.use_bidirectional_attention'"));
+  j = gemma3_1b_it();
+  j["attention_bias"] = true;
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'attention_bias'"));
+  j = gemma3_1b_it();
+  j["hidden_activation"] = "silu";
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'hidden_activation'"));
+  j = gemma3_1b_it();
+  j["sliding_window"] = 0;
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'sliding_window'"));
+  // The decoder's fields are copied (defaults added): a hostile nesting is refused, not recursed.
+  json deep = json::array();
+  for (int i = 0; i < 40; ++i) deep = json::array({deep});
+  j = gemma3_4b_it();
+  j["text_config"]["junk"] = deep;
+  EXPECT_THAT(error_of([&] { parse(j); }), HasSubstr("'junk': nests more than 32 levels deep"));
 }
 
 // Qwen3-0.6B's config.json, as published: head_dim 128 while hidden_size / heads = 64.

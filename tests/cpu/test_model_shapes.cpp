@@ -36,6 +36,10 @@ const std::map<std::string, Published> kPublished = {
     {"qwen3-14b", {"Qwen3ForCausalLM", 14.8e9}},    {"qwen3-32b", {"Qwen3ForCausalLM", 32.8e9}},
     {"gemma-2-2b", {"Gemma2ForCausalLM", 2.61e9}},  {"gemma-2-9b", {"Gemma2ForCausalLM", 9.24e9}},
     {"gemma-2-27b", {"Gemma2ForCausalLM", 27.2e9}},
+    // Gemma 3: the text decoder alone (4B / 12B / 27B: the cards' 4.3 / 12.2 / 27.4 B less the
+    // 0.42 B SigLIP vision encoder and projector, which the engine does not load).
+    {"gemma-3-1b", {"Gemma3ForCausalLM", 1.0e9}},   {"gemma-3-4b", {"Gemma3ForCausalLM", 3.88e9}},
+    {"gemma-3-12b", {"Gemma3ForCausalLM", 11.77e9}}, {"gemma-3-27b", {"Gemma3ForCausalLM", 26.98e9}},
 };
 
 TEST(ModelShapes, EveryShapeHasItsPublishedSize) {
