@@ -13,11 +13,12 @@ Architecture llama_architecture();
 Architecture mistral_architecture();
 Architecture qwen3_architecture();
 Architecture gemma2_architecture();
+Architecture gpt2_architecture();
 
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> all = {phi3_architecture(), qwen2_architecture(), llama_architecture(),
                                                 mistral_architecture(), qwen3_architecture(),
-                                                gemma2_architecture()};
+                                                gemma2_architecture(), gpt2_architecture()};
   return all;
 }
 
