@@ -203,6 +203,12 @@ Under mpirun the grid's circuits are divided across the ranks.
   --out DIR          output directory [out-circuit]: edges.csv, circuit.json, faithfulness.svg,
                      circuit.svg, report.html
   --force            overwrite a circuit.json already in --out
+  --export mib       also write the MIB circuit-localization submission layout:
+                     DIR/mib/<task>_<model>/importances.json (EAP-IG's graph JSON: every edge's
+                     score, the reported circuit's edges and nodes in_graph); MHA models with
+                     pre-norms only (docs/circuits.md)
+  --mib-task NAME    the task in that folder name [the pairs file's name, without .json]
+  --mib-model NAME   the model in that folder name [the --model directory's name]
   --no-bos           do not prepend BOS (by default: where the tokenizer asks for one)
   --bos              prepend the tokenizer's BOS token even where it asks for none
   --answer-first-token  an answer of more than one token uses its first piece
@@ -277,7 +283,7 @@ const std::vector<CommandSpec>& table() {
       {"tokenize", {"model"}, {"no-bos", "bos", "help"}, kTokenizeUsage},
       {"circuit",
        {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out", "select",
-        "mem-budget", "batch", "metric"},
+        "mem-budget", "batch", "metric", "export", "mib-task", "mib-model"},
        {"fp32", "force", "no-bos", "bos", "help", "answer-first-token", "no-mix"},
        kCircuitUsage},
       {"verify", {"reference", "device"}, {"fp32", "naive", "no-patching", "verbose", "help"}, kVerifyUsage},
