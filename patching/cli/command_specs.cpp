@@ -261,7 +261,8 @@ usage: phi3patch make-random --out DIR [OPTIONS]
   --like SHAPE      the published config.json of: phi-3-mini | phi-3-mini-128k |
                     phi-3-medium | phi-4-mini | tiny | qwen2.5-{0.5b,1.5b,3b,7b,14b,32b,72b} |
                     llama-3.2-{1b,3b} | llama-3.1-{8b,70b} | mistral-7b | mistral-nemo-12b |
-                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b}; tiny is a 4-layer
+                    qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b} |
+                    gpt2 | gpt2-{medium,large,xl}; tiny is a 4-layer
                     Phi-3 of width 64 (under 1 MiB), a real shape writes gigabytes
                     (phi-3-mini: 7.6 GB) [tiny]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]

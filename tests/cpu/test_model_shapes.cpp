@@ -36,6 +36,9 @@ const std::map<std::string, Published> kPublished = {
     {"qwen3-14b", {"Qwen3ForCausalLM", 14.8e9}},    {"qwen3-32b", {"Qwen3ForCausalLM", 32.8e9}},
     {"gemma-2-2b", {"Gemma2ForCausalLM", 2.61e9}},  {"gemma-2-9b", {"Gemma2ForCausalLM", 9.24e9}},
     {"gemma-2-27b", {"Gemma2ForCausalLM", 27.2e9}},
+    // GPT-2: 124 M, 355 M, 774 M, 1.5 B (1,557,611,200) as the model cards and the GPT-2 paper's code give them.
+    {"gpt2", {"GPT2LMHeadModel", 124.4e6}},        {"gpt2-medium", {"GPT2LMHeadModel", 354.8e6}},
+    {"gpt2-large", {"GPT2LMHeadModel", 774.0e6}},  {"gpt2-xl", {"GPT2LMHeadModel", 1557.6e6}},
 };
 
 TEST(ModelShapes, EveryShapeHasItsPublishedSize) {
