@@ -158,7 +158,9 @@ TEST(DidYouMean, CliMessages) {
             "--like: unknown shape 'qwen2.5-7'; did you mean qwen2.5-7b?" + shapes);
   EXPECT_EQ(cli_error("bench --predict h100 --like llama-3-8b"),
             "--like: unknown shape 'llama-3-8b'; did you mean llama-3.1-8b?" + shapes);
-  EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like gpt-2"), "--like: unknown shape 'gpt-2'" + shapes);
+  EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like gpt-2"),
+            "--like: unknown shape 'gpt-2'; did you mean gpt2?" + shapes);
+  EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like bloom"), "--like: unknown shape 'bloom'" + shapes);
   EXPECT_EQ(cli_error("bench --predict h10"), "--predict: expected h100 or h200, got 'h10'; did you mean h100?");
   EXPECT_EQ(cli_error("make-random --out /tmp/never-written --dtype bf61"),
             "--dtype: expected bf16 or f32, got 'bf61'; did you mean bf16?");
