@@ -17,6 +17,13 @@ PHI3_HD float rmsnorm_dx(float x, float w, float dy, float rstd, float dot, int 
   return rstd * (w * dy - x * rstd * rstd * dot / static_cast<float>(D));
 }
 
+// ---- LayerNorm (center): y = (x - mu) * rstd * w + b, rstd = (mean((x - mu)^2) + eps)^-1/2 --
+// With xc = x - mu: dx_i = rstd * (w_i dy_i - sum_g / D - xc_i rstd^2 dot / D),
+// sum_g = sum_j w_j dy_j, dot = sum_j w_j dy_j xc_j.
+PHI3_HD float layernorm_dx(float xc, float w, float dy, float rstd, float sum_g, float dot, int D) {
+  return rstd * (w * dy - sum_g / static_cast<float>(D) - xc * rstd * rstd * dot / static_cast<float>(D));
+}
+
 // ---- SiLU / SwiGLU: out = silu(g) * u ------------------------------------------------
 PHI3_HD float sigmoidf_(float g) { return 1.0f / (1.0f + expf(-g)); }
 PHI3_HD float silu(float g) { return g * sigmoidf_(g); }

@@ -20,8 +20,9 @@ namespace phi3 {
 using Stream = void*;
 
 // The activation of the gated MLP's gate: SwiGLU (Phi-3, Llama, Qwen, Mistral) or GeGLU with
-// the tanh-approximated GELU (Gemma 2, HF gelu_pytorch_tanh).
-enum class MlpAct : int { Silu = 0, GeluTanh = 1 };
+// the tanh-approximated GELU (Gemma 2, HF gelu_pytorch_tanh); GeluTanhNoGate: the non-gated MLP
+// (GPT-2: c_fc, gelu_new, c_proj): out = gelu_tanh(gu), gu and dgu [N, F] (no up half).
+enum class MlpAct : int { Silu = 0, GeluTanh = 1, GeluTanhNoGate = 2 };
 
 // An activation that feeds a GEMM, as the op producing it writes it: fp32 values (f32) and/or
 // the same values rounded to bf16 (bf16, round-to-nearest-even: runtime/dtype.h's
@@ -211,17 +212,21 @@ struct NonfiniteBatch {
   void softcap_forward(float* x, int64_t n, float cap, Stream stream);                    \
   /* dx *= 1 - (y / c)^2, y the capped values (the forward's output), in place */         \
   void softcap_backward(float* dx, const float* y, int64_t n, float cap, Stream stream);  \
-  /* out = x * rstd * w, rstd = 1/sqrt(mean(x^2)+eps); saves rstd [N] for backward */     \
+  /* out = x * rstd * w, rstd = 1/sqrt(mean(x^2)+eps); saves rstd [N] for backward.      \
+     center (LayerNorm, GPT-2): x - mean(x) in place of x (rstd from the centred          \
+     variance), then + bias [D] when bias is given (a bias needs center) */               \
   void rmsnorm_forward(GemmOut out /*[N,D]*/, float* rstd /*[N]*/, const float* x,        \
-                       const float* w /*[D]*/, int N, int D, float eps, Stream stream);   \
+                       const float* w /*[D]*/, int N, int D, float eps, Stream stream,    \
+                       bool center = false, const float* bias = nullptr);                 \
   /* sum = a + b (sum may alias a or b), then rmsnorm_forward of sum */                    \
   void add_rmsnorm_forward(float* sum /*[N,D]*/, GemmOut out /*[N,D]*/, float* rstd,      \
                            const float* a, const float* b, const float* w /*[D]*/, int N, \
-                           int D, float eps, Stream stream);                              \
-  /* dx += d(out)/dx^T dout */                                                            \
+                           int D, float eps, Stream stream, bool center = false,          \
+                           const float* bias = nullptr);                                  \
+  /* dx += d(out)/dx^T dout (center: the LayerNorm's, its mean recomputed from x) */      \
   void rmsnorm_backward(float* dx /*[N,D] +=*/, const float* dout /*[N,D]*/,              \
                         const float* x, const float* w, const float* rstd /*[N]*/, int N, \
-                        int D, Stream stream);                                            \
+                        int D, Stream stream, bool center = false);                       \
   /* y = x W^T (accumulate ? y += x W^T), W [out,in] */                                   \
   void linear_forward(float* y /*[N,out]*/, GemmIn x /*[N,in]*/, const Weight& W, int N,  \
                       bool accumulate, Stream stream);                                    \
@@ -243,7 +248,8 @@ struct NonfiniteBatch {
                           const RopeParams& rope, Stream stream);                         \
   void attention_forward(const AttnParams& p, Stream stream);                             \
   void attention_backward(const AttnBackwardParams& p, Stream stream);                    \
-  /* out = act(gu[:, :F]) * gu[:, F:], act = silu (SwiGLU) or tanh-GELU (GeGLU) */        \
+  /* out = act(gu[:, :F]) * gu[:, F:], act = silu (SwiGLU) or tanh-GELU (GeGLU);          \
+     GeluTanhNoGate: out = gelu_tanh(gu), gu [N,F] (dgu [N,F]) */                          \
   void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, int F,    \
                       Stream stream, MlpAct act = MlpAct::Silu);                          \
   void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,                \

@@ -101,13 +101,14 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
 
   DeviceArray<float> dresid(be, size_t(N) * D);
   be.zero(dresid.get(), dresid.size() * sizeof(float));
-  be.rmsnorm_backward(dresid.get(), dln_f.get(), s.resid_final.get(), m.w.final_norm, s.rstd_f.get(), N, D);
+  be.rmsnorm_backward(dresid.get(), dln_f.get(), s.resid_final.get(), m.w.final_norm, s.rstd_f.get(), N, D,
+                      c.norm_layer);
 
   std::vector<AttnSegment> segs(B);
   for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
   DeviceArray<AttnSegment> dsegs = to_device(be, segs);
 
-  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * 2 * F), dln(be, size_t(N) * D);
+  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * m.gate_up_width()), dln(be, size_t(N) * D);
   DeviceArray<float> dv(be, size_t(N) * KVW);
   DeviceArray<float> draw;  // post_norms: d of o_proj's / down_proj's output (before its norm)
   if (c.post_norms) draw = DeviceArray<float>(be, size_t(N) * D);
@@ -180,7 +181,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
     lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_mid.get(), dpost, size_t(N) * D * sizeof(float));
-    be.rmsnorm_backward(lg.resid_mid.get(), dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D);
+    be.rmsnorm_backward(lg.resid_mid.get(), dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D, c.norm_layer);
 
     // Attention: resid_mid = resid_pre + o(attn(rotary(qkv(rmsnorm(resid_pre)))))
     lg.z = DeviceArray<float>(be, size_t(N) * QW);
@@ -210,7 +211,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     be.linear_backward(dln.get(), lg.qkv.get(), w.qkv, N, false);
     lg.resid_pre = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_pre.get(), lg.resid_mid.get(), size_t(N) * D * sizeof(float));
-    be.rmsnorm_backward(lg.resid_pre.get(), dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D);
+    be.rmsnorm_backward(lg.resid_pre.get(), dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D, c.norm_layer);
     layer_done(l, a);
   }
   return g;

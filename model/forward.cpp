@@ -31,7 +31,7 @@ void plan_layer_internals(ArenaPlan& p, const Model& m, size_t N, int B, int T, 
   p.add<float>(N * D).add<float>(N * D);                                  // attn_out, resid_mid
   gemm_in(N * D);                                                         // ln2
   p.add<float>(N);                                                        // rstd2
-  p.add<float>(N * 2 * F);                                                // gate_up
+  p.add<float>(N * m.gate_up_width());                                    // gate_up
   gemm_in(N * F);                                                         // act
   if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
   p.add<float>(N * D);                                                    // mlp_out
@@ -77,7 +77,7 @@ LayerGemmIns take_layer_internals(Arena& A, const Model& m, LayerActs& a, size_t
   a.resid_mid = A.take<float>(N * D);
   g.ln2 = A.take_gemm_in(g16, a.ln2, a.ln2_16, N * D);
   a.rstd2 = A.take<float>(N);
-  a.gate_up = A.take<float>(N * 2 * F);
+  a.gate_up = A.take<float>(N * m.gate_up_width());
   g.act = A.take_gemm_in(g16, a.act, a.act16, N * F);
   if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
     a.act = A.take<float>(N * F);
@@ -405,6 +405,7 @@ struct NextLayer {
   GemmOut ln;
   float* rstd;
   const float* w;
+  const float* b;  // the norm's bias (LayerNorm), else null
   bool last;  // the final norm
 };
 
@@ -440,7 +441,8 @@ struct LayerPass {
       patch_here(Hook::ResidPre, l, a.resid_pre.get(), D, D);
       ln1_done = false;
     }
-    if (!ln1_done) be.rmsnorm_forward(ln1, a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps);
+    if (!ln1_done)
+      be.rmsnorm_forward(ln1, a.rstd1.get(), a.resid_pre.get(), w.ln1, N, D, c.rms_norm_eps, c.norm_layer, w.ln1_b);
     be.linear_forward(a.qkv.get(), ln1, w.qkv, N, false);
     patch_here(Hook::Q, l, a.qkv.get(), QKVW, QW);
     patch_here(Hook::K, l, a.qkv.get() + QW, QKVW, KVW);
@@ -491,10 +493,10 @@ struct LayerPass {
     if (patched_at(Hook::ResidMid, l)) {
       be.add(a.resid_mid.get(), a.resid_pre.get(), a.attn_out.get(), int64_t(N) * D);
       patch_here(Hook::ResidMid, l, a.resid_mid.get(), D, D);
-      be.rmsnorm_forward(ln2, a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps);
+      be.rmsnorm_forward(ln2, a.rstd2.get(), a.resid_mid.get(), w.ln2, N, D, c.rms_norm_eps, c.norm_layer, w.ln2_b);
     } else {
       be.add_rmsnorm_forward(a.resid_mid.get(), ln2, a.rstd2.get(), a.resid_pre.get(), a.attn_out.get(), w.ln2, N, D,
-                             c.rms_norm_eps);
+                             c.rms_norm_eps, c.norm_layer, w.ln2_b);
     }
 
     be.linear_forward(a.gate_up.get(), ln2, w.gate_up, N, false);
@@ -518,11 +520,12 @@ struct LayerPass {
     if (patched_at(Hook::ResidPost, l)) {
       be.add(next->resid, a.resid_mid.get(), a.mlp_out.get(), int64_t(N) * D);
       patch_here(Hook::ResidPost, l, next->resid, D, D);
-      if (next->last) be.rmsnorm_forward(next->ln, next->rstd, next->resid, next->w, N, D, c.rms_norm_eps);
+      if (next->last)
+        be.rmsnorm_forward(next->ln, next->rstd, next->resid, next->w, N, D, c.rms_norm_eps, c.norm_layer, next->b);
       return false;
     }
     be.add_rmsnorm_forward(next->resid, next->ln, next->rstd, a.resid_mid.get(), a.mlp_out.get(), next->w, N, D,
-                           c.rms_norm_eps);
+                           c.rms_norm_eps, c.norm_layer, next->b);
     return true;
   }
 };
@@ -542,8 +545,12 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   const int N = B * T;
   for (int32_t t : batch.tokens)
     if (t < 0 || t >= V) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(V) + ")");
-  for (int32_t p : batch.pos)
+  for (int32_t p : batch.pos) {
     if (p < 0) throw Error("negative position " + std::to_string(p) + " in the batch");
+    if (c.pos_embed && p >= c.max_position_embeddings)
+      throw Error("position " + std::to_string(p) + " is past the model's learned position embeddings (" +
+                  std::to_string(c.max_position_embeddings) + ", n_positions / max_position_embeddings in config.json)");
+  }
   if (opt.patch) {
     PHI3_CHECK(opt.source && opt.source->B == B && opt.source->T == T, "forward: patch source has another batch shape");
     PHI3_CHECK(opt.patch->layer >= 0 && opt.patch->layer < L, "forward: patch layer out of range");
@@ -620,11 +627,17 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   s.rstd_f = A.take<float>(N);
   s.logits = A.take<float>(size_t(N) * V);
 
-  if (opt.input_embeddings)
+  if (opt.input_embeddings) {
     be.copy(s.layers[0].resid_pre.get(), opt.input_embeddings, size_t(N) * D * sizeof(float));
-  else
+  } else {
     be.embedding_forward(s.layers[0].resid_pre.get(), s.tokens.get(), m.w.embed, N,
                          c.embed_scale > 0 ? c.embed_scale : 1.0f);
+    if (c.pos_embed) {  // + the learned position embedding of each token's position (pad rows: 0)
+      DeviceArray<float> pe(be, size_t(N) * D);
+      be.embedding_forward(pe.get(), s.pos.get(), m.w.pos_embed, N);
+      be.add(s.layers[0].resid_pre.get(), s.layers[0].resid_pre.get(), pe.get(), int64_t(N) * D);
+    }
+  }
   const LayerPass pass{be, m, s, opt, dsegs.get()};
   bool ln1_done = false;  // layer l's ln1 already written by the previous layer's fused add
   for (int l = 0; l < L; ++l) {
@@ -633,7 +646,8 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
     const bool last = l + 1 == L;
     const NextLayer next{last ? s.resid_final.get() : s.layers[l + 1].resid_pre.get(), last ? ln_f : gi[l + 1].ln1,
                          last ? s.rstd_f.get() : (opt.checkpoint ? scratch.rstd1.get() : s.layers[l + 1].rstd1.get()),
-                         last ? m.w.final_norm : m.w.layers[l + 1].ln1, last};
+                         last ? m.w.final_norm : m.w.layers[l + 1].ln1,
+                         last ? m.w.final_norm_b : m.w.layers[l + 1].ln1_b, last};
     ln1_done = pass.run(l, a, gi[l].ln1, gi[l].ln2, gi[l].act, ln1_done, &next);
   }
   be.linear_forward(s.logits.get(), ln_f, m.w.lm_head, N, false);

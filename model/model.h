@@ -18,10 +18,15 @@ struct Model {
   int qkv_width() const { return (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim; }
   int q_width() const { return cfg.num_attention_heads * cfg.head_dim; }
   int kv_width() const { return cfg.num_key_value_heads * cfg.head_dim; }
+  // The MLP's first projection's width: gate|up (2F), or F without a gate (GPT-2's c_fc).
+  int gate_up_width() const { return cfg.mlp_gated ? 2 * cfg.intermediate_size : cfg.intermediate_size; }
 };
 
 // The gated MLP's activation the config asks for (SwiGLU, or GeGLU for Gemma 2).
-inline MlpAct mlp_act(const ModelConfig& c) { return c.mlp_gelu_tanh ? MlpAct::GeluTanh : MlpAct::Silu; }
+inline MlpAct mlp_act(const ModelConfig& c) {
+  if (!c.mlp_gated) return MlpAct::GeluTanhNoGate;
+  return c.mlp_gelu_tanh ? MlpAct::GeluTanh : MlpAct::Silu;
+}
 
 // Loads config.json, the tokenizer and the weights of `dir` onto `be`. Checks that the
 // tokenizer and config agree (ids inside vocab_size). The same as load_model_meta, then

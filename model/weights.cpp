@@ -53,6 +53,15 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// A [rows, cols] matrix of elements `es` bytes wide, transposed to [cols, rows].
+std::vector<uint8_t> transpose_bytes(const std::vector<uint8_t>& v, int64_t rows, int64_t cols, size_t es) {
+  std::vector<uint8_t> out(v.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      std::memcpy(out.data() + (size_t(c) * rows + r) * es, v.data() + (size_t(r) * cols + c) * es, es);
+  return out;
+}
+
 // Why a tensor may be unexpected: another family's layout, or a bias the config turns off.
 std::string unexpected_hint(const std::string& name, const ModelConfig& c) {
   if (ends_with(name, ".bias"))
@@ -79,6 +88,7 @@ std::string other_layout_hint(const SafeTensors& st, const ModelConfig& c) {
 
 LayerPlan layer_plan(const ModelConfig& c, int l) {
   const Architecture& arch = architecture_named(c.family);
+  if (arch.layer_plan) return arch.layer_plan(c, l);
   const int64_t D = c.hidden_size, F = c.intermediate_size;
   const int64_t HD = c.head_dim, H = c.num_attention_heads, KVH = c.num_key_value_heads;
   const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -116,17 +126,20 @@ LayerPlan layer_plan(const ModelConfig& c, int l) {
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
   const int64_t D = c.hidden_size, V = c.vocab_size;
   std::vector<ExpectedTensor> t;
-  t.push_back({"model.embed_tokens.weight", {V, D}});
+  const Architecture& arch = architecture_named(c.family);
+  t.push_back({arch.embed_name, {V, D}});
+  if (c.pos_embed) t.push_back({arch.pos_embed_name, {c.max_position_embeddings, D}});
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerPlan lp = layer_plan(c, l);
     t.push_back(lp.ln1);
-    for (const auto* group : {&lp.qkv, &lp.qkv_bias, &lp.q_norm, &lp.k_norm, &lp.o, &lp.o_bias, &lp.post_attn})
+    for (const auto* group : {&lp.ln1_bias, &lp.qkv, &lp.qkv_bias, &lp.q_norm, &lp.k_norm, &lp.o, &lp.o_bias, &lp.post_attn})
       t.insert(t.end(), group->begin(), group->end());
     t.push_back(lp.ln2);
-    for (const auto* group : {&lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias, &lp.post_mlp})
+    for (const auto* group : {&lp.ln2_bias, &lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias, &lp.post_mlp})
       t.insert(t.end(), group->begin(), group->end());
   }
-  t.push_back({"model.norm.weight", {D}});
+  t.push_back({arch.final_norm_name, {D}});
+  if (c.norm_layer) t.push_back({arch.final_norm_bias_name, {D}});
   if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {V, D}});
   return t;
 }
@@ -201,6 +214,7 @@ struct WeightLoader {
       for (const auto& e : parts) {
         std::vector<uint8_t> v = get(e.name, t);
         if (v.empty()) return w.reserve(be, size_t(n) * dtype_size(t));
+        if (e.transposed) v = transpose_bytes(v, e.shape[0], e.shape[1], dtype_size(t));
         all.insert(all.end(), v.begin(), v.end());
       }
       return w.keep(be, all);
@@ -208,8 +222,8 @@ struct WeightLoader {
     auto matrix = [&](const std::vector<ExpectedTensor>& parts, const std::vector<ExpectedTensor>& bias) {
       Weight m;
       m.dtype = dt;
-      m.cols = parts.front().shape[1];
-      for (const auto& e : parts) m.rows += e.shape[0];
+      m.cols = parts.front().shape[parts.front().transposed ? 0 : 1];
+      for (const auto& e : parts) m.rows += e.shape[e.transposed ? 1 : 0];
       m.data = fused(parts, dt);
       if (!bias.empty()) m.bias = static_cast<const float*>(fused(bias, DType::F32));
       return m;
@@ -226,11 +240,15 @@ struct WeightLoader {
       return static_cast<const float*>(w.keep(be, v));
     };
     const int64_t D = c.hidden_size, V = c.vocab_size;
-    w.embed = matrix({{"model.embed_tokens.weight", {V, D}}}, {});
+    const Architecture& arch = architecture_named(c.family);
+    w.embed = matrix({{arch.embed_name, {V, D}}}, {});
+    if (c.pos_embed) w.pos_embed = matrix({{arch.pos_embed_name, {c.max_position_embeddings, D}}}, {});
+    auto bias_vec = [&](const std::vector<ExpectedTensor>& b) { return b.empty() ? nullptr : vec(b.front()); };
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const LayerPlan p = layer_plan(c, l);
       LayerWeights lw;
       lw.ln1 = norm(p.ln1);
+      lw.ln1_b = bias_vec(p.ln1_bias);
       lw.qkv = matrix(p.qkv, p.qkv_bias);
       if (!p.q_norm.empty()) {  // (1 + w) too where the family's norms scale so (Gemma 3)
         lw.q_norm = norm(p.q_norm.front());
@@ -242,11 +260,13 @@ struct WeightLoader {
         lw.post_mlp = norm(p.post_mlp.front());
       }
       lw.ln2 = norm(p.ln2);
+      lw.ln2_b = bias_vec(p.ln2_bias);
       lw.gate_up = matrix(p.gate_up, p.gate_up_bias);
       lw.down = matrix(p.down, p.down_bias);
       w.layers.push_back(lw);
     }
-    w.final_norm = norm({"model.norm.weight", {D}});
+    w.final_norm = norm({arch.final_norm_name, {D}});
+    if (c.norm_layer) w.final_norm_b = vec({arch.final_norm_bias_name, {D}});
     w.lm_head = c.tie_word_embeddings ? w.embed : matrix({{"lm_head.weight", {V, D}}}, {});
     return w;
   }
@@ -282,6 +302,14 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
   const Architecture& arch = architecture_named(cfg.family);
   const Architecture::WeightLayout layout = layout_of(st, arch);
   auto expected = expected_tensors(cfg);
+  // The family's optional name prefix (GPT-2's "transformer."): used when the checkpoint has it.
+  const std::string prefix =
+      !arch.optional_prefix.empty() && !st.has(expected.front().name) && st.has(arch.optional_prefix + expected.front().name)
+          ? arch.optional_prefix
+          : "";
+  if (!prefix.empty())
+    for (auto& e : expected)
+      if (e.name != "lm_head.weight") e.name = prefix + e.name;
   std::set<std::string> wanted;
   for (const auto& e : expected) {
     const std::string name = checkpoint_name(e.name, layout);
@@ -308,6 +336,9 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
       ++ignored;
       continue;
     }
+    bool buffer = false;
+    for (const auto& s : arch.ignored_suffixes) buffer = buffer || ends_with(name, s);
+    if (buffer) continue;
     throw Error(st.get(name).file + ": unexpected tensor '" + name + "' (not part of a " + cfg.architecture +
                 " with this config.json" + unexpected_hint(name, cfg) + ")");
   }
@@ -331,7 +362,8 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
                       mib(avail) + " MiB are free; " + hint);
   }
   return WeightLoader::build(be, cfg, [&](const std::string& name, DType dt) {
-    return decode_tensor(st.get(checkpoint_name(name, layout)), dt);
+    const std::string n = name == "lm_head.weight" ? name : prefix + name;
+    return decode_tensor(st.get(checkpoint_name(n, layout)), dt);
   });
 }
 

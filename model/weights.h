@@ -16,6 +16,8 @@ namespace phi3 {
 struct LayerWeights {
   const float* ln1 = nullptr;  // input_layernorm.weight [D]
   const float* ln2 = nullptr;  // post_attention_layernorm.weight [D]
+  const float* ln1_b = nullptr;  // norm_layer: the LayerNorms' biases [D] (GPT-2 ln_1.bias, ln_2.bias)
+  const float* ln2_b = nullptr;
   Weight qkv;      // q|k|v rows [(H+2KVH)*HD, D] (qkv_proj, or q_proj, k_proj, v_proj)
   Weight o;        // self_attn.o_proj.weight [D, H*HD]
   Weight gate_up;  // gate|up rows [2F, D] (gate_up_proj, or gate_proj, up_proj)
@@ -39,6 +41,8 @@ class ModelWeights {
   Weight embed;    // model.embed_tokens.weight [V, D]
   Weight lm_head;  // lm_head.weight [V, D] (= embed when tied)
   const float* final_norm = nullptr;  // model.norm.weight [D]
+  const float* final_norm_b = nullptr;  // norm_layer: its bias [D] (GPT-2 ln_f.bias)
+  Weight pos_embed;  // pos_embed: the learned position embeddings [max_position_embeddings, D] (wpe)
   std::vector<LayerWeights> layers;
   size_t bytes = 0;  // device bytes held
 
@@ -52,12 +56,14 @@ class ModelWeights {
 // The expected tensor names and shapes of a checkpoint of cfg's family for `cfg`.
 struct ExpectedTensor {
   std::string name;
-  std::vector<int64_t> shape;
+  std::vector<int64_t> shape;  // as the checkpoint holds it
+  bool transposed = false;  // held [in, out] (GPT-2's Conv1D): transposed at load into [out, in]
 };
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg);
 // One layer's checkpoint tensors, grouped by the device tensor they form (rows in order).
 struct LayerPlan {
   ExpectedTensor ln1, ln2;
+  std::vector<ExpectedTensor> ln1_bias, ln2_bias;  // one each with norm_layer
   std::vector<ExpectedTensor> qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
   std::vector<ExpectedTensor> q_norm, k_norm;  // one each with qk_norm
   std::vector<ExpectedTensor> post_attn, post_mlp;  // one each with post_norms

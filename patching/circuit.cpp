@@ -99,15 +99,15 @@ void downstream_gradients(Backend& be, const Model& m, const ForwardState& s, co
     be.linear_backward(dln.get(), dy.get(), row_slice(w.qkv, int64_t(i) * HD, HD), N, false);
     float* gi = out + size_t(i) * ND;
     be.zero(gi, ND * sizeof(float));
-    be.rmsnorm_backward(gi, dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D);
+    be.rmsnorm_backward(gi, dln.get(), a.resid_pre.get(), w.ln1, a.rstd1.get(), N, D, m.cfg.norm_layer);
   }
-  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * 2 * F);
+  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * m.gate_up_width());
   be.linear_backward(dact.get(), lg.resid_post.get(), w.down, N, false);
   be.swiglu_backward(dgu.get(), dact.get(), a.gate_up.get(), N, F, mlp_act(m.cfg));
   be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
   float* gm = out + size_t(H + 2 * KVH) * ND;
   be.zero(gm, ND * sizeof(float));
-  be.rmsnorm_backward(gm, dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D);
+  be.rmsnorm_backward(gm, dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D, m.cfg.norm_layer);
 }
 
 std::vector<float> edge_scores(Backend& be, const Model& m, const HeadOutputWeights& ow, const CircuitGraph& g,
@@ -199,7 +199,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
   DeviceArray<float> qkv(be, size_t(R) * QKVW), q(be, size_t(R) * QW), k(be, size_t(R) * KVW),
       v(be, size_t(R) * KVW), z(be, size_t(R) * QW), dz(be, size_t(R) * QW), zh(be, size_t(R) * HD),
       ah(be, size_t(R) * D);
-  DeviceArray<float> gu(be, size_t(R) * 2 * F), act(be, size_t(R) * F), mo(be, size_t(R) * D);
+  DeviceArray<float> gu(be, size_t(R) * m.gate_up_width()), act(be, size_t(R) * F), mo(be, size_t(R) * D);
   DeviceArray<float> xl(be, size_t(C) * B * D), lnl(be, size_t(C) * B * D), rstdl(be, size_t(C) * B),
       logits(be, size_t(C) * B * V), ld(be, size_t(C) * B);
   DeviceArray<float> coef(be, size_t(C) * n_in * S);
@@ -264,7 +264,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
       assemble(g.head_in(l, 0, CircuitGraph::In::Q), n_in, g.mlp_out(l), ca.resid_pre.get());
       for (int i = 0; i < n_in; ++i) {
         be.copy_rows(xi.get(), D, nullptr, X.get() + size_t(i) * ND, D, dgather.get(), Rn, D);
-        be.rmsnorm_forward(ln.get(), rstd.get(), xi.get(), w.ln1, Rn, D, c.rms_norm_eps);
+        be.rmsnorm_forward(ln.get(), rstd.get(), xi.get(), w.ln1, Rn, D, c.rms_norm_eps, c.norm_layer, w.ln1_b);
         be.linear_forward(y.get(), ln.get(), row_slice(w.qkv, int64_t(i) * HD, HD), Rn, false);
         be.copy_rows(qkv.get() + size_t(i) * HD, QKVW, nullptr, y.get(), HD, nullptr, Rn, HD);
       }
@@ -288,7 +288,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
         be.copy_rows(dcur.get() + size_t(1 + g.head(l, h)) * ND, D, dscatter.get(), ah.get(), D, nullptr, Rn, D);
       }
       assemble(g.mlp_in(l), 1, g.mlp_out(l), ca.resid_mid.get());  // X: [nc * N, D]
-      be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), w.ln2, Rn, D, c.rms_norm_eps);
+      be.rmsnorm_forward(ln.get(), rstd.get(), X.get(), w.ln2, Rn, D, c.rms_norm_eps, c.norm_layer, w.ln2_b);
       be.linear_forward(gu.get(), ln.get(), w.gate_up, Rn, false);
       be.swiglu_forward(act.get(), gu.get(), Rn, F, mlp_act(c));
       be.linear_forward(mo.get(), act.get(), w.down, Rn, false);
@@ -297,7 +297,7 @@ std::vector<std::vector<float>> circuit_logit_diffs(Backend& be, const Model& m,
     }
     assemble(g.logits(), 1, U, corr.resid_final.get());
     be.copy_rows(xl.get(), D, nullptr, X.get(), D, dlast.get(), nc * B, D);
-    be.rmsnorm_forward(lnl.get(), rstdl.get(), xl.get(), m.w.final_norm, nc * B, D, c.rms_norm_eps);
+    be.rmsnorm_forward(lnl.get(), rstdl.get(), xl.get(), m.w.final_norm, nc * B, D, c.rms_norm_eps, c.norm_layer, m.w.final_norm_b);
     be.linear_forward(logits.get(), lnl.get(), m.w.lm_head, nc * B, false);
     if (c.final_softcap > 0) be.softcap_forward(logits.get(), int64_t(nc) * B * V, c.final_softcap);
     be.logit_diff_forward(ld.get(), logits.get(), V, dans.get(), doth.get(), nc * B);

@@ -128,7 +128,7 @@ class FastSweep {
     v_ = arena.take<float>(size_t(R) * KVW_);
     z_ = arena.take<float>(size_t(R) * QW_);
     if (g16_) z16_ = arena.take<uint16_t>(size_t(R) * QW_);
-    gu_ = arena.take<float>(size_t(R) * 2 * F_);
+    gu_ = arena.take<float>(size_t(R) * m_.gate_up_width());
     act_ = arena.take_gemm_in(g16_, act32_, act16_, size_t(R) * F_);
     DeviceArray<float> Xf = arena.take<float>(size_t(NF) * D_);
     DeviceArray<float> q_last = arena.take<float>(size_t(NF) * QW_);
@@ -147,7 +147,7 @@ class FastSweep {
       const LayerActs& bl = base_.layers[l];
       token_layer_evals += Rl;
 
-      be_.rmsnorm_forward(ln_, rstd_.get(), X_.get(), w.ln1, Rl, D_, c_.rms_norm_eps);
+      be_.rmsnorm_forward(ln_, rstd_.get(), X_.get(), w.ln1, Rl, D_, c_.rms_norm_eps, c_.norm_layer, w.ln1_b);
       be_.linear_forward(qkv_.get(), ln_, w.qkv, Rl, false);
       be_.rotary_qkv_forward(q_.get(), k_.get(), v_.get(), qk_norm_input(be_, m_, l, qkv_.get(), Rl, qkn_),
                              d_row_pos.get(), Rl, H_, KVH_, HD_, base_.layer_rope(c_, l));
@@ -177,7 +177,7 @@ class FastSweep {
     DeviceArray<uint16_t> lnf16;
     const GemmOut lnf = arena.take_gemm_in(g16_, lnf32, lnf16, size_t(NF) * D_);
     DeviceArray<float> logits = arena.take<float>(size_t(NF) * V_);
-    be_.rmsnorm_forward(lnf, rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps);
+    be_.rmsnorm_forward(lnf, rstdf.get(), Xf.get(), m_.w.final_norm, NF, D_, c_.rms_norm_eps, c_.norm_layer, m_.w.final_norm_b);
     be_.linear_forward(logits.get(), lnf, m_.w.lm_head, NF, false);
     if (c_.final_softcap > 0) be_.softcap_forward(logits.get(), int64_t(NF) * V_, c_.final_softcap);
     DeviceArray<float> d_ld(be_, NF);
@@ -210,7 +210,7 @@ class FastSweep {
     p.add<float>(R).add<float>(R * QKVW_).add<float>(R * QW_);
     p.add<float>(R * KVW_).add<float>(R * KVW_).add<float>(R * QW_);
     if (g16_) p.add<uint16_t>(R * QW_);
-    p.add<float>(R * 2 * F_);
+    p.add<float>(R * (c_.mlp_gated ? 2 : 1) * F_);
     gemm_in(R * F_);
     p.add<float>(NF * D_).add<float>(NF * QW_);
     gemm_in(NF * D_);
@@ -240,7 +240,7 @@ class FastSweep {
   // x [rows, D] = resid_mid rows -> x += down(swiglu(gate_up(rmsnorm(x)))), the residual add
   // done by the down projection's GEMM (accumulate).
   void mlp_block(const LayerWeights& w, float* x, int rows) {
-    be_.rmsnorm_forward(ln_, rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
+    be_.rmsnorm_forward(ln_, rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps, c_.norm_layer, w.ln2_b);
     be_.linear_forward(gu_.get(), ln_, w.gate_up, rows, false);
     be_.swiglu_forward(act_, gu_.get(), rows, F_, mlp_act(c_));
     add_output(x, act_, w.down, w.post_mlp, rows);

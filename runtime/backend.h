@@ -55,12 +55,14 @@ class Backend {
   // Soft-capping in place, x = c tanh(x / c), and its backward dx *= 1 - (y / c)^2 (y capped).
   virtual void softcap_forward(float* x, int64_t n, float cap) = 0;
   virtual void softcap_backward(float* dx, const float* y, int64_t n, float cap) = 0;
+  // The norm op: RMSNorm, or LayerNorm with center (the mean subtracted, + bias; GPT-2).
   virtual void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N,
-                               int D, float eps) = 0;
+                               int D, float eps, bool center = false, const float* bias = nullptr) = 0;
   virtual void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a,
-                                   const float* b, const float* w, int N, int D, float eps) = 0;
+                                   const float* b, const float* w, int N, int D, float eps,
+                                   bool center = false, const float* bias = nullptr) = 0;
   virtual void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w,
-                                const float* rstd, int N, int D) = 0;
+                                const float* rstd, int N, int D, bool center = false) = 0;
   virtual void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) = 0;
   virtual void linear_backward(float* dx, const float* dy, const Weight& W, int N,
                                bool accumulate) = 0;

@@ -33,7 +33,7 @@ struct ModelConfig {
   int num_attention_heads = 0;  // H
   int num_key_value_heads = 0;  // KVH (defaults to H when absent)
   int head_dim = 0;             // config.json's head_dim where the family has one, else D / H
-  float rms_norm_eps = 1e-5f;
+  float rms_norm_eps = 1e-5f;  // the norm's eps (GPT-2: layer_norm_epsilon)
   float rope_theta = 10000.0f;
   float partial_rotary_factor = 1.0f;
   int rotary_dim = 0;  // int(head_dim * partial_rotary_factor)
@@ -66,6 +66,13 @@ struct ModelConfig {
   float attn_softcap = 0.0f;
   float final_softcap = 0.0f;
   float attn_scale = 0.0f;
+  // GPT-2: LayerNorm instead of RMSNorm (the mean subtracted, a bias added: ln_1, ln_2, ln_f);
+  // a non-gated MLP (c_fc, gelu_tanh, c_proj: MlpAct::GeluTanhNoGate); learned absolute position
+  // embeddings (wpe, added to the token embeddings at each token's position id; no rotary:
+  // rotary_dim 0; positions must stay below max_position_embeddings, its n_positions).
+  bool norm_layer = false;
+  bool mlp_gated = true;
+  bool pos_embed = false;
   int max_position_embeddings = 0;
   // Absent from config.json: 4096, as transformers' Phi3Config does (its class default, which
   // it always copies into the rope parameters), not max_position_embeddings.

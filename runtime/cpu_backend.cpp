@@ -72,16 +72,17 @@ class CpuBackend final : public Backend {
     cpu::embedding_forward(out, ids, table, N, nullptr, scale);
   }
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D,
-                       float eps) override {
-    cpu::rmsnorm_forward(out, rstd, x, w, N, D, eps, nullptr);
+                       float eps, bool center = false, const float* bias = nullptr) override {
+    cpu::rmsnorm_forward(out, rstd, x, w, N, D, eps, nullptr, center, bias);
   }
   void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b,
-                           const float* w, int N, int D, float eps) override {
-    cpu::add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps, nullptr);
+                           const float* w, int N, int D, float eps, bool center = false,
+                           const float* bias = nullptr) override {
+    cpu::add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps, nullptr, center, bias);
   }
   void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w,
-                        const float* rstd, int N, int D) override {
-    cpu::rmsnorm_backward(dx, dout, x, w, rstd, N, D, nullptr);
+                        const float* rstd, int N, int D, bool center = false) override {
+    cpu::rmsnorm_backward(dx, dout, x, w, rstd, N, D, nullptr, center);
   }
   void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) override {
     cpu::linear_forward(y, x, W, N, accumulate, nullptr);

@@ -169,19 +169,20 @@ namespace {
 double out_bytes(const GemmOut& o) { return (o.f32 ? 4.0 : 0.0) + (o.bf16 ? 2.0 : 0.0); }
 }  // namespace
 
-void TraceBackend::rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps) {
+void TraceBackend::rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps,
+                                   bool center, const float* bias) {
   trace_.add("rmsnorm_forward", cost::rmsnorm_forward(N, D, out_bytes(out)));
-  if (inner_) inner_->rmsnorm_forward(out, rstd, x, w, N, D, eps);
+  if (inner_) inner_->rmsnorm_forward(out, rstd, x, w, N, D, eps, center, bias);
 }
 void TraceBackend::add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b,
-                                       const float* w, int N, int D, float eps) {
+                                       const float* w, int N, int D, float eps, bool center, const float* bias) {
   trace_.add("add_rmsnorm_forward (residual add + norm)", cost::rmsnorm_forward(N, D, out_bytes(out), true));
-  if (inner_) inner_->add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps);
+  if (inner_) inner_->add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps, center, bias);
 }
 void TraceBackend::rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd,
-                                    int N, int D) {
+                                    int N, int D, bool center) {
   trace_.add("rmsnorm_backward", cost::rmsnorm_backward(N, D));
-  if (inner_) inner_->rmsnorm_backward(dx, dout, x, w, rstd, N, D);
+  if (inner_) inner_->rmsnorm_backward(dx, dout, x, w, rstd, N, D, center);
 }
 void TraceBackend::linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) {
   const bool pre = W.dtype != DType::F32 && x.bf16;

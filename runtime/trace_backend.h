@@ -81,11 +81,12 @@ class TraceBackend : public Backend {
   void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N, float scale = 1.0f) override;
   void softcap_forward(float* x, int64_t n, float cap) override;
   void softcap_backward(float* dx, const float* y, int64_t n, float cap) override;
-  void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps) override;
+  void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps,
+                       bool center = false, const float* bias = nullptr) override;
   void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b, const float* w, int N,
-                           int D, float eps) override;
+                           int D, float eps, bool center = false, const float* bias = nullptr) override;
   void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int N,
-                        int D) override;
+                        int D, bool center = false) override;
   void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) override;
   void linear_backward(float* dx, const float* dy, const Weight& W, int N, bool accumulate) override;
   void rotary_forward(float* out, int64_t out_stride, const float* in, int64_t in_stride, const int32_t* pos, int N,

@@ -146,8 +146,9 @@ class NodeModel:
         self.D = c.hidden_size
         self.HD = getattr(c, "head_dim", None) or self.D // self.H
         self.windows = [families.layer_window(model, l) for l in range(self.L)]
-        self.rotary = families.modeling(families.family_of(model)).apply_rotary_pos_emb
-        self.eps = c.rms_norm_eps
+        self.learned_pos = families.learned_positions(model)  # GPT-2: LayerNorm, no rotary, GELU MLP
+        self.rotary = None if self.learned_pos else families.modeling(families.family_of(model)).apply_rotary_pos_emb
+        self.eps = None if self.learned_pos else c.rms_norm_eps
         self.g = Graph(self.L, self.H, self.KVH)
 
     @staticmethod
@@ -161,11 +162,12 @@ class NodeModel:
         L, H, KVH, HD, D = self.L, self.H, self.KVH, self.HD, self.D
         tokens, pos, mask = batch["tokens"], batch["pos"], batch["mask"].bool()
         B, T = tokens.shape
-        x = mdl.embed_tokens(tokens) if emb is None else emb
+        x = families.embed(self.model, tokens, pos) if emb is None else emb
         if record:
             record(0, x)
         resid = x
-        cos, sin = mdl.rotary_emb(x, pos)
+        if self.rotary is not None:
+            cos, sin = mdl.rotary_emb(x, pos)
         t_idx = torch.arange(T)
         causal = (t_idx[None, :, None] >= t_idx[None, None, :]) & mask[:, None, :]  # [B, t, j]
         grp = H // KVH
@@ -176,31 +178,33 @@ class NodeModel:
             at = layer.self_attn
             W, bias = families.qkv_weight_bias(layer)  # q|k|v rows, whatever the family's layout
             w1 = layer.input_layernorm.weight
+            ln1 = layer.input_layernorm if self.learned_pos else (lambda x: self.norm(x, w1, self.eps))
 
             def proj(x, r0):  # one head's rows of the projection
                 y = x @ W[r0:r0 + HD].T
                 return y if bias is None else y + bias[r0:r0 + HD]
             qs, ks, vs = [], [], []
             for h in range(H):
-                xn = self.norm(read(self.g.q(l, h), resid), w1, self.eps)
+                xn = ln1(read(self.g.q(l, h), resid))
                 qs.append(proj(xn, h * HD))
             for g in range(KVH):
-                xn = self.norm(read(self.g.k(l, g), resid), w1, self.eps)
+                xn = ln1(read(self.g.k(l, g), resid))
                 ks.append(proj(xn, H * HD + g * HD))
-                xn = self.norm(read(self.g.v(l, g), resid), w1, self.eps)
+                xn = ln1(read(self.g.v(l, g), resid))
                 vs.append(proj(xn, (H + KVH) * HD + g * HD))
             q = torch.stack(qs, 1)  # [B,H,T,HD]
             k = torch.stack(ks, 1)
             v = torch.stack(vs, 1)
             q, k = families.qk_norm(layer, q, k)  # Qwen3: per head over head_dim, before rotary
-            q, k = self.rotary(q, k, cos, sin)
+            if self.rotary is not None:
+                q, k = self.rotary(q, k, cos, sin)
             k = k.repeat_interleave(grp, 1)
             v = v.repeat_interleave(grp, 1)
             s = (q @ k.transpose(-1, -2)) / math.sqrt(HD)
             s = s.masked_fill(~vis[:, None], float("-inf"))
             p = torch.softmax(s, -1).nan_to_num(0.0)
             z = p @ v  # [B,H,T,HD]
-            Wo = at.o_proj.weight  # [D, H*HD]
+            Wo = families.linear_weight(at.o_proj)  # [D, H*HD]
             heads = []
             for h in range(H):
                 a = z[:, h] @ Wo[:, h * HD:(h + 1) * HD].T
@@ -210,13 +214,18 @@ class NodeModel:
             resid = resid + sum(heads)
             if at.o_proj.bias is not None:  # not a node: the same in every run
                 resid = resid + at.o_proj.bias
-            xm = self.norm(read(self.g.mlp_in(l), resid), layer.post_attention_layernorm.weight, self.eps)
-            gate, up = families.gate_up(layer, xm)
-            mo = layer.mlp.down_proj(torch.nn.functional.silu(gate) * up)
+            if self.learned_pos:  # GPT-2: LayerNorm, c_fc, gelu_new, c_proj
+                xm = layer.post_attention_layernorm(read(self.g.mlp_in(l), resid))
+                mo = layer.mlp.down_proj(layer.mlp.act(layer.mlp.c_fc(xm)))
+            else:
+                xm = self.norm(read(self.g.mlp_in(l), resid), layer.post_attention_layernorm.weight, self.eps)
+                gate, up = families.gate_up(layer, xm)
+                mo = layer.mlp.down_proj(torch.nn.functional.silu(gate) * up)
             if record:
                 record(self.g.mlp_out(l), mo)
             resid = resid + mo
-        xf = self.norm(read(self.g.logits(), resid), mdl.norm.weight, self.eps)
+        xf = (mdl.norm(read(self.g.logits(), resid)) if self.learned_pos
+              else self.norm(read(self.g.logits(), resid), mdl.norm.weight, self.eps))
         return self.model.lm_head(xf)
 
 

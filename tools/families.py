@@ -17,6 +17,7 @@ FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "transformers.models.qwen3.modeling_qwen3"),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", "transformers.models.gemma2.modeling_gemma2"),
     "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", "transformers.models.gemma3.modeling_gemma3"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", "transformers.models.gpt2.modeling_gpt2"),
 }
 
 
@@ -50,10 +51,50 @@ def load_model(model_dir, dtype=torch.float32, attn="eager"):
         family = family_of(json.load(f))
     _, model_cls = classes(family)
     model = model_cls.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+    adapt(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def adapt(model):
+    """GPT-2 under the Llama module names the tools walk (aliases of the same modules, so hooks
+    registered through either name fire): model.model = transformer, .layers = h, .embed_tokens =
+    wte, .norm = ln_f; per block self_attn = attn, input_layernorm = ln_1,
+    post_attention_layernorm = ln_2, self_attn.qkv_proj = c_attn (q|k|v, one fused projection),
+    self_attn.o_proj = attn.c_proj, mlp.down_proj = mlp.c_proj; config.num_key_value_heads = n_head,
+    config.intermediate_size = n_inner or 4 n_embd.
+    Conv1D weights stay [in, out] (linear_weight transposes). Other families are left as they are."""
+    if family_of(model) != "gpt2" or hasattr(model, "model"):
+        return model
+    tr = model.transformer
+    model.model = tr
+    tr.layers, tr.embed_tokens, tr.norm = tr.h, tr.wte, tr.ln_f
+    for blk in tr.h:
+        blk.self_attn, blk.input_layernorm, blk.post_attention_layernorm = blk.attn, blk.ln_1, blk.ln_2
+        blk.attn.qkv_proj, blk.attn.o_proj = blk.attn.c_attn, blk.attn.c_proj
+        blk.mlp.down_proj = blk.mlp.c_proj
+    model.config.num_key_value_heads = model.config.num_attention_heads
+    model.config.intermediate_size = model.config.n_inner or 4 * model.config.hidden_size
+    return model
+
+
+def learned_positions(model):
+    """GPT-2: learned absolute position embeddings (wpe), no rotary."""
+    return hasattr(model.model, "wpe")
+
+
+def embed(model, tokens, pos):
+    """The residual stream's input: token embeddings (+ the position embeddings of `pos` where
+    the family learns them; TL hook_embed + hook_pos_embed)."""
+    x = model.model.embed_tokens(tokens)
+    return x + model.model.wpe(pos) if learned_positions(model) else x
+
+
+def linear_weight(mod):
+    """A projection's weight as [out, in] (GPT-2's Conv1D holds [in, out])."""
+    return mod.weight.T if type(mod).__name__ == "Conv1D" else mod.weight
 
 
 def fused_qkv(layer):
@@ -69,7 +110,7 @@ def qkv_modules(layer):
 def qkv_weight_bias(layer):
     """The q|k|v projection as the engine holds it: W [(H+2KVH)*HD, D] and bias (or None)."""
     mods = qkv_modules(layer)
-    W = torch.cat([m.weight for m in mods], 0)
+    W = torch.cat([linear_weight(m) for m in mods], 0)
     b = None if mods[0].bias is None else torch.cat([m.bias for m in mods], 0)
     return W, b
 

@@ -134,6 +134,20 @@ RANDOM_CONFIGS = [
         "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 9700, "min_gap": 1.5,
     },
     {
+        "name": "rand-gpt2-tiny",
+        "family": "gpt2",
+        "covers": ["GPT2LMHeadModel: LayerNorm with bias (ln_1, ln_2, ln_f; weights 1 + 0.2 N(0,1), biases "
+                   "0.2 N(0,1))", "learned absolute position embeddings wpe (position ids the batch's: 0 at "
+                   "each row's first real token), no rotary", "non-gated MLP c_fc, gelu_new, c_proj",
+                   "Conv1D weights [in, out], q|k|v fused in c_attn, non-zero biases on every projection",
+                   "n_inner null (4 n_embd = 192)", "n_positions 64", "tied lm_head", "f32", "3 layers",
+                   "config.json as transformers 5.x writes it (n_embd, n_layer, n_head, transformer. prefix)"],
+        "cfg": dict(n_embd=48, n_layer=3, n_head=4, n_inner=None, n_positions=64, layer_norm_epsilon=1e-5,
+                    activation_function="gelu_new", tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0,
+                    attn_pdrop=0.0),
+        "std": 0.35, "dtype": "float32", "shard": None, "style": "hf5", "seed": 12000, "min_gap": 1.5,
+    },
+    {
         "name": "rand-mistral-swa-hd",
         "family": "mistral",
         "covers": ["MistralForCausalLM", "head_dim 16 given in config.json, not hidden_size / heads = 12",
@@ -321,7 +335,7 @@ _RUNNING = None  # the Hooked instance running a forward (pattern patches)
 def _make_eager_wrapper(mod):
     orig = mod.eager_attention_forward
 
-    def wrapper(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    def wrapper(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         out, weights = orig(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if _RUNNING is not None and _RUNNING._patching("pattern", module.layer_idx):
             # TL hook_pattern patch: the head's pattern row(s) replaced, z recomputed from them
@@ -331,7 +345,7 @@ def _make_eager_wrapper(mod):
             src = pt.src["pattern"][pt.layer]
             ps = slice(None) if pt.pos is None else slice(pt.pos, pt.pos + 1)
             weights[:, pt.head, ps, :] = src[:, pt.head, ps, :].to(weights.dtype)
-            vs = mod.repeat_kv(value, module.num_key_value_groups)
+            vs = mod.repeat_kv(value, module.num_key_value_groups) if hasattr(mod, "repeat_kv") else value
             out = torch.matmul(weights.to(value.dtype), vs).transpose(1, 2).contiguous()
         if _ACTIVE is not None:
             _ACTIVE._on_attention(module.layer_idx, query, key, weights)
@@ -889,7 +903,9 @@ def init_weights(model, seed, std):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if name.endswith(".bias"):  # biases (Qwen2 q/k/v, Llama attention_bias / mlp_bias): non-zero
+            if name.endswith(".bias") and ".ln_" in name:  # GPT-2's LayerNorm biases: 0.2 N(0, 1)
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".bias"):  # biases (Qwen2 q/k/v, Llama attention_bias / mlp_bias): non-zero
                 p.copy_(std * torch.randn(p.shape, generator=g))
             elif p.dim() == 1:  # RMSNorm weights: around 1
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
@@ -951,6 +967,8 @@ def load_model(model_dir):
 # One config
 # ----------------------------------------------------------------------------------------------
 def rope_info(model, batch):
+    if families.learned_positions(model):  # GPT-2: no rotary
+        return {"rope_type": "none", "attention_scaling": 1.0, "inv_freq": []}
     re = model.model.rotary_emb
     x = torch.zeros(1, dtype=torch.float32)
     if isinstance(getattr(re, "rope_type", None), dict):  # Gemma 3: one rotary per layer type
@@ -1048,13 +1066,16 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         check(e3 == 0.0, f"{run}: resid_pre[l+1] == resid_post[l]")
         # rotary from HF's apply_rotary_pos_emb on the captured pre-rotary q/k
         bb = clean_b if run == "clean" else corr_b
+        rotary = not families.learned_positions(model)  # GPT-2: rot_q/rot_k are q/k
         er = 0.0
         for l in range(L):
-            cos, sin = families.rotary_cos_sin(model, acts["hook_resid_pre"][0], bb["pos"], l)
+            if rotary:
+                cos, sin = families.rotary_cos_sin(model, acts["hook_resid_pre"][0], bb["pos"], l)
             q = acts["attn.hook_q"][l].transpose(1, 2)
             k = acts["attn.hook_k"][l].transpose(1, 2)
             q, k = families.qk_norm(model.model.layers[l], q, k)  # Qwen3: normalized before rotary
-            rq, rk = families.modeling(families.family_of(model)).apply_rotary_pos_emb(q, k, cos, sin)
+            rq, rk = (families.modeling(families.family_of(model)).apply_rotary_pos_emb(q, k, cos, sin)
+                      if rotary else (q, k))
             er = max(er, float((rq.transpose(1, 2) - acts["attn.hook_rot_q"][l]).abs().max()),
                      float((rk.transpose(1, 2) - acts["attn.hook_rot_k"][l]).abs().max()))
         check(er == 0.0, f"{run}: captured rot_q/rot_k == apply_rotary_pos_emb(q, k, cos, sin)")
@@ -1235,8 +1256,13 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
     check(abs(lastmid - 1.0) <= 1e-5, f"patching resid_mid[L-1] at T-1 gives M = 1 (residual patched too; got {lastmid:.9f})")
     first = patching["resid_pre"]["activation"][0]
     # resid_pre[0] at every real position of every row together would give M=1; single positions differ
-    zero_cells = sum(1 for p in range(T) if all(clean_b["tokens"][b, p] == corr_b["tokens"][b, p] for b in range(B)))
-    ez = max(abs(first[p]) for p in range(T) if all(clean_b["tokens"][b, p] == corr_b["tokens"][b, p] for b in range(B))) if zero_cells else 0.0
+    # (learned positions, GPT-2: the same position id too, the embedding adds the position's)
+    lp = families.learned_positions(model)
+
+    def same_in(b, p):
+        return clean_b["tokens"][b, p] == corr_b["tokens"][b, p] and (not lp or clean_b["pos"][b, p] == corr_b["pos"][b, p])
+    zero_cells = sum(1 for p in range(T) if all(same_in(b, p) for b in range(B)))
+    ez = max(abs(first[p]) for p in range(T) if all(same_in(b, p) for b in range(B))) if zero_cells else 0.0
     check(ez <= 1e-6, f"resid_pre[0] patches at {zero_cells} positions with identical tokens give M = 0 (max |M| {ez:.1e})")
 
     # ---- dump tensors

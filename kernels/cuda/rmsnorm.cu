@@ -9,6 +9,10 @@
 // backward:  dot[n]  = sum_d w[d] dout[n,d] x[n,d]
 //            dx[n,d] += rstd (w dout - x rstd^2 dot / D)      (accumulates, op_math.h)
 //
+// center (LayerNorm, GPT-2): layernorm_forward_kernel / layernorm_backward_kernel (scalar
+// path, one block per row): mu = mean(x), rstd from mean((x - mu)^2), out = (x - mu) rstd w + b;
+// backward dx += layernorm_dx (op_math.h), mu recomputed from x.
+//
 // One block per row (grid-stride over rows), fp32 accumulation with a warp-shuffle +
 // shared-memory block reduction; 16-byte loads when D % 4 == 0 and all pointers are
 // 16-byte aligned, a scalar path otherwise. The row is read twice (sum, then scale); the
@@ -123,6 +127,64 @@ __global__ void rmsnorm_backward_kernel(float* __restrict__ dx, const float* __r
   }
 }
 
+// LayerNorm forward (ADD: the row is a + b, written to sum first, as above).
+template <bool ADD>
+__global__ void layernorm_forward_kernel(GemmOut out, float* __restrict__ rstd_out, const float* x, const float* b,
+                                         float* sum, const float* __restrict__ w, const float* __restrict__ bias,
+                                         int N, int D, float eps) {
+  __shared__ float red[32];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const int64_t off = (int64_t)n * D;
+    const float* xr = ADD ? sum + off : x + off;
+    float s1 = 0.0f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+      float v = x[off + c];
+      if (ADD) {
+        v += b[off + c];
+        sum[off + c] = v;
+      }
+      s1 += v;
+    }
+    const float mu = block_sum(s1, red) / static_cast<float>(D);  // syncs: sum is visible
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+      const float v = xr[c] - mu;
+      ss += v * v;
+    }
+    const float r = rmsnorm_rstd(block_sum(ss, red), D, eps);
+    if (rstd_out && threadIdx.x == 0) rstd_out[n] = r;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+      float v = (xr[c] - mu) * r * w[c];
+      if (bias) v += bias[c];
+      if (out.f32) out.f32[off + c] = v;
+      if (out.bf16) out.bf16[off + c] = float_to_bf16_bits(v);
+    }
+  }
+}
+
+__global__ void layernorm_backward_kernel(float* __restrict__ dx, const float* __restrict__ dout,
+                                          const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ rstd, int N, int D) {
+  __shared__ float red[32];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const float* xr = x + (int64_t)n * D;
+    const float* dr = dout + (int64_t)n * D;
+    float* dxr = dx + (int64_t)n * D;
+    float s1 = 0.0f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) s1 += xr[c];
+    const float mu = block_sum(s1, red) / static_cast<float>(D);
+    float sg = 0.0f, dot = 0.0f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+      sg += w[c] * dr[c];
+      dot += w[c] * dr[c] * (xr[c] - mu);
+    }
+    sg = block_sum(sg, red);
+    dot = block_sum(dot, red);
+    const float r = rstd[n];
+    for (int c = threadIdx.x; c < D; c += blockDim.x) dxr[c] += layernorm_dx(xr[c] - mu, w[c], dr[c], r, sg, dot, D);
+  }
+}
+
 // Threads per row: enough for one (vector) element each up to 256, a multiple of 32.
 int row_threads(int D, bool vec) {
   int items = vec ? D / 4 : D;
@@ -135,12 +197,26 @@ int row_threads(int D, bool vec) {
 namespace {
 
 void launch_forward(const char* op, GemmOut out, float* rstd, const float* x, const float* b,
-                    float* sum, const float* w, int N, int D, float eps, Stream stream) {
+                    float* sum, const float* w, int N, int D, float eps, Stream stream, bool center,
+                    const float* bias) {
   PHI3_CHECK(N >= 0 && D > 0, std::string(op) + ": bad shape N=" + std::to_string(N) +
                                   " D=" + std::to_string(D));
   PHI3_CHECK(out.f32 || out.bf16, std::string(op) + ": no output");
+  PHI3_CHECK(center || !bias, std::string(op) + ": a bias needs center (LayerNorm)");
   if (N == 0) return;
   const bool add = sum != nullptr;
+  if (center) {
+    const int threads = row_threads(D, false);
+    const unsigned blocks = static_cast<unsigned>(N < 65536 ? N : 65536);
+    if (add)
+      launch(layernorm_forward_kernel<true>, blocks, threads, 0, as_cuda(stream), out, rstd, x, b, sum, w, bias, N, D,
+             eps);
+    else
+      launch(layernorm_forward_kernel<false>, blocks, threads, 0, as_cuda(stream), out, rstd, x, b, sum, w, bias, N,
+             D, eps);
+    PHI3_LAUNCH_CHECK();
+    return;
+  }
   const bool vec = D % 4 == 0 && (!out.f32 || aligned16(out.f32)) &&
                    (!out.bf16 || (reinterpret_cast<uintptr_t>(out.bf16) & 7u) == 0) &&
                    aligned16(x) && aligned16(w) && (!add || (aligned16(b) && aligned16(sum)));
@@ -161,23 +237,31 @@ void launch_forward(const char* op, GemmOut out, float* rstd, const float* x, co
 }  // namespace
 
 void rmsnorm_forward(GemmOut out /*[N,D]*/, float* rstd /*[N]*/, const float* x /*[N,D]*/,
-                     const float* w /*[D]*/, int N, int D, float eps, Stream stream) {
-  launch_forward("rmsnorm_forward", out, rstd, x, nullptr, nullptr, w, N, D, eps, stream);
+                     const float* w /*[D]*/, int N, int D, float eps, Stream stream, bool center,
+                     const float* bias) {
+  launch_forward("rmsnorm_forward", out, rstd, x, nullptr, nullptr, w, N, D, eps, stream, center, bias);
 }
 
 void add_rmsnorm_forward(float* sum /*[N,D]*/, GemmOut out /*[N,D]*/, float* rstd /*[N]*/,
                          const float* a, const float* b, const float* w /*[D]*/, int N, int D,
-                         float eps, Stream stream) {
+                         float eps, Stream stream, bool center, const float* bias) {
   PHI3_CHECK(sum && a && b, "add_rmsnorm_forward: null sum or input");
-  launch_forward("add_rmsnorm_forward", out, rstd, a, b, sum, w, N, D, eps, stream);
+  launch_forward("add_rmsnorm_forward", out, rstd, a, b, sum, w, N, D, eps, stream, center, bias);
 }
 
 void rmsnorm_backward(float* dx /*[N,D] +=*/, const float* dout /*[N,D]*/, const float* x,
-                      const float* w, const float* rstd /*[N]*/, int N, int D, Stream stream) {
+                      const float* w, const float* rstd /*[N]*/, int N, int D, Stream stream,
+                      bool center) {
   PHI3_CHECK(N >= 0 && D > 0, "rmsnorm_backward: bad shape N=" + std::to_string(N) +
                                   " D=" + std::to_string(D));
   if (N == 0) return;
   PHI3_CHECK(rstd != nullptr, "rmsnorm_backward: rstd from the forward is required");
+  if (center) {
+    launch(layernorm_backward_kernel, static_cast<unsigned>(N < 65536 ? N : 65536), row_threads(D, false), 0,
+           as_cuda(stream), dx, dout, x, w, rstd, N, D);
+    PHI3_LAUNCH_CHECK();
+    return;
+  }
   const bool vec =
       D % 4 == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w);
   const int threads = row_threads(D, vec);

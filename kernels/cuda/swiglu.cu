@@ -70,6 +70,19 @@ __global__ void swiglu_backward_scalar(float* __restrict__ dgu, const float* __r
                 &dgu[n * 2 * F + F + i], act);
   }
 }
+// The non-gated MLP (MlpAct::GeluTanhNoGate, GPT-2): out = gelu_tanh(x), dx = dout gelu_tanh'(x), x [N, F].
+__global__ void gelu_forward_scalar(float* __restrict__ out, uint16_t* __restrict__ out16,
+                                    const float* __restrict__ x, int N, int F) {
+  PHI3_ROWS_COLS(F) {
+    const float v = gelu_tanh(x[n * F + i]);
+    if (out) out[n * F + i] = v;
+    if (out16) out16[n * F + i] = float_to_bf16_bits(v);
+  }
+}
+__global__ void gelu_backward_scalar(float* __restrict__ dx, const float* __restrict__ dout,
+                                     const float* __restrict__ x, int N, int F) {
+  PHI3_ROWS_COLS(F) { dx[n * F + i] = dout[n * F + i] * gelu_tanh_grad(x[n * F + i]); }
+}
 #undef PHI3_ROWS_COLS
 
 dim3 rows_cols_grid(int N, int cols) {
@@ -86,7 +99,9 @@ void swiglu_forward(GemmOut out /*[N,F]*/, const float* gu /*[N,2F]*/, int N, in
   PHI3_CHECK(out.f32 || out.bf16, "swiglu_forward: no output");
   if (N == 0) return;
   cudaStream_t s = as_cuda(stream);
-  if (F % 4 == 0 && (!out.f32 || aligned16(out.f32)) &&
+  if (act == MlpAct::GeluTanhNoGate) {
+    launch(gelu_forward_scalar, rows_cols_grid(N, F), kThreads, 0, s, out.f32, out.bf16, gu, N, F);
+  } else if (F % 4 == 0 && (!out.f32 || aligned16(out.f32)) &&
       (!out.bf16 || (reinterpret_cast<uintptr_t>(out.bf16) & 7u) == 0) && aligned16(gu)) {
     launch(swiglu_forward_vec4, rows_cols_grid(N, F / 4), kThreads, 0, s,
            reinterpret_cast<float4*>(out.f32), reinterpret_cast<uint2*>(out.bf16),
@@ -104,7 +119,9 @@ void swiglu_backward(float* dgu /*[N,2F]*/, const float* dout /*[N,F]*/,
                                   " F=" + std::to_string(F));
   if (N == 0) return;
   cudaStream_t s = as_cuda(stream);
-  if (F % 4 == 0 && aligned16(dgu) && aligned16(dout) && aligned16(gu)) {
+  if (act == MlpAct::GeluTanhNoGate) {
+    launch(gelu_backward_scalar, rows_cols_grid(N, F), kThreads, 0, s, dgu, dout, gu, N, F);
+  } else if (F % 4 == 0 && aligned16(dgu) && aligned16(dout) && aligned16(gu)) {
     launch(swiglu_backward_vec4, rows_cols_grid(N, F / 4), kThreads, 0, s,
            reinterpret_cast<float4*>(dgu), reinterpret_cast<const float4*>(dout),
            reinterpret_cast<const float4*>(gu), N, F / 4, a);

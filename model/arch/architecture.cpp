@@ -15,12 +15,13 @@ Architecture qwen3_architecture();
 Architecture gemma2_architecture();
 Architecture gemma3_text_architecture();
 Architecture gemma3_multimodal_architecture();
+Architecture gpt2_architecture();
 
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> all = {phi3_architecture(), qwen2_architecture(), llama_architecture(),
                                                 mistral_architecture(), qwen3_architecture(),
                                                 gemma2_architecture(), gemma3_text_architecture(),
-                                                gemma3_multimodal_architecture()};
+                                                gemma3_multimodal_architecture(), gpt2_architecture()};
   return all;
 }
 

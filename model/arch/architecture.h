@@ -6,6 +6,7 @@
 // architectures() (architecture.cpp), plus tests.
 #pragma once
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,8 @@
 #include "runtime/config_fields.h"
 
 namespace phi3 {
+
+struct LayerPlan;  // model/weights.h
 
 struct Architecture {
   std::string hf_class;    // "Qwen2ForCausalLM"
@@ -48,6 +51,21 @@ struct Architecture {
   // Values the family's config class defaults to, used where config.json has no such field
   // (a sparse text_config names only what differs from them).
   nlohmann::json config_defaults = nlohmann::json::object();
+  // Checkpoint naming where it is not Llama's (model.layers.N.*, model.embed_tokens,
+  // model.norm): a layer's tensors (null: layer_plan's Llama naming from the parts above), the
+  // embeddings, the final norm (and its bias with norm_layer), the position embeddings (pos_embed).
+  std::function<LayerPlan(const ModelConfig& c, int layer)> layer_plan;
+  std::string embed_name = "model.embed_tokens.weight";
+  std::string final_norm_name = "model.norm.weight";
+  std::string final_norm_bias_name;
+  std::string pos_embed_name;
+  // A prefix a checkpoint may put before every name (GPT-2's "transformer."), found at load.
+  std::string optional_prefix;
+  // Buffers some checkpoints carry that are no weights (GPT-2's causal masks attn.bias).
+  std::vector<std::string> ignored_suffixes;
+  // config.json's names of the common fields where the family's differ (GPT-2: hidden_size is
+  // n_embd), as transformers' attribute_map.
+  std::map<std::string, std::string> attribute_map;
 };
 
 // The Llama layout of a layer's projections (Qwen2, Llama, Mistral): separate q/k/v, gate/up.

@@ -74,13 +74,21 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   c.architecture = arch.hf_class;
   c.family = arch.model_type;
 
-  // ---- sizes
-  c.hidden_size = f.required_positive_int("hidden_size");
-  c.intermediate_size = f.required_positive_int("intermediate_size");
-  c.num_hidden_layers = f.required_positive_int("num_hidden_layers");
+  // ---- sizes (under the family's own names where it has them: GPT-2's n_embd, n_layer, ...)
+  auto field = [&](const char* k) -> std::string {
+    const auto it = arch.attribute_map.find(k);
+    return it == arch.attribute_map.end() ? k : it->second;
+  };
+  c.hidden_size = f.required_positive_int(field("hidden_size"));
+  // A family that maps it may leave it null (GPT-2's n_inner: 4 * n_embd, set by its configure).
+  if (arch.attribute_map.count("intermediate_size"))
+    c.intermediate_size = f.present(field("intermediate_size")) ? f.positive_int(field("intermediate_size")) : 0;
+  else
+    c.intermediate_size = f.required_positive_int("intermediate_size");
+  c.num_hidden_layers = f.required_positive_int(field("num_hidden_layers"));
   if (c.num_hidden_layers > 100000)  // per-layer tables are sized by it; real models have ~10-200
     f.fail("num_hidden_layers", std::to_string(c.num_hidden_layers) + " is not a plausible layer count (at most 100000)");
-  c.num_attention_heads = f.required_positive_int("num_attention_heads");
+  c.num_attention_heads = f.required_positive_int(field("num_attention_heads"));
   c.vocab_size = f.required_positive_int("vocab_size");
   c.num_key_value_heads =
       f.present("num_key_value_heads") ? f.positive_int("num_key_value_heads") : c.num_attention_heads;
@@ -88,8 +96,9 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
     f.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
                                       std::to_string(c.num_attention_heads));
 
-  if (f.present("rms_norm_eps")) c.rms_norm_eps = static_cast<float>(f.positive_number("rms_norm_eps"));
-  c.max_position_embeddings = f.present("max_position_embeddings") ? f.positive_int("max_position_embeddings") : 4096;
+  if (f.present(field("rms_norm_eps"))) c.rms_norm_eps = static_cast<float>(f.positive_number(field("rms_norm_eps")));
+  c.max_position_embeddings =
+      f.present(field("max_position_embeddings")) ? f.positive_int(field("max_position_embeddings")) : 4096;
   c.original_max_position_embeddings =
       f.present("original_max_position_embeddings") ? f.positive_int("original_max_position_embeddings") : 4096;
   if (f.present("tie_word_embeddings")) c.tie_word_embeddings = f.boolean("tie_word_embeddings");
@@ -139,7 +148,8 @@ ModelConfig parse_config_json(const std::string& text, const std::string& source
   arch.configure(f, r, c);
 
   c.rotary_dim = static_cast<int>(c.head_dim * static_cast<double>(c.partial_rotary_factor));  // python int(hd * f)
-  if (c.rotary_dim <= 0 || c.rotary_dim % 2 != 0 || c.rotary_dim > c.head_dim)
+  if (c.pos_embed) c.rotary_dim = 0;  // learned absolute positions: no rotary
+  else if (c.rotary_dim <= 0 || c.rotary_dim % 2 != 0 || c.rotary_dim > c.head_dim)
     f.fail("partial_rotary_factor", "gives rotary_dim " + std::to_string(c.rotary_dim) + " for head_dim " +
                                         std::to_string(c.head_dim) + "; it must be even and in [2, head_dim]");
   if (c.layer_window.empty()) c.layer_window.assign(static_cast<size_t>(c.num_hidden_layers), c.sliding_window);

@@ -30,7 +30,7 @@ using Clock = std::chrono::steady_clock;
 double layer_flops(const Model& m, double ctx) {
   const ModelConfig& c = m.cfg;
   double D = c.hidden_size, F = c.intermediate_size;
-  double g = 2.0 * (D * m.qkv_width() + m.q_width() * D + D * 2 * F + F * D);
+  double g = 2.0 * (D * m.qkv_width() + m.q_width() * D + D * m.gate_up_width() + F * D);
   return g + 4.0 * ctx * m.q_width();
 }
 

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "model/metric.h"
+#include "patching/circuit_mib.h"
 #include "patching/circuit_run.h"
 #include "patching/out_dir.h"
 #include "patching/cli/args.h"
@@ -51,6 +52,21 @@ int cmd_circuit(const Args& a) {
     if (opt.edges < 1) throw Error("--edges: expected a positive number of edges, got " + a.get("edges", ""));
   }
   const std::string out = a.get("out", "out-circuit");
+  const std::string export_fmt = a.get("export", "");
+  if (a.has("export") && export_fmt != "mib")
+    throw Error("--export: expected mib, got '" + export_fmt + "'" + did_you_mean(export_fmt, {"mib"}));
+  if (!a.has("export") && (a.has("mib-task") || a.has("mib-model")))
+    throw Error("--mib-task / --mib-model apply to --export mib only");
+  auto base_name = [](std::string p) {
+    while (p.size() > 1 && (p.back() == '/' || p.back() == '\\')) p.pop_back();
+    const size_t s = p.find_last_of("/\\");
+    return s == std::string::npos ? p : p.substr(s + 1);
+  };
+  std::string mib_task = base_name(opt.pairs_file);
+  if (mib_task.size() > 5 && mib_task.compare(mib_task.size() - 5, 5, ".json") == 0) mib_task.resize(mib_task.size() - 5);
+  for (char& ch : mib_task)
+    if (ch == '_') ch = '-';  // MIB's folder is <task>_<model>
+  mib_task = a.get("mib-task", mib_task);
   Comm& comm = Comm::world();
   opt.log = [](const std::string& s) { std::cerr << "[phi3patch] " << s << std::endl; };
   std::unique_ptr<Backend> be;
@@ -63,6 +79,7 @@ int cmd_circuit(const Args& a) {
     m = load_model_meta(model_dir);
     opt.add_bos = bos_option(a, m->tok);
     check_circuit_support(m->cfg);
+    if (!export_fmt.empty()) check_mib_support(m->cfg);
     if (a.has("edge-grid")) {
       const CircuitGraph g(m->cfg.num_hidden_layers, m->cfg.num_attention_heads, m->cfg.num_key_value_heads);
       opt.grid = parse_edge_grid(a.get("edge-grid", ""), g.n_edges());
@@ -83,7 +100,14 @@ int cmd_circuit(const Args& a) {
   });
   const CircuitRunResult r = run_circuit(*be, *m, opt, comm);
   if (!comm.root()) return 0;
-  const auto files = write_circuit_outputs(r, out);
+  auto files = write_circuit_outputs(r, out);
+  if (!export_fmt.empty()) {
+    std::string mib_model = base_name(model_dir);
+    for (char& ch : mib_model)
+      if (ch == '_') ch = '-';
+    files.push_back(write_mib_submission(r, m->cfg.hidden_size, path_join(out, "mib"), mib_task,
+                                         a.get("mib-model", mib_model)));
+  }
   std::cout << "model: " << model_dir << " (" << r.L << " layers, " << r.H << " heads) on " << be->name() << "\n"
             << "graph: " << r.n_edges << " edges; " << r.method << " (" << r.direction << ") scores in "
             << r.score_seconds << " s\n"

@@ -204,6 +204,12 @@ Under mpirun the grid's circuits are divided across the ranks.
   --out DIR          output directory [out-circuit]: edges.csv, circuit.json, faithfulness.svg,
                      circuit.svg, report.html
   --force            overwrite a circuit.json already in --out
+  --export mib       also write the MIB circuit-localization submission layout:
+                     DIR/mib/<task>_<model>/importances.json (EAP-IG's graph JSON: every edge's
+                     score, the reported circuit's edges and nodes in_graph); MHA models with
+                     pre-norms only (docs/circuits.md)
+  --mib-task NAME    the task in that folder name [the pairs file's name, without .json]
+  --mib-model NAME   the model in that folder name [the --model directory's name]
   --no-bos           do not prepend BOS (by default: where the tokenizer asks for one)
   --bos              prepend the tokenizer's BOS token even where it asks for none
   --answer-first-token  an answer of more than one token uses its first piece
@@ -257,7 +263,7 @@ usage: phi3patch make-random --out DIR [OPTIONS]
                     phi-3-medium | phi-4-mini | tiny | qwen2.5-{0.5b,1.5b,3b,7b,14b,32b,72b} |
                     llama-3.2-{1b,3b} | llama-3.1-{8b,70b} | mistral-7b | mistral-nemo-12b |
                     qwen3-{0.6b,1.7b,4b,8b,14b,32b} | gemma-2-{2b,9b,27b} |
-                    gemma-3-{1b,4b,12b,27b}; tiny is a 4-layer
+                    gemma-3-{1b,4b,12b,27b} | gpt2 | gpt2-{medium,large,xl}; tiny is a 4-layer
                     Phi-3 of width 64 (under 1 MiB), a real shape writes gigabytes
                     (phi-3-mini: 7.6 GB) [tiny]
   --layers N        keep only the first N layers (0 = the shape's own count) [0]
@@ -279,7 +285,7 @@ const std::vector<CommandSpec>& table() {
       {"tokenize", {"model"}, {"no-bos", "bos", "help"}, kTokenizeUsage},
       {"circuit",
        {"model", "device", "pairs", "method", "ig-steps", "direction", "edge-grid", "edges", "target", "out", "select",
-        "mem-budget", "batch", "metric"},
+        "mem-budget", "batch", "metric", "export", "mib-task", "mib-model"},
        {"fp32", "force", "no-bos", "bos", "help", "answer-first-token", "no-mix"},
        kCircuitUsage},
       {"verify", {"reference", "device"}, {"fp32", "naive", "no-patching", "verbose", "help"}, kVerifyUsage},

@@ -164,11 +164,28 @@ json phi3_config(const std::string& like) {
 
 const char* const kPhi3Shapes[] = {"phi-3-mini", "phi-3-mini-128k", "phi-3-medium", "phi-4-mini", "tiny"};
 
+// GPT-2 (openai-community/gpt2, -medium, -large, -xl): config.json under GPT-2's own names.
+json gpt2_config(const std::string& like) {
+  int d = 0, layers = 0, heads = 0;
+  if (like == "gpt2") d = 768, layers = 12, heads = 12;
+  else if (like == "gpt2-medium") d = 1024, layers = 24, heads = 16;
+  else if (like == "gpt2-large") d = 1280, layers = 36, heads = 20;
+  else if (like == "gpt2-xl") d = 1600, layers = 48, heads = 25;
+  else return json();
+  return {{"architectures", {"GPT2LMHeadModel"}}, {"model_type", "gpt2"}, {"activation_function", "gelu_new"},
+          {"bos_token_id", 50256}, {"eos_token_id", 50256}, {"layer_norm_epsilon", 1e-5}, {"n_ctx", 1024},
+          {"n_embd", d}, {"n_head", heads}, {"n_inner", nullptr}, {"n_layer", layers}, {"n_positions", 1024},
+          {"scale_attn_weights", true}, {"tie_word_embeddings", true}, {"vocab_size", 50257},
+          {"torch_dtype", "float32"}};
+}
+const char* const kGpt2Shapes[] = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"};
+
 }  // namespace
 
 std::vector<std::string> like_shape_names() {
   std::vector<std::string> out(std::begin(kPhi3Shapes), std::end(kPhi3Shapes));
   for (const Shape& s : shapes()) out.push_back(s.name);
+  out.insert(out.end(), std::begin(kGpt2Shapes), std::end(kGpt2Shapes));
   return out;
 }
 
@@ -180,13 +197,14 @@ std::string like_shapes() {
 
 nlohmann::json config_like(const std::string& like, int layers_override) {
   json j = phi3_config(like);
+  if (j.is_null()) j = gpt2_config(like);
   if (j.is_null())
     for (const Shape& s : shapes())
       if (like == s.name) j = shape_config(s);
   if (j.is_null())
     throw Error("--like: unknown shape '" + like + "'" + did_you_mean(like, like_shape_names()) + " (expected one of " +
                 like_shapes() + ")");
-  if (layers_override > 0) j["num_hidden_layers"] = layers_override;
+  if (layers_override > 0) j[j.contains("n_layer") ? "n_layer" : "num_hidden_layers"] = layers_override;
   return j;
 }
 

@@ -203,19 +203,20 @@ class CudaBackend final : public Backend {
     cuda::embedding_forward(out, ids, table, N, stream_, scale);
   }
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D,
-                       float eps) override {
+                       float eps, bool center = false, const float* bias = nullptr) override {
     select();
-    cuda::rmsnorm_forward(out, rstd, x, w, N, D, eps, stream_);
+    cuda::rmsnorm_forward(out, rstd, x, w, N, D, eps, stream_, center, bias);
   }
   void add_rmsnorm_forward(float* sum, GemmOut out, float* rstd, const float* a, const float* b,
-                           const float* w, int N, int D, float eps) override {
+                           const float* w, int N, int D, float eps, bool center = false,
+                           const float* bias = nullptr) override {
     select();
-    cuda::add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps, stream_);
+    cuda::add_rmsnorm_forward(sum, out, rstd, a, b, w, N, D, eps, stream_, center, bias);
   }
   void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w,
-                        const float* rstd, int N, int D) override {
+                        const float* rstd, int N, int D, bool center = false) override {
     select();
-    cuda::rmsnorm_backward(dx, dout, x, w, rstd, N, D, stream_);
+    cuda::rmsnorm_backward(dx, dout, x, w, rstd, N, D, stream_, center);
   }
   void linear_forward(float* y, GemmIn x, const Weight& W, int N, bool accumulate) override {
     select();

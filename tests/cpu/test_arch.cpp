@@ -62,7 +62,67 @@ TEST(Arch, EveryFamilyIsListed) {
   for (const auto& a : architectures()) names.push_back(a.hf_class);
   EXPECT_THAT(names, ::testing::ElementsAre("Phi3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
                                             "MistralForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM",
-                                            "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"));
+                                            "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration",
+                                            "GPT2LMHeadModel"));
+}
+
+// openai-community/gpt2's config.json, as published: GPT-2's field names, its flags, and the
+// fields the engine cannot honour refused before any weight is read.
+json gpt2_hub() {
+  return json::parse(R"({
+    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
+    "bos_token_id": 50256, "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12,
+    "n_layer": 12, "n_positions": 1024, "resid_pdrop": 0.1, "summary_activation": null,
+    "summary_first_dropout": 0.1, "summary_proj_to_labels": true, "summary_type": "cls_index",
+    "summary_use_proj": true, "task_specific_params": {"text-generation": {"do_sample": true, "max_length": 50}},
+    "vocab_size": 50257})");
+}
+
+TEST(Arch, Gpt2FromThePublishedConfig) {
+  const ModelConfig c = parse_config_json(gpt2_hub().dump(), "gpt2");
+  EXPECT_EQ(c.family, "gpt2");
+  EXPECT_EQ(c.hidden_size, 768);
+  EXPECT_EQ(c.intermediate_size, 3072);  // n_inner absent: 4 n_embd
+  EXPECT_EQ(c.num_hidden_layers, 12);
+  EXPECT_EQ(c.num_attention_heads, 12);
+  EXPECT_EQ(c.num_key_value_heads, 12);
+  EXPECT_EQ(c.head_dim, 64);
+  EXPECT_EQ(c.max_position_embeddings, 1024);
+  EXPECT_EQ(c.rotary_dim, 0);
+  EXPECT_FLOAT_EQ(c.rms_norm_eps, 1e-5f);
+  EXPECT_TRUE(c.norm_layer && c.pos_embed && !c.mlp_gated);
+  EXPECT_TRUE(c.qkv_bias && c.o_bias && c.mlp_bias);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.eos_token_id, 50256);
+  EXPECT_EQ(c.pad_token_id, 50256);
+  // The tensors as the hub checkpoint names them (Conv1D [in, out]; with or without "transformer.").
+  const auto t = expected_tensors(c);
+  EXPECT_EQ(t.front().name, "wte.weight");
+  EXPECT_EQ(t[1].name, "wpe.weight");
+  EXPECT_EQ(t[1].shape, (std::vector<int64_t>{1024, 768}));
+  bool c_attn = false;
+  for (const auto& e : t)
+    if (e.name == "h.0.attn.c_attn.weight") {
+      c_attn = true;
+      EXPECT_EQ(e.shape, (std::vector<int64_t>{768, 2304}));
+      EXPECT_TRUE(e.transposed);
+    }
+  EXPECT_TRUE(c_attn);
+  EXPECT_EQ(t.back().name, "ln_f.bias");
+  // An explicit n_inner.
+  json j = gpt2_hub();
+  j["n_inner"] = 1000;
+  EXPECT_EQ(parse_config_json(j.dump(), "gpt2").intermediate_size, 1000);
+  // What is refused, naming the field.
+  const std::vector<std::pair<std::string, json>> bad = {
+      {"scale_attn_by_inverse_layer_idx", true}, {"reorder_and_upcast_attn", true},
+      {"scale_attn_weights", false}, {"add_cross_attention", true}, {"activation_function", "relu"}};
+  for (const auto& [field, value] : bad) {
+    json k = gpt2_hub();
+    k[field] = value;
+    EXPECT_THAT(error_of([&] { parse_config_json(k.dump(), "gpt2"); }), HasSubstr("'" + field + "'")) << field;
+  }
 }
 
 // Gemma-2-2B's config.json, as published: every Gemma 2 flag from it.

@@ -151,14 +151,17 @@ TEST(DidYouMean, CliMessages) {
       " (expected one of phi-3-mini, phi-3-mini-128k, phi-3-medium, phi-4-mini, tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, "
       "qwen2.5-7b, qwen2.5-14b, qwen2.5-32b, qwen2.5-72b, llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, llama-3.1-70b, "
       "mistral-7b, mistral-nemo-12b, qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen3-14b, qwen3-32b, gemma-2-2b, "
-      "gemma-2-9b, gemma-2-27b, gemma-3-1b, gemma-3-4b, gemma-3-12b, gemma-3-27b)";
+      "gemma-2-9b, gemma-2-27b, gemma-3-1b, gemma-3-4b, gemma-3-12b, gemma-3-27b, gpt2, gpt2-medium, gpt2-large, "
+      "gpt2-xl)";
   EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like phi-3-mni"),
             "--like: unknown shape 'phi-3-mni'; did you mean phi-3-mini?" + shapes);
   EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like qwen2.5-7"),
             "--like: unknown shape 'qwen2.5-7'; did you mean qwen2.5-7b?" + shapes);
   EXPECT_EQ(cli_error("bench --predict h100 --like llama-3-8b"),
             "--like: unknown shape 'llama-3-8b'; did you mean llama-3.1-8b?" + shapes);
-  EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like gpt-2"), "--like: unknown shape 'gpt-2'" + shapes);
+  EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like gpt-2"),
+            "--like: unknown shape 'gpt-2'; did you mean gpt2?" + shapes);
+  EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like bloom"), "--like: unknown shape 'bloom'" + shapes);
   EXPECT_EQ(cli_error("bench --predict h10"), "--predict: expected h100 or h200, got 'h10'; did you mean h100?");
   EXPECT_EQ(cli_error("make-random --out /tmp/never-written --dtype bf61"),
             "--dtype: expected bf16 or f32, got 'bf61'; did you mean bf16?");

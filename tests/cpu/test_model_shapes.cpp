@@ -40,6 +40,9 @@ const std::map<std::string, Published> kPublished = {
     // 0.42 B SigLIP vision encoder and projector, which the engine does not load).
     {"gemma-3-1b", {"Gemma3ForCausalLM", 1.0e9}},   {"gemma-3-4b", {"Gemma3ForCausalLM", 3.88e9}},
     {"gemma-3-12b", {"Gemma3ForCausalLM", 11.77e9}}, {"gemma-3-27b", {"Gemma3ForCausalLM", 26.98e9}},
+    // GPT-2: 124 M, 355 M, 774 M, 1.5 B (1,557,611,200) as the model cards and the GPT-2 paper's code give them.
+    {"gpt2", {"GPT2LMHeadModel", 124.4e6}},        {"gpt2-medium", {"GPT2LMHeadModel", 354.8e6}},
+    {"gpt2-large", {"GPT2LMHeadModel", 774.0e6}},  {"gpt2-xl", {"GPT2LMHeadModel", 1557.6e6}},
 };
 
 TEST(ModelShapes, EveryShapeHasItsPublishedSize) {

@@ -324,6 +324,66 @@ INSTANTIATE_TEST_SUITE_P(Rmsnorm, RmsnormTest,
                                          NormCase{13, 96}, NormCase{4, 3072}),
                          norm_name);
 
+// LayerNorm (GPT-2): the norm op with center and a bias, against a double loop; the fused
+// residual add + norm gives the same; the backward against finite differences.
+class LayernormTest : public testing::TestWithParam<NormCase> {};
+
+TEST_P(LayernormTest, ForwardAndBackward) {
+  const auto [N, D] = GetParam();
+  SCOPED_TRACE("LAYER_NORM(N=" + std::to_string(N) + ",D=" + std::to_string(D) + ")");
+  const float eps = 1e-5f;
+  auto x = random_vec(size_t(N) * D, 200 + D, -2.0f, 3.0f);  // mean far from 0: centering matters
+  const auto w = random_vec(D, 201 + D, 0.5f, 1.5f), bias = random_vec(D, 204 + D);
+  const auto R = random_vec(size_t(N) * D, 202 + D);
+  std::vector<float> out(size_t(N) * D), rstd(N);
+  be().rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D, eps, true, bias.data());
+
+  std::vector<double> ref(out.size()), ref_rstd(N);
+  for (int n = 0; n < N; ++n) {
+    double mu = 0, ss = 0;
+    for (int d = 0; d < D; ++d) mu += x[n * D + d];
+    mu /= D;
+    for (int d = 0; d < D; ++d) ss += (x[n * D + d] - mu) * (x[n * D + d] - mu);
+    ref_rstd[n] = 1.0 / std::sqrt(ss / D + eps);
+    for (int d = 0; d < D; ++d) ref[n * D + d] = (x[n * D + d] - mu) * ref_rstd[n] * w[d] + bias[d];
+  }
+  expect_close(out, to_float(ref), 1e-5, "out");
+  expect_close(rstd, to_float(ref_rstd), 1e-5, "rstd");
+  // Not an RMSNorm: without center the output differs.
+  std::vector<float> rms(out.size());
+  be().rmsnorm_forward(rms.data(), rstd.data(), x.data(), w.data(), N, D, eps);
+  double diff = 0;
+  for (size_t i = 0; i < out.size(); ++i) diff = std::max(diff, double(std::fabs(out[i] - rms[i])));
+  EXPECT_GT(diff, 1e-2);
+
+  // The fused residual add: sum = a + b, then the same LayerNorm of sum.
+  const auto a = random_vec(x.size(), 205 + D, -1.0f, 2.0f);
+  std::vector<float> b(x.size()), sum(x.size()), out2(out.size()), rstd2(N);
+  for (size_t i = 0; i < x.size(); ++i) b[i] = x[i] - a[i];
+  be().add_rmsnorm_forward(sum.data(), out2.data(), rstd2.data(), a.data(), b.data(), w.data(), N, D, eps, true,
+                           bias.data());
+  std::vector<float> out3(out.size()), rstd3(N);
+  be().rmsnorm_forward(out3.data(), rstd3.data(), sum.data(), w.data(), N, D, eps, true, bias.data());
+  expect_close(out2, out3, 0, "fused add + norm");
+  expect_close(out2, to_float(ref), 1e-4, "fused add + norm vs reference");
+
+  be().rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D, eps, true, bias.data());
+  const auto dx0 = random_vec(x.size(), 203);
+  auto dx = dx0;
+  be().rmsnorm_backward(dx.data(), R.data(), x.data(), w.data(), rstd.data(), N, D, true);
+  for (size_t i = 0; i < dx.size(); ++i) dx[i] -= dx0[i];
+  const auto idx = sample(x.size(), 300);
+  const auto num = fd_grad(x, idx, 1e-2f, [&] {
+    be().rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D, eps, true, bias.data());
+    return loss(out, R);
+  });
+  expect_grad(dx, idx, num, 2e-3, "dx", 1.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layernorm, LayernormTest,
+                         testing::Values(NormCase{1, 2}, NormCase{5, 7}, NormCase{13, 48}, NormCase{4, 768}),
+                         norm_name);
+
 // ======================================================================================
 // Linear
 // ======================================================================================
@@ -1095,6 +1155,30 @@ TEST_P(GegluTest, ForwardAndBackward) {
 
 INSTANTIATE_TEST_SUITE_P(Geglu, GegluTest, testing::Values(GluCase{1, 1}, GluCase{5, 7}, GluCase{3, 9216}),
                          glu_name);
+
+// The non-gated MLP's GELU (GPT-2's gelu_new): out = gelu_tanh(x), x [N, F] (no up half).
+TEST_P(GegluTest, NoGate) {
+  const auto [N, F] = GetParam();
+  auto x = random_vec(size_t(N) * F, 520, -6.0f, 6.0f);
+  const auto R = random_vec(size_t(N) * F, 521);
+  std::vector<float> out(size_t(N) * F, NAN);
+  be().swiglu_forward(out.data(), x.data(), N, F, MlpAct::GeluTanhNoGate);
+  std::vector<double> ref(out.size());
+  const double k = std::sqrt(2.0 / M_PI);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = x[i];
+    ref[i] = 0.5 * g * (1 + std::tanh(k * (g + 0.044715 * g * g * g)));
+  }
+  expect_close(out, to_float(ref), 2e-6, "out");
+  std::vector<float> dx(x.size(), NAN);
+  be().swiglu_backward(dx.data(), R.data(), x.data(), N, F, MlpAct::GeluTanhNoGate);
+  const auto idx = sample(x.size(), 400);
+  const auto num = fd_grad(x, idx, 1e-2f, [&] {
+    be().swiglu_forward(out.data(), x.data(), N, F, MlpAct::GeluTanhNoGate);
+    return loss(out, R);
+  });
+  expect_grad(dx, idx, num, 1e-3, "dx");
+}
 
 // ======================================================================================
 // Elementwise: add, copy_rows

@@ -287,6 +287,42 @@ TEST_P(RmsNormGpu, ForwardBackward) {
   expect_close(outd.download(), out, kTolReduce, "out");
   expect_close(dxd.download(), dx, kTolReduce, "dx (accumulated onto a random dx)");
 }
+// LayerNorm (GPT-2): the norm op with center and a bias, and the fused residual add + norm,
+// CUDA against the CPU op.
+TEST_P(RmsNormGpu, LayerNormForwardBackward) {
+  REQUIRE_GPU();
+  const auto [N, D, mis] = GetParam();
+  const int off = mis ? 1 : 0;
+  const float eps = 1e-5f;
+  const size_t n = (size_t)N * D + off;
+  auto x = random_vec(n, 31, -2, 4), w = random_vec(D + off, 32, 0.5, 1.5), bias = random_vec(D + off, 35);
+  auto a = random_vec(n, 36, -1, 2);
+  auto dout = random_vec(n, 33), dx0 = random_vec(n, 34);
+  std::vector<float> out(n, 0.f), rstd(N), dx = dx0, sum(n, 0.f), out2(n, 0.f), rstd2(N);
+  cpu::rmsnorm_forward(out.data() + off, rstd.data(), x.data() + off, w.data() + off, N, D, eps, nullptr, true,
+                       bias.data() + off);
+  cpu::rmsnorm_backward(dx.data() + off, dout.data() + off, x.data() + off, w.data() + off, rstd.data(), N, D,
+                        nullptr, true);
+  cpu::add_rmsnorm_forward(sum.data() + off, out2.data() + off, rstd2.data(), a.data() + off, x.data() + off,
+                           w.data() + off, N, D, eps, nullptr, true, bias.data() + off);
+
+  auto xd = dev(x), wd = dev(w), bd = dev(bias), ad = dev(a), doutd = dev(dout), dxd = dev(dx0);
+  DeviceArray<float> outd(gpu(), n), rstdd(gpu(), N), sumd(gpu(), n), out2d(gpu(), n), rstd2d(gpu(), N);
+  gpu().zero(outd.get(), n * 4);
+  gpu().zero(sumd.get(), n * 4);
+  gpu().zero(out2d.get(), n * 4);
+  gpu().rmsnorm_forward(outd.get() + off, rstdd.get(), xd.get() + off, wd.get() + off, N, D, eps, true,
+                        bd.get() + off);
+  gpu().rmsnorm_backward(dxd.get() + off, doutd.get() + off, xd.get() + off, wd.get() + off, rstdd.get(), N, D, true);
+  gpu().add_rmsnorm_forward(sumd.get() + off, out2d.get() + off, rstd2d.get(), ad.get() + off, xd.get() + off,
+                            wd.get() + off, N, D, eps, true, bd.get() + off);
+  expect_close(rstdd.download(), rstd, kTolReduce, "layernorm rstd");
+  expect_close(outd.download(), out, kTolReduce, "layernorm out");
+  expect_close(dxd.download(), dx, kTolReduce, "layernorm dx (accumulated onto a random dx)");
+  expect_close(sumd.download(), sum, 0, "add + layernorm: sum");
+  expect_close(out2d.download(), out2, kTolReduce, "add + layernorm: out");
+  expect_close(rstd2d.download(), rstd2, kTolReduce, "add + layernorm: rstd");
+}
 INSTANTIATE_TEST_SUITE_P(RmsNorm, RmsNormGpu,
                          ::testing::Values(NormParam{1, 1, false}, NormParam{3, 7, false},
                                            NormParam{5, 33, false}, NormParam{4, 1000, false},
@@ -803,8 +839,9 @@ TEST_P(SwigluGpu, ForwardBackward) {  // SwiGLU and GeGLU (Gemma 2's tanh-GELU g
   REQUIRE_GPU();
   const auto [N, F, mis] = GetParam();
   const int off = mis ? 1 : 0;
-  for (MlpAct act : {MlpAct::Silu, MlpAct::GeluTanh}) {
-    const std::string what = act == MlpAct::Silu ? "swiglu" : "geglu";
+  // GeluTanhNoGate (GPT-2's non-gated MLP) reads and writes only the first N*F elements.
+  for (MlpAct act : {MlpAct::Silu, MlpAct::GeluTanh, MlpAct::GeluTanhNoGate}) {
+    const std::string what = act == MlpAct::Silu ? "swiglu" : act == MlpAct::GeluTanh ? "geglu" : "gelu (no gate)";
     auto gu = random_vec((size_t)N * 2 * F + off, 71, -6, 6), dout = random_vec((size_t)N * F + off, 72);
     std::vector<float> out(dout.size(), 0.f), dgu(gu.size(), 0.f);
     cpu::swiglu_forward(out.data() + off, gu.data() + off, N, F, nullptr, act);

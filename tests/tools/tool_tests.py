@@ -168,7 +168,15 @@ def t_sdpa_bench(args, work):
               f"({row['max_abs_err']:.2e})")
 
 
-TESTS = {"tl_loop": t_tl_loop, "batched_torch": t_batched_torch, "compare_results": t_compare_results,
+def t_tl_gpt2(args, work):
+    # TransformerLens' HookedTransformer on the GPT-2 reference model: every stored hook of every
+    # prompt within 1e-4 of the transformers-side reference the engine is verified against.
+    need("transformer_lens", "safetensors", "transformers")
+    r = run([sys.executable, os.path.join(TOOLS, "tl_gpt2_check.py"), "--tol", "1e-4"])
+    check(r.returncode == 0 and "PASS" in r.stdout, "TransformerLens agrees with the GPT-2 reference on every hook")
+
+
+TESTS = {"tl_gpt2": t_tl_gpt2, "tl_loop": t_tl_loop, "batched_torch": t_batched_torch, "compare_results": t_compare_results,
          "circuit_bench": t_circuit_bench, "tokenizer_bench": t_tokenizer_bench, "sdpa_bench": t_sdpa_bench}
 
 
