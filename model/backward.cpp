@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "model/finite_check.h"
+#include "model/moe.h"
 #include "model/qk_norm.h"
 #include "runtime/error.h"
 
@@ -107,7 +108,8 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
   for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
   DeviceArray<AttnSegment> dsegs = to_device(be, segs);
 
-  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * 2 * F), dln(be, size_t(N) * D);
+  const size_t dense_f = c.moe() ? 0 : size_t(F);  // a MoE model's expert buffers are moe_backward's
+  DeviceArray<float> dact(be, size_t(N) * dense_f), dgu(be, size_t(N) * 2 * dense_f), dln(be, size_t(N) * D);
   DeviceArray<float> dv(be, size_t(N) * KVW);
   DeviceArray<float> draw;  // post_norms: d of o_proj's / down_proj's output (before its norm)
   if (c.post_norms) draw = DeviceArray<float>(be, size_t(N) * D);
@@ -170,6 +172,9 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     }
 
     // MLP: resid_post = resid_mid + down(swiglu(gate_up(rmsnorm(resid_mid))))
+    if (c.moe()) {  // the MoE block, its routing held fixed (AtP through the gate weights)
+      moe_backward(be, m, l, a.moe, dpost, dln.get(), N);
+    } else {
     float* dact_l = dact.get();
     if (opt.keep_dmlp_post) {  // this layer's d hook_mlp_post kept (written in place, no copy)
       lg.act = DeviceArray<float>(be, size_t(N) * F);
@@ -178,6 +183,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     be.linear_backward(dact_l, through_post_norm(dpost, a.mlp_raw.get(), w.post_mlp, a.rstd_pm.get()), w.down, N, false);
     be.swiglu_backward(dgu.get(), dact_l, a.gate_up.get(), N, F, mlp_act(m.cfg));
     be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
+    }
     lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_mid.get(), dpost, size_t(N) * D * sizeof(float));
     be.rmsnorm_backward(lg.resid_mid.get(), dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D);

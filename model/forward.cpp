@@ -29,11 +29,15 @@ void plan_layer_internals(ArenaPlan& p, const Model& m, size_t N, int B, int T, 
   if (gemm16) p.add<uint16_t>(N * m.q_width());                           // z16
   if (keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T * T);
   p.add<float>(N * D).add<float>(N * D);                                  // attn_out, resid_mid
-  gemm_in(N * D);                                                         // ln2
-  p.add<float>(N);                                                        // rstd2
-  p.add<float>(N * 2 * F);                                                // gate_up
-  gemm_in(N * F);                                                         // act
-  if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
+  if (c.moe()) {  // ln2 in fp32 (gathered by expert); the MoE buffers live outside the arena
+    p.add<float>(N * D).add<float>(N);
+  } else {
+    gemm_in(N * D);                                                       // ln2
+    p.add<float>(N);                                                      // rstd2
+    p.add<float>(N * 2 * F);                                              // gate_up
+    gemm_in(N * F);                                                       // act
+    if (gemm16 && keep_mlp_post) p.add<float>(N * F);                     // act in fp32 too
+  }
   p.add<float>(N * D);                                                    // mlp_out
   if (c.post_norms) p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N);
   p.add<float>(size_t(B) * c.num_attention_heads * T * 2);                // stats
@@ -75,13 +79,19 @@ LayerGemmIns take_layer_internals(Arena& A, const Model& m, LayerActs& a, size_t
   if (keep_pattern) a.pattern = A.take<float>(size_t(B) * H * T * T);
   a.attn_out = A.take<float>(N * D);
   a.resid_mid = A.take<float>(N * D);
-  g.ln2 = A.take_gemm_in(g16, a.ln2, a.ln2_16, N * D);
-  a.rstd2 = A.take<float>(N);
-  a.gate_up = A.take<float>(N * 2 * F);
-  g.act = A.take_gemm_in(g16, a.act, a.act16, N * F);
-  if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
-    a.act = A.take<float>(N * F);
-    g.act.f32 = a.act.get();
+  if (c.moe()) {  // (plan_layer_internals) ln2 in fp32, no dense MLP buffers
+    a.ln2 = A.take<float>(N * D);
+    g.ln2 = GemmOut(a.ln2.get());
+    a.rstd2 = A.take<float>(N);
+  } else {
+    g.ln2 = A.take_gemm_in(g16, a.ln2, a.ln2_16, N * D);
+    a.rstd2 = A.take<float>(N);
+    a.gate_up = A.take<float>(N * 2 * F);
+    g.act = A.take_gemm_in(g16, a.act, a.act16, N * F);
+    if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
+      a.act = A.take<float>(N * F);
+      g.act.f32 = a.act.get();
+    }
   }
   a.mlp_out = A.take<float>(N * D);
   if (c.post_norms) {
@@ -497,6 +507,9 @@ struct LayerPass {
                              c.rms_norm_eps);
     }
 
+    if (c.moe()) {  // the sparse MoE block (model/moe.h): routing recomputed from this run's input
+      moe_forward(be, m, l, ln2.f32, a.mlp_out.get(), N, a.moe);
+    } else {
     be.linear_forward(a.gate_up.get(), ln2, w.gate_up, N, false);
     be.swiglu_forward(act, a.gate_up.get(), N, F, mlp_act(c));
     GemmIn act_in(act);
@@ -509,6 +522,7 @@ struct LayerPass {
       be.rmsnorm_forward(a.mlp_out.get(), a.rstd_pm.get(), a.mlp_raw.get(), w.post_mlp, N, D, c.rms_norm_eps);
     } else {
       be.linear_forward(a.mlp_out.get(), act_in, w.down, N, false);
+    }
     }
     patch_here(Hook::MlpOut, l, a.mlp_out.get(), D, D);
     if (!next) return false;
@@ -551,6 +565,9 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   PHI3_CHECK(!opt.checkpoint || (!opt.patch && !opt.keep_pattern),
              "forward: a checkpointed pass (layer inputs only) takes no patch and keeps no pattern");
   PHI3_CHECK(!(opt.checkpoint && opt.sweep_cache), "forward: checkpoint and sweep_cache exclude each other");
+  if (c.moe() && opt.patch && opt.patch->hook == Hook::MlpPost)
+    throw Error("hook mlp_post (MLP neurons) does not exist on a mixture-of-experts model (" + c.architecture +
+                "): its MLP is " + std::to_string(c.num_experts) + " experts; patch mlp_out instead");
   const bool g16 = be.gemm_in_bf16();
 
   ForwardState s;
@@ -707,6 +724,9 @@ void check_finite(Backend& be, const Model& m, const ForwardState& s, const char
 
 ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
   PHI3_CHECK(b0 >= 0 && nb >= 0 && b0 + nb <= B, "forward state: rows out of range");
+  PHI3_CHECK(layers.empty() || !layers[0].moe.y.size() || (b0 == 0 && nb == B),
+             "forward state: the rows of a mixture-of-experts pass cannot be split (its expert rows are grouped "
+             "across the batch)");
   ForwardState v;
   v.arena = arena;
   v.B = nb;
@@ -748,6 +768,23 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
     x.mlp_out = slice(l.mlp_out);
     x.attn_raw = slice(l.attn_raw);
     x.mlp_raw = slice(l.mlp_raw);
+    if (l.moe.y.size()) {  // the whole batch (checked above): the MoE buffers borrowed as they are
+      auto all = [&](const auto& a) {
+        using Elem = std::remove_const_t<std::remove_pointer_t<decltype(a.get())>>;
+        return DeviceArray<Elem>::borrowed(be, const_cast<Elem*>(a.get()), a.size());
+      };
+      x.moe.router = all(l.moe.router);
+      x.moe.ids = all(l.moe.ids);
+      x.moe.gates = all(l.moe.gates);
+      x.moe.slot = all(l.moe.slot);
+      x.moe.src = all(l.moe.src);
+      x.moe.x = all(l.moe.x);
+      x.moe.h = all(l.moe.h);
+      x.moe.act = all(l.moe.act);
+      x.moe.y = all(l.moe.y);
+      x.moe.count = l.moe.count;
+      x.moe.host_ids = l.moe.host_ids;
+    }
     x.rstd_pa = slice(l.rstd_pa);
     x.rstd_pm = slice(l.rstd_pm);
     v.layers.push_back(std::move(x));
@@ -784,6 +821,11 @@ PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const 
     both.pad.insert(both.pad.end(), b->pad.begin(), b->pad.end());
   }
   PairForward p;
+  if (m.cfg.moe()) {  // the grouped expert rows span the batch: two passes, views of themselves
+    p.clean = forward(be, m, clean, opt);
+    p.corrupted = forward(be, m, corrupted, opt);
+    return p;  // (both stays empty)
+  }
   p.both = forward(be, m, both, opt);
   p.clean = p.both.rows(be, 0, clean.B);
   p.corrupted = p.both.rows(be, clean.B, corrupted.B);

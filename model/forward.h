@@ -7,6 +7,7 @@
 #include "model/batch.h"
 #include "model/hooks.h"
 #include "model/model.h"
+#include "model/moe.h"
 #include "runtime/arena.h"
 #include "runtime/tensor.h"
 
@@ -47,6 +48,10 @@ struct LayerActs {
   DeviceArray<float> attn_raw, mlp_raw;  // [N,D]
   DeviceArray<float> rstd_pa, rstd_pm;   // [N]
   DeviceArray<float> stats;              // [B,H,T,2] attention softmax (max, sum) per query row: the backward's P
+  // MoE models: the block's routing and grouped expert activations (model/moe.h; own device
+  // memory, outside the arena); ln2 is then fp32 (the grouped rows are gathered from it) and
+  // gate_up / act stay empty.
+  MoeActs moe;
 };
 
 struct ForwardState {

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "model/moe.h"
 #include "model/qk_norm.h"
 #include "patching/copy_slices.h"
 #include "runtime/arena.h"
@@ -240,6 +241,17 @@ class FastSweep {
   // x [rows, D] = resid_mid rows -> x += down(swiglu(gate_up(rmsnorm(x)))), the residual add
   // done by the down projection's GEMM (accumulate).
   void mlp_block(const LayerWeights& w, float* x, int rows) {
+    if (c_.moe()) {  // the MoE block (model/moe.h): each patched run routed afresh
+      const int l = static_cast<int>(&w - m_.w.layers.data());
+      if (moe_ln_.size() < size_t(rows) * D_) {
+        moe_ln_ = DeviceArray<float>(be_, size_t(rows) * D_);
+        moe_out_ = DeviceArray<float>(be_, size_t(rows) * D_);
+      }
+      be_.rmsnorm_forward(moe_ln_.get(), rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
+      moe_forward(be_, m_, l, moe_ln_.get(), moe_out_.get(), rows, moe_);
+      be_.add(x, x, moe_out_.get(), int64_t(rows) * D_);
+      return;
+    }
     be_.rmsnorm_forward(ln_, rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps);
     be_.linear_forward(gu_.get(), ln_, w.gate_up, rows, false);
     be_.swiglu_forward(act_, gu_.get(), rows, F_, mlp_act(c_));
@@ -485,6 +497,8 @@ class FastSweep {
   DeviceArray<float> qkn_;  // q and k normalized per head (models with q/k norm only)
   DeviceArray<float> post_raw_, post_out_, post_rstd_;  // add_output's work rows (post-norm models only)
   DeviceArray<uint16_t> ln16_, z16_, act16_;
+  DeviceArray<float> moe_ln_, moe_out_;  // MoE models: the block's fp32 input and output rows
+  MoeActs moe_;
   GemmOut ln_, act_;  // ln32_/ln16_ and act32_/act16_, whichever is in use
 };
 
