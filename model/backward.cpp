@@ -35,6 +35,9 @@ const float* Gradients::hook_grad(Hook h, int l) const {
     case Hook::V:
     case Hook::VAllPos: return g.qkv.get() + q_width + kv_width;
     case Hook::MlpPost: return g.act.get();
+    case Hook::Router:
+      if (!g.router.size()) throw Error("hook_router has a gradient only on a mixture-of-experts model");
+      return g.router.get();
     default: break;
   }
   return nullptr;
@@ -57,6 +60,10 @@ TensorView Gradients::gradient(const Backend& be, const Model& m, int B, int T, 
   if (h == "attn.hook_v") return make_view(be, g.qkv.get() + QW + KVW, {Bn, Tn, KVH, HD}, N, KVW, QKVW);
   if (h == "attn.hook_rot_q") return make_view(be, g.q_rot.get(), {Bn, Tn, H, HD}, N, QW, QW);
   if (h == "attn.hook_rot_k") return make_view(be, g.k_rot.get(), {Bn, Tn, KVH, HD}, N, KVW, KVW);
+  if (h == "mlp.hook_router" && g.router.size()) {
+    const int64_t E = m.cfg.num_experts;
+    return make_view(be, g.router.get(), {Bn, Tn, E}, N, E, E);
+  }
   throw Error("no gradient is kept for '" + name + "'");
 }
 
@@ -129,7 +136,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
   PHI3_CHECK(opt.drop_layer >= -1 && opt.drop_layer < L, "backward: drop_layer out of range");
   g.dropped_layer = opt.drop_layer;
   if (opt.drop_layer >= 0) {
-    g.zeros = DeviceArray<float>(be, size_t(N) * std::max({D, QKVW, opt.keep_dmlp_post ? F : 0}));
+    g.zeros = DeviceArray<float>(be, size_t(N) * std::max({D, QKVW, opt.keep_dmlp_post ? F : 0, c.num_experts}));
     be.zero(g.zeros.get(), g.zeros.size() * sizeof(float));
   }
   // Layer l is done: hand it to on_layer, then (keep_layers off) drop what layer l-1 no longer needs.
@@ -173,7 +180,8 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
 
     // MLP: resid_post = resid_mid + down(swiglu(gate_up(rmsnorm(resid_mid))))
     if (c.moe()) {  // the MoE block, its routing held fixed (AtP through the gate weights)
-      moe_backward(be, m, l, a.moe, dpost, dln.get(), N);
+      lg.router = DeviceArray<float>(be, size_t(N) * c.num_experts);
+      moe_backward(be, m, l, a.moe, dpost, dln.get(), N, lg.router.get());
     } else {
     float* dact_l = dact.get();
     if (opt.keep_dmlp_post) {  // this layer's d hook_mlp_post kept (written in place, no copy)

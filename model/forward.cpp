@@ -1,6 +1,7 @@
 #include "model/forward.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <type_traits>
 
@@ -274,11 +275,25 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
       throw Error("activation '" + name + "': the fp32 MLP output was not kept by this forward pass (bf16 GEMM inputs)");
     return make_view(be, a.act.get(), {Bn, Tn, F}, N, F, F);
   }
+  if (h == "mlp.hook_router") {  // MoE: the router logits
+    const int64_t E = m.cfg.num_experts;
+    if (!a.moe.router.size()) throw Error("activation '" + name + "': only a mixture-of-experts model has a router");
+    return make_view(be, a.moe.router.get(), {Bn, Tn, E}, N, E, E);
+  }
   if (h == "attn.hook_pattern") {
     if (!a.pattern.size()) throw Error("activation '" + name + "': the pattern was not kept by this forward pass");
     return make_view(be, a.pattern.get(), {Bn, H, Tn, Tn}, Bn * H * Tn, Tn, Tn);
   }
   throw Error("unknown activation name '" + name + "'");
+}
+
+void check_hook_supported(Hook h, const ModelConfig& c) {
+  if (h == Hook::MlpPost && c.moe())
+    throw Error("hook mlp_post (MLP neurons) does not exist on a mixture-of-experts model (" + c.architecture +
+                "): its MLP is " + std::to_string(c.num_experts) + " experts; use mlp_out or router instead");
+  if (h == Hook::Router && !c.moe())
+    throw Error("hook router (a mixture-of-experts block's router logits) does not exist on " + c.architecture +
+                ", a dense model");
 }
 
 SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks) {
@@ -291,12 +306,14 @@ SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks) {
     k.attn_out = k.attn_out || h == Hook::AttnOut;
     k.resid_mid = k.resid_mid || h == Hook::ResidMid || h == Hook::MlpOut || h == Hook::MlpPost;
     k.mlp_out = k.mlp_out || h == Hook::MlpOut;
+    k.resid_mid = k.resid_mid || h == Hook::Router;  // (the router's logits are the MoE block's own)
   }
   return k;
 }
 
 int64_t hook_stride(Hook h, const Model& m) {
   if (h == Hook::MlpPost) return m.cfg.intermediate_size;
+  if (h == Hook::Router) return m.cfg.num_experts;
   if (hook_is_qkv(h)) return m.qkv_width();
   if (hook_is_per_head(h)) return m.q_width();
   return m.cfg.hidden_size;
@@ -308,6 +325,7 @@ int hook_heads(Hook h, const ModelConfig& c) {
 }
 int hook_group_width(Hook h, const ModelConfig& c) {
   if (h == Hook::MlpPost) return 1;
+  if (h == Hook::Router) return c.num_experts;
   return hook_is_per_head(h) ? c.head_dim : c.hidden_size;
 }
 
@@ -361,6 +379,9 @@ const float* hook_data_of(const LayerActs& a, const float* resid_post, int q_wid
     case Hook::MlpPost:
       if (!a.act.size()) throw Error("hook_mlp_post was not kept in fp32 by this forward pass (ForwardOptions::keep_mlp_post)");
       return a.act.get();
+    case Hook::Router:
+      if (!a.moe.router.size()) throw Error("hook_router exists only on a mixture-of-experts model's forward pass");
+      return a.moe.router.get();
   }
   return nullptr;
 }
@@ -377,7 +398,7 @@ const float* ForwardState::hook_data(Hook h, int l) const {
                       ((b == Hook::Q || b == Hook::K || b == Hook::V) && k.qkv) || (b == Hook::Z && k.z) ||
                       (hook_is_pattern(h) && layers.at(l).pattern.size()) || (h == Hook::AttnOut && k.attn_out) ||
                       (h == Hook::ResidMid && k.resid_mid) || (h == Hook::MlpOut && k.mlp_out) ||
-                      (h == Hook::MlpPost && keep_mlp_post);
+                      (h == Hook::MlpPost && keep_mlp_post) || (h == Hook::Router && layers.at(l).moe.router.size());
     if (!kept) throw Error(hook_name(h) + " was not kept by this sweep-cache forward pass (ForwardOptions::cache_keep)");
   }
   return hook_data_of(a, resid_post(l), q_width, kv_width, h);
@@ -508,7 +529,10 @@ struct LayerPass {
     }
 
     if (c.moe()) {  // the sparse MoE block (model/moe.h): routing recomputed from this run's input
-      moe_forward(be, m, l, ln2.f32, a.mlp_out.get(), N, a.moe);
+      std::function<void(float*)> patch_logits;
+      if (patched_at(Hook::Router, l))
+        patch_logits = [&](float* logits) { patch_here(Hook::Router, l, logits, c.num_experts, c.num_experts); };
+      moe_forward(be, m, l, ln2.f32, a.mlp_out.get(), N, a.moe, patch_logits);
     } else {
     be.linear_forward(a.gate_up.get(), ln2, w.gate_up, N, false);
     be.swiglu_forward(act, a.gate_up.get(), N, F, mlp_act(c));
@@ -565,6 +589,7 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   PHI3_CHECK(!opt.checkpoint || (!opt.patch && !opt.keep_pattern),
              "forward: a checkpointed pass (layer inputs only) takes no patch and keeps no pattern");
   PHI3_CHECK(!(opt.checkpoint && opt.sweep_cache), "forward: checkpoint and sweep_cache exclude each other");
+  if (opt.patch) check_hook_supported(opt.patch->hook, c);
   if (c.moe() && opt.patch && opt.patch->hook == Hook::MlpPost)
     throw Error("hook mlp_post (MLP neurons) does not exist on a mixture-of-experts model (" + c.architecture +
                 "): its MLP is " + std::to_string(c.num_experts) + " experts; patch mlp_out instead");

@@ -19,6 +19,9 @@ struct SweepCacheKeep {
   bool qkv = true, z = true, attn_out = true, resid_mid = true, mlp_out = true;
 };
 SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks);
+// Throws naming the hook when the model has no such activation: mlp_post on a mixture-of-experts
+// model (no single MLP's neurons), router on a dense one.
+void check_hook_supported(Hook h, const ModelConfig& c);
 
 struct LayerActs {
   DeviceArray<float> resid_pre;  // [N,D]

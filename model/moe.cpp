@@ -32,7 +32,8 @@ void ensure(Backend& be, DeviceArray<T>& a, size_t n) {
 }
 }  // namespace
 
-void moe_forward(Backend& be, const Model& m, int l, const float* x, float* out, int N, MoeActs& a) {
+void moe_forward(Backend& be, const Model& m, int l, const float* x, float* out, int N, MoeActs& a,
+                 const std::function<void(float*)>& patch_logits) {
   const ModelConfig& c = m.cfg;
   const LayerWeights& w = m.w.layers.at(static_cast<size_t>(l));
   const int E = c.num_experts, k = c.experts_per_tok, D = c.hidden_size, F = c.moe_intermediate_size;
@@ -49,6 +50,7 @@ void moe_forward(Backend& be, const Model& m, int l, const float* x, float* out,
   ensure(be, a.y, M * D);
   if (N == 0) return;
   be.linear_forward(a.router.get(), x, w.router, N, false);
+  if (patch_logits) patch_logits(a.router.get());
   be.moe_route_forward(a.ids.get(), a.gates.get(), a.router.get(), N, E, k, c.moe_renorm);
   a.host_ids.assign(M, -1);
   be.download(a.host_ids.data(), a.ids.get(), M * sizeof(int32_t));
@@ -73,7 +75,8 @@ void moe_forward(Backend& be, const Model& m, int l, const float* x, float* out,
   be.moe_combine_forward(out, a.y.get(), a.slot.get(), a.gates.get(), N, k, D);
 }
 
-void moe_backward(Backend& be, const Model& m, int l, const MoeActs& a, const float* dout, float* dx, int N) {
+void moe_backward(Backend& be, const Model& m, int l, const MoeActs& a, const float* dout, float* dx, int N,
+                  float* dlogits_out) {
   const ModelConfig& c = m.cfg;
   const LayerWeights& w = m.w.layers.at(static_cast<size_t>(l));
   const int E = c.num_experts, k = c.experts_per_tok, D = c.hidden_size, F = c.moe_intermediate_size;
@@ -81,7 +84,9 @@ void moe_backward(Backend& be, const Model& m, int l, const MoeActs& a, const fl
   PHI3_CHECK(a.y.size() == M * D && static_cast<int>(a.count.size()) == E,
              "moe_backward: the forward's MoE activations of layer " + std::to_string(l) + " are not kept");
   if (N == 0) return;
-  DeviceArray<float> dy(be, M * D), dgates(be, M), dact(be, M * F), dh(be, M * 2 * F), dlogits(be, size_t(N) * E);
+  DeviceArray<float> dy(be, M * D), dgates(be, M), dact(be, M * F), dh(be, M * 2 * F);
+  DeviceArray<float> dlogits = dlogits_out ? DeviceArray<float>::borrowed(be, dlogits_out, size_t(N) * E)
+                                           : DeviceArray<float>(be, size_t(N) * E);
   be.moe_combine_backward(dy.get(), dgates.get(), dout, a.y.get(), a.slot.get(), a.gates.get(), N, k, D);
   size_t off = 0;
   for (int e = 0; e < E; ++e) {

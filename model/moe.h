@@ -9,6 +9,7 @@
 // Backward: activation gradients with the routing held fixed (the top-k sets of the forward),
 // through the gate weights into the router logits and on into x.
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "model/model.h"
@@ -32,9 +33,13 @@ struct MoeActs {
 
 // out [N,D] (overwritten) = the MoE block of layer l on its normed input x [N,D] (fp32);
 // every intermediate kept in `a` (reallocated when N differs).
-void moe_forward(Backend& be, const Model& m, int l, const float* x, float* out, int N, MoeActs& a);
+// patch_logits: called on the router logits [N,E] before the routing (the router hook's patch).
+void moe_forward(Backend& be, const Model& m, int l, const float* x, float* out, int N, MoeActs& a,
+                 const std::function<void(float*)>& patch_logits = {});
 // dx [N,D] (overwritten) = d out / d x^T dout with a's routing fixed.
-void moe_backward(Backend& be, const Model& m, int l, const MoeActs& a, const float* dout, float* dx, int N);
+// dlogits: optional [N,E], d of the router logits (the router hook's gradient).
+void moe_backward(Backend& be, const Model& m, int l, const MoeActs& a, const float* dout, float* dx, int N,
+                  float* dlogits = nullptr);
 
 // The grouping of routed rows by expert: src[M], slot[N*k], count[E] from ids [N*k] (ids out of
 // [0, E), as a tracing backend that computes nothing leaves them, go round-robin).

@@ -551,8 +551,24 @@ class Hooked:
         return hook
 
     def _mk_router(self, l):
+        # out = (router logits [B*T, E], gate weights [B*T, k], expert ids [B*T, k]). A router
+        # patch replaces the logits and routes again exactly as the router does (softmax in
+        # float, top-k, renormalised iff the router does), so the experts follow the patch.
         def hook(mod, args, out):
-            self.routing[l] = out[2].detach().clone()  # (logits, scores, indices)
+            logits, scores, idx = out
+            if self._patching("router", l):
+                B, T = self.qmask.shape
+                logits = logits.clone()
+                self.patch.apply_(logits.view(B, T, -1))
+                probs = torch.nn.functional.softmax(logits, dtype=torch.float, dim=-1)
+                top, idx = torch.topk(probs, mod.top_k, dim=-1)
+                if getattr(mod, "norm_topk_prob", True):  # (Mixtral's router always renormalises)
+                    top = top / top.sum(dim=-1, keepdim=True)
+                scores = top.to(logits.dtype)
+                out = (logits, scores, idx)
+            self._store("router", l, logits)
+            self.routing[l] = idx.detach().clone()
+            return out
         return hook
 
     def _on_attention(self, l, query, key, weights):
@@ -568,7 +584,7 @@ class Hooked:
         if capture:
             self.cache = {k: [None] * self.L for k in
                           BLOCK_HOOKS + ["qkv", "q_proj", "k_proj", "v_proj", "z", "rot_q", "rot_k", "pattern",
-                                         "mlp_post"]}
+                                         "mlp_post", "router"]}
         _ACTIVE = self if capture else None
         _RUNNING = self
         try:
@@ -603,6 +619,9 @@ class Hooked:
         res["attn.hook_rot_k"] = [get(t).detach().transpose(1, 2).contiguous() for t in cache["rot_k"]]
         res["attn.hook_z"] = [get(t).detach().reshape(t.shape[0], t.shape[1], H, HD).clone() for t in cache["z"]]
         res["attn.hook_pattern"] = [get(t).detach().clone() for t in cache["pattern"]]
+        if cache["router"][0] is not None:  # MoE: router logits [B*T, E] as [B, T, E]
+            B, T = cache["resid_pre"][0].shape[:2]
+            res["mlp.hook_router"] = [get(t).detach().reshape(B, T, -1).clone() for t in cache["router"]]
         if cache["mlp_post"][0] is not None:  # (a MoE model has no single MLP's neurons)
             res["mlp.hook_post"] = [get(t).detach().clone() for t in cache["mlp_post"]]
         return res
@@ -1242,6 +1261,20 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         patching["mlp_post"] = {"activation": act, "attribution": lin["mlp_post"].sum(0).tolist()}
     moe_routing = None
     if moe:
+        # router (mlp.hook_router, the router logits) by (layer, position): the patched logits
+        # route again; attribution = (clean - corrupted logits) . d M / d logits with the routing
+        # of the corrupted run held fixed (torch.topk's indices carry no gradient).
+        src["router"] = clean_acts["mlp.hook_router"]
+        act = [[None] * T for _ in range(L)]
+        ppl = [[None] * T for _ in range(L)]
+        attr = [[None] * T for _ in range(L)]
+        for l in range(L):
+            a = ((clean_acts["mlp.hook_router"][l] - corr_acts["mlp.hook_router"][l])
+                 * grads["mlp.hook_router"][l]).sum(dim=(0, 2))  # [T]
+            for p in range(T):
+                act[l][p], ppl[l][p] = patched("router", l, p)
+                attr[l][p] = float(a[p])
+        patching["router"] = {"activation": act, "attribution": attr, "activation_per_prompt_logit_diff": ppl}
         # Exact patching recomputes the routing downstream of a patch: count the resid_pre[0]
         # patches (one position p, every row) after which some later token (position > p, any
         # layer, any row) routes to another top-k set than in the corrupted run.
