@@ -36,6 +36,10 @@ const std::map<std::string, Published> kPublished = {
     {"qwen3-14b", {"Qwen3ForCausalLM", 14.8e9}},    {"qwen3-32b", {"Qwen3ForCausalLM", 32.8e9}},
     {"gemma-2-2b", {"Gemma2ForCausalLM", 2.61e9}},  {"gemma-2-9b", {"Gemma2ForCausalLM", 9.24e9}},
     {"gemma-2-27b", {"Gemma2ForCausalLM", 27.2e9}},
+    // mixtures of experts: every expert counted (Qwen3-30B-A3B 30.5 B, OLMoE-1B-7B 6.92 B,
+    // Mixtral-8x7B 46.7 B, Phi-3.5-MoE 41.9 B in the Mixtral-layout stand-in)
+    {"qwen3-30b-a3b", {"Qwen3MoeForCausalLM", 30.5e9}}, {"olmoe-1b-7b", {"OlmoeForCausalLM", 6.92e9}},
+    {"mixtral-8x7b", {"MixtralForCausalLM", 46.7e9}},  {"phi-3.5-moe", {"MixtralForCausalLM", 41.9e9}},
 };
 
 TEST(ModelShapes, EveryShapeHasItsPublishedSize) {
