@@ -172,6 +172,14 @@ size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool
   return p.bytes();
 }
 
+size_t moe_pass_bytes(const Model& m, int B, int T) {
+  const ModelConfig& c = m.cfg;
+  if (!c.moe()) return 0;
+  const size_t N = size_t(B) * T, M = N * c.experts_per_tok, D = c.hidden_size, F = c.moe_intermediate_size;
+  const size_t per_layer = N * c.num_experts * 4 + M * 4 * 4 + M * (2 * D + 3 * F) * 4;
+  return per_layer * c.num_hidden_layers;
+}
+
 size_t layer_arena_bytes(const Model& m, int B, int T, bool gemm16, bool keep_mlp_post) {
   ArenaPlan p;
   plan_layer_internals(p, m, size_t(B) * T, B, T, false, gemm16, keep_mlp_post);

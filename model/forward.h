@@ -177,6 +177,9 @@ PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const 
 size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16 = false,
                            bool keep_mlp_post = false, bool checkpoint = false, bool sweep_cache = false,
                            const SweepCacheKeep& cache_keep = {});
+// Bytes a forward pass over B x T tokens holds outside its arena: the MoE blocks' routing and
+// grouped expert rows (model/moe.h; every layer keeps its own), 0 for a dense model.
+size_t moe_pass_bytes(const Model& m, int B, int T);
 // Bytes of one layer's recomputed internals (recompute_layer's arena).
 size_t layer_arena_bytes(const Model& m, int B, int T, bool gemm16 = false, bool keep_mlp_post = false);
 
