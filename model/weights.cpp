@@ -104,7 +104,8 @@ LayerPlan layer_plan(const ModelConfig& c, int l, bool fused_experts) {
   if (c.o_bias) lp.o_bias = {{p + "self_attn.o_proj.bias", {D}}};
   if (c.moe()) {
     const int64_t E = c.num_experts, FE = c.moe_intermediate_size;
-    const std::string b = p + arch.moe_block + ".";
+    // (transformers 5's own module name is mlp for every MoE family, Mixtral's hub name block_sparse_moe)
+    const std::string b = p + (fused_experts ? std::string("mlp") : arch.moe_block) + ".";
     lp.router = {{b + "gate.weight", {E, D}}};
     lp.fused_experts = fused_experts;
     if (fused_experts) {

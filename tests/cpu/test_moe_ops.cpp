@@ -8,7 +8,14 @@
 #include <numeric>
 #include <vector>
 
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "model/batch.h"
+#include "model/forward.h"
 #include "model/moe.h"
+#include "runtime/safetensors.h"
 #include "model/weights.h"
 #include "runtime/backend.h"
 #include "test_util.h"
@@ -265,6 +272,58 @@ TEST(MoeOps, BlockMatchesDenseLoopAndItsBackwardFiniteDifferences) {
     EXPECT_GT(mag, 0.1);
     EXPECT_LT(werr, 2e-3 * mag) << "renorm=" << renorm << " worst " << werr << " of " << mag;
   }
+}
+
+// transformers 5's fused expert tensors (mlp.experts.gate_up_proj [E, 2F, D], mlp.experts.down_proj
+// [E, D, F], router mlp.gate.weight) load to the same model as the hub's per-expert ones: the
+// rand-mixtral-moe checkpoint rewritten fused gives bitwise the same logits.
+TEST(MoeOps, FusedExpertLayoutLoadsLikeThePerExpertOne) {
+  namespace fs = std::filesystem;
+  const std::string src = test::source_dir() + "/data/reference/rand-mixtral-moe/model";
+  const std::string dst = test::temp_dir("moe_fused_layout");
+  for (const auto& e : fs::directory_iterator(src))
+    if (e.path().extension() != ".safetensors")
+      fs::copy_file(e.path(), fs::path(dst) / e.path().filename(), fs::copy_options::overwrite_existing);
+  SafeTensors st = SafeTensors::open_dir(src);
+  const ModelConfig c = load_model_meta(src)->cfg;
+  const int E = c.num_experts, F = c.moe_intermediate_size, D = c.hidden_size;
+  auto values = [&](const std::string& n) {
+    const TensorInfo& t = st.get(n);
+    std::vector<float> v(size_t(t.numel()));
+    for (int64_t i = 0; i < t.numel(); ++i) v[size_t(i)] = t.value(i);
+    return v;
+  };
+  std::vector<TensorToWrite> out;
+  for (const std::string& n : st.names()) {
+    if (n.find(".experts.") != std::string::npos) continue;
+    std::string name = n;
+    const size_t at = name.find("block_sparse_moe.gate");
+    if (at != std::string::npos) name.replace(at, 16, "mlp");
+    out.push_back(tensor_f32(name, st.get(n).shape, values(n)));
+  }
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".block_sparse_moe.experts.";
+    std::vector<float> gu, dn;
+    for (int e = 0; e < E; ++e) {
+      for (const char* w : {"w1", "w3"}) {
+        const auto v = values(p + std::to_string(e) + "." + w + ".weight");
+        gu.insert(gu.end(), v.begin(), v.end());
+      }
+      const auto v = values(p + std::to_string(e) + ".w2.weight");
+      dn.insert(dn.end(), v.begin(), v.end());
+    }
+    const std::string q = "model.layers." + std::to_string(l) + ".mlp.experts.";
+    out.push_back(tensor_f32(q + "gate_up_proj", {E, 2 * F, D}, gu));
+    out.push_back(tensor_f32(q + "down_proj", {E, D, F}, dn));
+  }
+  write_safetensors(dst + "/model.safetensors", out);
+  auto a = load_model(be(), src), b = load_model(be(), dst);
+  const nlohmann::json ref = nlohmann::json::parse(test::slurp(src + "/../reference.json"));
+  const Batch batch = make_batch(ref.at("clean_token_ids").get<std::vector<std::vector<int>>>(),
+                                 ref.at("pad_id").get<int>(), ref.at("T").get<int>());
+  const ForwardState sa = forward(be(), *a, batch), sb = forward(be(), *b, batch);
+  EXPECT_EQ(sa.logits.download(), sb.logits.download());
+  EXPECT_EQ(a->w.bytes, b->w.bytes);
 }
 
 }  // namespace
