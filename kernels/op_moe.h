@@ -68,6 +68,52 @@ PHI3_HD void moe_route_grad(float* dl, const float* dg, const float* p, const in
   }
 }
 
+// PhiMoE's sparsemixer router as transformers runs it for inference (top 2 only), one row of E
+// logits s: i1 = argmax s (the first on ties); experts e with (s[i1] - s[e]) / max(|s[e]|, s[i1])
+// > 2 eps are masked out; g1 = softmax of the unmasked logits at i1. Then i1 itself masked,
+// i2 = argmax of the rest, the same threshold from s[i2] (over the original logits), g2 = the
+// softmax of the unmasked rest at i2. No renormalisation: g1 + g2 need not be 1.
+// With `p` (E floats, optional): the two softmaxes' probabilities kept for the backward as
+// u1[e] (p1 over the first unmasked set, 0 elsewhere) and u2[e] likewise in `p2`.
+PHI3_HD void moe_sparsemixer_row(int32_t* ids, float* gates, const float* s, int E, float eps, float* p1,
+                                 float* p2) {
+  for (int step = 0; step < 2; ++step) {
+    int best = -1;
+    for (int e = 0; e < E; ++e)
+      if ((step == 0 || e != ids[0]) && (best < 0 || s[e] > s[best])) best = e;
+    const float m = s[best];
+    float sum = 0.0f;
+    for (int e = 0; e < E; ++e) {
+      const float a = fabsf(s[e]);
+      const bool masked = (step == 1 && e == ids[0]) || (m - s[e]) / (a > m ? a : m) > 2.0f * eps;
+      if (!masked) sum += expf(s[e] - m);
+    }
+    float* p = step == 0 ? p1 : p2;
+    if (p)
+      for (int e = 0; e < E; ++e) {
+        const float a = fabsf(s[e]);
+        const bool masked = (step == 1 && e == ids[0]) || (m - s[e]) / (a > m ? a : m) > 2.0f * eps;
+        p[e] = masked ? 0.0f : expf(s[e] - m) / sum;
+      }
+    ids[step] = best;
+    gates[step] = 1.0f / sum;  // exp(s[best] - m) = 1
+  }
+}
+
+// dl[e] (overwritten) for one row from dgates (2) with the choice and the masks fixed:
+// sum over both steps of dg * g * ([e chosen] - p[e]) over that step's unmasked set.
+PHI3_HD void moe_sparsemixer_grad(float* dl, const float* dg, const float* s, int E, float eps, float* p1, float* p2) {
+  int32_t ids[2];
+  float g[2];
+  moe_sparsemixer_row(ids, g, s, E, eps, p1, p2);
+  for (int e = 0; e < E; ++e) {
+    float d = 0.0f;
+    if (p1[e] > 0.0f || e == ids[0]) d += dg[0] * g[0] * ((e == ids[0] ? 1.0f : 0.0f) - p1[e]);
+    if (p2[e] > 0.0f || e == ids[1]) d += dg[1] * g[1] * ((e == ids[1] ? 1.0f : 0.0f) - p2[e]);
+    dl[e] = d;
+  }
+}
+
 // The k slots of a row in ascending order (the combine's summation order: by expert id, as
 // transformers adds the experts' outputs).
 PHI3_HD void moe_sorted_slots(int32_t* s, const int32_t* slot, int k) {

@@ -308,7 +308,15 @@ struct NonfiniteBatch {
   void moe_combine_backward(float* dy /*[M,D]*/, float* dgates /*[N,k]*/,                  \
                             const float* dout /*[N,D]*/, const float* y /*[M,D]*/,         \
                             const int32_t* slot /*[N,k]*/, const float* gates /*[N,k]*/,    \
-                            int N, int k, int D, Stream stream);
+                            int N, int k, int D, Stream stream);                           \
+  /* PhiMoE's sparsemixer router, inference (op_moe.h moe_sparsemixer_row): top 2 */         \
+  void moe_sparsemixer_forward(int32_t* ids /*[N,2]*/, float* gates /*[N,2]*/,             \
+                               const float* logits /*[N,E]*/, int N, int E, float jitter_eps, \
+                               Stream stream);                                             \
+  /* dlogits (overwritten) with the choice and the masks fixed */                          \
+  void moe_sparsemixer_backward(float* dlogits /*[N,E]*/, const float* dgates /*[N,2]*/,   \
+                                const float* logits /*[N,E]*/, int N, int E,               \
+                                float jitter_eps, Stream stream);
 
 namespace cpu {
 PHI3_DECLARE_OPS

@@ -87,6 +87,10 @@ class Backend {
                                    int D) = 0;
   virtual void moe_combine_backward(float* dy, float* dgates, const float* dout, const float* y, const int32_t* slot,
                                     const float* gates, int N, int k, int D) = 0;
+  // PhiMoE's sparsemixer router (top 2) and its backward with the choice fixed (no model uses it yet).
+  virtual void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) = 0;
+  virtual void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                        float eps) = 0;
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void sub(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,

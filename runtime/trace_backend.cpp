@@ -173,6 +173,15 @@ void TraceBackend::moe_combine_backward(float* dy, float* dgates, const float* d
   trace_.add("moe_combine_backward", cost::elementwise(int64_t(N) * D * k, 3, 3));
   if (inner_) inner_->moe_combine_backward(dy, dgates, dout, y, slot, gates, N, k, D);
 }
+void TraceBackend::moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) {
+  trace_.add("moe_sparsemixer_forward", cost::elementwise(int64_t(N) * E, 1, 30));
+  if (inner_) inner_->moe_sparsemixer_forward(ids, gates, logits, N, E, eps);
+}
+void TraceBackend::moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                            float eps) {
+  trace_.add("moe_sparsemixer_backward", cost::elementwise(int64_t(N) * E, 2, 40));
+  if (inner_) inner_->moe_sparsemixer_backward(dlogits, dgates, logits, N, E, eps);
+}
 void TraceBackend::softcap_forward(float* x, int64_t n, float cap) {
   trace_.add("softcap_forward", cost::elementwise(n, 2, 20));
   if (inner_) inner_->softcap_forward(x, n, cap);

@@ -86,6 +86,9 @@ class TraceBackend : public Backend {
                            int D) override;
   void moe_combine_backward(float* dy, float* dgates, const float* dout, const float* y, const int32_t* slot,
                             const float* gates, int N, int k, int D) override;
+  void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) override;
+  void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                float eps) override;
   void softcap_forward(float* x, int64_t n, float cap) override;
   void softcap_backward(float* dx, const float* y, int64_t n, float cap) override;
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps) override;

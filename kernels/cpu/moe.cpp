@@ -86,4 +86,24 @@ void moe_combine_backward(float* dy, float* dgates, const float* dout, const flo
   });
 }
 
+void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps, Stream) {
+  PHI3_CHECK(N >= 0 && E >= 2 && E <= kMoeMaxExperts && eps >= 0.0f,
+             "moe_sparsemixer_forward: N=" + std::to_string(N) + " E=" + std::to_string(E));
+  parallel_for(N, 20.0 * N * E, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      moe_sparsemixer_row(ids + n * 2, gates + n * 2, logits + n * E, E, eps, nullptr, nullptr);
+  });
+}
+
+void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E, float eps,
+                              Stream) {
+  PHI3_CHECK(N >= 0 && E >= 2 && E <= kMoeMaxExperts && eps >= 0.0f,
+             "moe_sparsemixer_backward: N=" + std::to_string(N) + " E=" + std::to_string(E));
+  parallel_for(N, 30.0 * N * E, [&](int64_t n0, int64_t n1) {
+    std::vector<float> p1(E), p2(E);
+    for (int64_t n = n0; n < n1; ++n)
+      moe_sparsemixer_grad(dlogits + n * E, dgates + n * 2, logits + n * E, E, eps, p1.data(), p2.data());
+  });
+}
+
 }  // namespace phi3::cpu

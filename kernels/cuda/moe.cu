@@ -74,6 +74,19 @@ __global__ void moe_combine_dgates_kernel(float* dgates, const float* dout, cons
   }
 }
 
+__global__ void moe_sparsemixer_forward_kernel(int32_t* ids, float* gates, const float* logits, int N, int E,
+                                               float eps) {
+  for (int64_t n = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; n < N; n += (int64_t)gridDim.x * blockDim.x)
+    moe_sparsemixer_row(ids + n * 2, gates + n * 2, logits + n * E, E, eps, nullptr, nullptr);
+}
+
+__global__ void moe_sparsemixer_backward_kernel(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                                float eps) {
+  float p1[kMoeMaxExperts], p2[kMoeMaxExperts];
+  for (int64_t n = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; n < N; n += (int64_t)gridDim.x * blockDim.x)
+    moe_sparsemixer_grad(dlogits + n * E, dgates + n * 2, logits + n * E, E, eps, p1, p2);
+}
+
 void check_route(int N, int E, int k) {
   PHI3_CHECK(N >= 0 && E > 0 && k > 0 && k <= E && E <= kMoeMaxExperts && k <= kMoeMaxTopK,
              "moe_route: N=" + std::to_string(N) + " E=" + std::to_string(E) + " k=" + std::to_string(k));
@@ -117,6 +130,25 @@ void moe_combine_backward(float* dy, float* dgates, const float* dout, const flo
   if (!dgates) return;
   launch(moe_combine_dgates_kernel, grid_for(int64_t(N) * k * 32, kThreads), kThreads, 0, as_cuda(stream), dgates,
          dout, y, slot, N, k, D);
+  PHI3_LAUNCH_CHECK();
+}
+
+void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps,
+                             Stream stream) {
+  PHI3_CHECK(N >= 0 && E >= 2 && E <= kMoeMaxExperts && eps >= 0.0f,
+             "moe_sparsemixer_forward: N=" + std::to_string(N) + " E=" + std::to_string(E));
+  if (N == 0) return;
+  launch(moe_sparsemixer_forward_kernel, grid_for(N, 64), 64, 0, as_cuda(stream), ids, gates, logits, N, E, eps);
+  PHI3_LAUNCH_CHECK();
+}
+
+void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E, float eps,
+                              Stream stream) {
+  PHI3_CHECK(N >= 0 && E >= 2 && E <= kMoeMaxExperts && eps >= 0.0f,
+             "moe_sparsemixer_backward: N=" + std::to_string(N) + " E=" + std::to_string(E));
+  if (N == 0) return;
+  launch(moe_sparsemixer_backward_kernel, grid_for(N, 64), 64, 0, as_cuda(stream), dlogits, dgates, logits, N, E,
+         eps);
   PHI3_LAUNCH_CHECK();
 }
 

@@ -209,6 +209,15 @@ class CudaBackend final : public Backend {
     select();
     cuda::moe_combine_backward(dy, dgates, dout, y, slot, gates, N, k, D, stream_);
   }
+  void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) override {
+    select();
+    cuda::moe_sparsemixer_forward(ids, gates, logits, N, E, eps, stream_);
+  }
+  void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                float eps) override {
+    select();
+    cuda::moe_sparsemixer_backward(dlogits, dgates, logits, N, E, eps, stream_);
+  }
   void softcap_forward(float* x, int64_t n, float cap) override {
     select();
     cuda::softcap_forward(x, n, cap, stream_);

@@ -274,6 +274,32 @@ TEST(MoeOps, BlockMatchesDenseLoopAndItsBackwardFiniteDifferences) {
   }
 }
 
+// PhiMoE's sparsemixer router (inference) against transformers' own function on seeded logits
+// (tests/data/moe/sparsemixer.json from tools/make_sparsemixer_fixture.py: exact ties, masks that
+// bite with eps 0.2, logits of scale 0.05 where nothing is masked), and its backward against
+// transformers' autograd with the choice and the masks fixed.
+TEST(MoeOps, SparsemixerMatchesTransformers) {
+  const nlohmann::json j = nlohmann::json::parse(test::slurp(test::source_dir() + "/tests/data/moe/sparsemixer.json"));
+  int cases = 0;
+  for (const auto& c : j.at("cases")) {
+    const int N = c.at("N"), E = c.at("E");
+    const float eps = c.at("jitter_eps");
+    const auto logits = c.at("logits").get<std::vector<float>>(), dg = c.at("dgates").get<std::vector<float>>();
+    std::vector<int32_t> ids(size_t(N) * 2);
+    std::vector<float> gates(size_t(N) * 2), dl(size_t(N) * E);
+    be().moe_sparsemixer_forward(ids.data(), gates.data(), logits.data(), N, E, eps);
+    be().moe_sparsemixer_backward(dl.data(), dg.data(), logits.data(), N, E, eps);
+    EXPECT_EQ(ids, c.at("ids").get<std::vector<int32_t>>()) << "E=" << E << " eps=" << eps;
+    const auto gd = compare(gates, c.at("gates").get<std::vector<float>>());
+    const auto ld = compare(dl, c.at("dlogits").get<std::vector<float>>());
+    EXPECT_LT(gd.max_abs, 1e-6) << gd.str();
+    EXPECT_LT(ld.max_abs, 1e-6) << ld.str();
+    EXPECT_GT(ld.max_ref, 0.01);
+    ++cases;
+  }
+  EXPECT_EQ(cases, 4);
+}
+
 // transformers 5's fused expert tensors (mlp.experts.gate_up_proj [E, 2F, D], mlp.experts.down_proj
 // [E, D, F], router mlp.gate.weight) load to the same model as the hub's per-expert ones: the
 // rand-mixtral-moe checkpoint rewritten fused gives bitwise the same logits.

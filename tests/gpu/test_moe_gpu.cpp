@@ -103,6 +103,30 @@ TEST(MoeGpu, CombineForwardBackwardMatchCpu) {
     }
 }
 
+TEST(MoeGpu, SparsemixerMatchesCpu) {
+  REQUIRE_GPU();
+  for (int E : {2, 16, 64})
+    for (float eps : {0.0f, 0.01f, 0.3f}) {
+      const int N = 200;
+      std::vector<float> logits = random_vec(size_t(N) * E, 31 + E, -3.0f, 3.0f);
+      logits[1] = logits[0];  // a tie
+      const std::vector<float> dg = random_vec(size_t(N) * 2, 32);
+      std::vector<int32_t> ids(size_t(N) * 2);
+      std::vector<float> gates(size_t(N) * 2), dl(size_t(N) * E);
+      cpu_be().moe_sparsemixer_forward(ids.data(), gates.data(), logits.data(), N, E, eps);
+      cpu_be().moe_sparsemixer_backward(dl.data(), dg.data(), logits.data(), N, E, eps);
+      DeviceArray<float> dlog = to_device(gpu(), logits), ddg = to_device(gpu(), dg);
+      DeviceArray<int32_t> dids(gpu(), ids.size());
+      DeviceArray<float> dgates(gpu(), gates.size()), ddl(gpu(), dl.size());
+      gpu().moe_sparsemixer_forward(dids.get(), dgates.get(), dlog.get(), N, E, eps);
+      gpu().moe_sparsemixer_backward(ddl.get(), ddg.get(), dlog.get(), N, E, eps);
+      EXPECT_EQ(dids.download(), ids) << "E=" << E << " eps=" << eps;
+      const auto gd = compare(dgates.download(), gates), ld = compare(ddl.download(), dl);
+      EXPECT_LT(gd.max_abs, 1e-6) << gd.str();
+      EXPECT_LT(ld.max_abs, 1e-6) << ld.str();
+    }
+}
+
 // The MoE block of a random model: the same routing and outputs on the CUDA backend as on the
 // CPU (fp32: 2e-5; bf16 weights and GEMM inputs: 2e-2 relative, routing compared where the CPU
 // margin between the k-th and (k+1)-th logit is clear of bf16 noise).
