@@ -293,7 +293,36 @@ struct NonfiniteBatch {
   void rows_equal(uint8_t* eq /*[T,G]*/, const float* a /*[B*T, G*W]*/, const float* c,    \
                   int B, int T, int G, int W, int64_t stride, Stream stream);              \
   void attn_qk_fix(const QkFixParams& p, Stream stream);                                  \
-  void attn_apply_pattern(const ApplyPatternParams& p, Stream stream);
+  void attn_apply_pattern(const ApplyPatternParams& p, Stream stream);                     \
+  /* MoE router: p = softmax(logits[n, :E]) in fp32; ids[n, :k] the k largest p (descending, \
+     ties to the lower expert id, torch.topk's order), gates[n, j] = p[ids[n, j]], divided by \
+     their sum when renorm */                                                              \
+  void moe_route_forward(int32_t* ids /*[N,k]*/, float* gates /*[N,k]*/,                   \
+                         const float* logits /*[N,E]*/, int N, int E, int k, bool renorm,  \
+                         Stream stream);                                                   \
+  /* dlogits (overwritten) = d gates / d logits^T dgates with the top-k set ids held fixed */ \
+  void moe_route_backward(float* dlogits /*[N,E]*/, const float* dgates /*[N,k]*/,         \
+                          const float* logits /*[N,E]*/, const int32_t* ids /*[N,k]*/,     \
+                          int N, int E, int k, bool renorm, Stream stream);                \
+  /* out[n, :] = sum_j gates[n, j] y[slot[n, j], :] (gates null: 1), summed in ascending    \
+     slot order (overwrite); y holds the expert outputs grouped by expert */               \
+  void moe_combine_forward(float* out /*[N,D]*/, const float* y /*[M,D]*/,                 \
+                           const int32_t* slot /*[N,k]*/, const float* gates /*[N,k]*/,     \
+                           int N, int k, int D, Stream stream);                            \
+  /* dy[slot[n, j], :] = gates[n, j] dout[n, :] (every slot written once; gates null: 1);    \
+     dgates[n, j] = dout[n, :] . y[slot[n, j], :] (dgates may be null) */                  \
+  void moe_combine_backward(float* dy /*[M,D]*/, float* dgates /*[N,k]*/,                  \
+                            const float* dout /*[N,D]*/, const float* y /*[M,D]*/,         \
+                            const int32_t* slot /*[N,k]*/, const float* gates /*[N,k]*/,    \
+                            int N, int k, int D, Stream stream);                           \
+  /* PhiMoE's sparsemixer router, inference (op_moe.h moe_sparsemixer_row): top 2 */         \
+  void moe_sparsemixer_forward(int32_t* ids /*[N,2]*/, float* gates /*[N,2]*/,             \
+                               const float* logits /*[N,E]*/, int N, int E, float jitter_eps, \
+                               Stream stream);                                             \
+  /* dlogits (overwritten) with the choice and the masks fixed */                          \
+  void moe_sparsemixer_backward(float* dlogits /*[N,E]*/, const float* dgates /*[N,2]*/,   \
+                                const float* logits /*[N,E]*/, int N, int E,               \
+                                float jitter_eps, Stream stream);
 
 namespace cpu {
 PHI3_DECLARE_OPS

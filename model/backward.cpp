@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "model/finite_check.h"
+#include "model/moe.h"
 #include "model/qk_norm.h"
 #include "runtime/error.h"
 
@@ -34,6 +35,9 @@ const float* Gradients::hook_grad(Hook h, int l) const {
     case Hook::V:
     case Hook::VAllPos: return g.qkv.get() + q_width + kv_width;
     case Hook::MlpPost: return g.act.get();
+    case Hook::Router:
+      if (!g.router.size()) throw Error("hook_router has a gradient only on a mixture-of-experts model");
+      return g.router.get();
     default: break;
   }
   return nullptr;
@@ -56,6 +60,10 @@ TensorView Gradients::gradient(const Backend& be, const Model& m, int B, int T, 
   if (h == "attn.hook_v") return make_view(be, g.qkv.get() + QW + KVW, {Bn, Tn, KVH, HD}, N, KVW, QKVW);
   if (h == "attn.hook_rot_q") return make_view(be, g.q_rot.get(), {Bn, Tn, H, HD}, N, QW, QW);
   if (h == "attn.hook_rot_k") return make_view(be, g.k_rot.get(), {Bn, Tn, KVH, HD}, N, KVW, KVW);
+  if (h == "mlp.hook_router" && g.router.size()) {
+    const int64_t E = m.cfg.num_experts;
+    return make_view(be, g.router.get(), {Bn, Tn, E}, N, E, E);
+  }
   throw Error("no gradient is kept for '" + name + "'");
 }
 
@@ -108,7 +116,9 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
   for (int b = 0; b < B; ++b) segs[b] = AttnSegment{b, 0, b * T, 0, b * T};
   DeviceArray<AttnSegment> dsegs = to_device(be, segs);
 
-  DeviceArray<float> dact(be, size_t(N) * F), dgu(be, size_t(N) * m.gate_up_width()), dln(be, size_t(N) * D);
+  const size_t dense_f = c.moe() ? 0 : size_t(F);  // a MoE model's expert buffers are moe_backward's
+  const size_t dense_gu = c.moe() ? 0 : size_t(m.gate_up_width());
+  DeviceArray<float> dact(be, size_t(N) * dense_f), dgu(be, size_t(N) * dense_gu), dln(be, size_t(N) * D);
   DeviceArray<float> dv(be, size_t(N) * KVW);
   DeviceArray<float> draw;  // post_norms: d of o_proj's / down_proj's output (before its norm)
   if (c.post_norms) draw = DeviceArray<float>(be, size_t(N) * D);
@@ -128,7 +138,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
   PHI3_CHECK(opt.drop_layer >= -1 && opt.drop_layer < L, "backward: drop_layer out of range");
   g.dropped_layer = opt.drop_layer;
   if (opt.drop_layer >= 0) {
-    g.zeros = DeviceArray<float>(be, size_t(N) * std::max({D, QKVW, opt.keep_dmlp_post ? F : 0}));
+    g.zeros = DeviceArray<float>(be, size_t(N) * std::max({D, QKVW, opt.keep_dmlp_post ? F : 0, c.num_experts}));
     be.zero(g.zeros.get(), g.zeros.size() * sizeof(float));
   }
   // Layer l is done: hand it to on_layer, then (keep_layers off) drop what layer l-1 no longer needs.
@@ -171,6 +181,10 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     }
 
     // MLP: resid_post = resid_mid + down(swiglu(gate_up(rmsnorm(resid_mid))))
+    if (c.moe()) {  // the MoE block, its routing held fixed (AtP through the gate weights)
+      lg.router = DeviceArray<float>(be, size_t(N) * c.num_experts);
+      moe_backward(be, m, l, a.moe, dpost, dln.get(), N, lg.router.get());
+    } else {
     float* dact_l = dact.get();
     if (opt.keep_dmlp_post) {  // this layer's d hook_mlp_post kept (written in place, no copy)
       lg.act = DeviceArray<float>(be, size_t(N) * F);
@@ -179,6 +193,7 @@ Gradients backward(Backend& be, const Model& m, const ForwardState& s, const Met
     be.linear_backward(dact_l, through_post_norm(dpost, a.mlp_raw.get(), w.post_mlp, a.rstd_pm.get()), w.down, N, false);
     be.swiglu_backward(dgu.get(), dact_l, a.gate_up.get(), N, F, mlp_act(m.cfg));
     be.linear_backward(dln.get(), dgu.get(), w.gate_up, N, false);
+    }
     lg.resid_mid = DeviceArray<float>(be, size_t(N) * D);
     be.copy(lg.resid_mid.get(), dpost, size_t(N) * D * sizeof(float));
     be.rmsnorm_backward(lg.resid_mid.get(), dln.get(), a.resid_mid.get(), w.ln2, a.rstd2.get(), N, D, c.norm_layer);

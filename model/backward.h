@@ -20,6 +20,7 @@ struct LayerGrads {
   DeviceArray<float> k_rot;       // [N,KVH*HD]
   DeviceArray<float> qkv;         // [N,(H+2KVH)*HD]  d/d hook_q | hook_k | hook_v
   DeviceArray<float> act;         // [N,F]  d/d hook_mlp_post (BackwardOptions::keep_dmlp_post)
+  DeviceArray<float> router;      // [N,E]  d/d hook_router (MoE models), the routing held fixed
 };
 
 struct Gradients {

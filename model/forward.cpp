@@ -1,6 +1,7 @@
 #include "model/forward.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <type_traits>
 
@@ -29,11 +30,15 @@ void plan_layer_internals(ArenaPlan& p, const Model& m, size_t N, int B, int T, 
   if (gemm16) p.add<uint16_t>(N * m.q_width());                           // z16
   if (keep_pattern) p.add<float>(size_t(B) * c.num_attention_heads * T * T);
   p.add<float>(N * D).add<float>(N * D);                                  // attn_out, resid_mid
-  gemm_in(N * D);                                                         // ln2
-  p.add<float>(N);                                                        // rstd2
-  p.add<float>(N * m.gate_up_width());                                    // gate_up
-  gemm_in(N * F);                                                         // act
-  if (gemm16 && keep_mlp_post) p.add<float>(N * F);                       // act in fp32 too
+  if (c.moe()) {  // ln2 in fp32 (gathered by expert); the MoE buffers live outside the arena
+    p.add<float>(N * D).add<float>(N);
+  } else {
+    gemm_in(N * D);                                                       // ln2
+    p.add<float>(N);                                                      // rstd2
+    p.add<float>(N * m.gate_up_width());                                  // gate_up
+    gemm_in(N * F);                                                       // act
+    if (gemm16 && keep_mlp_post) p.add<float>(N * F);                     // act in fp32 too
+  }
   p.add<float>(N * D);                                                    // mlp_out
   if (c.post_norms) p.add<float>(N * D).add<float>(N * D).add<float>(N).add<float>(N);
   p.add<float>(size_t(B) * c.num_attention_heads * T * 2);                // stats
@@ -75,13 +80,19 @@ LayerGemmIns take_layer_internals(Arena& A, const Model& m, LayerActs& a, size_t
   if (keep_pattern) a.pattern = A.take<float>(size_t(B) * H * T * T);
   a.attn_out = A.take<float>(N * D);
   a.resid_mid = A.take<float>(N * D);
-  g.ln2 = A.take_gemm_in(g16, a.ln2, a.ln2_16, N * D);
-  a.rstd2 = A.take<float>(N);
-  a.gate_up = A.take<float>(N * m.gate_up_width());
-  g.act = A.take_gemm_in(g16, a.act, a.act16, N * F);
-  if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
-    a.act = A.take<float>(N * F);
-    g.act.f32 = a.act.get();
+  if (c.moe()) {  // (plan_layer_internals) ln2 in fp32, no dense MLP buffers
+    a.ln2 = A.take<float>(N * D);
+    g.ln2 = GemmOut(a.ln2.get());
+    a.rstd2 = A.take<float>(N);
+  } else {
+    g.ln2 = A.take_gemm_in(g16, a.ln2, a.ln2_16, N * D);
+    a.rstd2 = A.take<float>(N);
+    a.gate_up = A.take<float>(N * m.gate_up_width());
+    g.act = A.take_gemm_in(g16, a.act, a.act16, N * F);
+    if (keep_act32) {  // both: the fp32 neurons kept, the bf16 rounding for the GEMM
+      a.act = A.take<float>(N * F);
+      g.act.f32 = a.act.get();
+    }
   }
   a.mlp_out = A.take<float>(N * D);
   if (c.post_norms) {
@@ -159,6 +170,14 @@ size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool
   p.add_gemm_in(gemm16, N * D);        // ln_f
   p.add<float>(N).add<float>(N * size_t(c.vocab_size));  // rstd_f, logits
   return p.bytes();
+}
+
+size_t moe_pass_bytes(const Model& m, int B, int T) {
+  const ModelConfig& c = m.cfg;
+  if (!c.moe()) return 0;
+  const size_t N = size_t(B) * T, M = N * c.experts_per_tok, D = c.hidden_size, F = c.moe_intermediate_size;
+  const size_t per_layer = N * c.num_experts * 4 + M * 4 * 4 + M * (2 * D + 3 * F) * 4;
+  return per_layer * c.num_hidden_layers;
 }
 
 size_t layer_arena_bytes(const Model& m, int B, int T, bool gemm16, bool keep_mlp_post) {
@@ -264,11 +283,25 @@ TensorView ForwardState::activation(const Backend& be, const Model& m, const std
       throw Error("activation '" + name + "': the fp32 MLP output was not kept by this forward pass (bf16 GEMM inputs)");
     return make_view(be, a.act.get(), {Bn, Tn, F}, N, F, F);
   }
+  if (h == "mlp.hook_router") {  // MoE: the router logits
+    const int64_t E = m.cfg.num_experts;
+    if (!a.moe.router.size()) throw Error("activation '" + name + "': only a mixture-of-experts model has a router");
+    return make_view(be, a.moe.router.get(), {Bn, Tn, E}, N, E, E);
+  }
   if (h == "attn.hook_pattern") {
     if (!a.pattern.size()) throw Error("activation '" + name + "': the pattern was not kept by this forward pass");
     return make_view(be, a.pattern.get(), {Bn, H, Tn, Tn}, Bn * H * Tn, Tn, Tn);
   }
   throw Error("unknown activation name '" + name + "'");
+}
+
+void check_hook_supported(Hook h, const ModelConfig& c) {
+  if (h == Hook::MlpPost && c.moe())
+    throw Error("hook mlp_post (MLP neurons) does not exist on a mixture-of-experts model (" + c.architecture +
+                "): its MLP is " + std::to_string(c.num_experts) + " experts; use mlp_out or router instead");
+  if (h == Hook::Router && !c.moe())
+    throw Error("hook router (a mixture-of-experts block's router logits) does not exist on " + c.architecture +
+                ", a dense model");
 }
 
 SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks) {
@@ -281,12 +314,14 @@ SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks) {
     k.attn_out = k.attn_out || h == Hook::AttnOut;
     k.resid_mid = k.resid_mid || h == Hook::ResidMid || h == Hook::MlpOut || h == Hook::MlpPost;
     k.mlp_out = k.mlp_out || h == Hook::MlpOut;
+    k.resid_mid = k.resid_mid || h == Hook::Router;  // (the router's logits are the MoE block's own)
   }
   return k;
 }
 
 int64_t hook_stride(Hook h, const Model& m) {
   if (h == Hook::MlpPost) return m.cfg.intermediate_size;
+  if (h == Hook::Router) return m.cfg.num_experts;
   if (hook_is_qkv(h)) return m.qkv_width();
   if (hook_is_per_head(h)) return m.q_width();
   return m.cfg.hidden_size;
@@ -298,6 +333,7 @@ int hook_heads(Hook h, const ModelConfig& c) {
 }
 int hook_group_width(Hook h, const ModelConfig& c) {
   if (h == Hook::MlpPost) return 1;
+  if (h == Hook::Router) return c.num_experts;
   return hook_is_per_head(h) ? c.head_dim : c.hidden_size;
 }
 
@@ -351,6 +387,9 @@ const float* hook_data_of(const LayerActs& a, const float* resid_post, int q_wid
     case Hook::MlpPost:
       if (!a.act.size()) throw Error("hook_mlp_post was not kept in fp32 by this forward pass (ForwardOptions::keep_mlp_post)");
       return a.act.get();
+    case Hook::Router:
+      if (!a.moe.router.size()) throw Error("hook_router exists only on a mixture-of-experts model's forward pass");
+      return a.moe.router.get();
   }
   return nullptr;
 }
@@ -367,7 +406,7 @@ const float* ForwardState::hook_data(Hook h, int l) const {
                       ((b == Hook::Q || b == Hook::K || b == Hook::V) && k.qkv) || (b == Hook::Z && k.z) ||
                       (hook_is_pattern(h) && layers.at(l).pattern.size()) || (h == Hook::AttnOut && k.attn_out) ||
                       (h == Hook::ResidMid && k.resid_mid) || (h == Hook::MlpOut && k.mlp_out) ||
-                      (h == Hook::MlpPost && keep_mlp_post);
+                      (h == Hook::MlpPost && keep_mlp_post) || (h == Hook::Router && layers.at(l).moe.router.size());
     if (!kept) throw Error(hook_name(h) + " was not kept by this sweep-cache forward pass (ForwardOptions::cache_keep)");
   }
   return hook_data_of(a, resid_post(l), q_width, kv_width, h);
@@ -499,6 +538,12 @@ struct LayerPass {
                              c.rms_norm_eps, c.norm_layer, w.ln2_b);
     }
 
+    if (c.moe()) {  // the sparse MoE block (model/moe.h): routing recomputed from this run's input
+      std::function<void(float*)> patch_logits;
+      if (patched_at(Hook::Router, l))
+        patch_logits = [&](float* logits) { patch_here(Hook::Router, l, logits, c.num_experts, c.num_experts); };
+      moe_forward(be, m, l, ln2.f32, a.mlp_out.get(), N, a.moe, patch_logits);
+    } else {
     be.linear_forward(a.gate_up.get(), ln2, w.gate_up, N, false);
     be.swiglu_forward(act, a.gate_up.get(), N, F, mlp_act(c));
     GemmIn act_in(act);
@@ -511,6 +556,7 @@ struct LayerPass {
       be.rmsnorm_forward(a.mlp_out.get(), a.rstd_pm.get(), a.mlp_raw.get(), w.post_mlp, N, D, c.rms_norm_eps);
     } else {
       be.linear_forward(a.mlp_out.get(), act_in, w.down, N, false);
+    }
     }
     patch_here(Hook::MlpOut, l, a.mlp_out.get(), D, D);
     if (!next) return false;
@@ -558,6 +604,10 @@ ForwardState forward(Backend& be, const Model& m, const Batch& batch, const Forw
   PHI3_CHECK(!opt.checkpoint || (!opt.patch && !opt.keep_pattern),
              "forward: a checkpointed pass (layer inputs only) takes no patch and keeps no pattern");
   PHI3_CHECK(!(opt.checkpoint && opt.sweep_cache), "forward: checkpoint and sweep_cache exclude each other");
+  if (opt.patch) check_hook_supported(opt.patch->hook, c);
+  if (c.moe() && opt.patch && opt.patch->hook == Hook::MlpPost)
+    throw Error("hook mlp_post (MLP neurons) does not exist on a mixture-of-experts model (" + c.architecture +
+                "): its MLP is " + std::to_string(c.num_experts) + " experts; patch mlp_out instead");
   const bool g16 = be.gemm_in_bf16();
 
   ForwardState s;
@@ -731,6 +781,9 @@ void check_finite(Backend& be, const Model& m, const ForwardState& s, const char
 
 ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
   PHI3_CHECK(b0 >= 0 && nb >= 0 && b0 + nb <= B, "forward state: rows out of range");
+  PHI3_CHECK(layers.empty() || !layers[0].moe.y.size() || (b0 == 0 && nb == B),
+             "forward state: the rows of a mixture-of-experts pass cannot be split (its expert rows are grouped "
+             "across the batch)");
   ForwardState v;
   v.arena = arena;
   v.B = nb;
@@ -772,6 +825,23 @@ ForwardState ForwardState::rows(Backend& be, int b0, int nb) const {
     x.mlp_out = slice(l.mlp_out);
     x.attn_raw = slice(l.attn_raw);
     x.mlp_raw = slice(l.mlp_raw);
+    if (l.moe.y.size()) {  // the whole batch (checked above): the MoE buffers borrowed as they are
+      auto all = [&](const auto& a) {
+        using Elem = std::remove_const_t<std::remove_pointer_t<decltype(a.get())>>;
+        return DeviceArray<Elem>::borrowed(be, const_cast<Elem*>(a.get()), a.size());
+      };
+      x.moe.router = all(l.moe.router);
+      x.moe.ids = all(l.moe.ids);
+      x.moe.gates = all(l.moe.gates);
+      x.moe.slot = all(l.moe.slot);
+      x.moe.src = all(l.moe.src);
+      x.moe.x = all(l.moe.x);
+      x.moe.h = all(l.moe.h);
+      x.moe.act = all(l.moe.act);
+      x.moe.y = all(l.moe.y);
+      x.moe.count = l.moe.count;
+      x.moe.host_ids = l.moe.host_ids;
+    }
     x.rstd_pa = slice(l.rstd_pa);
     x.rstd_pm = slice(l.rstd_pm);
     v.layers.push_back(std::move(x));
@@ -811,6 +881,11 @@ PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const 
     both.pad.insert(both.pad.end(), b->pad.begin(), b->pad.end());
   }
   PairForward p;
+  if (m.cfg.moe()) {  // the grouped expert rows span the batch: two passes, views of themselves
+    p.clean = forward(be, m, clean, opt);
+    p.corrupted = forward(be, m, corrupted, opt);
+    return p;  // (both stays empty)
+  }
   p.both = forward(be, m, both, opt);
   p.clean = p.both.rows(be, 0, clean.B);
   p.corrupted = p.both.rows(be, clean.B, corrupted.B);

@@ -7,6 +7,7 @@
 #include "model/batch.h"
 #include "model/hooks.h"
 #include "model/model.h"
+#include "model/moe.h"
 #include "runtime/arena.h"
 #include "runtime/tensor.h"
 
@@ -18,6 +19,9 @@ struct SweepCacheKeep {
   bool qkv = true, z = true, attn_out = true, resid_mid = true, mlp_out = true;
 };
 SweepCacheKeep sweep_cache_keep(const std::vector<Hook>& hooks);
+// Throws naming the hook when the model has no such activation: mlp_post on a mixture-of-experts
+// model (no single MLP's neurons), router on a dense one.
+void check_hook_supported(Hook h, const ModelConfig& c);
 
 struct LayerActs {
   DeviceArray<float> resid_pre;  // [N,D]
@@ -47,6 +51,10 @@ struct LayerActs {
   DeviceArray<float> attn_raw, mlp_raw;  // [N,D]
   DeviceArray<float> rstd_pa, rstd_pm;   // [N]
   DeviceArray<float> stats;              // [B,H,T,2] attention softmax (max, sum) per query row: the backward's P
+  // MoE models: the block's routing and grouped expert activations (model/moe.h; own device
+  // memory, outside the arena); ln2 is then fp32 (the grouped rows are gathered from it) and
+  // gate_up / act stay empty.
+  MoeActs moe;
 };
 
 struct ForwardState {
@@ -175,6 +183,9 @@ PairForward forward_pair(Backend& be, const Model& m, const Batch& clean, const 
 size_t forward_arena_bytes(const Model& m, int B, int T, bool keep_pattern, bool gemm16 = false,
                            bool keep_mlp_post = false, bool checkpoint = false, bool sweep_cache = false,
                            const SweepCacheKeep& cache_keep = {});
+// Bytes a forward pass over B x T tokens holds outside its arena: the MoE blocks' routing and
+// grouped expert rows (model/moe.h; every layer keeps its own), 0 for a dense model.
+size_t moe_pass_bytes(const Model& m, int B, int T);
 // Bytes of one layer's recomputed internals (recompute_layer's arena).
 size_t layer_arena_bytes(const Model& m, int B, int T, bool gemm16 = false, bool keep_mlp_post = false);
 

@@ -10,7 +10,8 @@ namespace phi3 {
 std::vector<Hook> all_hooks() {
   return {Hook::ResidPre, Hook::ResidMid, Hook::ResidPost, Hook::AttnOut, Hook::MlpOut,
           Hook::Z,        Hook::ZAllPos,  Hook::Q,         Hook::QAllPos, Hook::K,
-          Hook::KAllPos,  Hook::V,        Hook::VAllPos,  Hook::Pattern, Hook::PatternAllPos, Hook::MlpPost};
+          Hook::KAllPos,  Hook::V,        Hook::VAllPos,  Hook::Pattern, Hook::PatternAllPos, Hook::MlpPost,
+          Hook::Router};
 }
 
 std::string hook_name(Hook h) {
@@ -31,6 +32,7 @@ std::string hook_name(Hook h) {
     case Hook::Pattern: return "pattern";
     case Hook::PatternAllPos: return "pattern_all_pos";
     case Hook::MlpPost: return "mlp_post";
+    case Hook::Router: return "router";
   }
   return "?";
 }
@@ -53,6 +55,7 @@ std::string hook_title(Hook h) {
     case Hook::Pattern: return "Attention Pattern by Query Position";
     case Hook::PatternAllPos: return "Attention Pattern, All Queries";
     case Hook::MlpPost: return "MLP Neurons";
+    case Hook::Router: return "Router Logits";
   }
   return "?";
 }
@@ -89,6 +92,9 @@ std::vector<std::pair<std::string, Hook>> hook_aliases() {
 HookSpec parse_hook_spec(const std::string& name) {
   HookSpec spec;
   std::string rest = name;
+  if (rest == "expert_out" || rest == "mlp.hook_expert_out" || rest == "hook_expert_out")
+    throw Error("hook '" + name + "' (one expert's weighted output at one position) is not implemented; on a "
+                "mixture-of-experts model patch mlp_out (the whole block's output) or router (its logits)");
   if (rest.compare(0, 7, "blocks.") == 0) {
     rest = rest.substr(7);
     size_t i = 0;
@@ -162,6 +168,7 @@ std::string hook_tl_name(Hook h) {
   if (h == Hook::V || h == Hook::VAllPos) return "attn.hook_v";
   if (hook_is_pattern(h)) return "attn.hook_pattern";
   if (h == Hook::MlpPost) return "mlp.hook_post";
+  if (h == Hook::Router) return "mlp.hook_router";
   return "hook_" + hook_name(h);
 }
 

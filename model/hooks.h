@@ -24,6 +24,8 @@ enum class Hook {
   PatternAllPos,  // blocks.l.attn.hook_pattern (every query row of one head)
   MlpPost,    // blocks.l.mlp.hook_post      [B,T,F] SwiGLU output, the input of down_proj
               // (one neuron at one position; groups of width 1, "heads" = F neurons)
+  Router,     // blocks.l.mlp.hook_router    [B,T,E] a MoE block's router logits (one layer at
+              // one position; mixture-of-experts models only)
 };
 
 std::string hook_name(Hook h);                 // "resid_pre", ..., "z", "z_all_pos"

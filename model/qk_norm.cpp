@@ -26,9 +26,10 @@ const float* qk_norm_input(Backend& be, const Model& m, int l, const float* qkv,
   float* y = x + size_t(N) * QW;
   float* rstd = y + size_t(N) * QW;
   for (int part = 0; part < 2; ++part) {
-    const int col = part == 0 ? 0 : QW, width = part == 0 ? QW : KVW, heads = width / HD;
+    const int col = part == 0 ? 0 : QW, width = part == 0 ? QW : KVW;
+    const int rw = c.qk_norm_full ? width : HD, heads = width / rw;  // norm rows: heads, or all of q / k
     gather(be, x, qkv, QKVW, col, N, width);
-    be.rmsnorm_forward(y, rstd, x, part == 0 ? w.q_norm : w.k_norm, N * heads, HD, c.rms_norm_eps);
+    be.rmsnorm_forward(y, rstd, x, part == 0 ? w.q_norm : w.k_norm, N * heads, rw, c.rms_norm_eps);
     be.copy_rows(out + col, QKVW, nullptr, y, width, nullptr, N, width);
   }
   be.copy_rows(out + QW + KVW, QKVW, nullptr, qkv + QW + KVW, QKVW, nullptr, N, KVW);  // v as is
@@ -43,13 +44,14 @@ void qk_norm_backward(Backend& be, const Model& m, int l, float* dqkv, const flo
   DeviceArray<float> x(be, size_t(N) * QW), y(be, size_t(N) * QW), rstd(be, size_t(N) * c.num_attention_heads);
   DeviceArray<float> dy(be, size_t(N) * QW), dx(be, size_t(N) * QW);
   for (int part = 0; part < 2; ++part) {
-    const int col = part == 0 ? 0 : QW, width = part == 0 ? QW : KVW, heads = width / HD;
+    const int col = part == 0 ? 0 : QW, width = part == 0 ? QW : KVW;
+    const int rw = c.qk_norm_full ? width : HD, heads = width / rw;
     const float* nw = part == 0 ? w.q_norm : w.k_norm;
     gather(be, x.get(), qkv, QKVW, col, N, width);
-    be.rmsnorm_forward(y.get(), rstd.get(), x.get(), nw, N * heads, HD, c.rms_norm_eps);  // rstd again
+    be.rmsnorm_forward(y.get(), rstd.get(), x.get(), nw, N * heads, rw, c.rms_norm_eps);  // rstd again
     gather(be, dy.get(), dqkv, QKVW, col, N, width);
     be.zero(dx.get(), size_t(N) * width * sizeof(float));
-    be.rmsnorm_backward(dx.get(), dy.get(), x.get(), nw, rstd.get(), N * heads, HD);
+    be.rmsnorm_backward(dx.get(), dy.get(), x.get(), nw, rstd.get(), N * heads, rw);
     be.copy_rows(dqkv + col, QKVW, nullptr, dx.get(), width, nullptr, N, width);
   }
 }

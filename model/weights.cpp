@@ -86,7 +86,7 @@ std::string other_layout_hint(const SafeTensors& st, const ModelConfig& c) {
 
 }  // namespace
 
-LayerPlan layer_plan(const ModelConfig& c, int l) {
+LayerPlan layer_plan(const ModelConfig& c, int l, bool fused_experts) {
   const Architecture& arch = architecture_named(c.family);
   if (arch.layer_plan) return arch.layer_plan(c, l);
   const int64_t D = c.hidden_size, F = c.intermediate_size;
@@ -107,12 +107,32 @@ LayerPlan layer_plan(const ModelConfig& c, int l) {
     lp.qkv.push_back({p + arch.qkv_parts[i] + ".weight", {qkv_rows[i], D}});
     if (c.qkv_bias) lp.qkv_bias.push_back({p + arch.qkv_parts[i] + ".bias", {qkv_rows[i]}});
   }
-  if (c.qk_norm) {
-    lp.q_norm = {{p + "self_attn.q_norm.weight", {HD}}};
-    lp.k_norm = {{p + "self_attn.k_norm.weight", {HD}}};
+  if (c.qk_norm) {  // per head, or (qk_norm_full, OLMoE) over the whole q and k widths
+    lp.q_norm = {{p + "self_attn.q_norm.weight", {c.qk_norm_full ? H * HD : HD}}};
+    lp.k_norm = {{p + "self_attn.k_norm.weight", {c.qk_norm_full ? KVH * HD : HD}}};
   }
   lp.o = {{p + "self_attn.o_proj.weight", {D, H * HD}}};
   if (c.o_bias) lp.o_bias = {{p + "self_attn.o_proj.bias", {D}}};
+  if (c.moe()) {
+    const int64_t E = c.num_experts, FE = c.moe_intermediate_size;
+    // (transformers 5's own module name is mlp for every MoE family, Mixtral's hub name block_sparse_moe)
+    const std::string b = p + (fused_experts ? std::string("mlp") : arch.moe_block) + ".";
+    lp.router = {{b + "gate.weight", {E, D}}};
+    lp.fused_experts = fused_experts;
+    if (fused_experts) {
+      lp.expert_gate_up = {{{b + "experts.gate_up_proj", {E, 2 * FE, D}}}};
+      lp.expert_down = {{{b + "experts.down_proj", {E, D, FE}}}};
+      return lp;
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string x = b + "experts." + std::to_string(e) + ".";
+      std::vector<ExpectedTensor> gu;
+      for (const auto& part : arch.expert_gate_up_parts) gu.push_back({x + part + ".weight", {FE, D}});
+      lp.expert_gate_up.push_back(gu);
+      lp.expert_down.push_back({{x + arch.expert_down_part + ".weight", {D, FE}}});
+    }
+    return lp;
+  }
   const int64_t gu_rows = arch.gate_up_parts.size() == 1 ? 2 * F : F;
   for (const auto& part : arch.gate_up_parts) {
     lp.gate_up.push_back({p + part + ".weight", {gu_rows, D}});
@@ -123,20 +143,24 @@ LayerPlan layer_plan(const ModelConfig& c, int l) {
   return lp;
 }
 
-std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c, bool fused_experts) {
   const int64_t D = c.hidden_size, V = c.vocab_size;
   std::vector<ExpectedTensor> t;
   const Architecture& arch = architecture_named(c.family);
   t.push_back({arch.embed_name, {V, D}});
   if (c.pos_embed) t.push_back({arch.pos_embed_name, {c.max_position_embeddings, D}});
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerPlan lp = layer_plan(c, l);
+    const LayerPlan lp = layer_plan(c, l, fused_experts);
     t.push_back(lp.ln1);
     for (const auto* group : {&lp.ln1_bias, &lp.qkv, &lp.qkv_bias, &lp.q_norm, &lp.k_norm, &lp.o, &lp.o_bias, &lp.post_attn})
       t.insert(t.end(), group->begin(), group->end());
     t.push_back(lp.ln2);
-    for (const auto* group : {&lp.ln2_bias, &lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias, &lp.post_mlp})
+    for (const auto* group : {&lp.ln2_bias, &lp.gate_up, &lp.gate_up_bias, &lp.down, &lp.down_bias, &lp.post_mlp, &lp.router})
       t.insert(t.end(), group->begin(), group->end());
+    for (size_t e = 0; e < lp.expert_gate_up.size(); ++e) {
+      t.insert(t.end(), lp.expert_gate_up[e].begin(), lp.expert_gate_up[e].end());
+      t.insert(t.end(), lp.expert_down[e].begin(), lp.expert_down[e].end());
+    }
   }
   t.push_back({arch.final_norm_name, {D}});
   if (c.norm_layer) t.push_back({arch.final_norm_bias_name, {D}});
@@ -198,7 +222,7 @@ struct WeightLoader {
   // Builds ModelWeights from a function giving each expected tensor's bytes in a dtype
   // (empty: allocate only, for placeholder weights).
   template <typename GetFn>
-  static ModelWeights build(Backend& be, const ModelConfig& c, GetFn get) {
+  static ModelWeights build(Backend& be, const ModelConfig& c, GetFn get, bool fused_experts = false) {
     ModelWeights w;
     const DType dt = be.weight_dtype();
     // One device tensor from checkpoint tensors whose rows are concatenated in order (the
@@ -245,7 +269,7 @@ struct WeightLoader {
     if (c.pos_embed) w.pos_embed = matrix({{arch.pos_embed_name, {c.max_position_embeddings, D}}}, {});
     auto bias_vec = [&](const std::vector<ExpectedTensor>& b) { return b.empty() ? nullptr : vec(b.front()); };
     for (int l = 0; l < c.num_hidden_layers; ++l) {
-      const LayerPlan p = layer_plan(c, l);
+      const LayerPlan p = layer_plan(c, l, fused_experts);
       LayerWeights lw;
       lw.ln1 = norm(p.ln1);
       lw.ln1_b = bias_vec(p.ln1_bias);
@@ -261,8 +285,33 @@ struct WeightLoader {
       }
       lw.ln2 = norm(p.ln2);
       lw.ln2_b = bias_vec(p.ln2_bias);
-      lw.gate_up = matrix(p.gate_up, p.gate_up_bias);
-      lw.down = matrix(p.down, p.down_bias);
+      if (c.moe()) {
+        lw.router = matrix(p.router, {});
+        const int64_t E = c.num_experts, FE = c.moe_intermediate_size;
+        if (p.fused_experts) {  // one allocation per tensor, each expert's slice a Weight
+          for (int part = 0; part < 2; ++part) {
+            const ExpectedTensor& t = part == 0 ? p.expert_gate_up[0][0] : p.expert_down[0][0];
+            const auto* base = static_cast<const uint8_t*>(fused({{t.name, {t.shape[0] * t.shape[1], t.shape[2]}}}, dt));
+            for (int64_t e = 0; e < E; ++e) {
+              Weight m;
+              m.dtype = dt;
+              m.rows = t.shape[1];
+              m.cols = t.shape[2];
+              m.data = base + size_t(e) * size_t(m.rows * m.cols) * dtype_size(dt);
+              (part == 0 ? lw.expert_gate_up : lw.expert_down).push_back(m);
+            }
+          }
+        } else {
+          for (int64_t e = 0; e < E; ++e) {
+            lw.expert_gate_up.push_back(matrix(p.expert_gate_up[size_t(e)], {}));
+            lw.expert_down.push_back(matrix(p.expert_down[size_t(e)], {}));
+          }
+        }
+        (void)FE;
+      } else {
+        lw.gate_up = matrix(p.gate_up, p.gate_up_bias);
+        lw.down = matrix(p.down, p.down_bias);
+      }
       w.layers.push_back(lw);
     }
     w.final_norm = norm({arch.final_norm_name, {D}});
@@ -301,7 +350,10 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
   SafeTensors st = SafeTensors::open_dir(model_dir);
   const Architecture& arch = architecture_named(cfg.family);
   const Architecture::WeightLayout layout = layout_of(st, arch);
-  auto expected = expected_tensors(cfg);
+  // MoE experts: per-expert tensors (the hub's), or transformers 5's fused [E, ...] ones.
+  const bool fused_experts =
+      cfg.moe() && st.has(checkpoint_name(layer_plan(cfg, 0, true).expert_gate_up.at(0).at(0).name, layout));
+  auto expected = expected_tensors(cfg, fused_experts);
   // The family's optional name prefix (GPT-2's "transformer."): used when the checkpoint has it.
   const std::string prefix =
       !arch.optional_prefix.empty() && !st.has(expected.front().name) && st.has(arch.optional_prefix + expected.front().name)
@@ -361,10 +413,13 @@ ModelWeights ModelWeights::load(Backend& be, const std::string& model_dir, const
     throw OutOfMemory(model_dir + ": the weights need " + mib(need) + " MiB on " + be.name() + " but only " +
                       mib(avail) + " MiB are free; " + hint);
   }
-  return WeightLoader::build(be, cfg, [&](const std::string& name, DType dt) {
-    const std::string n = name == "lm_head.weight" ? name : prefix + name;
-    return decode_tensor(st.get(checkpoint_name(n, layout)), dt);
-  });
+  return WeightLoader::build(
+      be, cfg,
+      [&](const std::string& name, DType dt) {
+        const std::string n = name == "lm_head.weight" ? name : prefix + name;
+        return decode_tensor(st.get(checkpoint_name(n, layout)), dt);
+      },
+      fused_experts);
 }
 
 ModelWeights ModelWeights::random(Backend& be, const ModelConfig& cfg, uint32_t seed, float std) {

@@ -26,6 +26,12 @@ struct LayerWeights {
   const float* k_norm = nullptr;  // self_attn.k_norm.weight [HD]
   const float* post_attn = nullptr;  // post_norms: post_attention_layernorm.weight [D] (Gemma 2)
   const float* post_mlp = nullptr;   // post_norms: post_feedforward_layernorm.weight [D]
+  // MoE layers (ModelConfig::moe; gate_up / down unused): the router [E, D] and per expert its
+  // gate|up rows [2F, D] and down [D, F] (F = moe_intermediate_size), from the per-expert hub
+  // tensors or sliced out of transformers 5's fused experts.gate_up_proj [E, 2F, D] /
+  // experts.down_proj [E, D, F].
+  Weight router;
+  std::vector<Weight> expert_gate_up, expert_down;
 };
 
 class ModelWeights {
@@ -59,7 +65,9 @@ struct ExpectedTensor {
   std::vector<int64_t> shape;  // as the checkpoint holds it
   bool transposed = false;  // held [in, out] (GPT-2's Conv1D): transposed at load into [out, in]
 };
-std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg);
+// fused_experts: MoE experts as transformers 5 holds them (one [E, 2F, D] gate_up_proj and one
+// [E, D, F] down_proj per layer) instead of the hub's per-expert tensors.
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg, bool fused_experts = false);
 // One layer's checkpoint tensors, grouped by the device tensor they form (rows in order).
 struct LayerPlan {
   ExpectedTensor ln1, ln2;
@@ -67,7 +75,12 @@ struct LayerPlan {
   std::vector<ExpectedTensor> qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
   std::vector<ExpectedTensor> q_norm, k_norm;  // one each with qk_norm
   std::vector<ExpectedTensor> post_attn, post_mlp;  // one each with post_norms
+  // MoE: the router, then per expert its gate|up parts and its down part (hub layout), or one
+  // fused tensor each holding every expert (fused_experts: expert_gate_up / expert_down size 1).
+  std::vector<ExpectedTensor> router;
+  std::vector<std::vector<ExpectedTensor>> expert_gate_up, expert_down;
+  bool fused_experts = false;
 };
-LayerPlan layer_plan(const ModelConfig& cfg, int layer);
+LayerPlan layer_plan(const ModelConfig& cfg, int layer, bool fused_experts = false);
 
 }  // namespace phi3

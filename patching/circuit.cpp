@@ -29,9 +29,13 @@ Weight as_weight(const float* p, int64_t rows, int64_t cols) {
 
 }  // namespace
 
-bool circuits_supported(const ModelConfig& c) { return !c.post_norms; }
+bool circuits_supported(const ModelConfig& c) { return !c.post_norms && !c.moe(); }
 
 void check_circuit_support(const ModelConfig& c) {
+  if (c.moe())
+    throw Error("circuits: " + c.architecture + " is a mixture-of-experts model; the circuit graph has no nodes per "
+                "expert and its MLP edges assume one dense MLP per layer, so EAP / EAP-IG scores and exact circuits "
+                "are not supported for it (activation and attribution patching are)");
   if (!circuits_supported(c))
     throw Error("circuits: " + c.architecture + " normalizes every attention and MLP output before the residual add "
                 "(post-norms), so a head's write to the stream is not the sum of its edges; EAP / EAP-IG scores and "

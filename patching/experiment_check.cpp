@@ -17,6 +17,7 @@ ExperimentInputs check_experiment_inputs(const Model& m, const ExperimentOptions
   if (opt.answer_first_token) in.answers_cut = use_first_answer_tokens(in.pairs, m.tok);
   check_pairs(in.pairs, m.tok, m.cfg.max_position_embeddings, opt.pairs_file, opt.add_bos, m.cfg.vocab_size,
               opt.mix);
+  for (Hook h : opt.hooks) check_hook_supported(h, m.cfg);
   const int L = m.cfg.num_hidden_layers;
   if (!opt.layers.empty()) in.layers = parse_layers(opt.layers, L);
   auto in_layers = [&](int l) {

@@ -56,8 +56,9 @@ void plan_batch(Job& job, int per_batch) {
     // The sweeps' hooks: this job's, or (--verify-top) every hook, any of which may be verified.
     const SweepCacheKeep keep = job.any_sweep() ? job.cache_keep() : sweep_cache_keep(opt.hooks);
     auto bytes = [&](const PairBatch& b) {
-      return 2 * forward_arena_bytes(job.m, b.clean.B, b.clean.T, job.needs_pattern(), g16, job.neurons(), false, cache,
-                                     keep);
+      return 2 * (forward_arena_bytes(job.m, b.clean.B, b.clean.T, job.needs_pattern(), g16, job.neurons(), false,
+                                      cache, keep) +
+                  moe_pass_bytes(job.m, b.clean.B, b.clean.T));
     };
     job.memory.planned_sweep_forwards_bytes = bytes(pb);
     if (bytes(pb) > device_free)

@@ -72,6 +72,7 @@ std::string figure_title(Hook h) {
     case Hook::Pattern: base = "Attention Pattern by Query Position"; break;
     case Hook::PatternAllPos: base = "Attention Pattern (all queries)"; break;
     case Hook::MlpPost: base = "MLP Neurons by Position"; break;
+    case Hook::Router: base = "Router Logits"; break;
   }
   return base;
 }

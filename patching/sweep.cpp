@@ -6,10 +6,12 @@
 #include <cstring>
 #include <atomic>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
 
+#include "model/moe.h"
 #include "model/qk_norm.h"
 #include "patching/copy_slices.h"
 #include "runtime/arena.h"
@@ -240,6 +242,22 @@ class FastSweep {
   // x [rows, D] = resid_mid rows -> x += down(swiglu(gate_up(rmsnorm(x)))), the residual add
   // done by the down projection's GEMM (accumulate).
   void mlp_block(const LayerWeights& w, float* x, int rows) {
+    if (c_.moe()) {  // the MoE block (model/moe.h): each patched run routed afresh
+      const int l = static_cast<int>(&w - m_.w.layers.data());
+      if (moe_ln_.size() < size_t(rows) * D_) {
+        moe_ln_ = DeviceArray<float>(be_, size_t(rows) * D_);
+        moe_out_ = DeviceArray<float>(be_, size_t(rows) * D_);
+      }
+      be_.rmsnorm_forward(moe_ln_.get(), rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps, c_.norm_layer, w.ln2_b);
+      std::function<void(float*)> patch;
+      if (router_override_)  // the router hook's patched rows: every row's logits from the source
+        patch = [&](float* logits) {
+          be_.copy(logits, router_override_, size_t(rows) * c_.num_experts * sizeof(float));
+        };
+      moe_forward(be_, m_, l, moe_ln_.get(), moe_out_.get(), rows, moe_, patch);
+      be_.add(x, x, moe_out_.get(), int64_t(rows) * D_);
+      return;
+    }
     be_.rmsnorm_forward(ln_, rstd_.get(), x, w.ln2, rows, D_, c_.rms_norm_eps, c_.norm_layer, w.ln2_b);
     be_.linear_forward(gu_.get(), ln_, w.gate_up, rows, false);
     be_.swiglu_forward(act_, gu_.get(), rows, F_, mlp_act(c_));
@@ -429,6 +447,16 @@ class FastSweep {
       copy_column_slices(be_, act.get(), F_, sl.act.get(), F_, 1, by_neuron);
       be_.copy_rows(post.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
       add_output(post.get(), act.get(), w.down, w.post_mlp, n);
+    } else if (hook_ == Hook::Router) {
+      // The base resid_mid of each row through the MoE block with the source run's router
+      // logits: the routing and gates follow the patched logits.
+      DeviceArray<float> logits(be_, size_t(n) * c_.num_experts);
+      be_.copy_rows(logits.get(), c_.num_experts, nullptr, sl.moe.router.get(), c_.num_experts, d_src.get(), n,
+                    c_.num_experts);
+      be_.copy_rows(post.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
+      router_override_ = logits.get();
+      mlp_block(w, post.get(), n);
+      router_override_ = nullptr;
     } else if (hook_ == Hook::MlpOut) {
       DeviceArray<float> mid(be_, size_t(n) * D_), tmp(be_, size_t(n) * D_);
       be_.copy_rows(mid.get(), D_, nullptr, bl.resid_mid.get(), D_, d_src.get(), n, D_);
@@ -485,6 +513,9 @@ class FastSweep {
   DeviceArray<float> qkn_;  // q and k normalized per head (models with q/k norm only)
   DeviceArray<float> post_raw_, post_out_, post_rstd_;  // add_output's work rows (post-norm models only)
   DeviceArray<uint16_t> ln16_, z16_, act16_;
+  DeviceArray<float> moe_ln_, moe_out_;  // MoE models: the block's fp32 input and output rows
+  MoeActs moe_;
+  const float* router_override_ = nullptr;  // (router hook) the logits the next mlp_block uses
   GemmOut ln_, act_;  // ln32_/ln16_ and act32_/act16_, whichever is in use
 };
 

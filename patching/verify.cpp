@@ -317,6 +317,13 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
         res.checks.push_back(compare_rows("activation", run + "." + name, v.download(be), ref.to_f32(run + "." + name), B,
                                           T, static_cast<int>(v.row_width), pad, opt.act_tol, pattern ? H : 0));
       }
+    for (int l = 0; l < L && c.moe(); ++l) {  // MoE: the router logits, where the reference has them
+      const std::string name = "blocks." + std::to_string(l) + ".mlp.hook_router";
+      if (!ref.has(run + "." + name)) continue;
+      TensorView v = s.activation(be, *m, name);
+      res.checks.push_back(compare_rows("activation", run + "." + name, v.download(be), ref.to_f32(run + "." + name), B,
+                                        T, static_cast<int>(v.row_width), pad, opt.act_tol));
+    }
   };
   check_run("clean", clean);
   check_run("corrupted", corrupted);
@@ -352,6 +359,13 @@ VerifyResult verify_reference(Backend& be, const std::string& ref_dir, const Ver
         res.checks.push_back(compare_rows("gradient", "grad." + name, v.download(be), ref.to_f32("grad." + name), B, T,
                                           static_cast<int>(v.row_width), pad, opt.grad_tol));
       }
+    for (int l = 0; l < L && c.moe(); ++l) {  // d M / d router logits, the routing held fixed
+      const std::string name = "blocks." + std::to_string(l) + ".mlp.hook_router";
+      if (!ref.has("grad." + name)) continue;
+      TensorView v = g.gradient(be, *m, B, T, name);
+      res.checks.push_back(compare_rows("gradient", "grad." + name, v.download(be), ref.to_f32("grad." + name), B, T,
+                                        static_cast<int>(v.row_width), pad, opt.grad_tol));
+    }
     // d metric / d pattern, as the backward keeps it (BackwardOptions::keep_dpattern): on the
     // keys each real query sees (elsewhere the engine leaves 0; HF's is dz . v there too).
     const int H = c.num_attention_heads;

@@ -80,6 +80,19 @@ class Backend {
   virtual void swiglu_forward(GemmOut out, const float* gu, int N, int F, MlpAct act = MlpAct::Silu) = 0;
   virtual void swiglu_backward(float* dgu, const float* dout, const float* gu, int N, int F,
                                MlpAct act = MlpAct::Silu) = 0;
+  // Mixture of experts (kernels/ops.h): the router's softmax + top-k (+ renormalisation) and its
+  // backward with the selection fixed; the gate-weighted combine of the experts' outputs.
+  virtual void moe_route_forward(int32_t* ids, float* gates, const float* logits, int N, int E, int k, bool renorm) = 0;
+  virtual void moe_route_backward(float* dlogits, const float* dgates, const float* logits, const int32_t* ids, int N,
+                                  int E, int k, bool renorm) = 0;
+  virtual void moe_combine_forward(float* out, const float* y, const int32_t* slot, const float* gates, int N, int k,
+                                   int D) = 0;
+  virtual void moe_combine_backward(float* dy, float* dgates, const float* dout, const float* y, const int32_t* slot,
+                                    const float* gates, int N, int k, int D) = 0;
+  // PhiMoE's sparsemixer router (top 2) and its backward with the choice fixed (no model uses it yet).
+  virtual void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) = 0;
+  virtual void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                        float eps) = 0;
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void sub(float* out, const float* a, const float* b, int64_t n) = 0;
   virtual void copy_rows(float* dst, int64_t dst_stride, const int32_t* dst_idx, const float* src,

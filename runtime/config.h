@@ -54,6 +54,19 @@ struct ModelConfig {
   bool mlp_bias = false;  // gate/up/down carry biases (Llama mlp_bias)
   bool qk_norm = false;   // per-head RMSNorm of q and k over head_dim before rotary (Qwen3, Gemma 3)
   bool mlp_gelu_tanh = false;  // GeGLU: tanh-GELU of the gate instead of SiLU (Gemma 2)
+  // OLMoE: q_norm / k_norm are one RMSNorm over the whole q width (H*HD) and k width (KVH*HD),
+  // not per head (with qk_norm set too).
+  bool qk_norm_full = false;
+  // Mixture of experts (Mixtral, Qwen3-MoE, OLMoE): every layer's MLP is a sparse MoE block of
+  // num_experts gated MLPs of width moe_intermediate_size, each token routed to
+  // experts_per_tok of them: p = softmax(router logits), the top-k p (torch.topk order), and
+  // renormalised to sum 1 when moe_renorm (Mixtral always; Qwen3-MoE / OLMoE norm_topk_prob).
+  // 0 experts: a dense MLP.
+  int num_experts = 0;
+  int experts_per_tok = 0;
+  int moe_intermediate_size = 0;
+  bool moe_renorm = false;
+  bool moe() const { return num_experts > 0; }
   // Gemma 2: RMSNorms scale by (1 + w) (folded into the weights at load); the embeddings are
   // multiplied by embed_scale (sqrt(hidden_size); 0: none); post_norms: an RMSNorm on the
   // attention output and on the MLP output before each residual add (post_attention_ /

@@ -64,6 +64,28 @@ class CpuBackend final : public Backend {
   }
 
   // ---- ops ----
+  void moe_route_forward(int32_t* ids, float* gates, const float* logits, int N, int E, int k, bool renorm) override {
+    cpu::moe_route_forward(ids, gates, logits, N, E, k, renorm, nullptr);
+  }
+  void moe_route_backward(float* dlogits, const float* dgates, const float* logits, const int32_t* ids, int N, int E,
+                          int k, bool renorm) override {
+    cpu::moe_route_backward(dlogits, dgates, logits, ids, N, E, k, renorm, nullptr);
+  }
+  void moe_combine_forward(float* out, const float* y, const int32_t* slot, const float* gates, int N, int k,
+                           int D) override {
+    cpu::moe_combine_forward(out, y, slot, gates, N, k, D, nullptr);
+  }
+  void moe_combine_backward(float* dy, float* dgates, const float* dout, const float* y, const int32_t* slot,
+                            const float* gates, int N, int k, int D) override {
+    cpu::moe_combine_backward(dy, dgates, dout, y, slot, gates, N, k, D, nullptr);
+  }
+  void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) override {
+    cpu::moe_sparsemixer_forward(ids, gates, logits, N, E, eps, nullptr);
+  }
+  void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                float eps) override {
+    cpu::moe_sparsemixer_backward(dlogits, dgates, logits, N, E, eps, nullptr);
+  }
   void softcap_forward(float* x, int64_t n, float cap) override { cpu::softcap_forward(x, n, cap, nullptr); }
   void softcap_backward(float* dx, const float* y, int64_t n, float cap) override {
     cpu::softcap_backward(dx, y, n, cap, nullptr);

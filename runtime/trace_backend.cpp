@@ -153,6 +153,35 @@ size_t TraceBackend::free_memory() const {
   return memory_ > used_ ? memory_ - used_ : 0;
 }
 
+void TraceBackend::moe_route_forward(int32_t* ids, float* gates, const float* logits, int N, int E, int k,
+                                     bool renorm) {
+  trace_.add("moe_route_forward", cost::elementwise(int64_t(N) * E, 1, 20));
+  if (inner_) inner_->moe_route_forward(ids, gates, logits, N, E, k, renorm);
+}
+void TraceBackend::moe_route_backward(float* dlogits, const float* dgates, const float* logits, const int32_t* ids,
+                                      int N, int E, int k, bool renorm) {
+  trace_.add("moe_route_backward", cost::elementwise(int64_t(N) * E, 2, 24));
+  if (inner_) inner_->moe_route_backward(dlogits, dgates, logits, ids, N, E, k, renorm);
+}
+void TraceBackend::moe_combine_forward(float* out, const float* y, const int32_t* slot, const float* gates, int N,
+                                       int k, int D) {
+  trace_.add("moe_combine_forward", cost::elementwise(int64_t(N) * D, k + 1, 2.0 * k));
+  if (inner_) inner_->moe_combine_forward(out, y, slot, gates, N, k, D);
+}
+void TraceBackend::moe_combine_backward(float* dy, float* dgates, const float* dout, const float* y,
+                                        const int32_t* slot, const float* gates, int N, int k, int D) {
+  trace_.add("moe_combine_backward", cost::elementwise(int64_t(N) * D * k, 3, 3));
+  if (inner_) inner_->moe_combine_backward(dy, dgates, dout, y, slot, gates, N, k, D);
+}
+void TraceBackend::moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) {
+  trace_.add("moe_sparsemixer_forward", cost::elementwise(int64_t(N) * E, 1, 30));
+  if (inner_) inner_->moe_sparsemixer_forward(ids, gates, logits, N, E, eps);
+}
+void TraceBackend::moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                            float eps) {
+  trace_.add("moe_sparsemixer_backward", cost::elementwise(int64_t(N) * E, 2, 40));
+  if (inner_) inner_->moe_sparsemixer_backward(dlogits, dgates, logits, N, E, eps);
+}
 void TraceBackend::softcap_forward(float* x, int64_t n, float cap) {
   trace_.add("softcap_forward", cost::elementwise(n, 2, 20));
   if (inner_) inner_->softcap_forward(x, n, cap);

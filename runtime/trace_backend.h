@@ -79,6 +79,16 @@ class TraceBackend : public Backend {
   void set_memory(size_t bytes) { memory_ = bytes; }
 
   void embedding_forward(float* out, const int32_t* ids, const Weight& table, int N, float scale = 1.0f) override;
+  void moe_route_forward(int32_t* ids, float* gates, const float* logits, int N, int E, int k, bool renorm) override;
+  void moe_route_backward(float* dlogits, const float* dgates, const float* logits, const int32_t* ids, int N, int E,
+                          int k, bool renorm) override;
+  void moe_combine_forward(float* out, const float* y, const int32_t* slot, const float* gates, int N, int k,
+                           int D) override;
+  void moe_combine_backward(float* dy, float* dgates, const float* dout, const float* y, const int32_t* slot,
+                            const float* gates, int N, int k, int D) override;
+  void moe_sparsemixer_forward(int32_t* ids, float* gates, const float* logits, int N, int E, float eps) override;
+  void moe_sparsemixer_backward(float* dlogits, const float* dgates, const float* logits, int N, int E,
+                                float eps) override;
   void softcap_forward(float* x, int64_t n, float cap) override;
   void softcap_backward(float* dx, const float* y, int64_t n, float cap) override;
   void rmsnorm_forward(GemmOut out, float* rstd, const float* x, const float* w, int N, int D, float eps,

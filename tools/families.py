@@ -18,6 +18,9 @@ FAMILIES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", "transformers.models.gemma2.modeling_gemma2"),
     "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", "transformers.models.gemma3.modeling_gemma3"),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", "transformers.models.gpt2.modeling_gpt2"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", "transformers.models.mixtral.modeling_mixtral"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", "transformers.models.qwen3_moe.modeling_qwen3_moe"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", "transformers.models.olmoe.modeling_olmoe"),
 }
 
 
@@ -146,6 +149,11 @@ def attn_scale_softcap(model):
     return at.scaling, getattr(model.config, "attn_logit_softcapping", None)
 
 
+def is_moe(layer):
+    """A sparse mixture-of-experts MLP (Mixtral, Qwen3-MoE, OLMoE): mlp.gate is its router."""
+    return hasattr(layer.mlp, "experts")
+
+
 def gate_up(layer, x):
     """(gate, up) pre-activations of the MLP for input x."""
     mlp = layer.mlp
@@ -158,9 +166,15 @@ def qk_norm(layer, q, k):
     """Qwen3's per-head RMSNorm of q and k (over the last dim, head_dim) where the family has
     it: what happens between the q/k projections (TL hook_q/k) and rotary."""
     at = layer.self_attn
-    if hasattr(at, "q_norm"):
+    if not hasattr(at, "q_norm"):
+        return q, k
+    if at.q_norm.weight.shape[0] == q.shape[-1]:
         return at.q_norm(q), at.k_norm(k)
-    return q, k
+
+    def full(norm, x):  # OLMoE: one norm over all heads ([B,heads,T,HD] -> [B,T,heads*HD] and back)
+        B, h, T, hd = x.shape
+        return norm(x.transpose(1, 2).reshape(B, T, h * hd)).view(B, T, h, hd).transpose(1, 2)
+    return full(at.q_norm, q), full(at.k_norm, k)
 
 
 def layer_window(model, l):

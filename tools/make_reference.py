@@ -95,6 +95,48 @@ RANDOM_CONFIGS = [
         "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 9000, "min_gap": 1.5,
     },
     {
+        "name": "rand-mixtral-moe",
+        "family": "mixtral",
+        "covers": ["MixtralForCausalLM: every MLP a sparse MoE block (block_sparse_moe): 4 experts, top-2, "
+                   "softmax over the 4 router logits renormalised over the chosen 2",
+                   "per-expert w1 / w3 / w2 tensors (hub layout)", "exact patches change later tokens' top-2 "
+                   "experts (moe_routing)", "GQA (4 q heads, 2 kv heads)", "sliding_window null", "untied",
+                   "f32", "3 layers", "config.json as transformers 5.x writes it"],
+        "cfg": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=256,
+                    num_local_experts=4, num_experts_per_tok=2, sliding_window=None, tie_word_embeddings=False,
+                    rms_norm_eps=1e-5),
+        "std": 0.35, "dtype": "float32", "shard": None, "style": "hf5", "seed": 11000, "min_gap": 1.5,
+    },
+    {
+        "name": "rand-qwen3moe",
+        "family": "qwen3_moe",
+        "covers": ["Qwen3MoeForCausalLM: every MLP a sparse MoE block (mlp.gate, mlp.experts.N.gate_proj / "
+                   "up_proj / down_proj): 4 experts of width moe_intermediate_size 64 (intermediate_size 96 "
+                   "unused), top-2, norm_topk_prob true", "per-head q_norm / k_norm (weights 1 + 0.2 N(0,1))",
+                   "head_dim 12", "GQA (4 q heads, 2 kv heads)", "tied", "bf16 storage", "2 layers",
+                   "config.json as transformers 5.x writes it"],
+        "cfg": dict(hidden_size=48, intermediate_size=96, moe_intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=12, rope_theta=1000000.0,
+                    max_position_embeddings=256, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+                    decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=True, rms_norm_eps=1e-6),
+        "std": 0.35, "dtype": "bfloat16", "shard": None, "style": "hf5", "seed": 12000, "min_gap": 1.5,
+    },
+    {
+        "name": "rand-olmoe",
+        "family": "olmoe",
+        "covers": ["OlmoeForCausalLM: every MLP a sparse MoE block (mlp.gate, mlp.experts.N.*): 4 experts, "
+                   "top-2, norm_topk_prob false (the chosen softmax probabilities unnormalised)",
+                   "q_norm / k_norm over the whole q width (48) and k width (24), not per head",
+                   "GQA (4 q heads, 2 kv heads)", "untied", "f32", "2 layers",
+                   "config.json as transformers 5.x writes it"],
+        "cfg": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, rope_theta=10000.0, max_position_embeddings=256, num_experts=4,
+                    num_experts_per_tok=2, norm_topk_prob=False, clip_qkv=None, tie_word_embeddings=False,
+                    rms_norm_eps=1e-5),
+        "std": 0.35, "dtype": "float32", "shard": None, "style": "hf5", "seed": 13000, "min_gap": 1.5,
+    },
+    {
         "name": "rand-gemma2-softcap",
         "family": "gemma2",
         "covers": ["Gemma2ForCausalLM: RMSNorm by (1 + w) (weights 1 + 0.2 N(0,1)), embeddings times sqrt(48)",
@@ -417,7 +459,11 @@ class Hooked:
                                          ("v", layer.self_attn.v_proj, self.KVH)):
                     mod.register_forward_hook(self._mk_proj(l, name, heads))
             layer.self_attn.o_proj.register_forward_pre_hook(self._mk_z(l))
-            layer.mlp.down_proj.register_forward_pre_hook(self._mk_mlp_post(l))
+            if families.is_moe(layer):  # the router's top-k experts of every token, every run
+                layer.mlp.gate.register_forward_hook(self._mk_router(l))
+            else:
+                layer.mlp.down_proj.register_forward_pre_hook(self._mk_mlp_post(l))
+        self.routing = [None] * self.L  # MoE: [B*T, k] expert ids of the last run
 
     # -- capture helpers
     def _store(self, name, l, t):
@@ -540,6 +586,27 @@ class Hooked:
             return (a,)
         return hook
 
+    def _mk_router(self, l):
+        # out = (router logits [B*T, E], gate weights [B*T, k], expert ids [B*T, k]). A router
+        # patch replaces the logits and routes again exactly as the router does (softmax in
+        # float, top-k, renormalised iff the router does), so the experts follow the patch.
+        def hook(mod, args, out):
+            logits, scores, idx = out
+            if self._patching("router", l):
+                B, T = self.qmask.shape
+                logits = logits.clone()
+                self.patch.apply_(logits.view(B, T, -1))
+                probs = torch.nn.functional.softmax(logits, dtype=torch.float, dim=-1)
+                top, idx = torch.topk(probs, mod.top_k, dim=-1)
+                if getattr(mod, "norm_topk_prob", True):  # (Mixtral's router always renormalises)
+                    top = top / top.sum(dim=-1, keepdim=True)
+                scores = top.to(logits.dtype)
+                out = (logits, scores, idx)
+            self._store("router", l, logits)
+            self.routing[l] = idx.detach().clone()
+            return out
+        return hook
+
     def _on_attention(self, l, query, key, weights):
         self._store("rot_q", l, query)  # [B,H,T,HD] after rotary
         self._store("rot_k", l, key)  # [B,KVH,T,HD] after rotary
@@ -553,7 +620,7 @@ class Hooked:
         if capture:
             self.cache = {k: [None] * self.L for k in
                           BLOCK_HOOKS + ["qkv", "q_proj", "k_proj", "v_proj", "z", "rot_q", "rot_k", "pattern",
-                                         "mlp_post"]}
+                                         "mlp_post", "router"]}
         _ACTIVE = self if capture else None
         _RUNNING = self
         try:
@@ -588,7 +655,11 @@ class Hooked:
         res["attn.hook_rot_k"] = [get(t).detach().transpose(1, 2).contiguous() for t in cache["rot_k"]]
         res["attn.hook_z"] = [get(t).detach().reshape(t.shape[0], t.shape[1], H, HD).clone() for t in cache["z"]]
         res["attn.hook_pattern"] = [get(t).detach().clone() for t in cache["pattern"]]
-        res["mlp.hook_post"] = [get(t).detach().clone() for t in cache["mlp_post"]]
+        if cache["router"][0] is not None:  # MoE: router logits [B*T, E] as [B, T, E]
+            B, T = cache["resid_pre"][0].shape[:2]
+            res["mlp.hook_router"] = [get(t).detach().reshape(B, T, -1).clone() for t in cache["router"]]
+        if cache["mlp_post"][0] is not None:  # (a MoE model has no single MLP's neurons)
+            res["mlp.hook_post"] = [get(t).detach().clone() for t in cache["mlp_post"]]
         return res
 
 
@@ -675,8 +746,9 @@ def linear_per_prompt(clean_acts, corr_acts, grads, L):
                            for l in range(L)], dim=1)  # [B,L,T,heads]
         out[hook] = per
         out[hook + "_all_pos"] = per.sum(2)
-    out["mlp_post"] = torch.stack([(clean_acts["mlp.hook_post"][l] - corr_acts["mlp.hook_post"][l]).double()
-                                   * grads["mlp.hook_post"][l] for l in range(L)], dim=1)  # [B,L,T,F]
+    if "mlp.hook_post" in clean_acts:
+        out["mlp_post"] = torch.stack([(clean_acts["mlp.hook_post"][l] - corr_acts["mlp.hook_post"][l]).double()
+                                       * grads["mlp.hook_post"][l] for l in range(L)], dim=1)  # [B,L,T,F]
     if "pattern_masked" in clean_acts:  # hook_pattern [B,H,T,T], pad query rows 0 (engine convention)
         per = torch.stack([((clean_acts["pattern_masked"][l] - corr_acts["pattern_masked"][l]).double()
                             * grads["attn.hook_pattern"][l]).sum(-1).transpose(1, 2)
@@ -1229,14 +1301,61 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
 
     # mlp_post (TL mlp.hook_post, the SwiGLU output feeding down_proj) by (layer, position,
     # neuron): every neuron patched alone (no per-prompt lists: L*T*F entries).
-    src["mlp_post"] = clean_acts["mlp.hook_post"]
-    F = model.config.intermediate_size
-    act = [[[None] * F for _ in range(T)] for _ in range(L)]
-    for l in range(L):
+    moe = families.is_moe(model.model.layers[0])
+    if not moe:
+        src["mlp_post"] = clean_acts["mlp.hook_post"]
+        F = model.config.intermediate_size
+        act = [[[None] * F for _ in range(T)] for _ in range(L)]
+        for l in range(L):
+            for p in range(T):
+                for n in range(F):
+                    act[l][p][n] = patched("mlp_post", l, p, n)[0]
+        patching["mlp_post"] = {"activation": act, "attribution": lin["mlp_post"].sum(0).tolist()}
+    moe_routing = None
+    if moe:
+        # router (mlp.hook_router, the router logits) by (layer, position): the patched logits
+        # route again; attribution = (clean - corrupted logits) . d M / d logits with the routing
+        # of the corrupted run held fixed (torch.topk's indices carry no gradient).
+        src["router"] = clean_acts["mlp.hook_router"]
+        act = [[None] * T for _ in range(L)]
+        ppl = [[None] * T for _ in range(L)]
+        attr = [[None] * T for _ in range(L)]
+        for l in range(L):
+            a = ((clean_acts["mlp.hook_router"][l] - corr_acts["mlp.hook_router"][l])
+                 * grads["mlp.hook_router"][l]).sum(dim=(0, 2))  # [T]
+            for p in range(T):
+                act[l][p], ppl[l][p] = patched("router", l, p)
+                attr[l][p] = float(a[p])
+        patching["router"] = {"activation": act, "attribution": attr, "activation_per_prompt_logit_diff": ppl}
+        # Exact patching recomputes the routing downstream of a patch: count the resid_pre[0]
+        # patches (one position p, every row) after which some later token (position > p, any
+        # layer, any row) routes to another top-k set than in the corrupted run.
+        with torch.no_grad():
+            hk.run(corr_b)
+        base = [r.clone() for r in hk.routing]
+        changed, example = [], None
         for p in range(T):
-            for n in range(F):
-                act[l][p][n] = patched("mlp_post", l, p, n)[0]
-    patching["mlp_post"] = {"activation": act, "attribution": lin["mlp_post"].sum(0).tolist()}
+            patched("resid_pre", 0, p)
+            n = 0
+            for l in range(L):
+                a = base[l].sort(-1).values.view(B, T, -1)
+                b = hk.routing[l].sort(-1).values.view(B, T, -1)
+                diff = (a != b).any(-1)  # [B,T]
+                for bb in range(B):
+                    for t in range(p + 1, T):
+                        if diff[bb, t] and clean_b["mask"][bb, t]:
+                            n += 1
+                            if example is None:
+                                example = {"patch": f"resid_pre layer 0 position {p}", "layer": l, "row": bb,
+                                           "position": t, "corrupted_experts": a[bb, t].tolist(),
+                                           "patched_experts": b[bb, t].tolist()}
+            changed.append(n)
+        moe_routing = {"patches": "resid_pre at layer 0, each position (every row)",
+                       "patches_changing_routing": sum(1 for n in changed if n),
+                       "routed_tokens_changed_per_patch": changed, "example": example}
+        check(sum(changed) > 0, "some exact patch changes a later token's top-k experts")
+        log(f"  MoE routing: {sum(1 for n in changed if n)} of {T} resid_pre[0] patches change later tokens' "
+            f"experts ({sum(changed)} (layer, row, position) in all)")
 
     # ---- AtP*'s QK fix (Kramar, Lieberum, Shah, Nanda 2024, sec. 3.1), our own float64 PyTorch
     # of the paper's formula: the pattern recomputed exactly with one query (one key) at its clean
@@ -1333,6 +1452,11 @@ def process(name, model_dir, out_dir, batches, pairs_rel, covers, extra_meta):
         },
         "patching": patching,
     }
+    if moe_routing is not None:
+        meta["moe_routing"] = moe_routing
+        meta["dims"]["E"] = model.config.num_local_experts if hasattr(model.config, "num_local_experts") \
+            else model.config.num_experts
+        meta["dims"]["k"] = model.config.num_experts_per_tok
     meta.update(extra_meta)
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(meta, f, indent=1)

@@ -16,12 +16,17 @@ Architecture gemma2_architecture();
 Architecture gemma3_text_architecture();
 Architecture gemma3_multimodal_architecture();
 Architecture gpt2_architecture();
+Architecture mixtral_architecture();
+Architecture qwen3_moe_architecture();
+Architecture olmoe_architecture();
 
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> all = {phi3_architecture(), qwen2_architecture(), llama_architecture(),
                                                 mistral_architecture(), qwen3_architecture(),
                                                 gemma2_architecture(), gemma3_text_architecture(),
-                                                gemma3_multimodal_architecture(), gpt2_architecture()};
+                                                gemma3_multimodal_architecture(), gpt2_architecture(),
+                                                mixtral_architecture(), qwen3_moe_architecture(),
+                                                olmoe_architecture()};
   return all;
 }
 
@@ -128,6 +133,21 @@ void read_qwen_windows(const ConfigFields& f, ModelConfig& c) {
     const int first = f.present("max_window_layers") ? static_cast<int>(f.integer("max_window_layers")) : 28;
     for (int l = std::max(0, first); l < c.num_hidden_layers; ++l) c.layer_window[static_cast<size_t>(l)] = w;
   }
+}
+
+void read_moe(const ConfigFields& f, ModelConfig& c, const char* width_field, bool renorm_default, bool always_renorm) {
+  const char* ef = f.present("num_local_experts") ? "num_local_experts" : "num_experts";
+  if (!f.present(ef)) f.fail("num_local_experts", "missing (a mixture-of-experts model needs its expert count)");
+  c.num_experts = f.positive_int(ef);
+  if (c.num_experts > 4096) f.fail(ef, std::to_string(c.num_experts) + " is not a plausible expert count (at most 4096)");
+  c.experts_per_tok = f.present("num_experts_per_tok") ? f.positive_int("num_experts_per_tok") : 2;
+  if (c.experts_per_tok > c.num_experts)
+    f.fail("num_experts_per_tok", std::to_string(c.experts_per_tok) + " exceeds the " + std::to_string(c.num_experts) +
+                                      " experts");
+  c.moe_intermediate_size = f.present(width_field) ? f.positive_int(width_field) : c.intermediate_size;
+  c.moe_renorm = always_renorm || (f.present("norm_topk_prob") ? f.boolean("norm_topk_prob") : renorm_default);
+  if (always_renorm && f.present("norm_topk_prob") && !f.boolean("norm_topk_prob"))
+    f.fail("norm_topk_prob", "false is not supported for " + c.architecture + " (its router always renormalises)");
 }
 
 void read_rope_type(const ConfigFields& r, ModelConfig& c, const std::vector<std::string>& allowed) {

@@ -66,6 +66,11 @@ struct Architecture {
   // config.json's names of the common fields where the family's differ (GPT-2: hidden_size is
   // n_embd), as transformers' attribute_map.
   std::map<std::string, std::string> attribute_map;
+  // MoE families: the block's module under model.layers.N. ("block_sparse_moe", "mlp"), its
+  // router ("gate"), and per expert (experts.E.<part>.weight) the gate and up parts, the down part.
+  std::string moe_block;
+  std::vector<std::string> expert_gate_up_parts;
+  std::string expert_down_part;
 };
 
 // The Llama layout of a layer's projections (Qwen2, Llama, Mistral): separate q/k/v, gate/up.
@@ -92,6 +97,9 @@ void read_qwen_windows(const ConfigFields& f, ModelConfig& c);
 // layer_types (full_attention / sliding_attention per layer) into c.layer_window (sized to the
 // layers, zeros), `window` for the sliding ones; false when the config has none.
 bool read_layer_types(const ConfigFields& f, ModelConfig& c, int window);
+// MoE fields: num_local_experts (or num_experts), num_experts_per_tok, the expert width
+// (`width_field`), norm_topk_prob (`renorm` when absent, or always true when `always_renorm`).
+void read_moe(const ConfigFields& f, ModelConfig& c, const char* width_field, bool renorm_default, bool always_renorm);
 // rope_type among `allowed` (besides default); reads linear and llama3 parameters.
 void read_rope_type(const ConfigFields& rope, ModelConfig& c, const std::vector<std::string>& allowed);
 

@@ -59,8 +59,10 @@ options:
                     probabilities of one head and query position; the head's output is
                     recomputed from the patched row), pattern_all_pos (every query row of a
                     head), mlp_post (one MLP neuron at one position: L*T*F nodes; for
-                    large models use --method atp-star --verify-top K); TransformerLens
-                    names too (hook_resid_pre, attn.hook_z, mlp.hook_post, blocks.3.hook_z)
+                    large models use --method atp-star --verify-top K), router (a
+                    mixture-of-experts block's router logits at one position; MoE models
+                    only); TransformerLens names too (hook_resid_pre, attn.hook_z,
+                    mlp.hook_post, blocks.3.hook_z)
                     [resid_pre,attn_out,mlp_out]
   --method M        comma-separated: attribution (AtP), atp-star (AtP*: QK fix + GradDrop,
                     L more backward passes, unsigned), activation (exact, every node);

@@ -18,11 +18,13 @@ using nlohmann::json;
 // One Llama-style checkpoint's size (architecture-specific fields come from its family).
 struct Shape {
   const char* name;
-  const char* family;  // qwen2, llama3.1, llama3.2, mistral, mistral-nemo, qwen3, gemma2, gemma3-1b, gemma3
+  const char* family;  // qwen2, llama3.1, llama3.2, mistral, mistral-nemo, qwen3, gemma2, gemma3-1b, gemma3,
+                       // qwen3_moe, olmoe, mixtral
   int hidden, inter, layers, heads, kv_heads, head_dim;  // head_dim 0: hidden / heads, not written
   int vocab;
   bool tied;
   int max_pos;
+  int experts = 0, topk = 0, moe_inter = 0;  // mixture of experts: E, k, expert width (0: dense)
 };
 
 // Sizes from each model's config.json on the Hugging Face hub.
@@ -56,6 +58,13 @@ const std::vector<Shape>& shapes() {
       {"gemma-3-4b", "gemma3", 2560, 10240, 34, 8, 4, 256, 262208, true, 131072},
       {"gemma-3-12b", "gemma3", 3840, 15360, 48, 16, 8, 256, 262208, true, 131072},
       {"gemma-3-27b", "gemma3", 5376, 21504, 62, 32, 16, 128, 262208, true, 131072},
+      {"qwen3-30b-a3b", "qwen3_moe", 2048, 6144, 48, 32, 4, 128, 151936, false, 40960, 128, 8, 768},
+      {"olmoe-1b-7b", "olmoe", 2048, 1024, 16, 16, 16, 0, 50304, false, 4096, 64, 8, 1024},
+      {"mixtral-8x7b", "mixtral", 4096, 14336, 32, 32, 8, 0, 32000, false, 32768, 8, 2, 14336},
+      // Phi-3.5-MoE's sizes (16 experts of width 6400, top 2) in the Mixtral layout: the engine
+      // does not load PhimoeForCausalLM (LayerNorm with biases, the sparsemixer router); its
+      // weights and activations take the same memory as this stand-in's.
+      {"phi-3.5-moe", "mixtral", 4096, 6400, 32, 32, 8, 0, 32064, false, 131072, 16, 2, 6400},
   };
   return s;
 }
@@ -102,6 +111,22 @@ json family_fields(const Shape& s) {
     if (f == "gemma3") j["rope_scaling"] = {{"factor", 8.0}, {"rope_type", "linear"}};
     return j;
   }
+  if (f == "qwen3_moe")
+    return {{"architectures", {"Qwen3MoeForCausalLM"}}, {"model_type", "qwen3_moe"}, {"attention_bias", false},
+            {"bos_token_id", 151643}, {"eos_token_id", 151645}, {"max_window_layers", s.layers},
+            {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}, {"sliding_window", nullptr},
+            {"use_sliding_window", false}, {"num_experts", s.experts}, {"num_experts_per_tok", s.topk},
+            {"moe_intermediate_size", s.moe_inter}, {"norm_topk_prob", true}, {"decoder_sparse_step", 1},
+            {"mlp_only_layers", json::array()}};
+  if (f == "olmoe")
+    return {{"architectures", {"OlmoeForCausalLM"}}, {"model_type", "olmoe"}, {"attention_bias", false},
+            {"bos_token_id", nullptr}, {"eos_token_id", 50279}, {"pad_token_id", 1}, {"rms_norm_eps", 1e-5},
+            {"rope_theta", 10000.0}, {"clip_qkv", nullptr}, {"num_experts", s.experts},
+            {"num_experts_per_tok", s.topk}, {"norm_topk_prob", false}};
+  if (f == "mixtral")
+    return {{"architectures", {"MixtralForCausalLM"}}, {"model_type", "mixtral"}, {"bos_token_id", 1},
+            {"eos_token_id", 2}, {"rms_norm_eps", 1e-5}, {"rope_theta", 1000000.0}, {"sliding_window", nullptr},
+            {"num_local_experts", s.experts}, {"num_experts_per_tok", s.topk}};
   throw Error(std::string("model_shapes: no family ") + s.family);  // not reached: the table names known ones
 }
 

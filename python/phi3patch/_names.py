@@ -20,6 +20,7 @@ TL_HOOKS: Dict[str, str] = {
     "attn.hook_v": "v",
     "attn.hook_pattern": "pattern",
     "mlp.hook_post": "mlp_post",
+    "mlp.hook_router": "router",  # mixture-of-experts models: the router logits
 }
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 

@@ -63,7 +63,8 @@ TEST(Arch, EveryFamilyIsListed) {
   EXPECT_THAT(names, ::testing::ElementsAre("Phi3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
                                             "MistralForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM",
                                             "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration",
-                                            "GPT2LMHeadModel"));
+                                            "GPT2LMHeadModel", "MixtralForCausalLM", "Qwen3MoeForCausalLM",
+                                            "OlmoeForCausalLM"));
 }
 
 // openai-community/gpt2's config.json, as published: GPT-2's field names, its flags, and the
@@ -123,6 +124,82 @@ TEST(Arch, Gpt2FromThePublishedConfig) {
     k[field] = value;
     EXPECT_THAT(error_of([&] { parse_config_json(k.dump(), "gpt2"); }), HasSubstr("'" + field + "'")) << field;
   }
+}
+
+// The mixtures of experts from their published configs (Mixtral-8x7B-v0.1, Qwen3-30B-A3B,
+// OLMoE-1B-7B-0924; sizes as on the hub): every MoE flag, and the refusals naming the field.
+TEST(Arch, MoeFromThePublishedConfigs) {
+  const ModelConfig mx = parse_config_json(R"({
+    "architectures": ["MixtralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2,
+    "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+    "max_position_embeddings": 32768, "model_type": "mixtral", "num_attention_heads": 32,
+    "num_experts_per_tok": 2, "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+    "output_router_logits": false, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.02,
+    "sliding_window": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "vocab_size": 32000})");
+  EXPECT_EQ(mx.num_experts, 8);
+  EXPECT_EQ(mx.experts_per_tok, 2);
+  EXPECT_EQ(mx.moe_intermediate_size, 14336);
+  EXPECT_TRUE(mx.moe_renorm);
+  EXPECT_FALSE(mx.qk_norm);
+  EXPECT_EQ(mx.window(31), 0);
+  EXPECT_EQ(mx.head_dim, 128);
+  const ModelConfig q = parse_config_json(R"({
+    "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false, "bos_token_id": 151643,
+    "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048,
+    "intermediate_size": 6144, "max_position_embeddings": 40960, "max_window_layers": 48, "mlp_only_layers": [],
+    "model_type": "qwen3_moe", "moe_intermediate_size": 768, "norm_topk_prob": true, "num_attention_heads": 32,
+    "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 48, "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0, "sliding_window": null,
+    "tie_word_embeddings": false, "use_sliding_window": false, "vocab_size": 151936})");
+  EXPECT_EQ(q.num_experts, 128);
+  EXPECT_EQ(q.experts_per_tok, 8);
+  EXPECT_EQ(q.moe_intermediate_size, 768);
+  EXPECT_TRUE(q.moe_renorm);
+  EXPECT_TRUE(q.qk_norm);
+  EXPECT_FALSE(q.qk_norm_full);
+  const ModelConfig o = parse_config_json(R"({
+    "architectures": ["OlmoeForCausalLM"], "attention_bias": false, "clip_qkv": null, "eos_token_id": 50279,
+    "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 1024, "max_position_embeddings": 4096,
+    "model_type": "olmoe", "norm_topk_prob": false, "num_attention_heads": 16, "num_experts": 64,
+    "num_experts_per_tok": 8, "num_hidden_layers": 16, "num_key_value_heads": 16, "pad_token_id": 1,
+    "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0, "tie_word_embeddings": false,
+    "vocab_size": 50304})");
+  EXPECT_EQ(o.num_experts, 64);
+  EXPECT_EQ(o.moe_intermediate_size, 1024);
+  EXPECT_FALSE(o.moe_renorm);
+  EXPECT_TRUE(o.qk_norm);
+  EXPECT_TRUE(o.qk_norm_full);
+  // q/k norm weights over the whole widths (OLMoE), per head (Qwen3-MoE)
+  const LayerPlan lo = layer_plan(o, 0), lq = layer_plan(q, 0);
+  EXPECT_EQ(lo.q_norm.at(0).shape, (std::vector<int64_t>{2048}));
+  EXPECT_EQ(lq.q_norm.at(0).shape, (std::vector<int64_t>{128}));
+  EXPECT_EQ(lq.router.at(0).name, "model.layers.0.mlp.gate.weight");
+  EXPECT_EQ(lq.expert_gate_up.size(), 128u);
+  EXPECT_EQ(lq.expert_down.at(5).at(0).name, "model.layers.0.mlp.experts.5.down_proj.weight");
+  EXPECT_EQ(layer_plan(mx, 3).expert_gate_up.at(7).at(1).name, "model.layers.3.block_sparse_moe.experts.7.w3.weight");
+  EXPECT_EQ(layer_plan(mx, 0, true).expert_gate_up.at(0).at(0).shape, (std::vector<int64_t>{8, 2 * 14336, 4096}));
+
+  auto error_of = [](const std::string& json) {
+    try {
+      parse_config_json(json, "config.json");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string base = R"("architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "num_experts": 4)";
+  EXPECT_THAT(error_of("{" + base + R"(, "mlp_only_layers": [1]})"), ::testing::HasSubstr("field 'mlp_only_layers'"));
+  EXPECT_THAT(error_of("{" + base + R"(, "decoder_sparse_step": 2})"),
+              ::testing::HasSubstr("field 'decoder_sparse_step': only 1"));
+  EXPECT_THAT(error_of("{" + base + R"(, "num_experts_per_tok": 5})"),
+              ::testing::HasSubstr("field 'num_experts_per_tok': 5 exceeds the 4 experts"));
+  EXPECT_THAT(error_of(R"({"architectures": ["OlmoeForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "num_experts": 4, "clip_qkv": 8.0})"),
+              ::testing::HasSubstr("field 'clip_qkv'"));
+  EXPECT_THAT(error_of(R"({"architectures": ["MixtralForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100})"),
+              ::testing::HasSubstr("field 'num_local_experts': missing"));
 }
 
 // Gemma-2-2B's config.json, as published: every Gemma 2 flag from it.

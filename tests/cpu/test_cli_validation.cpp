@@ -110,7 +110,7 @@ TEST_F(Validation, MisspeltPairsKey) {
 TEST_F(Validation, UnknownHookAndLayer) {
   EXPECT_EQ(error_of("run --device cpu --model " + quote(phi3_) + " --hooks resid_pr"),
             "unknown hook 'resid_pr'; did you mean resid_pre? (known: resid_pre, resid_mid, resid_post, attn_out, "
-            "mlp_out, z, z_all_pos, q, q_all_pos, k, k_all_pos, v, v_all_pos, pattern, pattern_all_pos, mlp_post, or "
+            "mlp_out, z, z_all_pos, q, q_all_pos, k, k_all_pos, v, v_all_pos, pattern, pattern_all_pos, mlp_post, router, or "
             "their TransformerLens names such as hook_resid_pre, attn.hook_z, blocks.3.hook_resid_pre)");
   // A layer in a TransformerLens name is checked against config.json (Phi-3-mini: 32 layers).
   EXPECT_EQ(error_of("run --device cpu --model " + quote(phi3_) + " --pairs " + quote(pairs_) +
@@ -158,7 +158,7 @@ TEST_F(Validation, OptionsOfOtherCommands) {
             "--split: expected train, heldout or all, got 'heldot'; did you mean heldout?");
   EXPECT_EQ(error_of("bench --device cpu --model " + quote(phi3_) + " --hooks attn_otu"),
             "unknown hook 'attn_otu'; did you mean attn_out? (known: resid_pre, resid_mid, resid_post, attn_out, "
-            "mlp_out, z, z_all_pos, q, q_all_pos, k, k_all_pos, v, v_all_pos, pattern, pattern_all_pos, mlp_post, or "
+            "mlp_out, z, z_all_pos, q, q_all_pos, k, k_all_pos, v, v_all_pos, pattern, pattern_all_pos, mlp_post, router, or "
             "their TransformerLens names such as hook_resid_pre, attn.hook_z, blocks.3.hook_resid_pre)");
 }
 

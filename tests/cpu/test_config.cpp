@@ -294,7 +294,8 @@ TEST(Config, BadConfigs) {
   cases.push_back({"unsupported architecture", with("architectures", json::array({"MambaForCausalLM"})),
                    "field 'architectures': no supported architecture in [\"MambaForCausalLM\"] (supported: "
                    "Phi3ForCausalLM (phi3), Qwen2ForCausalLM (qwen2), LlamaForCausalLM (llama), MistralForCausalLM (mistral), Qwen3ForCausalLM (qwen3), Gemma2ForCausalLM (gemma2), "
-                   "Gemma3ForCausalLM (gemma3_text), Gemma3ForConditionalGeneration (gemma3))"});
+                   "Gemma3ForCausalLM (gemma3_text), Gemma3ForConditionalGeneration (gemma3), GPT2LMHeadModel (gpt2), "
+                   "MixtralForCausalLM (mixtral), Qwen3MoeForCausalLM (qwen3_moe), OlmoeForCausalLM (olmoe))"});
   cases.push_back({"architecture and model_type disagree", with("architectures", json::array({"LlamaForCausalLM"})),
                    "field 'model_type': expected 'llama' for LlamaForCausalLM, got 'phi3'"});
   cases.push_back({"architectures not a list", with("architectures", "Phi3ForCausalLM"),

@@ -80,7 +80,7 @@ TEST(HookNames, TransformerLensNamesAndLayers) {
 
 const std::string kKnown =
     " (known: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, z_all_pos, q, q_all_pos, k, k_all_pos, v, "
-    "v_all_pos, pattern, pattern_all_pos, mlp_post, or their TransformerLens names such as hook_resid_pre, "
+    "v_all_pos, pattern, pattern_all_pos, mlp_post, router, or their TransformerLens names such as hook_resid_pre, "
     "attn.hook_z, blocks.3.hook_resid_pre)";
 
 TEST(HookNames, UnknownHooksSuggestInTheFormGiven) {
@@ -151,8 +151,8 @@ TEST(DidYouMean, CliMessages) {
       " (expected one of phi-3-mini, phi-3-mini-128k, phi-3-medium, phi-4-mini, tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, "
       "qwen2.5-7b, qwen2.5-14b, qwen2.5-32b, qwen2.5-72b, llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, llama-3.1-70b, "
       "mistral-7b, mistral-nemo-12b, qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen3-14b, qwen3-32b, gemma-2-2b, "
-      "gemma-2-9b, gemma-2-27b, gemma-3-1b, gemma-3-4b, gemma-3-12b, gemma-3-27b, gpt2, gpt2-medium, gpt2-large, "
-      "gpt2-xl)";
+      "gemma-2-9b, gemma-2-27b, gemma-3-1b, gemma-3-4b, gemma-3-12b, gemma-3-27b, qwen3-30b-a3b, olmoe-1b-7b, "
+      "mixtral-8x7b, phi-3.5-moe, gpt2, gpt2-medium, gpt2-large, gpt2-xl)";
   EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like phi-3-mni"),
             "--like: unknown shape 'phi-3-mni'; did you mean phi-3-mini?" + shapes);
   EXPECT_EQ(cli_error("make-random --out /tmp/never-written --like qwen2.5-7"),

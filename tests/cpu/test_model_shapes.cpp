@@ -43,6 +43,10 @@ const std::map<std::string, Published> kPublished = {
     // GPT-2: 124 M, 355 M, 774 M, 1.5 B (1,557,611,200) as the model cards and the GPT-2 paper's code give them.
     {"gpt2", {"GPT2LMHeadModel", 124.4e6}},        {"gpt2-medium", {"GPT2LMHeadModel", 354.8e6}},
     {"gpt2-large", {"GPT2LMHeadModel", 774.0e6}},  {"gpt2-xl", {"GPT2LMHeadModel", 1557.6e6}},
+    // mixtures of experts: every expert counted (Qwen3-30B-A3B 30.5 B, OLMoE-1B-7B 6.92 B,
+    // Mixtral-8x7B 46.7 B, Phi-3.5-MoE 41.9 B in the Mixtral-layout stand-in)
+    {"qwen3-30b-a3b", {"Qwen3MoeForCausalLM", 30.5e9}}, {"olmoe-1b-7b", {"OlmoeForCausalLM", 6.92e9}},
+    {"mixtral-8x7b", {"MixtralForCausalLM", 46.7e9}},  {"phi-3.5-moe", {"MixtralForCausalLM", 41.9e9}},
 };
 
 TEST(ModelShapes, EveryShapeHasItsPublishedSize) {

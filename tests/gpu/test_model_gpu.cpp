@@ -67,6 +67,18 @@ TEST_P(GpuReference, Bf16WithinMeasuredBounds) {
     o.grad_tol = 2e-2;
     o.patch_act_tol = 1e-2;
     o.patch_attr_tol = 1e-2;
+  } else if (GetParam() == "rand-mixtral-moe" || GetParam() == "rand-olmoe" || GetParam() == "rand-qwen3moe") {
+    // Mixture of experts: bf16 rounding moves router logits across top-k ties, and a token
+    // whose experts change jumps (test_moe_gpu Bf16RoutingFlipsOnTheReferences: 14 of 666
+    // routed (layer, token) pairs on rand-mixtral-moe, 2 of 444 on rand-olmoe, 0 of 444 on
+    // rand-qwen3moe). Measured worst (emulator, 2026-12-08): mixtral act 0.481, grad 1.1,
+    // patch 0.253, attr 2.07 (q_all_pos AtP* QK fix); olmoe act 0.096, grad 0.177, patch 0.198,
+    // attr 0.468; qwen3moe act 0.015, grad 0.024, patch 0.396 (patched runs flip routing too),
+    // attr 0.030; fp32 CUDA matches at the CPU's tolerances. Bounds ~2x the measured movement.
+    o.act_tol = 1.0;
+    o.grad_tol = 2.0;
+    o.patch_act_tol = 0.5;
+    o.patch_attr_tol = 4.0;
   } else {  // measured worst: act 0.152, grad 0.262, patch 0.072, attr 0.124
     o.act_tol = 0.3;
     o.grad_tol = 0.5;
