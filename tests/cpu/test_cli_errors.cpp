@@ -232,11 +232,11 @@ TEST_F(CliErrors, ConfigMissingField) {
 
 TEST_F(CliErrors, ConfigUnsupportedArchitecture) {
   edit_config([](json& j) {
-    j["architectures"] = {"GPT2LMHeadModel"};
-    j["model_type"] = "gpt2";
+    j["architectures"] = {"MambaForCausalLM"};
+    j["model_type"] = "mamba";
   });
-  expect_error(run(), {"config.json", "architectures", "GPT2LMHeadModel", "supported", "LlamaForCausalLM",
-                       "Qwen2ForCausalLM"});
+  expect_error(run(), {"config.json", "architectures", "MambaForCausalLM", "supported", "LlamaForCausalLM",
+                       "Qwen2ForCausalLM", "GPT2LMHeadModel", "MixtralForCausalLM"});
 }
 
 // A Llama config over Phi-3 tensors, a Qwen2 config over tensors without q/k/v biases: the

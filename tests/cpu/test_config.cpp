@@ -302,8 +302,8 @@ TEST(Config, BadConfigs) {
                    "field 'architectures': expected a list of strings, got string"});
   {
     json j = without("architectures");
-    j["model_type"] = "gpt2";
-    cases.push_back({"other model_type", j, "field 'model_type': unsupported model_type 'gpt2' (supported: Phi3ForCausalLM"});
+    j["model_type"] = "mamba";
+    cases.push_back({"other model_type", j, "field 'model_type': unsupported model_type 'mamba' (supported: Phi3ForCausalLM"});
     j.erase("model_type");
     cases.push_back({"neither", j, "field 'architectures': missing"});
   }
