@@ -11,7 +11,7 @@ namespace phi3 {
 namespace {
 
 const char* kRunUsage = R"(phi3patch - activation and attribution patching for Phi-3 / Phi-3.5 / Phi-4, Qwen2 / Qwen2.5,
-Qwen3, Llama 3.x, Mistral and Gemma 2 models
+Qwen3, Llama 3.x, Mistral, Gemma 2 and 3, GPT-2, and the mixtures of experts Mixtral, Qwen3-MoE, OLMoE
 
 usage: phi3patch [COMMAND] [OPTIONS]
 
@@ -35,8 +35,9 @@ Each command's options: phi3patch COMMAND --help. The options below are run's.
 options:
   --help            this text
   --model DIR       checkpoint directory: Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
-                    LlamaForCausalLM, MistralForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM or
-                    Gemma3ForConditionalGeneration's text decoder (config.json, *.safetensors, and
+                    LlamaForCausalLM, MistralForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM,
+                    Gemma3ForConditionalGeneration's text decoder, GPT2LMHeadModel,
+                    MixtralForCausalLM, Qwen3MoeForCausalLM or OlmoeForCausalLM (config.json, *.safetensors, and
                     tokenizer.model or tokenizer.json) [data/models/tiny-temporal-phi3]; or a
                     Hugging Face hub id org/name[@revision] already in the local cache
                     ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub; no download),

@@ -1,5 +1,6 @@
 """phi3patch: activation and attribution patching on Phi-3, Qwen2/2.5, Qwen3, Llama 3.x,
-Mistral and Gemma 2 checkpoints, with the C++/CUDA engine in-process.
+Mistral, Gemma 2 and 3, GPT-2, Mixtral, Qwen3-MoE and OLMoE checkpoints, with the C++/CUDA
+engine in-process.
 
     import phi3patch
     m = phi3patch.load("microsoft/Phi-3-mini-4k-instruct")   # a hub id (HF cache), a directory, or None: the embedded model
