@@ -104,14 +104,6 @@ int byte_piece(const std::string& t) {
   return v;
 }
 
-std::string replace_all(const std::string& s, const std::string& pattern, const std::string& content) {
-  std::string out;
-  size_t at = 0;
-  for (size_t hit; (hit = s.find(pattern, at)) != std::string::npos; at = hit + pattern.size())
-    out.append(s, at, hit - at).append(content);
-  return out.append(s, at, std::string::npos);
-}
-
 // One decoder step over the tokens' texts, as Hugging Face's decode_chain of that decoder.
 std::vector<std::string> decode_step(const BpeModel::DecodeStep& d, std::vector<std::string> tokens) {
   using K = BpeModel::DecodeStep::Kind;

@@ -7,6 +7,7 @@
 
 #include "runtime/error.h"
 #include "runtime/json_util.h"
+#include "runtime/utf8.h"
 
 namespace phi3 {
 
@@ -90,14 +91,6 @@ std::string unicode_form(const std::string& cur, Normalizer::Form f) {
   std::string out(reinterpret_cast<const char*>(dst), static_cast<size_t>(n));
   std::free(dst);
   return out;
-}
-
-std::string replace_all(const std::string& s, const std::string& pattern, const std::string& content) {
-  std::string out;
-  size_t at = 0;
-  for (size_t hit; (hit = s.find(pattern, at)) != std::string::npos; at = hit + pattern.size())
-    out.append(s, at, hit - at).append(content);
-  return out.append(s, at, std::string::npos);
 }
 
 }  // namespace

@@ -124,4 +124,12 @@ std::string utf8_lossy(std::string_view bytes) {
   return out;
 }
 
+std::string replace_all(const std::string& s, const std::string& pattern, const std::string& content) {
+  std::string out;
+  size_t at = 0;
+  for (size_t hit; (hit = s.find(pattern, at)) != std::string::npos; at = hit + pattern.size())
+    out.append(s, at, hit - at).append(content);
+  return out.append(s, at, std::string::npos);
+}
+
 }  // namespace phi3

@@ -22,5 +22,7 @@ size_t utf8_prev_start(std::string_view s, size_t i, size_t floor = 0);
 char32_t next_code_point(std::string_view s, size_t* i);
 // Valid UTF-8 with every maximal invalid subpart replaced by U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
+// `s` with every occurrence of `pattern` (non-empty) replaced by `content`, left to right.
+std::string replace_all(const std::string& s, const std::string& pattern, const std::string& content);
 
 }  // namespace phi3

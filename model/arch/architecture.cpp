@@ -72,6 +72,14 @@ void separate_projections(Architecture& a) {
   a.gate_up_parts = {"mlp.gate_proj", "mlp.up_proj"};
 }
 
+void qwen_moe_projections(Architecture& a) {
+  separate_projections(a);
+  a.gate_up_parts.clear();
+  a.moe_block = "mlp";
+  a.expert_gate_up_parts = {"gate_proj", "up_proj"};
+  a.expert_down_part = "down_proj";
+}
+
 void read_head_dim(const ConfigFields& f, ModelConfig& c, bool may_differ) {
   const bool divides = c.hidden_size % c.num_attention_heads == 0;
   if (f.present("head_dim")) {

@@ -75,6 +75,9 @@ struct Architecture {
 
 // The Llama layout of a layer's projections (Qwen2, Llama, Mistral): separate q/k/v, gate/up.
 void separate_projections(Architecture& a);
+// The Llama attention and a MoE block under mlp. (router mlp.gate, experts mlp.experts.E.gate_proj
+// / up_proj / down_proj): Qwen3-MoE, OLMoE.
+void qwen_moe_projections(Architecture& a);
 
 // Every supported family, in the order docs/families.md lists them.
 const std::vector<Architecture>& architectures();

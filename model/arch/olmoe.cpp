@@ -11,11 +11,7 @@ Architecture olmoe_architecture() {
   Architecture a;
   a.hf_class = "OlmoeForCausalLM";
   a.model_type = "olmoe";
-  separate_projections(a);
-  a.gate_up_parts.clear();
-  a.moe_block = "mlp";
-  a.expert_gate_up_parts = {"gate_proj", "up_proj"};
-  a.expert_down_part = "down_proj";
+  qwen_moe_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/false);
     full_rotary_only(f, rope);

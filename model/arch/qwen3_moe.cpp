@@ -11,11 +11,7 @@ Architecture qwen3_moe_architecture() {
   Architecture a;
   a.hf_class = "Qwen3MoeForCausalLM";
   a.model_type = "qwen3_moe";
-  separate_projections(a);
-  a.gate_up_parts.clear();
-  a.moe_block = "mlp";
-  a.expert_gate_up_parts = {"gate_proj", "up_proj"};
-  a.expert_down_part = "down_proj";
+  qwen_moe_projections(a);
   a.configure = [](const ConfigFields& f, const ConfigFields& rope, ModelConfig& c) {
     read_head_dim(f, c, /*may_differ=*/true);
     if (!f.present("head_dim")) c.head_dim = 128;  // Qwen3MoeConfig's default
